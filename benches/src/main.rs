@@ -1,0 +1,777 @@
+//! netbench (measurement driver, needs root): container-to-container throughput and latency
+//! through weft, the kernel's own VXLAN and bare veth routing, in the same run, on the same
+//! namespace topology (two hosts on an underlay bridge, one container each).
+//!
+//! Each round builds a fresh topology per target (the order rotates every round), waits for a
+//! first ping, then measures iperf3 TCP with 1 and 4 streams and a 20 x 0.2 s ping while holding
+//! `flock /tmp/netbench.lock` (the lock every benchmark on this machine takes). The table shows
+//! medians over rounds with the min–max spread and weft's ratio to the other two; `--out` gets
+//! every record as JSON.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Parser;
+use serde::Serialize;
+use serde_json::{Value, json};
+use weft_tests::cmd::{self, Cmd, ip, ns_exec, ns_sh, wait_until};
+use weft_tests::net::{UNDERLAY_DEV, target_dir};
+use weft_tests::{Container, Host, TestNet, median};
+
+/// Overlay-network benchmark: weft vs kernel VXLAN vs bare veth.
+#[derive(Debug, Parser)]
+#[command(name = "netbench")]
+struct Args {
+    /// iperf3 duration per measured run (seconds).
+    #[arg(short = 't', long, default_value_t = 8)]
+    duration: u32,
+    /// Interleaved rounds; the table reports medians over them.
+    #[arg(short, long, default_value_t = 3)]
+    rounds: u32,
+    /// Pings (0.2 s apart) for the RTT median.
+    #[arg(long, default_value_t = 20)]
+    pings: u32,
+    /// Comma-separated targets out of weft, kvxlan, veth.
+    #[arg(long, default_value = "weft,kvxlan,veth")]
+    targets: String,
+    /// JSON output file (default bench-results/netbench-<unix time>.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Shared lock taken around every measured run.
+    #[arg(long, default_value = "/tmp/netbench.lock")]
+    lock: PathBuf,
+    /// weft binary (default: $WEFT_BIN, else target/release/weft, else target/debug/weft).
+    #[arg(long)]
+    weft_bin: Option<PathBuf>,
+    /// Seconds of unmeasured TCP before the measured runs (0 = none).
+    #[arg(long, default_value_t = 2)]
+    warmup: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Weft,
+    Kvxlan,
+    Veth,
+}
+
+impl Target {
+    fn parse(s: &str) -> Result<Self> {
+        match s.trim() {
+            "weft" => Ok(Self::Weft),
+            "kvxlan" => Ok(Self::Kvxlan),
+            "veth" => Ok(Self::Veth),
+            other => bail!("unknown target {other:?} (known: weft, kvxlan, veth)"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Weft => "weft",
+            Self::Kvxlan => "kvxlan",
+            Self::Veth => "veth",
+        }
+    }
+
+    fn desc(self) -> &'static str {
+        match self {
+            Self::Weft => "weft router (userspace, VXLAN over UDP 6784), bridged",
+            Self::Kvxlan => "kernel VXLAN VNI 42, UDP 4789, bridged, static FDB",
+            Self::Veth => "bare underlay, routed, no encapsulation (physical limit)",
+        }
+    }
+}
+
+/// One measured result.
+#[derive(Debug, Clone, Serialize)]
+struct Record {
+    target: &'static str,
+    round: u32,
+    test: &'static str,
+    mtu: Option<u32>,
+    gbps: Option<f64>,
+    bytes: Option<u64>,
+    retransmits: Option<u64>,
+    rtts_ms: Option<Vec<f64>>,
+    rtt_ms_median: Option<f64>,
+    tunnel_cpu_s: Option<f64>,
+    cpu_s_per_gb: Option<f64>,
+    wall_s: f64,
+    reason: Option<String>,
+}
+
+impl Record {
+    fn new(target: Target, round: u32, test: &'static str) -> Self {
+        Self {
+            target: target.name(),
+            round,
+            test,
+            mtu: None,
+            gbps: None,
+            bytes: None,
+            retransmits: None,
+            rtts_ms: None,
+            rtt_ms_median: None,
+            tunnel_cpu_s: None,
+            cpu_s_per_gb: None,
+            wall_s: 0.0,
+            reason: None,
+        }
+    }
+}
+
+/// A built topology for one target: client container, server address, tunnel processes.
+struct Setup {
+    net: TestNet,
+    client: Container,
+    server: Container,
+    mtu: u32,
+    tunnel_pids: Vec<u32>,
+}
+
+const IPERF_PORT: &str = "5201";
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(&args) {
+        eprintln!("netbench: {e:?}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let targets: Vec<Target> = args
+        .targets
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(Target::parse)
+        .collect::<Result<_>>()?;
+    if targets.is_empty() {
+        bail!("no targets");
+    }
+    for tool in ["ip", "bridge", "iperf3", "ping", "flock"] {
+        Cmd::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .run_ok()
+            .with_context(|| format!("missing tool {tool} (run .ci/install)"))?;
+    }
+    let weft_bin = if targets.contains(&Target::Weft) {
+        Some(locate_weft(args)?)
+    } else {
+        None
+    };
+    if let Some(b) = &weft_bin {
+        eprintln!("netbench: weft binary {}", b.display());
+    }
+    let clk_tck: f64 = Cmd::new("getconf")
+        .arg("CLK_TCK")
+        .run_ok()
+        .ok()
+        .and_then(|o| o.stdout.trim().parse().ok())
+        .unwrap_or(100.0);
+    let out = args.out.clone().unwrap_or_else(|| {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from(format!("bench-results/netbench-{t}.json"))
+    });
+
+    let mut records = Vec::new();
+    for round in 1..=args.rounds {
+        let n = targets.len();
+        for k in 0..n {
+            let target = targets[(k + round as usize - 1) % n];
+            eprintln!("netbench: round {round}/{}: {}", args.rounds, target.name());
+            match measure_target(args, target, round, weft_bin.as_deref(), clk_tck) {
+                Ok(mut rs) => {
+                    for r in &rs {
+                        log_record(r);
+                    }
+                    records.append(&mut rs);
+                }
+                Err(e) => {
+                    eprintln!("netbench: {} round {round} failed: {e:#}", target.name());
+                    let mut r = Record::new(target, round, "error");
+                    r.reason = Some(format!("{e:#}"));
+                    records.push(r);
+                }
+            }
+        }
+    }
+
+    let table = render_table(&targets, &records, args);
+    println!("{table}");
+    let doc = json!({
+        "suite": {
+            "duration_s": args.duration,
+            "rounds": args.rounds,
+            "pings": args.pings,
+            "targets": targets.iter().map(|t| json!({"name": t.name(), "desc": t.desc()})).collect::<Vec<_>>(),
+            "weft_bin": weft_bin.as_ref().map(|p| p.display().to_string()),
+            "kernel": Cmd::new("uname").arg("-r").run().map(|o| o.stdout.trim().to_owned()).unwrap_or_default(),
+            "iperf3": Cmd::new("iperf3").arg("--version").run().map(|o| o.stdout.lines().next().unwrap_or("").to_owned()).unwrap_or_default(),
+            "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        },
+        "summary": summary_json(&targets, &records),
+        "records": records,
+        "table_markdown": table,
+    });
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::write(&out, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("netbench: wrote {}", out.display());
+    if records.iter().any(|r| r.test == "error") {
+        bail!("some runs failed (see the records with test = \"error\")");
+    }
+    Ok(())
+}
+
+fn locate_weft(args: &Args) -> Result<PathBuf> {
+    if let Some(p) = &args.weft_bin {
+        return fs::canonicalize(p).with_context(|| format!("--weft-bin {}", p.display()));
+    }
+    if let Some(p) = std::env::var_os("WEFT_BIN") {
+        return fs::canonicalize(&p).with_context(|| format!("WEFT_BIN={p:?}"));
+    }
+    if let Some(t) = target_dir() {
+        for profile in ["release", "debug"] {
+            let p = t.join(profile).join("weft");
+            if p.is_file() {
+                if profile == "debug" {
+                    eprintln!(
+                        "netbench: WARNING: using the debug build; build the release one with \
+                         `cargo build --release -p weft-cli` for meaningful figures"
+                    );
+                }
+                return Ok(p);
+            }
+        }
+    }
+    bail!("no weft binary: build it (`cargo build --release -p weft-cli`) or pass --weft-bin")
+}
+
+fn measure_target(
+    args: &Args,
+    target: Target,
+    round: u32,
+    weft_bin: Option<&Path>,
+    clk_tck: f64,
+) -> Result<Vec<Record>> {
+    let setup = build(target, weft_bin.map(Path::to_path_buf))?;
+    let res = measure(args, target, round, &setup, clk_tck);
+    if res.is_err() && target == Target::Weft {
+        eprintln!("{}", setup.net.logs_report(30));
+    }
+    drop(setup);
+    res
+}
+
+fn build(target: Target, weft_bin: Option<PathBuf>) -> Result<Setup> {
+    let net = TestNet::with_weft_bin(&format!("nb{}", &target.name()[..2]), weft_bin)?;
+    let (client, server, mtu, tunnel_pids) = match target {
+        Target::Weft => {
+            let p = net.pair()?;
+            let mtu = p.c1.mtu()?;
+            let pids = vec![p.h1.router_pid()?, p.h2.router_pid()?];
+            (p.c1, p.c2, mtu, pids)
+        }
+        Target::Kvxlan => {
+            let h1 = net.host(1)?;
+            let h2 = net.host(2)?;
+            let c1 = kvxlan_side(&net, &h1, &h2, 1)?;
+            let c2 = kvxlan_side(&net, &h2, &h1, 2)?;
+            (c1, c2, 1450, vec![])
+        }
+        Target::Veth => {
+            let h1 = net.host(1)?;
+            let h2 = net.host(2)?;
+            let c1 = routed_side(&net, &h1, &h2, 1)?;
+            let c2 = routed_side(&net, &h2, &h1, 2)?;
+            (c1, c2, 1500, vec![])
+        }
+    };
+    client.wait_ping(server.ip(), Duration::from_secs(30))?;
+    Ok(Setup {
+        net,
+        client,
+        server,
+        mtu,
+        tunnel_pids,
+    })
+}
+
+fn kvxlan_mac(i: u8) -> String {
+    format!("02:50:42:00:0{i}:02")
+}
+
+/// One side of the kernel-VXLAN target, as in the shared bench's kvxlan.sh: bridge `kbr` in
+/// the host holding the container veth and vxlan `kvx` (VNI 42, UDP 4789, no learning), with
+/// the all-zeros FDB entry to the peer VTEP and the peer container's MAC pinned.
+fn kvxlan_side(net: &TestNet, h: &Host, peer: &Host, i: u8) -> Result<Container> {
+    let ns = net.netns(&format!("c{i}"))?;
+    let hn = h.ns();
+    let mtu = "1450";
+    ip([
+        "-n",
+        hn,
+        "link",
+        "add",
+        "kbr",
+        "type",
+        "bridge",
+        "stp_state",
+        "0",
+        "forward_delay",
+        "0",
+    ])?;
+    ip(["-n", hn, "link", "set", "kbr", "mtu", mtu, "up"])?;
+    ip([
+        "-n", hn, "link", "add", "kvc", "type", "veth", "peer", "name", "eth0", "netns", &ns,
+    ])?;
+    ip([
+        "-n",
+        &ns,
+        "link",
+        "set",
+        "eth0",
+        "address",
+        &kvxlan_mac(i),
+        "mtu",
+        mtu,
+        "up",
+    ])?;
+    let cidr = format!("10.32.0.{i}/12");
+    ip(["-n", &ns, "addr", "add", &cidr, "dev", "eth0"])?;
+    ip([
+        "-n", hn, "link", "set", "kvc", "mtu", mtu, "master", "kbr", "up",
+    ])?;
+    let local = h.addr().to_string();
+    let remote = peer.addr().to_string();
+    ip([
+        "-n",
+        hn,
+        "link",
+        "add",
+        "kvx",
+        "type",
+        "vxlan",
+        "id",
+        "42",
+        "local",
+        &local,
+        "dstport",
+        "4789",
+        "dev",
+        UNDERLAY_DEV,
+        "nolearning",
+    ])?;
+    ip([
+        "-n", hn, "link", "set", "kvx", "mtu", mtu, "master", "kbr", "up",
+    ])?;
+    let peer_mac = kvxlan_mac(if i == 1 { 2 } else { 1 });
+    let bridge = |a: &[&str]| -> Result<()> {
+        Cmd::new("bridge")
+            .args(["-n", hn])
+            .args(a)
+            .timeout(Duration::from_secs(10))
+            .run_ok()?;
+        Ok(())
+    };
+    bridge(&[
+        "fdb",
+        "append",
+        "00:00:00:00:00:00",
+        "dev",
+        "kvx",
+        "dst",
+        &remote,
+        "self",
+        "permanent",
+    ])?;
+    bridge(&[
+        "fdb",
+        "add",
+        &peer_mac,
+        "dev",
+        "kvx",
+        "dst",
+        &remote,
+        "self",
+        "permanent",
+    ])?;
+    bridge(&["fdb", "add", &peer_mac, "dev", "kvx", "master", "static"])?;
+    Container::from_ns(&format!("c{i}"), &ns, &cidr)
+}
+
+/// One side of the bare-veth target: container `10.32.<i>.2/24` behind gateway `10.32.<i>.1`
+/// on the host, plain IPv4 forwarding across the underlay, no encapsulation.
+fn routed_side(net: &TestNet, h: &Host, peer: &Host, i: u8) -> Result<Container> {
+    let ns = net.netns(&format!("c{i}"))?;
+    let hn = h.ns();
+    ip([
+        "-n", hn, "link", "add", "kvc", "type", "veth", "peer", "name", "eth0", "netns", &ns,
+    ])?;
+    let cidr = format!("10.32.{i}.2/24");
+    ip(["-n", &ns, "link", "set", "eth0", "mtu", "1500", "up"])?;
+    ip(["-n", &ns, "addr", "add", &cidr, "dev", "eth0"])?;
+    ip([
+        "-n",
+        &ns,
+        "route",
+        "add",
+        "10.32.0.0/12",
+        "via",
+        &format!("10.32.{i}.1"),
+    ])?;
+    ip([
+        "-n",
+        hn,
+        "addr",
+        "add",
+        &format!("10.32.{i}.1/24"),
+        "dev",
+        "kvc",
+    ])?;
+    ip(["-n", hn, "link", "set", "kvc", "mtu", "1500", "up"])?;
+    let j = if i == 1 { 2 } else { 1 };
+    ip([
+        "-n",
+        hn,
+        "route",
+        "add",
+        &format!("10.32.{j}.0/24"),
+        "via",
+        &peer.addr().to_string(),
+        "dev",
+        UNDERLAY_DEV,
+    ])?;
+    ns_exec(
+        hn,
+        ["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        Duration::from_secs(5),
+    )?
+    .ok()?;
+    Container::from_ns(&format!("c{i}"), &ns, &cidr)
+}
+
+fn measure(
+    args: &Args,
+    target: Target,
+    round: u32,
+    s: &Setup,
+    clk_tck: f64,
+) -> Result<Vec<Record>> {
+    let dir = s.net.dir();
+    let server_ip = s.server.ip().to_string();
+    let mut server = Cmd::new("ip")
+        .args([
+            "netns",
+            "exec",
+            s.server.ns(),
+            "iperf3",
+            "-s",
+            "-B",
+            &server_ip,
+            "-p",
+            IPERF_PORT,
+        ])
+        .spawn_to(
+            &dir.join("iperf3-server.out"),
+            &dir.join("iperf3-server.err"),
+        )?;
+    let res = (|| {
+        wait_until(
+            "iperf3 server to listen",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                let o = ns_sh(
+                    s.server.ns(),
+                    &format!("ss -ltnH 'sport = :{IPERF_PORT}'"),
+                    Duration::from_secs(5),
+                )?;
+                if o.trim().is_empty() {
+                    bail!("not yet")
+                }
+                Ok(())
+            },
+        )?;
+        let mut out = Vec::new();
+        if args.warmup > 0 {
+            let _lock = BenchLock::take(&args.lock)?;
+            iperf(s, args.warmup, 1)?;
+        }
+        for (test, streams) in [("tcp1", 1), ("tcp4", 4)] {
+            let _lock = BenchLock::take(&args.lock)?;
+            let cpu0 = cpu_seconds(&s.tunnel_pids, clk_tck);
+            let t0 = Instant::now();
+            let v = iperf(s, args.duration, streams)?;
+            let wall = t0.elapsed().as_secs_f64();
+            let cpu1 = cpu_seconds(&s.tunnel_pids, clk_tck);
+            let mut r = Record::new(target, round, test);
+            r.mtu = Some(s.mtu);
+            r.wall_s = wall;
+            let bytes = v["end"]["sum_received"]["bytes"].as_u64();
+            r.bytes = bytes;
+            r.gbps = v["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .map(|b| b / 1e9);
+            r.retransmits = v["end"]["sum_sent"]["retransmits"].as_u64();
+            if let (Some(a), Some(b)) = (cpu0, cpu1) {
+                r.tunnel_cpu_s = Some(b - a);
+                r.cpu_s_per_gb = bytes
+                    .filter(|&b| b > 0)
+                    .map(|by| (b - a) / (by as f64 / 1e9));
+            }
+            out.push(r);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let _lock = BenchLock::take(&args.lock)?;
+        let t0 = Instant::now();
+        let p = s.client.ping(s.server.ip(), args.pings, 0.2)?;
+        let mut r = Record::new(target, round, "ping");
+        r.mtu = Some(s.mtu);
+        r.wall_s = t0.elapsed().as_secs_f64();
+        r.rtt_ms_median = median(&p.rtts_ms);
+        if r.rtt_ms_median.is_none() {
+            bail!("ping: no replies ({}/{} )", p.received, p.transmitted);
+        }
+        r.rtts_ms = Some(p.rtts_ms);
+        out.push(r);
+        for pid in &s.tunnel_pids {
+            if !cmd::pid_alive(*pid) {
+                bail!("tunnel process {pid} died during the measurements");
+            }
+        }
+        Ok(out)
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    res
+}
+
+fn iperf(s: &Setup, secs: u32, streams: u32) -> Result<Value> {
+    let o = Cmd::new("ip")
+        .args(["netns", "exec", s.client.ns(), "iperf3", "-c"])
+        .arg(s.server.ip().to_string())
+        .args(["-p", IPERF_PORT, "--connect-timeout", "5000", "-J", "-t"])
+        .arg(secs.to_string())
+        .arg("-P")
+        .arg(streams.to_string())
+        .timeout(Duration::from_secs(u64::from(secs) + 30))
+        .run()?;
+    let v: Value =
+        serde_json::from_str(&o.stdout).map_err(|e| anyhow!("iperf3 -J output: {e}; {o}"))?;
+    if v["end"]["sum_received"]["bytes"].as_u64().is_none() {
+        bail!("iperf3 failed: {} ({o})", v["error"]);
+    }
+    Ok(v)
+}
+
+/// Summed utime+stime of the given processes (all threads), in seconds.
+fn cpu_seconds(pids: &[u32], clk_tck: f64) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after "(comm) ": state is field 3, utime/stime are fields 14/15.
+        let rest = stat.rsplit_once(") ")?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(ticks as f64 / clk_tck)
+}
+
+/// `flock LOCK` held by a helper process for as long as this value lives.
+struct BenchLock {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl BenchLock {
+    fn take(path: &Path) -> Result<Self> {
+        let mut child = Command::new("flock")
+            .args(["-w", "1800"])
+            .arg(path)
+            .args(["sh", "-c", "echo locked; exec cat >/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting flock")?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("flock stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "locked" {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("could not take {} within 30 minutes", path.display());
+        }
+        Ok(Self { child, stdin })
+    }
+}
+
+impl Drop for BenchLock {
+    fn drop(&mut self) {
+        // Closing stdin ends `cat`, which releases the lock.
+        if let Some(mut s) = self.stdin.take() {
+            let _ = s.flush();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn log_record(r: &Record) {
+    match r.test {
+        "ping" => eprintln!(
+            "netbench:   {} ping median {:.3} ms",
+            r.target,
+            r.rtt_ms_median.unwrap_or(f64::NAN)
+        ),
+        _ => eprintln!(
+            "netbench:   {} {} {:.3} Gbit/s{}",
+            r.target,
+            r.test,
+            r.gbps.unwrap_or(f64::NAN),
+            r.cpu_s_per_gb
+                .map(|c| format!(", tunnel CPU {c:.1} s/GB"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+fn values(records: &[Record], target: Target, test: &str) -> Vec<f64> {
+    records
+        .iter()
+        .filter(|r| r.target == target.name() && r.test == test)
+        .filter_map(|r| {
+            if test == "ping" {
+                r.rtt_ms_median
+            } else {
+                r.gbps
+            }
+        })
+        .collect()
+}
+
+fn stat(xs: &[f64]) -> Option<(f64, f64, f64)> {
+    let m = median(xs)?;
+    let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Some((m, lo, hi))
+}
+
+fn cell(xs: &[f64], digits: usize) -> String {
+    match stat(xs) {
+        Some((m, lo, hi)) => format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})"),
+        None => "–".to_owned(),
+    }
+}
+
+fn cpu_per_gb(records: &[Record], target: Target) -> Option<f64> {
+    let (mut cpu, mut gb) = (0.0, 0.0);
+    for r in records
+        .iter()
+        .filter(|r| r.target == target.name() && (r.test == "tcp1" || r.test == "tcp4"))
+    {
+        cpu += r.tunnel_cpu_s?;
+        gb += r.bytes? as f64 / 1e9;
+    }
+    (gb > 0.0).then(|| cpu / gb)
+}
+
+fn summary_json(targets: &[Target], records: &[Record]) -> Value {
+    let mut m = serde_json::Map::new();
+    for &t in targets {
+        let s = |test: &str| {
+            stat(&values(records, t, test))
+                .map(|(m, lo, hi)| json!({"median": m, "min": lo, "max": hi}))
+        };
+        m.insert(
+            t.name().to_owned(),
+            json!({
+                "tcp1_gbps": s("tcp1"),
+                "tcp4_gbps": s("tcp4"),
+                "ping_ms": s("ping"),
+                "tunnel_cpu_s_per_gb": cpu_per_gb(records, t),
+                "mtu": records.iter().find(|r| r.target == t.name()).and_then(|r| r.mtu),
+            }),
+        );
+    }
+    Value::Object(m)
+}
+
+fn render_table(targets: &[Target], records: &[Record], args: &Args) -> String {
+    let mut s = format!(
+        "netbench: {} round(s), iperf3 -t {}, {} pings; median (min–max) over rounds\n\n\
+         | target | MTU | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | ping RTT ms | tunnel CPU s/GB |\n\
+         |---|--:|--:|--:|--:|--:|\n",
+        args.rounds, args.duration, args.pings
+    );
+    for &t in targets {
+        let mtu = records
+            .iter()
+            .find(|r| r.target == t.name())
+            .and_then(|r| r.mtu)
+            .map_or("–".to_owned(), |m| m.to_string());
+        s += &format!(
+            "| {} | {mtu} | {} | {} | {} | {} |\n",
+            t.name(),
+            cell(&values(records, t, "tcp1"), 3),
+            cell(&values(records, t, "tcp4"), 3),
+            cell(&values(records, t, "ping"), 3),
+            cpu_per_gb(records, t).map_or("–".to_owned(), |c| format!("{c:.1}")),
+        );
+    }
+    if targets.contains(&Target::Weft) {
+        let others: Vec<Target> = targets
+            .iter()
+            .copied()
+            .filter(|t| *t != Target::Weft)
+            .collect();
+        if !others.is_empty() {
+            s += "\n| weft ÷ | TCP 1 stream | TCP 4 streams | ping RTT |\n|---|--:|--:|--:|\n";
+            for o in others {
+                let ratio = |test: &str| {
+                    let w = median(&values(records, Target::Weft, test));
+                    let x = median(&values(records, o, test));
+                    match (w, x) {
+                        (Some(w), Some(x)) if x > 0.0 => format!("{:.2}×", w / x),
+                        _ => "–".to_owned(),
+                    }
+                };
+                s += &format!(
+                    "| {} | {} | {} | {} |\n",
+                    o.name(),
+                    ratio("tcp1"),
+                    ratio("tcp4"),
+                    ratio("ping")
+                );
+            }
+        }
+    }
+    let errors: Vec<String> = records
+        .iter()
+        .filter(|r| r.test == "error")
+        .map(|r| {
+            format!(
+                "- {} round {}: {}",
+                r.target,
+                r.round,
+                r.reason.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    if !errors.is_empty() {
+        s += &format!("\nfailed runs:\n{}\n", errors.join("\n"));
+    }
+    s
+}

@@ -1,0 +1,84 @@
+//! Layer: driver. The `weft` command (it also answers to the name `weave`, so existing scripts
+//! keep working). `main` parses arguments and maps errors to exit codes; each subcommand lives
+//! in its own module and talks to the router's HTTP API, to the kernel (attach/detach), or
+//! starts the router.
+#![forbid(unsafe_code)]
+
+mod attach;
+mod daemon;
+mod http;
+mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// weft: an overlay network for containers (a drop-in for Weave Net's `weave`).
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand shares; each can also come from the environment, so several
+/// routers (one per network namespace) can run side by side.
+#[derive(Debug, Clone, Args)]
+struct Global {
+    /// Directory for the pid file and the log.
+    #[arg(long, global = true, env = "WEFT_RUN_DIR", default_value = "/run/weft")]
+    run_dir: PathBuf,
+    /// Directory for persistent state (peer name, short id).
+    #[arg(long, global = true, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+    state_dir: PathBuf,
+    /// Address of the router's HTTP API.
+    #[arg(long, global = true, env = "WEAVE_HTTP_ADDR", default_value = "127.0.0.1:6784")]
+    http_addr: SocketAddr,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the router (creating the bridge `weave`), dialling the given peers.
+    Launch(daemon::LaunchArgs),
+    /// Stop the router; the bridge and container interfaces stay, so local traffic keeps working.
+    Stop,
+    /// Stop the router and remove the bridge, its interfaces and the stored state.
+    Reset,
+    /// Attach a container (a network namespace name or a pid) with the given addresses.
+    Attach(attach::AttachArgs),
+    /// Detach a container: remove the given addresses, or its whole interface.
+    Detach(attach::DetachArgs),
+    /// Show the router's status: `weft status [peers|connections|targets]`.
+    Status(status::StatusArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("weft: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Launch(args) => daemon::launch(&cli.global, args),
+        Command::Stop => daemon::stop(&cli.global),
+        Command::Reset => daemon::reset(&cli.global),
+        Command::Attach(args) => attach::attach(&cli.global, args),
+        Command::Detach(args) => attach::detach(&cli.global, args),
+        Command::Status(args) => status::status(&cli.global, args),
+    }
+}
+
+/// A current-thread tokio runtime for one command.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}

@@ -1,0 +1,64 @@
+//! Layer: pure logic. Plain counters kept by the data-plane thread; the router copies them out
+//! for `/status` and `/metrics`, so the packet path needs no atomics.
+
+/// What the forwarding engine counted. Plain `u64`s owned by one thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames read from the TAP (the local bridge).
+    pub tap_rx_frames: u64,
+    /// Frames written to the TAP (delivered from peers).
+    pub tap_tx_frames: u64,
+    /// TAP frames dropped: too short, STP, or already owned by a remote peer (our own echo).
+    pub tap_rx_dropped: u64,
+    /// TAP frames whose destination is local (the bridge delivers them itself).
+    pub tap_rx_local: u64,
+    /// Datagrams received on the data port.
+    pub udp_rx_datagrams: u64,
+    /// Datagrams sent on the data port (each copy of a flooded frame counts).
+    pub udp_tx_datagrams: u64,
+    /// Received datagrams that were not valid VXLAN carrying an Ethernet frame.
+    pub udp_rx_dropped_malformed: u64,
+    /// Received datagrams whose source short id belongs to no connected peer.
+    pub udp_rx_dropped_unknown_peer: u64,
+    /// Received datagrams dropped for another reason: addressed to another peer, truncated by the
+    /// receive buffer, or a heartbeat that does not parse.
+    pub udp_rx_dropped_other: u64,
+    /// Data-path heartbeats received.
+    pub heartbeats_rx: u64,
+    /// Frames flooded (broadcast, multicast, unknown unicast).
+    pub flooded_frames: u64,
+    /// MAC entries removed by ageing.
+    pub macs_expired: u64,
+}
+
+impl Counters {
+    /// Every counter with its Prometheus-style name and help text, for exporters.
+    pub fn fields(&self) -> [(&'static str, &'static str, u64); 12] {
+        [
+            ("tap_rx_frames", "Frames read from the TAP.", self.tap_rx_frames),
+            ("tap_tx_frames", "Frames written to the TAP.", self.tap_tx_frames),
+            ("tap_rx_dropped", "TAP frames dropped.", self.tap_rx_dropped),
+            ("tap_rx_local", "TAP frames for a local destination.", self.tap_rx_local),
+            ("udp_rx_datagrams", "Datagrams received on the data port.", self.udp_rx_datagrams),
+            ("udp_tx_datagrams", "Datagrams sent on the data port.", self.udp_tx_datagrams),
+            (
+                "udp_rx_dropped_malformed",
+                "Received datagrams that were not VXLAN carrying an Ethernet frame.",
+                self.udp_rx_dropped_malformed,
+            ),
+            (
+                "udp_rx_dropped_unknown_peer",
+                "Received datagrams from an unknown source short id.",
+                self.udp_rx_dropped_unknown_peer,
+            ),
+            (
+                "udp_rx_dropped_other",
+                "Received datagrams dropped for another reason.",
+                self.udp_rx_dropped_other,
+            ),
+            ("heartbeats_rx", "Data-path heartbeats received.", self.heartbeats_rx),
+            ("flooded_frames", "Frames flooded to every peer.", self.flooded_frames),
+            ("macs_expired", "MAC entries removed by ageing.", self.macs_expired),
+        ]
+    }
+}

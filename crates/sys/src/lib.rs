@@ -1,0 +1,39 @@
+//! Layer: OS. The only crate with `unsafe` and Linux I/O.
+//!
+//! It owns every system call the project makes:
+//! - [`tap`]: TAP devices (raw `TUNSETIFF` ioctls), one Ethernet frame per read or write;
+//! - [`poll`]: `poll(2)` over several descriptors;
+//! - [`udp`]: a UDP socket with `recvmmsg`/`sendmmsg` batches;
+//! - [`netns`]: network namespaces held by fd, and running code inside one on a fresh thread;
+//! - [`netlink`]: rtnetlink operations (links, addresses, routes) bound to one namespace;
+//! - [`plumb`]: Weave's container attach/detach (veth pair, `ethwe`, gratuitous ARP).
+//!
+//! Every `unsafe` block carries a `// SAFETY:` comment.
+
+pub mod netlink;
+pub mod netns;
+pub mod plumb;
+pub mod poll;
+pub mod tap;
+pub mod udp;
+
+use std::io;
+
+/// Turn a libc return value of `-1` into the current `errno` as an [`io::Error`].
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Like [`cvt`] for calls that return `ssize_t`.
+fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        // ret >= 0 was just checked, so the conversion is lossless.
+        Ok(ret as usize)
+    }
+}

@@ -1,0 +1,553 @@
+//! Layer: OS. rtnetlink operations (links, addresses, routes) bound to one network namespace.
+//!
+//! Owns the wrapper around `rtnetlink` (crates.md §2: pin it, keep it in one module). A
+//! [`Netlink`] handle's socket is created inside its namespace by a short-lived thread
+//! ([`NetNs::run_in`]) and then driven as a task on the current tokio runtime; a socket keeps
+//! the namespace it was created in, so the handle can be used from any task.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::route::RouteScope;
+use netlink_sys::{TokioSocket, protocols::NETLINK_ROUTE};
+use rtnetlink::{
+    AddressMessageBuilder, Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
+};
+
+use crate::netns::NetNs;
+
+/// Errors from netlink operations. Each says which operation failed and on which interface.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kernel (or rtnetlink) rejected a request.
+    #[error("{op} {target}: {}", describe(.source))]
+    Netlink {
+        /// The operation, e.g. "set mtu".
+        op: &'static str,
+        /// The interface or object it was applied to.
+        target: String,
+        /// The underlying error.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// A system call around netlink (socket, namespace) failed.
+    #[error("{op} {target}: {source}")]
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// The interface, namespace or object concerned.
+        target: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An interface that must exist does not.
+    #[error("{op}: no interface {name:?}")]
+    NoSuchLink {
+        /// The operation.
+        op: &'static str,
+        /// The missing interface.
+        name: String,
+    },
+    /// The request cannot be carried out as asked.
+    #[error("{op}: {reason}")]
+    Invalid {
+        /// The operation.
+        op: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// No tokio runtime is running on this thread; a [`Netlink`] handle needs one.
+    #[error("netlink needs a tokio runtime on the calling thread")]
+    NoRuntime,
+}
+
+impl Error {
+    /// The errno of a kernel-rejected request or failed system call, if that is what it was.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Netlink { source, .. } => errno_of(source),
+            Self::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// The errno text for kernel rejections; rtnetlink's own text otherwise.
+fn describe(e: &rtnetlink::Error) -> String {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(m.raw_code().abs()).filter(|&c| c != 0),
+        _ => None,
+    }
+}
+
+/// Maps an rtnetlink result into [`Error::Netlink`] with context.
+trait Context<T> {
+    fn ctx(self, op: &'static str, target: impl std::fmt::Display) -> Result<T, Error>;
+}
+
+impl<T> Context<T> for Result<T, rtnetlink::Error> {
+    fn ctx(self, op: &'static str, target: impl std::fmt::Display) -> Result<T, Error> {
+        self.map_err(|source| Error::Netlink {
+            op,
+            target: target.to_string(),
+            source,
+        })
+    }
+}
+
+/// rtnetlink handle bound to one namespace.
+///
+/// Created inside a tokio runtime (it spawns the connection task there); dropping it stops
+/// that task and closes the socket.
+#[derive(Debug)]
+pub struct Netlink {
+    handle: Handle,
+    conn: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+/// Formats an interface index for error messages.
+fn ifx(index: u32) -> String {
+    format!("ifindex {index}")
+}
+
+impl Netlink {
+    /// A handle on the calling thread's namespace.
+    pub fn new() -> Result<Self, Error> {
+        let sock = netlink_sys::Socket::new(NETLINK_ROUTE).map_err(|source| Error::Io {
+            op: "open netlink socket",
+            target: "in current namespace".into(),
+            source,
+        })?;
+        Self::from_socket(sock)
+    }
+
+    /// A handle on namespace `ns` (its socket is opened from a thread inside `ns`).
+    pub fn in_netns(ns: &NetNs) -> Result<Self, Error> {
+        let io_err = |source| Error::Io {
+            op: "open netlink socket",
+            target: format!("in netns {}", ns.inode()),
+            source,
+        };
+        let sock = ns
+            .run_in(|| netlink_sys::Socket::new(NETLINK_ROUTE))
+            .map_err(io_err)?
+            .map_err(io_err)?;
+        Self::from_socket(sock)
+    }
+
+    fn from_socket(sock: netlink_sys::Socket) -> Result<Self, Error> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        // Netlink request sequence numbers and acks are matched by netlink-proto; strict
+        // checking makes the kernel reject unsupported dump filters instead of ignoring them.
+        let _ = sock.set_netlink_get_strict_chk(true);
+        let raw = sock.into_raw_fd();
+        // SAFETY: `raw` was just released by a netlink_sys::Socket that owned it, so the
+        // TokioSocket becomes its sole owner. A tokio runtime is current (checked above), which
+        // TokioSocket::from_raw_fd requires for registering the fd.
+        let sock = unsafe { TokioSocket::from_raw_fd(raw) };
+        let (conn, handle, _unsolicited) = rtnetlink::from_socket(sock);
+        let conn = rt.spawn(conn);
+        Ok(Self { handle, conn })
+    }
+
+    /// The index of interface `name`, or `None` if there is none.
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>, Error> {
+        let mut req = std::pin::pin!(self.handle.link().get().match_name(name).execute());
+        match req.try_next().await {
+            Ok(msg) => Ok(msg.map(|m| m.header.index)),
+            Err(e) if is_no_device(&e) => Ok(None),
+            Err(e) => Err(e).ctx("look up link", name),
+        }
+    }
+
+    /// What the kernel reports about interface `index`, or `None` if there is none.
+    pub async fn link(&self, index: u32) -> Result<Option<LinkSummary>, Error> {
+        let mut req = std::pin::pin!(self.handle.link().get().match_index(index).execute());
+        match req.try_next().await {
+            Ok(msg) => Ok(msg.map(LinkSummary::from_message)),
+            Err(e) if is_no_device(&e) => Ok(None),
+            Err(e) => Err(e).ctx("look up link", ifx(index)),
+        }
+    }
+
+    /// The interface's name, or `None` if there is no interface `index`.
+    pub async fn link_name(&self, index: u32) -> Result<Option<String>, Error> {
+        Ok(self.link(index).await?.map(|l| l.name))
+    }
+
+    /// The interface's MAC address, or `None` if there is no interface `index` (or it has no
+    /// 6-byte hardware address).
+    pub async fn link_mac(&self, index: u32) -> Result<Option<[u8; 6]>, Error> {
+        Ok(self.link(index).await?.and_then(|l| l.mac))
+    }
+
+    /// Creates bridge `name` if missing, sets its MTU (and MAC, if given) and brings it up;
+    /// returns its index.
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        mtu: u32,
+        mac: Option<[u8; 6]>,
+    ) -> Result<u32, Error> {
+        let index = match self.link_index(name).await? {
+            Some(i) => i,
+            None => {
+                let add = self
+                    .handle
+                    .link()
+                    .add(LinkBridge::new(name).build())
+                    .execute()
+                    .await;
+                match add {
+                    Ok(()) => {}
+                    Err(e) if errno_of(&e) == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(e).ctx("create bridge", name),
+                }
+                self.link_index(name)
+                    .await?
+                    .ok_or_else(|| Error::NoSuchLink {
+                        op: "create bridge",
+                        name: name.into(),
+                    })?
+            }
+        };
+        self.set_mtu(index, mtu).await?;
+        if let Some(mac) = mac {
+            self.set_mac(index, mac).await?;
+        }
+        self.set_up(index).await?;
+        Ok(index)
+    }
+
+    async fn set(
+        &self,
+        op: &'static str,
+        index: u32,
+        msg: LinkMessageBuilder<LinkUnspec>,
+    ) -> Result<(), Error> {
+        self.handle
+            .link()
+            .set(msg.build())
+            .execute()
+            .await
+            .ctx(op, ifx(index))
+    }
+
+    /// Brings the interface up.
+    pub async fn set_up(&self, index: u32) -> Result<(), Error> {
+        self.set("set up", index, LinkUnspec::new_with_index(index).up())
+            .await
+    }
+
+    /// Takes the interface down.
+    pub async fn set_down(&self, index: u32) -> Result<(), Error> {
+        self.set("set down", index, LinkUnspec::new_with_index(index).down())
+            .await
+    }
+
+    /// Sets the interface MTU.
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), Error> {
+        self.set("set mtu", index, LinkUnspec::new_with_index(index).mtu(mtu))
+            .await
+    }
+
+    /// Sets the interface MAC address.
+    pub async fn set_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), Error> {
+        self.set(
+            "set mac",
+            index,
+            LinkUnspec::new_with_index(index).address(mac.to_vec()),
+        )
+        .await
+    }
+
+    /// Enslaves the interface to `master` (a bridge).
+    pub async fn set_master(&self, index: u32, master: u32) -> Result<(), Error> {
+        self.set(
+            "set master",
+            index,
+            LinkUnspec::new_with_index(index).controller(master),
+        )
+        .await
+    }
+
+    /// Deletes the interface (for a veth, both ends go).
+    pub async fn delete_link(&self, index: u32) -> Result<(), Error> {
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .ctx("delete link", ifx(index))
+    }
+
+    /// Creates veth pair `name`/`peer`; returns both indices.
+    pub async fn add_veth(&self, name: &str, peer: &str) -> Result<(u32, u32), Error> {
+        let target = format!("{name}/{peer}");
+        self.handle
+            .link()
+            .add(LinkVeth::new(name, peer).build())
+            .execute()
+            .await
+            .ctx("create veth", &target)?;
+        let a = self.link_index(name).await?;
+        let b = self.link_index(peer).await?;
+        match (a, b) {
+            (Some(a), Some(b)) => Ok((a, b)),
+            _ => Err(Error::NoSuchLink {
+                op: "create veth",
+                name: target,
+            }),
+        }
+    }
+
+    /// Moves the interface into namespace `ns` (its index there may differ: look it up by name).
+    pub async fn move_to_netns(&self, index: u32, ns: &NetNs) -> Result<(), Error> {
+        self.set(
+            "move to netns",
+            index,
+            LinkUnspec::new_with_index(index).setns_by_fd(ns.as_raw_fd()),
+        )
+        .await
+    }
+
+    /// Renames the interface (it must be down).
+    pub async fn rename(&self, index: u32, name: &str) -> Result<(), Error> {
+        self.set(
+            "rename",
+            index,
+            LinkUnspec::new_with_index(index).name(name),
+        )
+        .await
+    }
+
+    /// Adds an address; an address that is already there is fine.
+    pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<(), Error> {
+        let r = self
+            .handle
+            .address()
+            .add(index, addr.addr(), addr.prefix_len())
+            .execute()
+            .await;
+        match r {
+            Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(()),
+            r => r.ctx("add address", format_args!("{addr} on {}", ifx(index))),
+        }
+    }
+
+    /// Removes an address; an address that is not there is fine.
+    pub async fn del_address(&self, index: u32, addr: IpNet) -> Result<(), Error> {
+        let msg = match addr.addr() {
+            IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
+                .index(index)
+                .address(a, addr.prefix_len())
+                .build(),
+            IpAddr::V6(a) => AddressMessageBuilder::<std::net::Ipv6Addr>::new()
+                .index(index)
+                .address(a, addr.prefix_len())
+                .build(),
+        };
+        match self.handle.address().del(msg).execute().await {
+            Err(e) if errno_of(&e) == Some(libc::EADDRNOTAVAIL) => Ok(()),
+            r => r.ctx("delete address", format_args!("{addr} on {}", ifx(index))),
+        }
+    }
+
+    /// The addresses on the interface (IPv4 and IPv6, including link-local ones).
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>, Error> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .ctx("list addresses", ifx(index))?;
+        let mut out = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer's on
+            // point-to-point links and equal to IFA_LOCAL otherwise (and IPv6 has only it).
+            let mut local = None;
+            let mut address = None;
+            for a in &m.attributes {
+                match a {
+                    AddressAttribute::Local(ip) => local = Some(*ip),
+                    AddressAttribute::Address(ip) => address = Some(*ip),
+                    _ => {}
+                }
+            }
+            if let Some(ip) = local.or(address) {
+                if let Ok(net) = IpNet::new(ip, m.header.prefix_len) {
+                    out.push(net);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// All interfaces whose master is `master`, as (index, name).
+    pub async fn links_with_master(&self, master: u32) -> Result<Vec<(u32, String)>, Error> {
+        let links: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .ctx("list links of master", ifx(master))?;
+        Ok(links
+            .into_iter()
+            .filter(|m| {
+                m.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::Controller(c) if *c == master))
+            })
+            .map(|m| {
+                let name = m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        LinkAttribute::IfName(n) => Some(n.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                (m.header.index, name)
+            })
+            .collect())
+    }
+
+    /// All interfaces in the namespace, as (index, name).
+    pub async fn links(&self) -> Result<Vec<(u32, String)>, Error> {
+        let links: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .ctx("list links", "")?;
+        Ok(links
+            .into_iter()
+            .map(|m| {
+                let name = m
+                    .attributes
+                    .into_iter()
+                    .find_map(|a| match a {
+                        LinkAttribute::IfName(n) => Some(n),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                (m.header.index, name)
+            })
+            .collect())
+    }
+
+    /// Adds `224.0.0.0/4 dev <index> scope link`, like Weave; an existing route is fine.
+    pub async fn add_multicast_route(&self, index: u32) -> Result<(), Error> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::new(224, 0, 0, 0), 4)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build();
+        match self.handle.route().add(route).execute().await {
+            Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(()),
+            r => r.ctx("add multicast route", ifx(index)),
+        }
+    }
+}
+
+/// The interesting attributes of one link.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LinkSummary {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// 6-byte hardware address, if it has one.
+    pub mac: Option<[u8; 6]>,
+    /// MTU.
+    pub mtu: Option<u32>,
+    /// Index of the master (bridge) it is enslaved to.
+    pub master: Option<u32>,
+    /// `IFLA_LINK`: for a veth, the peer's index (in the peer's namespace).
+    pub peer_index: Option<u32>,
+    /// Whether `IFLA_LINK_NETNSID` is present, i.e. the peer lives in another namespace.
+    pub peer_in_other_netns: bool,
+    /// Whether the interface is administratively up.
+    pub up: bool,
+}
+
+impl LinkSummary {
+    fn from_message(m: netlink_packet_route::link::LinkMessage) -> Self {
+        let mut s = Self {
+            index: m.header.index,
+            up: m
+                .header
+                .flags
+                .contains(netlink_packet_route::link::LinkFlags::Up),
+            ..Self::default()
+        };
+        for a in m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => s.name = n,
+                LinkAttribute::Address(mac) => s.mac = mac.try_into().ok(),
+                LinkAttribute::Mtu(v) => s.mtu = Some(v),
+                LinkAttribute::Controller(c) => s.master = Some(c),
+                LinkAttribute::Link(l) => s.peer_index = Some(l),
+                LinkAttribute::LinkNetNsId(_) => s.peer_in_other_netns = true,
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+/// Whether a link lookup failed because there is no such device.
+fn is_no_device(e: &rtnetlink::Error) -> bool {
+    errno_of(e) == Some(libc::ENODEV)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_text_names_op_target_and_errno() {
+        let mut msg = netlink_packet_core::ErrorMessage::default();
+        msg.code = std::num::NonZeroI32::new(-libc::EEXIST);
+        let e = Error::Netlink {
+            op: "create veth",
+            target: "vethwepl1/vethwepg1".into(),
+            source: rtnetlink::Error::NetlinkError(msg),
+        };
+        let s = e.to_string();
+        assert!(s.starts_with("create veth vethwepl1/vethwepg1: "), "{s}");
+        assert!(s.contains("File exists"), "{s}");
+        assert_eq!(e.errno(), Some(libc::EEXIST));
+    }
+
+    #[test]
+    fn no_runtime_is_an_error() {
+        assert!(matches!(Netlink::new(), Err(Error::NoRuntime)));
+    }
+}

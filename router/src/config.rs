@@ -1,0 +1,92 @@
+//! Layer: driver. The router's configuration, as the CLI builds it from flags and environment.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use weft_mesh::PeerName;
+
+/// Overlay MTU used when none is given (Weave's fast-datapath default).
+pub const DEFAULT_MTU: u32 = 1376;
+/// TCP control port; the UDP data port is this plus one.
+pub const DEFAULT_PORT: u16 = 6783;
+/// Name of the bridge every container and the TAP join.
+pub const BRIDGE: &str = "weave";
+/// Name of the TAP device the router reads frames from.
+pub const TAP: &str = "vethwe-tap";
+
+/// Everything the daemon needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Peer name given with `--name`; otherwise loaded from the state directory or derived.
+    pub name: Option<PeerName>,
+    /// Human-readable name (hostname by default).
+    pub nickname: String,
+    /// Address the control listener and the data socket bind to.
+    pub host: IpAddr,
+    /// TCP control port.
+    pub port: u16,
+    /// UDP data port (VXLAN).
+    pub data_port: u16,
+    /// HTTP API address.
+    pub http_addr: SocketAddr,
+    /// Overlay MTU for the bridge and every container interface.
+    pub mtu: u32,
+    /// Where persistent state lives (peer name, short id).
+    pub state_dir: PathBuf,
+    /// Where the pid file lives.
+    pub run_dir: PathBuf,
+    /// Peers to dial (`IP[:port]`).
+    pub peers: Vec<String>,
+    /// Bridge name.
+    pub bridge: String,
+    /// TAP name.
+    pub tap: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: None,
+            nickname: String::from("weft"),
+            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: DEFAULT_PORT,
+            data_port: DEFAULT_PORT + 1,
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 6784)),
+            mtu: DEFAULT_MTU,
+            state_dir: PathBuf::from("/var/lib/weft"),
+            run_dir: PathBuf::from("/run/weft"),
+            peers: Vec::new(),
+            bridge: BRIDGE.to_owned(),
+            tap: TAP.to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// The pid file of the daemon.
+    pub fn pid_file(&self) -> PathBuf {
+        self.run_dir.join("weft.pid")
+    }
+}
+
+/// Parse a peer argument `host[:port]` into a socket address (port defaults to `default_port`).
+pub fn parse_peer(peer: &str, default_port: u16) -> Result<SocketAddr, String> {
+    if let Ok(addr) = peer.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = peer.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    let (host, port) = match peer.rsplit_once(':') {
+        Some((h, p)) => {
+            (h, p.parse::<u16>().map_err(|_| format!("invalid port in peer '{peer}'"))?)
+        }
+        None => (peer, default_port),
+    };
+    use std::net::ToSocketAddrs;
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve peer '{peer}': {e}"))?
+        .next()
+        .ok_or_else(|| format!("peer '{peer}' has no address"))
+}

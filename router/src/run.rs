@@ -1,0 +1,141 @@
+//! Layer: driver. Starting and stopping the router: network setup, tasks, pid file.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use weft_mesh::{LocalPeer, PeerUid};
+use weft_overlay::{EngineConfig, MacTable};
+use weft_sys::netlink::Netlink;
+use weft_sys::tap::Tap;
+use weft_sys::udp::BatchUdp;
+use weft_wire::control::{PROTOCOL_MAX, PROTOCOL_MIN};
+
+use crate::config::Config;
+use crate::control::Control;
+use crate::dataplane::{self, Clock, DpCommand};
+use crate::state::{RouterInfo, Shared, State};
+use crate::{api, identity};
+
+/// Run the router until `shutdown` completes.
+///
+/// Creates the bridge (if absent) and the TAP on it, binds the control listener, the data socket
+/// and the HTTP API, writes the pid file, dials the configured peers, and serves until shutdown.
+/// On the way out it stops the data plane and removes the pid file; the bridge stays, so local
+/// traffic between containers keeps flowing (as `weave stop` leaves it).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.run_dir)
+        .with_context(|| format!("creating run directory {}", config.run_dir.display()))?;
+    let pid_file = config.pid_file();
+    if let Some(pid) = running_pid(&pid_file) {
+        bail!("weft is already running (pid {pid}, pid file {})", pid_file.display());
+    }
+    let id = identity::load(&config.state_dir, config.name).with_context(|| {
+        format!("loading the peer identity from {}", config.state_dir.display())
+    })?;
+    let uid: u64 = rand::random();
+
+    // The bridge and the TAP on it.
+    let nl = Netlink::new().context("opening netlink")?;
+    let bridge = nl
+        .ensure_bridge(&config.bridge, config.mtu, Some(id.name.to_mac()))
+        .await
+        .with_context(|| format!("creating bridge {}", config.bridge))?;
+    let tap = Tap::open(&config.tap, false).with_context(|| format!("opening TAP {}", config.tap))?;
+    let tap_index = nl
+        .link_index(&config.tap)
+        .await?
+        .with_context(|| format!("TAP {} vanished", config.tap))?;
+    nl.set_mtu(tap_index, config.mtu).await?;
+    nl.set_master(tap_index, bridge).await?;
+    nl.set_up(tap_index).await?;
+    // The bridge's MTU follows its smallest port; set it again now the TAP is in.
+    nl.set_mtu(bridge, config.mtu).await?;
+
+    let udp = BatchUdp::bind(SocketAddr::new(config.host, config.data_port))
+        .with_context(|| format!("binding UDP {}:{}", config.host, config.data_port))?;
+    let listener = TcpListener::bind(SocketAddr::new(config.host, config.port))
+        .await
+        .with_context(|| format!("binding TCP {}:{}", config.host, config.port))?;
+    let http = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP API on {}", config.http_addr))?;
+
+    let clock = Clock::start();
+    let (dp_tx, dp_rx) = std::sync::mpsc::channel();
+    let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        info: RouterInfo {
+            name: id.name.to_string(),
+            nickname: config.nickname.clone(),
+            short_id: id.short_id.get(),
+            uid,
+            port: config.port,
+            data_port: config.data_port,
+            mtu: config.mtu,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol_min: PROTOCOL_MIN,
+            protocol_max: PROTOCOL_MAX,
+        },
+        state: Mutex::new(State::default()),
+        dataplane: dp_tx.clone(),
+    });
+    let publish = {
+        let shared = shared.clone();
+        move |c: &weft_overlay::Counters| shared.lock().counters = *c
+    };
+    let engine_config =
+        EngineConfig { local_short_id: id.short_id.get(), mac_max_age: MacTable::DEFAULT_MAX_AGE };
+    let dp = dataplane::spawn(tap, udp.try_clone()?, engine_config, clock, dp_rx, ev_tx, publish)
+        .context("starting the data plane")?;
+
+    let local = LocalPeer {
+        name: id.name,
+        nickname: config.nickname.clone(),
+        short_id: id.short_id,
+        uid: PeerUid(uid),
+        data_port: config.data_port,
+    };
+    let control = Arc::new(Control::new(shared.clone(), local, clock, udp, config.port));
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(control.clone().pump(ev_rx));
+    tasks.spawn(control.clone().listen(listener));
+    for peer in &config.peers {
+        tasks.spawn(control.clone().dial(peer.clone()));
+    }
+    let app = api::router(shared.clone());
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(http, app).await {
+            tracing::error!("HTTP API stopped: {e}");
+        }
+    });
+
+    identity::write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())
+        .with_context(|| format!("writing {}", pid_file.display()))?;
+    tracing::info!(
+        "weft router {}({}) short id {} listening on tcp/{} udp/{}, API on http://{}",
+        id.name,
+        config.nickname,
+        id.short_id.get(),
+        config.port,
+        config.data_port,
+        config.http_addr
+    );
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    tasks.abort_all();
+    let _ = dp_tx.send(DpCommand::Shutdown);
+    let _ = tokio::task::spawn_blocking(move || dp.join()).await;
+    let _ = std::fs::remove_file(&pid_file);
+    Ok(())
+}
+
+/// The pid in `pid_file` if that process is alive.
+pub fn running_pid(pid_file: &std::path::Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let alive = std::path::Path::new(&format!("/proc/{pid}")).exists() && pid != std::process::id();
+    alive.then_some(pid)
+}
