@@ -38,7 +38,7 @@ struct Args {
     /// Comma-separated targets out of weft, kvxlan, veth.
     #[arg(long, default_value = "weft,kvxlan,veth")]
     targets: String,
-    /// JSON output file (default bench-results/netbench-<unix time>.json).
+    /// JSON output file (default `bench-results/netbench-<unix time>.json`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Shared lock taken around every measured run.

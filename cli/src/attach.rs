@@ -29,7 +29,9 @@ pub(crate) struct DetachArgs {
 }
 
 fn split(args: &[String]) -> anyhow::Result<(Vec<Ipv4Net>, &str)> {
-    let Some((target, addrs)) = args.split_last() else { bail!("missing TARGET") };
+    let Some((target, addrs)) = args.split_last() else {
+        bail!("missing TARGET")
+    };
     let addrs = addrs
         .iter()
         .map(|a| {
@@ -55,15 +57,21 @@ async fn mtu(global: &Global) -> u32 {
             }
         }
     }
-    std::env::var("WEAVE_MTU").ok().and_then(|m| m.parse().ok()).unwrap_or(DEFAULT_MTU)
+    std::env::var("WEAVE_MTU")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(DEFAULT_MTU)
 }
 
 pub(crate) fn attach(global: &Global, args: AttachArgs) -> anyhow::Result<ExitCode> {
     let (addrs, target) = split(&args.args)?;
     if addrs.is_empty() {
-        bail!("weft attach needs at least one address (IPAM allocation comes with a later release)");
+        bail!(
+            "weft attach needs at least one address (IPAM allocation comes with a later release)"
+        );
     }
-    let ns = NetNs::from_target(target).with_context(|| format!("no container or namespace '{target}'"))?;
+    let ns = NetNs::from_target(target)
+        .with_context(|| format!("no container or namespace '{target}'"))?;
     let id_hint = target.parse::<u32>().ok();
     let attached = runtime()?.block_on(async {
         let nl = weft_sys::netlink::Netlink::new()?;
@@ -73,16 +81,25 @@ pub(crate) fn attach(global: &Global, args: AttachArgs) -> anyhow::Result<ExitCo
         let mtu = mtu(global).await;
         Ok(weft_sys::plumb::attach(BRIDGE, &ns, id_hint, &addrs, mtu).await?)
     })?;
-    let ips: Vec<String> = attached.addrs.iter().map(|a| a.addr().to_string()).collect();
+    let ips: Vec<String> = attached
+        .addrs
+        .iter()
+        .map(|a| a.addr().to_string())
+        .collect();
     println!("{}", ips.join(" "));
     Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn detach(_global: &Global, args: DetachArgs) -> anyhow::Result<ExitCode> {
     let (addrs, target) = split(&args.args)?;
-    let ns = NetNs::from_target(target).with_context(|| format!("no container or namespace '{target}'"))?;
+    let ns = NetNs::from_target(target)
+        .with_context(|| format!("no container or namespace '{target}'"))?;
     runtime()?.block_on(async {
-        let which = if addrs.is_empty() { None } else { Some(addrs.as_slice()) };
+        let which = if addrs.is_empty() {
+            None
+        } else {
+            Some(addrs.as_slice())
+        };
         weft_sys::plumb::detach(&ns, which).await
     })?;
     Ok(ExitCode::SUCCESS)

@@ -54,8 +54,14 @@ pub(crate) fn launch(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCo
         return foreground(global, args);
     }
     let rt = runtime()?;
-    if rt.block_on(http::get(global.http_addr, "/status", true)).is_ok() {
-        bail!("a weft router is already running (its API answers on {})", global.http_addr);
+    if rt
+        .block_on(http::get(global.http_addr, "/status", true))
+        .is_ok()
+    {
+        bail!(
+            "a weft router is already running (its API answers on {})",
+            global.http_addr
+        );
     }
     if let Some(pid) = running_pid(&global.run_dir.join("weft.pid")) {
         bail!("a weft router is already running (pid {pid})");
@@ -105,7 +111,10 @@ pub(crate) fn launch(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCo
         if start.elapsed() > Duration::from_secs(20) {
             let _ = child.kill();
             let tail = log_tail(&log_path, 15);
-            bail!("the router did not answer on {} within 20 s; last log lines:\n{tail}", global.http_addr);
+            bail!(
+                "the router did not answer on {} within 20 s; last log lines:\n{tail}",
+                global.http_addr
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -134,7 +143,10 @@ fn launch_flags(args: &LaunchArgs) -> Vec<String> {
 fn foreground(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .with_context(|| format!("invalid --log-level '{}'", args.log_level))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .init();
     let nickname = match args.nickname {
         Some(n) => n,
         None => nix::unistd::gethostname()
@@ -147,7 +159,10 @@ fn foreground(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCode> {
         nickname,
         host: args.host,
         port: args.port,
-        data_port: args.port.checked_add(1).context("--port 65535 leaves no data port")?,
+        data_port: args
+            .port
+            .checked_add(1)
+            .context("--port 65535 leaves no data port")?,
         http_addr: global.http_addr,
         mtu: args.mtu,
         state_dir: global.state_dir.clone(),
@@ -156,15 +171,20 @@ fn foreground(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCode> {
         bridge: BRIDGE.to_owned(),
         tap: TAP.to_owned(),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(weft_router::run(config, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the router would never stop cleanly; run until killed.
         std::future::pending::<()>().await;
         return;

@@ -23,7 +23,11 @@ pub(crate) async fn request(
         .with_context(|| format!("cannot reach the weft API on {addr}; is the router running?"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let accept = if json { "application/json" } else { "text/plain" };
+    let accept = if json {
+        "application/json"
+    } else {
+        "text/plain"
+    };
     let req = Request::builder()
         .method(method)
         .uri(path)
@@ -39,6 +43,10 @@ pub(crate) async fn request(
 }
 
 /// GET a path.
-pub(crate) async fn get(addr: SocketAddr, path: &str, json: bool) -> anyhow::Result<(StatusCode, String)> {
+pub(crate) async fn get(
+    addr: SocketAddr,
+    path: &str,
+    json: bool,
+) -> anyhow::Result<(StatusCode, String)> {
     request(addr, Method::GET, path, json).await
 }

@@ -33,10 +33,20 @@ struct Global {
     #[arg(long, global = true, env = "WEFT_RUN_DIR", default_value = "/run/weft")]
     run_dir: PathBuf,
     /// Directory for persistent state (peer name, short id).
-    #[arg(long, global = true, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+    #[arg(
+        long,
+        global = true,
+        env = "WEFT_STATE_DIR",
+        default_value = "/var/lib/weft"
+    )]
     state_dir: PathBuf,
     /// Address of the router's HTTP API.
-    #[arg(long, global = true, env = "WEAVE_HTTP_ADDR", default_value = "127.0.0.1:6784")]
+    #[arg(
+        long,
+        global = true,
+        env = "WEAVE_HTTP_ADDR",
+        default_value = "127.0.0.1:6784"
+    )]
     http_addr: SocketAddr,
 }
 
@@ -80,5 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// A current-thread tokio runtime for one command.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }

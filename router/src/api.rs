@@ -44,7 +44,11 @@ fn json(report: &impl serde::Serialize) -> Response {
 
 async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let report = build_report(&shared);
-    if wants_json(&headers) { json(&report) } else { render_status(&report).into_response() }
+    if wants_json(&headers) {
+        json(&report)
+    } else {
+        render_status(&report).into_response()
+    }
 }
 
 async fn report(State(shared): State<Arc<Shared>>) -> Response {
@@ -65,7 +69,11 @@ async fn status_sub(
         "connections" => render_connections(&report).into_response(),
         "targets" if as_json => json(&report.targets),
         "targets" => render_targets(&report).into_response(),
-        _ => (StatusCode::NOT_FOUND, format!("unknown status report '{sub}'\n")).into_response(),
+        _ => (
+            StatusCode::NOT_FOUND,
+            format!("unknown status report '{sub}'\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -128,7 +136,10 @@ pub fn build_report(shared: &Shared) -> StatusReport {
     }
     // Targets with no live connection show their dialling state.
     for t in state.targets.values() {
-        let live = state.conns.values().any(|r| r.address.ip() == t.address.ip());
+        let live = state
+            .conns
+            .values()
+            .any(|r| r.address.ip() == t.address.ip());
         if !live && t.state != ConnState::Established {
             connections.push(ConnectionReport {
                 address: t.address.to_string(),
@@ -146,7 +157,10 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         .iter()
         .map(|(name, _, v)| ((*name).to_owned(), *v))
         .collect();
-    counters.insert("control_handshake_failures".into(), state.handshake_failures);
+    counters.insert(
+        "control_handshake_failures".into(),
+        state.handshake_failures,
+    );
     StatusReport {
         name: info.name.clone(),
         nickname: info.nickname.clone(),
@@ -166,7 +180,9 @@ pub fn build_report(shared: &Shared) -> StatusReport {
 }
 
 fn peer_name(name: u64) -> String {
-    PeerName::new(name).map(|n| n.to_string()).unwrap_or_else(|| format!("{name:x}"))
+    PeerName::new(name)
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| format!("{name:x}"))
 }
 
 /// The word `weft status connections` prints for a state.
@@ -201,12 +217,20 @@ pub fn render_status(r: &StatusReport) -> String {
     let _ = writeln!(out, "        Service: router");
     let _ = writeln!(out, "       Protocol: {}", r.protocol);
     let _ = writeln!(out, "           Name: {}({})", r.name, r.nickname);
-    let _ = writeln!(out, "     Encryption: {}", if r.encryption { "enabled" } else { "disabled" });
+    let _ = writeln!(
+        out,
+        "     Encryption: {}",
+        if r.encryption { "enabled" } else { "disabled" }
+    );
     let _ = writeln!(out, "        Targets: {}", r.targets.len());
     let _ = writeln!(out, "    Connections: {conns}");
     let _ = writeln!(out, "          Peers: {}", r.peers.len());
     let _ = writeln!(out, "            MTU: {}", r.mtu);
-    let _ = writeln!(out, "   Data (VXLAN): udp/{} (short id {})", r.data_port, r.short_id);
+    let _ = writeln!(
+        out,
+        "   Data (VXLAN): udp/{} (short id {})",
+        r.data_port, r.short_id
+    );
     out
 }
 
@@ -215,7 +239,11 @@ pub fn render_connections(r: &StatusReport) -> String {
     let mut out = String::new();
     for c in &r.connections {
         let dir = if c.outbound { "->" } else { "<-" };
-        let peer = if c.name.is_empty() { String::new() } else { format!("{}({})", c.name, c.nickname) };
+        let peer = if c.name.is_empty() {
+            String::new()
+        } else {
+            format!("{}({})", c.name, c.nickname)
+        };
         let mut line = format!("{dir} {:<21} {:<11} {peer}", c.address, state_name(c.state));
         if c.state == ConnState::Established || c.state == ConnState::Pending {
             let _ = write!(line, " mtu={}", r.mtu);

@@ -78,9 +78,11 @@ pub fn parse_peer(peer: &str, default_port: u16) -> Result<SocketAddr, String> {
         return Ok(SocketAddr::new(ip, default_port));
     }
     let (host, port) = match peer.rsplit_once(':') {
-        Some((h, p)) => {
-            (h, p.parse::<u16>().map_err(|_| format!("invalid port in peer '{peer}'"))?)
-        }
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("invalid port in peer '{peer}'"))?,
+        ),
         None => (peer, default_port),
     };
     use std::net::ToSocketAddrs;

@@ -119,16 +119,20 @@ impl Control {
                 continue;
             }
             self.set_target(&target, Some(addr), ConnState::Connecting, String::new());
-            let outcome = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
-            {
-                Ok(Ok(stream)) => self.drive(stream, addr, true).await,
-                Ok(Err(e)) => Outcome { reason: e.to_string(), was_ready: false, permanent: false },
-                Err(_) => Outcome {
-                    reason: "connect timed out".into(),
-                    was_ready: false,
-                    permanent: false,
-                },
-            };
+            let outcome =
+                match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                    Ok(Ok(stream)) => self.drive(stream, addr, true).await,
+                    Ok(Err(e)) => Outcome {
+                        reason: e.to_string(),
+                        was_ready: false,
+                        permanent: false,
+                    },
+                    Err(_) => Outcome {
+                        reason: "connect timed out".into(),
+                        was_ready: false,
+                        permanent: false,
+                    },
+                };
             tracing::info!("connection to {addr} ended: {}", outcome.reason);
             if outcome.permanent {
                 self.set_target(&target, Some(addr), ConnState::Failed, outcome.reason);
@@ -156,7 +160,8 @@ impl Control {
             let mut state = self.shared.lock();
             let Some(rec) = state.conns.values_mut().find(|r| {
                 r.conn_uid == Some(heartbeat.conn_uid)
-                    && r.remote.is_some_and(|p| p.name == heartbeat.sender && p.short_id == src)
+                    && r.remote
+                        .is_some_and(|p| p.name == heartbeat.sender && p.short_id == src)
             }) else {
                 continue;
             };
@@ -169,16 +174,23 @@ impl Control {
     }
 
     fn connected_to(&self, ip: IpAddr) -> bool {
-        self.shared.lock().conns.values().any(|r| r.address.ip() == ip && r.remote.is_some())
+        self.shared
+            .lock()
+            .conns
+            .values()
+            .any(|r| r.address.ip() == ip && r.remote.is_some())
     }
 
     fn set_target(&self, target: &str, addr: Option<SocketAddr>, st: ConnState, info: String) {
         let mut state = self.shared.lock();
-        let rec = state.targets.entry(target.to_owned()).or_insert_with(|| TargetRecord {
-            address: addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
-            state: st,
-            info: String::new(),
-        });
+        let rec = state
+            .targets
+            .entry(target.to_owned())
+            .or_insert_with(|| TargetRecord {
+                address: addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                state: st,
+                info: String::new(),
+            });
         if let Some(a) = addr {
             rec.address = a;
         }
@@ -206,7 +218,9 @@ impl Control {
                 commands: tx,
             },
         );
-        let outcome = self.run_connection(id, stream, address, outbound, &mut commands).await;
+        let outcome = self
+            .run_connection(id, stream, address, outbound, &mut commands)
+            .await;
         self.unregister(id, &outcome);
         outcome
     }
@@ -221,7 +235,13 @@ impl Control {
     ) -> Outcome {
         let conn_id: u64 = rand::rng().random();
         let now = self.clock.now();
-        let mut conn = Connection::new(self.local.clone(), outbound, conn_id, now, self.conn_config.clone());
+        let mut conn = Connection::new(
+            self.local.clone(),
+            outbound,
+            conn_id,
+            now,
+            self.conn_config.clone(),
+        );
         let (mut rd, mut wr) = stream.into_split();
         let mut buf = vec![0u8; 64 * 1024];
         let mut out = Vec::new();
@@ -242,7 +262,11 @@ impl Control {
             }
             while let Some(event) = conn.poll_event() {
                 match event {
-                    Event::Ready { remote, conn_uid, version } => {
+                    Event::Ready {
+                        remote,
+                        conn_uid,
+                        version,
+                    } => {
                         let info = RemoteInfo {
                             name: remote.name.get(),
                             short_id: remote.short_id.get(),
@@ -257,7 +281,11 @@ impl Control {
                         );
                         if let Err(reason) = self.on_ready(id, info, &remote.nickname, conn_uid) {
                             conn.close(CloseReason::Local);
-                            return Outcome { reason: reason.into(), was_ready: true, permanent: false };
+                            return Outcome {
+                                reason: reason.into(),
+                                was_ready: true,
+                                permanent: false,
+                            };
                         }
                         ready = Some((info, conn_uid));
                         next_heartbeat = Some(self.clock.now());
@@ -281,6 +309,16 @@ impl Control {
                         if permanent || !matches!(reason, CloseReason::Local) {
                             tracing::warn!("connection with {address}: {reason}");
                         }
+                        // Whatever the state machine queued before closing (our hello, so the
+                        // peer can report a version mismatch too) still goes out.
+                        out.clear();
+                        while conn.poll_transmit(&mut out) {}
+                        if !out.is_empty() {
+                            let _ =
+                                tokio::time::timeout(Duration::from_secs(1), wr.write_all(&out))
+                                    .await;
+                        }
+                        let _ = wr.shutdown().await;
                         return Outcome {
                             reason: reason.to_string(),
                             was_ready: ready.is_some(),
@@ -289,7 +327,10 @@ impl Control {
                     }
                 }
             }
-            let deadline = [conn.poll_timeout(), next_heartbeat].into_iter().flatten().min();
+            let deadline = [conn.poll_timeout(), next_heartbeat]
+                .into_iter()
+                .flatten()
+                .min();
             let sleep = async {
                 match deadline {
                     Some(t) => tokio::time::sleep_until(self.clock.to_std(t).into()).await,
@@ -342,7 +383,10 @@ impl Control {
 
     fn send_heartbeat(&self, remote: RemoteInfo, conn_uid: u64) {
         let mut buf = [0u8; 64];
-        let hb = Heartbeat { conn_uid, sender: self.local.name.get() };
+        let hb = Heartbeat {
+            conn_uid,
+            sender: self.local.name.get(),
+        };
         let n = weft_overlay::emit_heartbeat_datagram(
             self.local.short_id.get(),
             remote.short_id,
@@ -366,7 +410,9 @@ impl Control {
         if info.short_id == self.local.short_id.get() {
             tracing::warn!(
                 "peer {} uses our short id {}; traffic to it will fail until one restarts",
-                weft_mesh::PeerName::new(info.name).map(|n| n.to_string()).unwrap_or_default(),
+                weft_mesh::PeerName::new(info.name)
+                    .map(|n| n.to_string())
+                    .unwrap_or_default(),
                 info.short_id
             );
         }
@@ -375,7 +421,9 @@ impl Control {
         let other = state
             .conns
             .iter()
-            .find(|(k, r)| **k != id && r.remote.is_some_and(|p| p.name == info.name) && r.conn_uid.is_some())
+            .find(|(k, r)| {
+                **k != id && r.remote.is_some_and(|p| p.name == info.name) && r.conn_uid.is_some()
+            })
             .map(|(k, r)| (*k, r.conn_uid.unwrap_or(u64::MAX)));
         if let Some((other_id, other_uid)) = other {
             if other_uid < conn_uid {
@@ -383,7 +431,9 @@ impl Control {
             }
             if let Some(o) = state.conns.get_mut(&other_id) {
                 o.owns_dataplane_peer = false;
-                let _ = o.commands.send(ConnCommand::Close("duplicate connection (keeping the other one)"));
+                let _ = o.commands.send(ConnCommand::Close(
+                    "duplicate connection (keeping the other one)",
+                ));
             }
         }
         let Some(rec) = state.conns.get_mut(&id) else {
@@ -404,7 +454,9 @@ impl Control {
 
     fn unregister(&self, id: u64, outcome: &Outcome) {
         let mut state = self.shared.lock();
-        let Some(rec) = state.conns.remove(&id) else { return };
+        let Some(rec) = state.conns.remove(&id) else {
+            return;
+        };
         if rec.remote.is_none() {
             state.handshake_failures += 1;
             tracing::info!("handshake with {} failed: {}", rec.address, outcome.reason);
@@ -428,10 +480,10 @@ impl Control {
                 }));
             }
         } else {
-            let _ = self
-                .shared
-                .dataplane
-                .send(DpCommand::RemovePeer { short_id: remote.short_id, name: remote.name });
+            let _ = self.shared.dataplane.send(DpCommand::RemovePeer {
+                short_id: remote.short_id,
+                name: remote.name,
+            });
         }
     }
 }

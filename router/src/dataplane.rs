@@ -69,7 +69,9 @@ pub struct Clock {
 impl Clock {
     /// A clock starting now.
     pub fn start() -> Self {
-        Self { epoch: std::time::Instant::now() }
+        Self {
+            epoch: std::time::Instant::now(),
+        }
     }
 
     /// The current time.
@@ -94,10 +96,12 @@ pub fn spawn(
     publish: impl FnMut(&Counters) + Send + 'static,
 ) -> io::Result<JoinHandle<()>> {
     tap.set_nonblocking(true)?;
-    std::thread::Builder::new().name("weft-dataplane".into()).spawn(move || {
-        let mut dp = DataPlane::new(tap, udp, Engine::new(config), clock, events);
-        dp.run(&commands, publish);
-    })
+    std::thread::Builder::new()
+        .name("weft-dataplane".into())
+        .spawn(move || {
+            let mut dp = DataPlane::new(tap, udp, Engine::new(config), clock, events);
+            dp.run(&commands, publish);
+        })
 }
 
 struct DataPlane {
@@ -166,10 +170,10 @@ impl DataPlane {
             }
             let now = self.clock.now();
             if ready[0] {
-                self.from_tap(now);
+                self.tap_to_peers(now);
             }
             if ready[1] {
-                self.from_udp(now);
+                self.peers_to_tap(now);
             }
             if now.saturating_duration_since(last_expire) >= EXPIRE_EVERY {
                 self.engine.expire(now);
@@ -183,7 +187,7 @@ impl DataPlane {
     }
 
     /// Frames from the local bridge go out to peers.
-    fn from_tap(&mut self, now: Instant) {
+    fn tap_to_peers(&mut self, now: Instant) {
         for _ in 0..TAP_BUDGET {
             let n = match self.tap.recv(&mut self.tap_buf) {
                 Ok(n) => n,
@@ -221,7 +225,7 @@ impl DataPlane {
     }
 
     /// Datagrams from peers go to the local bridge.
-    fn from_udp(&mut self, now: Instant) {
+    fn peers_to_tap(&mut self, now: Instant) {
         for _ in 0..UDP_BUDGET {
             let count = match self.udp.recv_batch(&mut self.recv) {
                 Ok(n) => n,
@@ -247,7 +251,8 @@ impl DataPlane {
                     continue;
                 }
                 let datagram = self.recv.datagram(i);
-                match self.engine.on_datagram(datagram, now) {
+                let from = self.recv.source(i);
+                match self.engine.on_datagram(datagram, from, now) {
                     DatagramDecision::Drop => {}
                     DatagramDecision::Deliver(range) => match self.tap.send(&datagram[range]) {
                         Ok(_) => self.engine.count_delivered(1),

@@ -25,8 +25,9 @@ pub fn load(state_dir: &Path, name: Option<PeerName>) -> io::Result<Identity> {
     fs::create_dir_all(state_dir)?;
     let name_file = state_dir.join("peer-name");
     let short_file = state_dir.join("short-id");
-    let stored: Option<PeerName> =
-        fs::read_to_string(&name_file).ok().and_then(|s| s.trim().parse().ok());
+    let stored: Option<PeerName> = fs::read_to_string(&name_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
     let name = match (name, stored) {
         (Some(n), _) => n,
         (None, Some(n)) => n,

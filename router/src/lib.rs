@@ -10,7 +10,7 @@
 //! - [`api`]: the HTTP API on 127.0.0.1:6784 (`/status`, `/metrics`).
 //! - [`identity`]: peer name and short id, derived or loaded from the state directory.
 //!
-//! The entry point is [`run`], which takes the configuration and a shutdown future
+//! The entry point is [`run()`], which takes the configuration and a shutdown future
 //! (mini-redis style), so tests and the CLI drive it the same way.
 #![forbid(unsafe_code)]
 

@@ -30,10 +30,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("creating run directory {}", config.run_dir.display()))?;
     let pid_file = config.pid_file();
     if let Some(pid) = running_pid(&pid_file) {
-        bail!("weft is already running (pid {pid}, pid file {})", pid_file.display());
+        bail!(
+            "weft is already running (pid {pid}, pid file {})",
+            pid_file.display()
+        );
     }
     let id = identity::load(&config.state_dir, config.name).with_context(|| {
-        format!("loading the peer identity from {}", config.state_dir.display())
+        format!(
+            "loading the peer identity from {}",
+            config.state_dir.display()
+        )
     })?;
     let uid: u64 = rand::random();
 
@@ -43,7 +49,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .ensure_bridge(&config.bridge, config.mtu, Some(id.name.to_mac()))
         .await
         .with_context(|| format!("creating bridge {}", config.bridge))?;
-    let tap = Tap::open(&config.tap, false).with_context(|| format!("opening TAP {}", config.tap))?;
+    let tap =
+        Tap::open(&config.tap, false).with_context(|| format!("opening TAP {}", config.tap))?;
     let tap_index = nl
         .link_index(&config.tap)
         .await?
@@ -86,10 +93,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let shared = shared.clone();
         move |c: &weft_overlay::Counters| shared.lock().counters = *c
     };
-    let engine_config =
-        EngineConfig { local_short_id: id.short_id.get(), mac_max_age: MacTable::DEFAULT_MAX_AGE };
-    let dp = dataplane::spawn(tap, udp.try_clone()?, engine_config, clock, dp_rx, ev_tx, publish)
-        .context("starting the data plane")?;
+    let engine_config = EngineConfig {
+        local_short_id: id.short_id.get(),
+        mac_max_age: MacTable::DEFAULT_MAX_AGE,
+    };
+    let dp = dataplane::spawn(
+        tap,
+        udp.try_clone()?,
+        engine_config,
+        clock,
+        dp_rx,
+        ev_tx,
+        publish,
+    )
+    .context("starting the data plane")?;
 
     let local = LocalPeer {
         name: id.name,
@@ -133,9 +150,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
-/// The pid in `pid_file` if that process is alive.
+/// The pid in `pid_file` if that process is alive and is a weft router.
+///
+/// A killed router whose parent does not reap it (a container's pid 1, some VMs' init) stays a
+/// zombie with a `/proc` entry, so the process state is checked too, and a reused pid is
+/// recognised by its command line.
 pub fn running_pid(pid_file: &std::path::Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
-    let alive = std::path::Path::new(&format!("/proc/{pid}")).exists() && pid != std::process::id();
-    alive.then_some(pid)
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if pid == std::process::id() {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses and may contain spaces.
+    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+    if matches!(state, "Z" | "X" | "x") {
+        return None;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let is_router = cmdline.split(|&b| b == 0).any(|arg| arg == b"--foreground");
+    is_router.then_some(pid)
 }

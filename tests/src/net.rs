@@ -387,11 +387,13 @@ impl Host {
         )
     }
 
-    /// `weft launch` with the given peers' underlay addresses.
+    /// `weft launch --nickname host<n>` with the given peers' underlay addresses.
     pub fn launch(&self, peers: &[&Self]) -> Result<()> {
-        let peers: Vec<String> = peers.iter().map(|h| h.addr.to_string()).collect();
-        let peers: Vec<&str> = peers.iter().map(String::as_str).collect();
-        self.launch_args(&peers)
+        let nick = format!("host{}", self.n);
+        let mut args: Vec<String> = vec!["--nickname".into(), nick];
+        args.extend(peers.iter().map(|h| h.addr.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.launch_args(&args)
     }
 
     /// `weft launch ARGS` (peers and options as given).

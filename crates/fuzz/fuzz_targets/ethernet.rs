@@ -23,7 +23,7 @@ fn dissect(data: &[u8], depth: u32) {
         ethernet::ethertype_of(data),
     );
     let Ok(frame) = Frame::new_checked(data) else {
-        assert!(src.is_none() && ty.is_none());
+        assert!(dst.is_none() && src.is_none() && ty.is_none());
         return;
     };
     assert_eq!(dst, Some(frame.dst_addr()));
@@ -33,17 +33,19 @@ fn dissect(data: &[u8], depth: u32) {
     let _ = repr.to_string();
     let mut buf = vec![0u8; repr.buffer_len()];
     repr.emit(&mut Frame::new_unchecked(&mut buf[..]));
-    assert_eq!(&buf[..], &data[..ethernet::HEADER_LEN], "header bytes differ");
+    assert_eq!(
+        &buf[..],
+        &data[..ethernet::HEADER_LEN],
+        "header bytes differ"
+    );
     let again = Repr::parse(&Frame::new_checked(&buf[..]).expect("emitted header is too short"));
     assert_eq!(again, Ok(repr));
 
     let payload = frame.payload();
     match repr.ethertype {
         EtherType::Arp => {
-            if let Ok(packet) = arp::Packet::new_checked(payload) {
-                if let Ok(arp) = arp::Repr::parse(&packet) {
-                    let _ = arp.to_string();
-                }
+            if let Ok(arp) = arp::Packet::new_checked(payload).and_then(|p| arp::Repr::parse(&p)) {
+                let _ = arp.to_string();
             }
         }
         EtherType::Ipv4 => dissect_ipv4(payload, depth),
@@ -63,10 +65,10 @@ fn dissect_ipv4(data: &[u8], depth: u32) {
     match ip.protocol {
         ipv4::Protocol::Udp => dissect_udp(packet.payload(), ip.src_addr, ip.dst_addr, depth),
         ipv4::Protocol::Icmp => {
-            if let Ok(packet) = icmpv4::Packet::new_checked(packet.payload()) {
-                if let Ok(icmp) = icmpv4::Repr::parse(&packet) {
-                    let _ = icmp.to_string();
-                }
+            let icmp =
+                icmpv4::Packet::new_checked(packet.payload()).and_then(|p| icmpv4::Repr::parse(&p));
+            if let Ok(icmp) = icmp {
+                let _ = icmp.to_string();
             }
         }
         _ => {}

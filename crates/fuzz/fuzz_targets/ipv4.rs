@@ -39,7 +39,11 @@ fuzz_target!(|data: &[u8]| {
     repr.emit(&mut out);
     out.payload_mut().copy_from_slice(payload);
     // The emitted header checksum is genuinely correct, not just accepted under fuzzing.
-    assert_eq!(checksum::data(&buf[..repr.buffer_len()]), 0xffff, "bad emitted checksum");
+    assert_eq!(
+        checksum::data(&buf[..repr.buffer_len()]),
+        0xffff,
+        "bad emitted checksum"
+    );
     let out = Packet::new_checked(&buf[..]).expect("emitted packet fails check_len");
     assert_eq!(Repr::parse(&out), Ok(repr));
     assert_eq!(out.payload(), payload);

@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let src = Ipv4Addr::new(addrs[0], addrs[1], addrs[2], addrs[3]);
     let dst = Ipv4Addr::new(addrs[4], addrs[5], addrs[6], addrs[7]);
-    let Ok(packet) = Packet::new_checked(&data[..]) else {
+    let Ok(packet) = Packet::new_checked(data) else {
         return;
     };
     let _ = (packet.src_port(), packet.dst_port(), packet.checksum());

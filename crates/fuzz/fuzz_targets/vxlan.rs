@@ -11,7 +11,10 @@ use weft_wire::vxlan::{self, Packet, Repr};
 fuzz_target!(|data: &[u8]| {
     let fast = vxlan::parse_header(data);
     let Ok(packet) = Packet::new_checked(data) else {
-        assert_eq!(fast, None, "parse_header accepted what new_checked rejected");
+        assert_eq!(
+            fast, None,
+            "parse_header accepted what new_checked rejected"
+        );
         return;
     };
     let _ = packet.flags();

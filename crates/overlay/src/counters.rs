@@ -35,12 +35,32 @@ impl Counters {
     /// Every counter with its Prometheus-style name and help text, for exporters.
     pub fn fields(&self) -> [(&'static str, &'static str, u64); 12] {
         [
-            ("tap_rx_frames", "Frames read from the TAP.", self.tap_rx_frames),
-            ("tap_tx_frames", "Frames written to the TAP.", self.tap_tx_frames),
+            (
+                "tap_rx_frames",
+                "Frames read from the TAP.",
+                self.tap_rx_frames,
+            ),
+            (
+                "tap_tx_frames",
+                "Frames written to the TAP.",
+                self.tap_tx_frames,
+            ),
             ("tap_rx_dropped", "TAP frames dropped.", self.tap_rx_dropped),
-            ("tap_rx_local", "TAP frames for a local destination.", self.tap_rx_local),
-            ("udp_rx_datagrams", "Datagrams received on the data port.", self.udp_rx_datagrams),
-            ("udp_tx_datagrams", "Datagrams sent on the data port.", self.udp_tx_datagrams),
+            (
+                "tap_rx_local",
+                "TAP frames for a local destination.",
+                self.tap_rx_local,
+            ),
+            (
+                "udp_rx_datagrams",
+                "Datagrams received on the data port.",
+                self.udp_rx_datagrams,
+            ),
+            (
+                "udp_tx_datagrams",
+                "Datagrams sent on the data port.",
+                self.udp_tx_datagrams,
+            ),
             (
                 "udp_rx_dropped_malformed",
                 "Received datagrams that were not VXLAN carrying an Ethernet frame.",
@@ -56,9 +76,21 @@ impl Counters {
                 "Received datagrams dropped for another reason.",
                 self.udp_rx_dropped_other,
             ),
-            ("heartbeats_rx", "Data-path heartbeats received.", self.heartbeats_rx),
-            ("flooded_frames", "Frames flooded to every peer.", self.flooded_frames),
-            ("macs_expired", "MAC entries removed by ageing.", self.macs_expired),
+            (
+                "heartbeats_rx",
+                "Data-path heartbeats received.",
+                self.heartbeats_rx,
+            ),
+            (
+                "flooded_frames",
+                "Frames flooded to every peer.",
+                self.flooded_frames,
+            ),
+            (
+                "macs_expired",
+                "MAC entries removed by ageing.",
+                self.macs_expired,
+            ),
         ]
     }
 }

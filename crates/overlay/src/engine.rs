@@ -113,7 +113,10 @@ impl Engine {
 
     /// The peer with this short id, if connected.
     pub fn peer(&self, short_id: u16) -> Option<PeerEntry> {
-        self.by_short_id.get(usize::from(short_id)).copied().flatten()
+        self.by_short_id
+            .get(usize::from(short_id))
+            .copied()
+            .flatten()
     }
 
     /// The counters so far.
@@ -190,8 +193,16 @@ impl Engine {
         }
     }
 
-    /// Decide what to do with a datagram received on the data port.
-    pub fn on_datagram(&mut self, datagram: &[u8], now: Instant) -> DatagramDecision {
+    /// Decide what to do with a datagram received on the data port from `from`.
+    ///
+    /// A datagram is accepted only from the address of the peer its VNI names as the source:
+    /// anyone on the underlay can forge a VNI, not (as easily) the address of a connected peer.
+    pub fn on_datagram(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddr,
+        now: Instant,
+    ) -> DatagramDecision {
         self.counters.udp_rx_datagrams += 1;
         let Ok(packet) = vxlan::Packet::new_checked(datagram) else {
             self.counters.udp_rx_dropped_malformed += 1;
@@ -204,7 +215,7 @@ impl Engine {
             self.counters.udp_rx_dropped_malformed += 1;
             return DatagramDecision::Drop;
         };
-        let Some(peer) = self.peer(src) else {
+        let Some(peer) = self.peer(src).filter(|p| p.addr.ip() == from.ip()) else {
             self.counters.udp_rx_dropped_unknown_peer += 1;
             return DatagramDecision::Drop;
         };
@@ -267,7 +278,12 @@ pub fn emit_vxlan_header(src_short_id: u16, dst_short_id: u16, out: &mut [u8]) -
 ///
 /// # Panics
 /// If `out` is shorter than `8 + heartbeat::FRAME_LEN`.
-pub fn emit_heartbeat_datagram(src_short_id: u16, dst_short_id: u16, hb: Heartbeat, out: &mut [u8]) -> usize {
+pub fn emit_heartbeat_datagram(
+    src_short_id: u16,
+    dst_short_id: u16,
+    hb: Heartbeat,
+    out: &mut [u8],
+) -> usize {
     let n = emit_vxlan_header(src_short_id, dst_short_id, out);
     n + hb.emit(&mut out[n..])
 }
@@ -291,15 +307,34 @@ mod tests {
     const NAME_A: u64 = 0x0200_0000_000a;
     const NAME_B: u64 = 0x0200_0000_000b;
 
+    fn from_a() -> SocketAddr {
+        "192.0.2.1:6784".parse().unwrap()
+    }
+
+    fn from_b() -> SocketAddr {
+        "192.0.2.2:6784".parse().unwrap()
+    }
+
     fn engine(short: u16) -> Engine {
-        Engine::new(EngineConfig { local_short_id: short, mac_max_age: MacTable::DEFAULT_MAX_AGE })
+        Engine::new(EngineConfig {
+            local_short_id: short,
+            mac_max_age: MacTable::DEFAULT_MAX_AGE,
+        })
     }
 
     fn pair() -> (Engine, Engine) {
         let mut a = engine(1);
         let mut b = engine(2);
-        a.add_peer(PeerEntry { short_id: 2, name: NAME_B, addr: "192.0.2.2:6784".parse().unwrap() });
-        b.add_peer(PeerEntry { short_id: 1, name: NAME_A, addr: "192.0.2.1:6784".parse().unwrap() });
+        a.add_peer(PeerEntry {
+            short_id: 2,
+            name: NAME_B,
+            addr: "192.0.2.2:6784".parse().unwrap(),
+        });
+        b.add_peer(PeerEntry {
+            short_id: 1,
+            name: NAME_A,
+            addr: "192.0.2.1:6784".parse().unwrap(),
+        });
         (a, b)
     }
 
@@ -326,7 +361,7 @@ mod tests {
         let arp = frame([0xff; 6], CA);
         assert_eq!(a.on_tap_frame(&arp, now), TapDecision::Flood);
         let dgram = encap(&a, 2, &arp);
-        let DatagramDecision::Deliver(range) = b.on_datagram(&dgram, now) else {
+        let DatagramDecision::Deliver(range) = b.on_datagram(&dgram, from_a(), now) else {
             panic!("not delivered")
         };
         assert_eq!(&dgram[range], &arp[..]);
@@ -337,9 +372,14 @@ mod tests {
             other => panic!("expected unicast, got {other:?}"),
         }
         let dgram = encap(&b, 1, &reply);
-        assert!(matches!(a.on_datagram(&dgram, now), DatagramDecision::Deliver(_)));
+        assert!(matches!(
+            a.on_datagram(&dgram, from_b(), now),
+            DatagramDecision::Deliver(_)
+        ));
         // And now A knows CB too.
-        assert!(matches!(a.on_tap_frame(&frame(CB, CA), now), TapDecision::Unicast(p) if p.short_id == 2));
+        assert!(
+            matches!(a.on_tap_frame(&frame(CB, CA), now), TapDecision::Unicast(p) if p.short_id == 2)
+        );
         assert_eq!(a.counters().flooded_frames, 1);
     }
 
@@ -348,13 +388,26 @@ mod tests {
         let (mut a, _) = pair();
         let now = Instant::ZERO;
         a.on_tap_frame(&frame([0xff; 6], CA), now);
-        assert_eq!(a.on_tap_frame(&frame(CA, [0x02, 0, 0, 0, 0, 0xa2]), now), TapDecision::Local);
+        assert_eq!(
+            a.on_tap_frame(&frame(CA, [0x02, 0, 0, 0, 0, 0xa2]), now),
+            TapDecision::Local
+        );
         // A frame whose source is known behind a peer is our own injected frame: dropped.
         let mut b_side = engine(2);
-        b_side.add_peer(PeerEntry { short_id: 1, name: NAME_A, addr: "192.0.2.1:6784".parse().unwrap() });
+        b_side.add_peer(PeerEntry {
+            short_id: 1,
+            name: NAME_A,
+            addr: "192.0.2.1:6784".parse().unwrap(),
+        });
         let dgram = encap(&a, 2, &frame([0xff; 6], CA));
-        assert!(matches!(b_side.on_datagram(&dgram, now), DatagramDecision::Deliver(_)));
-        assert_eq!(b_side.on_tap_frame(&frame([0xff; 6], CA), now), TapDecision::Drop);
+        assert!(matches!(
+            b_side.on_datagram(&dgram, from_a(), now),
+            DatagramDecision::Deliver(_)
+        ));
+        assert_eq!(
+            b_side.on_tap_frame(&frame([0xff; 6], CA), now),
+            TapDecision::Drop
+        );
         assert_eq!(b_side.on_tap_frame(&[0u8; 10], now), TapDecision::Drop);
         let stp = frame(STP_DST, CB);
         assert_eq!(b_side.on_tap_frame(&stp, now), TapDecision::Drop);
@@ -367,14 +420,26 @@ mod tests {
         let now = Instant::ZERO;
         let good = encap(&a, 2, &frame(CB, CA));
         for len in 0..good.len().min(8 + 14) {
-            assert_eq!(b.on_datagram(&good[..len], now), DatagramDecision::Drop);
+            assert_eq!(
+                b.on_datagram(&good[..len], from_a(), now),
+                DatagramDecision::Drop
+            );
         }
         let mut no_i_flag = good.clone();
         no_i_flag[0] = 0;
-        assert_eq!(b.on_datagram(&no_i_flag, now), DatagramDecision::Drop);
+        assert_eq!(
+            b.on_datagram(&no_i_flag, from_a(), now),
+            DatagramDecision::Drop
+        );
         let c = engine(9);
-        assert_eq!(b.on_datagram(&encap(&c, 2, &frame(CB, CA)), now), DatagramDecision::Drop);
-        assert_eq!(b.on_datagram(&encap(&a, 3, &frame(CB, CA)), now), DatagramDecision::Drop);
+        assert_eq!(
+            b.on_datagram(&encap(&c, 2, &frame(CB, CA)), from_a(), now),
+            DatagramDecision::Drop
+        );
+        assert_eq!(
+            b.on_datagram(&encap(&a, 3, &frame(CB, CA)), from_a(), now),
+            DatagramDecision::Drop
+        );
         let k = b.counters();
         assert_eq!(k.udp_rx_dropped_unknown_peer, 1);
         assert_eq!(k.udp_rx_dropped_other, 1);
@@ -383,16 +448,48 @@ mod tests {
     }
 
     #[test]
+    fn datagrams_from_another_address_are_refused() {
+        let (a, mut b) = pair();
+        let now = Instant::ZERO;
+        let dgram = encap(&a, 2, &frame([0xff; 6], CA));
+        let spoofer: SocketAddr = "192.0.2.66:6784".parse().unwrap();
+        assert_eq!(b.on_datagram(&dgram, spoofer, now), DatagramDecision::Drop);
+        assert_eq!(b.counters().udp_rx_dropped_unknown_peer, 1);
+        assert!(b.macs().is_empty());
+        // The port may differ (NAT); the address may not.
+        let other_port: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+        assert!(matches!(
+            b.on_datagram(&dgram, other_port, now),
+            DatagramDecision::Deliver(_)
+        ));
+    }
+
+    #[test]
     fn heartbeats_are_recognised_and_checked() {
         let (a, mut b) = pair();
         let now = Instant::ZERO;
         let mut buf = [0u8; 64];
-        let hb = Heartbeat { conn_uid: 42, sender: NAME_A };
+        let hb = Heartbeat {
+            conn_uid: 42,
+            sender: NAME_A,
+        };
         let n = a.emit_heartbeat(2, hb, &mut buf);
-        assert_eq!(b.on_datagram(&buf[..n], now), DatagramDecision::Heartbeat { src: 1, heartbeat: hb });
-        let forged = Heartbeat { conn_uid: 42, sender: NAME_B };
+        assert_eq!(
+            b.on_datagram(&buf[..n], from_a(), now),
+            DatagramDecision::Heartbeat {
+                src: 1,
+                heartbeat: hb
+            }
+        );
+        let forged = Heartbeat {
+            conn_uid: 42,
+            sender: NAME_B,
+        };
         let n = a.emit_heartbeat(2, forged, &mut buf);
-        assert_eq!(b.on_datagram(&buf[..n], now), DatagramDecision::Drop);
+        assert_eq!(
+            b.on_datagram(&buf[..n], from_a(), now),
+            DatagramDecision::Drop
+        );
         assert_eq!(b.counters().heartbeats_rx, 1);
     }
 
@@ -400,7 +497,7 @@ mod tests {
     fn removing_a_peer_forgets_its_macs() {
         let (a, mut b) = pair();
         let now = Instant::ZERO;
-        b.on_datagram(&encap(&a, 2, &frame([0xff; 6], CA)), now);
+        b.on_datagram(&encap(&a, 2, &frame([0xff; 6], CA)), from_a(), now);
         assert_eq!(b.macs().len(), 1);
         b.remove_peer(1, 0xdead);
         assert_eq!(b.macs().len(), 1, "a name mismatch removes nothing");

@@ -51,7 +51,10 @@ mod tests {
 
     #[test]
     fn round_trip_and_rejects() {
-        let hb = Heartbeat { conn_uid: 0x0102_0304_0506_0708, sender: 0x00aa_bbcc_ddee_ff00 };
+        let hb = Heartbeat {
+            conn_uid: 0x0102_0304_0506_0708,
+            sender: 0x00aa_bbcc_ddee_ff00,
+        };
         let mut buf = [0xffu8; 40];
         let n = hb.emit(&mut buf);
         assert_eq!(Heartbeat::parse(&buf[..n]), Some(hb));

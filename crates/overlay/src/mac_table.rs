@@ -48,7 +48,10 @@ impl MacTable {
 
     /// An empty table whose entries expire `max_age` after they were last seen.
     pub fn new(max_age: Duration) -> Self {
-        Self { entries: HashMap::new(), max_age }
+        Self {
+            entries: HashMap::new(),
+            max_age,
+        }
     }
 
     /// Record that `mac` was seen as a source behind `owner` at `now`.
@@ -60,11 +63,20 @@ impl MacTable {
             }
             Some(entry) => {
                 let from = entry.owner;
-                *entry = Entry { owner, last_seen: now };
+                *entry = Entry {
+                    owner,
+                    last_seen: now,
+                };
                 Learned::Moved { from }
             }
             None => {
-                self.entries.insert(mac, Entry { owner, last_seen: now });
+                self.entries.insert(
+                    mac,
+                    Entry {
+                        owner,
+                        last_seen: now,
+                    },
+                );
                 Learned::New
             }
         }
@@ -80,7 +92,8 @@ impl MacTable {
     pub fn expire(&mut self, now: Instant) -> usize {
         let before = self.entries.len();
         let max_age = self.max_age;
-        self.entries.retain(|_, e| now.saturating_duration_since(e.last_seen) < max_age);
+        self.entries
+            .retain(|_, e| now.saturating_duration_since(e.last_seen) < max_age);
         before - self.entries.len()
     }
 
@@ -103,7 +116,9 @@ impl MacTable {
 
     /// Every entry with its owner and when it was last seen.
     pub fn iter(&self) -> impl Iterator<Item = ([u8; 6], Owner, Instant)> + '_ {
-        self.entries.iter().map(|(mac, e)| (*mac, e.owner, e.last_seen))
+        self.entries
+            .iter()
+            .map(|(mac, e)| (*mac, e.owner, e.last_seen))
     }
 }
 
@@ -121,9 +136,15 @@ mod tests {
         assert_eq!(t.lookup(&A, t0), Some(Owner::Local));
         let t5 = t0 + Duration::from_secs(5);
         assert_eq!(t.learn(A, Owner::Local, t5), Learned::Refreshed);
-        assert_eq!(t.learn(A, Owner::Peer(7), t5), Learned::Moved { from: Owner::Local });
+        assert_eq!(
+            t.learn(A, Owner::Peer(7), t5),
+            Learned::Moved { from: Owner::Local }
+        );
         // Refreshed at 5 s, so still alive at 14 s and gone at 15 s.
-        assert_eq!(t.lookup(&A, t0 + Duration::from_secs(14)), Some(Owner::Peer(7)));
+        assert_eq!(
+            t.lookup(&A, t0 + Duration::from_secs(14)),
+            Some(Owner::Peer(7))
+        );
         assert_eq!(t.lookup(&A, t0 + Duration::from_secs(15)), None);
         assert_eq!(t.expire(t0 + Duration::from_secs(14)), 0);
         assert_eq!(t.expire(t0 + Duration::from_secs(15)), 1);

@@ -11,7 +11,9 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::link::{
+    BridgePortState, InfoBridgePort, InfoPortData, LinkAttribute, LinkInfo,
+};
 use netlink_packet_route::route::RouteScope;
 use netlink_sys::{TokioSocket, protocols::NETLINK_ROUTE};
 use rtnetlink::{
@@ -156,9 +158,6 @@ impl Netlink {
 
     fn from_socket(sock: netlink_sys::Socket) -> Result<Self, Error> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        // Netlink request sequence numbers and acks are matched by netlink-proto; strict
-        // checking makes the kernel reject unsupported dump filters instead of ignoring them.
-        let _ = sock.set_netlink_get_strict_chk(true);
         let raw = sock.into_raw_fd();
         // SAFETY: `raw` was just released by a netlink_sys::Socket that owned it, so the
         // TokioSocket becomes its sole owner. A tokio runtime is current (checked above), which
@@ -495,6 +494,8 @@ pub struct LinkSummary {
     pub peer_in_other_netns: bool,
     /// Whether the interface is administratively up.
     pub up: bool,
+    /// For a bridge port: whether the port is in the forwarding state.
+    pub bridge_port_forwarding: Option<bool>,
 }
 
 impl LinkSummary {
@@ -515,6 +516,18 @@ impl LinkSummary {
                 LinkAttribute::Controller(c) => s.master = Some(c),
                 LinkAttribute::Link(l) => s.peer_index = Some(l),
                 LinkAttribute::LinkNetNsId(_) => s.peer_in_other_netns = true,
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::PortData(InfoPortData::BridgePort(port)) = info {
+                            for p in port {
+                                if let InfoBridgePort::State(st) = p {
+                                    s.bridge_port_forwarding =
+                                        Some(st == BridgePortState::Forwarding);
+                                }
+                            }
+                        }
+                    }
+                }
                 _ => {}
             }
         }

@@ -145,6 +145,8 @@ fn tune_interface(ifname: &str, arp: bool) {
             "2",
         );
         write_sysctl(&format!("net/ipv4/neigh/{ifname}/ucast_solicit"), "1");
+        // Deleting the first address of a subnet must not take the others with it.
+        write_sysctl(&format!("net/ipv4/conf/{ifname}/promote_secondaries"), "1");
     }
 }
 
@@ -181,23 +183,56 @@ pub async fn attach(
     let host_nl = Netlink::new()?;
     let guest_nl = Netlink::in_netns(target)?;
 
-    let (ethwe, host_ifname) = match guest_nl.link_index(ETHWE).await? {
+    let (ethwe, host_ifname, host_index, created) = match guest_nl.link_index(ETHWE).await? {
         Some(index) => {
-            let host_ifname = host_end_name(&host_nl, &guest_nl, index).await?;
-            (index, host_ifname)
+            let (ethwe, name, host_index) = host_end(&host_nl, &guest_nl, index).await?;
+            (ethwe, name, host_index, false)
         }
         None => {
             let id = veth_id(id_hint, target.inode());
-            create_pair(&host_nl, &guest_nl, &host, target, bridge, id, mtu).await?
+            let (ethwe, name, host_index) =
+                create_pair(&host_nl, &guest_nl, &host, target, bridge, id, mtu).await?;
+            (ethwe, name, host_index, true)
         }
     };
 
+    let configured = configure(&host_nl, &guest_nl, target, ethwe, host_index, addrs).await;
+    match configured {
+        Ok((mac, addrs)) => Ok(Attached {
+            mac,
+            addrs,
+            host_ifname,
+        }),
+        Err(e) => {
+            if created {
+                // Do not leave a half-configured ethwe behind (this removes the host end too).
+                if let Err(cleanup) = guest_nl.delete_link(ethwe).await {
+                    tracing::warn!(error = %cleanup, "cleaning up {ETHWE} failed");
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Addresses, up, ARPs, multicast route; returns ethwe's MAC and all its IPv4 addresses.
+async fn configure(
+    host_nl: &Netlink,
+    guest_nl: &Netlink,
+    target: &NetNs,
+    ethwe: u32,
+    host_index: Option<u32>,
+    addrs: &[Ipv4Net],
+) -> Result<([u8; 6], Vec<Ipv4Net>), Error> {
     for addr in addrs {
         guest_nl.add_address(ethwe, IpNet::V4(*addr)).await?;
     }
     guest_nl.set_up(ethwe).await?;
     if let Some(lo) = guest_nl.link_index("lo").await? {
         guest_nl.set_up(lo).await?;
+    }
+    if let Some(host_index) = host_index {
+        wait_forwarding(host_nl, host_index).await?;
     }
     let mac = guest_nl
         .link_mac(ethwe)
@@ -231,28 +266,51 @@ pub async fn attach(
             IpNet::V6(_) => None,
         })
         .collect();
-    Ok(Attached {
-        mac,
-        addrs,
-        host_ifname,
-    })
+    Ok((mac, addrs))
 }
 
-/// The host-side name of an existing `ethwe`'s veth peer (empty if it cannot be found).
-async fn host_end_name(host_nl: &Netlink, guest_nl: &Netlink, ethwe: u32) -> Result<String, Error> {
-    let Some(link) = guest_nl.link(ethwe).await? else {
-        return Ok(String::new());
-    };
-    match link.peer_index {
-        Some(peer) if link.peer_in_other_netns => {
-            Ok(host_nl.link_name(peer).await?.unwrap_or_default())
+/// For an existing `ethwe`: its index, the host end's name and index (empty name and `None`
+/// if the peer cannot be found in the host namespace).
+async fn host_end(
+    host_nl: &Netlink,
+    guest_nl: &Netlink,
+    ethwe: u32,
+) -> Result<(u32, String, Option<u32>), Error> {
+    if let Some(link) = guest_nl.link(ethwe).await? {
+        if let (Some(peer), true) = (link.peer_index, link.peer_in_other_netns) {
+            // The index is only meaningful if the peer is in the host namespace: check that
+            // the link found there points back at ethwe.
+            if let Some(h) = host_nl.link(peer).await? {
+                if h.peer_index == Some(ethwe) && h.peer_in_other_netns {
+                    return Ok((ethwe, h.name, Some(peer)));
+                }
+            }
         }
-        _ => Ok(String::new()),
+    }
+    Ok((ethwe, String::new(), None))
+}
+
+/// Waits (up to 2 s) until the host end is a forwarding bridge port. The port only leaves the
+/// disabled state once the kernel's link watcher has seen the veth carrier come up, a moment
+/// after `ethwe` went up; a gratuitous ARP sent before that would be dropped by the bridge.
+async fn wait_forwarding(host_nl: &Netlink, host_index: u32) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match host_nl.link(host_index).await? {
+            Some(l) if l.bridge_port_forwarding != Some(false) => return Ok(()),
+            None => return Ok(()),
+            Some(_) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::debug!(host_index, "bridge port not forwarding after 2 s");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
 /// Creates the pair, wires the host end and moves the guest end in as `ethwe` (down, no
-/// addresses yet). Returns `ethwe`'s index in the target and the host end's name. On failure
+/// addresses yet). Returns `ethwe`'s index in the target and the host end's name and index. On failure
 /// the pair is deleted again.
 async fn create_pair(
     host_nl: &Netlink,
@@ -262,7 +320,7 @@ async fn create_pair(
     bridge: &str,
     id: u32,
     mtu: u32,
-) -> Result<(u32, String), Error> {
+) -> Result<(u32, String, Option<u32>), Error> {
     let bridge_index = host_nl
         .link_index(bridge)
         .await?
@@ -277,14 +335,14 @@ async fn create_pair(
         None => None,
     };
     if let Some(old) = existing {
-        if old.peer_in_other_netns {
-            // Its peer is in some other (live) namespace: the id collides; pick another.
-            let other = veth_id(None, u64::from(rand::random::<u32>()));
-            (host_name, guest_name) = veth_names(other);
-        } else {
+        if old.peer_index.is_some() && !old.peer_in_other_netns {
             // A pair left behind by an attach that failed half-way: its peer never left the host.
             tracing::info!(name = %host_name, "deleting leftover veth");
             host_nl.delete_link(old.index).await?;
+        } else {
+            // In use (its peer is in some other, live, namespace): the id collides; pick another.
+            let other = veth_id(None, u64::from(rand::random::<u32>()));
+            (host_name, guest_name) = veth_names(other);
         }
     }
     if let Some(stale) = host_nl.link_index(&guest_name).await? {
@@ -318,7 +376,7 @@ async fn create_pair(
     }
     .await;
     match wired {
-        Ok(ethwe) => Ok((ethwe, host_name)),
+        Ok(ethwe) => Ok((ethwe, host_name, Some(host_index))),
         Err(e) => {
             // Deleting one end of a veth pair deletes both, wherever the peer is.
             if let Err(cleanup) = host_nl.delete_link(host_index).await {

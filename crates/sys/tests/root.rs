@@ -94,28 +94,38 @@ async fn lo_up(nl: &Netlink) {
     nl.set_up(lo).await.unwrap();
 }
 
-/// Reads frames from `tap` until `want` accepts one (returning its value) or 5 s pass.
-fn read_until<T>(tap: &Tap, what: &str, mut want: impl FnMut(&[u8]) -> Option<T>) -> T {
+/// Reads frames from the queues in `taps` until `want` accepts one (returning its value) or
+/// 5 s pass. (A multi-queue TAP spreads frames over its queues by flow hash.)
+fn read_until<T>(taps: &[&Tap], what: &str, mut want: impl FnMut(&[u8]) -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut buf = vec![0u8; 65536];
-    let mut seen = 0;
+    let mut seen: Vec<String> = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no {what} on the TAP after {seen} frames");
-        let mut ready = [false];
-        if wait_readable(&[tap.as_fd()], Some(left), &mut ready).unwrap() == 0 {
+        assert!(!left.is_zero(), "no {what} on the TAP; saw {seen:#?}");
+        let fds: Vec<_> = taps.iter().map(|t| t.as_fd()).collect();
+        let mut ready = vec![false; fds.len()];
+        if wait_readable(&fds, Some(left), &mut ready).unwrap() == 0 {
             continue;
         }
-        let n = match tap.recv(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => panic!("tap recv: {e}"),
-        };
-        seen += 1;
-        if let Some(v) = want(&buf[..n]) {
-            return v;
+        for (tap, _) in taps.iter().zip(&ready).filter(|(_, r)| **r) {
+            let n = match tap.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("tap recv: {e}"),
+            };
+            seen.push(summary(&buf[..n]));
+            if let Some(v) = want(&buf[..n]) {
+                return v;
+            }
         }
     }
+}
+
+/// Short hex of a frame's first 42 bytes, for failure messages.
+fn summary(f: &[u8]) -> String {
+    let head: Vec<String> = f.iter().take(42).map(|b| format!("{b:02x}")).collect();
+    format!("{} bytes: {}", f.len(), head.join(""))
 }
 
 /// ARP fields of an Ethernet frame: (oper, sender mac, sender ip, target ip).
@@ -171,8 +181,10 @@ fn tap_bridge_attach_traffic() {
 
         let tap = Tap::open("weft-tap0", true).unwrap();
         assert_eq!(tap.name(), "weft-tap0");
-        let _queue2 = tap.open_queue().unwrap();
+        let queue2 = tap.open_queue().unwrap();
         tap.set_nonblocking(true).unwrap();
+        queue2.set_nonblocking(true).unwrap();
+        let taps = [&tap, &queue2];
         let t = nl
             .link_index("weft-tap0")
             .await
@@ -202,7 +214,7 @@ fn tap_bridge_attach_traffic() {
         assert_eq!(ports, expect);
 
         // 1. The gratuitous ARP sent by attach comes out of the TAP.
-        read_until(&tap, "gratuitous ARP", |f| {
+        read_until(&taps, "gratuitous ARP", |f| {
             (arp(f) == Some((1, att.mac, ip, ip)) && f[0..6] == [0xff; 6]).then_some(())
         });
 
@@ -216,14 +228,14 @@ fn tap_bridge_attach_traffic() {
                 s.send_to(b"hello weft", (peer_ip, 7777)).unwrap();
             })
             .unwrap();
-        read_until(&tap, "ARP request for 10.32.0.9", |f| {
+        read_until(&taps, "ARP request for 10.32.0.9", |f| {
             (arp(f) == Some((1, att.mac, ip, peer_ip))).then_some(())
         });
 
         // 3. Answer through the TAP; the queued datagram then comes out addressed to us.
         let reply = arp_reply(peer_mac, peer_ip, att.mac, ip);
         assert_eq!(tap.send(&reply).unwrap(), 42);
-        read_until(&tap, "UDP datagram to 10.32.0.9", |f| {
+        read_until(&taps, "UDP datagram to 10.32.0.9", |f| {
             let is_it = f.len() >= 42
                 && f[0..6] == peer_mac
                 && f[6..12] == att.mac
@@ -279,7 +291,7 @@ fn udp_batches_in_netns() {
                         assert!(!rb.truncated(i));
                         let d = rb.datagram(i);
                         assert_eq!(d.len(), 1400);
-                        assert!(d[2..].iter().all(|&b| b == d[0]));
+                        assert!(d[2..].iter().all(|&b| b == d[1]));
                         got.push(u16::from_be_bytes([d[0], d[1]]));
                     }
                 }
@@ -356,6 +368,13 @@ fn attach_detach_leaves_no_links() {
             .unwrap_err();
         assert!(err.to_string().contains("nobridge"), "{err}");
         assert_eq!(nl.link_index("vethwepl778").await.unwrap(), None);
+        // A failure half-way (veth MTU above 65535) removes the pair again.
+        let err = plumb::attach("weave", &c_ns, Some(779), &[net("10.32.1.5/12")], 70000)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("set mtu"), "{err}");
+        assert_eq!(nl.link_index("vethwepl779").await.unwrap(), None);
+        assert_eq!(nl.link_index("vethwepg779").await.unwrap(), None);
 
         let att = plumb::attach(
             "weave",
@@ -493,4 +512,105 @@ fn netns_handles() {
     });
     assert_eq!(links.len(), 1);
     assert_eq!(links[0].1, "lo");
+}
+
+/// `send_gratuitous_arps` puts the 42-byte frame on the wire: a packet socket sees it arrive at
+/// the far end of a veth pair.
+#[test]
+fn gratuitous_arp_on_wire() {
+    if !is_root() {
+        return;
+    }
+    let g = TestNs::new("garp");
+    block_on_in(&g.ns(), || async {
+        let nl = Netlink::new().unwrap();
+        let (a, b) = nl.add_veth("wsa", "wsb").await.unwrap();
+        nl.set_up(a).await.unwrap();
+        nl.set_up(b).await.unwrap();
+        let mac = nl.link_mac(a).await.unwrap().unwrap();
+        let rx = socket2::Socket::new(
+            socket2::Domain::PACKET,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(i32::from(
+                (libc::ETH_P_ALL as u16).to_be(),
+            ))),
+        )
+        .unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let ip = Ipv4Addr::new(10, 32, 3, 3);
+        plumb::send_gratuitous_arps(a, mac, &[ip]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+        loop {
+            assert!(Instant::now() < deadline, "no ARP seen");
+            let (n, from) = rx.recv_from(&mut buf).unwrap();
+            // SAFETY: recv_from initialised the first n bytes.
+            let f: Vec<u8> = buf[..n]
+                .iter()
+                .map(|b| unsafe { b.assume_init() })
+                .collect();
+            // SAFETY: a packet socket reports a sockaddr_ll, which fits in the storage.
+            let ll = unsafe { from.as_ptr().cast::<libc::sockaddr_ll>().read_unaligned() };
+            // Only the copy received on the far end counts, not our own outgoing one.
+            if ll.sll_ifindex != b as i32 || ll.sll_pkttype == libc::PACKET_OUTGOING {
+                continue;
+            }
+            if let Some(x) = arp(&f) {
+                assert_eq!(x, (1, mac, ip, ip));
+                assert_eq!(f, plumb::gratuitous_arp(mac, ip));
+                break;
+            }
+        }
+    });
+}
+
+/// A leftover pair with our name is replaced; a name held by a live attachment is not stolen.
+#[test]
+fn veth_name_leftovers_and_collisions() {
+    if !is_root() {
+        return;
+    }
+    let r = TestNs::new("col-r");
+    let c1 = TestNs::new("col-c1");
+    let c2 = TestNs::new("col-c2");
+    let (c1_ns, c2_ns) = (c1.ns(), c2.ns());
+    block_on_in(&r.ns(), move || async move {
+        let nl = Netlink::new().unwrap();
+        let br = nl.ensure_bridge("weave", 65535, None).await.unwrap();
+        assert_eq!(nl.link(br).await.unwrap().unwrap().mtu, Some(65535));
+        // Half-made pair from an earlier failed attach.
+        nl.add_veth("vethwepl555", "vethwepg555").await.unwrap();
+        let a1 = plumb::attach("weave", &c1_ns, Some(555), &[net("10.32.2.1/12")], 65535)
+            .await
+            .unwrap();
+        assert_eq!(a1.host_ifname, "vethwepl555");
+        // Same id for another namespace: gets a different host name, c1 keeps its link.
+        let a2 = plumb::attach("weave", &c2_ns, Some(555), &[net("10.32.2.2/12")], 65535)
+            .await
+            .unwrap();
+        assert_ne!(a2.host_ifname, "vethwepl555");
+        assert!(a2.host_ifname.starts_with("vethwepl"));
+        let mut ports: Vec<String> = nl
+            .links_with_master(br)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        ports.sort();
+        let mut want = vec![a1.host_ifname.clone(), a2.host_ifname.clone()];
+        want.sort();
+        assert_eq!(ports, want);
+        plumb::detach(&c1_ns, None).await.unwrap();
+        plumb::detach(&c2_ns, None).await.unwrap();
+        assert!(nl.links_with_master(br).await.unwrap().is_empty());
+        let left: Vec<String> = nl
+            .links()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}"); // lo and weave
+    });
 }

@@ -57,7 +57,7 @@ pub const GRATUITOUS_FRAME_LEN: usize = ethernet::HEADER_LEN + ETHERNET_IPV4_LEN
 const HTYPE_ETHERNET: u16 = 1;
 
 /// The ARP operation. Unlisted values are kept in [`Operation::Unknown`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
 pub enum Operation {
     /// A request, 1.
     Request,
@@ -88,7 +88,7 @@ impl From<Operation> for u16 {
 }
 
 /// A read/write view of an ARP packet over a buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, Eq, PartialEq)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
@@ -266,7 +266,7 @@ impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
 }
 
 /// A parsed ARP packet. Only Ethernet/IPv4 exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
 pub enum Repr {
     /// ARP for IPv4 over Ethernet.
     EthernetIpv4 {
@@ -388,6 +388,16 @@ impl fmt::Display for Repr {
 /// (TAP devices and the overlay do not need it).
 ///
 /// Fails if `buf` is shorter than [`GRATUITOUS_FRAME_LEN`].
+///
+/// ```
+/// use std::net::Ipv4Addr;
+/// use weft_wire::{arp, ethernet::Address};
+///
+/// let mut buf = [0u8; 1500];
+/// let mac: Address = "02:42:0a:20:00:01".parse().unwrap();
+/// let len = arp::emit_gratuitous(&mut buf, mac, Ipv4Addr::new(192, 0, 2, 1)).unwrap();
+/// assert_eq!(len, arp::GRATUITOUS_FRAME_LEN);
+/// ```
 pub fn emit_gratuitous(buf: &mut [u8], mac: Address, ip: Ipv4Addr) -> Result<usize, Error> {
     let buf = buf.get_mut(..GRATUITOUS_FRAME_LEN).ok_or(Error)?;
     let eth = ethernet::Repr {

@@ -34,12 +34,12 @@ mod field {
 }
 
 /// The ICMP message type. Unlisted values are kept in [`Message::Unknown`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
 pub enum Message {
-    /// Echo reply, 0.
-    EchoReply,
     /// Destination unreachable, 3.
     DstUnreachable,
+    /// Echo reply, 0.
+    EchoReply,
     /// Echo request, 8.
     EchoRequest,
     /// Time exceeded, 11.
@@ -74,7 +74,7 @@ impl From<Message> for u8 {
 
 /// The code of a destination-unreachable message. Unlisted values are kept in
 /// [`Unreachable::Unknown`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
 pub enum Unreachable {
     /// Net unreachable, 0.
     NetUnreachable,
@@ -135,7 +135,7 @@ impl fmt::Display for Unreachable {
 }
 
 /// A read/write view of an ICMPv4 message over a buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, Eq, PartialEq)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
@@ -278,7 +278,7 @@ impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
 }
 
 /// A parsed ICMPv4 message of a kind weft handles. Data borrows from the parsed buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
 pub enum Repr<'a> {
     /// Echo request ("ping").
     EchoRequest {

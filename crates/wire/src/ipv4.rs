@@ -44,7 +44,7 @@ const FRAG_OFFSET_MASK: u16 = 0x1fff;
 
 /// The IP protocol number: what the payload is. Unlisted values are kept in
 /// [`Protocol::Unknown`], so every value round-trips.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
 pub enum Protocol {
     /// Internet Control Message Protocol, 1.
     Icmp,
@@ -142,7 +142,7 @@ pub mod checksum {
 }
 
 /// A read/write view of an IPv4 packet over a buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, Eq, PartialEq)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
@@ -410,7 +410,7 @@ impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
 
 /// A parsed, unfragmented IPv4 header. Options are not represented: [`emit`](Self::emit)
 /// writes a 20-byte header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
 pub struct Repr {
     /// Source address.
     pub src_addr: Ipv4Addr,

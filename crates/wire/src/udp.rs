@@ -30,7 +30,7 @@ mod field {
 }
 
 /// A read/write view of a UDP datagram over a buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, Eq, PartialEq)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
@@ -179,7 +179,7 @@ impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
 }
 
 /// A parsed UDP header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
 pub struct Repr {
     /// Source port (0 means "none", which RFC 768 allows).
     pub src_port: u16,

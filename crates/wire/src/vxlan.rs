@@ -6,6 +6,21 @@
 //! VNI ([`vni_for`], [`split_vni`]), so a receiver knows which connection a frame came over
 //! without any lookup by address.
 //!
+//! ```
+//! use weft_wire::vxlan;
+//!
+//! // Encapsulate: the header goes in front of the inner frame, in the caller's buffer.
+//! let inner = [0u8; 14];
+//! let mut buf = [0u8; vxlan::HEADER_LEN + 14];
+//! vxlan::write_header(&mut buf, vxlan::vni_for(1, 2)).unwrap();
+//! buf[vxlan::HEADER_LEN..].copy_from_slice(&inner);
+//!
+//! // Decapsulate: who sent it to whom, and the inner frame.
+//! let (vni, frame) = vxlan::parse_header(&buf).unwrap();
+//! assert_eq!(vxlan::split_vni(vni), (1, 2));
+//! assert_eq!(frame, &inner);
+//! ```
+//!
 //! **The I flag.** RFC 7348 §5 says the I flag "MUST be set to 1 for a valid VXLAN Network ID"
 //! and that receivers ignore the other reserved bits. A header without the I flag has no VNI, so
 //! it is invalid here: [`Packet::new_checked`], [`Repr::parse`] and [`parse_header`] all reject
@@ -80,7 +95,7 @@ pub fn write_header(buf: &mut [u8], vni: u32) -> Result<(), Error> {
 }
 
 /// A read/write view of a VXLAN packet (header plus inner frame) over a buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, Eq, PartialEq)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
@@ -172,7 +187,7 @@ impl<T: AsRef<[u8]>> AsRef<[u8]> for Packet<T> {
 }
 
 /// A parsed VXLAN header: only the VNI carries meaning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Eq, Hash, PartialEq)]
 pub struct Repr {
     /// The 24-bit VXLAN Network Identifier (at most [`MAX_VNI`]).
     pub vni: u32,
