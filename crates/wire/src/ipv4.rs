@@ -256,7 +256,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// Whether the header checksum is correct (options included). Always `true` under
     /// `cfg(fuzzing)`.
-    #[allow(unexpected_cfgs)]
     pub fn verify_checksum(&self) -> bool {
         if cfg!(fuzzing) {
             return true;

@@ -91,7 +91,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// Whether the checksum is correct for the given IPv4 addresses. A zero checksum ("none")
     /// is accepted. Always `true` under `cfg(fuzzing)`.
-    #[allow(unexpected_cfgs)]
     pub fn verify_checksum(&self, src_addr: Ipv4Addr, dst_addr: Ipv4Addr) -> bool {
         if cfg!(fuzzing) || self.checksum() == 0 {
             return true;
