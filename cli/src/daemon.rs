@@ -44,6 +44,15 @@ pub(crate) struct LaunchArgs {
     /// Run in this process instead of in the background (for systemd and other supervisors).
     #[arg(long)]
     foreground: bool,
+    /// Dial only the given targets, not peers learned from gossip.
+    #[arg(long)]
+    no_discovery: bool,
+    /// Most control connections (0: unlimited).
+    #[arg(long, env = "CONN_LIMIT", default_value_t = 200)]
+    conn_limit: usize,
+    /// Reuse the target list kept from the last run (no peers may be given).
+    #[arg(long, conflicts_with = "peers")]
+    resume: bool,
 }
 
 pub(crate) fn launch(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCode> {
@@ -134,6 +143,13 @@ fn launch_flags(args: &LaunchArgs) -> Vec<String> {
     if let Some(name) = args.name {
         flags.extend(["--name".to_owned(), name.to_string()]);
     }
+    flags.extend(["--conn-limit".to_owned(), args.conn_limit.to_string()]);
+    if args.no_discovery {
+        flags.push("--no-discovery".to_owned());
+    }
+    if args.resume {
+        flags.push("--resume".to_owned());
+    }
     if let Some(nick) = &args.nickname {
         flags.extend(["--nickname".to_owned(), nick.clone()]);
     }
@@ -170,6 +186,9 @@ fn foreground(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCode> {
         peers: args.peers,
         bridge: BRIDGE.to_owned(),
         tap: TAP.to_owned(),
+        discovery: !args.no_discovery,
+        conn_limit: args.conn_limit,
+        resume: args.resume,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -17,6 +17,38 @@ pub(crate) async fn request(
     path: &str,
     json: bool,
 ) -> anyhow::Result<(StatusCode, String)> {
+    send(addr, method, path, json, None).await
+}
+
+/// POST an `application/x-www-form-urlencoded` body.
+pub(crate) async fn post_form(
+    addr: SocketAddr,
+    path: &str,
+    form: String,
+) -> anyhow::Result<(StatusCode, String)> {
+    send(addr, Method::POST, path, false, Some(form)).await
+}
+
+/// Percent-encode a form value.
+pub(crate) fn form_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn send(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    json: bool,
+    form: Option<String>,
+) -> anyhow::Result<(StatusCode, String)> {
     let stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
         .await
         .map_err(|_| anyhow::anyhow!("timed out connecting to the weft API on {addr}"))?
@@ -28,12 +60,15 @@ pub(crate) async fn request(
     } else {
         "text/plain"
     };
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
         .header(header::HOST, addr.to_string())
-        .header(header::ACCEPT, accept)
-        .body(Full::new(Bytes::new()))?;
+        .header(header::ACCEPT, accept);
+    if form.is_some() {
+        req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    }
+    let req = req.body(Full::new(Bytes::from(form.unwrap_or_default())))?;
     let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
         .await
         .map_err(|_| anyhow::anyhow!("the weft API on {addr} did not answer"))??;

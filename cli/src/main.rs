@@ -64,6 +64,10 @@ enum Command {
     Detach(attach::DetachArgs),
     /// Show the router's status: `weft status [peers|connections|targets]`.
     Status(status::StatusArgs),
+    /// Add peers to connect to (kept across restarts with `launch --resume`).
+    Connect(status::ConnectArgs),
+    /// Stop (re)dialling these peers; connections that are up stay up.
+    Forget(status::ForgetArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +89,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Attach(args) => attach::attach(&cli.global, args),
         Command::Detach(args) => attach::detach(&cli.global, args),
         Command::Status(args) => status::status(&cli.global, args),
+        Command::Connect(args) => status::connect(&cli.global, args),
+        Command::Forget(args) => status::forget(&cli.global, args),
     }
 }
 

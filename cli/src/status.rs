@@ -1,4 +1,5 @@
-//! Layer: driver. `weft status [peers|connections|targets] [--json]`.
+//! Layer: driver. `weft status [peers|connections|targets] [--json]`, and the verbs that change
+//! the router's targets: `weft connect [--replace] PEER...`, `weft forget PEER...`.
 
 use std::process::ExitCode;
 
@@ -33,6 +34,54 @@ pub(crate) fn status(global: &Global, args: StatusArgs) -> anyhow::Result<ExitCo
         eprintln!("usage: weft status [peers|connections|targets] [--json]");
         // Weave's script maps 404 to exit code 4.
         Ok(ExitCode::from(4))
+    } else {
+        eprint!("{body}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Arguments of `weft connect`.
+#[derive(Debug, Args)]
+pub(crate) struct ConnectArgs {
+    /// Forget every current target first.
+    #[arg(long)]
+    replace: bool,
+    /// Peers as `IP[:port]` or `host[:port]`.
+    peers: Vec<String>,
+}
+
+/// Arguments of `weft forget`.
+#[derive(Debug, Args)]
+pub(crate) struct ForgetArgs {
+    /// Peers as given to `launch` or `connect`.
+    #[arg(required = true)]
+    peers: Vec<String>,
+}
+
+pub(crate) fn connect(global: &Global, args: ConnectArgs) -> anyhow::Result<ExitCode> {
+    let mut form = String::new();
+    for p in &args.peers {
+        form.push_str(&format!("peer={}&", http::form_escape(p)));
+    }
+    if args.replace {
+        form.push_str("replace=true");
+    }
+    post_form(global, "/connect", form)
+}
+
+pub(crate) fn forget(global: &Global, args: ForgetArgs) -> anyhow::Result<ExitCode> {
+    let form: Vec<String> = args
+        .peers
+        .iter()
+        .map(|p| format!("peer={}", http::form_escape(p)))
+        .collect();
+    post_form(global, "/forget", form.join("&"))
+}
+
+fn post_form(global: &Global, path: &str, form: String) -> anyhow::Result<ExitCode> {
+    let (code, body) = runtime()?.block_on(http::post_form(global.http_addr, path, form))?;
+    if code.is_success() {
+        Ok(ExitCode::SUCCESS)
     } else {
         eprint!("{body}");
         Ok(ExitCode::FAILURE)

@@ -10,13 +10,15 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use weft_mesh::PeerName;
+use axum::routing::{get, post};
+use weft_mesh::{PeerName, TargetState};
 
-use crate::state::{ConnState, ConnectionReport, PeerReport, Shared, StatusReport};
+use crate::config::parse_peer;
+use crate::state::{ConnState, ConnectionReport, PeerConnReport, PeerReport, Shared, StatusReport};
 
 /// The API's routes.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -25,6 +27,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/status/{sub}", get(status_sub))
         .route("/report", get(report))
         .route("/metrics", get(metrics))
+        .route("/connect", post(connect))
+        .route("/forget", post(forget))
         .with_state(shared)
 }
 
@@ -99,57 +103,188 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
+/// `POST /connect` with form values `peer=ADDR` (repeatable) and `replace=true`: add direct
+/// targets (or replace the list), keep the list on disk, dial at once.
+async fn connect(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    change_targets(&shared, &body, true)
+}
+
+/// `POST /forget` with form values `peer=ADDR`: stop dialling these targets (live connections
+/// stay up, as in Weave).
+async fn forget(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    change_targets(&shared, &body, false)
+}
+
+fn change_targets(shared: &Shared, body: &[u8], connect: bool) -> Response {
+    let form = parse_form(body);
+    let mut addrs = Vec::new();
+    let mut errors = Vec::new();
+    for (key, value) in &form {
+        if key == "peer" {
+            match parse_peer(value, shared.info.port) {
+                Ok(a) => addrs.push(a),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return (StatusCode::BAD_REQUEST, format!("{}\n", errors.join("\n"))).into_response();
+    }
+    let replace = form.iter().any(|(k, v)| k == "replace" && v == "true");
+    let targets = {
+        let mut state = shared.lock();
+        let now = shared.clock.now();
+        match (connect, replace) {
+            (true, true) => state.connmaker.replace_targets(now, &addrs),
+            (true, false) => state.connmaker.add_targets(now, &addrs),
+            (false, _) => state.connmaker.forget_targets(&addrs),
+        }
+        state.connmaker.direct_targets()
+    };
+    shared.wake.notify_one();
+    if let Err(e) = crate::run::save_targets(&shared.targets_file, &targets) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response();
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Decode an `application/x-www-form-urlencoded` body into its pairs, keeping repeated keys.
+pub fn parse_form(body: &[u8]) -> Vec<(String, String)> {
+    fn decode(s: &[u8]) -> String {
+        let mut out = Vec::with_capacity(s.len());
+        let mut i = 0;
+        while i < s.len() {
+            match s[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < s.len() => {
+                    let hex = std::str::from_utf8(&s[i + 1..i + 3]).ok();
+                    match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                        Some(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        None => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    body.split(|&b| b == b'&')
+        .filter(|part| !part.is_empty())
+        .map(|part| match part.iter().position(|&b| b == b'=') {
+            Some(eq) => (decode(&part[..eq]), decode(&part[eq + 1..])),
+            None => (decode(part), String::new()),
+        })
+        .collect()
+}
+
 /// Build the status report from the shared state.
 pub fn build_report(shared: &Shared) -> StatusReport {
     let info = &shared.info;
     let state = shared.lock();
-    let mut peers = vec![PeerReport {
-        name: info.name.clone(),
-        nickname: info.nickname.clone(),
-        short_id: info.short_id,
-        uid: info.uid,
-    }];
+    let topo = state.mesh.topology();
+    let routes = state.mesh.routes();
+    let local = topo.local_name();
+    let label = |name: PeerName| match topo.peer(name) {
+        Some(p) => format!("{}({})", p.name, p.nickname),
+        None => name.to_string(),
+    };
+    let path_to = |name: PeerName| -> String {
+        if name == local {
+            return String::new();
+        }
+        match routes.path(name) {
+            Some(path) if path.len() <= 1 => "direct".to_owned(),
+            Some(path) => format!("via {}", label(path[0])),
+            None => "unreachable".to_owned(),
+        }
+    };
+    let peers: Vec<PeerReport> = topo
+        .peers()
+        .map(|p| PeerReport {
+            name: p.name.to_string(),
+            nickname: p.nickname.clone(),
+            short_id: p.short_id.get(),
+            uid: p.uid,
+            version: p.version,
+            connections: p
+                .connections
+                .iter()
+                .map(|c| PeerConnReport {
+                    name: c.remote.to_string(),
+                    nickname: topo
+                        .peer(c.remote)
+                        .map(|r| r.nickname.clone())
+                        .unwrap_or_default(),
+                    address: c.address.clone(),
+                    outbound: c.outbound,
+                    established: c.established,
+                })
+                .collect(),
+            path: path_to(p.name),
+        })
+        .collect();
     let mut connections = Vec::new();
     for rec in state.conns.values() {
-        let (name, nickname) = match rec.remote {
-            Some(r) => (peer_name(r.name), rec.nickname.clone()),
-            None => (String::new(), String::new()),
+        let (name, nickname, path) = match rec.remote.and_then(|r| PeerName::new(r.name)) {
+            Some(n) => (n.to_string(), rec.nickname.clone(), "direct".to_owned()),
+            None => (String::new(), String::new(), String::new()),
         };
-        if let Some(r) = rec.remote {
-            if !peers.iter().any(|p| p.name == name) {
-                peers.push(PeerReport {
-                    name: name.clone(),
-                    nickname: nickname.clone(),
-                    short_id: r.short_id,
-                    uid: r.uid,
-                });
-            }
-        }
+        let info = if rec.remote.is_some() && !rec.owns_dataplane_peer {
+            "duplicate, closing".to_owned()
+        } else {
+            String::new()
+        };
         connections.push(ConnectionReport {
             address: rec.address.to_string(),
             outbound: rec.outbound,
             state: rec.state,
-            info: String::new(),
+            info,
             name,
             nickname,
+            path,
         });
     }
-    // Targets with no live connection show their dialling state.
-    for t in state.targets.values() {
-        let live = state
-            .conns
-            .values()
-            .any(|r| r.address.ip() == t.address.ip());
-        if !live && t.state != ConnState::Established {
-            connections.push(ConnectionReport {
-                address: t.address.to_string(),
-                outbound: true,
-                state: t.state,
-                info: t.info.clone(),
-                name: String::new(),
-                nickname: String::new(),
-            });
+    // Targets with no live connection show their dialling state, and how the peer at that
+    // address is reached meanwhile, if the topology knows it.
+    for (addr, _direct, tstate) in state.connmaker.targets() {
+        if state.conns.values().any(|r| r.address.ip() == addr.ip()) {
+            continue;
         }
+        let (st, info) = match tstate {
+            TargetState::Idle => (ConnState::Connecting, String::new()),
+            TargetState::Connecting => (ConnState::Connecting, String::new()),
+            TargetState::Connected => continue,
+            TargetState::Retrying { error, next } => {
+                let wait = next.saturating_duration_since(state_now(shared));
+                (
+                    ConnState::Retrying,
+                    format!("{error}, retry in {:.1}s", wait.as_secs_f64()),
+                )
+            }
+            TargetState::Failed { error } => (ConnState::Failed, format!("{error}, retry: never")),
+        };
+        let peer = peer_at(topo, addr.ip());
+        let (name, nickname, path) = match peer {
+            Some(n) => (
+                n.to_string(),
+                topo.peer(n).map(|p| p.nickname.clone()).unwrap_or_default(),
+                path_to(n),
+            ),
+            None => (String::new(), String::new(), String::new()),
+        };
+        connections.push(ConnectionReport {
+            address: addr.to_string(),
+            outbound: true,
+            state: st,
+            info,
+            name,
+            nickname,
+            path,
+        });
     }
     let mut counters: BTreeMap<String, u64> = state
         .counters
@@ -161,10 +296,16 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         "control_handshake_failures".into(),
         state.handshake_failures,
     );
+    counters.insert("gossip_errors".into(), state.gossip_errors);
+    let g = state.mesh.stats();
+    counters.insert("gossip_bytes_sent".into(), g.bytes_sent);
+    counters.insert("gossip_bytes_received".into(), g.bytes_received);
+    counters.insert("gossip_messages_sent".into(), g.messages_sent);
+    counters.insert("gossip_messages_received".into(), g.messages_received);
     StatusReport {
         name: info.name.clone(),
         nickname: info.nickname.clone(),
-        short_id: info.short_id,
+        short_id: topo.local().short_id.get(),
         uid: info.uid,
         version: info.version.clone(),
         protocol: format!("weft {}..{}", info.protocol_min, info.protocol_max),
@@ -174,15 +315,29 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         encryption: false,
         peers,
         connections,
-        targets: state.targets.keys().cloned().collect(),
+        targets: state
+            .connmaker
+            .direct_targets()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        discovery: info.discovery,
         counters,
     }
 }
 
-fn peer_name(name: u64) -> String {
-    PeerName::new(name)
-        .map(|n| n.to_string())
-        .unwrap_or_else(|| format!("{name:x}"))
+/// The peer the topology says lives at `ip` (some peer reports a connection to it there).
+fn peer_at(topo: &weft_mesh::Topology, ip: std::net::IpAddr) -> Option<PeerName> {
+    topo.peers()
+        .flat_map(|p| p.connections.iter())
+        .find_map(|c| {
+            let addr: std::net::SocketAddr = c.address.parse().ok()?;
+            (addr.ip() == ip).then_some(c.remote)
+        })
+}
+
+fn state_now(shared: &Shared) -> weft_mesh::Instant {
+    shared.clock.now()
 }
 
 /// The word `weft status connections` prints for a state.
@@ -222,9 +377,23 @@ pub fn render_status(r: &StatusReport) -> String {
         "     Encryption: {}",
         if r.encryption { "enabled" } else { "disabled" }
     );
+    let _ = writeln!(
+        out,
+        "  PeerDiscovery: {}",
+        if r.discovery { "enabled" } else { "disabled" }
+    );
     let _ = writeln!(out, "        Targets: {}", r.targets.len());
     let _ = writeln!(out, "    Connections: {conns}");
-    let _ = writeln!(out, "          Peers: {}", r.peers.len());
+    let established: usize = r
+        .peers
+        .iter()
+        .map(|p| p.connections.iter().filter(|c| c.established).count())
+        .sum();
+    let _ = writeln!(
+        out,
+        "          Peers: {} (with {established} established connections)",
+        r.peers.len()
+    );
     let _ = writeln!(out, "            MTU: {}", r.mtu);
     let _ = writeln!(
         out,
@@ -251,6 +420,10 @@ pub fn render_connections(r: &StatusReport) -> String {
         if !c.info.is_empty() {
             let _ = write!(line, " {}", c.info);
         }
+        // A target we cannot reach directly may still be reached through other peers.
+        if c.path.starts_with("via") || c.path == "unreachable" {
+            let _ = write!(line, " [{}]", c.path);
+        }
         let _ = writeln!(out, "{}", line.trim_end());
     }
     out
@@ -260,21 +433,28 @@ pub fn render_connections(r: &StatusReport) -> String {
 pub fn render_peers(r: &StatusReport) -> String {
     let mut out = String::new();
     for p in &r.peers {
-        let _ = writeln!(out, "{}({}) short id {}", p.name, p.nickname, p.short_id);
-        if p.name == r.name {
-            for c in &r.connections {
-                if !c.name.is_empty() {
-                    let dir = if c.outbound { "->" } else { "<-" };
-                    let _ = writeln!(
-                        out,
-                        "   {dir} {:<21} {}({}) {}",
-                        c.address,
-                        c.name,
-                        c.nickname,
-                        state_name(c.state)
-                    );
-                }
-            }
+        let path = if p.path.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", p.path)
+        };
+        let _ = writeln!(
+            out,
+            "{}({}) short id {}{path}",
+            p.name, p.nickname, p.short_id
+        );
+        for c in &p.connections {
+            let dir = if c.outbound { "->" } else { "<-" };
+            let state = if c.established {
+                "established"
+            } else {
+                "pending"
+            };
+            let _ = writeln!(
+                out,
+                "   {dir} {:<21} {}({}) {state}",
+                c.address, c.name, c.nickname
+            );
         }
     }
     out

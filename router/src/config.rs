@@ -41,6 +41,12 @@ pub struct Config {
     pub bridge: String,
     /// TAP name.
     pub tap: String,
+    /// Dial peers learned from gossip, not only the targets.
+    pub discovery: bool,
+    /// Most control connections (0: unlimited).
+    pub conn_limit: usize,
+    /// Reuse the target list kept in the state directory (instead of `peers`).
+    pub resume: bool,
 }
 
 impl Default for Config {
@@ -58,6 +64,9 @@ impl Default for Config {
             peers: Vec::new(),
             bridge: BRIDGE.to_owned(),
             tap: TAP.to_owned(),
+            discovery: true,
+            conn_limit: 200,
+            resume: false,
         }
     }
 }
@@ -66,6 +75,11 @@ impl Config {
     /// The pid file of the daemon.
     pub fn pid_file(&self) -> PathBuf {
         self.run_dir.join("weft.pid")
+    }
+
+    /// Where the target list is kept (for `--resume`).
+    pub fn targets_file(&self) -> PathBuf {
+        self.state_dir.join("targets.json")
     }
 }
 

@@ -1,10 +1,14 @@
-//! Layer: driver. The TCP control plane: a listener, one dialler per target with jittered
-//! backoff, and one task per connection that drives a [`weft_mesh::Connection`] over a
-//! `TcpStream`. It also sends the UDP data-path heartbeats of each connection and turns the
-//! heartbeats the data plane receives into acknowledgements, so that a connection becomes
-//! `established` only once UDP works both ways.
+//! Layer: driver. The TCP control plane: a listener, dials decided by the sans-IO
+//! [`weft_mesh::ConnMaker`] (targets, discovery, backoff, connection limit), one task per
+//! connection driving a [`weft_mesh::Connection`] over a `TcpStream`, and a control loop that
+//! runs the topology gossip ([`weft_mesh::Mesh`]) and hands the data plane a new forwarding table
+//! whenever the routes change.
+//!
+//! It also sends the UDP data-path heartbeats of each connection and turns the heartbeats the
+//! data plane receives into acknowledgements, so that a connection becomes `established` only
+//! once UDP works both ways.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,23 +17,21 @@ use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use weft_mesh::{CloseReason, ConnConfig, Connection, Event, LocalPeer};
-use weft_overlay::PeerEntry;
+use weft_mesh::{
+    CloseReason, ConnConfig, Connection, Event, LocalPeer, MeshEvent, PeerName, TOPOLOGY_CHANNEL,
+};
 use weft_overlay::heartbeat::Heartbeat;
+use weft_overlay::{ForwardingTable, PeerEntry};
 use weft_sys::udp::BatchUdp;
 use weft_wire::control::Message;
 
-use crate::config::parse_peer;
 use crate::dataplane::{Clock, DpCommand, DpEvent};
-use crate::state::{ConnCommand, ConnRecord, ConnState, RemoteInfo, Shared, TargetRecord};
+use crate::state::{ConnCommand, ConnRecord, ConnState, RemoteInfo, Shared, State};
 
 /// UDP heartbeat interval until the remote acknowledges our heartbeats.
 const HEARTBEAT_FAST: Duration = Duration::from_millis(500);
 /// UDP heartbeat interval afterwards.
 const HEARTBEAT_SLOW: Duration = Duration::from_secs(10);
-/// First retry delay of a dialler; grows ×1.5 per failure up to [`BACKOFF_MAX`].
-const BACKOFF_START: Duration = Duration::from_secs(2);
-const BACKOFF_MAX: Duration = Duration::from_secs(360);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The control plane's shared context.
@@ -37,7 +39,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Control {
     /// State shared with the API.
     pub shared: Arc<Shared>,
-    /// Who we are.
+    /// Who we are (the short id may change later; the mesh's topology has the current one).
     pub local: LocalPeer,
     /// The router's clock.
     pub clock: Clock,
@@ -45,8 +47,6 @@ pub struct Control {
     pub udp: BatchUdp,
     /// Connection timers and versions.
     pub conn_config: ConnConfig,
-    /// The TCP port peers listen on by default.
-    pub default_port: u16,
     next_id: AtomicU64,
 }
 
@@ -60,22 +60,25 @@ struct Outcome {
     permanent: bool,
 }
 
+impl Outcome {
+    fn new(reason: impl Into<String>, was_ready: bool) -> Self {
+        Self {
+            reason: reason.into(),
+            was_ready,
+            permanent: false,
+        }
+    }
+}
+
 impl Control {
     /// A control plane for `local`.
-    pub fn new(
-        shared: Arc<Shared>,
-        local: LocalPeer,
-        clock: Clock,
-        udp: BatchUdp,
-        default_port: u16,
-    ) -> Self {
+    pub fn new(shared: Arc<Shared>, local: LocalPeer, clock: Clock, udp: BatchUdp) -> Self {
         Self {
             shared,
             local,
             clock,
             udp,
             conn_config: ConnConfig::default(),
-            default_port,
             next_id: AtomicU64::new(1),
         }
     }
@@ -99,58 +102,101 @@ impl Control {
         }
     }
 
-    /// Keep a connection to `target` up: dial, run it, and redial with jittered backoff.
-    pub async fn dial(self: Arc<Self>, target: String) {
-        let mut backoff = BACKOFF_START;
+    /// The control loop: runs the mesh's timers, sends what it wants sent, installs new routes,
+    /// and starts the dials the connection maker asks for.
+    pub async fn run(self: Arc<Self>) {
         loop {
-            let addr = match parse_peer(&target, self.default_port) {
-                Ok(a) => a,
-                Err(e) => {
-                    self.set_target(&target, None, ConnState::Retrying, e);
-                    tokio::time::sleep(jitter(backoff)).await;
-                    backoff = (backoff.mul_f64(1.5)).min(BACKOFF_MAX);
-                    continue;
+            let (deadline, dials) = {
+                let mut state = self.shared.lock();
+                let now = self.clock.now();
+                state.mesh.handle_timeout(now);
+                self.drain_mesh(&mut state);
+                let current = state.conns.len();
+                let dials = state.connmaker.poll_dial(now, current);
+                let deadline = [state.mesh.poll_timeout(), state.connmaker.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                (deadline, dials)
+            };
+            for addr in dials {
+                tokio::spawn(self.clone().dial(addr));
+            }
+            let sleep = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(self.clock.to_std(t).into()).await,
+                    None => std::future::pending().await,
                 }
             };
-            if self.connected_to(addr.ip()) {
-                // Suspended while a connection to that address is up (either direction).
-                self.set_target(&target, Some(addr), ConnState::Established, String::new());
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+            tokio::select! {
+                _ = sleep => {}
+                _ = self.shared.wake.notified() => {}
             }
-            self.set_target(&target, Some(addr), ConnState::Connecting, String::new());
-            let outcome =
-                match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-                    Ok(Ok(stream)) => self.drive(stream, addr, true).await,
-                    Ok(Err(e)) => Outcome {
-                        reason: e.to_string(),
-                        was_ready: false,
-                        permanent: false,
-                    },
-                    Err(_) => Outcome {
-                        reason: "connect timed out".into(),
-                        was_ready: false,
-                        permanent: false,
-                    },
-                };
-            tracing::info!("connection to {addr} ended: {}", outcome.reason);
-            if outcome.permanent {
-                self.set_target(&target, Some(addr), ConnState::Failed, outcome.reason);
-                return;
-            }
-            if outcome.was_ready {
-                backoff = BACKOFF_START;
-            }
-            let delay = jitter(backoff);
-            self.set_target(
-                &target,
-                Some(addr),
-                ConnState::Retrying,
-                format!("{}, retry in {:.1}s", outcome.reason, delay.as_secs_f64()),
-            );
-            tokio::time::sleep(delay).await;
-            backoff = (backoff.mul_f64(1.5)).min(BACKOFF_MAX);
         }
+    }
+
+    /// Send what the mesh queued, and act on its events.
+    fn drain_mesh(&self, state: &mut State) {
+        while let Some((peer, payload)) = state.mesh.poll_transmit() {
+            let conn = state
+                .conns
+                .values()
+                .find(|r| r.owns_dataplane_peer && r.remote.is_some_and(|p| p.name == peer.get()));
+            if let Some(conn) = conn {
+                let msg = Message::Gossip {
+                    channel: TOPOLOGY_CHANNEL,
+                    payload,
+                };
+                let _ = conn.commands.send(ConnCommand::Send(msg));
+            }
+        }
+        let mut changed = false;
+        while let Some(event) = state.mesh.poll_event() {
+            match event {
+                MeshEvent::TopologyChanged => changed = true,
+                MeshEvent::PeerRemoved(name) => {
+                    tracing::info!("removed unreachable peer {name}");
+                    changed = true;
+                }
+                MeshEvent::ShortIdChanged(id) => {
+                    tracing::warn!(
+                        "short id collision: this peer now uses short id {}",
+                        id.get()
+                    );
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            let now = self.clock.now();
+            let State {
+                mesh, connmaker, ..
+            } = state;
+            connmaker.update_from_topology(now, mesh.topology());
+            self.publish_table(state);
+        }
+    }
+
+    /// Dial `addr` once and run the connection; tell the connection maker how it went.
+    async fn dial(self: Arc<Self>, addr: SocketAddr) {
+        let outcome = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => self.drive(stream, addr, true).await,
+            Ok(Err(e)) => Outcome::new(e.to_string(), false),
+            Err(_) => Outcome::new("connect timed out", false),
+        };
+        tracing::info!("connection to {addr} ended: {}", outcome.reason);
+        {
+            let mut state = self.shared.lock();
+            let now = self.clock.now();
+            if outcome.permanent || outcome.was_ready {
+                state
+                    .connmaker
+                    .disconnected(now, addr, Some(outcome.reason), outcome.permanent);
+            } else {
+                state.connmaker.dial_failed(now, addr, outcome.reason);
+            }
+        }
+        self.shared.wake.notify_one();
     }
 
     /// Turn data-plane events into connection state.
@@ -168,34 +214,9 @@ impl Control {
             if !rec.heartbeat_received {
                 rec.heartbeat_received = true;
                 let _ = rec.commands.send(ConnCommand::SendDataPathAck);
-                update_state(rec);
+                self.update_state(&mut state, heartbeat.conn_uid);
             }
         }
-    }
-
-    fn connected_to(&self, ip: IpAddr) -> bool {
-        self.shared
-            .lock()
-            .conns
-            .values()
-            .any(|r| r.address.ip() == ip && r.remote.is_some())
-    }
-
-    fn set_target(&self, target: &str, addr: Option<SocketAddr>, st: ConnState, info: String) {
-        let mut state = self.shared.lock();
-        let rec = state
-            .targets
-            .entry(target.to_owned())
-            .or_insert_with(|| TargetRecord {
-                address: addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
-                state: st,
-                info: String::new(),
-            });
-        if let Some(a) = addr {
-            rec.address = a;
-        }
-        rec.state = st;
-        rec.info = info;
     }
 
     /// Run one connection until it ends.
@@ -235,13 +256,8 @@ impl Control {
     ) -> Outcome {
         let conn_id: u64 = rand::rng().random();
         let now = self.clock.now();
-        let mut conn = Connection::new(
-            self.local.clone(),
-            outbound,
-            conn_id,
-            now,
-            self.conn_config.clone(),
-        );
+        let local = self.current_local();
+        let mut conn = Connection::new(local, outbound, conn_id, now, self.conn_config.clone());
         let (mut rd, mut wr) = stream.into_split();
         let mut buf = vec![0u8; 64 * 1024];
         let mut out = Vec::new();
@@ -253,11 +269,7 @@ impl Control {
             while conn.poll_transmit(&mut out) {}
             if !out.is_empty() {
                 if let Err(e) = wr.write_all(&out).await {
-                    return Outcome {
-                        reason: format!("write failed: {e}"),
-                        was_ready: ready.is_some(),
-                        permanent: false,
-                    };
+                    return Outcome::new(format!("write failed: {e}"), ready.is_some());
                 }
             }
             while let Some(event) = conn.poll_event() {
@@ -279,13 +291,11 @@ impl Control {
                             remote.name,
                             remote.nickname
                         );
-                        if let Err(reason) = self.on_ready(id, info, &remote.nickname, conn_uid) {
+                        if let Err(reason) =
+                            self.on_ready(id, info, &remote.nickname, conn_uid, address, outbound)
+                        {
                             conn.close(CloseReason::Local);
-                            return Outcome {
-                                reason: reason.into(),
-                                was_ready: true,
-                                permanent: false,
-                            };
+                            return Outcome::new(reason, true);
                         }
                         ready = Some((info, conn_uid));
                         next_heartbeat = Some(self.clock.now());
@@ -296,8 +306,13 @@ impl Control {
                             let mut state = self.shared.lock();
                             if let Some(rec) = state.conns.get_mut(&id) {
                                 rec.ack_received = true;
-                                update_state(rec);
                             }
+                            self.update_state(&mut state, conn_uid);
+                        }
+                    }
+                    Event::Message(Message::Gossip { channel, payload }) => {
+                        if let Some((remote, _)) = ready {
+                            self.on_gossip(remote, channel, &payload);
                         }
                     }
                     Event::Message(_) => {}
@@ -306,7 +321,7 @@ impl Control {
                             reason,
                             CloseReason::ConnectToSelf | CloseReason::NameCollision { .. }
                         );
-                        if permanent || !matches!(reason, CloseReason::Local) {
+                        if !matches!(reason, CloseReason::Local) {
                             tracing::warn!("connection with {address}: {reason}");
                         }
                         // Whatever the state machine queued before closing (our hello, so the
@@ -339,17 +354,9 @@ impl Control {
             };
             tokio::select! {
                 r = rd.read(&mut buf) => match r {
-                    Ok(0) => return Outcome {
-                        reason: "connection closed by peer".into(),
-                        was_ready: ready.is_some(),
-                        permanent: false,
-                    },
+                    Ok(0) => return Outcome::new("connection closed by peer", ready.is_some()),
                     Ok(n) => conn.handle_bytes(self.clock.now(), &buf[..n]),
-                    Err(e) => return Outcome {
-                        reason: format!("read failed: {e}"),
-                        was_ready: ready.is_some(),
-                        permanent: false,
-                    },
+                    Err(e) => return Outcome::new(format!("read failed: {e}"), ready.is_some()),
                 },
                 _ = sleep => {
                     let now = self.clock.now();
@@ -365,57 +372,89 @@ impl Control {
                 cmd = commands.recv() => match cmd {
                     Some(ConnCommand::SendDataPathAck) => {
                         if let Some((_, conn_uid)) = ready {
-                            let _ = conn.send(self.clock.now(), &Message::DataPathAck { conn_uid });
+                            let msg = Message::DataPathAck { conn_uid };
+                            if let Err(e) = conn.send(self.clock.now(), &msg) {
+                                tracing::debug!("cannot acknowledge heartbeats on {address}: {e}");
+                            }
+                        }
+                    }
+                    Some(ConnCommand::Send(msg)) => {
+                        if let Err(e) = conn.send(self.clock.now(), &msg) {
+                            tracing::warn!("cannot send to {address}: {e}");
                         }
                     }
                     Some(ConnCommand::Close(reason)) => {
                         conn.close(CloseReason::Local);
-                        return Outcome { reason: reason.into(), was_ready: ready.is_some(), permanent: false };
+                        return Outcome::new(reason, ready.is_some());
                     }
                     None => {
                         conn.close(CloseReason::Local);
-                        return Outcome { reason: "router shutting down".into(), was_ready: ready.is_some(), permanent: false };
+                        return Outcome::new("router shutting down", ready.is_some());
                     }
                 },
             }
         }
     }
 
+    /// Our identity as it is now (the short id changes when a collision is resolved).
+    fn current_local(&self) -> LocalPeer {
+        let mut local = self.local.clone();
+        local.short_id = self.shared.lock().mesh.topology().local().short_id;
+        local
+    }
+
+    fn on_gossip(&self, remote: RemoteInfo, channel: u8, payload: &[u8]) {
+        if channel != TOPOLOGY_CHANNEL {
+            return;
+        }
+        let Some(from) = PeerName::new(remote.name) else {
+            return;
+        };
+        {
+            let mut state = self.shared.lock();
+            let now = self.clock.now();
+            if let Err(e) = state.mesh.handle_gossip(now, from, payload) {
+                state.gossip_errors += 1;
+                tracing::warn!("gossip from {from}: {e}");
+            }
+        }
+        self.shared.wake.notify_one();
+    }
+
     fn send_heartbeat(&self, remote: RemoteInfo, conn_uid: u64) {
+        let (local_short, remote_short) = {
+            let state = self.shared.lock();
+            let topo = state.mesh.topology();
+            let remote_short = PeerName::new(remote.name)
+                .and_then(|n| topo.peer(n))
+                .map_or(remote.short_id, |p| p.short_id.get());
+            (topo.local().short_id.get(), remote_short)
+        };
         let mut buf = [0u8; 64];
         let hb = Heartbeat {
             conn_uid,
             sender: self.local.name.get(),
         };
-        let n = weft_overlay::emit_heartbeat_datagram(
-            self.local.short_id.get(),
-            remote.short_id,
-            hb,
-            &mut buf,
-        );
+        let n = weft_overlay::emit_heartbeat_datagram(local_short, remote_short, hb, &mut buf);
         if let Err(e) = self.udp.send_to(&buf[..n], remote.data_addr) {
             tracing::debug!("heartbeat to {} failed: {e}", remote.data_addr);
         }
     }
 
-    /// Register a ready connection: resolve duplicates and hand the peer to the data plane.
+    /// Register a ready connection: resolve duplicates, tell the mesh and the connection maker.
     fn on_ready(
         &self,
         id: u64,
         info: RemoteInfo,
         nickname: &str,
         conn_uid: u64,
+        address: SocketAddr,
+        outbound: bool,
     ) -> Result<(), &'static str> {
+        let Some(name) = PeerName::new(info.name) else {
+            return Err("peer name out of range");
+        };
         let mut state = self.shared.lock();
-        if info.short_id == self.local.short_id.get() {
-            tracing::warn!(
-                "peer {} uses our short id {}; traffic to it will fail until one restarts",
-                weft_mesh::PeerName::new(info.name)
-                    .map(|n| n.to_string())
-                    .unwrap_or_default(),
-                info.short_id
-            );
-        }
         // Two connections to one peer (both sides dialled): both ends keep the one with the
         // smaller connection UID, so they agree without talking.
         let other = state
@@ -444,12 +483,47 @@ impl Control {
         rec.conn_uid = Some(conn_uid);
         rec.state = ConnState::Pending;
         rec.owns_dataplane_peer = true;
-        let _ = self.shared.dataplane.send(DpCommand::AddPeer(PeerEntry {
-            short_id: info.short_id,
-            name: info.name,
-            addr: info.data_addr,
-        }));
+        let now = self.clock.now();
+        let short = weft_mesh::ShortId::from_masked(info.short_id);
+        state.connmaker.connected(address, name);
+        if other.is_some() {
+            // The mesh already counts a connection to this peer; refresh it.
+            state.mesh.connection_down(now, name);
+        }
+        state.mesh.connection_up(
+            now,
+            name,
+            (nickname.to_owned(), info.uid, short),
+            address.to_string(),
+            outbound,
+        );
+        self.publish_table(&state);
+        drop(state);
+        self.shared.wake.notify_one();
         Ok(())
+    }
+
+    /// Re-evaluate a connection's state after a heartbeat or an acknowledgement.
+    fn update_state(&self, state: &mut State, conn_uid: u64) {
+        let Some(rec) = state
+            .conns
+            .values_mut()
+            .find(|r| r.conn_uid == Some(conn_uid))
+        else {
+            return;
+        };
+        if rec.remote.is_none() || rec.state == ConnState::Established {
+            return;
+        }
+        if rec.heartbeat_received && rec.ack_received {
+            rec.state = ConnState::Established;
+            let owner = rec.owns_dataplane_peer;
+            if let (true, Some(name)) = (owner, rec.remote.and_then(|p| PeerName::new(p.name))) {
+                state.mesh.connection_established(self.clock.now(), name);
+                self.publish_table(state);
+                self.shared.wake.notify_one();
+            }
+        }
     }
 
     fn unregister(&self, id: u64, outcome: &Outcome) {
@@ -460,45 +534,111 @@ impl Control {
         if rec.remote.is_none() {
             state.handshake_failures += 1;
             tracing::info!("handshake with {} failed: {}", rec.address, outcome.reason);
+            return;
+        }
+        let now = self.clock.now();
+        if !rec.outbound {
+            state
+                .connmaker
+                .disconnected(now, rec.address, Some(outcome.reason.clone()), false);
         }
         if !rec.owns_dataplane_peer {
             return;
         }
         let Some(remote) = rec.remote else { return };
-        // Hand the peer to another live connection to it, or take it out of the data plane.
-        if let Some(next) = state
+        let Some(name) = PeerName::new(remote.name) else {
+            return;
+        };
+        // Hand the peer to another live connection to it, if there is one.
+        let next = state
             .conns
             .values_mut()
-            .find(|r| r.remote.is_some_and(|p| p.name == remote.name))
-        {
+            .find(|r| r.remote.is_some_and(|p| p.name == remote.name));
+        let replacement = next.map(|next| {
             next.owns_dataplane_peer = true;
-            if let Some(p) = next.remote {
-                let _ = self.shared.dataplane.send(DpCommand::AddPeer(PeerEntry {
-                    short_id: p.short_id,
-                    name: p.name,
-                    addr: p.data_addr,
-                }));
+            (
+                next.address,
+                next.outbound,
+                next.nickname.clone(),
+                next.remote,
+                next.state,
+            )
+        });
+        state.mesh.connection_down(now, name);
+        if let Some((address, outbound, nickname, Some(info), st)) = replacement {
+            let short = weft_mesh::ShortId::from_masked(info.short_id);
+            state.mesh.connection_up(
+                now,
+                name,
+                (nickname, info.uid, short),
+                address.to_string(),
+                outbound,
+            );
+            if st == ConnState::Established {
+                state.mesh.connection_established(now, name);
             }
-        } else {
-            let _ = self.shared.dataplane.send(DpCommand::RemovePeer {
-                short_id: remote.short_id,
-                name: remote.name,
-            });
         }
+        self.publish_table(&state);
+        drop(state);
+        self.shared.wake.notify_one();
     }
-}
 
-fn update_state(rec: &mut ConnRecord) {
-    if rec.remote.is_some() {
-        rec.state = if rec.heartbeat_received && rec.ack_received {
-            ConnState::Established
-        } else {
-            ConnState::Pending
-        };
+    /// Give the data plane a new forwarding table: neighbours from the ready connections, next
+    /// hops and broadcast trees from the mesh's routes.
+    fn publish_table(&self, state: &State) {
+        let topo = state.mesh.topology();
+        let routes = state.mesh.routes();
+        let short_of = |name: PeerName| topo.peer(name).map(|p| p.short_id.get());
+        let local_short = topo.local().short_id.get();
+        let mut table = ForwardingTable::new(local_short);
+        // Neighbours whose data path we confirmed ourselves: until the peer's own gossip says
+        // so too (routes need both ends to report the link), they are still reached directly.
+        let mut direct = Vec::new();
+        for rec in state.conns.values().filter(|r| r.owns_dataplane_peer) {
+            let Some(p) = rec.remote else { continue };
+            let short = PeerName::new(p.name)
+                .and_then(short_of)
+                .unwrap_or(p.short_id);
+            table.add_neighbour(PeerEntry {
+                short_id: short,
+                name: p.name,
+                addr: p.data_addr,
+            });
+            if rec.state == ConnState::Established {
+                direct.push(short);
+            }
+        }
+        let local = topo.local_name();
+        for peer in topo.peers() {
+            if peer.name == local {
+                continue;
+            }
+            table.add_known(peer.short_id.get(), peer.name.get());
+            if let Some(via) = routes.next_hop(peer.name).and_then(short_of) {
+                table.set_next_hop(peer.short_id.get(), via);
+            }
+        }
+        for &short in &direct {
+            table.set_next_hop(short, short);
+        }
+        for peer in topo.peers() {
+            let mut children: Vec<u16> = routes
+                .broadcast_children(peer.name)
+                .iter()
+                .filter_map(|&c| short_of(c))
+                .collect();
+            if peer.name == local {
+                for &short in &direct {
+                    if !children.contains(&short) {
+                        children.push(short);
+                    }
+                }
+            }
+            table.set_children(peer.short_id.get(), &children);
+        }
+        let _ = self
+            .shared
+            .dataplane
+            .send(DpCommand::SetTable(Box::new(table)));
     }
-}
-
-/// A delay drawn uniformly from [d/2, 3d/2], so restarted peers do not redial in lockstep.
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(rand::rng().random_range(0.5..1.5))
 }

@@ -8,6 +8,7 @@
 //! a few times a second, so the packet path shares no atomics with the API.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::thread::JoinHandle;
@@ -16,7 +17,10 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use weft_mesh::Instant;
 use weft_overlay::heartbeat::Heartbeat;
-use weft_overlay::{Counters, DatagramDecision, Engine, EngineConfig, PeerEntry, TapDecision};
+use weft_overlay::{
+    Counters, DatagramDecision, Engine, EngineConfig, ForwardingTable, Relay, TapDecision,
+    emit_vxlan_header,
+};
 use weft_sys::tap::Tap;
 use weft_sys::udp::{BATCH, BatchUdp, RecvBatch, SendBatch};
 
@@ -34,15 +38,8 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(10);
 /// A command from the control plane.
 #[derive(Debug)]
 pub enum DpCommand {
-    /// A peer's control connection is ready: send to it.
-    AddPeer(PeerEntry),
-    /// A peer went away.
-    RemovePeer {
-        /// Its short id.
-        short_id: u16,
-        /// Its name (a stale removal for a reused short id is ignored).
-        name: u64,
-    },
+    /// The topology changed: forward with this table from now on.
+    SetTable(Box<ForwardingTable>),
     /// Stop the thread.
     Shutdown,
 }
@@ -157,10 +154,7 @@ impl DataPlane {
             }
             loop {
                 match commands.try_recv() {
-                    Ok(DpCommand::AddPeer(p)) => self.engine.add_peer(p),
-                    Ok(DpCommand::RemovePeer { short_id, name }) => {
-                        self.engine.remove_peer(short_id, name)
-                    }
+                    Ok(DpCommand::SetTable(table)) => self.engine.set_table(*table),
                     Ok(DpCommand::Shutdown) | Err(TryRecvError::Disconnected) => {
                         publish(self.engine.counters());
                         return;
@@ -204,15 +198,17 @@ impl DataPlane {
             }
             match self.engine.on_tap_frame(frame, now) {
                 TapDecision::Drop | TapDecision::Local => {}
-                TapDecision::Unicast(peer) => {
-                    push(&mut self.send, &self.engine, peer, frame);
+                TapDecision::Unicast { dst, via } => {
+                    let src = self.engine.local_short_id();
+                    push(&mut self.send, via.addr, src, dst, frame);
                 }
                 TapDecision::Flood => {
-                    for &peer in self.engine.peers() {
+                    let src = self.engine.local_short_id();
+                    for &peer in self.engine.flood_targets() {
                         if self.send.is_full() {
                             self.sent += flush(&self.udp, &mut self.send);
                         }
-                        push(&mut self.send, &self.engine, peer, frame);
+                        push(&mut self.send, peer.addr, src, peer.short_id, frame);
                     }
                 }
             }
@@ -254,12 +250,39 @@ impl DataPlane {
                 let from = self.recv.source(i);
                 match self.engine.on_datagram(datagram, from, now) {
                     DatagramDecision::Drop => {}
-                    DatagramDecision::Deliver(range) => match self.tap.send(&datagram[range]) {
-                        Ok(_) => self.engine.count_delivered(1),
-                        Err(e) => tracing::debug!("data plane: writing the TAP failed: {e}"),
-                    },
                     DatagramDecision::Heartbeat { src, heartbeat } => {
                         let _ = self.events.send(DpEvent::Heartbeat { src, heartbeat });
+                    }
+                    DatagramDecision::Forward { deliver, relay } => {
+                        if let Some(range) = deliver {
+                            match self.tap.send(&datagram[range]) {
+                                Ok(_) => self.engine.count_delivered(1),
+                                Err(e) => {
+                                    tracing::debug!("data plane: writing the TAP failed: {e}")
+                                }
+                            }
+                        }
+                        match relay {
+                            Relay::None => {}
+                            Relay::Next(next) => {
+                                if self.send.is_full() {
+                                    self.sent += flush(&self.udp, &mut self.send);
+                                }
+                                self.send.push_with(next.addr, |buf| {
+                                    buf[..datagram.len()].copy_from_slice(datagram);
+                                    datagram.len()
+                                });
+                            }
+                            Relay::Tree { source } => {
+                                let inner = &datagram[weft_wire::vxlan::HEADER_LEN..];
+                                for child in self.engine.table().broadcast_children(source) {
+                                    if self.send.is_full() {
+                                        self.sent += flush(&self.udp, &mut self.send);
+                                    }
+                                    push(&mut self.send, child.addr, source, child.short_id, inner);
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -267,12 +290,15 @@ impl DataPlane {
                 break;
             }
         }
+        self.sent += flush(&self.udp, &mut self.send);
+        self.engine.count_sent(std::mem::take(&mut self.sent));
     }
 }
 
-fn push(send: &mut SendBatch, engine: &Engine, peer: PeerEntry, frame: &[u8]) {
-    send.push_with(peer.addr, |buf| {
-        let h = engine.emit_header(peer.short_id, buf);
+/// Queue `frame` in a VXLAN datagram from peer `src` to peer `dst`, sent to `to`.
+fn push(send: &mut SendBatch, to: SocketAddr, src: u16, dst: u16, frame: &[u8]) {
+    send.push_with(to, |buf| {
+        let h = emit_vxlan_header(src, dst, buf);
         buf[h..h + frame.len()].copy_from_slice(frame);
         h + frame.len()
     });

@@ -6,14 +6,16 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
-use weft_mesh::{LocalPeer, PeerUid};
+use weft_mesh::{
+    ConnMaker, ConnMakerConfig, GossipConfig, Instant, LocalPeer, Mesh, PeerSummary, PeerUid,
+};
 use weft_overlay::{EngineConfig, MacTable};
 use weft_sys::netlink::Netlink;
 use weft_sys::tap::Tap;
 use weft_sys::udp::BatchUdp;
 use weft_wire::control::{PROTOCOL_MAX, PROTOCOL_MIN};
 
-use crate::config::Config;
+use crate::config::{Config, parse_peer};
 use crate::control::Control;
 use crate::dataplane::{self, Clock, DpCommand};
 use crate::state::{RouterInfo, Shared, State};
@@ -73,6 +75,37 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let clock = Clock::start();
     let (dp_tx, dp_rx) = std::sync::mpsc::channel();
     let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Targets: the ones given, or with --resume the ones kept from the last run.
+    let targets_file = config.targets_file();
+    let target_strings = if config.resume {
+        load_targets(&targets_file)?
+    } else {
+        config.peers.clone()
+    };
+    let mut targets = Vec::new();
+    for t in &target_strings {
+        targets.push(parse_peer(t, config.port).map_err(anyhow::Error::msg)?);
+    }
+    let summary = PeerSummary {
+        name: id.name,
+        nickname: config.nickname.clone(),
+        uid,
+        version: 1,
+        short_id: id.short_id,
+        connections: Vec::new(),
+    };
+    let mesh = Mesh::new(summary, GossipConfig::default(), uid, Instant::ZERO);
+    let mut connmaker = ConnMaker::new(
+        ConnMakerConfig {
+            discovery: config.discovery,
+            conn_limit: config.conn_limit,
+            port: config.port,
+            ..ConnMakerConfig::default()
+        },
+        uid ^ 0x5eed,
+    );
+    connmaker.add_targets(Instant::ZERO, &targets);
+    save_targets(&targets_file, &connmaker.direct_targets())?;
     let shared = Arc::new(Shared {
         info: RouterInfo {
             name: id.name.to_string(),
@@ -85,9 +118,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol_min: PROTOCOL_MIN,
             protocol_max: PROTOCOL_MAX,
+            discovery: config.discovery,
         },
-        state: Mutex::new(State::default()),
+        state: Mutex::new(State::new(mesh, connmaker)),
         dataplane: dp_tx.clone(),
+        wake: tokio::sync::Notify::new(),
+        targets_file,
+        clock,
     });
     let publish = {
         let shared = shared.clone();
@@ -115,13 +152,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         uid: PeerUid(uid),
         data_port: config.data_port,
     };
-    let control = Arc::new(Control::new(shared.clone(), local, clock, udp, config.port));
+    let control = Arc::new(Control::new(shared.clone(), local, clock, udp));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control.clone().pump(ev_rx));
     tasks.spawn(control.clone().listen(listener));
-    for peer in &config.peers {
-        tasks.spawn(control.clone().dial(peer.clone()));
-    }
+    tasks.spawn(control.clone().run());
     let app = api::router(shared.clone());
     tasks.spawn(async move {
         if let Err(e) = axum::serve(http, app).await {
@@ -173,4 +208,21 @@ pub fn running_pid(pid_file: &std::path::Path) -> Option<u32> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let is_router = cmdline.split(|&b| b == 0).any(|arg| arg == b"--foreground");
     is_router.then_some(pid)
+}
+
+/// The target list kept by the last run (`--resume`).
+pub fn load_targets(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a list of targets", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Keep the target list for `--resume`.
+pub fn save_targets(path: &std::path::Path, targets: &[SocketAddr]) -> anyhow::Result<()> {
+    let list: Vec<String> = targets.iter().map(ToString::to_string).collect();
+    let json = serde_json::to_vec_pretty(&list)?;
+    identity::write_atomic(path, &json).with_context(|| format!("writing {}", path.display()))
 }

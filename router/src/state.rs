@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use weft_mesh::{ConnMaker, Mesh};
 use weft_overlay::Counters;
 
 use crate::dataplane::DpCommand;
@@ -17,6 +18,8 @@ use crate::dataplane::DpCommand;
 pub enum ConnCommand {
     /// Tell the remote its UDP heartbeats reach us.
     SendDataPathAck,
+    /// Send this message (gossip).
+    Send(weft_wire::control::Message),
     /// Close the connection with this reason (e.g. a duplicate).
     Close(&'static str),
 }
@@ -75,28 +78,35 @@ pub struct ConnRecord {
     pub commands: mpsc::UnboundedSender<ConnCommand>,
 }
 
-/// One direct target (a peer given on the command line).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TargetRecord {
-    /// The address being dialled.
-    pub address: SocketAddr,
-    /// Dialling state (only meaningful while no connection to it is up).
-    pub state: ConnState,
-    /// Last error, if any.
-    pub info: String,
-}
-
 /// The mutable part of the router's state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct State {
     /// Live control connections by local id.
     pub conns: BTreeMap<u64, ConnRecord>,
-    /// Direct targets as given by the user.
-    pub targets: BTreeMap<String, TargetRecord>,
+    /// The topology gossip state machine (peers, their connections, routes).
+    pub mesh: Mesh,
+    /// Which addresses to dial (targets, discovery, backoff).
+    pub connmaker: ConnMaker,
     /// Last copy of the data-plane counters.
     pub counters: Counters,
     /// Control connections closed before their handshake finished.
     pub handshake_failures: u64,
+    /// Gossip payloads refused as malformed or invalid.
+    pub gossip_errors: u64,
+}
+
+impl State {
+    /// A fresh state around a mesh and a connection maker.
+    pub fn new(mesh: Mesh, connmaker: ConnMaker) -> Self {
+        Self {
+            conns: BTreeMap::new(),
+            mesh,
+            connmaker,
+            counters: Counters::default(),
+            handshake_failures: 0,
+            gossip_errors: 0,
+        }
+    }
 }
 
 /// Everything the tasks share.
@@ -108,6 +118,12 @@ pub struct Shared {
     pub state: Mutex<State>,
     /// Commands to the data-plane thread.
     pub dataplane: std::sync::mpsc::Sender<DpCommand>,
+    /// Wakes the control loop after the mesh or the connection maker got input.
+    pub wake: tokio::sync::Notify,
+    /// Where the target list is kept.
+    pub targets_file: std::path::PathBuf,
+    /// The router's clock.
+    pub clock: crate::dataplane::Clock,
 }
 
 impl Shared {
@@ -141,6 +157,8 @@ pub struct RouterInfo {
     pub protocol_min: u8,
     /// Protocol versions spoken.
     pub protocol_max: u8,
+    /// Peer discovery is on.
+    pub discovery: bool,
 }
 
 /// `GET /status` as JSON.
@@ -170,8 +188,10 @@ pub struct StatusReport {
     pub peers: Vec<PeerReport>,
     /// Connections and dialling targets.
     pub connections: Vec<ConnectionReport>,
-    /// Direct targets as given.
+    /// Direct targets (persisted; `weft connect` / `weft forget`).
     pub targets: Vec<String>,
+    /// Peer discovery (dialling addresses learned from gossip) is on.
+    pub discovery: bool,
     /// Data-plane and control-plane counters.
     pub counters: BTreeMap<String, u64>,
 }
@@ -187,6 +207,27 @@ pub struct PeerReport {
     pub short_id: u16,
     /// Process UID.
     pub uid: u64,
+    /// Topology version of the peer's record.
+    pub version: u64,
+    /// The peer's connections as it reports them.
+    pub connections: Vec<PeerConnReport>,
+    /// How we reach it: empty for ourselves, "direct", "via NAME(NICK)", or "unreachable".
+    pub path: String,
+}
+
+/// A connection as a peer reports it in its gossip.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerConnReport {
+    /// The remote peer.
+    pub name: String,
+    /// Its nickname, if known.
+    pub nickname: String,
+    /// The address as the reporting peer sees it.
+    pub address: String,
+    /// The reporting peer dialled it.
+    pub outbound: bool,
+    /// Data path confirmed both ways.
+    pub established: bool,
 }
 
 /// A connection in the status report.
@@ -204,4 +245,6 @@ pub struct ConnectionReport {
     pub name: String,
     /// Remote nickname, once known.
     pub nickname: String,
+    /// How the remote peer is reached: "direct", "via NAME(NICK)", or empty when unknown.
+    pub path: String,
 }

@@ -7,6 +7,8 @@
 //!   the underlay with its own weft run/state dirs) and [`Container`] (a namespace attached with
 //!   `weft attach`). Everything is removed on drop, also when a test panics.
 //! - [`status`]: reading `weft status` output.
+//! - [`mesh`]: multi-hop helpers (launch options, underlay blocks, per-peer connection checks,
+//!   intact TCP transfers).
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -25,6 +27,7 @@
 //! from; build it first with `cargo build --workspace --bins`.
 
 pub mod cmd;
+pub mod mesh;
 pub mod net;
 pub mod status;
 

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Salt hashed in front of the machine ids by [`PeerName::derive`]. Changing it renames every
@@ -16,7 +17,10 @@ use sha2::{Digest, Sha256};
 const DERIVE_SALT: &[u8] = b"weft-peer-name-v1:";
 
 /// A peer's 48-bit name, printed like a MAC address (`aa:bb:cc:dd:ee:ff`).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Serialized as its `u64` value; deserializing a value wider than 48 bits fails.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
 pub struct PeerName(u64);
 
 /// Why a string is not a peer name.
@@ -129,8 +133,44 @@ impl FromStr for PeerName {
 }
 
 /// A peer's 12-bit short id (0..4096), used in VXLAN VNIs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Serialized as its `u16` value; deserializing a value wider than 12 bits fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u16", into = "u16")]
 pub struct ShortId(u16);
+
+/// A number does not fit the 48 bits of a [`PeerName`] or the 12 bits of a [`ShortId`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("value out of range")]
+pub struct OutOfRange;
+
+impl TryFrom<u64> for PeerName {
+    type Error = OutOfRange;
+
+    fn try_from(value: u64) -> Result<Self, OutOfRange> {
+        Self::new(value).ok_or(OutOfRange)
+    }
+}
+
+impl From<PeerName> for u64 {
+    fn from(name: PeerName) -> Self {
+        name.get()
+    }
+}
+
+impl TryFrom<u16> for ShortId {
+    type Error = OutOfRange;
+
+    fn try_from(value: u16) -> Result<Self, OutOfRange> {
+        Self::new(value).ok_or(OutOfRange)
+    }
+}
+
+impl From<ShortId> for u16 {
+    fn from(id: ShortId) -> Self {
+        id.get()
+    }
+}
 
 impl ShortId {
     /// Largest valid short id.

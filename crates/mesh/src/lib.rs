@@ -11,6 +11,13 @@
 //! - [`connection`]: [`Connection`], the state machine for one TCP control connection (hello,
 //!   features, heartbeats, idle timeout).
 //! - [`time`]: [`Instant`], time as the driver sees it.
+//! - [`topology`]: [`Topology`], the gossiped [`PeerSummary`] of every known peer and the merge
+//!   rule.
+//! - [`routes`]: [`Routes`], unicast next hops and per-source broadcast trees computed from a
+//!   topology.
+//! - [`gossip`]: [`Mesh`], the topology gossip state machine (batching, fan-out, relays, full
+//!   state, garbage collection, short-id collisions).
+//! - [`connmaker`]: [`ConnMaker`], which addresses to dial and when (discovery, backoff, limits).
 //!
 //! The wire format (hello bytes, frames, [`Message`](weft_wire::control::Message)) lives in
 //! `weft_wire::control`.
@@ -18,9 +25,14 @@
 #![warn(missing_docs)]
 
 pub mod connection;
+pub mod connmaker;
+pub mod gossip;
 pub mod handshake;
 pub mod identity;
+mod rng;
+pub mod routes;
 pub mod time;
+pub mod topology;
 
 #[cfg(test)]
 mod tests;
@@ -28,5 +40,12 @@ mod tests;
 pub use connection::{
     CloseReason, ConnConfig, ConnState, Connection, Event, ProtocolError, SendError,
 };
-pub use identity::{LocalPeer, PeerName, PeerNameError, PeerUid, RemotePeer, ShortId};
+pub use connmaker::{ConnMaker, ConnMakerConfig, TargetState};
+pub use gossip::{
+    GossipConfig, GossipError, GossipStats, Mesh, MeshEvent, ROUTES_DELAY, TOPOLOGY_CHANNEL,
+    TopologyGossip,
+};
+pub use identity::{LocalPeer, OutOfRange, PeerName, PeerNameError, PeerUid, RemotePeer, ShortId};
+pub use routes::Routes;
 pub use time::Instant;
+pub use topology::{ConnSummary, PeerSummary, Topology, TopologyError};

@@ -29,11 +29,13 @@ pub struct Counters {
     pub flooded_frames: u64,
     /// MAC entries removed by ageing.
     pub macs_expired: u64,
+    /// Received datagrams passed on toward other peers (relays and broadcast-tree copies).
+    pub relayed_datagrams: u64,
 }
 
 impl Counters {
     /// Every counter with its Prometheus-style name and help text, for exporters.
-    pub fn fields(&self) -> [(&'static str, &'static str, u64); 12] {
+    pub fn fields(&self) -> [(&'static str, &'static str, u64); 13] {
         [
             (
                 "tap_rx_frames",
@@ -90,6 +92,11 @@ impl Counters {
                 "macs_expired",
                 "MAC entries removed by ageing.",
                 self.macs_expired,
+            ),
+            (
+                "relayed_datagrams",
+                "Datagrams passed on toward other peers.",
+                self.relayed_datagrams,
             ),
         ]
     }

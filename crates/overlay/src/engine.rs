@@ -1,5 +1,13 @@
 //! Layer: pure logic. Forwarding decisions for frames from the local bridge and datagrams from
-//! peers, after Weave's overlay router (learn, then unicast to the owner or flood).
+//! peers, after Weave's overlay router: learn source MACs, send unicast frames toward the peer
+//! that owns the destination (relayed hop by hop through peers in between), and flood broadcast,
+//! multicast and unknown destinations along the source's broadcast tree, so that every peer
+//! receives a flood exactly once when the peers' views of the topology agree.
+//!
+//! The VXLAN VNI of every datagram names the peer that captured the frame (source) and the peer it
+//! is for (destination). A peer that is not the destination relays the datagram unchanged toward
+//! the destination without looking at MACs; a flooded copy is addressed to the next peer in the
+//! source's tree, which delivers it and passes it on to its own children.
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -26,7 +34,7 @@ pub struct EngineConfig {
     pub mac_max_age: Duration,
 }
 
-/// A peer the data plane can send to.
+/// A directly connected peer the data plane can send to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerEntry {
     /// The peer's 12-bit short id.
@@ -37,6 +45,114 @@ pub struct PeerEntry {
     pub addr: SocketAddr,
 }
 
+/// Where frames go: the routing snapshot the control plane hands the data plane whenever the
+/// topology changes. Indexed by short id, so the per-frame lookups are array accesses.
+#[derive(Debug, Clone)]
+pub struct ForwardingTable {
+    local: u16,
+    /// Peers with a ready control connection (their data-path heartbeats are accepted).
+    neighbours: Vec<Option<PeerEntry>>,
+    /// Every peer in the topology, by short id (its name).
+    known: Vec<Option<u64>>,
+    /// Destination short id → the neighbour to send toward it.
+    next_hop: Vec<Option<PeerEntry>>,
+    /// Source short id → the neighbours its broadcasts go on to from here.
+    children: Vec<Vec<PeerEntry>>,
+}
+
+impl ForwardingTable {
+    /// An empty table for the peer with short id `local`.
+    pub fn new(local: u16) -> Self {
+        Self {
+            local,
+            neighbours: vec![None; SHORT_IDS],
+            known: vec![None; SHORT_IDS],
+            next_hop: vec![None; SHORT_IDS],
+            children: vec![Vec::new(); SHORT_IDS],
+        }
+    }
+
+    /// A table where every peer is a direct neighbour, reached directly, and our floods go to all
+    /// of them (the topology of a full mesh, or of a node that knows nothing else yet).
+    pub fn direct(local: u16, neighbours: &[PeerEntry]) -> Self {
+        let mut t = Self::new(local);
+        for &n in neighbours {
+            t.add_neighbour(n);
+            t.set_next_hop(n.short_id, n.short_id);
+        }
+        let ids: Vec<u16> = neighbours.iter().map(|n| n.short_id).collect();
+        t.set_children(local, &ids);
+        t
+    }
+
+    /// The short id of the peer this table is for.
+    pub fn local(&self) -> u16 {
+        self.local
+    }
+
+    /// Record a directly connected peer (also makes it known).
+    pub fn add_neighbour(&mut self, peer: PeerEntry) {
+        let i = slot(peer.short_id);
+        self.neighbours[i] = Some(peer);
+        self.known[i] = Some(peer.name);
+    }
+
+    /// Record a peer of the topology that may be the source or destination of frames.
+    pub fn add_known(&mut self, short_id: u16, name: u64) {
+        self.known[slot(short_id)] = Some(name);
+    }
+
+    /// Route frames for `dest` via the neighbour `via`. Returns false (and changes nothing) if
+    /// `via` is not a neighbour.
+    pub fn set_next_hop(&mut self, dest: u16, via: u16) -> bool {
+        match self.neighbours[slot(via)] {
+            Some(n) => {
+                self.next_hop[slot(dest)] = Some(n);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Broadcasts from `source` go on from here to these neighbours (others are ignored).
+    pub fn set_children(&mut self, source: u16, children: &[u16]) {
+        let entries = children
+            .iter()
+            .filter_map(|&c| self.neighbours[slot(c)])
+            .collect::<Vec<_>>();
+        self.children[slot(source)] = entries;
+    }
+
+    /// The neighbour with this short id.
+    pub fn neighbour(&self, short_id: u16) -> Option<PeerEntry> {
+        self.neighbours[slot(short_id)]
+    }
+
+    /// Every neighbour.
+    pub fn neighbours(&self) -> impl Iterator<Item = PeerEntry> + '_ {
+        self.neighbours.iter().flatten().copied()
+    }
+
+    /// The neighbour to send frames for `dest` to.
+    pub fn next_hop(&self, dest: u16) -> Option<PeerEntry> {
+        self.next_hop[slot(dest)]
+    }
+
+    /// The name of the known peer with this short id.
+    pub fn known(&self, short_id: u16) -> Option<u64> {
+        self.known[slot(short_id)]
+    }
+
+    /// Where broadcasts from `source` go on to from here.
+    pub fn broadcast_children(&self, source: u16) -> &[PeerEntry] {
+        &self.children[slot(source)]
+    }
+}
+
+fn slot(short_id: u16) -> usize {
+    usize::from(short_id) % SHORT_IDS
+}
+
 /// What to do with a frame read from the local bridge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TapDecision {
@@ -44,10 +160,31 @@ pub enum TapDecision {
     Drop,
     /// The destination is on our own bridge; the bridge already delivered it.
     Local,
-    /// Send it to one peer.
-    Unicast(PeerEntry),
-    /// Send a copy to every peer ([`Engine::peers`]).
+    /// Send it, addressed to peer `dst`, to the neighbour `via` (which is `dst` itself when
+    /// directly connected).
+    Unicast {
+        /// The destination peer's short id (goes in the VNI).
+        dst: u16,
+        /// The neighbour to send the datagram to.
+        via: PeerEntry,
+    },
+    /// Send a copy to each of [`Engine::flood_targets`], each addressed to that neighbour.
     Flood,
+}
+
+/// Where a received datagram goes on to, besides (or instead of) our own bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    /// Nowhere.
+    None,
+    /// Unchanged (same VNI) to this neighbour: we are a hop on the way to the destination.
+    Next(PeerEntry),
+    /// A copy to each of `broadcast_children(source)`, each with the VNI rewritten to
+    /// (source, that child).
+    Tree {
+        /// The peer that captured the frame.
+        source: u16,
+    },
 }
 
 /// What to do with a datagram received on the data port.
@@ -55,24 +192,29 @@ pub enum TapDecision {
 pub enum DatagramDecision {
     /// Drop it (counted).
     Drop,
-    /// Write this range of the datagram (the inner Ethernet frame) to the TAP.
-    Deliver(Range<usize>),
-    /// A data-path heartbeat from the peer with this short id.
+    /// A data-path heartbeat from the directly connected peer with this short id.
     Heartbeat {
         /// Source short id from the VNI.
         src: u16,
         /// The heartbeat's content.
         heartbeat: Heartbeat,
     },
+    /// Deliver the inner frame (this range of the datagram) to the TAP, and/or relay it.
+    Forward {
+        /// The inner Ethernet frame, if it is for us.
+        deliver: Option<Range<usize>>,
+        /// Where it goes on to.
+        relay: Relay,
+    },
 }
 
-/// The forwarding engine. One per data-plane thread; the control plane adds and removes peers.
+/// The forwarding engine. One per data-plane thread; the control plane replaces its
+/// [`ForwardingTable`] when the topology changes.
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
     macs: MacTable,
-    by_short_id: Vec<Option<PeerEntry>>,
-    peers: Vec<PeerEntry>,
+    table: ForwardingTable,
     counters: Counters,
 }
 
@@ -82,41 +224,42 @@ impl Engine {
         Self {
             config,
             macs: MacTable::new(config.mac_max_age),
-            by_short_id: vec![None; SHORT_IDS],
-            peers: Vec::new(),
+            table: ForwardingTable::new(config.local_short_id),
             counters: Counters::default(),
         }
     }
 
-    /// Add a peer, or replace the one with the same short id.
-    pub fn add_peer(&mut self, peer: PeerEntry) {
-        let slot = usize::from(peer.short_id) % SHORT_IDS;
-        self.by_short_id[slot] = Some(peer);
-        self.peers.retain(|p| p.short_id != peer.short_id);
-        self.peers.push(peer);
-    }
-
-    /// Remove the peer with this short id (if its name matches) and forget its MAC entries.
-    pub fn remove_peer(&mut self, short_id: u16, name: u64) {
-        let slot = usize::from(short_id) % SHORT_IDS;
-        if self.by_short_id[slot].is_some_and(|p| p.name == name) {
-            self.by_short_id[slot] = None;
-            self.peers.retain(|p| p.short_id != short_id);
-            self.macs.forget_peer(short_id);
+    /// Install a new routing snapshot. MAC entries of peers it no longer knows are forgotten.
+    /// The table's local short id becomes ours (it changes when a short-id collision is resolved).
+    pub fn set_table(&mut self, table: ForwardingTable) {
+        self.config.local_short_id = table.local();
+        let gone: Vec<u16> = self
+            .macs
+            .iter()
+            .filter_map(|(_, owner, _)| match owner {
+                Owner::Peer(id) if table.known(id).is_none() => Some(id),
+                _ => None,
+            })
+            .collect();
+        for id in gone {
+            self.macs.forget_peer(id);
         }
+        self.table = table;
     }
 
-    /// The peers a flooded frame goes to.
-    pub fn peers(&self) -> &[PeerEntry] {
-        &self.peers
+    /// The current routing snapshot.
+    pub fn table(&self) -> &ForwardingTable {
+        &self.table
     }
 
-    /// The peer with this short id, if connected.
-    pub fn peer(&self, short_id: u16) -> Option<PeerEntry> {
-        self.by_short_id
-            .get(usize::from(short_id))
-            .copied()
-            .flatten()
+    /// The neighbours a frame captured here is flooded to.
+    pub fn flood_targets(&self) -> &[PeerEntry] {
+        self.table.broadcast_children(self.config.local_short_id)
+    }
+
+    /// Our short id.
+    pub fn local_short_id(&self) -> u16 {
+        self.config.local_short_id
     }
 
     /// The counters so far.
@@ -179,8 +322,8 @@ impl Engine {
                 self.counters.tap_rx_local += 1;
                 TapDecision::Local
             }
-            Some(Owner::Peer(id)) => match self.peer(id) {
-                Some(peer) => TapDecision::Unicast(peer),
+            Some(Owner::Peer(id)) => match self.table.next_hop(id) {
+                Some(via) => TapDecision::Unicast { dst: id, via },
                 None => {
                     self.counters.flooded_frames += 1;
                     TapDecision::Flood
@@ -195,8 +338,9 @@ impl Engine {
 
     /// Decide what to do with a datagram received on the data port from `from`.
     ///
-    /// A datagram is accepted only from the address of the peer its VNI names as the source:
-    /// anyone on the underlay can forge a VNI, not (as easily) the address of a connected peer.
+    /// A datagram is accepted only from the address of a neighbour (anyone on the underlay can
+    /// forge a VNI, not as easily the address of a connected peer); heartbeats only from the
+    /// neighbour they name.
     pub fn on_datagram(
         &mut self,
         datagram: &[u8],
@@ -211,22 +355,18 @@ impl Engine {
         let (src, dst) = vxlan::split_vni(packet.vni());
         let inner = vxlan::HEADER_LEN..datagram.len();
         let frame = &datagram[inner.clone()];
-        let Some((_, frame_src)) = macs_of(frame) else {
+        let Some((frame_dst, frame_src)) = macs_of(frame) else {
             self.counters.udp_rx_dropped_malformed += 1;
             return DatagramDecision::Drop;
         };
-        let Some(peer) = self.peer(src).filter(|p| p.addr.ip() == from.ip()) else {
+        let Some(sender) = self.table.neighbours().find(|n| n.addr.ip() == from.ip()) else {
             self.counters.udp_rx_dropped_unknown_peer += 1;
             return DatagramDecision::Drop;
         };
-        if dst != self.config.local_short_id {
-            // Relaying toward another peer comes with the mesh; until then it is not ours.
-            self.counters.udp_rx_dropped_other += 1;
-            return DatagramDecision::Drop;
-        }
+        let local = self.config.local_short_id;
         if heartbeat::is_heartbeat(frame) {
             return match Heartbeat::parse(frame) {
-                Some(hb) if hb.sender == peer.name => {
+                Some(hb) if dst == local && src == sender.short_id && hb.sender == sender.name => {
                     self.counters.heartbeats_rx += 1;
                     DatagramDecision::Heartbeat { src, heartbeat: hb }
                 }
@@ -236,13 +376,46 @@ impl Engine {
                 }
             };
         }
+        if self.table.known(src).is_none() {
+            self.counters.udp_rx_dropped_unknown_peer += 1;
+            return DatagramDecision::Drop;
+        }
         if frame_src[0] & 1 == 1 {
             // A multicast source address is never valid.
             self.counters.udp_rx_dropped_malformed += 1;
             return DatagramDecision::Drop;
         }
+        if dst != local {
+            // We are a hop on the way: pass it on unchanged, without looking at MACs.
+            return match self.table.next_hop(dst) {
+                Some(next) if next.short_id != sender.short_id => {
+                    self.counters.relayed_datagrams += 1;
+                    DatagramDecision::Forward {
+                        deliver: None,
+                        relay: Relay::Next(next),
+                    }
+                }
+                _ => {
+                    self.counters.udp_rx_dropped_other += 1;
+                    DatagramDecision::Drop
+                }
+            };
+        }
         self.macs.learn(frame_src, Owner::Peer(src), now);
-        DatagramDecision::Deliver(inner)
+        // A flood (broadcast, multicast, or a destination that is not here) goes on along the
+        // source's broadcast tree.
+        let goes_on =
+            frame_dst[0] & 1 == 1 || self.macs.lookup(&frame_dst, now) != Some(Owner::Local);
+        let relay = if goes_on && !self.table.broadcast_children(src).is_empty() {
+            self.counters.relayed_datagrams += 1;
+            Relay::Tree { source: src }
+        } else {
+            Relay::None
+        };
+        DatagramDecision::Forward {
+            deliver: Some(inner),
+            relay,
+        }
     }
 
     /// Write the VXLAN header for a datagram from us to `dst_short_id` into `out[..8]`;
@@ -304,38 +477,67 @@ mod tests {
 
     const CA: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa1];
     const CB: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb1];
+    const CC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
     const NAME_A: u64 = 0x0200_0000_000a;
     const NAME_B: u64 = 0x0200_0000_000b;
+    const NAME_C: u64 = 0x0200_0000_000c;
 
-    fn from_a() -> SocketAddr {
-        "192.0.2.1:6784".parse().unwrap()
+    fn entry(short_id: u16) -> PeerEntry {
+        let (name, addr) = match short_id {
+            1 => (NAME_A, "192.0.2.1:6784"),
+            2 => (NAME_B, "192.0.2.2:6784"),
+            _ => (NAME_C, "192.0.2.3:6784"),
+        };
+        PeerEntry {
+            short_id,
+            name,
+            addr: addr.parse().unwrap(),
+        }
     }
 
-    fn from_b() -> SocketAddr {
-        "192.0.2.2:6784".parse().unwrap()
+    fn from(short_id: u16) -> SocketAddr {
+        entry(short_id).addr
     }
 
-    fn engine(short: u16) -> Engine {
-        Engine::new(EngineConfig {
+    fn engine(short: u16, table: ForwardingTable) -> Engine {
+        let mut e = Engine::new(EngineConfig {
             local_short_id: short,
             mac_max_age: MacTable::DEFAULT_MAX_AGE,
-        })
+        });
+        e.set_table(table);
+        e
     }
 
+    /// A and B, directly connected.
     fn pair() -> (Engine, Engine) {
-        let mut a = engine(1);
-        let mut b = engine(2);
-        a.add_peer(PeerEntry {
-            short_id: 2,
-            name: NAME_B,
-            addr: "192.0.2.2:6784".parse().unwrap(),
-        });
-        b.add_peer(PeerEntry {
-            short_id: 1,
-            name: NAME_A,
-            addr: "192.0.2.1:6784".parse().unwrap(),
-        });
+        let a = engine(1, ForwardingTable::direct(1, &[entry(2)]));
+        let b = engine(2, ForwardingTable::direct(2, &[entry(1)]));
         (a, b)
+    }
+
+    /// A – B – C in a line: A and C reach each other only through B.
+    fn line() -> (Engine, Engine, Engine) {
+        let mut ta = ForwardingTable::new(1);
+        ta.add_neighbour(entry(2));
+        ta.add_known(3, NAME_C);
+        ta.set_next_hop(2, 2);
+        ta.set_next_hop(3, 2);
+        ta.set_children(1, &[2]);
+        let mut tb = ForwardingTable::new(2);
+        tb.add_neighbour(entry(1));
+        tb.add_neighbour(entry(3));
+        tb.set_next_hop(1, 1);
+        tb.set_next_hop(3, 3);
+        tb.set_children(1, &[3]);
+        tb.set_children(3, &[1]);
+        tb.set_children(2, &[1, 3]);
+        let mut tc = ForwardingTable::new(3);
+        tc.add_neighbour(entry(2));
+        tc.add_known(1, NAME_A);
+        tc.set_next_hop(2, 2);
+        tc.set_next_hop(1, 2);
+        tc.set_children(3, &[2]);
+        (engine(1, ta), engine(2, tb), engine(3, tc))
     }
 
     fn frame(dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
@@ -347,11 +549,21 @@ mod tests {
         f
     }
 
-    fn encap(e: &Engine, dst: u16, frame: &[u8]) -> Vec<u8> {
+    fn encap(src: u16, dst: u16, frame: &[u8]) -> Vec<u8> {
         let mut out = vec![0u8; 8 + frame.len()];
-        let n = e.emit_header(dst, &mut out);
+        let n = emit_vxlan_header(src, dst, &mut out);
         out[n..].copy_from_slice(frame);
         out
+    }
+
+    fn delivered(d: &DatagramDecision) -> bool {
+        matches!(
+            d,
+            DatagramDecision::Forward {
+                deliver: Some(_),
+                ..
+            }
+        )
     }
 
     #[test]
@@ -360,32 +572,115 @@ mod tests {
         let now = Instant::ZERO;
         let arp = frame([0xff; 6], CA);
         assert_eq!(a.on_tap_frame(&arp, now), TapDecision::Flood);
-        let dgram = encap(&a, 2, &arp);
-        let DatagramDecision::Deliver(range) = b.on_datagram(&dgram, from_a(), now) else {
+        assert_eq!(a.flood_targets(), &[entry(2)]);
+        let dgram = encap(1, 2, &arp);
+        let DatagramDecision::Forward {
+            deliver: Some(range),
+            relay: Relay::None,
+        } = b.on_datagram(&dgram, from(1), now)
+        else {
             panic!("not delivered")
         };
         assert_eq!(&dgram[range], &arp[..]);
         // B learned CA behind A, so the reply goes to A alone.
         let reply = frame(CA, CB);
-        match b.on_tap_frame(&reply, now) {
-            TapDecision::Unicast(p) => assert_eq!(p.short_id, 1),
-            other => panic!("expected unicast, got {other:?}"),
-        }
-        let dgram = encap(&b, 1, &reply);
-        assert!(matches!(
-            a.on_datagram(&dgram, from_b(), now),
-            DatagramDecision::Deliver(_)
-        ));
+        assert_eq!(
+            b.on_tap_frame(&reply, now),
+            TapDecision::Unicast {
+                dst: 1,
+                via: entry(1)
+            }
+        );
+        assert!(delivered(&a.on_datagram(
+            &encap(2, 1, &reply),
+            from(2),
+            now
+        )));
         // And now A knows CB too.
-        assert!(
-            matches!(a.on_tap_frame(&frame(CB, CA), now), TapDecision::Unicast(p) if p.short_id == 2)
+        assert_eq!(
+            a.on_tap_frame(&frame(CB, CA), now),
+            TapDecision::Unicast {
+                dst: 2,
+                via: entry(2)
+            }
         );
         assert_eq!(a.counters().flooded_frames, 1);
     }
 
     #[test]
+    fn unicast_is_relayed_unchanged_through_the_middle() {
+        let (mut a, mut b, mut c) = line();
+        let now = Instant::ZERO;
+        // C's container is learned by A from a broadcast that came through B.
+        let hello = frame([0xff; 6], CC);
+        assert_eq!(c.on_tap_frame(&hello, now), TapDecision::Flood);
+        assert_eq!(c.flood_targets(), &[entry(2)]);
+        let at_b = encap(3, 2, &hello);
+        assert_eq!(
+            b.on_datagram(&at_b, from(3), now),
+            DatagramDecision::Forward {
+                deliver: Some(8..at_b.len()),
+                relay: Relay::Tree { source: 3 }
+            }
+        );
+        assert_eq!(b.table().broadcast_children(3), &[entry(1)]);
+        // B rewrites the VNI to (C, A) for its child A; A delivers and stops there.
+        let at_a = encap(3, 1, &hello);
+        assert_eq!(
+            a.on_datagram(&at_a, from(2), now),
+            DatagramDecision::Forward {
+                deliver: Some(8..at_a.len()),
+                relay: Relay::None
+            }
+        );
+        // A's reply to CC is addressed to C and sent to B.
+        let reply = frame(CC, CA);
+        assert_eq!(
+            a.on_tap_frame(&reply, now),
+            TapDecision::Unicast {
+                dst: 3,
+                via: entry(2)
+            }
+        );
+        let dgram = encap(1, 3, &reply);
+        assert_eq!(
+            b.on_datagram(&dgram, from(1), now),
+            DatagramDecision::Forward {
+                deliver: None,
+                relay: Relay::Next(entry(3))
+            }
+        );
+        assert!(
+            b.macs().lookup(&CA, now).is_none(),
+            "a relay does not learn MACs"
+        );
+        assert!(delivered(&c.on_datagram(&dgram, from(2), now)));
+        assert_eq!(c.macs().lookup(&CA, now), Some(Owner::Peer(1)));
+        assert_eq!(b.counters().relayed_datagrams, 2);
+    }
+
+    #[test]
+    fn relays_never_send_back_or_into_nowhere() {
+        let (_, mut b, _) = line();
+        let now = Instant::ZERO;
+        // For C, sent by C: the next hop would be the sender itself.
+        let back = encap(3, 3, &frame(CB, CC));
+        assert_eq!(b.on_datagram(&back, from(3), now), DatagramDecision::Drop);
+        // For a peer B has no route to.
+        let mut t = b.table().clone();
+        t.add_known(9, 0x0200_0000_0009);
+        b.set_table(t);
+        let nowhere = encap(1, 9, &frame(CB, CA));
+        assert_eq!(
+            b.on_datagram(&nowhere, from(1), now),
+            DatagramDecision::Drop
+        );
+        assert_eq!(b.counters().udp_rx_dropped_other, 2);
+    }
+
+    #[test]
     fn local_destination_and_echo_are_not_sent() {
-        let (mut a, _) = pair();
+        let (mut a, mut b) = pair();
         let now = Instant::ZERO;
         a.on_tap_frame(&frame([0xff; 6], CA), now);
         assert_eq!(
@@ -393,75 +688,72 @@ mod tests {
             TapDecision::Local
         );
         // A frame whose source is known behind a peer is our own injected frame: dropped.
-        let mut b_side = engine(2);
-        b_side.add_peer(PeerEntry {
-            short_id: 1,
-            name: NAME_A,
-            addr: "192.0.2.1:6784".parse().unwrap(),
-        });
-        let dgram = encap(&a, 2, &frame([0xff; 6], CA));
-        assert!(matches!(
-            b_side.on_datagram(&dgram, from_a(), now),
-            DatagramDecision::Deliver(_)
-        ));
+        assert!(delivered(&b.on_datagram(
+            &encap(1, 2, &frame([0xff; 6], CA)),
+            from(1),
+            now
+        )));
         assert_eq!(
-            b_side.on_tap_frame(&frame([0xff; 6], CA), now),
+            b.on_tap_frame(&frame([0xff; 6], CA), now),
             TapDecision::Drop
         );
-        assert_eq!(b_side.on_tap_frame(&[0u8; 10], now), TapDecision::Drop);
-        let stp = frame(STP_DST, CB);
-        assert_eq!(b_side.on_tap_frame(&stp, now), TapDecision::Drop);
-        assert_eq!(b_side.counters().tap_rx_dropped, 3);
+        assert_eq!(b.on_tap_frame(&[0u8; 10], now), TapDecision::Drop);
+        assert_eq!(b.on_tap_frame(&frame(STP_DST, CB), now), TapDecision::Drop);
+        assert_eq!(b.counters().tap_rx_dropped, 3);
     }
 
     #[test]
     fn bad_datagrams_are_counted_not_delivered() {
-        let (a, mut b) = pair();
+        let (_, mut b) = pair();
         let now = Instant::ZERO;
-        let good = encap(&a, 2, &frame(CB, CA));
-        for len in 0..good.len().min(8 + 14) {
+        let good = encap(1, 2, &frame(CB, CA));
+        for len in 0..8 + 14 {
             assert_eq!(
-                b.on_datagram(&good[..len], from_a(), now),
+                b.on_datagram(&good[..len], from(1), now),
                 DatagramDecision::Drop
             );
         }
         let mut no_i_flag = good.clone();
         no_i_flag[0] = 0;
         assert_eq!(
-            b.on_datagram(&no_i_flag, from_a(), now),
+            b.on_datagram(&no_i_flag, from(1), now),
             DatagramDecision::Drop
         );
-        let c = engine(9);
+        // Source short id 9 is not a known peer.
         assert_eq!(
-            b.on_datagram(&encap(&c, 2, &frame(CB, CA)), from_a(), now),
+            b.on_datagram(&encap(9, 2, &frame(CB, CA)), from(1), now),
             DatagramDecision::Drop
         );
+        // Destination 3 is not us and there is no route to it.
         assert_eq!(
-            b.on_datagram(&encap(&a, 3, &frame(CB, CA)), from_a(), now),
+            b.on_datagram(&encap(1, 3, &frame(CB, CA)), from(1), now),
+            DatagramDecision::Drop
+        );
+        let mut multicast_src = frame(CB, CA);
+        multicast_src[6] |= 1;
+        assert_eq!(
+            b.on_datagram(&encap(1, 2, &multicast_src), from(1), now),
             DatagramDecision::Drop
         );
         let k = b.counters();
         assert_eq!(k.udp_rx_dropped_unknown_peer, 1);
         assert_eq!(k.udp_rx_dropped_other, 1);
-        assert_eq!(k.udp_rx_dropped_malformed, 8 + 14 + 1);
+        assert_eq!(k.udp_rx_dropped_malformed, 8 + 14 + 1 + 1);
         assert!(b.macs().is_empty(), "nothing learned from bad input");
     }
 
     #[test]
     fn datagrams_from_another_address_are_refused() {
-        let (a, mut b) = pair();
+        let (_, mut b) = pair();
         let now = Instant::ZERO;
-        let dgram = encap(&a, 2, &frame([0xff; 6], CA));
+        let dgram = encap(1, 2, &frame([0xff; 6], CA));
         let spoofer: SocketAddr = "192.0.2.66:6784".parse().unwrap();
         assert_eq!(b.on_datagram(&dgram, spoofer, now), DatagramDecision::Drop);
         assert_eq!(b.counters().udp_rx_dropped_unknown_peer, 1);
         assert!(b.macs().is_empty());
         // The port may differ (NAT); the address may not.
         let other_port: SocketAddr = "192.0.2.1:40000".parse().unwrap();
-        assert!(matches!(
-            b.on_datagram(&dgram, other_port, now),
-            DatagramDecision::Deliver(_)
-        ));
+        assert!(delivered(&b.on_datagram(&dgram, other_port, now)));
     }
 
     #[test]
@@ -475,7 +767,7 @@ mod tests {
         };
         let n = a.emit_heartbeat(2, hb, &mut buf);
         assert_eq!(
-            b.on_datagram(&buf[..n], from_a(), now),
+            b.on_datagram(&buf[..n], from(1), now),
             DatagramDecision::Heartbeat {
                 src: 1,
                 heartbeat: hb
@@ -487,23 +779,21 @@ mod tests {
         };
         let n = a.emit_heartbeat(2, forged, &mut buf);
         assert_eq!(
-            b.on_datagram(&buf[..n], from_a(), now),
+            b.on_datagram(&buf[..n], from(1), now),
             DatagramDecision::Drop
         );
         assert_eq!(b.counters().heartbeats_rx, 1);
     }
 
     #[test]
-    fn removing_a_peer_forgets_its_macs() {
-        let (a, mut b) = pair();
+    fn a_new_table_forgets_macs_of_peers_that_left() {
+        let (_, mut b) = pair();
         let now = Instant::ZERO;
-        b.on_datagram(&encap(&a, 2, &frame([0xff; 6], CA)), from_a(), now);
+        b.on_datagram(&encap(1, 2, &frame([0xff; 6], CA)), from(1), now);
         assert_eq!(b.macs().len(), 1);
-        b.remove_peer(1, 0xdead);
-        assert_eq!(b.macs().len(), 1, "a name mismatch removes nothing");
-        b.remove_peer(1, NAME_A);
+        b.set_table(ForwardingTable::direct(2, &[]));
         assert!(b.macs().is_empty());
         assert_eq!(b.on_tap_frame(&frame(CA, CB), now), TapDecision::Flood);
-        assert!(b.peers().is_empty());
+        assert!(b.flood_targets().is_empty());
     }
 }

@@ -16,11 +16,12 @@ mod counters;
 mod engine;
 pub mod heartbeat;
 mod mac_table;
+pub mod offload;
 
 pub use counters::Counters;
 pub use engine::{
-    DatagramDecision, Engine, EngineConfig, PeerEntry, TapDecision, emit_heartbeat_datagram,
-    emit_vxlan_header,
+    DatagramDecision, Engine, EngineConfig, ForwardingTable, PeerEntry, Relay, TapDecision,
+    emit_heartbeat_datagram, emit_vxlan_header,
 };
 pub use mac_table::{Learned, MacTable, Owner};
 pub use weft_mesh::Instant;

@@ -1,9 +1,10 @@
 //! Layer: OS. The only crate with `unsafe` and Linux I/O.
 //!
 //! It owns every system call the project makes:
-//! - [`tap`]: TAP devices (raw `TUNSETIFF` ioctls), one Ethernet frame per read or write;
+//! - [`tap`]: TAP devices (raw `TUNSETIFF` ioctls), one Ethernet frame per read or write,
+//!   optionally behind a virtio-net header with checksum/TSO offloads;
 //! - [`poll`]: `poll(2)` over several descriptors;
-//! - [`udp`]: a UDP socket with `recvmmsg`/`sendmmsg` batches;
+//! - [`udp`]: a UDP socket with `recvmmsg`/`sendmmsg` batches, UDP GSO sends and GRO receives;
 //! - [`netns`]: network namespaces held by fd, and running code inside one on a fresh thread;
 //! - [`netlink`]: rtnetlink operations (links, addresses, routes) bound to one namespace;
 //! - [`plumb`]: Weave's container attach/detach (veth pair, `ethwe`, gratuitous ARP).

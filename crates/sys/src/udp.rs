@@ -1,14 +1,22 @@
-//! Layer: OS. A UDP socket with `recvmmsg`/`sendmmsg` batches.
+//! Layer: OS. A UDP socket with `recvmmsg`/`sendmmsg` batches, UDP GSO and UDP GRO.
 //!
-//! Owns the data-path UDP socket and the caller-owned batch buffers. [`RecvBatch`] and
-//! [`SendBatch`] allocate once, in `new`; a receive or send call only fills in `mmsghdr`/`iovec`
-//! arrays on the stack (in chunks of [`BATCH`]) that point into those buffers, so the batches stay
-//! plain `Send` data with no self-referential pointers.
+//! Owns the data-path UDP socket and the caller-owned batch buffers. [`RecvBatch`],
+//! [`SendBatch`] and [`GsoBatch`] allocate once, in `new`; a receive or send call only fills in
+//! `mmsghdr`/`iovec` arrays on the stack (in chunks of [`BATCH`]) that point into those
+//! buffers, so the batches stay plain `Send` data with no self-referential pointers.
+//!
+//! Segmentation offload (GSO, Linux ≥ 4.18): [`BatchUdp::send_gso`] hands the kernel one
+//! buffer with a `UDP_SEGMENT` control message and the kernel cuts it into equal datagrams
+//! (the last may be shorter). Receive offload (GRO, Linux ≥ 5.0): after
+//! [`BatchUdp::set_gro`]`(true)` one [`RecvBatch`] slot may hold several datagrams of one
+//! sender glued together; [`RecvBatch::stride`] and [`RecvBatch::segments`] take them apart.
 
 use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -21,14 +29,56 @@ pub const BATCH: usize = 64;
 /// Socket buffer size requested for both directions.
 const SOCKET_BUFFER: libc::c_int = 4 << 20;
 
+/// Segments per GSO send that every GSO-capable kernel accepts (`UDP_MAX_SEGMENTS` was 64
+/// until Linux 6.x raised it to 128; 6.18 accepts 128 and refuses 129 with `EINVAL`).
+/// [`BatchUdp::max_gso_segments`] reports this value when `UDP_SEGMENT` is supported.
+pub const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Largest GSO buffer over IPv4: the whole run must fit one 64 KiB IP packet,
+/// 65535 - 20 (IP header) - 8 (UDP header). One byte more fails with `EMSGSIZE`.
+pub const GSO_MAX_BYTES_V4: usize = 65_507;
+
+/// Largest GSO buffer over IPv6: 65535 (payload length) - 8 (UDP header).
+pub const GSO_MAX_BYTES_V6: usize = 65_527;
+
+/// The receive slot size to use with GRO on: the kernel coalesces at most 64 datagrams and
+/// 64 KiB into one read; a shorter slot truncates the run ([`RecvBatch::truncated`]).
+pub const GRO_BUF_SIZE: usize = 65_536;
+
+/// Control-message buffer per receive slot (a `UDP_GRO` message needs 20 bytes; room is left
+/// for a few more should other options be enabled on the socket).
+const RECV_CMSG_LEN: usize = 64;
+
+/// A control-message buffer aligned for `cmsghdr`.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct CmsgBuf([u8; RECV_CMSG_LEN]);
+
+impl CmsgBuf {
+    const ZERO: Self = Self([0; RECV_CMSG_LEN]);
+}
+
+// SAFETY: CMSG_SPACE is pure arithmetic on its argument (no pointers involved).
+const GSO_CMSG_SPACE: usize =
+    unsafe { libc::CMSG_SPACE(size_of::<u16>() as libc::c_uint) } as usize;
+// SAFETY: as above.
+const GSO_CMSG_LEN: usize = unsafe { libc::CMSG_LEN(size_of::<u16>() as libc::c_uint) } as usize;
+const _: () = assert!(GSO_CMSG_SPACE <= RECV_CMSG_LEN);
+
 /// A UDP socket with `recvmmsg`/`sendmmsg` batches.
 ///
 /// [`bind`](Self::bind) sets `SO_REUSEADDR`, 4 MiB `SO_RCVBUF`/`SO_SNDBUF` (the `*FORCE`
 /// variants first, which work as root and go beyond `rmem_max`/`wmem_max`), and disables path
 /// MTU discovery (`IP_PMTUDISC_DONT`: no DF bit, the kernel may fragment), like Weave's sleeve.
+///
+/// It also probes `UDP_SEGMENT` (see [`max_gso_segments`](Self::max_gso_segments)); GRO stays
+/// off until [`set_gro`](Self::set_gro).
 #[derive(Debug)]
 pub struct BatchUdp {
     sock: Socket,
+    /// Segments allowed per GSO send; 1 = no GSO. Shared by `try_clone`d handles, since they
+    /// are the same socket.
+    gso_segments: Arc<AtomicUsize>,
 }
 
 /// Outcome of [`BatchUdp::send_batch_report`].
@@ -40,6 +90,25 @@ pub struct SendReport {
     pub failed: usize,
     /// The last per-datagram error seen, if any.
     pub last_error: Option<io::Error>,
+}
+
+/// Whether the kernel knows the `UDP_SEGMENT` option: reading it (the socket's default
+/// segment size, 0) succeeds from Linux 4.18 on, and changes nothing.
+fn gso_supported(fd: RawFd) -> bool {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the option buffer points to a live c_int and `len` holds its size; the kernel
+    // writes at most `len` bytes and updates `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    r == 0
 }
 
 /// Sets an `int` socket option through libc.
@@ -98,13 +167,258 @@ impl BatchUdp {
             }
         }
         sock.bind(&addr.into())?;
-        Ok(Self { sock })
+        let gso = if gso_supported(fd) {
+            GSO_MAX_SEGMENTS
+        } else {
+            1
+        };
+        Ok(Self {
+            sock,
+            gso_segments: Arc::new(AtomicUsize::new(gso)),
+        })
     }
 
-    /// Another handle on the same socket (a `dup`ed, close-on-exec descriptor).
+    /// Another handle on the same socket (a `dup`ed, close-on-exec descriptor). It shares the
+    /// GSO state: a send that disables GSO disables it for both.
     pub fn try_clone(&self) -> io::Result<Self> {
         Ok(Self {
             sock: self.sock.try_clone()?,
+            gso_segments: Arc::clone(&self.gso_segments),
+        })
+    }
+
+    /// How many datagrams one [`send_gso`](Self::send_gso) system call may carry:
+    /// [`GSO_MAX_SEGMENTS`] if the kernel knows `UDP_SEGMENT` (probed at bind with a
+    /// `getsockopt`, which changes nothing), else 1. Drops to 1 for good after the kernel
+    /// refused a GSO send with `EIO` or `EINVAL` (e.g. the route's device cannot checksum).
+    pub fn max_gso_segments(&self) -> usize {
+        self.gso_segments.load(Ordering::Relaxed)
+    }
+
+    /// Switch UDP receive offload (`UDP_GRO`) on or off. With it on, the kernel may deliver
+    /// several datagrams from one sender, all of one size but the last, in one read: size the
+    /// [`RecvBatch`] slots at [`GRO_BUF_SIZE`] and split them with [`RecvBatch::segments`].
+    /// Returns `Ok(false)` if the kernel does not support it (`ENOPROTOOPT`).
+    pub fn set_gro(&self, on: bool) -> io::Result<bool> {
+        match setsockopt_int(
+            self.sock.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            libc::c_int::from(on),
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends `buf` to `dest` as datagrams of `segment_size` bytes (the last may be shorter),
+    /// with as few system calls as possible; returns the bytes sent (all of `buf` unless a
+    /// non-blocking socket's queue filled up part-way).
+    ///
+    /// Each `sendmsg` carries a `UDP_SEGMENT` control message and up to
+    /// [`max_gso_segments`](Self::max_gso_segments) segments, and at most [`GSO_MAX_BYTES_V4`]
+    /// (IPv4) or [`GSO_MAX_BYTES_V6`] (IPv6) bytes; a longer `buf` takes several calls.
+    /// When `segment_size` plus the IP and UDP headers exceeds the route's device MTU, the
+    /// kernel refuses the GSO send (`EMSGSIZE` on Linux 6.x): those datagrams then go out one
+    /// by one (fragmented, as the socket allows) and GSO stays on. When the kernel refuses GSO
+    /// with `EIO` or `EINVAL` (no checksum offload on the route, `SO_NO_CHECK`, too many
+    /// segments), GSO is disabled for this socket (as quinn-udp does) and the datagrams go out
+    /// one by one with `sendmmsg`, now and from then on.
+    ///
+    /// Errors: `InvalidInput` if `segment_size` is 0 or above 65535; `WouldBlock` if nothing
+    /// could be queued; otherwise the error of the first failing call (datagrams before it
+    /// were sent). `EINTR` is retried.
+    pub fn send_gso(&self, dest: SocketAddr, buf: &[u8], segment_size: usize) -> io::Result<usize> {
+        if segment_size == 0 || segment_size > usize::from(u16::MAX) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("GSO segment size {segment_size} not in 1..=65535"),
+            ));
+        }
+        let mut storage = empty_storage();
+        let addr_len = to_storage(dest, &mut storage);
+        let max_bytes = match dest {
+            SocketAddr::V4(_) => GSO_MAX_BYTES_V4,
+            SocketAddr::V6(_) => GSO_MAX_BYTES_V6,
+        };
+        let mut sent = 0;
+        loop {
+            let rest = &buf[sent..];
+            let per_call = self.max_gso_segments().min(max_bytes / segment_size);
+            let result = if rest.len() <= segment_size {
+                // One datagram (possibly empty): no need for a control message.
+                self.sendmsg_one(&storage, addr_len, rest, None)
+            } else if per_call <= 1 {
+                // No GSO (or segments too big to pair up): one datagram per mmsghdr.
+                return match self.send_each(&storage, addr_len, rest, segment_size) {
+                    Ok(n) => Ok(sent + n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && sent > 0 => Ok(sent),
+                    Err(e) => Err(e),
+                };
+            } else {
+                let chunk = rest.len().min(per_call * segment_size);
+                // segment_size <= u16::MAX was checked above.
+                let seg = segment_size as u16;
+                self.sendmsg_one(&storage, addr_len, &rest[..chunk], Some(seg))
+            };
+            match result {
+                Ok(n) => {
+                    // A UDP sendmsg takes all its bytes or fails.
+                    sent += n;
+                    if sent >= buf.len() {
+                        return Ok(sent);
+                    }
+                }
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EINTR) => {}
+                    Some(libc::EMSGSIZE) if rest.len() > segment_size && per_call > 1 => {
+                        // The segments do not fit the route's MTU (Linux 6.x says EMSGSIZE
+                        // here; older kernels EINVAL). GSO itself works: send this call's
+                        // datagrams one by one (they may be fragmented) and go on with GSO.
+                        let chunk = rest.len().min(per_call * segment_size);
+                        match self.send_each(&storage, addr_len, &rest[..chunk], segment_size) {
+                            Ok(n) if n == chunk => sent += n,
+                            Ok(n) => return Ok(sent + n),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock && sent > 0 => {
+                                return Ok(sent);
+                            }
+                            Err(e) => return Err(e),
+                        }
+                        if sent >= buf.len() {
+                            return Ok(sent);
+                        }
+                    }
+                    Some(libc::EIO | libc::EINVAL) if rest.len() > segment_size => {
+                        tracing::debug!(%dest, segment_size, error = %e,
+                            "UDP GSO send refused; disabling GSO on this socket");
+                        self.gso_segments.store(1, Ordering::Relaxed);
+                    }
+                    _ if e.kind() == io::ErrorKind::WouldBlock && sent > 0 => return Ok(sent),
+                    _ => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// One `sendmsg` of `data` to an encoded address, with a `UDP_SEGMENT` message if `seg`.
+    fn sendmsg_one(
+        &self,
+        dest: &libc::sockaddr_storage,
+        dest_len: libc::socklen_t,
+        data: &[u8],
+        seg: Option<u16>,
+    ) -> io::Result<usize> {
+        // sendmsg never writes through iov_base or msg_name; the *mut casts only satisfy the C
+        // struct types.
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr().cast_mut().cast(),
+            iov_len: data.len(),
+        };
+        let mut ctrl = CmsgBuf::ZERO;
+        // SAFETY: msghdr is a plain C struct; all-zero (null pointers, zero lengths) is valid.
+        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+        msg.msg_name = (&raw const *dest).cast_mut().cast();
+        msg.msg_namelen = dest_len;
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        if let Some(seg) = seg {
+            msg.msg_control = ctrl.0.as_mut_ptr().cast();
+            msg.msg_controllen = GSO_CMSG_SPACE as _;
+            // SAFETY: msg_control points at `ctrl`, which is aligned for cmsghdr and
+            // GSO_CMSG_SPACE (<= its size) bytes long, so CMSG_FIRSTHDR returns a non-null
+            // pointer to its start, and the header plus CMSG_DATA's u16 lie within `ctrl`.
+            // The data pointer may be unaligned for u16, hence write_unaligned.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                (*cmsg).cmsg_len = GSO_CMSG_LEN as _;
+                libc::CMSG_DATA(cmsg).cast::<u16>().write_unaligned(seg);
+            }
+        }
+        // SAFETY: `msg` points at one iovec over `data`, at `dest` and (maybe) at `ctrl`, all
+        // alive for the whole call; the kernel only reads them.
+        crate::cvt_size(unsafe { libc::sendmsg(self.sock.as_raw_fd(), &raw const msg, 0) })
+    }
+
+    /// Sends `data` cut into `seg`-byte datagrams without GSO, `sendmmsg` in chunks of
+    /// [`BATCH`]; returns the bytes sent (less than `data.len()` only after `EAGAIN`).
+    fn send_each(
+        &self,
+        dest: &libc::sockaddr_storage,
+        dest_len: libc::socklen_t,
+        data: &[u8],
+        seg: usize,
+    ) -> io::Result<usize> {
+        let fd = self.sock.as_raw_fd();
+        let mut sent = 0;
+        while sent < data.len() {
+            // SAFETY: mmsghdr and iovec are plain C structs; all-zero is a valid value.
+            let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
+            // SAFETY: as above.
+            let mut iovs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
+            let mut count = 0;
+            let mut ends = [0usize; BATCH];
+            let mut at = sent;
+            for (h, iov) in hdrs.iter_mut().zip(iovs.iter_mut()) {
+                if at >= data.len() {
+                    break;
+                }
+                let end = (at + seg).min(data.len());
+                let piece = &data[at..end];
+                // sendmmsg never writes through iov_base or msg_name.
+                iov.iov_base = piece.as_ptr().cast_mut().cast();
+                iov.iov_len = piece.len();
+                h.msg_hdr.msg_name = (&raw const *dest).cast_mut().cast();
+                h.msg_hdr.msg_namelen = dest_len;
+                h.msg_hdr.msg_iov = &raw mut *iov;
+                h.msg_hdr.msg_iovlen = 1;
+                ends[count] = end;
+                count += 1;
+                at = end;
+            }
+            // SAFETY: hdrs[..count] point at iovecs over in-bounds pieces of `data` and at
+            // `dest`, all alive for the call; the kernel only reads them and writes msg_len
+            // into hdrs, which we own.
+            let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), count as libc::c_uint, 0) };
+            if r > 0 {
+                // 0 < r <= count.
+                sent = ends[r as usize - 1];
+                continue;
+            }
+            let err = if r == 0 {
+                io::Error::new(io::ErrorKind::WriteZero, "sendmmsg sent nothing")
+            } else {
+                io::Error::last_os_error()
+            };
+            match err.raw_os_error() {
+                Some(libc::EINTR) => {}
+                Some(libc::EAGAIN) if sent > 0 => return Ok(sent),
+                _ => return Err(err),
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Sends the run held by `batch` with [`send_gso`](Self::send_gso) and then
+    /// [`clear`](GsoBatch::clear)s it (also on error: the run is dropped, as a lossy data path
+    /// wants). Returns the datagrams sent; 0 for an empty batch.
+    pub fn send_gso_batch(&self, batch: &mut GsoBatch) -> io::Result<usize> {
+        let Some(dest) = batch.dest() else {
+            batch.clear();
+            return Ok(0);
+        };
+        let result = self.send_gso(dest, batch.data(), batch.segment_size());
+        let segments = batch.segments();
+        let seg = batch.segment_size().max(1);
+        let data_len = batch.data().len();
+        batch.clear();
+        let bytes = result?;
+        Ok(if bytes >= data_len {
+            segments
+        } else {
+            bytes / seg
         })
     }
 
@@ -157,8 +471,11 @@ impl BatchUdp {
 
     /// `recvmmsg` into `batch`: blocks until at least one datagram is there (or the read
     /// timeout passes: an error of kind `WouldBlock`), then takes whatever else is queued, up
-    /// to the batch size, without blocking again. Returns the count, also kept in the batch.
-    /// `EINTR` is retried.
+    /// to the batch size, without blocking again. Returns the count of filled slots, also kept
+    /// in the batch. `EINTR` is retried.
+    ///
+    /// With GRO on ([`set_gro`](Self::set_gro)) a slot may hold several datagrams; the
+    /// `UDP_GRO` control message received with it sets [`RecvBatch::stride`].
     pub fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
         batch.count = 0;
         let n = batch.lens.len();
@@ -183,6 +500,8 @@ impl BatchUdp {
                 h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 h.msg_iov = &raw mut iovs[j];
                 h.msg_iovlen = 1;
+                h.msg_control = batch.ctrl[slot].0.as_mut_ptr().cast();
+                h.msg_controllen = RECV_CMSG_LEN as _;
             }
             // The first chunk waits for one datagram; later chunks only take what is queued.
             let flags = if start == 0 {
@@ -191,8 +510,9 @@ impl BatchUdp {
                 libc::MSG_DONTWAIT
             };
             // SAFETY: hdrs[..chunk] each point at one iovec covering a distinct, in-bounds region
-            // of batch.bufs and at a distinct sockaddr_storage of batch.addrs; both are
-            // exclusively borrowed (&mut batch) and outlive the call. A null timeout is allowed.
+            // of batch.bufs, at a distinct sockaddr_storage of batch.addrs and at a distinct
+            // RECV_CMSG_LEN-byte control buffer of batch.ctrl; all are exclusively borrowed
+            // (&mut batch) and outlive the call. A null timeout is allowed.
             let r = unsafe {
                 libc::recvmmsg(
                     fd,
@@ -214,8 +534,14 @@ impl BatchUdp {
             let got = r as usize;
             for (j, h) in hdrs.iter().enumerate().take(got) {
                 let slot = start + j;
-                batch.lens[slot] = (h.msg_len as usize).min(size);
+                let len = (h.msg_len as usize).min(size);
+                batch.lens[slot] = len;
                 batch.truncated[slot] = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+                let gro = gro_segment_size(&h.msg_hdr);
+                batch.strides[slot] = match gro {
+                    Some(s) if s > 0 && s < len => s,
+                    _ => len,
+                };
             }
             batch.count += got;
             if got < chunk {
@@ -333,6 +659,34 @@ impl AsRawFd for BatchUdp {
     }
 }
 
+/// The `UDP_GRO` segment size from a received message's control data, if there is one.
+/// `msg` must be a header just filled in by `recvmsg`/`recvmmsg`, whose `msg_control` still
+/// points at a live buffer of at least `msg_controllen` bytes.
+fn gro_segment_size(msg: &libc::msghdr) -> Option<usize> {
+    if msg.msg_control.is_null() || msg.msg_controllen == 0 {
+        return None;
+    }
+    // SAFETY: the kernel set msg_controllen to the bytes of control data it wrote into the
+    // buffer msg_control points at (which the caller keeps alive); CMSG_FIRSTHDR/CMSG_NXTHDR
+    // only return headers lying entirely within those bytes (or null), and CMSG_DATA of such a
+    // header with cmsg_len >= CMSG_LEN(4) has 4 readable bytes, read unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            let c = &*cmsg;
+            if c.cmsg_level == libc::SOL_UDP
+                && c.cmsg_type == libc::UDP_GRO
+                && c.cmsg_len as usize >= libc::CMSG_LEN(size_of::<libc::c_int>() as _) as usize
+            {
+                let v = libc::CMSG_DATA(cmsg).cast::<libc::c_int>().read_unaligned();
+                return usize::try_from(v).ok();
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    None
+}
+
 /// The address reported for a slot whose source could not be decoded.
 const UNSPECIFIED: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
 
@@ -403,7 +757,11 @@ fn from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 /// Caller-owned receive buffers: `n` buffers of `buf_size` bytes, plus per-slot length, source
-/// address and truncation flag. Allocated once; [`BatchUdp::recv_batch`] does not allocate.
+/// address, truncation flag, GRO stride and control-message buffer. Allocated once;
+/// [`BatchUdp::recv_batch`] does not allocate.
+///
+/// With GRO on ([`BatchUdp::set_gro`]) one slot can hold up to 64 datagrams (64 KiB) from
+/// one sender: make `buf_size` [`GRO_BUF_SIZE`] then, or coalesced runs get truncated.
 #[derive(Clone)]
 pub struct RecvBatch {
     buf_size: usize,
@@ -411,6 +769,8 @@ pub struct RecvBatch {
     addrs: Vec<libc::sockaddr_storage>,
     lens: Vec<usize>,
     truncated: Vec<bool>,
+    strides: Vec<usize>,
+    ctrl: Vec<CmsgBuf>,
     count: usize,
 }
 
@@ -435,6 +795,8 @@ impl RecvBatch {
             addrs: vec![empty_storage(); n],
             lens: vec![0; n],
             truncated: vec![false; n],
+            strides: vec![0; n],
+            ctrl: vec![CmsgBuf::ZERO; n],
             count: 0,
         }
     }
@@ -444,7 +806,13 @@ impl RecvBatch {
         self.lens.len()
     }
 
-    /// Datagrams filled by the last [`BatchUdp::recv_batch`].
+    /// Size of each slot buffer.
+    pub fn buf_size(&self) -> usize {
+        self.buf_size
+    }
+
+    /// Slots filled by the last [`BatchUdp::recv_batch`] (with GRO on, a slot may hold
+    /// several datagrams: see [`segments`](Self::segments)).
     pub fn len(&self) -> usize {
         self.count
     }
@@ -486,6 +854,212 @@ impl RecvBatch {
     /// If `i` is not below [`capacity`](Self::capacity).
     pub fn truncated(&self, i: usize) -> bool {
         self.truncated[i]
+    }
+
+    /// The size of each datagram in slot `i`: the `UDP_GRO` segment size when the kernel
+    /// coalesced several datagrams into the slot, else the slot's length. Every datagram of
+    /// the slot has this size except the last, which may be shorter.
+    ///
+    /// # Panics
+    /// If `i` is not below [`capacity`](Self::capacity).
+    pub fn stride(&self, i: usize) -> usize {
+        self.strides[i]
+    }
+
+    /// The datagrams in slot `i`: [`datagram`](Self::datagram)`(i)` cut every
+    /// [`stride`](Self::stride)`(i)` bytes. Yields exactly one item (possibly empty) when the
+    /// slot holds one datagram. If the slot was [`truncated`](Self::truncated), the last item
+    /// may be a cut-off datagram.
+    ///
+    /// # Panics
+    /// If `i` is not below [`capacity`](Self::capacity).
+    pub fn segments(&self, i: usize) -> Segments<'_> {
+        Segments {
+            rest: self.datagram(i),
+            stride: self.strides[i],
+            done: false,
+        }
+    }
+}
+
+/// Iterator over the datagrams of one [`RecvBatch`] slot; see [`RecvBatch::segments`].
+#[derive(Debug, Clone)]
+pub struct Segments<'a> {
+    rest: &'a [u8],
+    stride: usize,
+    done: bool,
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.done {
+            return None;
+        }
+        if self.rest.len() <= self.stride || self.stride == 0 {
+            self.done = true;
+            return Some(self.rest);
+        }
+        let (head, tail) = self.rest.split_at(self.stride);
+        self.rest = tail;
+        Some(head)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = if self.done {
+            0
+        } else if self.stride == 0 || self.rest.len() <= self.stride {
+            1
+        } else {
+            self.rest.len().div_ceil(self.stride)
+        };
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Segments<'_> {}
+
+/// A run of equal-size datagrams for one destination, written in place into one contiguous
+/// buffer and sent with one [`BatchUdp::send_gso_batch`] (one `sendmsg` with `UDP_SEGMENT`).
+///
+/// [`push_with`](Self::push_with) appends one datagram. The first fixes the destination and
+/// the segment size; every later one must be as long, except a last, shorter one. The batch
+/// *closes* ([`is_closed`](Self::is_closed): send it now) when
+/// - it holds `max_segments` datagrams, or one more could exceed [`GSO_MAX_BYTES_V4`];
+/// - a datagram is shorter than the segment size (it ends the run);
+/// - a datagram turns out longer than the segment size: it is kept aside, not sent with this
+///   run, and becomes the first datagram of the next run after [`clear`](Self::clear) (so
+///   the caller's work is never lost).
+///
+/// A push for another destination, or to a closed batch, is refused without calling the
+/// closure: send the batch, then push again.
+#[derive(Clone)]
+pub struct GsoBatch {
+    buf: Vec<u8>,
+    seg_cap: usize,
+    max_segments: usize,
+    dest: Option<SocketAddr>,
+    seg_size: usize,
+    segments: usize,
+    len: usize,
+    closed: bool,
+    /// A datagram pushed after the run, at `buf[len..len + pending.1]`, for `pending.0`.
+    pending: Option<(SocketAddr, usize)>,
+}
+
+impl std::fmt::Debug for GsoBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GsoBatch")
+            .field("dest", &self.dest)
+            .field("segment_size", &self.seg_size)
+            .field("segments", &self.segments)
+            .field("len", &self.len)
+            .field("closed", &self.closed)
+            .field("pending", &self.pending)
+            .finish()
+    }
+}
+
+impl GsoBatch {
+    /// Room for `max_segments` datagrams (at least 1; pass
+    /// [`BatchUdp::max_gso_segments`]) of up to `segment_capacity` bytes each (at least 1).
+    pub fn new(max_segments: usize, segment_capacity: usize) -> Self {
+        let max_segments = max_segments.max(1);
+        let seg_cap = segment_capacity.max(1);
+        Self {
+            buf: vec![0; max_segments * seg_cap],
+            seg_cap,
+            max_segments,
+            dest: None,
+            seg_size: 0,
+            segments: 0,
+            len: 0,
+            closed: false,
+            pending: None,
+        }
+    }
+
+    /// Appends a datagram for `dest`: `f` gets a `segment_capacity`-byte buffer (stale data)
+    /// and returns how many bytes it wrote (clamped to the buffer). Returns `false`, without
+    /// calling `f`, when the batch is closed or holds a run for another destination. See the
+    /// type's docs for when the batch closes.
+    pub fn push_with(&mut self, dest: SocketAddr, f: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        if self.closed || self.dest.is_some_and(|d| d != dest) {
+            return false;
+        }
+        // Open and holding fewer than max_segments datagrams of at most seg_cap bytes each, so
+        // this slice is in bounds.
+        let start = self.len;
+        let n = f(&mut self.buf[start..start + self.seg_cap]).min(self.seg_cap);
+        if self.segments == 0 {
+            self.dest = Some(dest);
+            self.seg_size = n;
+        } else if n > self.seg_size {
+            self.pending = Some((dest, n));
+            self.closed = true;
+            return true;
+        }
+        self.len += n;
+        self.segments += 1;
+        if n < self.seg_size
+            || n == 0
+            || self.segments == self.max_segments
+            || self.len + self.seg_size > GSO_MAX_BYTES_V4
+        {
+            self.closed = true;
+        }
+        true
+    }
+
+    /// Whether the batch takes no more datagrams and should be sent.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Whether no run is held (a set-aside datagram may still wait: see the type's docs).
+    pub fn is_empty(&self) -> bool {
+        self.segments == 0
+    }
+
+    /// The destination of the run, if any.
+    pub fn dest(&self) -> Option<SocketAddr> {
+        self.dest
+    }
+
+    /// The run's segment size (the first datagram's length); 0 when empty.
+    pub fn segment_size(&self) -> usize {
+        self.seg_size
+    }
+
+    /// Datagrams in the run.
+    pub fn segments(&self) -> usize {
+        self.segments
+    }
+
+    /// The run's bytes: all its datagrams back to back.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Drops the run; a datagram set aside by [`push_with`](Self::push_with) becomes the
+    /// first of the next run.
+    pub fn clear(&mut self) {
+        let pending = self.pending.take();
+        let old_len = self.len;
+        self.dest = None;
+        self.seg_size = 0;
+        self.segments = 0;
+        self.len = 0;
+        self.closed = false;
+        if let Some((dest, n)) = pending {
+            self.buf.copy_within(old_len..old_len + n, 0);
+            self.dest = Some(dest);
+            self.seg_size = n;
+            self.segments = 1;
+            self.len = n;
+            self.closed = self.max_segments == 1 || n == 0 || n + n > GSO_MAX_BYTES_V4;
+        }
     }
 }
 
@@ -692,6 +1266,125 @@ mod tests {
             .unwrap();
         let err = rx.recv_batch(&mut rb).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn segments_split() {
+        let split = |data: &[u8], stride: usize| -> Vec<Vec<u8>> {
+            let it = Segments {
+                rest: data,
+                stride,
+                done: false,
+            };
+            let n = it.len();
+            let v: Vec<Vec<u8>> = it.map(<[u8]>::to_vec).collect();
+            assert_eq!(v.len(), n, "size_hint");
+            v
+        };
+        assert_eq!(
+            split(b"abcdefg", 3),
+            vec![b"abc".to_vec(), b"def".to_vec(), b"g".to_vec()]
+        );
+        assert_eq!(split(b"abcdef", 3), vec![b"abc".to_vec(), b"def".to_vec()]);
+        assert_eq!(split(b"abc", 3), vec![b"abc".to_vec()]);
+        assert_eq!(split(b"abc", 7), vec![b"abc".to_vec()]);
+        assert_eq!(split(b"", 0), vec![Vec::<u8>::new()]);
+        assert_eq!(split(b"abc", 0), vec![b"abc".to_vec()]);
+        // A fresh batch: one empty segment per slot, stride 0.
+        let rb = RecvBatch::new(2, 16);
+        assert_eq!(rb.stride(0), 0);
+        assert_eq!(rb.segments(0).count(), 1);
+    }
+
+    fn seg(n: usize, fill: u8) -> impl FnOnce(&mut [u8]) -> usize {
+        move |buf: &mut [u8]| {
+            buf[..n].fill(fill);
+            n
+        }
+    }
+
+    #[test]
+    fn gso_batch_runs() {
+        let a: SocketAddr = "192.0.2.1:6784".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:6784".parse().unwrap();
+        let mut g = GsoBatch::new(4, 100);
+        assert!(g.is_empty() && !g.is_closed() && g.dest().is_none());
+        assert!(g.push_with(a, seg(10, 1)));
+        assert!(g.push_with(a, seg(10, 2)));
+        assert_eq!((g.segments(), g.segment_size(), g.dest()), (2, 10, Some(a)));
+        // Another destination is refused without calling the closure.
+        assert!(!g.push_with(b, |_| unreachable!()));
+        // A shorter one ends the run.
+        assert!(g.push_with(a, seg(4, 3)));
+        assert!(g.is_closed());
+        assert!(!g.push_with(a, |_| unreachable!()));
+        let mut want = vec![1u8; 10];
+        want.extend([2u8; 10]);
+        want.extend([3u8; 4]);
+        assert_eq!(g.data(), &want[..]);
+        g.clear();
+        assert!(g.is_empty() && !g.is_closed() && g.data().is_empty());
+
+        // Full after max_segments.
+        for i in 0..4 {
+            assert!(g.push_with(b, seg(7, i)));
+        }
+        assert!(g.is_closed());
+        assert_eq!(g.data().len(), 28);
+        g.clear();
+
+        // A longer one is set aside and starts the next run.
+        assert!(g.push_with(a, seg(5, 9)));
+        assert!(g.push_with(a, seg(50, 8)));
+        assert!(g.is_closed());
+        assert_eq!((g.segments(), g.data()), (1, &[9u8; 5][..]));
+        g.clear();
+        assert_eq!((g.segments(), g.segment_size(), g.dest()), (1, 50, Some(a)));
+        assert_eq!(g.data(), &[8u8; 50][..]);
+        assert!(!g.is_closed());
+        assert!(g.push_with(a, seg(50, 7)));
+        assert_eq!(g.data().len(), 100);
+        // Clamped to the segment capacity.
+        let mut g = GsoBatch::new(2, 8);
+        assert!(g.push_with(a, |_| 1000));
+        assert_eq!(g.segment_size(), 8);
+
+        // Closes before exceeding the 64 KiB limit.
+        let mut g = GsoBatch::new(64, 9000);
+        let mut n = 0;
+        while !g.is_closed() {
+            assert!(g.push_with(a, seg(9000, 0)));
+            n += 1;
+        }
+        assert_eq!(n, GSO_MAX_BYTES_V4 / 9000);
+    }
+
+    /// GSO and GRO on loopback in the current namespace (no privileges needed).
+    #[test]
+    fn loopback_gso_gro() {
+        let Ok(rx) = BatchUdp::bind("127.0.0.1:0".parse().unwrap()) else {
+            eprintln!("no IPv4 loopback here; skipping");
+            return;
+        };
+        let tx = BatchUdp::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut data = vec![0u8; 10 * 100 + 37];
+        for (i, c) in data.chunks_mut(100).enumerate() {
+            c.fill(i as u8);
+        }
+        assert_eq!(tx.send_gso(to, &data, 100).unwrap(), data.len());
+        let mut rb = RecvBatch::new(16, GRO_BUF_SIZE);
+        let mut got = Vec::new();
+        while got.len() < data.len() {
+            let n = rx.recv_batch(&mut rb).unwrap();
+            for i in 0..n {
+                for d in rb.segments(i) {
+                    got.extend_from_slice(d);
+                }
+            }
+        }
+        assert_eq!(got, data);
     }
 
     fn tx_recv(rx: &BatchUdp, rb: &mut RecvBatch) -> usize {

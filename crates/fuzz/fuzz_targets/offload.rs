@@ -1,0 +1,192 @@
+//! Fuzz `weft_overlay::offload`: the TAP segmenter and coalescer (the coalescer skips checksum
+//! verification under `cfg(fuzzing)`, so it merges what the fuzzer makes up).
+//!
+//! Input: one selector byte, then
+//! - even selector: a 10-byte vnet header and a frame, as one TAP read. The segments must all be
+//!   Ethernet/IP/TCP frames with correct checksums (for TCP GSO), or the frame itself with at
+//!   most the checksum field changed (no GSO). The segments are then coalesced, and everything
+//!   the coalescer writes is split again: the TCP payload bytes that come out are the ones that
+//!   went in, in order.
+//! - odd selector: frames, each prefixed by a little-endian u16 length, offered to a coalescer
+//!   as a receive batch. Every super-frame it writes must split again without error.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use weft_overlay::offload::{
+    Coalescer, GsoType, Push, Segmenter, VNET_HDR_LEN, VnetHdr, tcp_checksum_valid,
+};
+use weft_wire::ipv4::checksum;
+
+/// The TCP payload of an Ethernet / IPv4-or-IPv6 / TCP frame (an independent, minimal parser).
+fn tcp_payload(f: &[u8]) -> Option<&[u8]> {
+    let be16 = |i: usize| Some(u16::from_be_bytes([*f.get(i)?, *f.get(i + 1)?]));
+    let (l3, ethertype) = match be16(12)? {
+        0x8100 => (18, be16(16)?),
+        t => (14, t),
+    };
+    let (l4, end) = match ethertype {
+        0x0800 => (
+            l3 + usize::from(f.get(l3)? & 0x0f) * 4,
+            l3 + usize::from(be16(l3 + 2)?),
+        ),
+        0x86dd => (l3 + 40, l3 + 40 + usize::from(be16(l3 + 4)?)),
+        _ => return None,
+    };
+    let doff = usize::from(f.get(l4 + 12)? >> 4) * 4;
+    f.get(l4 + doff..end)
+}
+
+/// Checks and collects everything a coalescer writes; GSO super-frames are split again.
+fn drain(c: &mut Coalescer, wire: &mut Vec<Vec<u8>>, check_checksums: bool) {
+    let Some(out) = c.take().map(<[u8]>::to_vec) else {
+        return;
+    };
+    assert!(out.len() <= Coalescer::DEFAULT_MAX_LEN);
+    assert!(c.is_empty());
+    let out = &out[..];
+    let hdr = VnetHdr::parse(out).expect("coalescer output has a vnet header");
+    let frame = &out[VNET_HDR_LEN..];
+    match hdr.gso_type {
+        GsoType::TcpV4 | GsoType::TcpV6 => {
+            assert_eq!(hdr.flags, VnetHdr::NEEDS_CSUM);
+            let mut s = Segmenter::new(hdr, frame).expect("coalesced super-frame splits again");
+            assert!(s.remaining() >= 2);
+            let mut buf = vec![0u8; s.segment_len_max()];
+            while let Some(n) = s.next_into(&mut buf) {
+                assert_eq!(tcp_checksum_valid(&buf[..n]), Ok(true));
+                wire.push(buf[..n].to_vec());
+            }
+        }
+        GsoType::None => {
+            assert_eq!(
+                hdr,
+                VnetHdr {
+                    flags: VnetHdr::DATA_VALID,
+                    ..VnetHdr::NONE
+                }
+            );
+            let valid = tcp_checksum_valid(frame).expect("single held segment parses as TCP");
+            assert!(valid || !check_checksums);
+            wire.push(frame.to_vec());
+        }
+        other => panic!("coalescer wrote GSO type {other:?}"),
+    }
+}
+
+/// Offers frames with the protocol of `Push`, collecting what would be written to the TAP.
+fn coalesce<'a>(frames: impl Iterator<Item = &'a [u8]>, check_checksums: bool) -> Vec<Vec<u8>> {
+    let mut c = Coalescer::new(Coalescer::DEFAULT_MAX_LEN);
+    let mut wire = Vec::new();
+    for f in frames {
+        match c.push(f) {
+            Push::Merged => {}
+            Push::FlushFirst => {
+                drain(&mut c, &mut wire, check_checksums);
+                assert_eq!(
+                    c.push(f),
+                    Push::Merged,
+                    "a flushed candidate starts a new one"
+                );
+            }
+            Push::NotMergeable => {
+                drain(&mut c, &mut wire, check_checksums);
+                wire.push(f.to_vec());
+            }
+        }
+    }
+    drain(&mut c, &mut wire, check_checksums);
+    wire
+}
+
+fn segmenter(input: &[u8]) {
+    let Some(raw) = input.get(..VNET_HDR_LEN) else {
+        return;
+    };
+    let hdr = VnetHdr::parse(raw).expect("10 bytes always parse");
+    let mut again = [0u8; VNET_HDR_LEN];
+    hdr.emit(&mut again);
+    assert_eq!(&again[..], raw, "vnet header round trip");
+    let frame = &input[VNET_HDR_LEN..];
+    let Ok(mut s) = Segmenter::new(hdr, frame) else {
+        return;
+    };
+    let max = s.segment_len_max();
+    let count = s.remaining();
+    let mut buf = vec![0u8; max];
+    let mut segments = Vec::with_capacity(count);
+    while let Some(n) = s.next_into(&mut buf) {
+        assert!(n <= max);
+        segments.push(buf[..n].to_vec());
+    }
+    assert_eq!(segments.len(), count);
+    match hdr.gso_type {
+        GsoType::None => {
+            assert_eq!(segments.len(), 1);
+            let out = &segments[0];
+            assert_eq!(out.len(), frame.len());
+            let differing: Vec<usize> = (0..out.len()).filter(|&i| out[i] != frame[i]).collect();
+            if hdr.flags & VnetHdr::NEEDS_CSUM == 0 {
+                assert!(differing.is_empty());
+            } else {
+                let field = usize::from(hdr.csum_start) + usize::from(hdr.csum_offset);
+                assert!(differing.iter().all(|&i| i == field || i == field + 1));
+            }
+        }
+        GsoType::TcpV4 | GsoType::TcpV6 => {
+            let mut sent = Vec::new();
+            for seg in &segments {
+                assert_eq!(tcp_checksum_valid(seg), Ok(true), "segment checksum");
+                if hdr.gso_type == GsoType::TcpV4 {
+                    let l3 = if seg[12..14] == [0x81, 0x00] { 18 } else { 14 };
+                    let ihl = usize::from(seg[l3] & 0x0f) * 4;
+                    assert_eq!(checksum::data(&seg[l3..l3 + ihl]), 0xffff, "IPv4 checksum");
+                }
+                let p = tcp_payload(seg).expect("segment parses");
+                assert!(p.len() <= usize::from(hdr.gso_size));
+                sent.extend_from_slice(p);
+            }
+            assert_eq!(&sent[..], tcp_payload(frame).expect("super-frame parses"));
+            // Coalescing the segments and splitting again gives the same byte stream.
+            let wire = coalesce(segments.iter().map(Vec::as_slice), true);
+            let mut received = Vec::new();
+            for f in &wire {
+                received.extend_from_slice(tcp_payload(f).expect("coalesced output parses"));
+            }
+            assert_eq!(received, sent);
+        }
+        other => panic!("segmenter accepted GSO type {other:?}"),
+    }
+}
+
+fn coalescer(mut input: &[u8]) {
+    let mut frames = Vec::new();
+    while let [a, b, rest @ ..] = input {
+        let len = usize::from(u16::from_le_bytes([*a, *b])).min(rest.len());
+        frames.push(&rest[..len]);
+        input = &rest[len..];
+    }
+    let inputs: usize = frames
+        .iter()
+        .filter_map(|f| tcp_payload(f))
+        .map(<[u8]>::len)
+        .sum();
+    let wire = coalesce(frames.into_iter(), false);
+    let outputs: usize = wire
+        .iter()
+        .filter_map(|f| tcp_payload(f))
+        .map(<[u8]>::len)
+        .sum();
+    // Merging never invents or loses payload bytes.
+    assert_eq!(inputs, outputs);
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    if selector & 1 == 0 {
+        segmenter(rest);
+    } else {
+        coalescer(rest);
+    }
+});

@@ -1,0 +1,541 @@
+//! Integration tests (root, network namespaces): the data path's life cycle and shape.
+//!
+//! - A connection whose UDP path is blocked in one direction stays `pending` and becomes
+//!   `established` once the path opens.
+//! - `weft stop` ends the router but leaves the bridge, so containers on one host still talk.
+//! - `weft reset` removes the bridge, the TAP, every container interface and the stored
+//!   identity, and a fresh `weft launch` works afterwards.
+//! - The overlay MTU (default 1376, `WEAVE_MTU` otherwise) is what the bridge and `ethwe` get,
+//!   and a don't-fragment ping of exactly that size crosses hosts while one byte more fails
+//!   inside the container.
+//! - Learned MACs: once ARP has been answered, unicast frames go only to the owning peer (a
+//!   third host's underlay sees the flooded ARP request but none of the ICMP).
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+use weft_tests::status::parse_connections;
+use weft_tests::{Container, Host, Output, cmd, cmd::pid_alive, run_test, wait_until};
+
+/// Names of the links in namespace `ns`.
+fn links(ns: &str) -> Result<Vec<String>> {
+    let out = cmd::ip(["-j", "-n", ns, "link", "show"])?;
+    let v: Value = serde_json::from_str(&out).with_context(|| format!("ip -j link: {out}"))?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// MTU of link `dev` in namespace `ns`.
+fn link_mtu(ns: &str, dev: &str) -> Result<u64> {
+    let out = cmd::ip(["-j", "-n", ns, "link", "show", "dev", dev])?;
+    let v: Value = serde_json::from_str(&out)?;
+    v[0]["mtu"]
+        .as_u64()
+        .with_context(|| format!("no mtu for {dev} in {ns}: {out}"))
+}
+
+/// The states of every line of `weft status connections` on `h`, and the raw text.
+fn conn_states(h: &Host) -> Result<(Vec<String>, String)> {
+    let text = h.weft_ok(&["status", "connections"])?;
+    Ok((
+        parse_connections(&text)
+            .into_iter()
+            .map(|c| c.state)
+            .collect(),
+        text,
+    ))
+}
+
+/// `ping -M do -s SIZE -c COUNT -W 2 dst` from container `c`.
+fn ping_df(c: &Container, dst: &Container, size: u32, count: u32) -> Result<Output> {
+    c.exec(&[
+        "ping".to_owned(),
+        "-n".into(),
+        "-M".into(),
+        "do".into(),
+        "-s".into(),
+        size.to_string(),
+        "-c".into(),
+        count.to_string(),
+        "-i".into(),
+        "0.2".into(),
+        "-W".into(),
+        "2".into(),
+        dst.ip().to_string(),
+    ])
+}
+
+/// Checks that a DF ping of `mtu - 28` bytes of payload crosses from `a` to `b` and one byte
+/// more fails with a local "message too long" error.
+fn check_df_limit(a: &Container, b: &Container, mtu: u32) -> Result<()> {
+    let fits = mtu - 28;
+    let out = ping_df(a, b, fits, 3)?;
+    let s = weft_tests::net::parse_ping(&out.stdout).with_context(|| format!("{out}"))?;
+    ensure!(
+        s.received == 3,
+        "DF ping with -s {fits} (packet = MTU {mtu}) from {} to {}: {}/3 replies\n{out}",
+        a.name(),
+        b.name(),
+        s.received
+    );
+    let too_big = fits + 1;
+    let out = ping_df(a, b, too_big, 1)?;
+    let all = format!("{}\n{}", out.stdout, out.stderr).to_ascii_lowercase();
+    ensure!(
+        !out.success() && all.contains("message too long"),
+        "DF ping with -s {too_big} (one byte over MTU {mtu}) did not fail locally with \
+         \"message too long\":\n{out}"
+    );
+    ensure!(
+        all.contains(&format!("mtu={mtu}")) || all.contains(&format!("mtu = {mtu}")),
+        "the local error does not name MTU {mtu}:\n{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn blocked_udp_keeps_connection_pending_until_unblocked() {
+    run_test("udpblk", |net| {
+        let h1 = net.host(1)?;
+        let h2 = net.host(2)?;
+        // Host 2 drops every datagram to the data port: host 1's heartbeats never arrive,
+        // host 2's do (so host 1 acknowledges them, host 2 never can).
+        let rule = ["INPUT", "-p", "udp", "--dport", "6784", "-j", "DROP"];
+        let iptables = |op: &str| -> Result<()> {
+            let mut args = vec!["iptables", "-w", op];
+            args.extend_from_slice(&rule);
+            h2.exec(&args)?.ok()?;
+            Ok(())
+        };
+        iptables("-A")?;
+        h1.launch(&[])?;
+        h2.launch(&[&h1])?;
+        for h in [&h1, &h2] {
+            wait_until(
+                &format!("a pending connection on host {}", h.n()),
+                Duration::from_secs(20),
+                Duration::from_millis(200),
+                || {
+                    let (st, text) = conn_states(h)?;
+                    ensure!(st == ["pending"], "`weft status connections`:\n{text}");
+                    Ok(())
+                },
+            )?;
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(6) {
+            for h in [&h1, &h2] {
+                let (st, text) = conn_states(h)?;
+                ensure!(
+                    st == ["pending"],
+                    "host {} left `pending` after {:.1?} with UDP 6784 blocked:\n{text}",
+                    h.n(),
+                    start.elapsed()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let c1 = h1.container("c1", "10.32.0.1/12")?;
+        let c2 = h2.container("c2", "10.32.0.2/12")?;
+        iptables("-D")?;
+        let t0 = Instant::now();
+        weft_tests::wait_established(&[&h1, &h2], Duration::from_secs(15))?;
+        eprintln!("established {:.1?} after unblocking", t0.elapsed());
+        c1.wait_ping(c2.ip(), Duration::from_secs(10))?;
+        c2.wait_ping(c1.ip(), Duration::from_secs(5))?;
+        Ok(())
+    });
+}
+
+#[test]
+fn stop_keeps_local_traffic() {
+    run_test("stop", |net| {
+        let p = net.pair()?;
+        // A second container on host 1.
+        let c3 = p.h1.container("c3", "10.32.0.3/12")?;
+        c3.wait_ping(p.c1.ip(), Duration::from_secs(10))?;
+        c3.wait_ping(p.c2.ip(), Duration::from_secs(10))?;
+        let pid = p.h1.router_pid()?;
+        let out = p.h1.weft(&["stop"])?.ok()?;
+        ensure!(
+            !out.stderr.contains("not running"),
+            "weft stop said the router was not running:\n{out}"
+        );
+        ensure!(!pid_alive(pid), "router pid {pid} still alive after stop");
+        let status = p.h1.weft(&["status"])?;
+        ensure!(
+            !status.success(),
+            "the API still answers after stop:\n{status}"
+        );
+        ensure!(
+            links(p.h1.ns())?.iter().any(|l| l == "weave"),
+            "bridge weave is gone after stop: {:?}",
+            links(p.h1.ns())?
+        );
+        // Local traffic through the bridge alone.
+        for (a, b) in [(&p.c1, &c3), (&c3, &p.c1)] {
+            let s = a.ping(b.ip(), 5, 0.2)?;
+            ensure!(
+                s.received == 5,
+                "{} -> {} on the same host after stop: {}/5 replies",
+                a.name(),
+                b.name(),
+                s.received
+            );
+        }
+        // Nothing crosses to the other host any more.
+        for (a, b) in [(&p.c1, &p.c2), (&p.c2, &p.c1), (&c3, &p.c2)] {
+            let s = a.ping(b.ip(), 3, 0.2)?;
+            ensure!(
+                s.received == 0,
+                "{} -> {} across hosts still answered after stop: {}/3",
+                a.name(),
+                b.name(),
+                s.received
+            );
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn reset_removes_everything_and_launch_works_again() {
+    run_test("reset", |net| {
+        let p = net.pair()?;
+        let c4 = p.h2.container("c4", "10.32.0.4/12")?;
+        c4.wait_ping(p.c1.ip(), Duration::from_secs(10))?;
+        let before = links(p.h2.ns())?;
+        ensure!(
+            before.iter().any(|l| l == "weave")
+                && before.iter().any(|l| l == "vethwe-tap")
+                && before.iter().filter(|l| l.starts_with("vethwepl")).count() == 2,
+            "before reset host 2 should have weave, vethwe-tap and two vethwepl*: {before:?}"
+        );
+        let state_files = ["peer-name", "short-id"];
+        for f in state_files {
+            let path = p.h2.state_dir().join(f);
+            ensure!(path.exists(), "{} missing before reset", path.display());
+        }
+        let pid = p.h2.router_pid()?;
+        p.h2.weft_ok(&["reset"])?;
+        ensure!(!pid_alive(pid), "router pid {pid} still alive after reset");
+        let after = links(p.h2.ns())?;
+        let left: Vec<&String> = after
+            .iter()
+            .filter(|l| *l == "weave" || *l == "vethwe-tap" || l.starts_with("vethwepl"))
+            .collect();
+        ensure!(
+            left.is_empty(),
+            "after reset host 2 still has {left:?} (all links: {after:?})"
+        );
+        for c in [&p.c2, &c4] {
+            let l = links(c.ns())?;
+            ensure!(
+                !l.iter().any(|n| n == weft_tests::net::CONTAINER_DEV),
+                "{} still has ethwe after reset: {l:?}",
+                c.name()
+            );
+        }
+        let stored: Vec<PathBuf> = state_files
+            .iter()
+            .map(|f| p.h2.state_dir().join(f))
+            .filter(|p| p.exists())
+            .collect();
+        ensure!(
+            stored.is_empty(),
+            "state files left after reset: {stored:?}"
+        );
+        // Host 1 and its container are untouched.
+        ensure!(
+            links(p.c1.ns())?
+                .iter()
+                .any(|n| n == weft_tests::net::CONTAINER_DEV),
+            "host 1's container lost ethwe"
+        );
+
+        // A fresh start: launch, attach the same namespace again, traffic flows.
+        p.h2.launch(&[&p.h1])?;
+        weft_tests::wait_established(&[&p.h1, &p.h2], Duration::from_secs(30))?;
+        p.h2.weft_ok(&["attach", p.c2.cidr(), p.c2.ns()])
+            .context("attaching c2 again after reset")?;
+        p.c1.wait_ping(p.c2.ip(), Duration::from_secs(20))?;
+        p.c2.wait_ping(p.c1.ip(), Duration::from_secs(5))?;
+        for f in state_files {
+            let path = p.h2.state_dir().join(f);
+            ensure!(path.exists(), "{} not written again", path.display());
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn mtu_default_1376() {
+    run_test("mtudef", |net| {
+        let p = net.pair()?;
+        for h in [&p.h1, &p.h2] {
+            let m = link_mtu(h.ns(), "weave")?;
+            ensure!(m == 1376, "bridge weave on host {} has MTU {m}", h.n());
+        }
+        for c in [&p.c1, &p.c2] {
+            let m = c.mtu()?;
+            ensure!(m == 1376, "{} ethwe MTU {m}", c.name());
+        }
+        check_df_limit(&p.c1, &p.c2, 1376)?;
+        check_df_limit(&p.c2, &p.c1, 1376)?;
+        Ok(())
+    });
+}
+
+#[test]
+fn mtu_from_weave_mtu_env() {
+    run_test("mtuenv", |net| {
+        let h1 = net.host(1)?;
+        let h2 = net.host(2)?;
+        let env_weft = |h: &Host, args: &[&str]| -> Result<String> {
+            let out = h.weft_cmd(args)?.env("WEAVE_MTU", "1400").run()?;
+            if !out.success() {
+                bail!("on host {}: {out}\n{}", h.n(), cmd::tail(&h.log(), 20));
+            }
+            Ok(out.stdout)
+        };
+        env_weft(&h1, &["launch", "--nickname", "host1"])?;
+        env_weft(
+            &h2,
+            &["launch", "--nickname", "host2", &h1.addr().to_string()],
+        )?;
+        weft_tests::wait_established(&[&h1, &h2], Duration::from_secs(30))?;
+        let mut ctrs = Vec::new();
+        for (h, k) in [(&h1, 1), (&h2, 2)] {
+            let ns = net.netns(&format!("cm{k}"))?;
+            let cidr = format!("10.32.0.{k}/12");
+            env_weft(h, &["attach", &cidr, &ns])?;
+            ctrs.push(Container::from_ns(&format!("c{k}"), &ns, &cidr)?);
+        }
+        for h in [&h1, &h2] {
+            let m = link_mtu(h.ns(), "weave")?;
+            ensure!(m == 1400, "bridge weave on host {} has MTU {m}", h.n());
+            let v = h.status_json()?;
+            ensure!(
+                v["mtu"].as_u64() == Some(1400),
+                "host {} reports mtu {}",
+                h.n(),
+                v["mtu"]
+            );
+        }
+        for c in &ctrs {
+            let m = c.mtu()?;
+            ensure!(m == 1400, "{} ethwe MTU {m}", c.name());
+        }
+        ctrs[0].wait_ping(ctrs[1].ip(), Duration::from_secs(20))?;
+        check_df_limit(&ctrs[0], &ctrs[1], 1400)?;
+        check_df_limit(&ctrs[1], &ctrs[0], 1400)?;
+        Ok(())
+    });
+}
+
+/// A running tshark writing tab-separated fields to a file.
+struct Capture {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Capture {
+    /// Starts tshark in `ns` on `dev` (UDP 6784 decoded as VXLAN) and waits until it captures.
+    fn start(ns: &str, dev: &str, dir: &std::path::Path, fields: &[&str]) -> Result<Self> {
+        let out = dir.join("tshark.out");
+        let err = dir.join("tshark.err");
+        let mut c = weft_tests::Cmd::new("ip").args([
+            "netns",
+            "exec",
+            ns,
+            "tshark",
+            "-l",
+            "-n",
+            "-i",
+            dev,
+            "-f",
+            "udp port 6784",
+            "-d",
+            "udp.port==6784,vxlan",
+            "-a",
+            "duration:90",
+            "-T",
+            "fields",
+            "-E",
+            "separator=/t",
+        ]);
+        for f in fields {
+            c = c.args(["-e", f]);
+        }
+        let child = c.spawn_to(&out, &err)?;
+        let mut cap = Self { child, out, err };
+        let started = wait_until(
+            "tshark to start capturing",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                let e = std::fs::read_to_string(&cap.err).unwrap_or_default();
+                if e.contains("Capturing on") {
+                    return Ok(());
+                }
+                if let Some(st) = cap.child.try_wait()? {
+                    bail!("tshark exited early with {st}: {e}");
+                }
+                bail!("not yet: {e}")
+            },
+        );
+        if let Err(e) = started {
+            cap.kill();
+            return Err(e);
+        }
+        Ok(cap)
+    }
+
+    /// Stops tshark (SIGINT, so it flushes) and returns its output lines, each split into
+    /// fields, each field split at commas (outer, inner) and lower-cased.
+    fn finish(mut self) -> Result<(Vec<Vec<Vec<String>>>, String)> {
+        // `ip netns exec` execs tshark, so this pid is tshark itself.
+        let res = (|| -> Result<String> {
+            cmd::kill(self.child.id(), "INT")?;
+            wait_until(
+                "tshark to exit",
+                Duration::from_secs(15),
+                Duration::from_millis(50),
+                || self.child.try_wait()?.context("running"),
+            )?;
+            Ok(std::fs::read_to_string(&self.out)?)
+        })();
+        self.kill();
+        let text = res?;
+        let rows = text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                l.split('\t')
+                    .map(|f| {
+                        f.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_ascii_lowercase)
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok((rows, text))
+    }
+
+    fn kill(&mut self) {
+        // Our own child, killed by its id.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn learned_macs_keep_unicast_off_other_peers() {
+    run_test("maclrn", |net| {
+        let (hosts, ctrs) = net.mesh(3)?;
+        let (c1, c2, c3) = (&ctrs[0], &ctrs[1], &ctrs[2]);
+        // Inner fields are the second value of each (outer,inner) pair.
+        const FIELDS: [&str; 7] = [
+            "ip.src",
+            "ip.dst",
+            "eth.dst",
+            "arp.opcode",
+            "arp.dst.proto_ipv4",
+            "icmp.type",
+            "arp.src.proto_ipv4",
+        ];
+        let cap = Capture::start(hosts[2].ns(), "ul0", net.dir(), &FIELDS)?;
+        // The very first frames between c1 and c2: c1's ARP request (broadcast, so flooded to
+        // every peer), c2's reply, then the echo requests and replies.
+        let s12 = c1.ping(c2.ip(), 10, 0.2)?;
+        let s13 = c1.ping(c3.ip(), 3, 0.2)?;
+        let (rows, text) = cap.finish()?;
+        ensure!(
+            s12.received >= 9 && s13.received >= 2,
+            "pings failed: c1->c2 {}/10, c1->c3 {}/3",
+            s12.received,
+            s13.received
+        );
+        let inner = |row: &Vec<Vec<String>>, i: usize| -> Option<String> {
+            // ARP and ICMP fields have only an inner value; ip/eth have outer then inner.
+            let f = row.get(i)?;
+            match i {
+                0..=2 => f.get(1).cloned(),
+                _ => f.first().cloned(),
+            }
+        };
+        let (ip1, ip2, ip3) = (
+            c1.ip().to_string(),
+            c2.ip().to_string(),
+            c3.ip().to_string(),
+        );
+        let is_icmp = |r: &Vec<Vec<String>>| inner(r, 5).is_some();
+        let between = |r: &Vec<Vec<String>>, a: &str, b: &str| {
+            let (s, d) = (inner(r, 0), inner(r, 1));
+            (s.as_deref() == Some(a) && d.as_deref() == Some(b))
+                || (s.as_deref() == Some(b) && d.as_deref() == Some(a))
+        };
+        let arp_request_for_c2 = rows.iter().any(|r| {
+            inner(r, 3).as_deref() == Some("1")
+                && inner(r, 4).as_deref() == Some(ip2.as_str())
+                && inner(r, 2).as_deref() == Some("ff:ff:ff:ff:ff:ff")
+        });
+        let arp_replies_12: Vec<&Vec<Vec<String>>> = rows
+            .iter()
+            .filter(|r| {
+                inner(r, 3).as_deref() == Some("2")
+                    && inner(r, 4).as_deref() == Some(ip1.as_str())
+                    && inner(r, 6).as_deref() == Some(ip2.as_str())
+            })
+            .collect();
+        let icmp_12 = rows
+            .iter()
+            .filter(|r| is_icmp(r) && between(r, &ip1, &ip2))
+            .count();
+        let icmp_13 = rows
+            .iter()
+            .filter(|r| is_icmp(r) && between(r, &ip1, &ip3))
+            .count();
+        eprintln!(
+            "host 3 saw {} datagrams: ARP request for c2 flooded: {arp_request_for_c2}, \
+             ARP replies to c1: {}, ICMP c1<->c2: {icmp_12}, ICMP c1<->c3: {icmp_13}",
+            rows.len(),
+            arp_replies_12.len()
+        );
+        let dump = cmd::tail(&text, 60);
+        ensure!(
+            arp_request_for_c2,
+            "host 3 never saw c1's broadcast ARP request for c2 (flooding broken, or the capture \
+             saw nothing):\n{dump}"
+        );
+        ensure!(
+            icmp_13 >= 4,
+            "host 3 saw only {icmp_13} ICMP packets of c1<->c3 (capture not working?):\n{dump}"
+        );
+        ensure!(
+            icmp_12 == 0,
+            "host 3 saw {icmp_12} ICMP packets between c1 and c2, which live on hosts 1 and 2: \
+             learned unicast was flooded:\n{dump}"
+        );
+        ensure!(
+            arp_replies_12.is_empty(),
+            "host 3 saw c2's unicast ARP reply to c1:\n{dump}"
+        );
+        Ok(())
+    });
+}
