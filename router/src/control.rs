@@ -47,6 +47,8 @@ pub struct Control {
     pub udp: BatchUdp,
     /// Connection timers and versions.
     pub conn_config: ConnConfig,
+    /// Most control connections, accepted ones included (0: unlimited).
+    pub conn_limit: usize,
     next_id: AtomicU64,
 }
 
@@ -72,8 +74,15 @@ impl Outcome {
 
 impl Control {
     /// A control plane for `local`.
-    pub fn new(shared: Arc<Shared>, local: LocalPeer, clock: Clock, udp: BatchUdp) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        local: LocalPeer,
+        clock: Clock,
+        udp: BatchUdp,
+        conn_limit: usize,
+    ) -> Self {
         Self {
+            conn_limit,
             shared,
             local,
             clock,
@@ -88,6 +97,15 @@ impl Control {
         loop {
             match listener.accept().await {
                 Ok((stream, addr)) => {
+                    let limit = self.conn_limit;
+                    let current = self.shared.lock().conns.len();
+                    if limit > 0 && current >= limit {
+                        tracing::warn!(
+                            "refusing connection from {addr}: connection limit reached ({limit})"
+                        );
+                        drop(stream);
+                        continue;
+                    }
                     let this = self.clone();
                     tokio::spawn(async move {
                         let outcome = this.drive(stream, addr, false).await;
@@ -163,6 +181,12 @@ impl Control {
                         "short id collision: this peer now uses short id {}",
                         id.get()
                     );
+                    // Keep it, so a restart does not bring the collision back.
+                    let file = self.shared.state_dir.join("short-id");
+                    let text = format!("{}\n", id.get());
+                    if let Err(e) = crate::identity::write_atomic(&file, text.as_bytes()) {
+                        tracing::warn!("cannot keep the new short id in {}: {e}", file.display());
+                    }
                     changed = true;
                 }
             }
@@ -202,12 +226,14 @@ impl Control {
     /// Turn data-plane events into connection state.
     pub async fn pump(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<DpEvent>) {
         while let Some(event) = events.recv().await {
-            let DpEvent::Heartbeat { src, heartbeat } = event;
+            // The engine already checked that the VNI's source short id is the sender's as the
+            // topology knows it now (it changes when a collision is resolved, so the short id
+            // announced in the handshake may be stale): match on the connection and the name.
+            let DpEvent::Heartbeat { src: _, heartbeat } = event;
             let mut state = self.shared.lock();
             let Some(rec) = state.conns.values_mut().find(|r| {
                 r.conn_uid == Some(heartbeat.conn_uid)
-                    && r.remote
-                        .is_some_and(|p| p.name == heartbeat.sender && p.short_id == src)
+                    && r.remote.is_some_and(|p| p.name == heartbeat.sender)
             }) else {
                 continue;
             };

@@ -2,10 +2,22 @@
 //! packet buffers, and runs the forwarding engine over batches.
 //!
 //! One wake-up of the loop: `poll` on both descriptors; drain control commands; read up to
-//! [`TAP_BUDGET`] frames from the TAP, encapsulating each into the send batch (flushed with one
-//! `sendmmsg` when full and at the end); receive up to [`UDP_BUDGET`] batches with `recvmmsg`,
-//! writing delivered frames to the TAP. Nothing is allocated per frame. Counters are copied out
-//! a few times a second, so the packet path shares no atomics with the API.
+//! [`TAP_BUDGET`] frames from the TAP, encapsulating each into the send path; receive up to
+//! [`UDP_BUDGET`] batches with `recvmmsg`, writing delivered frames to the TAP. Nothing is
+//! allocated per frame. Counters are copied out a few times a second, so the packet path shares
+//! no atomics with the API.
+//!
+//! **Offloads** (when the TAP was opened with a vnet header, see `run.rs`): a TAP read may be a
+//! TCP super-frame of up to 64 KiB (TSO) or a frame whose L4 checksum is left to us. The engine
+//! decides once per read (every segment has the super-frame's Ethernet header), then the
+//! [`Segmenter`] writes each segment, behind its VXLAN header, straight into a [`GsoBatch`]
+//! slot: one `sendmsg` with `UDP_SEGMENT` carries a run of equal-size datagrams to one peer.
+//! Single frames go through the [`SendBatch`] (`sendmmsg`), as do relayed datagrams. The two
+//! send paths are flushed in turn so datagrams leave in the order their frames were read.
+//! Received datagrams come in with UDP GRO (one slot may hold a run of datagrams from one
+//! sender); the frames delivered locally go through the [`Coalescer`], which merges consecutive
+//! segments of one TCP flow into a super-frame written with one TAP write. The coalescer is
+//! emptied at the end of every receive batch, so no frame waits across a `poll`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,19 +29,28 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use weft_mesh::Instant;
 use weft_overlay::heartbeat::Heartbeat;
+use weft_overlay::offload::{Coalescer, Push, Segmenter, VNET_HDR_LEN, VnetHdr};
 use weft_overlay::{
     Counters, DatagramDecision, Engine, EngineConfig, ForwardingTable, Relay, TapDecision,
     emit_vxlan_header,
 };
-use weft_sys::tap::Tap;
-use weft_sys::udp::{BATCH, BatchUdp, RecvBatch, SendBatch};
+use weft_sys::tap::{MAX_VNET_FRAME, Tap};
+use weft_sys::udp::{
+    BATCH, BatchUdp, GRO_BUF_SIZE, GSO_MAX_SEGMENTS, GsoBatch, RecvBatch, SendBatch,
+};
+use weft_wire::vxlan::HEADER_LEN as VXLAN_HLEN;
 
-/// Frames read from the TAP per wake-up before the socket gets a turn.
-pub const TAP_BUDGET: usize = 256;
+/// Reads from the TAP per wake-up before the socket gets a turn (a read may be a 64 KiB
+/// super-frame, so this is also a bound of about 4 MiB).
+pub const TAP_BUDGET: usize = 64;
 /// `recvmmsg` batches per wake-up before the TAP gets a turn.
 pub const UDP_BUDGET: usize = 4;
 /// Size of one datagram slot: a 9000-byte jumbo frame, its Ethernet and VXLAN headers, slack.
 const SLOT: usize = 9216;
+/// Receive slots when UDP GRO is on: each is [`GRO_BUF_SIZE`] (64 KiB), 2 MiB in all.
+const GRO_SLOTS: usize = 32;
+/// The vnet header of an ordinary, fully checksummed frame written to the TAP.
+const PLAIN_VNET_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 /// How often counters are published.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 /// How often MAC entries are aged.
@@ -83,6 +104,10 @@ impl Clock {
 }
 
 /// Start the data-plane thread.
+///
+/// If the TAP was opened with a vnet header ([`Tap::vnet_hdr`]), reads are taken apart with the
+/// [`Segmenter`] and deliveries coalesced; UDP GRO is switched on for the socket when the kernel
+/// has it.
 pub fn spawn(
     tap: Tap,
     udp: BatchUdp,
@@ -93,25 +118,60 @@ pub fn spawn(
     publish: impl FnMut(&Counters) + Send + 'static,
 ) -> io::Result<JoinHandle<()>> {
     tap.set_nonblocking(true)?;
+    let gro = match udp.set_gro(true) {
+        Ok(on) => on,
+        Err(e) => {
+            tracing::warn!("data plane: enabling UDP GRO failed: {e}");
+            false
+        }
+    };
+    tracing::debug!(
+        vnet_hdr = tap.vnet_hdr(),
+        gro,
+        gso_segments = udp.max_gso_segments(),
+        "data plane offloads"
+    );
     std::thread::Builder::new()
         .name("weft-dataplane".into())
         .spawn(move || {
-            let mut dp = DataPlane::new(tap, udp, Engine::new(config), clock, events);
+            let mut dp = DataPlane::new(tap, udp, Engine::new(config), clock, events, gro);
             dp.run(&commands, publish);
         })
 }
 
+/// What the driver counts itself (the offload counters of [`Counters`]), merged into the
+/// engine's counters when they are published.
+#[derive(Debug, Default)]
+struct DriverCounters {
+    tap_rx_superframes: u64,
+    tap_rx_segments: u64,
+    tap_rx_offload_dropped: u64,
+    tap_tx_superframes: u64,
+    tap_tx_coalesced: u64,
+    tap_tx_dropped: u64,
+}
+
 struct DataPlane {
     tap: Tap,
+    /// Frames carry a vnet header (the TAP was opened with `IFF_VNET_HDR`).
+    vnet: bool,
     udp: BatchUdp,
     engine: Engine,
     clock: Clock,
     events: UnboundedSender<DpEvent>,
     tap_buf: Vec<u8>,
+    /// Single datagrams (ordinary frames, relays), sent with `sendmmsg`.
     send: SendBatch,
+    /// Runs of equal-size segments for one peer, sent with one `UDP_SEGMENT` `sendmsg`.
+    gso: GsoBatch,
     recv: RecvBatch,
+    /// Receive-side coalescing of TCP segments (used only with a vnet header).
+    coalescer: Coalescer,
     /// Datagrams sent since the engine's counter was last updated.
     sent: u64,
+    /// Frames written to the TAP since the engine's counter was last updated.
+    delivered: u64,
+    counters: DriverCounters,
 }
 
 impl DataPlane {
@@ -121,17 +181,43 @@ impl DataPlane {
         engine: Engine,
         clock: Clock,
         events: UnboundedSender<DpEvent>,
+        gro: bool,
     ) -> Self {
+        let vnet = tap.vnet_hdr();
+        let recv = if gro {
+            RecvBatch::new(GRO_SLOTS, GRO_BUF_SIZE)
+        } else {
+            RecvBatch::new(BATCH, SLOT)
+        };
         Self {
             tap,
+            vnet,
             udp,
             engine,
             clock,
             events,
-            tap_buf: vec![0; 65536],
+            tap_buf: vec![0; MAX_VNET_FRAME],
             send: SendBatch::new(BATCH, SLOT),
-            recv: RecvBatch::new(BATCH, SLOT),
+            gso: GsoBatch::new(GSO_MAX_SEGMENTS, SLOT),
+            recv,
+            coalescer: Coalescer::new(if vnet { Coalescer::DEFAULT_MAX_LEN } else { 0 }),
             sent: 0,
+            delivered: 0,
+            counters: DriverCounters::default(),
+        }
+    }
+
+    /// The engine's counters with the driver's own filled in.
+    fn counters(&self) -> Counters {
+        let d = &self.counters;
+        Counters {
+            tap_rx_superframes: d.tap_rx_superframes,
+            tap_rx_segments: d.tap_rx_segments,
+            tap_rx_offload_dropped: d.tap_rx_offload_dropped,
+            tap_tx_superframes: d.tap_tx_superframes,
+            tap_tx_coalesced: d.tap_tx_coalesced,
+            tap_tx_dropped: d.tap_tx_dropped,
+            ..*self.engine.counters()
         }
     }
 
@@ -156,7 +242,7 @@ impl DataPlane {
                 match commands.try_recv() {
                     Ok(DpCommand::SetTable(table)) => self.engine.set_table(*table),
                     Ok(DpCommand::Shutdown) | Err(TryRecvError::Disconnected) => {
-                        publish(self.engine.counters());
+                        publish(&self.counters());
                         return;
                     }
                     Err(TryRecvError::Empty) => break,
@@ -174,7 +260,7 @@ impl DataPlane {
                 last_expire = now;
             }
             if now.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
-                publish(self.engine.counters());
+                publish(&self.counters());
                 last_publish = now;
             }
         }
@@ -182,6 +268,12 @@ impl DataPlane {
 
     /// Frames from the local bridge go out to peers.
     fn tap_to_peers(&mut self, now: Instant) {
+        let mut tx = Tx {
+            udp: &self.udp,
+            send: &mut self.send,
+            gso: &mut self.gso,
+            sent: &mut self.sent,
+        };
         for _ in 0..TAP_BUDGET {
             let n = match self.tap.recv(&mut self.tap_buf) {
                 Ok(n) => n,
@@ -192,37 +284,77 @@ impl DataPlane {
                     break;
                 }
             };
-            let frame = &self.tap_buf[..n];
-            if frame.len() + weft_wire::vxlan::HEADER_LEN > SLOT {
-                continue;
-            }
-            match self.engine.on_tap_frame(frame, now) {
-                TapDecision::Drop | TapDecision::Local => {}
-                TapDecision::Unicast { dst, via } => {
-                    let src = self.engine.local_short_id();
-                    push(&mut self.send, via.addr, src, dst, frame);
-                }
-                TapDecision::Flood => {
-                    let src = self.engine.local_short_id();
-                    for &peer in self.engine.flood_targets() {
-                        if self.send.is_full() {
-                            self.sent += flush(&self.udp, &mut self.send);
-                        }
-                        push(&mut self.send, peer.addr, src, peer.short_id, frame);
+            let read = &self.tap_buf[..n];
+            let (hdr, frame) = if self.vnet {
+                match VnetHdr::parse(read) {
+                    Ok(hdr) => (hdr, &read[VNET_HDR_LEN..]),
+                    Err(_) => {
+                        self.counters.tap_rx_offload_dropped += 1;
+                        continue;
                     }
                 }
+            } else {
+                (VnetHdr::NONE, read)
+            };
+            // One decision for the whole read: every segment of a super-frame carries its
+            // Ethernet header.
+            let decision = self.engine.on_tap_frame(frame, now);
+            if matches!(decision, TapDecision::Drop | TapDecision::Local) {
+                continue;
             }
-            if self.send.is_full() {
-                self.sent += flush(&self.udp, &mut self.send);
+            let seg = match Segmenter::new(hdr, frame) {
+                Ok(seg) if seg.segment_len_max() + VXLAN_HLEN <= SLOT => seg,
+                Ok(_) => {
+                    self.counters.tap_rx_offload_dropped += 1;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::trace!("data plane: TAP frame refused by the segmenter: {e}");
+                    self.counters.tap_rx_offload_dropped += 1;
+                    continue;
+                }
+            };
+            let segments = seg.remaining() as u64;
+            if segments > 1 {
+                self.counters.tap_rx_superframes += 1;
+                self.counters.tap_rx_segments += segments;
+            }
+            let src = self.engine.local_short_id();
+            match decision {
+                TapDecision::Unicast { dst, via } => tx.frame(seg, via.addr, src, dst),
+                TapDecision::Flood => {
+                    for peer in self.engine.flood_targets() {
+                        tx.frame(seg.clone(), peer.addr, src, peer.short_id);
+                    }
+                }
+                TapDecision::Drop | TapDecision::Local => {}
             }
         }
-        self.sent += flush(&self.udp, &mut self.send);
+        tx.flush_all();
         self.engine.count_sent(std::mem::take(&mut self.sent));
     }
 
     /// Datagrams from peers go to the local bridge.
     fn peers_to_tap(&mut self, now: Instant) {
-        for _ in 0..UDP_BUDGET {
+        let mut rx = Rx {
+            tap: &self.tap,
+            vnet: self.vnet,
+            coalescer: &mut self.coalescer,
+            delivered: &mut self.delivered,
+            counters: &mut self.counters,
+        };
+        let mut tx = Tx {
+            udp: &self.udp,
+            send: &mut self.send,
+            gso: &mut self.gso,
+            sent: &mut self.sent,
+        };
+        for round in 0..UDP_BUDGET {
+            // The socket is blocking (the control plane shares it): receive again only if
+            // something is queued.
+            if round > 0 && !readable_now(&self.udp) {
+                break;
+            }
             let count = match self.udp.recv_batch(&mut self.recv) {
                 Ok(n) => n,
                 Err(e)
@@ -242,80 +374,220 @@ impl DataPlane {
                 }
             };
             for i in 0..count {
-                if self.recv.truncated(i) {
-                    self.engine.count_truncated();
-                    continue;
-                }
-                let datagram = self.recv.datagram(i);
                 let from = self.recv.source(i);
-                match self.engine.on_datagram(datagram, from, now) {
-                    DatagramDecision::Drop => {}
-                    DatagramDecision::Heartbeat { src, heartbeat } => {
-                        let _ = self.events.send(DpEvent::Heartbeat { src, heartbeat });
-                    }
-                    DatagramDecision::Forward { deliver, relay } => {
-                        if let Some(range) = deliver {
-                            match self.tap.send(&datagram[range]) {
-                                Ok(_) => self.engine.count_delivered(1),
-                                Err(e) => {
-                                    tracing::debug!("data plane: writing the TAP failed: {e}")
-                                }
-                            }
+                let segments = self.recv.segments(i);
+                // A truncated slot's last datagram is cut off; the ones before it are whole.
+                let whole = segments.len() - usize::from(self.recv.truncated(i));
+                if whole < segments.len() {
+                    self.engine.count_truncated();
+                }
+                for datagram in segments.take(whole) {
+                    match self.engine.on_datagram(datagram, from, now) {
+                        DatagramDecision::Drop => {}
+                        DatagramDecision::Heartbeat { src, heartbeat } => {
+                            let _ = self.events.send(DpEvent::Heartbeat { src, heartbeat });
                         }
-                        match relay {
-                            Relay::None => {}
-                            Relay::Next(next) => {
-                                if self.send.is_full() {
-                                    self.sent += flush(&self.udp, &mut self.send);
-                                }
-                                self.send.push_with(next.addr, |buf| {
-                                    buf[..datagram.len()].copy_from_slice(datagram);
-                                    datagram.len()
-                                });
+                        DatagramDecision::Forward { deliver, relay } => {
+                            if let Some(range) = deliver {
+                                rx.deliver(&datagram[range]);
                             }
-                            Relay::Tree { source } => {
-                                let inner = &datagram[weft_wire::vxlan::HEADER_LEN..];
-                                for child in self.engine.table().broadcast_children(source) {
-                                    if self.send.is_full() {
-                                        self.sent += flush(&self.udp, &mut self.send);
+                            match relay {
+                                Relay::None => {}
+                                Relay::Next(next) => tx.datagram(next.addr, datagram),
+                                Relay::Tree { source } => {
+                                    let inner = &datagram[VXLAN_HLEN..];
+                                    for child in self.engine.table().broadcast_children(source) {
+                                        tx.encap(child.addr, source, child.short_id, inner);
                                     }
-                                    push(&mut self.send, child.addr, source, child.short_id, inner);
                                 }
                             }
                         }
                     }
                 }
             }
-            if count < BATCH {
+            // Never hold frames across a poll wait.
+            rx.flush();
+            if count < self.recv.capacity() {
                 break;
             }
         }
-        self.sent += flush(&self.udp, &mut self.send);
+        tx.flush_all();
         self.engine.count_sent(std::mem::take(&mut self.sent));
+        self.engine
+            .count_delivered(std::mem::take(&mut self.delivered));
     }
 }
 
-/// Queue `frame` in a VXLAN datagram from peer `src` to peer `dst`, sent to `to`.
-fn push(send: &mut SendBatch, to: SocketAddr, src: u16, dst: u16, frame: &[u8]) {
-    send.push_with(to, |buf| {
-        let h = emit_vxlan_header(src, dst, buf);
-        buf[h..h + frame.len()].copy_from_slice(frame);
-        h + frame.len()
-    });
+/// Whether `udp` has something to receive right now.
+fn readable_now(udp: &BatchUdp) -> bool {
+    let mut ready = [false];
+    matches!(
+        weft_sys::poll::wait_readable(&[udp.as_fd()], Some(Duration::ZERO), &mut ready),
+        Ok(n) if n > 0
+    ) && ready[0]
 }
 
-/// Send the batch; returns how many datagrams went out.
-fn flush(udp: &BatchUdp, send: &mut SendBatch) -> u64 {
-    if send.is_empty() {
-        return 0;
-    }
-    let sent = match udp.send_batch(send) {
-        Ok(n) => n as u64,
-        Err(e) => {
-            tracing::debug!("data plane: send failed: {e}");
-            0
+/// The send side, borrowed from the [`DataPlane`] for one pass: single datagrams go into
+/// `send`, segment runs into `gso`; before one path takes a datagram the other is flushed, so
+/// datagrams leave in order.
+struct Tx<'a> {
+    udp: &'a BatchUdp,
+    send: &'a mut SendBatch,
+    gso: &'a mut GsoBatch,
+    sent: &'a mut u64,
+}
+
+impl Tx<'_> {
+    /// Send what `seg` yields, each segment in a VXLAN datagram from `src` to `dst`, to `to`.
+    fn frame(&mut self, mut seg: Segmenter<'_>, to: SocketAddr, src: u16, dst: u16) {
+        if seg.remaining() <= 1 {
+            self.single(to, |buf| {
+                let h = emit_vxlan_header(src, dst, buf);
+                // The caller checked segment_len_max() + VXLAN_HLEN <= SLOT.
+                h + seg.next_into(&mut buf[h..]).unwrap_or(0)
+            });
+            return;
         }
-    };
-    send.clear();
-    sent
+        self.flush_send();
+        while seg.remaining() > 0 {
+            let pushed = self.gso.push_with(to, |buf| {
+                let h = emit_vxlan_header(src, dst, buf);
+                h + seg.next_into(&mut buf[h..]).unwrap_or(0)
+            });
+            // Refused (another destination, or closed): send the run and offer it again.
+            if !pushed || self.gso.is_closed() {
+                self.flush_gso();
+            }
+        }
+    }
+
+    /// Queue a frame in a VXLAN datagram from `src` to `dst`, sent to `to`.
+    fn encap(&mut self, to: SocketAddr, src: u16, dst: u16, frame: &[u8]) {
+        if frame.len() + VXLAN_HLEN > SLOT {
+            return;
+        }
+        self.single(to, |buf| {
+            let h = emit_vxlan_header(src, dst, buf);
+            buf[h..h + frame.len()].copy_from_slice(frame);
+            h + frame.len()
+        });
+    }
+
+    /// Queue a whole datagram, unchanged, for `to`.
+    fn datagram(&mut self, to: SocketAddr, datagram: &[u8]) {
+        if datagram.len() > SLOT {
+            return;
+        }
+        self.single(to, |buf| {
+            buf[..datagram.len()].copy_from_slice(datagram);
+            datagram.len()
+        });
+    }
+
+    /// Queue one datagram written by `f` in the `sendmmsg` batch.
+    fn single(&mut self, to: SocketAddr, f: impl FnOnce(&mut [u8]) -> usize) {
+        self.flush_gso();
+        if self.send.is_full() {
+            self.flush_send();
+        }
+        self.send.push_with(to, f);
+    }
+
+    fn flush_send(&mut self) {
+        if self.send.is_empty() {
+            return;
+        }
+        match self.udp.send_batch(self.send) {
+            Ok(n) => *self.sent += n as u64,
+            Err(e) => tracing::debug!("data plane: send failed: {e}"),
+        }
+        self.send.clear();
+    }
+
+    fn flush_gso(&mut self) {
+        // A datagram set aside by the batch (longer than the run) becomes the next run, so
+        // loop until nothing is held.
+        while !self.gso.is_empty() {
+            match self.udp.send_gso_batch(self.gso) {
+                Ok(n) => *self.sent += n as u64,
+                Err(e) => tracing::debug!("data plane: GSO send failed: {e}"),
+            }
+        }
+    }
+
+    fn flush_all(&mut self) {
+        self.flush_gso();
+        self.flush_send();
+    }
+}
+
+/// The TAP write side, borrowed from the [`DataPlane`] for one receive pass.
+struct Rx<'a> {
+    tap: &'a Tap,
+    vnet: bool,
+    coalescer: &'a mut Coalescer,
+    delivered: &'a mut u64,
+    counters: &'a mut DriverCounters,
+}
+
+impl Rx<'_> {
+    /// Deliver one frame to the bridge, through the coalescer when frames carry a vnet header.
+    fn deliver(&mut self, frame: &[u8]) {
+        if !self.vnet {
+            self.write(|tap| tap.send(frame), 1);
+            return;
+        }
+        match self.coalescer.push(frame) {
+            Push::Merged => {}
+            Push::FlushFirst => {
+                self.flush();
+                if self.coalescer.push(frame) != Push::Merged {
+                    self.write_plain(frame);
+                }
+            }
+            Push::NotMergeable => {
+                self.flush();
+                self.write_plain(frame);
+            }
+        }
+    }
+
+    /// Write the pending super-frame, if any.
+    fn flush(&mut self) {
+        let segments = u64::from(self.coalescer.pending_segments());
+        let Some(buf) = self.coalescer.take() else {
+            return;
+        };
+        let tap = self.tap;
+        if write_ok(tap.send(buf), segments, self.counters) {
+            *self.delivered += segments;
+            if segments > 1 {
+                self.counters.tap_tx_superframes += 1;
+                self.counters.tap_tx_coalesced += segments;
+            }
+        }
+    }
+
+    /// Write one frame as is, behind an all-zero vnet header.
+    fn write_plain(&mut self, frame: &[u8]) {
+        self.write(|tap| tap.send_vectored(&PLAIN_VNET_HDR, frame), 1);
+    }
+
+    fn write(&mut self, f: impl FnOnce(&Tap) -> io::Result<usize>, frames: u64) {
+        if write_ok(f(self.tap), frames, self.counters) {
+            *self.delivered += frames;
+        }
+    }
+}
+
+/// Whether a TAP write worked; a failure is logged and its frames counted as dropped.
+fn write_ok(result: io::Result<usize>, frames: u64, counters: &mut DriverCounters) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!("data plane: writing the TAP failed: {e}");
+            counters.tap_tx_dropped += frames;
+            false
+        }
+    }
 }

@@ -11,7 +11,7 @@ use weft_mesh::{
 };
 use weft_overlay::{EngineConfig, MacTable};
 use weft_sys::netlink::Netlink;
-use weft_sys::tap::Tap;
+use weft_sys::tap::{Offload, Tap, TapOptions};
 use weft_sys::udp::BatchUdp;
 use weft_wire::control::{PROTOCOL_MAX, PROTOCOL_MIN};
 
@@ -51,8 +51,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .ensure_bridge(&config.bridge, config.mtu, Some(id.name.to_mac()))
         .await
         .with_context(|| format!("creating bridge {}", config.bridge))?;
-    let tap =
-        Tap::open(&config.tap, false).with_context(|| format!("opening TAP {}", config.tap))?;
+    let tap = open_tap(&config.tap)?;
     let tap_index = nl
         .link_index(&config.tap)
         .await?
@@ -124,6 +123,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         dataplane: dp_tx.clone(),
         wake: tokio::sync::Notify::new(),
         targets_file,
+        state_dir: config.state_dir.clone(),
         clock,
     });
     let publish = {
@@ -152,7 +152,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         uid: PeerUid(uid),
         data_port: config.data_port,
     };
-    let control = Arc::new(Control::new(shared.clone(), local, clock, udp));
+    let control = Arc::new(Control::new(
+        shared.clone(),
+        local,
+        clock,
+        udp,
+        config.conn_limit,
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control.clone().pump(ev_rx));
     tasks.spawn(control.clone().listen(listener));
@@ -183,6 +189,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let _ = tokio::task::spawn_blocking(move || dp.join()).await;
     let _ = std::fs::remove_file(&pid_file);
     Ok(())
+}
+
+/// Open the TAP with a vnet header, checksum offload and TSO for IPv4 and IPv6, so the data
+/// plane reads and writes TCP super-frames; without them (a kernel that refuses) as a plain TAP.
+fn open_tap(name: &str) -> anyhow::Result<Tap> {
+    let offloaded = TapOptions {
+        multi_queue: false,
+        vnet_hdr: true,
+        offload: Offload::ALL,
+    };
+    match Tap::open_with(name, offloaded) {
+        Ok(tap) => Ok(tap),
+        Err(e) => {
+            tracing::warn!("opening TAP {name} with offloads failed ({e}); opening it without");
+            Tap::open(name, false).with_context(|| format!("opening TAP {name}"))
+        }
+    }
 }
 
 /// The pid in `pid_file` if that process is alive and is a weft router.

@@ -122,6 +122,8 @@ pub struct Shared {
     pub wake: tokio::sync::Notify,
     /// Where the target list is kept.
     pub targets_file: std::path::PathBuf,
+    /// The state directory (identity, targets).
+    pub state_dir: std::path::PathBuf,
     /// The router's clock.
     pub clock: crate::dataplane::Clock,
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use weft_tests::mesh::{connections, launch_with, lines_for, peer_entry, wait_established_with};
-use weft_tests::{Host, run_test};
+use weft_tests::{Host, run_test, wait_until};
 
 /// Fails if `h` lists any connection (live or being dialled) with `other`'s address.
 fn no_connection(h: &Host, other: &Host) -> Result<()> {
@@ -56,12 +56,20 @@ fn discovery_connects_a_and_c_directly() {
                 v["targets"]
             );
         }
-        // Routes: C is now a direct peer of A.
+        // Routes: C becomes a direct peer of A once A has C's report of the link too.
         let c_name = c.peer_name()?;
-        let v = a.status_json()?;
-        let pc = peer_entry(&v, &c_name)
-            .with_context(|| format!("C missing from A's peers: {}", v["peers"]))?;
-        ensure!(pc["path"] == "direct", "A's path to C is {}", pc["path"]);
+        wait_until(
+            "A's path to C to become direct",
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+            || {
+                let v = a.status_json()?;
+                let pc = peer_entry(&v, &c_name)
+                    .with_context(|| format!("C missing from A's peers: {}", v["peers"]))?;
+                ensure!(pc["path"] == "direct", "A's path to C is {}", pc["path"]);
+                Ok(())
+            },
+        )?;
         Ok(())
     });
 }

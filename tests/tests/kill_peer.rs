@@ -2,14 +2,17 @@
 //! triangle.
 //!
 //! A continuous ping between the containers of A and C runs while B's router is SIGKILLed: the
-//! direct A–C path does not depend on B, so at most a couple of replies may go missing. B
+//! direct A–C path does not depend on B, so at most a couple of replies may go missing. A
+//! drops the unreachable B from its peers, C (which named B) keeps redialling it. B
 //! relaunched with the same arguments rejoins: its connections are established again and its
 //! container reaches A's and C's.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
-use weft_tests::mesh::{established_with, wait_established_with};
+use anyhow::{Context, bail, ensure};
+use weft_tests::mesh::{
+    connections, established_with, lines_for, peer_entry, wait_established_with,
+};
 use weft_tests::net::parse_ping;
 use weft_tests::{Cmd, cmd::pid_alive, run_test, wait_until};
 
@@ -23,6 +26,7 @@ fn killing_b_does_not_interrupt_a_to_c_and_b_rejoins() {
             x.wait_ping(y.ip(), Duration::from_secs(20))?;
         }
         let (a_pid, c_pid) = (a.router_pid()?, c.router_pid()?);
+        let b_name = b.peer_name()?;
 
         // 100 pings over 10 s, B killed 3 s in.
         let out_path = net.dir().join("ping.out");
@@ -78,6 +82,37 @@ fn killing_b_does_not_interrupt_a_to_c_and_b_rejoins() {
         // or being redialled.
         ensure!(established_with(a, c)?, "A lost its connection to C");
         ensure!(established_with(c, a)?, "C lost its connection to A");
+
+        // Nobody reaches B any more: A drops it from its peers (or marks it unreachable), and
+        // C, which named B at launch, keeps redialling it.
+        wait_until(
+            "A to drop the dead B from its peers",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                let v = a.status_json()?;
+                match peer_entry(&v, &b_name) {
+                    None => Ok(()),
+                    Some(p) if p["path"] == "unreachable" => Ok(()),
+                    Some(p) => bail!("A still lists B as {p}"),
+                }
+            },
+        )?;
+        wait_until(
+            "C to redial B",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                let (conns, text) = connections(c)?;
+                ensure!(
+                    lines_for(&conns, b.addr()).iter().any(
+                        |l| l.outbound && matches!(l.state.as_str(), "retrying" | "connecting")
+                    ),
+                    "no retrying line for B:\n{text}"
+                );
+                Ok(())
+            },
+        )?;
 
         // B comes back with the same arguments and rejoins.
         let t0 = Instant::now();

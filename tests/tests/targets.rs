@@ -4,6 +4,9 @@
 //!   target stays unconnected to A, and A's target list is empty.
 //! - `weft connect --replace C` replaces the whole list (status and `targets.json` agree).
 //! - `weft launch --resume` after `weft stop` dials the kept list without any peer argument.
+//! - A refused target is redialled with growing, jittered gaps (2 s × 1.5), not in a loop.
+//! - `--conn-limit 1` dials only one of two targets; accepted connections beyond the limit are
+//!   refused as in Weave.
 
 use std::path::Path;
 use std::time::Duration;
@@ -88,6 +91,8 @@ fn forget_stops_redialling() {
             },
         )?;
         a.weft_ok(&["forget", &b.addr().to_string()])?;
+        let dial_needle = format!("connection to {}", target_of(&b));
+        let dials_at_forget = a.log().matches(&dial_needle).count();
         let t = targets(&a)?;
         ensure!(t.is_empty(), "A's targets after forget: {t:?}");
         ensure!(
@@ -110,8 +115,14 @@ fn forget_stops_redialling() {
             "A's status --json targets: {}",
             v["targets"]
         );
-        // And the log says why: a dial attempt after the forget would show up as a new
-        // connection line, checked above; the router is still alive.
+        // Nor did A try and fail: no new line about B's address in its log.
+        let dials_after = a.log().matches(&dial_needle).count();
+        ensure!(
+            dials_after == dials_at_forget,
+            "A's log mentions {dial_needle:?} {dials_at_forget} times at the forget and \
+             {dials_after} times 10 s later:\n{}",
+            weft_tests::cmd::tail(&a.log(), 20)
+        );
         ensure!(pid_alive(a.router_pid()?), "A's router died");
         Ok(())
     });
@@ -199,6 +210,160 @@ fn connect_replace_and_resume() {
             !out.success(),
             "`weft launch --resume PEER` was accepted:\n{out}"
         );
+        Ok(())
+    });
+}
+
+#[test]
+fn conn_limit_caps_dialling() {
+    run_test("climit", |net| {
+        let a = net.host(1)?;
+        let b = net.host(2)?;
+        let c = net.host(3)?;
+        b.launch_args(&["--nickname", "host2", "--no-discovery"])?;
+        c.launch_args(&["--nickname", "host3", "--no-discovery"])?;
+        a.launch_args(&[
+            "--nickname",
+            "host1",
+            "--conn-limit",
+            "1",
+            &b.addr().to_string(),
+            &c.addr().to_string(),
+        ])?;
+        // One of the two targets gets connected; the other is never dialled while the limit is
+        // taken.
+        wait_until(
+            "A to establish one connection",
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || {
+                let n = weft_tests::mesh::established_count(&a)?;
+                ensure!(n >= 1, "{n} established");
+                Ok(())
+            },
+        )?;
+        std::thread::sleep(Duration::from_secs(5));
+        let (conns, text) = connections(&a)?;
+        let live = conns
+            .iter()
+            .filter(|l| matches!(l.state.as_str(), "established" | "pending"))
+            .count();
+        ensure!(
+            live == 1,
+            "A with --conn-limit 1 has {live} live connections:\n{text}"
+        );
+        let (bc, _) = connections(&b)?;
+        let (cc, _) = connections(&c)?;
+        ensure!(
+            bc.len() + cc.len() == 1,
+            "B and C together see {} connections, expected 1 (A's limit):\nB: {bc:?}\nC: {cc:?}",
+            bc.len() + cc.len()
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn conn_limit_caps_accepted_connections() {
+    run_test("climin", |net| {
+        let a = net.host(1)?;
+        let b = net.host(2)?;
+        let c = net.host(3)?;
+        a.launch_args(&["--nickname", "host1", "--conn-limit", "1", "--no-discovery"])?;
+        b.launch_args(&[
+            "--nickname",
+            "host2",
+            "--no-discovery",
+            &a.addr().to_string(),
+        ])?;
+        wait_established_with(&a, &b, Duration::from_secs(20))?;
+        c.launch_args(&[
+            "--nickname",
+            "host3",
+            "--no-discovery",
+            &a.addr().to_string(),
+        ])?;
+        std::thread::sleep(Duration::from_secs(5));
+        let (conns, text) = connections(&a)?;
+        let live = conns
+            .iter()
+            .filter(|l| matches!(l.state.as_str(), "established" | "pending"))
+            .count();
+        ensure!(
+            live == 1,
+            "A with --conn-limit 1 accepted {live} connections (Weave refuses inbound \
+             connections beyond the limit):\n{text}"
+        );
+        Ok(())
+    });
+}
+
+/// Seconds since midnight of a log line's RFC 3339 timestamp (`2026-11-22T15:24:22.348463Z`).
+fn log_secs(line: &str) -> Option<f64> {
+    let t = line
+        .split_whitespace()
+        .next()?
+        .split_once('T')?
+        .1
+        .trim_end_matches('Z');
+    let mut parts = t.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+#[test]
+fn refused_target_is_redialled_with_backoff() {
+    run_test("backoff", |net| {
+        let a = net.host(1)?;
+        let b = net.host(2)?; // no router: every dial is refused
+        a.launch(&[&b])?;
+        let watch = Duration::from_secs(16);
+        std::thread::sleep(watch);
+        let (conns, text) = connections(&a)?;
+        let line = lines_for(&conns, b.addr())
+            .into_iter()
+            .next()
+            .with_context(|| format!("no line for B:\n{text}"))?;
+        ensure!(
+            line.outbound
+                && matches!(line.state.as_str(), "retrying" | "connecting")
+                && (line.state != "retrying" || line.line.contains("retry in")),
+            "unexpected line for the refused target: {}",
+            line.line
+        );
+        let needle = format!("connection to {}", target_of(&b));
+        let log = a.log();
+        let times: Vec<f64> = log
+            .lines()
+            .filter(|l| l.contains(&needle) && l.to_ascii_lowercase().contains("refused"))
+            .filter_map(log_secs)
+            .collect();
+        let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        eprintln!(
+            "{} refused dials in {watch:?}, gaps {gaps:.2?}",
+            times.len()
+        );
+        // Gaps are uniform in [i/2, 3i/2] with i = 2 s, 3 s, 4.5 s, 6.75 s ...: within 16 s
+        // that is at least 4 and at most 7 attempts.
+        ensure!(
+            (4..=7).contains(&times.len()),
+            "{} dial attempts in {watch:?} (expected 4..=7); gaps {gaps:?}\n{}",
+            times.len(),
+            weft_tests::cmd::tail(&log, 30)
+        );
+        let mut i = 2.0f64;
+        for (k, g) in gaps.iter().enumerate() {
+            ensure!(
+                *g >= i / 2.0 - 0.2 && *g <= i * 1.5 + 0.5,
+                "gap {k} is {g:.2} s, outside [{:.2}, {:.2}] (backoff 2 s x 1.5 with jitter); \
+                 gaps {gaps:.2?}",
+                i / 2.0,
+                i * 1.5
+            );
+            i *= 1.5;
+        }
         Ok(())
     });
 }

@@ -104,6 +104,18 @@ fn twelve_hosts_in_a_chain_converge_to_full_mesh() {
             "gossip_bytes_sent per host at convergence: {gossip:?} (total {total}, mean {})",
             total / u64::from(N)
         );
+        // Steady state: what the converged mesh keeps sending.
+        let idle = Duration::from_secs(5);
+        std::thread::sleep(idle);
+        let mut later = 0;
+        for h in &hosts {
+            later += h.counter("gossip_bytes_sent")?;
+        }
+        eprintln!(
+            "steady-state gossip: {:.0} bytes/s in total over {idle:?} ({:.0} per host)",
+            (later - total) as f64 / idle.as_secs_f64(),
+            (later - total) as f64 / idle.as_secs_f64() / f64::from(N)
+        );
 
         let mut ctrs = Vec::new();
         for (i, h) in hosts.iter().enumerate() {

@@ -9,7 +9,11 @@
 //! Behaviour, after Weave's `mesh`:
 //!
 //! - A neighbour gets our full state as soon as its connection is up, and one random neighbour
-//!   gets it every [`GossipConfig::full_state_interval`].
+//!   gets it every [`GossipConfig::full_state_interval`]. On connection up, both sides first
+//!   exchange a [`TopologyGossip::Digest`] (name, version, uid per peer) and each then sends
+//!   the other exactly the records it lacks: the outcome of a full-state exchange without
+//!   resending what the neighbour already has (in a mesh that forms all at once, full states
+//!   would otherwise dominate the gossip volume, growing with the fourth power of its size).
 //! - Changes (our own record, and whatever a received update taught us) are collected for
 //!   [`GossipConfig::batch_delay`], then sent as one [`TopologyGossip::Update`] to a random,
 //!   topology-weighted subset of neighbours: `max(fanout_min, 2·⌈log2 n⌉)` of them (n = known
@@ -23,7 +27,7 @@
 //! Bad payloads surface as [`GossipError`]s (the driver counts them and may close the
 //! connection); nothing here panics on network input.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -52,6 +56,10 @@ pub enum TopologyGossip {
     Full(Vec<PeerSummary>),
     /// Records that changed recently.
     Update(Vec<PeerSummary>),
+    /// What the sender knows, as (name, version, uid) per peer, sent when a connection comes
+    /// up. The receiver answers with an `Update` of every record the sender lacks or holds an
+    /// older version of: a full-state exchange that only carries what is missing.
+    Digest(Vec<(PeerName, u64, u64)>),
 }
 
 /// Gossip tunables.
@@ -115,6 +123,8 @@ pub struct GossipStats {
     pub messages_received: u64,
     /// Of the messages sent, those carrying full state.
     pub full_sent: u64,
+    /// Of the bytes sent, those in full-state messages.
+    pub full_bytes_sent: u64,
     /// Peer records received that were new to us.
     pub records_merged: u64,
     /// Payloads refused ([`GossipError`]).
@@ -126,6 +136,24 @@ struct Neighbour {
     address: String,
     outbound: bool,
     established: bool,
+    /// The newest (version, uid) of each record this neighbour is known to hold (it sent it
+    /// to us, listed it in its digest, or we sent it). Records it holds are not sent again.
+    known: HashMap<PeerName, (u64, u64)>,
+}
+
+impl Neighbour {
+    fn learn(&mut self, name: PeerName, version: u64, uid: u64) {
+        let e = self.known.entry(name).or_insert((0, 0));
+        if (version, uid) > *e {
+            *e = (version, uid);
+        }
+    }
+
+    fn has(&self, p: &PeerSummary) -> bool {
+        self.known
+            .get(&p.name)
+            .is_some_and(|&k| k >= (p.version, p.uid))
+    }
 }
 
 /// The topology gossip state machine for the local peer.
@@ -196,11 +224,12 @@ impl Mesh {
                 address,
                 outbound,
                 established: false,
+                known: HashMap::new(),
             },
         );
         self.local_connections_changed(now);
         self.resolve_short_id_collision(now);
-        self.send_full(remote);
+        self.send_digest(remote);
     }
 
     /// The data path of the connection to `remote` works: mark it established.
@@ -238,7 +267,23 @@ impl Mesh {
                 return Err(GossipError::Decode);
             }
         };
-        let (TopologyGossip::Full(update) | TopologyGossip::Update(update)) = msg;
+        let update = match msg {
+            TopologyGossip::Full(update) | TopologyGossip::Update(update) => update,
+            TopologyGossip::Digest(digest) => {
+                if let Some(nb) = self.neighbours.get_mut(&from) {
+                    for &(n, v, u) in &digest {
+                        nb.learn(n, v, u);
+                    }
+                }
+                self.answer_digest(from, &digest);
+                return Ok(());
+            }
+        };
+        if let Some(nb) = self.neighbours.get_mut(&from) {
+            for p in &update {
+                nb.learn(p.name, p.version, p.uid);
+            }
+        }
         let new = match self.topology.merge(&update) {
             Ok(new) => new,
             Err(e) => {
@@ -342,6 +387,12 @@ impl Mesh {
         self.neighbours.iter().map(|(n, i)| (*n, i.established))
     }
 
+    /// Whether [`routes`](Self::routes) reflects the current topology (no recalculation is
+    /// pending).
+    pub fn routes_current(&self) -> bool {
+        self.routes_at.is_none()
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> GossipStats {
         self.stats
@@ -428,12 +479,12 @@ impl Mesh {
             return;
         }
         let mut per_target: BTreeMap<PeerName, Vec<PeerSummary>> = BTreeMap::new();
-        for &to in self.neighbours.keys() {
+        for (&to, nb) in &self.neighbours {
             let records: Vec<PeerSummary> = pending
                 .iter()
                 .filter(|(_, from)| **from != Some(to))
                 .filter_map(|(name, _)| self.topology.peer(*name))
-                .filter(|p| p.version > 0)
+                .filter(|p| p.version > 0 && !nb.has(p))
                 .cloned()
                 .collect();
             if !records.is_empty() {
@@ -479,6 +530,40 @@ impl Mesh {
         chosen
     }
 
+    fn send_digest(&mut self, to: PeerName) {
+        let digest = self
+            .topology
+            .peers()
+            .filter(|p| p.version > 0)
+            .map(|p| (p.name, p.version, p.uid))
+            .collect::<Vec<_>>();
+        // A digest is ~20 bytes per peer: far below the payload limit for any sane mesh, but
+        // split it anyway so no frame can exceed the limit.
+        for chunk in digest.chunks(16 * 1024) {
+            self.queue_payload(to, &TopologyGossip::Digest(chunk.to_vec()), false);
+        }
+    }
+
+    /// Sends `to` every record its digest shows it lacks or holds an older version of.
+    fn answer_digest(&mut self, to: PeerName, digest: &[(PeerName, u64, u64)]) {
+        let theirs: BTreeMap<PeerName, (u64, u64)> =
+            digest.iter().map(|&(n, v, u)| (n, (v, u))).collect();
+        let records: Vec<PeerSummary> = self
+            .topology
+            .peers()
+            .filter(|p| p.version > 0)
+            .filter(|p| {
+                theirs
+                    .get(&p.name)
+                    .is_none_or(|&theirs| (p.version, p.uid) > theirs)
+            })
+            .cloned()
+            .collect();
+        if !records.is_empty() {
+            self.queue_chunks(to, records, false);
+        }
+    }
+
     fn send_full(&mut self, to: PeerName) {
         let records: Vec<PeerSummary> = self
             .topology
@@ -491,6 +576,11 @@ impl Mesh {
 
     /// Queues `records` for `to`, split into payloads of at most about [`MAX_PAYLOAD`] bytes.
     fn queue_chunks(&mut self, to: PeerName, records: Vec<PeerSummary>, full: bool) {
+        if let Some(nb) = self.neighbours.get_mut(&to) {
+            for p in &records {
+                nb.learn(p.name, p.version, p.uid);
+            }
+        }
         let mut chunk = Vec::new();
         let mut size = 0;
         let mut chunks = Vec::new();
@@ -512,18 +602,23 @@ impl Mesh {
             } else {
                 TopologyGossip::Update(chunk)
             };
-            // Serializing plain data into a Vec cannot fail (no maps with non-string keys, no
-            // unsupported types); skip the message rather than panic if it ever did.
-            let Ok(payload) = postcard::to_allocvec(&msg) else {
-                continue;
-            };
-            self.stats.messages_sent += 1;
-            self.stats.bytes_sent += payload.len() as u64;
-            if full {
-                self.stats.full_sent += 1;
-            }
-            self.outgoing.push_back((to, payload));
+            self.queue_payload(to, &msg, full);
         }
+    }
+
+    fn queue_payload(&mut self, to: PeerName, msg: &TopologyGossip, full: bool) {
+        // Serializing plain data into a Vec cannot fail (no maps with non-string keys, no
+        // unsupported types); skip the message rather than panic if it ever did.
+        let Ok(payload) = postcard::to_allocvec(msg) else {
+            return;
+        };
+        self.stats.messages_sent += 1;
+        self.stats.bytes_sent += payload.len() as u64;
+        if full {
+            self.stats.full_sent += 1;
+            self.stats.full_bytes_sent += payload.len() as u64;
+        }
+        self.outgoing.push_back((to, payload));
     }
 }
 
@@ -572,34 +667,85 @@ mod tests {
     #[test]
     fn full_state_on_connection_up_then_batched_update() {
         let mut m = mesh(1);
+        // We know 3 (v2) and 4 (v1) already.
+        up(&mut m, t(0), 9);
+        m.handle_gossip(
+            t(0),
+            name(9),
+            &update(vec![summary(3, 30, 2, &[9]), summary(4, 40, 1, &[9])]),
+        )
+        .unwrap();
+        drain(&mut m);
         up(&mut m, t(0), 2);
         let sent = drain(&mut m);
+        // The new neighbour first gets our digest (name, version, uid of everything we know).
         assert_eq!(sent.len(), 1);
-        let (to, TopologyGossip::Full(records)) = &sent[0] else {
-            panic!("expected full state: {sent:?}");
+        let (to, TopologyGossip::Digest(digest)) = &sent[0] else {
+            panic!("expected a digest: {sent:?}");
         };
         assert_eq!(*to, name(2));
-        // Our record with the new connection; not the placeholder for 2.
-        assert_eq!(records.len(), 1);
-        assert_eq!(records[0].connections[0].remote, name(2));
-        assert!(!records[0].connections[0].established);
-        // Routes are recalculated (coalesced) after ROUTES_DELAY, then the batched update goes
-        // out after batch_delay.
-        assert_eq!(m.poll_event(), None);
-        assert_eq!(m.poll_timeout(), Some(t(50)));
-        m.handle_timeout(t(50));
-        assert_eq!(m.poll_event(), Some(MeshEvent::TopologyChanged));
-        assert_eq!(m.poll_timeout(), Some(t(100)));
-        m.connection_established(t(50), name(2));
-        m.handle_timeout(t(100));
+        let names: Vec<PeerName> = digest.iter().map(|d| d.0).collect();
+        assert_eq!(
+            names,
+            vec![name(1), name(3), name(4)],
+            "not the placeholders of 2 and 9"
+        );
+        // Its digest says it has 3 at v2 and 4 at v1 but an old version of us: it gets exactly
+        // what it lacks (our record), i.e. the result of a full-state exchange.
+        let theirs =
+            TopologyGossip::Digest(vec![(name(1), 1, 10), (name(3), 2, 30), (name(4), 1, 40)]);
+        m.handle_gossip(t(1), name(2), &postcard::to_allocvec(&theirs).unwrap())
+            .unwrap();
         let sent = drain(&mut m);
         assert_eq!(sent.len(), 1);
         let (_, TopologyGossip::Update(records)) = &sent[0] else {
-            panic!("expected update");
+            panic!("expected the missing records");
         };
-        assert!(records[0].connections[0].established);
-        assert_eq!(m.stats().messages_sent, 2);
-        assert_eq!(m.stats().full_sent, 1);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].name, name(1));
+        assert_eq!(records[0].connections[0].remote, name(2));
+        assert!(!records[0].connections[0].established);
+        // A neighbour that knows nothing gets everything we know.
+        up(&mut m, t(2), 5);
+        drain(&mut m);
+        let empty = postcard::to_allocvec(&TopologyGossip::Digest(vec![])).unwrap();
+        m.handle_gossip(t(2), name(5), &empty).unwrap();
+        let sent = drain(&mut m);
+        let TopologyGossip::Update(records) = &sent[0].1 else {
+            panic!("expected records");
+        };
+        assert_eq!(
+            records.iter().map(|r| r.name).collect::<Vec<_>>(),
+            vec![name(1), name(3), name(4)]
+        );
+
+        // Routes are recalculated (coalesced) after ROUTES_DELAY, then the batched update goes
+        // out after batch_delay, to neighbours that do not have our latest record yet.
+        while m.poll_event().is_some() {}
+        m.connection_established(t(50), name(2));
+        m.handle_timeout(t(50));
+        assert_eq!(m.poll_event(), Some(MeshEvent::TopologyChanged));
+        assert_eq!(m.poll_timeout(), Some(t(100)));
+        m.handle_timeout(t(100));
+        let sent = drain(&mut m);
+        assert!(!sent.is_empty());
+        for (_, msg) in &sent {
+            let TopologyGossip::Update(records) = msg else {
+                panic!("expected update");
+            };
+            assert_eq!(
+                records.len(),
+                1,
+                "only our record: the others know the rest"
+            );
+            assert!(
+                records[0]
+                    .connections
+                    .iter()
+                    .any(|c| c.remote == name(2) && c.established)
+            );
+        }
+        assert_eq!(m.stats().full_sent, 0);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 pub struct Counters {
     /// Frames read from the TAP (the local bridge).
     pub tap_rx_frames: u64,
-    /// Frames written to the TAP (delivered from peers).
+    /// Frames written to the TAP (delivered from peers). Each segment of a coalesced
+    /// super-frame counts as one frame.
     pub tap_tx_frames: u64,
     /// TAP frames dropped: too short, STP, or already owned by a remote peer (our own echo).
     pub tap_rx_dropped: u64,
@@ -31,11 +32,24 @@ pub struct Counters {
     pub macs_expired: u64,
     /// Received datagrams passed on toward other peers (relays and broadcast-tree copies).
     pub relayed_datagrams: u64,
+    /// TCP super-frames (TSO) read from the TAP and cut into segments by the driver.
+    pub tap_rx_superframes: u64,
+    /// Segments cut from those super-frames.
+    pub tap_rx_segments: u64,
+    /// TAP frames dropped because their offload header could not be honoured (a GSO type weft
+    /// does not segment, inconsistent checksum offsets, a segment too large for a send slot).
+    pub tap_rx_offload_dropped: u64,
+    /// Coalesced super-frames (two or more received segments) written to the TAP.
+    pub tap_tx_superframes: u64,
+    /// Received frames written to the TAP inside coalesced super-frames.
+    pub tap_tx_coalesced: u64,
+    /// Frames that could not be written to the TAP (all segments of a failed super-frame count).
+    pub tap_tx_dropped: u64,
 }
 
 impl Counters {
     /// Every counter with its Prometheus-style name and help text, for exporters.
-    pub fn fields(&self) -> [(&'static str, &'static str, u64); 13] {
+    pub fn fields(&self) -> [(&'static str, &'static str, u64); 19] {
         [
             (
                 "tap_rx_frames",
@@ -97,6 +111,36 @@ impl Counters {
                 "relayed_datagrams",
                 "Datagrams passed on toward other peers.",
                 self.relayed_datagrams,
+            ),
+            (
+                "tap_rx_superframes",
+                "TCP super-frames read from the TAP and segmented.",
+                self.tap_rx_superframes,
+            ),
+            (
+                "tap_rx_segments",
+                "Segments cut from TAP super-frames.",
+                self.tap_rx_segments,
+            ),
+            (
+                "tap_rx_offload_dropped",
+                "TAP frames dropped because their offload header could not be honoured.",
+                self.tap_rx_offload_dropped,
+            ),
+            (
+                "tap_tx_superframes",
+                "Coalesced super-frames written to the TAP.",
+                self.tap_tx_superframes,
+            ),
+            (
+                "tap_tx_coalesced",
+                "Received frames written to the TAP inside coalesced super-frames.",
+                self.tap_tx_coalesced,
+            ),
+            (
+                "tap_tx_dropped",
+                "Frames that could not be written to the TAP.",
+                self.tap_tx_dropped,
             ),
         ]
     }

@@ -52,6 +52,9 @@ pub struct ForwardingTable {
     local: u16,
     /// Peers with a ready control connection (their data-path heartbeats are accepted).
     neighbours: Vec<Option<PeerEntry>>,
+    /// The same neighbours, compact and in short-id order: every received datagram looks its
+    /// sender up by address, which must not scan all 4096 slots.
+    neighbour_list: Vec<PeerEntry>,
     /// Every peer in the topology, by short id (its name).
     known: Vec<Option<u64>>,
     /// Destination short id → the neighbour to send toward it.
@@ -66,6 +69,7 @@ impl ForwardingTable {
         Self {
             local,
             neighbours: vec![None; SHORT_IDS],
+            neighbour_list: Vec::new(),
             known: vec![None; SHORT_IDS],
             next_hop: vec![None; SHORT_IDS],
             children: vec![Vec::new(); SHORT_IDS],
@@ -95,6 +99,13 @@ impl ForwardingTable {
         let i = slot(peer.short_id);
         self.neighbours[i] = Some(peer);
         self.known[i] = Some(peer.name);
+        match self
+            .neighbour_list
+            .binary_search_by_key(&i, |n| slot(n.short_id))
+        {
+            Ok(at) => self.neighbour_list[at] = peer,
+            Err(at) => self.neighbour_list.insert(at, peer),
+        }
     }
 
     /// Record a peer of the topology that may be the source or destination of frames.
@@ -128,9 +139,9 @@ impl ForwardingTable {
         self.neighbours[slot(short_id)]
     }
 
-    /// Every neighbour.
+    /// Every neighbour, in short-id order.
     pub fn neighbours(&self) -> impl Iterator<Item = PeerEntry> + '_ {
-        self.neighbours.iter().flatten().copied()
+        self.neighbour_list.iter().copied()
     }
 
     /// The neighbour to send frames for `dest` to.
@@ -497,6 +508,26 @@ mod tests {
 
     fn from(short_id: u16) -> SocketAddr {
         entry(short_id).addr
+    }
+
+    #[test]
+    fn neighbours_are_listed_once_in_short_id_order() {
+        let mut t = ForwardingTable::new(9);
+        t.add_neighbour(entry(3));
+        t.add_neighbour(entry(1));
+        let moved = PeerEntry {
+            addr: "192.0.2.33:6784".parse().unwrap(),
+            ..entry(3)
+        };
+        t.add_neighbour(moved);
+        t.add_neighbour(entry(2));
+        let ids: Vec<(u16, SocketAddr)> = t.neighbours().map(|n| (n.short_id, n.addr)).collect();
+        assert_eq!(
+            ids,
+            vec![(1, from(1)), (2, from(2)), (3, moved.addr)],
+            "sorted, the re-added peer replaced"
+        );
+        assert_eq!(t.neighbour(3), Some(moved));
     }
 
     fn engine(short: u16, table: ForwardingTable) -> Engine {

@@ -36,8 +36,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use weft_mesh::{
     CloseReason, ConnConfig, ConnMaker, ConnMakerConfig, Connection, Event as ConnEvent,
-    GossipConfig, Instant, LocalPeer, Mesh, MeshEvent, PeerName, PeerSummary, PeerUid, ShortId,
-    TOPOLOGY_CHANNEL,
+    GossipConfig, GossipStats, Instant, LocalPeer, Mesh, MeshEvent, PeerName, PeerSummary, PeerUid,
+    ShortId, TOPOLOGY_CHANNEL,
 };
 use weft_overlay::{
     DatagramDecision, Engine, EngineConfig, ForwardingTable, PeerEntry, Relay, TapDecision,
@@ -354,7 +354,7 @@ impl Sim {
     /// `pred` was seen to hold, or `None`.
     pub fn drive_until(
         &mut self,
-        mut pred: impl FnMut(&Sim) -> bool,
+        mut pred: impl FnMut(&Self) -> bool,
         max_time: Instant,
     ) -> Option<Instant> {
         let every = self.config.check_every.max(Duration::from_millis(1));
@@ -467,7 +467,8 @@ impl Sim {
             .all(|h| h.mesh.routes().reachable().count() + 1 == self.hosts.len())
     }
 
-    /// Whether every host knows every host and all hold the same record versions (views agree).
+    /// Whether every host knows every host, all hold the same record versions (views agree) and
+    /// every host's routes are computed from its current view.
     pub fn views_agree(&self) -> bool {
         let n = self.hosts.len();
         let Some(first) = self.hosts.first() else {
@@ -481,7 +482,8 @@ impl Sim {
             .collect();
         reference.len() == n
             && self.hosts.iter().all(|h| {
-                h.mesh.topology().len() == n
+                h.mesh.routes_current()
+                    && h.mesh.topology().len() == n
                     && h.mesh
                         .topology()
                         .peers()
@@ -503,11 +505,19 @@ impl Sim {
         })
     }
 
-    /// Gossip totals over all hosts: (bytes sent, messages sent).
-    pub fn gossip_totals(&self) -> (u64, u64) {
-        self.hosts.iter().fold((0, 0), |(b, m), h| {
+    /// Gossip counters summed over all hosts.
+    pub fn gossip_totals(&self) -> GossipStats {
+        self.hosts.iter().fold(GossipStats::default(), |mut t, h| {
             let s = h.mesh.stats();
-            (b + s.bytes_sent, m + s.messages_sent)
+            t.bytes_sent += s.bytes_sent;
+            t.bytes_received += s.bytes_received;
+            t.messages_sent += s.messages_sent;
+            t.messages_received += s.messages_received;
+            t.full_sent += s.full_sent;
+            t.full_bytes_sent += s.full_bytes_sent;
+            t.records_merged += s.records_merged;
+            t.errors += s.errors;
+            t
         })
     }
 

@@ -1,4 +1,7 @@
 //! Multi-host behaviour of the mesh in the deterministic simulator (ordinary user, no sockets).
+//!
+//! The 100-peer scenario is one test (converging a 100-peer full mesh from a chain costs about
+//! 2 GB of gossip, see the convergence example), reused for the link-cut and broadcast checks.
 
 use std::time::Duration;
 
@@ -30,6 +33,10 @@ fn chain(n: usize, seed: u64, discovery: bool) -> Sim {
     sim
 }
 
+fn converged(s: &Sim) -> bool {
+    s.all_routable() && s.views_agree()
+}
+
 /// Broadcasts from every host; each host must receive each other host's frame exactly once.
 fn assert_broadcast_exactly_once(sim: &mut Sim, tag_base: u32) {
     let n = sim.len();
@@ -50,12 +57,174 @@ fn assert_broadcast_exactly_once(sim: &mut Sim, tag_base: u32) {
     }
 }
 
-#[test]
-fn small_chain_converges() {
-    let mut sim = chain(3, 7, true);
-    let t = sim.drive_until(
-        |s| s.full_mesh() && s.views_agree() && s.all_routable(),
-        secs(60),
+/// Everything observable about a run, for the determinism check.
+fn fingerprint(sim: &Sim) -> String {
+    let mut out = format!(
+        "{:?} {:?} {:?}\n",
+        sim.now(),
+        sim.stats(),
+        sim.gossip_totals()
     );
+    for h in 0..sim.len() {
+        let t = sim.mesh(h).topology();
+        out += &format!("{h}: {:?} {:?}\n", sim.connected_peers(h), t.local());
+    }
+    out
+}
+
+#[test]
+fn hundred_peer_chain_becomes_full_mesh_and_survives_cuts_and_partitions() {
+    let n = 100;
+    let mut sim = chain(n, 1, true);
+    let t = sim.drive_until(|s| s.full_mesh() && converged(s), secs(120));
+    let t = t.expect("100 peers did not converge to a full mesh within 120 s");
+    assert!(t <= secs(30), "converged late: {t}");
+    for h in 0..n {
+        assert_eq!(sim.connected_peers(h).len(), n - 1);
+    }
+    assert_eq!(sim.stats().gossip_errors, 0);
+
+    assert_broadcast_exactly_once(&mut sim, 1_000);
+
+    // Cut single links (several, one at a time): every pair stays routable both ways.
+    for (i, (a, b)) in [(0, 1), (17, 42), (98, 99), (5, 60)]
+        .into_iter()
+        .enumerate()
+    {
+        sim.cut(a, b);
+        let deadline = sim.now() + Duration::from_secs(120);
+        // The cut connection times out (idle timeout) and the topology reflects it.
+        let t = sim.drive_until(
+            |s| !s.connected_peers(a).contains(&b) && !s.connected_peers(b).contains(&a),
+            deadline,
+        );
+        assert!(t.is_some(), "cut {a}-{b} never noticed");
+        let deadline = sim.now() + Duration::from_secs(30);
+        assert!(
+            sim.drive_until(converged, deadline).is_some(),
+            "cut {a}-{b}"
+        );
+        for x in 0..n {
+            for y in 0..n {
+                if x != y {
+                    assert!(sim.routable(x, y), "cut {a}-{b}: {x} cannot reach {y}");
+                }
+            }
+        }
+        // a and b now talk through a third peer.
+        assert_eq!(
+            sim.mesh(a).routes().path(sim.name(b)).map(|p| p.len()),
+            Some(2)
+        );
+        assert_broadcast_exactly_once(&mut sim, 10_000 * (i as u32 + 1));
+        sim.heal();
+    }
+}
+
+#[test]
+fn partition_into_halves_then_heal() {
+    // 40 peers (the 100-peer version works too but re-forming 2500 connections at once costs
+    // minutes of CPU; see the report).
+    let n = 40;
+    let mut sim = chain(n, 2, true);
+    let t = sim.drive_until(|s| s.full_mesh() && converged(s), secs(120));
     assert!(t.is_some(), "did not converge");
+    // Partition into two halves for long enough that every cross connection times out and
+    // garbage collection runs, then heal: routes converge again and nobody is lost for good.
+    let half: Vec<usize> = (0..n / 2).collect();
+    sim.partition(&half);
+    let deadline = sim.now() + Duration::from_secs(120);
+    let split = sim.drive_until(
+        |s| (0..n).all(|h| s.mesh(h).routes().reachable().count() == n / 2 - 1),
+        deadline,
+    );
+    assert!(split.is_some(), "partition never noticed");
+    for h in 0..n {
+        let other_side = if h < n / 2 { n / 2 } else { 0 };
+        assert!(!sim.routable(h, other_side));
+    }
+    sim.run_until(sim.now() + Duration::from_secs(10));
+    sim.heal();
+    let deadline = sim.now() + Duration::from_secs(600);
+    let healed = sim.drive_until(|s| s.full_mesh() && converged(s), deadline);
+    assert!(
+        healed.is_some(),
+        "did not reconverge after the partition healed"
+    );
+    for h in 0..n {
+        assert_eq!(sim.mesh(h).topology().len(), n, "host {h} lost peers");
+    }
+    assert_broadcast_exactly_once(&mut sim, 100_000);
+}
+
+#[test]
+fn twelve_peer_chain_without_discovery_stays_a_chain_but_routes_multi_hop() {
+    let n = 12;
+    let mut sim = chain(n, 3, false);
+    let t = sim.drive_until(converged, secs(60));
+    assert!(t.is_some(), "did not converge");
+    sim.run_until(sim.now() + Duration::from_secs(30));
+    for h in 0..n {
+        let expected: Vec<usize> = [h.checked_sub(1), (h + 1 < n).then_some(h + 1)]
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(sim.connected_peers(h), expected, "host {h}");
+    }
+    assert_eq!(
+        sim.mesh(0).routes().path(sim.name(11)).map(|p| p.len()),
+        Some(11)
+    );
+    assert_broadcast_exactly_once(&mut sim, 1);
+    // Unicast end to end: 11 broadcast above, so 0 has learned its MAC; the frame is relayed
+    // by 1..=10 (by short id, not MAC) and delivered once, at 11 only.
+    sim.unicast(0, 11, 77);
+    sim.run_until(sim.now() + Duration::from_secs(1));
+    for h in 0..n {
+        assert_eq!(sim.received(h, 77), u32::from(h == 11), "host {h}");
+    }
+    assert!(sim.engine(5).counters().relayed_datagrams > 0);
+}
+
+#[test]
+fn same_seed_same_run_other_seed_other_run() {
+    let run = |seed| {
+        let mut sim = chain(20, seed, true);
+        let t = sim.drive_until(|s| s.full_mesh() && converged(s), secs(60));
+        assert!(t.is_some());
+        sim.cut(3, 4);
+        sim.run_until(sim.now() + Duration::from_secs(45));
+        sim.heal();
+        sim.run_until(sim.now() + Duration::from_secs(30));
+        fingerprint(&sim)
+    };
+    let a = run(11);
+    assert_eq!(a, run(11));
+    assert_ne!(a, run(12));
+}
+
+#[test]
+fn forget_stops_redialling_and_replace_switches_targets() {
+    let mut sim = Sim::new(4, config(5, false));
+    sim.add_targets(1, &[0]);
+    sim.add_targets(2, &[1]);
+    let t = sim.drive_until(|s| s.connected_peers(1) == vec![0, 2], secs(30));
+    assert!(t.is_some());
+    // Replace 2's targets: it dials 3 as well; the live connection to 1 stays.
+    sim.replace_targets(2, &[3]);
+    let t = sim.drive_until(
+        |s| s.connected_peers(2) == vec![1, 3],
+        sim.now() + Duration::from_secs(30),
+    );
+    assert!(t.is_some());
+    // 1 forgets 0 and the link breaks: 1 never redials 0.
+    sim.forget_targets(1, &[0]);
+    sim.cut(0, 1);
+    sim.run_until(sim.now() + Duration::from_secs(60));
+    sim.heal();
+    let dials = sim.stats().dials;
+    sim.run_until(sim.now() + Duration::from_secs(600));
+    assert!(!sim.connected_peers(1).contains(&0));
+    assert_eq!(sim.stats().dials, dials, "something redialled");
+    assert!(sim.connmaker(1).targets().is_empty());
 }
