@@ -1,10 +1,16 @@
-//! Layer: driver. `weft attach CIDR... TARGET` and `weft detach [CIDR...] TARGET`: give a
+//! Layer: driver. `weft attach [ADDR...] TARGET` and `weft detach [ADDR...] TARGET`: give a
 //! container (a network namespace, named or by pid) an `ethwe` interface on the bridge.
+//!
+//! ADDR is Weave's: `net:default` (the default when none is given), `net:CIDR` (allocate in
+//! that subnet), `ip:CIDR` or a bare `CIDR` (claim that address). Allocations and claims go
+//! through the router's IPAM (`/ip`) under the target as identifier; an address outside the
+//! allocation range is used as given.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use hyper::{Method, StatusCode};
 use ipnet::Ipv4Net;
 use weft_router::config::{BRIDGE, DEFAULT_MTU};
 use weft_sys::netns::NetNs;
@@ -14,9 +20,9 @@ use crate::{Global, http, runtime};
 /// Arguments of `weft attach`.
 #[derive(Debug, Args)]
 pub(crate) struct AttachArgs {
-    /// Addresses with prefix length (e.g. 10.32.0.5/12), then the target: a network
-    /// namespace name (/run/netns/NAME) or a process id.
-    #[arg(required = true, num_args = 2..)]
+    /// Addresses (net:default, net:CIDR, ip:CIDR, CIDR; default net:default), then the target:
+    /// a network namespace name (/run/netns/NAME) or a process id.
+    #[arg(required = true, num_args = 1..)]
     args: Vec<String>,
 }
 
@@ -28,20 +34,76 @@ pub(crate) struct DetachArgs {
     args: Vec<String>,
 }
 
-fn split(args: &[String]) -> anyhow::Result<(Vec<Ipv4Net>, &str)> {
+/// One address argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AddrSpec {
+    /// Allocate in the router's default subnet.
+    DefaultSubnet,
+    /// Allocate in this subnet.
+    Subnet(Ipv4Net),
+    /// Claim this address.
+    Address(Ipv4Net),
+}
+
+impl std::str::FromStr for AddrSpec {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        if s == "net:default" {
+            return Ok(Self::DefaultSubnet);
+        }
+        let (is_net, cidr) = match s.strip_prefix("net:") {
+            Some(rest) => (true, rest),
+            None => (false, s.strip_prefix("ip:").unwrap_or(s)),
+        };
+        let net: Ipv4Net = cidr.parse().with_context(|| {
+            if cidr.parse::<std::net::Ipv4Addr>().is_ok() {
+                format!("'{s}' has no prefix length: write it like {cidr}/24")
+            } else {
+                format!("'{s}' is not net:default, net:CIDR, ip:CIDR or CIDR")
+            }
+        })?;
+        if is_net {
+            if net.trunc() != net {
+                bail!(
+                    "'{s}' is not a subnet address (did you mean net:{}?)",
+                    net.trunc()
+                );
+            }
+            if net.prefix_len() > 30 {
+                bail!("'{s}' is too small: a subnet needs at least 4 addresses");
+            }
+            Ok(Self::Subnet(net))
+        } else {
+            Ok(Self::Address(net))
+        }
+    }
+}
+
+/// Split the arguments into address specs and the target.
+pub(crate) fn split(args: &[String]) -> anyhow::Result<(Vec<AddrSpec>, &str)> {
     let Some((target, addrs)) = args.split_last() else {
         bail!("missing TARGET")
     };
-    let addrs = addrs
+    let specs = addrs
         .iter()
-        .map(|a| {
-            let a = a.strip_prefix("ip:").unwrap_or(a);
-            a.parse::<Ipv4Net>().with_context(|| {
-                format!("'{a}' is not an IPv4 address with a prefix length (like 10.32.0.5/12)")
-            })
+        .map(|a| a.parse())
+        .collect::<anyhow::Result<Vec<AddrSpec>>>()?;
+    Ok((specs, target))
+}
+
+/// The router's IPAM identifier for a target.
+fn ident(target: &str) -> String {
+    target
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.:-".contains(c) {
+                c
+            } else {
+                '_'
+            }
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok((addrs, target))
+        .collect()
 }
 
 /// The overlay MTU: the running router's, else `WEAVE_MTU`, else the default.
@@ -63,23 +125,85 @@ async fn mtu(global: &Global) -> u32 {
         .unwrap_or(DEFAULT_MTU)
 }
 
+/// Allocate or claim every spec with the router's IPAM; returns the addresses to configure.
+pub(crate) async fn acquire(
+    global: &Global,
+    id: &str,
+    specs: &[AddrSpec],
+) -> anyhow::Result<Vec<Ipv4Net>> {
+    let mut addrs = Vec::new();
+    for spec in specs {
+        let result = acquire_one(global, id, *spec).await;
+        match result {
+            Ok(a) => addrs.push(a),
+            Err(e) => {
+                // Give back what this call already took, so nothing is left half-made.
+                for a in &addrs {
+                    let path = format!("/ip/{id}/{}", a.addr());
+                    let _ = http::request(global.http_addr, Method::DELETE, &path, false).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(addrs)
+}
+
+async fn acquire_one(global: &Global, id: &str, spec: AddrSpec) -> anyhow::Result<Ipv4Net> {
+    let (method, path) = match spec {
+        AddrSpec::DefaultSubnet => (Method::POST, format!("/ip/{id}")),
+        AddrSpec::Subnet(n) => (
+            Method::POST,
+            format!("/ip/{id}/{}/{}", n.addr(), n.prefix_len()),
+        ),
+        AddrSpec::Address(a) => (
+            Method::PUT,
+            format!("/ip/{id}/{}/{}", a.addr(), a.prefix_len()),
+        ),
+    };
+    let reply = http::request(global.http_addr, method, &path, false).await;
+    match (spec, reply) {
+        (AddrSpec::Address(a), Ok((code, _))) if code.is_success() => Ok(a),
+        (AddrSpec::Address(a), Ok((StatusCode::NOT_FOUND, _))) => Ok(a), // IPAM disabled
+        (AddrSpec::Address(a), Err(_)) => {
+            eprintln!("weft: router not reachable; using {a} without recording it in IPAM");
+            Ok(a)
+        }
+        (_, Ok((code, body))) if code.is_success() => body
+            .trim()
+            .parse::<Ipv4Net>()
+            .with_context(|| format!("the router answered '{}' to an allocation", body.trim())),
+        (_, Ok((_, body))) => bail!("{}", body.trim()),
+        (_, Err(e)) => Err(e.context("allocating an address needs a running router")),
+    }
+}
+
 pub(crate) fn attach(global: &Global, args: AttachArgs) -> anyhow::Result<ExitCode> {
-    let (addrs, target) = split(&args.args)?;
-    if addrs.is_empty() {
-        bail!(
-            "weft attach needs at least one address (IPAM allocation comes with a later release)"
-        );
+    let (mut specs, target) = split(&args.args)?;
+    if specs.is_empty() {
+        specs.push(AddrSpec::DefaultSubnet);
     }
     let ns = NetNs::from_target(target)
         .with_context(|| format!("no container or namespace '{target}'"))?;
     let id_hint = target.parse::<u32>().ok();
+    let id = ident(target);
     let attached = runtime()?.block_on(async {
         let nl = weft_sys::netlink::Netlink::new()?;
         if nl.link_index(BRIDGE).await?.is_none() {
             bail!("there is no bridge '{BRIDGE}' here; run 'weft launch' first");
         }
+        let addrs = acquire(global, &id, &specs).await?;
         let mtu = mtu(global).await;
-        Ok(weft_sys::plumb::attach(BRIDGE, &ns, id_hint, &addrs, mtu).await?)
+        match weft_sys::plumb::attach(BRIDGE, &ns, id_hint, &addrs, mtu).await {
+            Ok(a) => Ok(a),
+            Err(e) => {
+                for a in &addrs {
+                    let path = format!("/ip/{id}/{}", a.addr());
+                    let _ = http::request(global.http_addr, Method::DELETE, &path, false).await;
+                }
+                Err(e.into())
+            }
+        }
     })?;
     let ips: Vec<String> = attached
         .addrs
@@ -90,17 +214,72 @@ pub(crate) fn attach(global: &Global, args: AttachArgs) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn detach(_global: &Global, args: DetachArgs) -> anyhow::Result<ExitCode> {
-    let (addrs, target) = split(&args.args)?;
+pub(crate) fn detach(global: &Global, args: DetachArgs) -> anyhow::Result<ExitCode> {
+    let (specs, target) = split(&args.args)?;
+    let addrs: Vec<Ipv4Net> = specs
+        .iter()
+        .map(|s| match s {
+            AddrSpec::Address(a) => Ok(*a),
+            _ => bail!("weft detach takes addresses (ip:CIDR or CIDR), not subnets"),
+        })
+        .collect::<anyhow::Result<_>>()?;
     let ns = NetNs::from_target(target)
         .with_context(|| format!("no container or namespace '{target}'"))?;
+    let id = ident(target);
     runtime()?.block_on(async {
         let which = if addrs.is_empty() {
             None
         } else {
             Some(addrs.as_slice())
         };
-        weft_sys::plumb::detach(&ns, which).await
+        weft_sys::plumb::detach(&ns, which).await?;
+        // Release them in IPAM too (nothing to do if the router is not running).
+        let paths: Vec<String> = if addrs.is_empty() {
+            vec![format!("/ip/{id}")]
+        } else {
+            addrs
+                .iter()
+                .map(|a| format!("/ip/{id}/{}", a.addr()))
+                .collect()
+        };
+        for path in paths {
+            let _ = http::request(global.http_addr, Method::DELETE, &path, false).await;
+        }
+        anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_forms_parse_like_weave() {
+        assert_eq!(
+            "net:default".parse::<AddrSpec>().unwrap(),
+            AddrSpec::DefaultSubnet
+        );
+        assert_eq!(
+            "net:10.32.1.0/24".parse::<AddrSpec>().unwrap(),
+            AddrSpec::Subnet("10.32.1.0/24".parse().unwrap())
+        );
+        assert_eq!(
+            "ip:10.32.1.7/24".parse::<AddrSpec>().unwrap(),
+            AddrSpec::Address("10.32.1.7/24".parse().unwrap())
+        );
+        assert_eq!(
+            "10.32.1.7/24".parse::<AddrSpec>().unwrap(),
+            AddrSpec::Address("10.32.1.7/24".parse().unwrap())
+        );
+        let bare = "10.32.1.7".parse::<AddrSpec>().unwrap_err().to_string();
+        assert!(bare.contains("no prefix length"), "{bare}");
+        let host_bits = "net:10.32.1.7/24"
+            .parse::<AddrSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(host_bits.contains("net:10.32.1.0/24"), "{host_bits}");
+        assert!("net:10.32.1.0/31".parse::<AddrSpec>().is_err());
+        assert!("garbage".parse::<AddrSpec>().is_err());
+    }
 }

@@ -53,6 +53,15 @@ pub(crate) struct LaunchArgs {
     /// Reuse the target list kept from the last run (no peers may be given).
     #[arg(long, conflicts_with = "peers")]
     resume: bool,
+    /// The range IPAM allocates from ("" disables IPAM).
+    #[arg(long, env = "IPALLOC_RANGE", default_value = weft_router::config::DEFAULT_RANGE)]
+    ipalloc_range: String,
+    /// The subnet `net:default` allocates in (default: the whole range).
+    #[arg(long)]
+    ipalloc_default_subnet: Option<ipnet::Ipv4Net>,
+    /// How the range is first divided: consensus[=N], seed=NAME,... or observer.
+    #[arg(long, env = "IPALLOC_INIT", default_value = "consensus")]
+    ipalloc_init: String,
 }
 
 pub(crate) fn launch(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCode> {
@@ -150,6 +159,11 @@ fn launch_flags(args: &LaunchArgs) -> Vec<String> {
     if args.resume {
         flags.push("--resume".to_owned());
     }
+    flags.push(format!("--ipalloc-range={}", args.ipalloc_range));
+    flags.push(format!("--ipalloc-init={}", args.ipalloc_init));
+    if let Some(n) = args.ipalloc_default_subnet {
+        flags.extend(["--ipalloc-default-subnet".to_owned(), n.to_string()]);
+    }
     if let Some(nick) = &args.nickname {
         flags.extend(["--nickname".to_owned(), nick.clone()]);
     }
@@ -170,6 +184,27 @@ fn foreground(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCode> {
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "weft".to_owned()),
     };
+    let ipalloc_range = if args.ipalloc_range.is_empty() {
+        None
+    } else {
+        Some(
+            args.ipalloc_range
+                .parse::<ipnet::Ipv4Net>()
+                .with_context(|| {
+                    format!(
+                        "--ipalloc-range '{}' is not a CIDR like 10.32.0.0/12",
+                        args.ipalloc_range
+                    )
+                })?,
+        )
+    };
+    if let (Some(range), Some(subnet)) = (ipalloc_range, args.ipalloc_default_subnet) {
+        if !range.contains(&subnet) {
+            bail!("--ipalloc-default-subnet {subnet} is not inside --ipalloc-range {range}");
+        }
+    }
+    let ipalloc_init =
+        weft_router::config::parse_ipalloc_init(&args.ipalloc_init).map_err(anyhow::Error::msg)?;
     let config = Config {
         name: args.name,
         nickname,
@@ -189,6 +224,9 @@ fn foreground(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCode> {
         discovery: !args.no_discovery,
         conn_limit: args.conn_limit,
         resume: args.resume,
+        ipalloc_range,
+        ipalloc_default_subnet: args.ipalloc_default_subnet,
+        ipalloc_init,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -248,6 +286,21 @@ pub(crate) fn stop(global: &Global) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) fn reset(global: &Global) -> anyhow::Result<ExitCode> {
+    // Hand our IP ranges to a live peer first, so the space is not orphaned (as Weave's
+    // `DELETE /peer`); then give the message a moment to leave.
+    let rt = runtime()?;
+    let leave = rt.block_on(http::request(
+        global.http_addr,
+        hyper::Method::DELETE,
+        "/peer",
+        false,
+    ));
+    if let Ok((code, body)) = leave {
+        if code.is_success() {
+            eprint!("{body}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
     stop_router(global)?;
     runtime()?.block_on(async {
         let nl = weft_sys::netlink::Netlink::new()?;
@@ -264,7 +317,13 @@ pub(crate) fn reset(global: &Global) -> anyhow::Result<ExitCode> {
         }
         anyhow::Ok(())
     })?;
-    for file in ["peer-name", "short-id"] {
+    for file in [
+        "peer-name",
+        "short-id",
+        "ipam.json",
+        "targets.json",
+        "exposed.json",
+    ] {
         let path = global.state_dir.join(file);
         match std::fs::remove_file(&path) {
             Ok(()) => {}

@@ -69,7 +69,9 @@ async fn send(
         req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
     }
     let req = req.body(Full::new(Bytes::from(form.unwrap_or_default())))?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+    // Allocations may wait for consensus or for another peer to donate space.
+    let limit = if path.starts_with("/ip") { 120 } else { 10 };
+    let resp = tokio::time::timeout(Duration::from_secs(limit), sender.send_request(req))
         .await
         .map_err(|_| anyhow::anyhow!("the weft API on {addr} did not answer"))??;
     let status = resp.status();

@@ -6,6 +6,7 @@
 
 mod attach;
 mod daemon;
+mod expose;
 mod http;
 mod status;
 
@@ -68,6 +69,14 @@ enum Command {
     Connect(status::ConnectArgs),
     /// Stop (re)dialling these peers; connections that are up stay up.
     Forget(status::ForgetArgs),
+    /// Take over the IP ranges of a dead peer (by name or nickname).
+    Rmpeer(status::RmpeerArgs),
+    /// Give the host an address on the bridge: `weft expose [ADDR...] [--without-masquerade]`.
+    Expose(expose::ExposeArgs),
+    /// Take exposed addresses off the bridge (all when none are given).
+    Hide(expose::HideArgs),
+    /// List the bridge (`weave:expose`) and the attached containers with MAC and addresses.
+    Ps(expose::PsArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +100,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::status(&cli.global, args),
         Command::Connect(args) => status::connect(&cli.global, args),
         Command::Forget(args) => status::forget(&cli.global, args),
+        Command::Rmpeer(args) => status::rmpeer(&cli.global, args),
+        Command::Expose(args) => expose::expose(&cli.global, args),
+        Command::Hide(args) => expose::hide(&cli.global, args),
+        Command::Ps(args) => expose::ps(&cli.global, args),
     }
 }
 

@@ -87,3 +87,36 @@ fn post_form(global: &Global, path: &str, form: String) -> anyhow::Result<ExitCo
         Ok(ExitCode::FAILURE)
     }
 }
+
+/// Arguments of `weft rmpeer`.
+#[derive(Debug, Args)]
+pub(crate) struct RmpeerArgs {
+    /// Peers (name or nickname) whose IP ranges this peer takes over.
+    #[arg(required = true)]
+    peers: Vec<String>,
+}
+
+pub(crate) fn rmpeer(global: &Global, args: RmpeerArgs) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let mut failed = false;
+    for peer in &args.peers {
+        let path = format!("/peer/{}", http::form_escape(peer));
+        let (code, body) = rt.block_on(http::request(
+            global.http_addr,
+            hyper::Method::DELETE,
+            &path,
+            false,
+        ))?;
+        if code.is_success() {
+            print!("{body}");
+        } else {
+            eprint!("{body}");
+            failed = true;
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -29,6 +29,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/connect", post(connect))
         .route("/forget", post(forget))
+        .merge(crate::expose::routes())
+        .merge(crate::ipam::routes())
         .with_state(shared)
 }
 
@@ -73,6 +75,22 @@ async fn status_sub(
         "connections" => render_connections(&report).into_response(),
         "targets" if as_json => json(&report.targets),
         "targets" => render_targets(&report).into_response(),
+        "ipam" => {
+            let state = shared.lock();
+            match state.ipam.as_ref() {
+                Some(drv) => {
+                    let st = drv.ipam.status();
+                    if as_json {
+                        json(&ipam_json(&st))
+                    } else {
+                        render_ipam(&st).into_response()
+                    }
+                }
+                None => {
+                    (StatusCode::NOT_FOUND, "IPAM is disabled on this router\n").into_response()
+                }
+            }
+        }
         _ => (
             StatusCode::NOT_FOUND,
             format!("unknown status report '{sub}'\n"),
@@ -463,4 +481,54 @@ pub fn render_peers(r: &StatusReport) -> String {
 /// `weft status targets`: one target per line.
 pub fn render_targets(r: &StatusReport) -> String {
     r.targets.iter().map(|t| format!("{t}\n")).collect()
+}
+
+fn ipam_json(st: &weft_ipam::IpamStatus) -> serde_json::Value {
+    let peers: Vec<serde_json::Value> = st
+        .peers
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "name": p.peer.to_string(),
+                "nickname": p.nickname,
+                "owned": p.owned,
+                "free": p.free,
+                "percent": p.percent,
+                "reachable": p.reachable,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "status": st.state.to_string(),
+        "range": st.range.to_string(),
+        "default_subnet": st.default_subnet.to_string(),
+        "pending": st.pending,
+        "allocated": st.allocated,
+        "peers": peers,
+    })
+}
+
+/// `weft status ipam`: state, range, and each peer's share of it.
+pub fn render_ipam(st: &weft_ipam::IpamStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "        Service: ipam");
+    let _ = writeln!(out, "         Status: {}", st.state);
+    let _ = writeln!(out, "          Range: {}", st.range);
+    let _ = writeln!(out, "  DefaultSubnet: {}", st.default_subnet);
+    let _ = writeln!(
+        out,
+        "      Allocated: {} (pending {})",
+        st.allocated, st.pending
+    );
+    for p in &st.peers {
+        let nick = p.nickname.as_deref().unwrap_or("");
+        let who = format!("{}({nick})", p.peer);
+        let reach = if p.reachable { "" } else { " - unreachable!" };
+        let _ = writeln!(
+            out,
+            "{who:<37} {:>8} IPs ({:.1}% of total){reach}",
+            p.owned, p.percent
+        );
+    }
+    out
 }

@@ -9,6 +9,8 @@ use weft_mesh::PeerName;
 pub const DEFAULT_MTU: u32 = 1376;
 /// TCP control port; the UDP data port is this plus one.
 pub const DEFAULT_PORT: u16 = 6783;
+/// The default allocation range, as in Weave.
+pub const DEFAULT_RANGE: &str = "10.32.0.0/12";
 /// Name of the bridge every container and the TAP join.
 pub const BRIDGE: &str = "weave";
 /// Name of the TAP device the router reads frames from.
@@ -47,6 +49,12 @@ pub struct Config {
     pub conn_limit: usize,
     /// Reuse the target list kept in the state directory (instead of `peers`).
     pub resume: bool,
+    /// The range IPAM allocates from; `None` disables IPAM.
+    pub ipalloc_range: Option<ipnet::Ipv4Net>,
+    /// The subnet `net:default` allocates in (the whole range if not given).
+    pub ipalloc_default_subnet: Option<ipnet::Ipv4Net>,
+    /// How the ring is first divided.
+    pub ipalloc_init: weft_ipam::InitMode,
 }
 
 impl Default for Config {
@@ -67,6 +75,9 @@ impl Default for Config {
             discovery: true,
             conn_limit: 200,
             resume: false,
+            ipalloc_range: Some(DEFAULT_RANGE.parse().expect("a valid CIDR literal")),
+            ipalloc_default_subnet: None,
+            ipalloc_init: weft_ipam::InitMode::Consensus { quorum: None },
         }
     }
 }
@@ -105,4 +116,40 @@ pub fn parse_peer(peer: &str, default_port: u16) -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot resolve peer '{peer}': {e}"))?
         .next()
         .ok_or_else(|| format!("peer '{peer}' has no address"))
+}
+
+/// Parse `--ipalloc-init`: `consensus[=N]`, `seed=NAME,...` or `observer`.
+pub fn parse_ipalloc_init(s: &str) -> Result<weft_ipam::InitMode, String> {
+    use weft_ipam::InitMode;
+    if s == "observer" {
+        return Ok(InitMode::Observer);
+    }
+    if s == "consensus" {
+        return Ok(InitMode::Consensus { quorum: None });
+    }
+    if let Some(n) = s.strip_prefix("consensus=") {
+        let n: usize = n
+            .parse()
+            .map_err(|_| format!("invalid quorum count in '{s}'"))?;
+        if n == 0 {
+            return Err("--ipalloc-init consensus=N needs N of at least 1".into());
+        }
+        return Ok(InitMode::Consensus { quorum: Some(n) });
+    }
+    if let Some(list) = s.strip_prefix("seed=") {
+        let names = list
+            .split(',')
+            .map(|n| {
+                n.parse::<PeerName>()
+                    .map_err(|_| format!("invalid peer name '{n}' in '{s}'"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if names.is_empty() {
+            return Err("--ipalloc-init seed= needs at least one peer name".into());
+        }
+        return Ok(InitMode::Seed(names));
+    }
+    Err(format!(
+        "invalid --ipalloc-init '{s}': expected consensus[=N], seed=NAME,... or observer"
+    ))
 }

@@ -129,12 +129,21 @@ impl Control {
                 let now = self.clock.now();
                 state.mesh.handle_timeout(now);
                 self.drain_mesh(&mut state);
+                if let Some(drv) = state.ipam.as_mut() {
+                    drv.ipam.handle_timeout(now);
+                }
+                self.drain_ipam(&mut state);
                 let current = state.conns.len();
                 let dials = state.connmaker.poll_dial(now, current);
-                let deadline = [state.mesh.poll_timeout(), state.connmaker.poll_timeout()]
-                    .into_iter()
-                    .flatten()
-                    .min();
+                let ipam_timeout = state.ipam.as_ref().and_then(|d| d.ipam.poll_timeout());
+                let deadline = [
+                    state.mesh.poll_timeout(),
+                    state.connmaker.poll_timeout(),
+                    ipam_timeout,
+                ]
+                .into_iter()
+                .flatten()
+                .min();
                 (deadline, dials)
             };
             for addr in dials {
@@ -194,11 +203,80 @@ impl Control {
         if changed {
             let now = self.clock.now();
             let State {
-                mesh, connmaker, ..
+                mesh,
+                connmaker,
+                ipam,
+                ..
             } = state;
             connmaker.update_from_topology(now, mesh.topology());
+            if let Some(drv) = ipam.as_mut() {
+                let known: Vec<PeerName> = mesh.topology().peers().map(|p| p.name).collect();
+                let reachable: Vec<PeerName> = mesh.routes().reachable().collect();
+                drv.ipam.peers_changed(now, &known, &reachable);
+                drv.ipam
+                    .set_quorum_hint(connmaker.direct_targets().len() + 1);
+            }
             self.publish_table(state);
         }
+    }
+
+    /// The peers we have a registered (handshake done) connection with.
+    fn neighbour_names(state: &State) -> Vec<PeerName> {
+        state
+            .conns
+            .values()
+            .filter(|r| r.owns_dataplane_peer)
+            .filter_map(|r| r.remote.and_then(|p| PeerName::new(p.name)))
+            .collect()
+    }
+
+    /// Send channel envelopes to neighbours.
+    fn send_channel(state: &State, channel: u8, out: Vec<(PeerName, Vec<u8>)>) {
+        for (peer, payload) in out {
+            let conn = state
+                .conns
+                .values()
+                .find(|r| r.owns_dataplane_peer && r.remote.is_some_and(|p| p.name == peer.get()));
+            if let Some(conn) = conn {
+                let _ = conn
+                    .commands
+                    .send(ConnCommand::Send(Message::Gossip { channel, payload }));
+            }
+        }
+    }
+
+    /// Send what IPAM queued, complete finished requests, keep its state on disk.
+    fn drain_ipam(&self, state: &mut State) {
+        let neighbours = Self::neighbour_names(state);
+        let Some(drv) = state.ipam.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        while let Some((dest, payload)) = drv.ipam.poll_transmit() {
+            let dest = match dest {
+                weft_ipam::Dest::Broadcast => None,
+                weft_ipam::Dest::Unicast(p) => Some(p),
+            };
+            out.extend(
+                drv.channel
+                    .send(dest, payload, &neighbours, state.mesh.routes()),
+            );
+        }
+        let mut persist = false;
+        while let Some(event) = drv.ipam.poll_event() {
+            match event {
+                weft_ipam::IpamEvent::Done { id, result } => {
+                    if let Some(tx) = drv.pending.remove(&id) {
+                        let _ = tx.send(result);
+                    }
+                }
+                weft_ipam::IpamEvent::StateChanged => persist = true,
+            }
+        }
+        if persist {
+            drv.persist();
+        }
+        Self::send_channel(state, crate::ipam::IPAM_CHANNEL, out);
     }
 
     /// Dial `addr` once and run the connection; tell the connection maker how it went.
@@ -430,12 +508,16 @@ impl Control {
     }
 
     fn on_gossip(&self, remote: RemoteInfo, channel: u8, payload: &[u8]) {
-        if channel != TOPOLOGY_CHANNEL {
-            return;
-        }
         let Some(from) = PeerName::new(remote.name) else {
             return;
         };
+        if channel == crate::ipam::IPAM_CHANNEL {
+            self.on_ipam_envelope(from, payload);
+            return;
+        }
+        if channel != TOPOLOGY_CHANNEL {
+            return;
+        }
         {
             let mut state = self.shared.lock();
             let now = self.clock.now();
@@ -443,6 +525,37 @@ impl Control {
                 state.gossip_errors += 1;
                 tracing::warn!("gossip from {from}: {e}");
             }
+        }
+        self.shared.wake.notify_one();
+    }
+
+    fn on_ipam_envelope(&self, from: PeerName, bytes: &[u8]) {
+        {
+            let mut state = self.shared.lock();
+            let now = self.clock.now();
+            let neighbours = Self::neighbour_names(&state);
+            let State {
+                ipam,
+                mesh,
+                ipam_errors,
+                ..
+            } = &mut *state;
+            let Some(drv) = ipam.as_mut() else { return };
+            let handled = match drv.channel.handle(from, bytes, &neighbours, mesh.routes()) {
+                Ok(h) => h,
+                Err(e) => {
+                    *ipam_errors += 1;
+                    tracing::warn!("IPAM message from {from}: {e}");
+                    return;
+                }
+            };
+            if let Some((origin, payload)) = handled.deliver {
+                if let Err(e) = drv.ipam.handle_message(now, origin, &payload) {
+                    *ipam_errors += 1;
+                    tracing::warn!("IPAM message from {origin}: {e}");
+                }
+            }
+            Self::send_channel(&state, crate::ipam::IPAM_CHANNEL, handled.forward);
         }
         self.shared.wake.notify_one();
     }

@@ -18,7 +18,9 @@ pub mod api;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod expose;
 pub mod identity;
+pub mod ipam;
 pub mod run;
 pub mod state;
 

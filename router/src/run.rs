@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
+use weft_ipam::{Ipam, IpamConfig};
 use weft_mesh::{
     ConnMaker, ConnMakerConfig, GossipConfig, Instant, LocalPeer, Mesh, PeerSummary, PeerUid,
 };
@@ -105,6 +106,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     );
     connmaker.add_targets(Instant::ZERO, &targets);
     save_targets(&targets_file, &connmaker.direct_targets())?;
+    let ipam = match config.ipalloc_range {
+        Some(universe) => {
+            let ipam_config = IpamConfig {
+                universe,
+                default_subnet: config.ipalloc_default_subnet.unwrap_or(universe),
+                init: config.ipalloc_init.clone(),
+            };
+            let mut ipam = Ipam::new(
+                id.name,
+                config.nickname.clone(),
+                ipam_config,
+                uid,
+                Instant::ZERO,
+            )
+            .map_err(|e| anyhow::anyhow!("IPAM: {e}"))?;
+            let snapshot_file = config.state_dir.join("ipam.json");
+            crate::ipam::restore(&mut ipam, &snapshot_file);
+            ipam.set_quorum_hint(connmaker.direct_targets().len() + 1);
+            Some(crate::ipam::IpamDriver {
+                ipam,
+                channel: weft_mesh::ChannelRouter::new(id.name, uid),
+                pending: std::collections::HashMap::new(),
+                snapshot_file,
+            })
+        }
+        None => None,
+    };
+    let mut state = State::new(mesh, connmaker);
+    state.ipam = ipam;
     let shared = Arc::new(Shared {
         info: RouterInfo {
             name: id.name.to_string(),
@@ -119,7 +149,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             protocol_max: PROTOCOL_MAX,
             discovery: config.discovery,
         },
-        state: Mutex::new(State::new(mesh, connmaker)),
+        state: Mutex::new(state),
         dataplane: dp_tx.clone(),
         wake: tokio::sync::Notify::new(),
         targets_file,
@@ -163,6 +193,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tasks.spawn(control.clone().pump(ev_rx));
     tasks.spawn(control.clone().listen(listener));
     tasks.spawn(control.clone().run());
+    // Put exposed addresses and their iptables rules back (weave-reference.md §3).
+    if let Err(e) = crate::expose::reexpose(&shared).await {
+        tracing::warn!("re-exposing addresses: {e:#}");
+    }
     let app = api::router(shared.clone());
     tasks.spawn(async move {
         if let Err(e) = axum::serve(http, app).await {

@@ -93,6 +93,10 @@ pub struct State {
     pub handshake_failures: u64,
     /// Gossip payloads refused as malformed or invalid.
     pub gossip_errors: u64,
+    /// IPAM, unless disabled with `--ipalloc-range ""`.
+    pub ipam: Option<crate::ipam::IpamDriver>,
+    /// IPAM messages refused as malformed or invalid.
+    pub ipam_errors: u64,
 }
 
 impl State {
@@ -105,6 +109,8 @@ impl State {
             counters: Counters::default(),
             handshake_failures: 0,
             gossip_errors: 0,
+            ipam: None,
+            ipam_errors: 0,
         }
     }
 }

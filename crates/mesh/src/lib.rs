@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod channel;
 pub mod connection;
 pub mod connmaker;
 pub mod gossip;
@@ -37,6 +38,7 @@ pub mod topology;
 #[cfg(test)]
 mod tests;
 
+pub use channel::{ChannelError, ChannelRouter, Envelope, Handled};
 pub use connection::{
     CloseReason, ConnConfig, ConnState, Connection, Event, ProtocolError, SendError,
 };

@@ -7,10 +7,12 @@
 //! - [`udp`]: a UDP socket with `recvmmsg`/`sendmmsg` batches, UDP GSO sends and GRO receives;
 //! - [`netns`]: network namespaces held by fd, and running code inside one on a fresh thread;
 //! - [`netlink`]: rtnetlink operations (links, addresses, routes) bound to one namespace;
-//! - [`plumb`]: Weave's container attach/detach (veth pair, `ethwe`, gratuitous ARP).
+//! - [`plumb`]: Weave's container attach/detach (veth pair, `ethwe`, gratuitous ARP);
+//! - [`firewall`]: the iptables chains and rules of `expose`/`hide` (runs `iptables`).
 //!
 //! Every `unsafe` block carries a `// SAFETY:` comment.
 
+pub mod firewall;
 pub mod netlink;
 pub mod netns;
 pub mod plumb;
