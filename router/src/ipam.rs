@@ -50,7 +50,7 @@ pub struct IpamDriver {
 impl IpamDriver {
     /// Keep the snapshot on disk (called after every change the state machine reports).
     pub fn persist(&self) {
-        match serde_json::to_vec_pretty(&self.ipam.snapshot()) {
+        match serde_json::to_vec(&self.ipam.snapshot()) {
             Ok(json) => {
                 if let Err(e) = crate::identity::write_atomic(&self.snapshot_file, &json) {
                     tracing::error!(
@@ -110,6 +110,7 @@ pub fn routes() -> Router<Arc<Shared>> {
             "/ip/{id}/{a}/{b}",
             post(allocate_in).put(claim).get(lookup_in),
         )
+        .route("/ring", get(ring))
         .route("/peer", delete(leave))
         .route("/peer/{name}", delete(rmpeer))
 }
@@ -362,6 +363,32 @@ async fn release_one(
     }
 }
 
+/// `GET /ring` (`weave prime`): start initialisation if needed and answer once this peer has
+/// a ring.
+async fn ring(State(shared): State<Arc<Shared>>) -> Response {
+    {
+        let mut state = shared.lock();
+        let now = shared.clock.now();
+        let Some(drv) = state.ipam.as_mut() else {
+            return no_ipam().into_response();
+        };
+        drv.ipam.prime(now);
+    }
+    shared.wake.notify_one();
+    loop {
+        {
+            let state = shared.lock();
+            if let Some(drv) = state.ipam.as_ref() {
+                if !drv.ipam.ring().is_empty() {
+                    return (StatusCode::OK, format!("{}\n", drv.ipam.status().state))
+                        .into_response();
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// `DELETE /peer`: hand our ranges to a live peer before leaving (`weft reset`).
 async fn leave(State(shared): State<Arc<Shared>>) -> Response {
     let heir = {
@@ -384,6 +411,8 @@ async fn rmpeer(State(shared): State<Arc<Shared>>, UrlPath(name): UrlPath<String
     let result = {
         let mut state = shared.lock();
         let now = shared.clock.now();
+        // A dead peer may already be gone from the topology; IPAM remembers the nicknames of
+        // the peers owning ranges.
         let peer = name.parse::<PeerName>().ok().or_else(|| {
             state
                 .mesh
@@ -391,6 +420,12 @@ async fn rmpeer(State(shared): State<Arc<Shared>>, UrlPath(name): UrlPath<String
                 .peers()
                 .find(|p| p.nickname == name)
                 .map(|p| p.name)
+                .or_else(|| {
+                    state
+                        .ipam
+                        .as_ref()
+                        .and_then(|d| d.ipam.peer_by_nickname(&name))
+                })
         });
         let Some(peer) = peer else {
             return (StatusCode::NOT_FOUND, format!("unknown peer '{name}'\n")).into_response();

@@ -75,6 +75,57 @@ fn tcp_request(h: &Host, c: &Container) -> Result<String> {
     Ok(out.stdout.trim().to_owned())
 }
 
+/// A process in a network namespace of its own (`unshare -n sleep`), killed on drop.
+struct Sleeper(std::process::Child);
+
+impl Sleeper {
+    fn spawn() -> Result<Self> {
+        let child = std::process::Command::new("unshare")
+            .args(["-n", "sleep", "120"])
+            .spawn()
+            .context("spawning unshare -n sleep")?;
+        let s = Self(child);
+        let pid = s.pid();
+        // Wait until it runs in its own namespace.
+        wait_until(
+            "the sleeper to enter its namespace",
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            || {
+                let mine = std::fs::read_link("/proc/self/ns/net")?;
+                let its = std::fs::read_link(format!("/proc/{pid}/ns/net"))?;
+                ensure!(mine != its, "still in the test's namespace");
+                Ok(())
+            },
+        )?;
+        Ok(s)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// MAC of `ethwe` in its namespace.
+    fn ethwe_mac(&self) -> Result<String> {
+        let pid = self.pid().to_string();
+        let out = weft_tests::Cmd::new("nsenter")
+            .args(["-t", &pid, "-n", "ip", "-j", "link", "show", "dev", "ethwe"])
+            .run_ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out.stdout)?;
+        v[0]["address"]
+            .as_str()
+            .map(str::to_ascii_lowercase)
+            .with_context(|| format!("no address in {}", out.stdout))
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn expose_hide_restart_and_ps() {
     run_test("expose", |net| {
@@ -176,6 +227,20 @@ fn expose_hide_restart_and_ps() {
         // Asking for one container lists only it.
         let one = h2.weft_ok(&["ps", c.ns()])?;
         ensure!(one.trim() == want, "weft ps {} printed {one:?}", c.ns());
+
+        // A container attached by pid is listed under its pid.
+        let sleeper = Sleeper::spawn()?;
+        let pid = sleeper.pid().to_string();
+        let h3 = &hosts[2];
+        h3.weft_ok(&["attach", "10.32.1.9/24", &pid])?;
+        let mac = sleeper.ethwe_mac()?;
+        let ps = h3.weft_ok(&["ps"])?;
+        let want = format!("{pid} {mac} 10.32.1.9/24");
+        ensure!(
+            ps.lines().any(|l| l == want),
+            "weft ps on host 3 lacks {want:?}:\n{ps}"
+        );
+        drop(sleeper);
 
         // Hide: the address and the rules go, and the containers are out of reach.
         let out = master.weft_ok(&["hide"])?;

@@ -297,6 +297,9 @@ pub struct Ipam {
     ring: Ring,
     phase: Phase,
     allocs: BTreeMap<u32, (String, u8)>,
+    /// The allocated addresses as maximal runs `start -> end` (exclusive), so the lowest free
+    /// address is found in O(log n).
+    runs: BTreeMap<u32, u64>,
     by_ident: BTreeMap<String, BTreeSet<u32>>,
     pending: Vec<Pending>,
     next_id: RequestId,
@@ -387,6 +390,7 @@ impl Ipam {
             ring,
             phase,
             allocs: BTreeMap::new(),
+            runs: BTreeMap::new(),
             by_ident: BTreeMap::new(),
             pending: Vec::new(),
             next_id: 1,
@@ -784,6 +788,7 @@ impl Ipam {
             });
         }
         self.allocs.insert(a, (ident.to_owned(), prefix));
+        self.runs_insert(a);
         self.by_ident.entry(ident.to_owned()).or_default().insert(a);
         self.adjust_free(a, false, now);
         self.state_changed = true;
@@ -854,6 +859,7 @@ impl Ipam {
         let mut freed = Vec::new();
         for a in addrs {
             if let Some((_, prefix)) = self.allocs.remove(&a) {
+                self.runs_remove(a);
                 freed.push(net(a, prefix));
                 if let Some(s) = self.by_ident.get_mut(ident) {
                     s.remove(&a);
@@ -922,18 +928,48 @@ impl Ipam {
                 continue;
             }
             let mut cand = s;
-            for (&a, _) in self.allocs.range(to_u32(s)..) {
-                let a = u64::from(a);
-                if a >= e || a > cand {
-                    break;
-                }
-                cand = a + 1;
+            if let Some((_, &end)) = self.runs.range(..=to_u32(cand)).next_back() {
+                // Runs are maximal, so the end of the run holding `cand` is free.
+                cand = cand.max(end);
             }
             if cand < e {
                 return Some(to_u32(cand));
             }
         }
         None
+    }
+
+    fn runs_insert(&mut self, a: u32) {
+        let (mut start, mut end) = (a, u64::from(a) + 1);
+        if let Some((&s, &e)) = self.runs.range(..=a).next_back() {
+            if e >= u64::from(a) {
+                start = s;
+                end = end.max(e);
+                self.runs.remove(&s);
+            }
+        }
+        if let Ok(next) = u32::try_from(end) {
+            if let Some(e) = self.runs.remove(&next) {
+                end = e;
+            }
+        }
+        self.runs.insert(start, end);
+    }
+
+    fn runs_remove(&mut self, a: u32) {
+        let Some((&s, &e)) = self.runs.range(..=a).next_back() else {
+            return;
+        };
+        if e <= u64::from(a) {
+            return;
+        }
+        self.runs.remove(&s);
+        if s < a {
+            self.runs.insert(s, u64::from(a));
+        }
+        if u64::from(a) + 1 < e {
+            self.runs.insert(a + 1, e);
+        }
     }
 
     /// Our free chunks `[start, end)` within `subnet`'s host range.
@@ -1614,6 +1650,7 @@ impl Ipam {
             }
             self.allocs
                 .insert(a, (o.ident.clone(), o.addr.prefix_len()));
+            self.runs_insert(a);
             self.by_ident.entry(o.ident).or_default().insert(a);
         }
         if !self.ring.is_empty()

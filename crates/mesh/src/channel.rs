@@ -106,7 +106,12 @@ impl ChannelRouter {
     ) -> Result<Handled, ChannelError> {
         let env: Envelope = postcard::from_bytes(bytes).map_err(|_| ChannelError::Malformed)?;
         if env.origin == self.local {
-            return Err(ChannelError::FromSelf);
+            // Our own broadcast coming back round a cycle is a harmless duplicate; a unicast
+            // from ourselves is a routing loop or a forgery.
+            return match env.dest {
+                None => Ok(Handled::default()),
+                Some(_) => Err(ChannelError::FromSelf),
+            };
         }
         match env.dest {
             Some(dest) if dest == self.local => Ok(Handled {
@@ -142,7 +147,7 @@ impl ChannelRouter {
             None => neighbours
                 .iter()
                 .copied()
-                .filter(|n| Some(*n) != came_from)
+                .filter(|n| Some(*n) != came_from && *n != env.origin)
                 .collect(),
             Some(dest) => {
                 let hop = if neighbours.contains(&dest) {
@@ -243,6 +248,12 @@ mod tests {
                 .unwrap(),
             Handled::default()
         );
+        // In a triangle, B never sends A's broadcast back to A, nor to C it came from.
+        let mut c2b = ChannelRouter::new(name(2), 900);
+        let tri = c2b
+            .handle(name(3), &out[0].1, &[name(1), name(3)], &r2)
+            .unwrap();
+        assert!(tri.forward.is_empty(), "{:?}", tri.forward);
     }
 
     #[test]
@@ -280,10 +291,21 @@ mod tests {
             c2.handle(name(1), &[0xff, 0xff, 0xff], &[name(1)], &r2),
             Err(ChannelError::Malformed)
         );
-        let forged = postcard::to_allocvec(&Envelope {
+        let echo = postcard::to_allocvec(&Envelope {
             origin: name(2),
             dest: None,
             seq: 5,
+            payload: vec![],
+        })
+        .unwrap();
+        assert_eq!(
+            c2.handle(name(1), &echo, &[name(1)], &r2),
+            Ok(Handled::default())
+        );
+        let forged = postcard::to_allocvec(&Envelope {
+            origin: name(2),
+            dest: Some(name(3)),
+            seq: 6,
             payload: vec![],
         })
         .unwrap();
