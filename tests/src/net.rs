@@ -481,6 +481,40 @@ impl Host {
     }
 }
 
+impl Host {
+    /// A container attached with address specs the router's IPAM resolves (`net:default`,
+    /// `net:CIDR`, ...): the address is read back from what `weft attach` printed and from
+    /// `ethwe`.
+    pub fn container_alloc(&self, name: &str, specs: &[&str]) -> Result<Container> {
+        let k = self.shared.containers.fetch_add(1, Ordering::Relaxed) + 1;
+        let ns = format!("{}c{k}", self.shared.prefix);
+        create_netns(&ns)?;
+        let mut args = vec!["attach"];
+        args.extend_from_slice(specs);
+        args.push(&ns);
+        let out = self
+            .weft_ok(&args)
+            .with_context(|| format!("attaching container {name} ({ns}) on host {}", self.n))?;
+        let printed = out
+            .split_whitespace()
+            .next()
+            .context("weft attach printed no address")?;
+        let shown = ip(["-n", &ns, "-4", "-o", "addr", "show", "ethwe"])?;
+        let cidr = shown
+            .split_whitespace()
+            .find(|w| w.split('/').next() == Some(printed))
+            .with_context(|| format!("weft attach printed {printed}, ethwe shows {shown:?}"))?
+            .to_owned();
+        Ok(Container {
+            name: name.to_owned(),
+            ip: parse_cidr_ip(&cidr)?,
+            cidr,
+            ns,
+            host: Some(self.clone()),
+        })
+    }
+}
+
 impl Container {
     /// A container handle for a namespace built by other means (benches).
     pub fn from_ns(name: &str, ns: &str, cidr: &str) -> Result<Self> {

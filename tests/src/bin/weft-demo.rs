@@ -1,13 +1,14 @@
-//! weft demo (driver layer, needs root): three "hosts" in network namespaces, each running a
-//! weft router with one "container", a ping matrix between the containers, `weft status` of
-//! one host, then everything is removed again.
+//! weft demo (driver layer, needs root): three "slave" hosts in network namespaces, each running
+//! a weft router with one "container" whose address IPAM allocates in 10.32.1.0/24, a ping
+//! matrix between the containers, a "master" host that runs `weft expose net:10.32.1.0/24` and
+//! reaches them, `weft status`, `status ipam`, `ps` of one host; then everything is removed.
 //!
 //! Run: `cargo build --release -p weft-cli && cargo run --release -p weft-tests --bin weft-demo`
 //! (the weft binary is taken from `$WEFT_BIN` or the same cargo profile directory).
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use weft_tests::{TestNet, find_weft_bin};
 
 fn main() {
@@ -22,8 +23,8 @@ fn run() -> Result<()> {
     println!("weft binary: {}", bin.display());
     let net = TestNet::new("demo")?;
     println!(
-        "namespaces: {p}ul (underlay bridge), {p}h1..h3 (hosts 192.0.2.11-13), {p}c1..c3 \
-         (containers)\n",
+        "namespaces: {p}ul (underlay bridge), {p}h1..h4 (hosts 192.0.2.11-14, h4 = master), \
+         {p}c1..c3 (containers)\n",
         p = net.prefix()
     );
     let res = demo(&net);
@@ -35,16 +36,34 @@ fn run() -> Result<()> {
 }
 
 fn demo(net: &TestNet) -> Result<()> {
-    println!("launching routers: host1 alone, host2 -> host1, host3 -> host1 host2");
-    let (hosts, ctrs) = net.mesh(3).context("building three hosts")?;
-    for c in &ctrs {
+    // The motivating setup: three Mesos slaves, each with a Chronos container on one flat
+    // network, and a master that must reach them.
+    println!(
+        "launching routers: host1 alone, host2 -> host1, host3 -> host1 host2, master -> host1"
+    );
+    let h1 = net.host(1)?;
+    let h2 = net.host(2)?;
+    let h3 = net.host(3)?;
+    let master = net.host(4)?;
+    h1.launch(&[])?;
+    h2.launch(&[&h1])?;
+    h3.launch(&[&h1, &h2])?;
+    master.launch(&[&h1])?;
+
+    println!(
+        "\nattaching one container per slave with `weft attach net:10.32.1.0/24` (IPAM allocates):"
+    );
+    let mut ctrs = Vec::new();
+    for (i, h) in [&h1, &h2, &h3].into_iter().enumerate() {
+        let c = h.container_alloc(&format!("c{}", i + 1), &["net:10.32.1.0/24"])?;
         println!(
-            "  container {} = {} ({}) on {}",
+            "  {} on host{} = {} ({})",
             c.name(),
+            h.n(),
             c.cidr(),
-            c.mac()?,
-            c.ns()
+            c.mac()?
         );
+        ctrs.push(c);
     }
 
     println!("\nping matrix (3 pings each, replies/sent, median RTT):\n");
@@ -72,14 +91,28 @@ fn demo(net: &TestNet) -> Result<()> {
         println!();
     }
 
-    // ---- expose: `weft expose` comes with the IPAM issue; show host1 reaching its containers
-    // ---- here once it exists.
+    println!("\n$ weft expose net:10.32.1.0/24   (master)");
+    let exposed = master.weft_ok(&["expose", "net:10.32.1.0/24"])?;
+    println!("{}", exposed.trim());
+    for c in &ctrs {
+        let out = master.exec(&["ping", "-n", "-c", "2", "-W", "2", &c.ip().to_string()])?;
+        let verdict = if out.success() {
+            "reachable"
+        } else {
+            "NOT reachable"
+        };
+        println!("  master -> {} {}: {verdict}", c.name(), c.ip());
+    }
 
-    let h1 = &hosts[0];
-    println!("\n$ weft status   (host1)\n{}", h1.weft_ok(&["status"])?);
+    println!(
+        "\n$ weft status ipam   (host1)\n{}",
+        h1.weft_ok(&["status", "ipam"])?
+    );
+    println!("$ weft status   (host1)\n{}", h1.weft_ok(&["status"])?);
     println!(
         "$ weft status connections   (host1)\n{}",
         h1.weft_ok(&["status", "connections"])?
     );
+    println!("$ weft ps   (host1)\n{}", h1.weft_ok(&["ps"])?);
     Ok(())
 }
