@@ -359,3 +359,38 @@ fn without_masquerade_adds_no_nat_rules() {
         Ok(())
     });
 }
+
+#[test]
+fn expose_allocates_from_ipam_and_hide_releases() {
+    run_test("expipam", |net| {
+        let h = net.host(1)?;
+        h.launch(&[])?;
+        let owned = |h: &Host| -> Result<String> {
+            let out = h.exec(&[
+                "python3",
+                "-c",
+                "import urllib.request as u\n\
+                 print(u.urlopen('http://127.0.0.1:6784/ip/weave:expose').read().decode())\n",
+            ])?;
+            Ok(out.ok()?.stdout.trim().to_owned())
+        };
+        // No address given: net:default, allocated by IPAM for weave:expose.
+        let ip = h.weft_ok(&["expose"])?.trim().to_owned();
+        let addr: std::net::Ipv4Addr = ip
+            .parse()
+            .with_context(|| format!("weft expose printed {ip:?}"))?;
+        ensure!(
+            addr.octets()[0] == 10 && (32..48).contains(&addr.octets()[1]),
+            "{addr} is not in the default range 10.32.0.0/12"
+        );
+        let held = owned(&h)?;
+        ensure!(held.starts_with(&format!("{ip}/")), "IPAM holds {held:?}");
+        ensure!(bridge_addrs(&h)?.contains(&ip), "{}", bridge_addrs(&h)?);
+        // Hiding it takes it off the bridge and gives it back to IPAM.
+        let out = h.weft_ok(&["hide"])?;
+        ensure!(out.trim() == ip, "weft hide printed {out:?}");
+        ensure!(owned(&h)?.is_empty(), "IPAM still holds {}", owned(&h)?);
+        ensure!(!bridge_addrs(&h)?.contains(&ip), "{}", bridge_addrs(&h)?);
+        Ok(())
+    });
+}
