@@ -315,6 +315,10 @@ pub(crate) fn reset(global: &Global) -> anyhow::Result<ExitCode> {
         if let Some(tap) = nl.link_index(TAP).await? {
             nl.delete_link(tap).await?;
         }
+        // The masquerade and forward rules that `expose` added, chains included.
+        if let Err(e) = weft_sys::firewall::remove_chains(BRIDGE) {
+            eprintln!("weft: removing firewall rules: {e}");
+        }
         anyhow::Ok(())
     })?;
     for file in [
