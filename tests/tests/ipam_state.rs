@@ -126,3 +126,52 @@ fn another_peers_state_is_set_aside_not_mixed_in() {
         Ok(())
     });
 }
+
+#[test]
+fn several_addresses_on_one_ethwe_and_detach_releases_them() {
+    run_test("ipmulti", |net| {
+        let a = net.host(1)?;
+        let b = net.host(2)?;
+        a.launch(&[&b])?;
+        b.launch(&[&a])?;
+        // One container, two subnets: both addresses on the same ethwe.
+        let ca = a.container_alloc("ca", &["net:10.32.1.0/24", "net:10.32.2.0/24"])?;
+        let shown = a.exec(&["ip", "-n", ca.ns(), "-4", "-o", "addr", "show", "ethwe"])?;
+        let addrs: Vec<&str> = shown
+            .stdout
+            .split_whitespace()
+            .filter(|w| w.starts_with("10.32.") && w.contains('/'))
+            .collect();
+        ensure!(
+            addrs
+                .iter()
+                .any(|a| a.ends_with("/24") && a.starts_with("10.32.1."))
+                && addrs
+                    .iter()
+                    .any(|a| a.ends_with("/24") && a.starts_with("10.32.2.")),
+            "ethwe has {addrs:?}"
+        );
+        // A container in each subnet on the other host reaches the matching address.
+        let b1 = b.container_alloc("b1", &["net:10.32.1.0/24"])?;
+        let b2 = b.container_alloc("b2", &["net:10.32.2.0/24"])?;
+        for (from, prefix) in [(&b1, "10.32.1."), (&b2, "10.32.2.")] {
+            let addr = addrs
+                .iter()
+                .find(|a| a.starts_with(prefix))
+                .context("no address")?;
+            let ip: std::net::Ipv4Addr = addr.split('/').next().unwrap_or("").parse()?;
+            from.wait_ping(ip, Duration::from_secs(10))?;
+        }
+        // detach without addresses removes the interface and releases both in IPAM.
+        a.weft_ok(&["detach", ca.ns()])?;
+        let gone = a.exec(&["ip", "-n", ca.ns(), "link", "show", "ethwe"])?;
+        ensure!(!gone.success(), "ethwe still exists after detach");
+        let left = a.weft_ok(&["status", "ipam", "--json"])?;
+        let v: Value = serde_json::from_str(&left)?;
+        ensure!(
+            v["allocated"] == 0,
+            "A still holds addresses after detach: {left}"
+        );
+        Ok(())
+    });
+}
