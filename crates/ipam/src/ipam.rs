@@ -47,7 +47,7 @@ use weft_mesh::{Instant, PeerName};
 use crate::error::IpamError;
 use crate::msg::{Ballot, Envelope, Message};
 use crate::ring::{Ring, net_bounds};
-use crate::rng::Rng;
+use weft_mesh::rng::Rng;
 
 /// How often pending space requests, claims, ring requests and consensus are retried.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(5);

@@ -18,7 +18,6 @@ pub mod error;
 pub mod ipam;
 mod msg;
 pub mod ring;
-mod rng;
 
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use proptest::prelude::*;
 use weft_mesh::{Instant, PeerName};
 
-use crate::rng::Rng;
+use weft_mesh::rng::Rng;
 use crate::*;
 
 fn pn(i: u64) -> PeerName {

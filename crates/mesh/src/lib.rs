@@ -30,7 +30,7 @@ pub mod connmaker;
 pub mod gossip;
 pub mod handshake;
 pub mod identity;
-mod rng;
+pub mod rng;
 pub mod routes;
 pub mod time;
 pub mod topology;

@@ -1,16 +1,19 @@
-//! Layer: pure logic. A tiny seeded PRNG (SplitMix64) so the mesh's random choices (gossip
-//! targets, backoff jitter, short ids) are reproducible from a seed, without a `rand` dependency.
+//! Layer: pure logic. A tiny seeded PRNG (SplitMix64) so the random choices of the sans-IO
+//! crates (gossip targets, backoff jitter, short ids, IPAM donor selection) are reproducible from a
+//! seed, without a `rand` dependency.
 
 /// SplitMix64: fast, small state, good enough for jitter and sampling (not for cryptography).
 #[derive(Clone, Debug)]
-pub(crate) struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
+    /// A generator whose whole sequence follows from `seed`.
+    pub fn new(seed: u64) -> Self {
         Self(seed)
     }
 
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -19,7 +22,7 @@ impl Rng {
     }
 
     /// A number in `0..n` (0 if `n` is 0). The modulo bias is negligible for the small `n` used.
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         if n == 0 { 0 } else { self.next_u64() % n }
     }
 }
