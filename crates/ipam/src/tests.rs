@@ -10,8 +10,8 @@ use ipnet::Ipv4Net;
 use proptest::prelude::*;
 use weft_mesh::{Instant, PeerName};
 
-use weft_mesh::rng::Rng;
 use crate::*;
+use weft_mesh::rng::Rng;
 
 fn pn(i: u64) -> PeerName {
     PeerName::new(0x0200_0000_0000 + i).expect("48-bit")
