@@ -277,7 +277,7 @@ pub fn build_report(shared: &Shared) -> StatusReport {
             TargetState::Connecting => (ConnState::Connecting, String::new()),
             TargetState::Connected => continue,
             TargetState::Retrying { error, next } => {
-                let wait = next.saturating_duration_since(state_now(shared));
+                let wait = next.saturating_duration_since(shared.clock.now());
                 (
                     ConnState::Retrying,
                     format!("{error}, retry in {:.1}s", wait.as_secs_f64()),
@@ -352,10 +352,6 @@ fn peer_at(topo: &weft_mesh::Topology, ip: std::net::IpAddr) -> Option<PeerName>
             let addr: std::net::SocketAddr = c.address.parse().ok()?;
             (addr.ip() == ip).then_some(c.remote)
         })
-}
-
-fn state_now(shared: &Shared) -> weft_mesh::Instant {
-    shared.clock.now()
 }
 
 /// The word `weft status connections` prints for a state.

@@ -164,19 +164,11 @@ impl Control {
 
     /// Send what the mesh queued, and act on its events.
     fn drain_mesh(&self, state: &mut State) {
-        while let Some((peer, payload)) = state.mesh.poll_transmit() {
-            let conn = state
-                .conns
-                .values()
-                .find(|r| r.owns_dataplane_peer && r.remote.is_some_and(|p| p.name == peer.get()));
-            if let Some(conn) = conn {
-                let msg = Message::Gossip {
-                    channel: TOPOLOGY_CHANNEL,
-                    payload,
-                };
-                let _ = conn.commands.send(ConnCommand::Send(msg));
-            }
+        let mut out = Vec::new();
+        while let Some(transmit) = state.mesh.poll_transmit() {
+            out.push(transmit);
         }
+        Self::send_channel(state, TOPOLOGY_CHANNEL, out);
         let mut changed = false;
         while let Some(event) = state.mesh.poll_event() {
             match event {

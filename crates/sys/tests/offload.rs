@@ -6,18 +6,15 @@
 //! addresses appear only inside those namespaces. Without root the tests print a note and
 //! return.
 
-use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use weft_sys::netlink::Netlink;
-use weft_sys::netns::NetNs;
 use weft_sys::poll::wait_readable;
 use weft_sys::tap::{
     MAX_VNET_FRAME, Offload, Tap, TapOptions, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN,
@@ -25,73 +22,8 @@ use weft_sys::tap::{
 };
 use weft_sys::udp::{BatchUdp, GRO_BUF_SIZE, GSO_MAX_SEGMENTS, GsoBatch, RecvBatch};
 
-/// A network namespace made for one test, deleted on drop.
-struct TestNs {
-    name: String,
-}
-
-impl TestNs {
-    fn new(tag: &str) -> Self {
-        let name = format!("wsys2-{}-{tag}", std::process::id());
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("run ip netns add");
-        assert!(st.success(), "ip netns add {name} failed");
-        Self { name }
-    }
-
-    fn ns(&self) -> NetNs {
-        NetNs::from_name(&self.name).expect("open test netns")
-    }
-
-    /// `ip -n NAME ARGS...` output.
-    fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .arg("-n")
-            .arg(&self.name)
-            .args(args)
-            .output()
-            .expect("run ip");
-        let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
-        s.push_str(&String::from_utf8_lossy(&out.stderr));
-        s
-    }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("skipping: needs root");
-        false
-    }
-}
-
-/// Runs an async body on a current-thread runtime, on a thread inside `ns`.
-fn block_on_in<T, F, Fut>(ns: &NetNs, f: F) -> T
-where
-    T: Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T>,
-{
-    ns.run_in(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(f())
-    })
-    .expect("enter test netns")
-}
+mod common;
+use common::{TestNs, block_on_in, is_root};
 
 async fn link(nl: &Netlink, name: &str) -> u32 {
     nl.link_index(name)
@@ -206,9 +138,9 @@ fn tap_tso_frames_through_bridge() {
         return;
     }
     const TOTAL: usize = 1 << 20;
-    let r = TestNs::new("tso-r");
-    let c = TestNs::new("tso-c");
-    let s = TestNs::new("tso-s");
+    let r = TestNs::new("wsys2", "tso-r");
+    let c = TestNs::new("wsys2", "tso-c");
+    let s = TestNs::new("wsys2", "tso-s");
     let opts = TapOptions {
         multi_queue: false,
         vnet_hdr: true,
@@ -253,7 +185,7 @@ fn tap_tso_frames_through_bridge() {
         tap
     });
     assert!(
-        r.ip(&["-d", "link", "show", "wtapa"])
+        r.ip_all(&["-d", "link", "show", "wtapa"])
             .contains("vnet_hdr on")
     );
     tap_a.set_nonblocking(true).unwrap();
@@ -349,7 +281,7 @@ fn vnet_multi_queue() {
     if !is_root() {
         return;
     }
-    let q = TestNs::new("mq");
+    let q = TestNs::new("wsys2", "mq");
     let opts = TapOptions {
         multi_queue: true,
         vnet_hdr: true,
@@ -368,7 +300,7 @@ fn vnet_multi_queue() {
     let t2 = t.open_queue().unwrap();
     assert!(t2.vnet_hdr());
     assert_eq!(t2.options(), opts);
-    let link = q.ip(&["-d", "link", "show", "wmq0"]);
+    let link = q.ip_all(&["-d", "link", "show", "wmq0"]);
     assert!(
         link.contains("vnet_hdr on multi_queue numqueues 2"),
         "{link}"
@@ -382,7 +314,7 @@ fn vnet_multi_queue() {
         .unwrap()
         .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
-    let link = q.ip(&["-d", "link", "show", "wmq0"]);
+    let link = q.ip_all(&["-d", "link", "show", "wmq0"]);
     assert!(link.contains("numqueues 2"), "{link}");
 }
 
@@ -440,7 +372,7 @@ fn udp_gso_gro_loopback() {
     if !is_root() {
         return;
     }
-    let u = TestNs::new("gso");
+    let u = TestNs::new("wsys2", "gso");
     block_on_in(&u.ns(), || async {
         let nl = Netlink::new().unwrap();
         let lo = link(&nl, "lo").await;

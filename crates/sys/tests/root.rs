@@ -5,7 +5,6 @@
 //! root namespace's links and addresses are never touched. Without root the tests print a
 //! note and return.
 
-use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
 use std::process::Command;
@@ -19,71 +18,8 @@ use weft_sys::poll::wait_readable;
 use weft_sys::tap::Tap;
 use weft_sys::udp::{BATCH, BatchUdp, RecvBatch, SendBatch};
 
-/// A network namespace made for one test, deleted on drop.
-struct TestNs {
-    name: String,
-}
-
-impl TestNs {
-    fn new(tag: &str) -> Self {
-        let name = format!("wsys-{}-{tag}", std::process::id());
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("run ip netns add");
-        assert!(st.success(), "ip netns add {name} failed");
-        Self { name }
-    }
-
-    fn ns(&self) -> NetNs {
-        NetNs::from_name(&self.name).expect("open test netns")
-    }
-
-    /// `ip -n NAME ARGS...` output (for cross-checking what netlink did).
-    fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .arg("-n")
-            .arg(&self.name)
-            .args(args)
-            .output()
-            .expect("run ip");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("skipping: needs root");
-        false
-    }
-}
-
-/// Runs an async body on a current-thread runtime, on a thread inside `ns`.
-fn block_on_in<T, F, Fut>(ns: &NetNs, f: F) -> T
-where
-    T: Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T>,
-{
-    ns.run_in(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(f())
-    })
-    .expect("enter test netns")
-}
+mod common;
+use common::{TestNs, block_on_in, is_root};
 
 fn net(s: &str) -> Ipv4Net {
     s.parse().unwrap()
@@ -160,8 +96,8 @@ fn tap_bridge_attach_traffic() {
     if !is_root() {
         return;
     }
-    let r = TestNs::new("tap-r");
-    let c = TestNs::new("tap-c");
+    let r = TestNs::new("wsys", "tap-r");
+    let c = TestNs::new("wsys", "tap-c");
     let c_ns = c.ns();
     let c_name = c.name.clone();
     block_on_in(&r.ns(), move || async move {
@@ -263,7 +199,7 @@ fn udp_batches_in_netns() {
     if !is_root() {
         return;
     }
-    let u = TestNs::new("udp");
+    let u = TestNs::new("wsys", "udp");
     block_on_in(&u.ns(), || async {
         let nl = Netlink::new().unwrap();
         lo_up(&nl).await;
@@ -348,8 +284,8 @@ fn attach_detach_leaves_no_links() {
     if !is_root() {
         return;
     }
-    let r = TestNs::new("att-r");
-    let c = TestNs::new("att-c");
+    let r = TestNs::new("wsys", "att-r");
+    let c = TestNs::new("wsys", "att-c");
     let c_ns = c.ns();
     let r_ns = r.ns();
     let c_name = c.name.clone();
@@ -473,7 +409,7 @@ fn netns_handles() {
     if !is_root() {
         return;
     }
-    let n = TestNs::new("ns");
+    let n = TestNs::new("wsys", "ns");
     let a = NetNs::from_name(&n.name).unwrap();
     let b = NetNs::from_target(&n.name).unwrap();
     assert!(a.same_as(&b));
@@ -521,7 +457,7 @@ fn gratuitous_arp_on_wire() {
     if !is_root() {
         return;
     }
-    let g = TestNs::new("garp");
+    let g = TestNs::new("wsys", "garp");
     block_on_in(&g.ns(), || async {
         let nl = Netlink::new().unwrap();
         let (a, b) = nl.add_veth("wsa", "wsb").await.unwrap();
@@ -570,9 +506,9 @@ fn veth_name_leftovers_and_collisions() {
     if !is_root() {
         return;
     }
-    let r = TestNs::new("col-r");
-    let c1 = TestNs::new("col-c1");
-    let c2 = TestNs::new("col-c2");
+    let r = TestNs::new("wsys", "col-r");
+    let c1 = TestNs::new("wsys", "col-c1");
+    let c2 = TestNs::new("wsys", "col-c2");
     let (c1_ns, c2_ns) = (c1.ns(), c2.ns());
     block_on_in(&r.ns(), move || async move {
         let nl = Netlink::new().unwrap();
