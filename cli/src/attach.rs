@@ -10,10 +10,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use hyper::{Method, StatusCode};
+use hyper::Method;
 use ipnet::Ipv4Net;
 use weft_router::config::{BRIDGE, DEFAULT_MTU};
 use weft_sys::netns::NetNs;
+
+pub(crate) use weft_router::client::{AddrSpec, acquire};
 
 use crate::{Global, http, runtime};
 
@@ -32,52 +34,6 @@ pub(crate) struct DetachArgs {
     /// Addresses to remove (all when none), then the target.
     #[arg(required = true, num_args = 1..)]
     args: Vec<String>,
-}
-
-/// One address argument.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AddrSpec {
-    /// Allocate in the router's default subnet.
-    DefaultSubnet,
-    /// Allocate in this subnet.
-    Subnet(Ipv4Net),
-    /// Claim this address.
-    Address(Ipv4Net),
-}
-
-impl std::str::FromStr for AddrSpec {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        if s == "net:default" {
-            return Ok(Self::DefaultSubnet);
-        }
-        let (is_net, cidr) = match s.strip_prefix("net:") {
-            Some(rest) => (true, rest),
-            None => (false, s.strip_prefix("ip:").unwrap_or(s)),
-        };
-        let net: Ipv4Net = cidr.parse().with_context(|| {
-            if cidr.parse::<std::net::Ipv4Addr>().is_ok() {
-                format!("'{s}' has no prefix length: write it like {cidr}/24")
-            } else {
-                format!("'{s}' is not net:default, net:CIDR, ip:CIDR or CIDR")
-            }
-        })?;
-        if is_net {
-            if net.trunc() != net {
-                bail!(
-                    "'{s}' is not a subnet address (did you mean net:{}?)",
-                    net.trunc()
-                );
-            }
-            if net.prefix_len() > 30 {
-                bail!("'{s}' is too small: a subnet needs at least 4 addresses");
-            }
-            Ok(Self::Subnet(net))
-        } else {
-            Ok(Self::Address(net))
-        }
-    }
 }
 
 /// Split the arguments into address specs and the target.
@@ -125,59 +81,6 @@ async fn mtu(global: &Global) -> u32 {
         .unwrap_or(DEFAULT_MTU)
 }
 
-/// Allocate or claim every spec with the router's IPAM; returns the addresses to configure.
-pub(crate) async fn acquire(
-    global: &Global,
-    id: &str,
-    specs: &[AddrSpec],
-) -> anyhow::Result<Vec<Ipv4Net>> {
-    let mut addrs = Vec::new();
-    for spec in specs {
-        let result = acquire_one(global, id, *spec).await;
-        match result {
-            Ok(a) => addrs.push(a),
-            Err(e) => {
-                // Give back what this call already took, so nothing is left half-made.
-                for a in &addrs {
-                    let path = format!("/ip/{id}/{}", a.addr());
-                    let _ = http::request(global.http_addr, Method::DELETE, &path, false).await;
-                }
-                return Err(e);
-            }
-        }
-    }
-    Ok(addrs)
-}
-
-async fn acquire_one(global: &Global, id: &str, spec: AddrSpec) -> anyhow::Result<Ipv4Net> {
-    let (method, path) = match spec {
-        AddrSpec::DefaultSubnet => (Method::POST, format!("/ip/{id}")),
-        AddrSpec::Subnet(n) => (
-            Method::POST,
-            format!("/ip/{id}/{}/{}", n.addr(), n.prefix_len()),
-        ),
-        AddrSpec::Address(a) => (
-            Method::PUT,
-            format!("/ip/{id}/{}/{}", a.addr(), a.prefix_len()),
-        ),
-    };
-    let reply = http::request(global.http_addr, method, &path, false).await;
-    match (spec, reply) {
-        (AddrSpec::Address(a), Ok((code, _))) if code.is_success() => Ok(a),
-        (AddrSpec::Address(a), Ok((StatusCode::NOT_FOUND, _))) => Ok(a), // IPAM disabled
-        (AddrSpec::Address(a), Err(_)) => {
-            eprintln!("weft: router not reachable; using {a} without recording it in IPAM");
-            Ok(a)
-        }
-        (_, Ok((code, body))) if code.is_success() => body
-            .trim()
-            .parse::<Ipv4Net>()
-            .with_context(|| format!("the router answered '{}' to an allocation", body.trim())),
-        (_, Ok((_, body))) => bail!("{}", body.trim()),
-        (_, Err(e)) => Err(e.context("allocating an address needs a running router")),
-    }
-}
-
 pub(crate) fn attach(global: &Global, args: AttachArgs) -> anyhow::Result<ExitCode> {
     let (mut specs, target) = split(&args.args)?;
     if specs.is_empty() {
@@ -192,7 +95,7 @@ pub(crate) fn attach(global: &Global, args: AttachArgs) -> anyhow::Result<ExitCo
         if nl.link_index(BRIDGE).await?.is_none() {
             bail!("there is no bridge '{BRIDGE}' here; run 'weft launch' first");
         }
-        let addrs = acquire(global, &id, &specs).await?;
+        let addrs = acquire(global.http_addr, &id, &specs).await?;
         let mtu = mtu(global).await;
         match weft_sys::plumb::attach(BRIDGE, &ns, id_hint, &addrs, mtu).await {
             Ok(a) => Ok(a),

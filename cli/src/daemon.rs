@@ -62,9 +62,127 @@ pub(crate) struct LaunchArgs {
     /// How the range is first divided: consensus[=N], seed=NAME,... or observer.
     #[arg(long, env = "IPALLOC_INIT", default_value = "consensus")]
     ipalloc_init: String,
+    #[command(flatten)]
+    proxy: ProxyArgs,
 }
 
-pub(crate) fn launch(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCode> {
+/// The Docker API proxy's flags (Weave's names); also read from `WEAVEPROXY_OPTIONS`.
+#[derive(Debug, Clone, Default, Args, PartialEq, Eq)]
+pub(crate) struct ProxyArgs {
+    /// Where the Docker API proxy listens (unix:///PATH, repeatable; default
+    /// unix:///var/run/weave/weave.sock).
+    #[arg(short = 'H', value_name = "unix:///PATH")]
+    listen: Vec<String>,
+    /// The Docker daemon the proxy forwards to.
+    #[arg(long, value_name = "unix:///PATH")]
+    docker_api: Option<String>,
+    /// Show the weave address in `docker inspect` (NetworkSettings.IPAddress).
+    #[arg(long)]
+    rewrite_inspect: bool,
+    /// Join only containers that have WEAVE_CIDR set.
+    #[arg(long)]
+    no_default_ipalloc: bool,
+    /// Run the proxy even if no Docker socket is found at launch.
+    #[arg(long, conflicts_with = "no_proxy")]
+    proxy: bool,
+    /// Do not run the Docker API proxy.
+    #[arg(long)]
+    no_proxy: bool,
+}
+
+/// `WEAVEPROXY_OPTIONS` parsed as proxy flags (as Weave's launch script does).
+#[derive(Debug, clap::Parser)]
+#[command(no_binary_name = true)]
+struct ProxyOptionsEnv {
+    #[command(flatten)]
+    proxy: ProxyArgs,
+}
+
+impl ProxyArgs {
+    /// Adds the flags given in `WEAVEPROXY_OPTIONS`.
+    fn merge_env(&mut self) -> anyhow::Result<()> {
+        let Ok(opts) = std::env::var("WEAVEPROXY_OPTIONS") else {
+            return Ok(());
+        };
+        let env = <ProxyOptionsEnv as clap::Parser>::try_parse_from(opts.split_whitespace())
+            .map_err(|e| anyhow::anyhow!("WEAVEPROXY_OPTIONS='{opts}': {e}"))?
+            .proxy;
+        for l in env.listen {
+            if !self.listen.contains(&l) {
+                self.listen.push(l);
+            }
+        }
+        self.docker_api = self.docker_api.take().or(env.docker_api);
+        self.rewrite_inspect |= env.rewrite_inspect;
+        self.no_default_ipalloc |= env.no_default_ipalloc;
+        self.proxy |= env.proxy;
+        self.no_proxy |= env.no_proxy;
+        Ok(())
+    }
+
+    /// The proxy configuration, or `None` when it is not to run. `explicit` tells whether the
+    /// user asked for it (then failing to start it is an error).
+    fn config(&self, global: &Global) -> anyhow::Result<Option<(weft_proxy::Config, bool)>> {
+        let docker_api = weft_proxy::parse_unix_addr(
+            self.docker_api
+                .as_deref()
+                .unwrap_or(weft_proxy::DEFAULT_DOCKER_API),
+        )
+        .context("--docker-api")?;
+        let explicit = self.proxy || !self.listen.is_empty();
+        if self.no_proxy || !(explicit || docker_api.exists()) {
+            return Ok(None);
+        }
+        let listen = if self.listen.is_empty() {
+            vec![weft_proxy::DEFAULT_LISTEN.into()]
+        } else {
+            self.listen
+                .iter()
+                .map(|l| weft_proxy::parse_unix_addr(l).context("-H"))
+                .collect::<anyhow::Result<_>>()?
+        };
+        Ok(Some((
+            weft_proxy::Config {
+                listen,
+                docker_api,
+                rewrite_inspect: self.rewrite_inspect,
+                no_default_ipalloc: self.no_default_ipalloc,
+                router_api: global.http_addr,
+                waiter_dir: global.state_dir.join("waiter"),
+                bridge: BRIDGE.to_owned(),
+            },
+            explicit,
+        )))
+    }
+
+    fn flags(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        for l in &self.listen {
+            f.extend(["-H".to_owned(), l.clone()]);
+        }
+        if let Some(d) = &self.docker_api {
+            f.push(format!("--docker-api={d}"));
+        }
+        for (on, name) in [
+            (self.rewrite_inspect, "--rewrite-inspect"),
+            (self.no_default_ipalloc, "--no-default-ipalloc"),
+            (self.proxy, "--proxy"),
+            (self.no_proxy, "--no-proxy"),
+        ] {
+            if on {
+                f.push(name.to_owned());
+            }
+        }
+        f
+    }
+}
+
+/// What `weft env` reads: the running proxy's sockets (written at launch into the run dir).
+pub(crate) const PROXY_FILE: &str = "proxy.json";
+
+pub(crate) fn launch(global: &Global, mut args: LaunchArgs) -> anyhow::Result<ExitCode> {
+    args.proxy.merge_env()?;
+    let proxy = args.proxy.config(global)?;
     if args.mtu < 576 || args.mtu > 65535 {
         bail!("--mtu {} is out of range (576..=65535)", args.mtu);
     }
@@ -117,7 +235,13 @@ pub(crate) fn launch(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCo
             bail!("the router exited during start-up ({status}); last log lines:\n{tail}");
         }
         if let Ok((code, body)) = rt.block_on(http::get(global.http_addr, "/status", true)) {
-            if code.is_success() {
+            let proxy_up = proxy.as_ref().is_none_or(|(p, explicit)| {
+                !explicit
+                    || p.listen
+                        .iter()
+                        .all(|l| std::os::unix::net::UnixStream::connect(l).is_ok())
+            });
+            if code.is_success() && proxy_up {
                 let name = serde_json::from_str::<serde_json::Value>(&body)
                     .ok()
                     .and_then(|v| v["name"].as_str().map(str::to_owned))
@@ -167,6 +291,7 @@ fn launch_flags(args: &LaunchArgs) -> Vec<String> {
     if let Some(nick) = &args.nickname {
         flags.extend(["--nickname".to_owned(), nick.clone()]);
     }
+    flags.extend(args.proxy.flags());
     flags
 }
 
@@ -228,11 +353,86 @@ fn foreground(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCode> {
         ipalloc_default_subnet: args.ipalloc_default_subnet,
         ipalloc_init,
     };
+    let proxy = args.proxy.config(global)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(weft_router::run(config, shutdown_signal()))?;
+    rt.block_on(run_router_and_proxy(global, config, proxy))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the router and (if configured) the Docker API proxy until SIGTERM/SIGINT.
+async fn run_router_and_proxy(
+    global: &Global,
+    config: Config,
+    proxy: Option<(weft_proxy::Config, bool)>,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let proxy_file = global.run_dir.join(PROXY_FILE);
+    let _ = std::fs::remove_file(&proxy_file);
+    let mut proxy_task = None;
+    if let Some((cfg, explicit)) = proxy {
+        match weft_proxy::bind(cfg) {
+            Ok(p) => {
+                let sockets: Vec<String> = p
+                    .sockets()
+                    .iter()
+                    .map(|s| format!("unix://{}", s.display()))
+                    .collect();
+                let info = serde_json::json!({ "listen": sockets });
+                if let Err(e) = std::fs::write(&proxy_file, info.to_string()) {
+                    tracing::warn!("writing {}: {e}", proxy_file.display());
+                }
+                proxy_task = Some(tokio::spawn(p.serve(stopped(stop_rx.clone()))));
+            }
+            Err(e) if explicit => return Err(e.context("starting the Docker API proxy")),
+            Err(e) => tracing::warn!("not starting the Docker API proxy: {e:#}"),
+        }
+    }
+    let signal = tokio::spawn({
+        let stop_tx = stop_tx.clone();
+        async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        }
+    });
+    let result = weft_router::run(config, stopped(stop_rx)).await;
+    let _ = stop_tx.send(true);
+    signal.abort();
+    if let Some(t) = proxy_task {
+        match t.await {
+            Ok(Err(e)) => tracing::warn!("proxy: {e:#}"),
+            Err(e) => tracing::warn!("proxy task: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+    let _ = std::fs::remove_file(&proxy_file);
+    result
+}
+
+/// `weft env [--restore]`: the shell line that points the docker client at the proxy.
+pub(crate) fn env(global: &Global, restore: bool) -> anyhow::Result<ExitCode> {
+    let current = std::env::var("DOCKER_HOST").unwrap_or_default();
+    if restore {
+        match std::env::var("ORIG_DOCKER_HOST") {
+            Ok(orig) if !orig.is_empty() => println!("export DOCKER_HOST={orig}"),
+            _ => println!("unset DOCKER_HOST"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = global.run_dir.join(PROXY_FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("the weft proxy is not running (no {})", path.display()))?;
+    let info: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let Some(first) = info["listen"].get(0).and_then(|v| v.as_str()) else {
+        bail!("the weft proxy is not listening anywhere");
+    };
+    println!("export DOCKER_HOST={first} ORIG_DOCKER_HOST={current}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -327,6 +527,7 @@ pub(crate) fn reset(global: &Global) -> anyhow::Result<ExitCode> {
         "ipam.json",
         "targets.json",
         "exposed.json",
+        "waiter/w",
     ] {
         let path = global.state_dir.join(file);
         match std::fs::remove_file(&path) {

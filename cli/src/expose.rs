@@ -326,6 +326,21 @@ fn named_netns() -> Vec<String> {
     names
 }
 
+/// The Docker container a process belongs to, as Docker's 12-character short id: the
+/// 64-hex-digit segment of its cgroup path (`/docker/<id>` or `docker-<id>.scope`).
+fn docker_id(pid: u32) -> Option<String> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    docker_id_in(&cgroups)
+}
+
+fn docker_id_in(cgroups: &str) -> Option<String> {
+    cgroups
+        .lines()
+        .flat_map(|line| line.split(['/', '-', '.', ':']))
+        .find(|seg| seg.len() == 64 && seg.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(|id| id[..12].to_owned())
+}
+
 /// Finds the container behind host veth `name` (index `index`): the id in the name is the pid
 /// it was attached for, or the low digits of its namespace's inode (see `plumb::veth_id`).
 /// Returns the target as given to `weft attach` (pid or namespace name), MAC and addresses.
@@ -344,7 +359,8 @@ async fn find_container(
     if let Ok(ns) = NetNs::from_pid(id) {
         if !ns.same_as(host) {
             if let Some((mac, addrs)) = container_end(&ns, index).await? {
-                return Ok(Some((id.to_string(), mac, addrs)));
+                let shown = docker_id(id).unwrap_or_else(|| id.to_string());
+                return Ok(Some((shown, mac, addrs)));
             }
         }
     }
@@ -404,6 +420,16 @@ pub(crate) fn ps(_global: &Global, args: PsArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_ids_from_cgroup_paths() {
+        let id = "3f2a9c0d1e4b".to_owned() + &"a".repeat(52);
+        let v1 = format!("12:pids:/docker/{id}\n0::/docker/{id}\n");
+        assert_eq!(docker_id_in(&v1).as_deref(), Some("3f2a9c0d1e4b"));
+        let v2 = format!("0::/system.slice/docker-{id}.scope\n");
+        assert_eq!(docker_id_in(&v2).as_deref(), Some("3f2a9c0d1e4b"));
+        assert_eq!(docker_id_in("0::/user.slice/session-1.scope\n"), None);
+    }
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()

@@ -77,6 +77,12 @@ enum Command {
     Hide(expose::HideArgs),
     /// List the bridge (`weave:expose`) and the attached containers with MAC and addresses.
     Ps(expose::PsArgs),
+    /// Print the shell line that points the docker client at the proxy (`eval $(weft env)`).
+    Env {
+        /// Print the line that points it back where it was.
+        #[arg(long)]
+        restore: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -104,6 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Expose(args) => expose::expose(&cli.global, args),
         Command::Hide(args) => expose::hide(&cli.global, args),
         Command::Ps(args) => expose::ps(&cli.global, args),
+        Command::Env { restore } => daemon::env(&cli.global, restore),
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`control`]: tokio tasks for the TCP control connections (listener, dialers with backoff,
 //!   one task per connection driving a [`weft_mesh::Connection`]).
 //! - [`api`]: the HTTP API on 127.0.0.1:6784 (`/status`, `/metrics`).
+//! - [`client`]: the client side of that API (used by the CLI and the Docker proxy).
 //! - [`identity`]: peer name and short id, derived or loaded from the state directory.
 //!
 //! The entry point is [`run()`], which takes the configuration and a shutdown future
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod dataplane;

@@ -1,0 +1,257 @@
+//! Joining containers to the network: allocate their addresses with the router's IPAM and give
+//! them `ethwe`, once per start; keep the addresses 30 s after the container dies (a restart
+//! gets the same ones back), release them when it is destroyed.
+//!
+//! Every operation on one container holds that container's lock, so a start call, the `start`
+//! event for it and an inspect waiting for the address never interleave.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ipnet::Ipv4Net;
+use serde_json::Value;
+use weft_router::client::{self, AddrSpec};
+use weft_sys::netns::NetNs;
+
+use crate::create;
+use crate::upstream::Docker;
+
+/// How long a dead container's addresses are kept for a restart.
+pub const KEEP_AFTER_DIE: Duration = Duration::from_secs(30);
+
+/// A container the proxy attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// Full container id (the IPAM identifier).
+    pub id: String,
+    /// The pid whose namespace has `ethwe` (0 once the container died).
+    pub pid: u32,
+    /// `ethwe`'s addresses.
+    pub addrs: Vec<Ipv4Net>,
+    /// `ethwe`'s MAC.
+    pub mac: [u8; 6],
+}
+
+#[derive(Debug, Default)]
+struct State {
+    joined: HashMap<String, Joined>,
+    locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Container id → generation of its pending release.
+    pending: HashMap<String, u64>,
+    generation: u64,
+}
+
+/// Attaches and detaches containers; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Attacher {
+    docker: Docker,
+    api: SocketAddr,
+    bridge: String,
+    no_default_ipalloc: bool,
+    state: Arc<Mutex<State>>,
+}
+
+impl Attacher {
+    /// An attacher using this Docker daemon and router API.
+    pub fn new(docker: Docker, api: SocketAddr, bridge: String, no_default_ipalloc: bool) -> Self {
+        Self {
+            docker,
+            api,
+            bridge,
+            no_default_ipalloc,
+            state: Arc::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.state().locks.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// What the proxy knows of a container (waiting for an attach in progress).
+    pub async fn joined(&self, id: &str) -> Option<Joined> {
+        let lock = self.lock_for(id);
+        let _held = lock.lock().await;
+        self.state().joined.get(id).filter(|j| j.pid != 0).cloned()
+    }
+
+    /// Attaches container `name_or_id` if it was created to join and is running. Returns what
+    /// it has now (`None`: not a joined container, or not running). Idempotent.
+    pub async fn attach(&self, name_or_id: &str) -> anyhow::Result<Option<Joined>> {
+        let Some(inspect) = self.docker.inspect(name_or_id).await? else {
+            bail!("no such container: {name_or_id}");
+        };
+        let Some(id) = inspect["Id"].as_str().map(str::to_owned) else {
+            bail!("Docker's inspect of {name_or_id} has no Id");
+        };
+        let specs = match create::decide_inspected(&inspect, self.no_default_ipalloc) {
+            Ok(Some(specs)) => specs,
+            Ok(None) => return Ok(None),
+            Err(msg) => bail!("{msg}"),
+        };
+        let lock = self.lock_for(&id);
+        let _held = lock.lock().await;
+        self.state().pending.remove(&id);
+        // Inspect again under the lock: the container may have died or restarted meanwhile.
+        let Some(inspect) = self.docker.inspect(&id).await? else {
+            bail!("container {name_or_id} went away");
+        };
+        let pid = inspect["State"]["Pid"].as_u64().unwrap_or(0);
+        if inspect["State"]["Running"].as_bool() != Some(true) || pid == 0 {
+            return Ok(None);
+        }
+        let pid = u32::try_from(pid).context("pid out of range")?;
+        if let Some(j) = self.state().joined.get(&id) {
+            if j.pid == pid {
+                return Ok(Some(j.clone()));
+            }
+        }
+        let joined = self.plumb(&id, pid, &specs).await?;
+        tracing::info!(
+            container = %short(&id),
+            addrs = ?joined.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "attached"
+        );
+        self.state().joined.insert(id, joined.clone());
+        Ok(Some(joined))
+    }
+
+    async fn plumb(&self, id: &str, pid: u32, specs: &[AddrSpec]) -> anyhow::Result<Joined> {
+        let ns = NetNs::from_pid(pid).with_context(|| format!("opening the netns of pid {pid}"))?;
+        if ns.same_as(&NetNs::current()?) {
+            bail!("the container shares the host's network namespace (--net=host?)");
+        }
+        let addrs = client::acquire(self.api, id, specs).await?;
+        let mtu = self.mtu().await;
+        match weft_sys::plumb::attach(&self.bridge, &ns, Some(pid), &addrs, mtu).await {
+            Ok(a) => Ok(Joined {
+                id: id.to_owned(),
+                pid,
+                addrs: a.addrs,
+                mac: a.mac,
+            }),
+            Err(e) => Err(anyhow::Error::from(e).context("creating ethwe")),
+        }
+    }
+
+    async fn mtu(&self) -> u32 {
+        if let Ok((code, body)) = client::get(self.api, "/status", true).await {
+            if code.is_success() {
+                if let Some(m) = serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["mtu"].as_u64())
+                    .and_then(|m| u32::try_from(m).ok())
+                {
+                    return m;
+                }
+            }
+        }
+        weft_router::config::DEFAULT_MTU
+    }
+
+    /// After a failed attach for a start the client waits on: the container is killed and the
+    /// addresses it got are given back.
+    pub async fn fail(&self, name_or_id: &str) {
+        if let Err(e) = self.docker.kill(name_or_id).await {
+            tracing::warn!(
+                container = name_or_id,
+                "killing after a failed attach: {e:#}"
+            );
+        }
+        if let Ok(Some(inspect)) = self.docker.inspect(name_or_id).await {
+            if let Some(id) = inspect["Id"].as_str() {
+                self.state().joined.remove(id);
+                if let Err(e) = client::release(self.api, id, &[]).await {
+                    tracing::warn!(container = %short(id), "releasing: {e:#}");
+                }
+            }
+        }
+    }
+
+    /// Docker reported `die`: keep the addresses for [`KEEP_AFTER_DIE`], then release them
+    /// unless the container started again.
+    pub fn died(&self, id: &str) {
+        let generation = {
+            let mut st = self.state();
+            st.generation += 1;
+            let g = st.generation;
+            st.pending.insert(id.to_owned(), g);
+            if let Some(j) = st.joined.get_mut(id) {
+                j.pid = 0;
+            }
+            g
+        };
+        let this = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(KEEP_AFTER_DIE).await;
+            let lock = this.lock_for(&id);
+            let _held = lock.lock().await;
+            let due = this.state().pending.get(&id) == Some(&generation);
+            if due {
+                this.release(&id).await;
+            }
+        });
+    }
+
+    /// Docker reported `destroy`: release at once.
+    pub async fn destroyed(&self, id: &str) {
+        let lock = self.lock_for(id);
+        let _held = lock.lock().await;
+        self.release(id).await;
+        self.state().locks.remove(id);
+    }
+
+    async fn release(&self, id: &str) {
+        let had = {
+            let mut st = self.state();
+            st.pending.remove(id);
+            st.joined.remove(id).is_some()
+        };
+        match client::release(self.api, id, &[]).await {
+            Ok(()) if had => tracing::info!(container = %short(id), "addresses released"),
+            Ok(()) => {}
+            Err(e) => tracing::warn!(container = %short(id), "releasing its addresses: {e:#}"),
+        }
+    }
+
+    /// Attaches every running joined container (proxy or router restart), retrying each with
+    /// backoff (2 s, ×1.5, at most 1 min) while the router or Docker is not ready.
+    pub async fn reattach_all(&self) {
+        let ids = match self.docker.running().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!("listing running containers to re-attach: {e:#}");
+                return;
+            }
+        };
+        for id in ids {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let mut delay = Duration::from_secs(2);
+                loop {
+                    match this.attach(&id).await {
+                        Ok(_) => return,
+                        Err(_) if matches!(this.docker.inspect(&id).await, Ok(None)) => return,
+                        Err(e) => {
+                            tracing::warn!(container = %short(&id), "re-attaching (retry in {delay:?}): {e:#}");
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 3 / 2).min(Duration::from_secs(60));
+                }
+            });
+        }
+    }
+}
+
+/// Docker's short id (12 characters).
+pub fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}

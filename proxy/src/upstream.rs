@@ -1,0 +1,276 @@
+//! The connection to the real Docker daemon: one fresh unix-socket connection per request (as
+//! Weave's proxy does), with upgrades enabled so hijacked streams can be spliced, and a few
+//! JSON calls of the proxy's own (inspect, kill, list, events).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::UnixStream;
+
+use crate::Body;
+
+/// Could not reach the Docker daemon at all (as opposed to Docker answering with an error).
+#[derive(Debug)]
+pub struct Unreachable {
+    /// The socket tried.
+    pub socket: PathBuf,
+    /// What went wrong.
+    pub error: std::io::Error,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "weft proxy: cannot connect to the Docker daemon at unix://{}: {}. Is dockerd running?",
+            self.socket.display(),
+            self.error
+        )
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// The upstream Docker daemon.
+#[derive(Debug, Clone)]
+pub struct Docker {
+    socket: PathBuf,
+}
+
+impl Docker {
+    /// Docker at this unix socket.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+        }
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Sends one request on a fresh connection. Upgrades (hijacked streams) work on the
+    /// returned response. `Err` only when the daemon cannot be reached or the connection breaks.
+    pub async fn send(&self, req: Request<Body>) -> anyhow::Result<Response<Incoming>> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|error| Unreachable {
+                socket: self.socket.clone(),
+                error,
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP handshake with the Docker daemon")?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!("upstream connection: {e}");
+            }
+        });
+        Ok(sender.send_request(req).await?)
+    }
+
+    /// A request of the proxy's own, with a JSON body or none; returns status and the parsed
+    /// body (`Null` when empty or not JSON). Bounded by `limit`.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        limit: Duration,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "docker");
+        let body: Body = match body {
+            Some(v) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                crate::full(serde_json::to_vec(v)?)
+            }
+            None => Empty::new().map_err(|n| match n {}).boxed(),
+        };
+        let fut = async {
+            let resp = self.send(req.body(body)?).await?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            anyhow::Ok((status, value))
+        };
+        tokio::time::timeout(limit, fut)
+            .await
+            .with_context(|| format!("the Docker daemon did not answer {path} in {limit:?}"))?
+    }
+
+    /// `GET /containers/{id}/json`; `None` if there is no such container.
+    pub async fn inspect(&self, id: &str) -> anyhow::Result<Option<Value>> {
+        let (status, v) = self
+            .call(
+                Method::GET,
+                &format!("/containers/{id}/json"),
+                None,
+                TIMEOUT,
+            )
+            .await?;
+        match status {
+            StatusCode::OK => Ok(Some(v)),
+            StatusCode::NOT_FOUND => Ok(None),
+            s => bail!("inspecting container {id}: {s} {}", message(&v)),
+        }
+    }
+
+    /// `GET /images/{name}/json`'s `Config`; `None` if there is no such image.
+    pub async fn image_config(&self, name: &str) -> anyhow::Result<Option<Value>> {
+        let (status, mut v) = self
+            .call(Method::GET, &format!("/images/{name}/json"), None, TIMEOUT)
+            .await?;
+        match status {
+            StatusCode::OK => Ok(Some(v["Config"].take())),
+            StatusCode::NOT_FOUND => Ok(None),
+            s => bail!("inspecting image {name}: {s} {}", message(&v)),
+        }
+    }
+
+    /// Kills a container (after a failed attach), bounded in time so a hung daemon cannot hold
+    /// the proxy (Weave #2032).
+    pub async fn kill(&self, id: &str) -> anyhow::Result<()> {
+        let (status, v) = self
+            .call(
+                Method::POST,
+                &format!("/containers/{id}/kill"),
+                None,
+                TIMEOUT,
+            )
+            .await?;
+        if !status.is_success() && status != StatusCode::CONFLICT {
+            bail!("killing container {id}: {status} {}", message(&v));
+        }
+        Ok(())
+    }
+
+    /// Ids of the running containers.
+    pub async fn running(&self) -> anyhow::Result<Vec<String>> {
+        let (status, v) = self
+            .call(Method::GET, "/containers/json", None, TIMEOUT)
+            .await?;
+        if !status.is_success() {
+            bail!("listing containers: {status} {}", message(&v));
+        }
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["Id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Opens the container event stream.
+    pub async fn events(&self) -> anyhow::Result<Incoming> {
+        let filter = r#"{"type":["container"],"event":["start","die","destroy"]}"#;
+        let path = format!(
+            "/events?filters={}",
+            weft_router::client::form_escape(filter)
+        );
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(header::HOST, "docker")
+            .body(Empty::new().map_err(|n| match n {}).boxed())?;
+        let resp = self.send(req).await?;
+        if !resp.status().is_success() {
+            bail!("subscribing to Docker events: {}", resp.status());
+        }
+        Ok(resp.into_body())
+    }
+}
+
+/// How long the proxy's own calls may take.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Docker's error message in an error body.
+pub fn message(v: &Value) -> String {
+    v["message"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A Docker-style error response (`{"message": ...}`), which the docker CLI prints as
+/// "Error response from daemon: ...".
+pub fn error_response(status: StatusCode, msg: &str) -> Response<Body> {
+    let body = serde_json::json!({ "message": msg }).to_string();
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(crate::full(body))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).map_err(|n| match n {}).boxed()))
+}
+
+/// Splits a stream of concatenated JSON values (Docker's event stream) into values; returns
+/// them and leaves an incomplete tail in `buf`. Garbage is skipped up to the next line.
+pub fn split_json_stream(buf: &mut Vec<u8>) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut consumed = 0;
+    loop {
+        let rest = &buf[consumed..];
+        let start = rest
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(rest.len());
+        if start == rest.len() {
+            consumed = buf.len();
+            break;
+        }
+        let mut it = serde_json::Deserializer::from_slice(&rest[start..]).into_iter::<Value>();
+        match it.next() {
+            Some(Ok(v)) => {
+                consumed += start + it.byte_offset();
+                out.push(v);
+            }
+            Some(Err(e)) if e.is_eof() => {
+                consumed += start;
+                break;
+            }
+            Some(Err(_)) => {
+                // Skip the bad line.
+                match rest[start..].iter().position(|&b| b == b'\n') {
+                    Some(nl) => consumed += start + nl + 1,
+                    None => {
+                        consumed = buf.len();
+                        break;
+                    }
+                }
+            }
+            None => {
+                consumed = buf.len();
+                break;
+            }
+        }
+    }
+    buf.drain(..consumed);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_stream_splits_across_chunks() {
+        let mut buf = br#"{"Action":"start","id":"a"}
+{"Action":"die","#
+            .to_vec();
+        let got = split_json_stream(&mut buf);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["Action"], "start");
+        buf.extend_from_slice(b"\"id\":\"b\"}\nnot json\n{\"Action\":\"destroy\"}\n");
+        let got = split_json_stream(&mut buf);
+        let actions: Vec<&str> = got.iter().filter_map(|v| v["Action"].as_str()).collect();
+        assert_eq!(actions, ["die", "destroy"]);
+        assert!(buf.is_empty());
+    }
+}
