@@ -42,6 +42,28 @@ struct State {
     /// Container id → generation of its pending release.
     pending: HashMap<String, u64>,
     generation: u64,
+    /// Containers whose start a client is waiting on (the start call attaches them, not the
+    /// `start` event), with how many such calls are in flight.
+    api_starts: HashMap<String, usize>,
+}
+
+/// Marks a container as started through the API while alive; see [`Attacher::api_start`].
+#[derive(Debug)]
+pub struct ApiStart {
+    attacher: Attacher,
+    id: String,
+}
+
+impl Drop for ApiStart {
+    fn drop(&mut self) {
+        let mut st = self.attacher.state();
+        if let Some(n) = st.api_starts.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                st.api_starts.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// Attaches and detaches containers; cheap to clone.
@@ -72,6 +94,21 @@ impl Attacher {
 
     fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.state().locks.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Notes that a client's start call for container `id` (full id) is in flight, so the
+    /// `start` event leaves the attach (and its error) to that call.
+    pub fn api_start(&self, id: &str) -> ApiStart {
+        *self.state().api_starts.entry(id.to_owned()).or_default() += 1;
+        ApiStart {
+            attacher: self.clone(),
+            id: id.to_owned(),
+        }
+    }
+
+    /// Whether a client's start call for `id` is in flight.
+    pub fn in_api_start(&self, id: &str) -> bool {
+        self.state().api_starts.contains_key(id)
     }
 
     /// What the proxy knows of a container (waiting for an attach in progress).
@@ -224,6 +261,13 @@ impl Attacher {
     /// Attaches every running joined container (proxy or router restart), retrying each with
     /// backoff (2 s, ×1.5, at most 1 min) while the router or Docker is not ready.
     pub async fn reattach_all(&self) {
+        // The router starts beside the proxy; give its API a moment before the first try.
+        let start = std::time::Instant::now();
+        while client::get(self.api, "/status", true).await.is_err()
+            && start.elapsed() < Duration::from_secs(30)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let ids = match self.docker.running().await {
             Ok(ids) => ids,
             Err(e) => {

@@ -269,6 +269,11 @@ async fn on_start(
     req: Request<Incoming>,
     id: &str,
 ) -> anyhow::Result<Response<Body>> {
+    // Docker's `start` event for this container is left to this call.
+    let _in_flight = match inner.docker.inspect(id).await? {
+        Some(i) => i["Id"].as_str().map(|full| inner.attacher.api_start(full)),
+        None => None,
+    };
     let resp = forward(inner, req).await?;
     if !resp.status().is_success() {
         return Ok(resp);
@@ -287,7 +292,10 @@ async fn on_start(
             inner.attacher.fail(id).await;
             Ok(error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("weft: could not attach container {id} to the weave network: {e:#}"),
+                &format!(
+                    "weft: could not attach container {} to the weave network: {e:#}",
+                    short(id)
+                ),
             ))
         }
     }
@@ -388,6 +396,7 @@ async fn on_event(inner: &Arc<Inner>, ev: &Value) {
     };
     let id = id.to_owned();
     match action {
+        "start" if inner.attacher.in_api_start(&id) => {}
         "start" => {
             let attacher = inner.attacher.clone();
             tokio::spawn(async move {
