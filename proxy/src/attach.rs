@@ -16,8 +16,8 @@ use serde_json::Value;
 use weft_router::client::{self, AddrSpec};
 use weft_sys::netns::NetNs;
 
-use crate::create;
 use crate::upstream::Docker;
+use weft_dockerapi::rewrite as create;
 
 /// How long a dead container's addresses are kept for a restart.
 pub const KEEP_AFTER_DIE: Duration = Duration::from_secs(30);

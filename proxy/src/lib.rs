@@ -5,7 +5,7 @@
 //! hijacked and upgraded connections, large bodies — except these:
 //!
 //! - `containers/create`: a container that joins the weave network (decided from `WEAVE_CIDR`
-//!   and `--no-default-ipalloc`, see [`create::decide`]) gets weft's static waiter bind-mounted
+//!   and `--no-default-ipalloc`, see [`weft_dockerapi::rewrite::decide`]) gets weft's static waiter bind-mounted
 //!   at `/w` and put in front of its entrypoint, so its process starts only once `ethwe` is up.
 //! - `containers/{id}/start` and `/restart`: after Docker has started the container, its
 //!   addresses are allocated and `ethwe` is attached ([`attach::Attacher`]); the call returns
@@ -19,8 +19,6 @@
 #![forbid(unsafe_code)]
 
 pub mod attach;
-pub mod create;
-pub mod route;
 pub mod server;
 pub mod upstream;
 pub mod waiter;

@@ -17,9 +17,11 @@ use serde_json::Value;
 use tokio::net::UnixListener;
 
 use crate::attach::{Attacher, short};
-use crate::route::{Route, classify};
-use crate::upstream::{Docker, Unreachable, error_response, split_json_stream};
-use crate::{Body, BoxError, Config, create, full, waiter};
+use crate::upstream::{Docker, Unreachable, error_response};
+use crate::{Body, BoxError, Config, full, waiter};
+use weft_dockerapi::events::split_json_stream;
+use weft_dockerapi::rewrite as create;
+use weft_dockerapi::route::{Route, classify};
 
 /// Largest JSON body the proxy reads to edit (create, exec, inspect answers).
 const JSON_LIMIT: usize = 32 << 20;
@@ -148,7 +150,7 @@ async fn accept_loop(listener: UnixListener, inner: Arc<Inner>) {
 
 /// Dispatches one request; never fails (errors become Docker-style error responses).
 async fn handle(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
-    let route = classify(req.method(), req.uri().path());
+    let route = classify(req.method().as_str(), req.uri().path());
     let result = match route {
         Route::Create => on_create(inner, req).await,
         Route::Start(id) => on_start(inner, req, &id).await,

@@ -11,6 +11,7 @@ use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use ipnet::Ipv4Net;
 use tokio::net::TcpStream;
+pub use weft_ipam::spec::{AddrSpec, parse_specs};
 
 /// Send one request to the API and return the status and body.
 pub async fn request(
@@ -86,52 +87,6 @@ pub async fn get(addr: SocketAddr, path: &str, json: bool) -> anyhow::Result<(St
     request(addr, Method::GET, path, json).await
 }
 
-/// One address argument.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AddrSpec {
-    /// Allocate in the router's default subnet.
-    DefaultSubnet,
-    /// Allocate in this subnet.
-    Subnet(Ipv4Net),
-    /// Claim this address.
-    Address(Ipv4Net),
-}
-
-impl std::str::FromStr for AddrSpec {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        if s == "net:default" {
-            return Ok(Self::DefaultSubnet);
-        }
-        let (is_net, cidr) = match s.strip_prefix("net:") {
-            Some(rest) => (true, rest),
-            None => (false, s.strip_prefix("ip:").unwrap_or(s)),
-        };
-        let net: Ipv4Net = cidr.parse().with_context(|| {
-            if cidr.parse::<std::net::Ipv4Addr>().is_ok() {
-                format!("'{s}' has no prefix length: write it like {cidr}/24")
-            } else {
-                format!("'{s}' is not net:default, net:CIDR, ip:CIDR or CIDR")
-            }
-        })?;
-        if is_net {
-            if net.trunc() != net {
-                bail!(
-                    "'{s}' is not a subnet address (did you mean net:{}?)",
-                    net.trunc()
-                );
-            }
-            if net.prefix_len() > 30 {
-                bail!("'{s}' is too small: a subnet needs at least 4 addresses");
-            }
-            Ok(Self::Subnet(net))
-        } else {
-            Ok(Self::Address(net))
-        }
-    }
-}
-
 /// Allocate or claim every spec with the router's IPAM; returns the addresses to configure.
 pub async fn acquire(
     api: SocketAddr,
@@ -183,11 +138,6 @@ async fn acquire_one(api: SocketAddr, id: &str, spec: AddrSpec) -> anyhow::Resul
         (_, Ok((_, body))) => bail!("{}", body.trim()),
         (_, Err(e)) => Err(e.context("allocating an address needs a running router")),
     }
-}
-
-/// Parses a whitespace-separated list of address specs (Weave's `WEAVE_CIDR` value).
-pub fn parse_specs(list: &str) -> anyhow::Result<Vec<AddrSpec>> {
-    list.split_whitespace().map(str::parse).collect()
 }
 
 /// Gives back the addresses `id` holds (all when `addrs` is empty).

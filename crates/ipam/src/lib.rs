@@ -9,6 +9,7 @@
 //! - [`ipam`](mod@ipam): [`Ipam`] with its requests, events, status and persistence
 //!   ([`Snapshot`]).
 //! - [`error`]: [`IpamError`], the user-facing errors.
+//! - [`spec`]: Weave's address arguments (`net:default`, `net:CIDR`, `ip:CIDR`, `CIDR`).
 //!
 //! Messages are postcard-encoded; the router carries them on an IPAM gossip channel.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod error;
 pub mod ipam;
 mod msg;
 pub mod ring;
+pub mod spec;
 
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@
 
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
-use weft_router::client::{AddrSpec, parse_specs};
+use weft_ipam::spec::{AddrSpec, parse_specs};
 
 /// Path of the waiter inside a joined container.
 pub const WAITER: &str = "/w/w";
@@ -161,6 +161,9 @@ pub fn rewrite_create(
 
 /// Puts the waiter in front of an exec's command, so `docker exec` also waits for the network.
 pub fn rewrite_exec(body: &mut Value) {
+    if !body.is_object() {
+        return;
+    }
     let mut cmd = strings(&body["Cmd"]);
     if cmd.is_empty() || cmd[0] == WAITER {
         return;
@@ -169,8 +172,12 @@ pub fn rewrite_exec(body: &mut Value) {
     body["Cmd"] = json!(cmd);
 }
 
-/// Shows the first weave address in an inspect answer (`--rewrite-inspect`).
+/// Shows the first weave address in an inspect answer (`--rewrite-inspect`); anything but a
+/// JSON object is left as it is.
 pub fn rewrite_inspect(inspect: &mut Value, addr: Ipv4Net, mac: [u8; 6]) {
+    if !inspect.is_object() {
+        return;
+    }
     if !inspect["NetworkSettings"].is_object() {
         inspect["NetworkSettings"] = json!({});
     }
@@ -310,6 +317,14 @@ mod tests {
             json!("02:00:00:00:00:ab")
         );
         assert_eq!(inspect["NetworkSettings"]["Ports"], json!({}));
+        // Bodies that are not objects are left alone, never a panic.
+        for mut odd in [json!("text"), json!([1, 2]), json!(null), json!(3)] {
+            let before = odd.clone();
+            rewrite_exec(&mut odd);
+            rewrite_inspect(&mut odd, "10.32.1.3/24".parse().unwrap(), [2; 6]);
+            assert_eq!(odd, before);
+            assert!(rewrite_create(&mut odd, None, "/wd").is_err());
+        }
         let other = json!({"Path": "httpd", "Config": {"Entrypoint": null}});
         assert!(!is_joined(&other));
         assert_eq!(decide_inspected(&other, false), Ok(None));

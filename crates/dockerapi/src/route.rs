@@ -1,8 +1,6 @@
 //! Which Docker API calls the proxy intercepts (weave-reference.md §2.1): the path, with or
 //! without an API version prefix (`/v1.41/containers/create`).
 
-use hyper::Method;
-
 /// An intercepted call; everything else is [`Route::Other`] and passes through untouched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -32,18 +30,18 @@ fn unversioned(path: &str) -> &str {
 }
 
 /// Classifies a request by method and path (without the query).
-pub fn classify(method: &Method, path: &str) -> Route {
+pub fn classify(method: &str, path: &str) -> Route {
     let path = unversioned(path);
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
-        (&Method::POST, ["", "containers", "create"]) => Route::Create,
-        (&Method::POST, ["", "containers", id, "start" | "restart"]) if !id.is_empty() => {
+        ("POST", ["", "containers", "create"]) => Route::Create,
+        ("POST", ["", "containers", id, "start" | "restart"]) if !id.is_empty() => {
             Route::Start((*id).to_owned())
         }
-        (&Method::GET, ["", "containers", id, "json"]) if !id.is_empty() => {
+        ("GET", ["", "containers", id, "json"]) if !id.is_empty() => {
             Route::Inspect((*id).to_owned())
         }
-        (&Method::POST, ["", "containers", id, "exec"]) if !id.is_empty() => {
+        ("POST", ["", "containers", id, "exec"]) if !id.is_empty() => {
             Route::ExecCreate((*id).to_owned())
         }
         _ => Route::Other,
@@ -56,41 +54,29 @@ mod tests {
 
     #[test]
     fn versioned_and_plain_paths() {
+        assert_eq!(classify("POST", "/v1.41/containers/create"), Route::Create);
+        assert_eq!(classify("POST", "/containers/create"), Route::Create);
         assert_eq!(
-            classify(&Method::POST, "/v1.41/containers/create"),
-            Route::Create
-        );
-        assert_eq!(classify(&Method::POST, "/containers/create"), Route::Create);
-        assert_eq!(
-            classify(&Method::POST, "/v1.24/containers/abc/start"),
+            classify("POST", "/v1.24/containers/abc/start"),
             Route::Start("abc".into())
         );
         assert_eq!(
-            classify(&Method::POST, "/containers/abc/restart"),
+            classify("POST", "/containers/abc/restart"),
             Route::Start("abc".into())
         );
         assert_eq!(
-            classify(&Method::GET, "/v1.41/containers/abc/json"),
+            classify("GET", "/v1.41/containers/abc/json"),
             Route::Inspect("abc".into())
         );
         assert_eq!(
-            classify(&Method::POST, "/containers/abc/exec"),
+            classify("POST", "/containers/abc/exec"),
             Route::ExecCreate("abc".into())
         );
         // Not intercepted: other methods, lists, images, version-looking names.
-        assert_eq!(classify(&Method::GET, "/containers/create"), Route::Other);
-        assert_eq!(
-            classify(&Method::GET, "/v1.41/containers/json"),
-            Route::Other
-        );
-        assert_eq!(
-            classify(&Method::POST, "/containers/abc/kill"),
-            Route::Other
-        );
-        assert_eq!(
-            classify(&Method::GET, "/vX/containers/abc/json"),
-            Route::Other
-        );
-        assert_eq!(classify(&Method::POST, "/containers//start"), Route::Other);
+        assert_eq!(classify("GET", "/containers/create"), Route::Other);
+        assert_eq!(classify("GET", "/v1.41/containers/json"), Route::Other);
+        assert_eq!(classify("POST", "/containers/abc/kill"), Route::Other);
+        assert_eq!(classify("GET", "/vX/containers/abc/json"), Route::Other);
+        assert_eq!(classify("POST", "/containers//start"), Route::Other);
     }
 }

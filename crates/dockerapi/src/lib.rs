@@ -1,0 +1,14 @@
+//! Layer: pure logic. What weft's Docker API proxy reads and changes in Docker Engine API
+//! traffic, sans-IO: no sockets, no clocks; JSON bodies are `serde_json::Value`s edited in
+//! place, so fields this code does not know pass through untouched.
+//!
+//! - [`route`]: which calls the proxy intercepts (create, start/restart, inspect, exec).
+//! - [`rewrite`]: who joins the weave network (`WEAVE_CIDR`, `--no-default-ipalloc`, network
+//!   mode) and the edits to create, exec and inspect bodies.
+//! - [`events`]: splitting Docker's event stream into events.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod events;
+pub mod rewrite;
+pub mod route;
