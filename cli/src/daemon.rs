@@ -82,6 +82,9 @@ pub(crate) struct ProxyArgs {
     /// Join only containers that have WEAVE_CIDR set.
     #[arg(long)]
     no_default_ipalloc: bool,
+    /// Leave joined containers' /etc/hosts as Docker wrote it.
+    #[arg(long)]
+    no_rewrite_hosts: bool,
     /// Run the proxy even if no Docker socket is found at launch.
     #[arg(long, conflicts_with = "no_proxy")]
     proxy: bool,
@@ -115,6 +118,7 @@ impl ProxyArgs {
         self.docker_api = self.docker_api.take().or(env.docker_api);
         self.rewrite_inspect |= env.rewrite_inspect;
         self.no_default_ipalloc |= env.no_default_ipalloc;
+        self.no_rewrite_hosts |= env.no_rewrite_hosts;
         self.proxy |= env.proxy;
         self.no_proxy |= env.no_proxy;
         Ok(())
@@ -147,6 +151,7 @@ impl ProxyArgs {
                 docker_api,
                 rewrite_inspect: self.rewrite_inspect,
                 no_default_ipalloc: self.no_default_ipalloc,
+                rewrite_hosts: !self.no_rewrite_hosts,
                 router_api: global.http_addr,
                 waiter_dir: global.state_dir.join("waiter"),
                 bridge: BRIDGE.to_owned(),
@@ -166,6 +171,7 @@ impl ProxyArgs {
         for (on, name) in [
             (self.rewrite_inspect, "--rewrite-inspect"),
             (self.no_default_ipalloc, "--no-default-ipalloc"),
+            (self.no_rewrite_hosts, "--no-rewrite-hosts"),
             (self.proxy, "--proxy"),
             (self.no_proxy, "--no-proxy"),
         ] {

@@ -73,17 +73,19 @@ pub struct Attacher {
     api: SocketAddr,
     bridge: String,
     no_default_ipalloc: bool,
+    rewrite_hosts: bool,
     state: Arc<Mutex<State>>,
 }
 
 impl Attacher {
     /// An attacher using this Docker daemon and router API.
-    pub fn new(docker: Docker, api: SocketAddr, bridge: String, no_default_ipalloc: bool) -> Self {
+    pub fn new(docker: Docker, config: &crate::Config) -> Self {
         Self {
             docker,
-            api,
-            bridge,
-            no_default_ipalloc,
+            api: config.router_api,
+            bridge: config.bridge.clone(),
+            no_default_ipalloc: config.no_default_ipalloc,
+            rewrite_hosts: config.rewrite_hosts,
             state: Arc::default(),
         }
     }
@@ -149,7 +151,7 @@ impl Attacher {
                 return Ok(Some(j.clone()));
             }
         }
-        let joined = self.plumb(&id, pid, &specs).await?;
+        let joined = self.plumb(&inspect, &id, pid, &specs).await?;
         tracing::info!(
             container = %short(&id),
             addrs = ?joined.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -159,12 +161,29 @@ impl Attacher {
         Ok(Some(joined))
     }
 
-    async fn plumb(&self, id: &str, pid: u32, specs: &[AddrSpec]) -> anyhow::Result<Joined> {
+    async fn plumb(
+        &self,
+        inspect: &Value,
+        id: &str,
+        pid: u32,
+        specs: &[AddrSpec],
+    ) -> anyhow::Result<Joined> {
         let ns = NetNs::from_pid(pid).with_context(|| format!("opening the netns of pid {pid}"))?;
         if ns.same_as(&NetNs::current()?) {
             bail!("the container shares the host's network namespace (--net=host?)");
         }
         let addrs = client::acquire(self.api, id, specs).await?;
+        // Before the interface: the waiter lets the program start once ethwe is complete, and
+        // by then its name must resolve to the weave address.
+        if self.rewrite_hosts {
+            if let Some(path) = inspect["HostsPath"].as_str().filter(|p| !p.is_empty()) {
+                let text = weft_dockerapi::hosts::hosts_file(inspect, &addrs);
+                // In place: the container sees this inode through a bind mount.
+                if let Err(e) = std::fs::write(path, text) {
+                    tracing::warn!(container = %short(id), "rewriting {path}: {e}");
+                }
+            }
+        }
         let mtu = self.mtu().await;
         match weft_sys::plumb::attach(&self.bridge, &ns, Some(pid), &addrs, mtu).await {
             Ok(a) => Ok(Joined {

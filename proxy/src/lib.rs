@@ -58,6 +58,8 @@ pub struct Config {
     pub rewrite_inspect: bool,
     /// Containers without `WEAVE_CIDR` are left alone.
     pub no_default_ipalloc: bool,
+    /// Write a joined container's `/etc/hosts` with its name on its weave address.
+    pub rewrite_hosts: bool,
     /// The router's HTTP API (IPAM, MTU).
     pub router_api: SocketAddr,
     /// Directory holding the waiter (`w`), bind-mounted into joined containers at `/w`.

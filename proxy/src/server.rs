@@ -61,12 +61,7 @@ pub fn bind(config: Config) -> anyhow::Result<Proxy> {
         listeners.push((path.clone(), l));
     }
     let docker = Docker::new(&config.docker_api);
-    let attacher = Attacher::new(
-        docker.clone(),
-        config.router_api,
-        config.bridge.clone(),
-        config.no_default_ipalloc,
-    );
+    let attacher = Attacher::new(docker.clone(), &config);
     Ok(Proxy {
         listeners,
         inner: Arc::new(Inner {

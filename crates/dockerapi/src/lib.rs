@@ -5,10 +5,12 @@
 //! - [`route`]: which calls the proxy intercepts (create, start/restart, inspect, exec).
 //! - [`rewrite`]: who joins the weave network (`WEAVE_CIDR`, `--no-default-ipalloc`, network
 //!   mode) and the edits to create, exec and inspect bodies.
+//! - [`hosts`]: the `/etc/hosts` a joined container gets.
 //! - [`events`]: splitting Docker's event stream into events.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod events;
+pub mod hosts;
 pub mod rewrite;
 pub mod route;
