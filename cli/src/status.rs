@@ -28,6 +28,9 @@ pub(crate) fn status(global: &Global, args: StatusArgs) -> anyhow::Result<ExitCo
         if args.json && !body.ends_with('\n') {
             println!();
         }
+        if args.sub.is_none() && !args.json {
+            print!("{}", proxy_section(global));
+        }
         Ok(ExitCode::SUCCESS)
     } else if code == hyper::StatusCode::NOT_FOUND {
         eprint!("{body}");
@@ -38,6 +41,24 @@ pub(crate) fn status(global: &Global, args: StatusArgs) -> anyhow::Result<ExitCo
         eprint!("{body}");
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Weave's proxy block of the status summary, from what the running proxy wrote at launch.
+fn proxy_section(global: &Global) -> String {
+    let path = global.run_dir.join(crate::daemon::PROXY_FILE);
+    let Some(info) = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    else {
+        return String::new();
+    };
+    let mut out = String::from("\n        Service: proxy\n");
+    for addr in info["listen"].as_array().into_iter().flatten() {
+        if let Some(a) = addr.as_str() {
+            out.push_str(&format!("        Address: {a}\n"));
+        }
+    }
+    out
 }
 
 /// Arguments of `weft connect`.
