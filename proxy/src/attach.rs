@@ -287,6 +287,7 @@ impl Attacher {
         {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        self.release_destroyed().await;
         let ids = match self.docker.running().await {
             Ok(ids) => ids,
             Err(e) => {
@@ -310,6 +311,35 @@ impl Attacher {
                     delay = (delay * 3 / 2).min(Duration::from_secs(60));
                 }
             });
+        }
+    }
+}
+
+impl Attacher {
+    /// Releases the addresses of containers that were destroyed while the proxy was not
+    /// running (their `destroy` event was missed): IPAM identifiers that are Docker container
+    /// ids but name no container Docker knows. Other identifiers (`weft attach` targets) are
+    /// never touched.
+    async fn release_destroyed(&self) {
+        let (existing, owned) = match (
+            self.docker.all().await,
+            client::get(self.api, "/ip", true).await,
+        ) {
+            (Ok(ids), Ok((code, body))) if code.is_success() => (ids, body),
+            _ => return,
+        };
+        let Ok(owned) = serde_json::from_str::<Value>(&owned) else {
+            return;
+        };
+        for entry in owned["owned"].as_array().into_iter().flatten() {
+            let Some(id) = entry["containerid"].as_str() else {
+                continue;
+            };
+            let is_container_id = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
+            if is_container_id && !existing.iter().any(|e| e == id) {
+                tracing::info!(container = %short(id), "container gone while the proxy was down");
+                self.release(id).await;
+            }
         }
     }
 }

@@ -156,9 +156,16 @@ impl Docker {
 
     /// Ids of the running containers.
     pub async fn running(&self) -> anyhow::Result<Vec<String>> {
-        let (status, v) = self
-            .call(Method::GET, "/containers/json", None, TIMEOUT)
-            .await?;
+        self.list("/containers/json").await
+    }
+
+    /// Ids of all containers, running or not.
+    pub async fn all(&self) -> anyhow::Result<Vec<String>> {
+        self.list("/containers/json?all=1").await
+    }
+
+    async fn list(&self, path: &str) -> anyhow::Result<Vec<String>> {
+        let (status, v) = self.call(Method::GET, path, None, TIMEOUT).await?;
         if !status.is_success() {
             bail!("listing containers: {status} {}", message(&v));
         }
