@@ -9,6 +9,8 @@
 //! - [`status`]: reading `weft status` output.
 //! - [`mesh`]: multi-hop helpers (launch options, underlay blocks, per-peer connection checks,
 //!   intact TCP transfers).
+//! - [`docker`]: a real `dockerd` per host (own data root and socket, busybox image), for the
+//!   Docker API proxy tests.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -27,6 +29,7 @@
 //! from; build it first with `cargo build --workspace --bins`.
 
 pub mod cmd;
+pub mod docker;
 pub mod mesh;
 pub mod net;
 pub mod status;

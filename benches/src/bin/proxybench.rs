@@ -1,0 +1,422 @@
+//! proxybench (measurement driver, needs root and Docker): what the weft Docker API proxy costs
+//! a docker client, against the same dockerd reached straight through its own socket.
+//!
+//! One host namespace runs a real dockerd and weft (router + proxy, `--no-default-ipalloc`),
+//! built with the `weft-tests` harness. Measured, interleaved (direct and proxy alternate, so
+//! drift hits both alike), while holding `flock /tmp/netbench.lock`:
+//!
+//! - `docker run --rm weft-bb true` wall time: direct; through the proxy without `WEAVE_CIDR`
+//!   (pure pass-through); through the proxy with `WEAVE_CIDR=net:default` (allocate + attach +
+//!   the waiter in the container). Median and min–max of `--runs` each.
+//! - `docker cp C:/big - > /dev/null` of a `--cp-mib` MiB file: the tar stream straight from
+//!   dockerd and through the proxy, median MB/s over `--cp-rounds`, and the CPU time the weft
+//!   process spends per GB passed through.
+//!
+//! Prints a markdown table; `--out` gets the raw figures as JSON.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde_json::json;
+use weft_tests::docker::{Dockerd, IMAGE, docker_cmd, launch_proxy};
+use weft_tests::net::target_dir;
+use weft_tests::{TestNet, median};
+
+/// Docker API proxy bench: added latency of `docker run` and `docker cp` throughput.
+#[derive(Debug, Parser)]
+#[command(name = "proxybench")]
+struct Args {
+    /// `docker run --rm` runs per variant.
+    #[arg(long, default_value_t = 20)]
+    runs: u32,
+    /// Size of the file copied out with `docker cp` (MiB).
+    #[arg(long, default_value_t = 500)]
+    cp_mib: u32,
+    /// `docker cp` rounds per path.
+    #[arg(long, default_value_t = 3)]
+    cp_rounds: u32,
+    /// JSON output file (default `bench-results/proxybench-<unix time>.json`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Shared lock taken around the measurements.
+    #[arg(long, default_value = "/tmp/netbench.lock")]
+    lock: PathBuf,
+    /// weft binary (default: $WEFT_BIN, else `weft` next to this executable, else
+    /// target/release/weft, else target/debug/weft).
+    #[arg(long)]
+    weft_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Variant {
+    Direct,
+    ProxyPass,
+    ProxyJoin,
+}
+
+impl Variant {
+    const ALL: [Self; 3] = [Self::Direct, Self::ProxyPass, Self::ProxyJoin];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Direct => "direct to dockerd",
+            Self::ProxyPass => "proxy, not joined (no WEAVE_CIDR)",
+            Self::ProxyJoin => "proxy, joined (WEAVE_CIDR=net:default)",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::ProxyPass => "proxy_pass",
+            Self::ProxyJoin => "proxy_join",
+        }
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = run(&args) {
+        eprintln!("proxybench: {e:?}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    if args.runs == 0 || args.cp_rounds == 0 {
+        bail!("--runs and --cp-rounds must be at least 1");
+    }
+    let weft_bin = locate_weft(args)?;
+    eprintln!("proxybench: weft binary {}", weft_bin.display());
+    let net = TestNet::with_weft_bin("pbench", Some(weft_bin.clone()))?;
+    let h = net.host(1)?;
+    let dockerd = Dockerd::start(&h)?;
+    let res = (|| {
+        let proxy = launch_proxy(&h, &dockerd, &[], &[])?;
+        measure(args, &dockerd, &proxy, h.router_pid()?)
+    })();
+    if res.is_err() {
+        eprintln!("{}", net.logs_report(30));
+    }
+    drop(dockerd);
+    let (lat, cp) = res?;
+
+    let table = render(args, &lat, &cp);
+    println!("{table}");
+    let out = args.out.clone().unwrap_or_else(|| {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from(format!("bench-results/proxybench-{t}.json"))
+    });
+    let doc = json!({
+        "suite": {
+            "runs": args.runs,
+            "cp_mib": args.cp_mib,
+            "cp_rounds": args.cp_rounds,
+            "weft_bin": weft_bin.display().to_string(),
+            "docker": weft_tests::Cmd::new(weft_tests::docker::DOCKER).arg("--version").run().map(|o| o.stdout.trim().to_owned()).unwrap_or_default(),
+            "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        },
+        "run_ms": Variant::ALL.iter().zip(&lat).map(|(v, xs)| (v.key().to_owned(), json!(xs))).collect::<serde_json::Map<_, _>>(),
+        "cp_mb_per_s": { "direct": cp.direct, "proxy": cp.proxy },
+        "cp_weft_cpu_s_per_gb": cp.weft_cpu_s_per_gb,
+        "table_markdown": table,
+    });
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::write(&out, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("proxybench: wrote {}", out.display());
+    Ok(())
+}
+
+/// `docker cp` figures.
+#[derive(Debug, Default)]
+struct Copies {
+    /// MB/s straight from dockerd.
+    direct: Vec<f64>,
+    /// MB/s through the proxy.
+    proxy: Vec<f64>,
+    /// CPU seconds the weft process spent per GB passed through.
+    weft_cpu_s_per_gb: Vec<f64>,
+}
+
+type Measured = ([Vec<f64>; 3], Copies);
+
+fn measure(args: &Args, dockerd: &Dockerd, proxy: &Path, weft_pid: u32) -> Result<Measured> {
+    let direct = dockerd.socket().to_path_buf();
+    let sock_for = |v: Variant| match v {
+        Variant::Direct => direct.as_path(),
+        _ => proxy,
+    };
+    let run_args = |v: Variant| -> Vec<&'static str> {
+        match v {
+            Variant::ProxyJoin => {
+                vec!["run", "--rm", "-e", "WEAVE_CIDR=net:default", IMAGE, "true"]
+            }
+            _ => vec!["run", "--rm", IMAGE, "true"],
+        }
+    };
+
+    // The big file, written once (outside the lock).
+    eprintln!("proxybench: writing {} MiB into a container", args.cp_mib);
+    let script = format!(
+        "dd if=/dev/urandom of=/tmp/big bs=1M count={} 2>/dev/null && echo done",
+        args.cp_mib
+    );
+    docker_cmd(
+        &direct,
+        &["run", "--name", "big", IMAGE, "sh", "-c", &script],
+    )
+    .timeout(Duration::from_secs(600))
+    .run_ok()?;
+
+    let _lock = BenchLock::take(&args.lock)?;
+    // Warm-up: one of each (the first allocation also settles IPAM).
+    for v in Variant::ALL {
+        timed_run(sock_for(v), &run_args(v))?;
+    }
+    let mut lat: [Vec<f64>; 3] = Default::default();
+    for i in 0..args.runs {
+        // Rotate the order every round.
+        for k in 0..3 {
+            let idx = (k + i as usize) % 3;
+            let v = Variant::ALL[idx];
+            lat[idx].push(timed_run(sock_for(v), &run_args(v))?);
+        }
+    }
+    for (v, xs) in Variant::ALL.iter().zip(&lat) {
+        eprintln!(
+            "proxybench:   docker run --rm, {}: median {:.1} ms",
+            v.label(),
+            median(xs).unwrap_or(f64::NAN)
+        );
+    }
+
+    let clk_tck: f64 = weft_tests::Cmd::new("getconf")
+        .arg("CLK_TCK")
+        .run_ok()
+        .ok()
+        .and_then(|o| o.stdout.trim().parse().ok())
+        .unwrap_or(100.0);
+    let mut cp = Copies::default();
+    let bytes = u64::from(args.cp_mib) << 20;
+    let cp_args = ["cp", "big:/tmp/big", "-"];
+    let sink = Path::new("/dev/null");
+    for round in 0..args.cp_rounds {
+        let order: [(bool, &Path); 2] = if round % 2 == 0 {
+            [(false, direct.as_path()), (true, proxy)]
+        } else {
+            [(true, proxy), (false, direct.as_path())]
+        };
+        for (via_proxy, sock) in order {
+            let cpu0 = cpu_seconds(weft_pid, clk_tck)?;
+            let ms = timed(sock, &cp_args, Some(sink))?;
+            let cpu = cpu_seconds(weft_pid, clk_tck)? - cpu0;
+            let mbps = bytes as f64 / 1e6 / (ms / 1e3);
+            eprintln!(
+                "proxybench:   docker cp {} MiB {}: {:.0} MB/s",
+                args.cp_mib,
+                if via_proxy {
+                    "through the proxy"
+                } else {
+                    "direct"
+                },
+                mbps
+            );
+            if via_proxy {
+                cp.proxy.push(mbps);
+                cp.weft_cpu_s_per_gb.push(cpu / (bytes as f64 / 1e9));
+            } else {
+                cp.direct.push(mbps);
+            }
+        }
+    }
+    Ok((lat, cp))
+}
+
+/// Wall time of one docker CLI command (ms), stdout to `stdout` (default `/dev/null`); fails if
+/// it fails. Waits with a blocking `wait` (no polling), so the figure is the command's own.
+fn timed(sock: &Path, args: &[&str], stdout: Option<&Path>) -> Result<f64> {
+    let mut c = Command::new(weft_tests::docker::DOCKER);
+    c.arg("-H")
+        .arg(format!("unix://{}", sock.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    match stdout {
+        Some(p) => c.stdout(fs::File::create(p)?),
+        None => c.stdout(Stdio::null()),
+    };
+    let t = Instant::now();
+    let out = c
+        .output()
+        .with_context(|| format!("running docker {args:?}"))?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    if !out.status.success() {
+        bail!(
+            "docker {args:?} via {} exited with {}: {}",
+            sock.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(ms)
+}
+
+fn timed_run(sock: &Path, args: &[&str]) -> Result<f64> {
+    timed(sock, args, None)
+}
+
+/// utime + stime of process `pid` (all threads), in seconds.
+fn cpu_seconds(pid: u32, clk_tck: f64) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after "(comm) ": state is field 3, utime/stime are fields 14/15.
+    let f: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let tick = |i: usize| -> Result<u64> {
+        f.get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no field {i} in /proc/{pid}/stat"))
+    };
+    Ok((tick(11)? + tick(12)?) as f64 / clk_tck)
+}
+
+fn spread(xs: &[f64], digits: usize) -> String {
+    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    match median(xs) {
+        Some(m) => format!("{m:.digits$} ({min:.digits$}–{max:.digits$})"),
+        None => "–".to_owned(),
+    }
+}
+
+fn render(args: &Args, lat: &[Vec<f64>; 3], cp: &Copies) -> String {
+    let base = median(&lat[0]).unwrap_or(f64::NAN);
+    let mut s = format!(
+        "| `docker run --rm {IMAGE} true` ({} runs each, interleaved) | wall ms, median (min–max) | added vs direct (median) |\n|---|---|---|\n",
+        args.runs
+    );
+    for (v, xs) in Variant::ALL.iter().zip(lat) {
+        let m = median(xs).unwrap_or(f64::NAN);
+        let added = match v {
+            Variant::Direct => "–".to_owned(),
+            _ => format!("{:+.1} ms", m - base),
+        };
+        s.push_str(&format!(
+            "| {} | {} | {added} |\n",
+            v.label(),
+            spread(xs, 1)
+        ));
+    }
+    let (d, p) = (
+        median(&cp.direct).unwrap_or(f64::NAN),
+        median(&cp.proxy).unwrap_or(f64::NAN),
+    );
+    s.push_str(&format!(
+        "\n| `docker cp C:/big - > /dev/null`, {} MiB ({} rounds each) | MB/s, median (min–max) | proxy / direct |\n|---|---|---|\n",
+        args.cp_mib, args.cp_rounds
+    ));
+    s.push_str(&format!(
+        "| direct to dockerd | {} | – |\n",
+        spread(&cp.direct, 0)
+    ));
+    s.push_str(&format!(
+        "| through the proxy | {} | {:.2} |\n",
+        spread(&cp.proxy, 0),
+        p / d
+    ));
+    s.push_str(&format!(
+        "\nweft process CPU while passing the copy through: {} s per GB (median (min–max)).\n",
+        spread(&cp.weft_cpu_s_per_gb, 2)
+    ));
+    s
+}
+
+fn locate_weft(args: &Args) -> Result<PathBuf> {
+    if let Some(p) = &args.weft_bin {
+        return fs::canonicalize(p).with_context(|| format!("--weft-bin {}", p.display()));
+    }
+    if let Some(p) = std::env::var_os("WEFT_BIN") {
+        return fs::canonicalize(&p).with_context(|| format!("WEFT_BIN={p:?}"));
+    }
+    // Next to this executable (`target*/release/`), then the usual target directory.
+    if let Some(dir) = std::env::current_exe()?.parent() {
+        let p = dir.join("weft");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    if let Some(t) = target_dir() {
+        for profile in ["release", "debug"] {
+            let p = t.join(profile).join("weft");
+            if p.is_file() {
+                if profile == "debug" {
+                    eprintln!(
+                        "proxybench: WARNING: using the debug build; build the release one with \
+                         `cargo build --release -p weft-cli` for meaningful figures"
+                    );
+                }
+                return Ok(p);
+            }
+        }
+    }
+    bail!("no weft binary: build it (`cargo build --release -p weft-cli`) or pass --weft-bin")
+}
+
+/// `flock LOCK` held by a helper process for as long as this value lives.
+struct BenchLock {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl BenchLock {
+    fn take(path: &Path) -> Result<Self> {
+        let started = Instant::now();
+        let mut child = Command::new("flock")
+            .args(["-w", "1800"])
+            .arg(path)
+            .args(["sh", "-c", "echo locked; exec cat >/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting flock")?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("flock stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "locked" {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("could not take {} within 30 minutes", path.display());
+        }
+        if started.elapsed() > Duration::from_secs(1) {
+            eprintln!(
+                "proxybench: waited {:.0?} for {}",
+                started.elapsed(),
+                path.display()
+            );
+        }
+        Ok(Self { child, stdin })
+    }
+}
+
+impl Drop for BenchLock {
+    fn drop(&mut self) {
+        // Closing stdin ends `cat`, which releases the lock.
+        if let Some(mut s) = self.stdin.take() {
+            let _ = s.flush();
+        }
+        let _ = self.child.wait();
+    }
+}
