@@ -287,7 +287,7 @@ impl Attacher {
         {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        self.release_destroyed().await;
+        self.release_stale().await;
         let ids = match self.docker.running().await {
             Ok(ids) => ids,
             Err(e) => {
@@ -316,13 +316,14 @@ impl Attacher {
 }
 
 impl Attacher {
-    /// Releases the addresses of containers that were destroyed while the proxy was not
-    /// running (their `destroy` event was missed): IPAM identifiers that are Docker container
-    /// ids but name no container Docker knows. Other identifiers (`weft attach` targets) are
-    /// never touched.
-    async fn release_destroyed(&self) {
-        let (existing, owned) = match (
-            self.docker.all().await,
+    /// Releases the addresses of containers that stopped or were destroyed while the proxy
+    /// was not running (their `die`/`destroy` events were missed), as Weave prunes at start:
+    /// IPAM identifiers that are Docker container ids of containers not running now. Each is
+    /// checked again under its lock, so a container starting meanwhile keeps its addresses.
+    /// Other identifiers (`weft attach` targets) are never touched.
+    async fn release_stale(&self) {
+        let (running, owned) = match (
+            self.docker.running().await,
             client::get(self.api, "/ip", true).await,
         ) {
             (Ok(ids), Ok((code, body))) if code.is_success() => (ids, body),
@@ -336,8 +337,18 @@ impl Attacher {
                 continue;
             };
             let is_container_id = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
-            if is_container_id && !existing.iter().any(|e| e == id) {
-                tracing::info!(container = %short(id), "container gone while the proxy was down");
+            if !is_container_id || running.iter().any(|r| r == id) {
+                continue;
+            }
+            let lock = self.lock_for(id);
+            let _held = lock.lock().await;
+            let still_down = match self.docker.inspect(id).await {
+                Ok(None) => true,
+                Ok(Some(i)) => i["State"]["Running"].as_bool() != Some(true),
+                Err(_) => false,
+            };
+            if still_down {
+                tracing::info!(container = %short(id), "container stopped or removed while the proxy was down");
                 self.release(id).await;
             }
         }

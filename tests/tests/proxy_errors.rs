@@ -195,6 +195,7 @@ fn weft_killed_and_relaunched_reattaches_and_releases_what_was_removed() {
         let s = single(net)?;
         let gone = s.docker_ok(&["run", "-d", "-e", CIDR_ENV, IMAGE, "sleep", "300"])?;
         let gone_cidrs = ethwe_cidrs(&s.sock, &gone)?;
+        let stopped = s.docker_ok(&["run", "-d", "-e", CIDR_ENV, IMAGE, "sleep", "300"])?;
         let kept = s.docker_ok(&[
             "run", "-d", "--name", "kept", "-e", CIDR_ENV, IMAGE, "sleep", "300",
         ])?;
@@ -207,6 +208,8 @@ fn weft_killed_and_relaunched_reattaches_and_releases_what_was_removed() {
         // weft dies (router and proxy); meanwhile a container is removed behind its back.
         s.host.kill_router()?;
         s.dockerd.docker_ok(&["rm", "-f", &gone])?;
+        // ... and another one stops (its `die` is never seen: no 30 s hold applies).
+        s.dockerd.docker_ok(&["stop", "-t", "0", &stopped])?;
         let sock = launch_proxy(&s.host, &s.dockerd, &[], &[])?;
         ensure!(sock == s.sock, "the proxy moved to {}", sock.display());
 
@@ -247,6 +250,17 @@ fn weft_killed_and_relaunched_reattaches_and_releases_what_was_removed() {
                 Ok(())
             },
         )?;
+        // The stopped one holds no address any more; the running one still does.
+        let get = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:6784/ip').read().decode())";
+        let owned = s.host.exec(&["python3", "-c", get])?.ok()?.stdout;
+        ensure!(
+            !owned.contains(stopped.as_str()),
+            "the container stopped while weft was down still holds an address: {owned}"
+        );
+        ensure!(
+            owned.contains(kept.as_str()),
+            "the running one lost its address: {owned}"
+        );
         Ok(())
     });
 }
