@@ -347,8 +347,17 @@ struct Capture {
 }
 
 impl Capture {
-    /// Starts tshark in `ns` on `dev` (UDP 6784 decoded as VXLAN) and waits until it captures.
-    fn start(ns: &str, dev: &str, dir: &std::path::Path, fields: &[&str]) -> Result<Self> {
+    /// Starts tshark in `ns` on `dev` (UDP 6784 decoded as VXLAN) and waits until it captures:
+    /// "Capturing on" can come before packets are seen (under load), so probe datagrams go
+    /// from `ns` to `probe_to`:6784 until one shows in the output. The probe rows have no inner
+    /// fields.
+    fn start(
+        ns: &str,
+        dev: &str,
+        dir: &std::path::Path,
+        fields: &[&str],
+        probe_to: std::net::Ipv4Addr,
+    ) -> Result<Self> {
         let out = dir.join("tshark.out");
         let err = dir.join("tshark.err");
         let mut c = weft_tests::Cmd::new("ip").args([
@@ -391,6 +400,24 @@ impl Capture {
                 bail!("not yet: {e}")
             },
         );
+        let probe = format!(
+            "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\
+             .sendto(b'weft-capture-probe', ('{probe_to}', 6784))"
+        );
+        let started = started.and_then(|()| {
+            wait_until(
+                "tshark to see a probe datagram",
+                Duration::from_secs(20),
+                Duration::from_millis(200),
+                || {
+                    cmd::ns_exec(ns, &["python3", "-c", &probe], Duration::from_secs(5))?.ok()?;
+                    std::thread::sleep(Duration::from_millis(100));
+                    let seen = std::fs::read_to_string(&cap.out).unwrap_or_default();
+                    ensure!(!seen.trim().is_empty(), "nothing captured yet");
+                    Ok(())
+                },
+            )
+        });
         if let Err(e) = started {
             cap.kill();
             return Err(e);
@@ -459,7 +486,7 @@ fn learned_macs_keep_unicast_off_other_peers() {
             "icmp.type",
             "arp.src.proto_ipv4",
         ];
-        let cap = Capture::start(hosts[2].ns(), "ul0", net.dir(), &FIELDS)?;
+        let cap = Capture::start(hosts[2].ns(), "ul0", net.dir(), &FIELDS, hosts[0].addr())?;
         // The very first frames between c1 and c2: c1's ARP request (broadcast, so flooded to
         // every peer), c2's reply, then the echo requests and replies.
         let s12 = c1.ping(c2.ip(), 10, 0.2)?;
