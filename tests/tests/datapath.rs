@@ -410,7 +410,7 @@ impl Capture {
                 Duration::from_secs(20),
                 Duration::from_millis(200),
                 || {
-                    cmd::ns_exec(ns, &["python3", "-c", &probe], Duration::from_secs(5))?.ok()?;
+                    cmd::ns_exec(ns, ["python3", "-c", &probe], Duration::from_secs(5))?.ok()?;
                     std::thread::sleep(Duration::from_millis(100));
                     let seen = std::fs::read_to_string(&cap.out).unwrap_or_default();
                     ensure!(!seen.trim().is_empty(), "nothing captured yet");
