@@ -14,7 +14,8 @@
 //!   `run -it` / `exec -it` on a terminal, `logs -f` and `events` receive what happens after they
 //!   started;
 //! - big bodies: `docker cp` both ways keeps the content, and `cp` to stdout, `export` and
-//!   `import` give the same bytes and layers through the proxy as straight from dockerd.
+//!   `import` give the same bytes and layers through the proxy as straight from dockerd;
+//! - the proxy's flags from `WEAVEPROXY_OPTIONS`, several `-H` sockets, all in `weft status`.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
@@ -593,6 +594,67 @@ fn copy_import_export_match_direct() {
             sum.split_whitespace().next() == Some(want.as_str()),
             "the imported image holds {sum:?}"
         );
+        Ok(())
+    });
+}
+
+/// `weft launch` takes the proxy's flags from `WEAVEPROXY_OPTIONS` too (the seed's ansible sets
+/// it), and listens on every `-H` given; `weft status` lists them.
+#[test]
+fn weaveproxy_options_and_several_sockets() {
+    run_test("pxopt", |net| {
+        let host = net.host(1)?;
+        let dockerd = Dockerd::start(&host)?;
+        let a = host.run_dir().join("a.sock");
+        let b = host.run_dir().join("b.sock");
+        let opts = format!(
+            "--rewrite-inspect --no-default-ipalloc -H unix://{} --docker-api {}",
+            a.display(),
+            dockerd.socket_url()
+        );
+        let b_url = format!("unix://{}", b.display());
+        host.weft_cmd(&["launch", "-H", &b_url])?
+            .env("WEAVEPROXY_OPTIONS", &opts)
+            .run_ok()?;
+        let status = host.weft_ok(&["status"])?;
+        for s in [&a, &b] {
+            ensure!(
+                status.contains(&format!("Address: unix://{}", s.display())),
+                "`weft status` does not list {}:\n{status}",
+                s.display()
+            );
+        }
+        // --no-default-ipalloc from the variable: no WEAVE_CIDR, no ethwe (through either socket).
+        for s in [&a, &b] {
+            let links = docker_via(s, &["run", "--rm", IMAGE, "ip", "-o", "link"])?.ok()?;
+            ensure!(
+                !link_names(&links.stdout).iter().any(|l| l == "ethwe"),
+                "a container without WEAVE_CIDR got ethwe via {}: {}",
+                s.display(),
+                links.stdout
+            );
+        }
+        // --rewrite-inspect from the variable: inspect through the other socket shows the address.
+        let id = docker_via(&a, &["run", "-d", "-e", CIDR_ENV, IMAGE, "sleep", "300"])?
+            .ok()?
+            .stdout
+            .trim()
+            .to_owned();
+        let cidrs = ethwe_cidrs(&b, &id)?;
+        let shown = docker_via(
+            &b,
+            &["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &id],
+        )?
+        .ok()?
+        .stdout
+        .trim()
+        .to_owned();
+        ensure!(
+            cidrs.len() == 1 && cidrs[0].split('/').next() == Some(shown.as_str()),
+            "inspect shows '{shown}', ethwe has {cidrs:?}"
+        );
+        docker_via(&a, &["rm", "-f", &id])?.ok()?;
+        drop(dockerd);
         Ok(())
     });
 }
