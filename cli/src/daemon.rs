@@ -62,6 +62,16 @@ pub(crate) struct LaunchArgs {
     /// How the range is first divided: consensus[=N], seed=NAME,... or observer.
     #[arg(long, env = "IPALLOC_INIT", default_value = "consensus")]
     ipalloc_init: String,
+    /// Encrypt every connection with this network password (prefer --password-file: a
+    /// command line is visible in `ps`).
+    #[arg(long, env = "WEAVE_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Read the network password from this file (one trailing newline is ignored).
+    #[arg(long, conflicts_with = "password")]
+    password_file: Option<std::path::PathBuf>,
+    /// Comma-separated CIDRs of peers trusted to carry the data plane in the clear.
+    #[arg(long, default_value = "")]
+    trusted_subnets: String,
 }
 
 pub(crate) fn launch(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCode> {
@@ -104,6 +114,9 @@ pub(crate) fn launch(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCo
         .arg("--foreground")
         .args(launch_flags(&args))
         .args(&args.peers)
+        // The password reaches the router through its environment, never its command line.
+        .env_remove("WEAVE_PASSWORD")
+        .envs(args.password.as_ref().map(|p| ("WEAVE_PASSWORD", p)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -167,6 +180,10 @@ fn launch_flags(args: &LaunchArgs) -> Vec<String> {
     if let Some(nick) = &args.nickname {
         flags.extend(["--nickname".to_owned(), nick.clone()]);
     }
+    if let Some(file) = &args.password_file {
+        flags.extend(["--password-file".to_owned(), file.display().to_string()]);
+    }
+    flags.push(format!("--trusted-subnets={}", args.trusted_subnets));
     flags
 }
 
@@ -205,6 +222,9 @@ fn foreground(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCode> {
     }
     let ipalloc_init =
         weft_router::config::parse_ipalloc_init(&args.ipalloc_init).map_err(anyhow::Error::msg)?;
+    let password = read_password(args.password.as_deref(), args.password_file.as_deref())?;
+    let trusted_subnets = weft_router::config::parse_trusted_subnets(&args.trusted_subnets)
+        .map_err(anyhow::Error::msg)?;
     let config = Config {
         name: args.name,
         nickname,
@@ -227,6 +247,8 @@ fn foreground(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCode> {
         ipalloc_range,
         ipalloc_default_subnet: args.ipalloc_default_subnet,
         ipalloc_init,
+        password,
+        trusted_subnets,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -234,6 +256,32 @@ fn foreground(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     rt.block_on(weft_router::run(config, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The password from `--password`/`WEAVE_PASSWORD` or `--password-file`.
+fn read_password(
+    given: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<weft_router::config::Password>> {
+    let bytes = match (given, file) {
+        (Some(p), _) => p.as_bytes().to_vec(),
+        (None, Some(path)) => {
+            let mut b = std::fs::read(path)
+                .with_context(|| format!("reading --password-file {}", path.display()))?;
+            if b.ends_with(b"\n") {
+                b.pop();
+                if b.ends_with(b"\r") {
+                    b.pop();
+                }
+            }
+            b
+        }
+        (None, None) => return Ok(None),
+    };
+    if bytes.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(Some(weft_router::config::Password(bytes)))
 }
 
 async fn shutdown_signal() {
