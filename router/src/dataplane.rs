@@ -454,7 +454,11 @@ impl DataPlane {
                 }
                 let slot = self.recv.datagram_mut(i);
                 // The same split as `segments`: runs of `stride` bytes, the last one shorter.
-                let stride = if stride == 0 { slot.len().max(1) } else { stride };
+                let stride = if stride == 0 {
+                    slot.len().max(1)
+                } else {
+                    stride
+                };
                 for sealed in slot.chunks_mut(stride).take(whole) {
                     let datagram = match tx.links.open(from.ip(), sealed) {
                         Ok(range) => &sealed[range],

@@ -142,7 +142,11 @@ impl Links {
 /// Write a datagram into `buf` with `f` (which writes a VXLAN header and payload at the start of
 /// the slice it gets and returns the length), sealing it with `tx` if given. Returns the
 /// datagram's length; 0 if it could not be sealed.
-pub fn build(tx: Option<&mut TxSession>, buf: &mut [u8], f: impl FnOnce(&mut [u8]) -> usize) -> usize {
+pub fn build(
+    tx: Option<&mut TxSession>,
+    buf: &mut [u8],
+    f: impl FnOnce(&mut [u8]) -> usize,
+) -> usize {
     let Some(tx) = tx else {
         return f(buf);
     };
