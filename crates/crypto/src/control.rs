@@ -208,17 +208,23 @@ mod tests {
             ("replay", vec![f0.clone(), f0.clone()]),
             ("reorder", vec![f1.clone(), f0.clone()]),
             ("drop", vec![f0.clone(), f2.clone()]),
-            ("flip", vec![{
-                let mut f = f0.clone();
-                f[6] ^= 1;
-                f
-            }]),
-            ("tag", vec![{
-                let mut f = f0.clone();
-                let n = f.len();
-                f[n - 1] ^= 0x80;
-                f
-            }]),
+            (
+                "flip",
+                vec![{
+                    let mut f = f0.clone();
+                    f[6] ^= 1;
+                    f
+                }],
+            ),
+            (
+                "tag",
+                vec![{
+                    let mut f = f0.clone();
+                    let n = f.len();
+                    f[n - 1] ^= 0x80;
+                    f
+                }],
+            ),
         ];
         for (what, frames) in cases {
             let (_, mut o) = pair();
@@ -261,6 +267,9 @@ mod tests {
         s.seq = u64::MAX - 1;
         let mut out = Vec::new();
         s.seal_frame(b"last", &mut out).unwrap();
-        assert_eq!(s.seal_frame(b"more", &mut out), Err(ControlError::Exhausted));
+        assert_eq!(
+            s.seal_frame(b"more", &mut out),
+            Err(ControlError::Exhausted)
+        );
     }
 }

@@ -59,7 +59,10 @@ pub enum OpenError {
 /// The AEAD key of `epoch` under the connection's key `base`.
 fn epoch_key(cipher: Cipher, base: &KeyBytes, epoch: u64) -> aead::LessSafeKey {
     let prk = hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, &base.0);
-    aead_key(cipher, &expand(&prk, &[b"weft data epoch", &epoch.to_be_bytes()]))
+    aead_key(
+        cipher,
+        &expand(&prk, &[b"weft data epoch", &epoch.to_be_bytes()]),
+    )
 }
 
 /// The sending half of a data-plane session.
@@ -264,7 +267,10 @@ mod tests {
             let d = seal(tx, b"same plaintext every time");
             let ctr = u64::from_be_bytes(d[H..H + 8].try_into().unwrap());
             assert!(counters.insert(ctr), "counter {ctr} reused");
-            assert!(ciphertexts.insert(d[H + 8..].to_vec()), "ciphertext repeated");
+            assert!(
+                ciphertexts.insert(d[H + 8..].to_vec()),
+                "ciphertext repeated"
+            );
             assert_eq!(open(rx, d).unwrap(), b"same plaintext every time");
         };
         for _ in 0..50_000 {

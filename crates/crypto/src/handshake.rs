@@ -460,7 +460,11 @@ mod tests {
         // guessed password. Neither session's keys match A's or B's.
         let psk = stretch(b"pw", StretchParams::TEST).unwrap();
         let guess = stretch(b"guess", StretchParams::TEST).unwrap();
-        let (a, b, m) = (side(1, false, false), side(2, false, false), side(3, false, false));
+        let (a, b, m) = (
+            side(1, false, false),
+            side(2, false, false),
+            side(3, false, false),
+        );
         let (sa, sm1) = run(&a, &psk, &m, &guess);
         let (sm2, sb) = run(&m, &guess, &b, &psk);
         assert!(sa.check_confirmation(&sm1.confirmation()).is_err());

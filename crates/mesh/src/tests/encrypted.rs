@@ -4,9 +4,7 @@ use weft_crypto::{Cipher, Psk};
 use weft_wire::control::Message;
 
 use super::util::{Pair, peer};
-use crate::{
-    CloseReason, ConnConfig, ConnState, Encryption, Event, Instant, Protection, Security,
-};
+use crate::{CloseReason, ConnConfig, ConnState, Encryption, Event, Instant, Protection, Security};
 
 fn psk(b: u8) -> Psk {
     Psk::from_bytes([b; 32])
@@ -33,7 +31,10 @@ fn pair(a: ConnConfig, b: ConnConfig) -> Pair {
 #[test]
 fn same_password_reaches_ready_with_matching_data_keys() {
     for chunk in [usize::MAX, 1, 7] {
-        let mut p = pair(secure(Some(5), 1, false, true), secure(Some(5), 2, false, true));
+        let mut p = pair(
+            secure(Some(5), 1, false, true),
+            secure(Some(5), 2, false, true),
+        );
         p.chunk = chunk;
         p.drive();
         assert_eq!(p.a.state(), ConnState::Ready, "chunk {chunk}");
@@ -57,10 +58,13 @@ fn same_password_reaches_ready_with_matching_data_keys() {
         assert_eq!(&d[r], b"hello");
         // Messages flow after Ready.
         p.a.conn
-            .send(p.now, &Message::Gossip {
-                channel: 1,
-                payload: b"gossip".to_vec(),
-            })
+            .send(
+                p.now,
+                &Message::Gossip {
+                    channel: 1,
+                    payload: b"gossip".to_vec(),
+                },
+            )
             .unwrap();
         p.drive();
         assert!(p.b.events().contains(&Event::Message(Message::Gossip {
@@ -72,7 +76,10 @@ fn same_password_reaches_ready_with_matching_data_keys() {
 
 #[test]
 fn nothing_after_the_key_hellos_is_in_the_clear() {
-    let mut p = pair(secure(Some(5), 1, false, false), secure(Some(5), 2, false, false));
+    let mut p = pair(
+        secure(Some(5), 1, false, false),
+        secure(Some(5), 2, false, false),
+    );
     let mut wire = Vec::new();
     // Capture what A sends while driving by hand.
     for _ in 0..4 {
@@ -97,18 +104,29 @@ fn nothing_after_the_key_hellos_is_in_the_clear() {
 
 #[test]
 fn wrong_password_is_reported_on_both_sides() {
-    let mut p = pair(secure(Some(5), 1, false, false), secure(Some(6), 2, false, false));
+    let mut p = pair(
+        secure(Some(5), 1, false, false),
+        secure(Some(6), 2, false, false),
+    );
     p.drive();
     assert_eq!(p.a.closed().map(|c| c.1), Some(CloseReason::WrongPassword));
     assert_eq!(p.b.closed().map(|c| c.1), Some(CloseReason::WrongPassword));
-    assert!(CloseReason::WrongPassword.to_string().contains("wrong password"));
+    assert!(
+        CloseReason::WrongPassword
+            .to_string()
+            .contains("wrong password")
+    );
     assert!(p.a.conn.remote().is_none());
 }
 
 #[test]
 fn password_on_one_side_only_is_reported_on_both_sides() {
     for a_has in [true, false] {
-        let (ka, kb) = if a_has { (Some(5), None) } else { (None, Some(5)) };
+        let (ka, kb) = if a_has {
+            (Some(5), None)
+        } else {
+            (None, Some(5))
+        };
         let mut p = pair(secure(ka, 1, false, false), secure(kb, 2, false, false));
         p.drive();
         let ra = p.a.closed().unwrap().1;
@@ -170,7 +188,10 @@ fn data_plane_is_clear_only_when_both_trust() {
 #[test]
 fn tampered_or_replayed_control_frames_close_the_connection() {
     for mode in ["flip", "replay"] {
-        let mut p = pair(secure(Some(5), 1, false, false), secure(Some(5), 2, false, false));
+        let mut p = pair(
+            secure(Some(5), 1, false, false),
+            secure(Some(5), 2, false, false),
+        );
         p.drive();
         assert_eq!(p.b.state(), ConnState::Ready);
         p.a.conn.send(p.now, &Message::Heartbeat).unwrap();
@@ -197,7 +218,10 @@ fn tampered_or_replayed_control_frames_close_the_connection() {
 
 #[test]
 fn garbage_instead_of_confirmation_is_a_wrong_password() {
-    let mut p = pair(secure(Some(5), 1, false, false), secure(Some(5), 2, false, false));
+    let mut p = pair(
+        secure(Some(5), 1, false, false),
+        secure(Some(5), 2, false, false),
+    );
     // A's hello reaches B; B answers with its hello and key hello; A gets those and then
     // 32 junk bytes where B's confirmation belongs.
     let mut out = Vec::new();
