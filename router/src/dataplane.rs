@@ -187,6 +187,9 @@ struct DriverCounters {
     udp_rx_dropped_auth: u64,
     udp_rx_dropped_replay: u64,
     udp_tx_dropped_crypto: u64,
+    /// Datagrams from addresses without a link (with a password set), which the engine would
+    /// have counted as from an unknown peer.
+    udp_rx_dropped_unknown: u64,
 }
 
 struct DataPlane {
@@ -264,7 +267,10 @@ impl DataPlane {
             // Datagrams refused by the crypto never reached the engine.
             udp_rx_datagrams: self.engine.counters().udp_rx_datagrams
                 + d.udp_rx_dropped_auth
-                + d.udp_rx_dropped_replay,
+                + d.udp_rx_dropped_replay
+                + d.udp_rx_dropped_unknown,
+            udp_rx_dropped_unknown_peer: self.engine.counters().udp_rx_dropped_unknown_peer
+                + d.udp_rx_dropped_unknown,
             ..*self.engine.counters()
         }
     }
@@ -462,6 +468,10 @@ impl DataPlane {
                 for sealed in slot.chunks_mut(stride).take(whole) {
                     let datagram = match tx.links.open(from.ip(), sealed) {
                         Ok(range) => &sealed[range],
+                        Err(Refused::Unknown) => {
+                            rx.counters.udp_rx_dropped_unknown += 1;
+                            continue;
+                        }
                         Err(Refused::Auth) => {
                             rx.counters.udp_rx_dropped_auth += 1;
                             continue;

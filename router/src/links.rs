@@ -17,6 +17,8 @@ use weft_crypto::handshake::DataKeys;
 use weft_wire::vxlan::HEADER_LEN as VXLAN_HLEN;
 
 /// How traffic with one neighbour is protected.
+// One per neighbour, looked up per datagram: kept inline rather than boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Link {
     /// In the clear (both sides trust each other).
@@ -27,7 +29,7 @@ enum Link {
         tx: TxSession,
         rx: RxSession,
         /// The previous connection's receiving session, for datagrams still in flight when a
-        /// connection to the same peer replaced it.
+        /// connection to the same peer replaced it; dropped once the new keys opened one.
         old_rx: Option<RxSession>,
     },
 }
@@ -35,11 +37,17 @@ enum Link {
 /// Why a received datagram was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
-    /// Failed authentication, or unsealed where sealing is required.
+    /// From an address with no link: not a neighbour (yet).
+    Unknown,
+    /// Failed authentication (forged, corrupted, or unsealed where sealing is required).
     Auth,
     /// A replay.
     Replay,
 }
+
+/// A password is set and the neighbour has no keys (yet): do not send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoLink;
 
 /// Every neighbour's link, by underlay address.
 #[derive(Debug, Default)]
@@ -47,6 +55,9 @@ pub struct Links {
     /// A password is set: neighbours without a link get nothing and are heard from not at all.
     required: bool,
     links: HashMap<IpAddr, Link>,
+    /// A copy of a datagram while it is tried under the new keys (a failed open may have
+    /// overwritten it), so the old keys can try it too.
+    scratch: Vec<u8>,
 }
 
 impl Links {
@@ -55,6 +66,7 @@ impl Links {
         Self {
             required,
             links: HashMap::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -105,14 +117,25 @@ impl Links {
         let (rx, old_rx) = match self.links.get_mut(&ip) {
             Some(Link::Plain { .. }) => return Ok(0..datagram.len()),
             Some(Link::Sealed { rx, old_rx, .. }) => (rx, old_rx),
-            None => return Err(Refused::Auth),
+            None => return Err(Refused::Unknown),
         };
-        let opened = match rx.open(datagram, VXLAN_HLEN) {
-            Err(OpenError::Auth) => match old_rx {
-                Some(old) => old.open(datagram, VXLAN_HLEN),
-                None => Err(OpenError::Auth),
-            },
-            other => other,
+        let opened = match old_rx {
+            None => rx.open(datagram, VXLAN_HLEN),
+            Some(old) => {
+                self.scratch.clear();
+                self.scratch.extend_from_slice(datagram);
+                match rx.open(datagram, VXLAN_HLEN) {
+                    Ok(r) => {
+                        *old_rx = None;
+                        Ok(r)
+                    }
+                    Err(OpenError::Auth) => {
+                        datagram.copy_from_slice(&self.scratch);
+                        old.open(datagram, VXLAN_HLEN)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
         };
         match opened {
             Ok(payload) => {
@@ -127,14 +150,14 @@ impl Links {
 
     /// How to send to `ip`: `Err` if it must not be sent (a password is set and the neighbour
     /// has no link yet), `Ok(None)` in the clear, `Ok(Some)` sealed with this session.
-    pub fn sender(&mut self, ip: IpAddr) -> Result<Option<&mut TxSession>, ()> {
+    pub fn sender(&mut self, ip: IpAddr) -> Result<Option<&mut TxSession>, NoLink> {
         if !self.required {
             return Ok(None);
         }
         match self.links.get_mut(&ip) {
             Some(Link::Plain { .. }) => Ok(None),
             Some(Link::Sealed { tx, .. }) => Ok(Some(tx)),
-            None => Err(()),
+            None => Err(NoLink),
         }
     }
 }
@@ -201,7 +224,7 @@ mod tests {
         assert_eq!(&d[r][8..], b"frame with marker");
         assert_eq!(b.open(ip, &mut copy.clone()), Err(Refused::Replay));
         // Unknown sender, and no link to send to: refused when a password is set.
-        assert_eq!(b.open(other, &mut copy.clone()), Err(Refused::Auth));
+        assert_eq!(b.open(other, &mut copy.clone()), Err(Refused::Unknown));
         assert!(a.sender(other).is_err());
         // A plain (trusted) link passes datagrams unchanged both ways.
         a.set(other, 9, None);

@@ -165,7 +165,8 @@ impl RxSession {
     }
 
     /// Opens a sealed datagram in place; returns where the plaintext payload is in `datagram`.
-    /// On error nothing changes (the window only moves for authentic datagrams).
+    /// On error the session is unchanged (the window only moves for authentic datagrams), but
+    /// `datagram`'s bytes may have been overwritten.
     pub fn open(
         &mut self,
         datagram: &mut [u8],

@@ -9,7 +9,7 @@
 //! 2..34    a fresh X25519 public key (zeros when not encrypted)
 //! ```
 //!
-//! With a password on both sides, each derives (see [`derive`]):
+//! With a password on both sides, each derives (see [`derive()`]):
 //!
 //! ```text
 //! th   = SHA-256("weft handshake v1" ‖ hello_out ‖ hello_in ‖ keyhello_out ‖ keyhello_in)
@@ -92,9 +92,15 @@ impl KeyHello {
     /// The bytes to send.
     pub fn emit(&self) -> [u8; KEY_HELLO_LEN] {
         let mut out = [0u8; KEY_HELLO_LEN];
-        out[0] = u8::from(self.encrypted) * FLAG_ENCRYPTED
-            | u8::from(self.trusts_peer) * FLAG_TRUSTS_PEER
-            | u8::from(self.aes) * FLAG_AES;
+        for (on, flag) in [
+            (self.encrypted, FLAG_ENCRYPTED),
+            (self.trusts_peer, FLAG_TRUSTS_PEER),
+            (self.aes, FLAG_AES),
+        ] {
+            if on {
+                out[0] |= flag;
+            }
+        }
         out[2..].copy_from_slice(&self.public);
         out
     }

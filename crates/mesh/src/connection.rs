@@ -630,19 +630,16 @@ impl Connection {
             key_out,
             key_in,
         };
-        let session = match keys::derive(
+        let Ok(session) = keys::derive(
             self.outbound,
             &enc.psk,
             ephemeral,
             &theirs,
             &ours,
             &transcript,
-        ) {
-            Ok(s) => s,
-            Err(_) => {
-                self.close_with(CloseReason::ProtocolError(ProtocolError::WeakPublicKey));
-                return;
-            }
+        ) else {
+            self.close_with(CloseReason::ProtocolError(ProtocolError::WeakPublicKey));
+            return;
         };
         // The key pair is spent: forget the secret.
         self.ephemeral = None;
