@@ -35,8 +35,8 @@ struct Args {
     /// Pings (0.2 s apart) for the RTT median.
     #[arg(long, default_value_t = 20)]
     pings: u32,
-    /// Comma-separated targets out of weft, kvxlan, veth.
-    #[arg(long, default_value = "weft,kvxlan,veth")]
+    /// Comma-separated targets out of weft, weft-enc, kvxlan, veth.
+    #[arg(long, default_value = "weft,weft-enc,kvxlan,veth")]
     targets: String,
     /// JSON output file (default `bench-results/netbench-<unix time>.json`).
     #[arg(long)]
@@ -55,6 +55,8 @@ struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Weft,
+    /// weft with a password: every datagram sealed.
+    WeftEnc,
     Kvxlan,
     Veth,
 }
@@ -63,15 +65,17 @@ impl Target {
     fn parse(s: &str) -> Result<Self> {
         match s.trim() {
             "weft" => Ok(Self::Weft),
+            "weft-enc" => Ok(Self::WeftEnc),
             "kvxlan" => Ok(Self::Kvxlan),
             "veth" => Ok(Self::Veth),
-            other => bail!("unknown target {other:?} (known: weft, kvxlan, veth)"),
+            other => bail!("unknown target {other:?} (known: weft, weft-enc, kvxlan, veth)"),
         }
     }
 
     fn name(self) -> &'static str {
         match self {
             Self::Weft => "weft",
+            Self::WeftEnc => "weft-enc",
             Self::Kvxlan => "kvxlan",
             Self::Veth => "veth",
         }
@@ -80,6 +84,7 @@ impl Target {
     fn desc(self) -> &'static str {
         match self {
             Self::Weft => "weft router (userspace, VXLAN over UDP 6784), bridged",
+            Self::WeftEnc => "weft router with --password (every datagram sealed, AEAD per hop)",
             Self::Kvxlan => "kernel VXLAN VNI 42, UDP 4789, bridged, static FDB",
             Self::Veth => "bare underlay, routed, no encapsulation (physical limit)",
         }
@@ -159,7 +164,7 @@ fn run(args: &Args) -> Result<()> {
             .run_ok()
             .with_context(|| format!("missing tool {tool} (run .ci/install)"))?;
     }
-    let weft_bin = if targets.contains(&Target::Weft) {
+    let weft_bin = if targets.contains(&Target::Weft) || targets.contains(&Target::WeftEnc) {
         Some(locate_weft(args)?)
     } else {
         None
@@ -265,7 +270,7 @@ fn measure_target(
 ) -> Result<Vec<Record>> {
     let setup = build(target, weft_bin.map(Path::to_path_buf))?;
     let res = measure(args, target, round, &setup, clk_tck);
-    if res.is_err() && target == Target::Weft {
+    if res.is_err() && matches!(target, Target::Weft | Target::WeftEnc) {
         eprintln!("{}", setup.net.logs_report(30));
     }
     drop(setup);
@@ -280,6 +285,19 @@ fn build(target: Target, weft_bin: Option<PathBuf>) -> Result<Setup> {
             let mtu = p.c1.mtu()?;
             let pids = vec![p.h1.router_pid()?, p.h2.router_pid()?];
             (p.c1, p.c2, mtu, pids)
+        }
+        Target::WeftEnc => {
+            let h1 = net.host(1)?;
+            let h2 = net.host(2)?;
+            let pw = ["--password", "netbench password"];
+            weft_tests::mesh::launch_with(&h1, &pw, &[])?;
+            weft_tests::mesh::launch_with(&h2, &pw, &[&h1])?;
+            weft_tests::wait_established(&[&h1, &h2], Duration::from_secs(30))?;
+            let c1 = h1.container("c1", "10.32.0.1/12")?;
+            let c2 = h2.container("c2", "10.32.0.2/12")?;
+            let mtu = c1.mtu()?;
+            let pids = vec![h1.router_pid()?, h2.router_pid()?];
+            (c1, c2, mtu, pids)
         }
         Target::Kvxlan => {
             let h1 = net.host(1)?;

@@ -64,6 +64,16 @@ pub(crate) struct LaunchArgs {
     ipalloc_init: String,
     #[command(flatten)]
     proxy: ProxyArgs,
+    /// Encrypt every connection with this network password (prefer --password-file: a
+    /// command line is visible in `ps`).
+    #[arg(long, env = "WEAVE_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Read the network password from this file (one trailing newline is ignored).
+    #[arg(long, conflicts_with = "password")]
+    password_file: Option<std::path::PathBuf>,
+    /// Comma-separated CIDRs of peers trusted to carry the data plane in the clear.
+    #[arg(long, default_value = "")]
+    trusted_subnets: String,
 }
 
 /// The Docker API proxy's flags (Weave's names); also read from `WEAVEPROXY_OPTIONS`.
@@ -228,6 +238,9 @@ pub(crate) fn launch(global: &Global, mut args: LaunchArgs) -> anyhow::Result<Ex
         .arg("--foreground")
         .args(launch_flags(&args))
         .args(&args.peers)
+        // The password reaches the router through its environment, never its command line.
+        .env_remove("WEAVE_PASSWORD")
+        .envs(args.password.as_ref().map(|p| ("WEAVE_PASSWORD", p)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -298,6 +311,10 @@ fn launch_flags(args: &LaunchArgs) -> Vec<String> {
         flags.extend(["--nickname".to_owned(), nick.clone()]);
     }
     flags.extend(args.proxy.flags());
+    if let Some(file) = &args.password_file {
+        flags.extend(["--password-file".to_owned(), file.display().to_string()]);
+    }
+    flags.push(format!("--trusted-subnets={}", args.trusted_subnets));
     flags
 }
 
@@ -336,6 +353,9 @@ fn foreground(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCode> {
     }
     let ipalloc_init =
         weft_router::config::parse_ipalloc_init(&args.ipalloc_init).map_err(anyhow::Error::msg)?;
+    let password = read_password(args.password.as_deref(), args.password_file.as_deref())?;
+    let trusted_subnets = weft_router::config::parse_trusted_subnets(&args.trusted_subnets)
+        .map_err(anyhow::Error::msg)?;
     let config = Config {
         name: args.name,
         nickname,
@@ -358,6 +378,8 @@ fn foreground(global: &Global, args: LaunchArgs) -> anyhow::Result<ExitCode> {
         ipalloc_range,
         ipalloc_default_subnet: args.ipalloc_default_subnet,
         ipalloc_init,
+        password,
+        trusted_subnets,
     };
     let proxy = args.proxy.config(global)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -440,6 +462,32 @@ pub(crate) fn env(global: &Global, restore: bool) -> anyhow::Result<ExitCode> {
     };
     println!("export DOCKER_HOST={first} ORIG_DOCKER_HOST={current}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The password from `--password`/`WEAVE_PASSWORD` or `--password-file`.
+fn read_password(
+    given: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<weft_router::config::Password>> {
+    let bytes = match (given, file) {
+        (Some(p), _) => p.as_bytes().to_vec(),
+        (None, Some(path)) => {
+            let mut b = std::fs::read(path)
+                .with_context(|| format!("reading --password-file {}", path.display()))?;
+            if b.ends_with(b"\n") {
+                b.pop();
+                if b.ends_with(b"\r") {
+                    b.pop();
+                }
+            }
+            b
+        }
+        (None, None) => return Ok(None),
+    };
+    if bytes.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(Some(weft_router::config::Password(bytes)))
 }
 
 async fn shutdown_signal() {

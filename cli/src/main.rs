@@ -51,6 +51,8 @@ struct Global {
     http_addr: SocketAddr,
 }
 
+// Parsed once per run; `launch`'s many flags make its variant large, which costs nothing here.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the router (creating the bridge `weave`), dialling the given peers.

@@ -264,6 +264,13 @@ pub fn build_report(shared: &Shared) -> StatusReport {
             name,
             nickname,
             path,
+            encrypted: rec.protection.map(|p| p.data.is_some()),
+            control_encrypted: rec.protection.map(|p| p.control),
+            cipher: rec
+                .protection
+                .and_then(|p| p.data)
+                .map(|c| c.name().to_owned())
+                .unwrap_or_default(),
         });
     }
     // Targets with no live connection show their dialling state, and how the peer at that
@@ -302,6 +309,9 @@ pub fn build_report(shared: &Shared) -> StatusReport {
             name,
             nickname,
             path,
+            encrypted: None,
+            control_encrypted: None,
+            cipher: String::new(),
         });
     }
     let mut counters: BTreeMap<String, u64> = state
@@ -330,7 +340,7 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         port: info.port,
         data_port: info.data_port,
         mtu: info.mtu,
-        encryption: false,
+        encryption: info.encryption,
         peers,
         connections,
         targets: state
@@ -430,6 +440,13 @@ pub fn render_connections(r: &StatusReport) -> String {
         let mut line = format!("{dir} {:<21} {:<11} {peer}", c.address, state_name(c.state));
         if c.state == ConnState::Established || c.state == ConnState::Pending {
             let _ = write!(line, " mtu={}", r.mtu);
+            match (c.encrypted, c.control_encrypted) {
+                (Some(true), _) => line.push_str(" encrypted"),
+                // Trusted peers: the data plane is in the clear, control traffic is not.
+                (Some(false), Some(true)) => line.push_str(" unencrypted (control encrypted)"),
+                (Some(false), _) => line.push_str(" unencrypted"),
+                (None, _) => {}
+            }
         }
         if !c.info.is_empty() {
             let _ = write!(line, " {}", c.info);

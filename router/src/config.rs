@@ -55,6 +55,33 @@ pub struct Config {
     pub ipalloc_default_subnet: Option<ipnet::Ipv4Net>,
     /// How the ring is first divided.
     pub ipalloc_init: weft_ipam::InitMode,
+    /// The network password; `None`: connections are not encrypted.
+    pub password: Option<Password>,
+    /// Peers at these addresses are trusted: if they trust us too, the data plane between us
+    /// is in the clear (control traffic is still encrypted).
+    pub trusted_subnets: Vec<ipnet::IpNet>,
+}
+
+/// A secret that is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(pub Vec<u8>);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
+/// Parse `--trusted-subnets`: comma-separated CIDRs (empty: none).
+pub fn parse_trusted_subnets(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse::<ipnet::IpNet>()
+                .map_err(|_| format!("invalid CIDR '{c}' in --trusted-subnets"))
+        })
+        .collect()
 }
 
 impl Default for Config {
@@ -78,6 +105,8 @@ impl Default for Config {
             ipalloc_range: Some(DEFAULT_RANGE.parse().expect("a valid CIDR literal")),
             ipalloc_default_subnet: None,
             ipalloc_init: weft_ipam::InitMode::Consensus { quorum: None },
+            password: None,
+            trusted_subnets: Vec::new(),
         }
     }
 }

@@ -7,6 +7,11 @@
 //! It also sends the UDP data-path heartbeats of each connection and turns the heartbeats the
 //! data plane receives into acknowledgements, so that a connection becomes `established` only
 //! once UDP works both ways.
+//!
+//! With a password, every connection gets fresh X25519 randomness and the stretched password
+//! ([`LinkSecurity`]); when its handshake completes, the data-plane keys it agreed (or "in the
+//! clear" for mutually trusted peers) are installed in the data plane before the peer appears
+//! in the forwarding table, and heartbeats are sent through the data plane so they are sealed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use weft_mesh::{
-    CloseReason, ConnConfig, Connection, Event, LocalPeer, MeshEvent, PeerName, TOPOLOGY_CHANNEL,
+    CloseReason, ConnConfig, Connection, Encryption, Event, LocalPeer, MeshEvent, PeerName,
+    Protection, Security, TOPOLOGY_CHANNEL,
 };
 use weft_overlay::heartbeat::Heartbeat;
 use weft_overlay::{ForwardingTable, PeerEntry};
@@ -49,7 +55,35 @@ pub struct Control {
     pub conn_config: ConnConfig,
     /// Most control connections, accepted ones included (0: unlimited).
     pub conn_limit: usize,
+    /// Password and trusted subnets.
+    pub security: LinkSecurity,
     next_id: AtomicU64,
+}
+
+/// What every connection's encryption is made from.
+#[derive(Debug, Clone, Default)]
+pub struct LinkSecurity {
+    /// The stretched network password; `None`: no encryption.
+    pub psk: Option<weft_crypto::Psk>,
+    /// Peers at these addresses are trusted (`--trusted-subnets`).
+    pub trusted: Vec<ipnet::IpNet>,
+    /// This host has AES instructions.
+    pub aes: bool,
+}
+
+impl LinkSecurity {
+    /// The security of one new connection with `peer`: fresh ephemeral randomness each time.
+    fn for_peer(&self, peer: std::net::IpAddr) -> Security {
+        Security {
+            encryption: self.psk.as_ref().map(|psk| Encryption {
+                psk: psk.clone(),
+                // ThreadRng is a CSPRNG seeded from the OS.
+                ephemeral_random: rand::rng().random(),
+            }),
+            trusts_peer: self.trusted.iter().any(|n| n.contains(&peer)),
+            aes: self.aes,
+        }
+    }
 }
 
 /// How a connection ended.
@@ -80,9 +114,11 @@ impl Control {
         clock: Clock,
         udp: BatchUdp,
         conn_limit: usize,
+        security: LinkSecurity,
     ) -> Self {
         Self {
             conn_limit,
+            security,
             shared,
             local,
             clock,
@@ -332,6 +368,8 @@ impl Control {
                 heartbeat_received: false,
                 ack_received: false,
                 owns_dataplane_peer: false,
+                protection: None,
+                data_keys: None,
                 commands: tx,
             },
         );
@@ -353,7 +391,9 @@ impl Control {
         let conn_id: u64 = rand::rng().random();
         let now = self.clock.now();
         let local = self.current_local();
-        let mut conn = Connection::new(local, outbound, conn_id, now, self.conn_config.clone());
+        let mut config = self.conn_config.clone();
+        config.security = self.security.for_peer(address.ip());
+        let mut conn = Connection::new(local, outbound, conn_id, now, config);
         let (mut rd, mut wr) = stream.into_split();
         let mut buf = vec![0u8; 64 * 1024];
         let mut out = Vec::new();
@@ -381,12 +421,22 @@ impl Control {
                             uid: remote.uid.0,
                             data_addr: SocketAddr::new(address.ip(), remote.data_port),
                         };
+                        let protection = conn.protection();
+                        let keys = conn.take_data_keys();
                         tracing::info!(
-                            "connection {} {address} ready: {}({}) protocol {version}",
+                            "connection {} {address} ready: {}({}) protocol {version}, {}",
                             if outbound { "to" } else { "from" },
                             remote.name,
-                            remote.nickname
+                            remote.nickname,
+                            describe(protection)
                         );
+                        {
+                            let mut state = self.shared.lock();
+                            if let Some(rec) = state.conns.get_mut(&id) {
+                                rec.protection = protection;
+                                rec.data_keys = keys;
+                            }
+                        }
                         if let Err(reason) =
                             self.on_ready(id, info, &remote.nickname, conn_uid, address, outbound)
                         {
@@ -567,6 +617,14 @@ impl Control {
             sender: self.local.name.get(),
         };
         let n = weft_overlay::emit_heartbeat_datagram(local_short, remote_short, hb, &mut buf);
+        if self.security.psk.is_some() {
+            // Sealed by the data plane, with the connection's keys.
+            let _ = self.shared.dataplane.send(DpCommand::Send {
+                to: remote.data_addr,
+                datagram: buf[..n].to_vec(),
+            });
+            return;
+        }
         if let Err(e) = self.udp.send_to(&buf[..n], remote.data_addr) {
             tracing::debug!("heartbeat to {} failed: {e}", remote.data_addr);
         }
@@ -609,6 +667,7 @@ impl Control {
         let Some(rec) = state.conns.get_mut(&id) else {
             return Err("connection vanished");
         };
+        self.install_link(rec, info, conn_uid);
         rec.remote = Some(info);
         rec.nickname = nickname.to_owned();
         rec.conn_uid = Some(conn_uid);
@@ -632,6 +691,19 @@ impl Control {
         drop(state);
         self.shared.wake.notify_one();
         Ok(())
+    }
+
+    /// Tell the data plane how to protect traffic with the peer of `rec` (before the peer shows
+    /// up in a forwarding table): sealed with the connection's keys, or in the clear.
+    fn install_link(&self, rec: &ConnRecord, info: RemoteInfo, conn_uid: u64) {
+        if self.security.psk.is_none() {
+            return;
+        }
+        let _ = self.shared.dataplane.send(DpCommand::SetLink {
+            ip: info.data_addr.ip(),
+            conn_uid,
+            keys: rec.data_keys.clone().map(Box::new),
+        });
     }
 
     /// Re-evaluate a connection's state after a heartbeat or an acknowledgement.
@@ -680,12 +752,21 @@ impl Control {
         let Some(name) = PeerName::new(remote.name) else {
             return;
         };
+        if let Some(uid) = rec.conn_uid {
+            let _ = self.shared.dataplane.send(DpCommand::RemoveLink {
+                ip: remote.data_addr.ip(),
+                conn_uid: uid,
+            });
+        }
         // Hand the peer to another live connection to it, if there is one.
         let next = state
             .conns
             .values_mut()
             .find(|r| r.remote.is_some_and(|p| p.name == remote.name));
         let replacement = next.map(|next| {
+            if let (Some(info), Some(uid)) = (next.remote, next.conn_uid) {
+                self.install_link(next, info, uid);
+            }
             next.owns_dataplane_peer = true;
             (
                 next.address,
@@ -771,5 +852,20 @@ impl Control {
             .shared
             .dataplane
             .send(DpCommand::SetTable(Box::new(table)));
+    }
+}
+
+/// How a connection is protected, for logs.
+fn describe(p: Option<Protection>) -> String {
+    match p {
+        Some(Protection {
+            control: true,
+            data: Some(cipher),
+        }) => format!("encrypted ({})", cipher.name()),
+        Some(Protection {
+            control: true,
+            data: None,
+        }) => "control encrypted, data plane unencrypted (trusted)".to_owned(),
+        _ => "unencrypted".to_owned(),
     }
 }

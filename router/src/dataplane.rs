@@ -18,6 +18,12 @@
 //! sender); the frames delivered locally go through the [`Coalescer`], which merges consecutive
 //! segments of one TCP flow into a super-frame written with one TAP write. The coalescer is
 //! emptied at the end of every receive batch, so no frame waits across a `poll`.
+//!
+//! **Encryption** (with a password): each neighbour's [`Links`] entry seals every datagram sent
+//! to it and opens every datagram received from it, in place in the batch buffers, one segment
+//! at a time (sealing adds the same 24 bytes to each segment of a GSO run, so runs stay
+//! equal-sized). Relayed datagrams are opened and sealed again for the next hop. Datagrams that
+//! fail authentication or replay checks never reach the engine; they are counted.
 
 use std::io;
 use std::net::SocketAddr;
@@ -40,6 +46,8 @@ use weft_sys::udp::{
 };
 use weft_wire::vxlan::HEADER_LEN as VXLAN_HLEN;
 
+use crate::links::{self, Links, Refused};
+
 /// Reads from the TAP per wake-up before the socket gets a turn (a read may be a 64 KiB
 /// super-frame, so this is also a bound of about 4 MiB).
 pub const TAP_BUDGET: usize = 64;
@@ -61,6 +69,30 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(10);
 pub enum DpCommand {
     /// The topology changed: forward with this table from now on.
     SetTable(Box<ForwardingTable>),
+    /// Protect traffic with the neighbour at `ip` as connection `conn_uid` agreed: sealed with
+    /// these keys, or in the clear when `None`.
+    SetLink {
+        /// The neighbour's underlay address.
+        ip: std::net::IpAddr,
+        /// The connection that agreed the keys.
+        conn_uid: u64,
+        /// The keys; `None`: in the clear.
+        keys: Option<Box<weft_crypto::handshake::DataKeys>>,
+    },
+    /// Connection `conn_uid` to the neighbour at `ip` ended.
+    RemoveLink {
+        /// The neighbour's underlay address.
+        ip: std::net::IpAddr,
+        /// The connection that ended.
+        conn_uid: u64,
+    },
+    /// Send this VXLAN datagram (a heartbeat), sealed if the link says so.
+    Send {
+        /// Where to.
+        to: SocketAddr,
+        /// The plain datagram.
+        datagram: Vec<u8>,
+    },
     /// Stop the thread.
     Shutdown,
 }
@@ -108,9 +140,11 @@ impl Clock {
 /// If the TAP was opened with a vnet header ([`Tap::vnet_hdr`]), reads are taken apart with the
 /// [`Segmenter`] and deliveries coalesced; UDP GRO is switched on for the socket when the kernel
 /// has it.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     tap: Tap,
     udp: BatchUdp,
+    encrypted: bool,
     config: EngineConfig,
     clock: Clock,
     commands: Receiver<DpCommand>,
@@ -135,6 +169,7 @@ pub fn spawn(
         .name("weft-dataplane".into())
         .spawn(move || {
             let mut dp = DataPlane::new(tap, udp, Engine::new(config), clock, events, gro);
+            dp.links = Links::new(encrypted);
             dp.run(&commands, publish);
         })
 }
@@ -149,6 +184,12 @@ struct DriverCounters {
     tap_tx_superframes: u64,
     tap_tx_coalesced: u64,
     tap_tx_dropped: u64,
+    udp_rx_dropped_auth: u64,
+    udp_rx_dropped_replay: u64,
+    udp_tx_dropped_crypto: u64,
+    /// Datagrams from addresses without a link (with a password set), which the engine would
+    /// have counted as from an unknown peer.
+    udp_rx_dropped_unknown: u64,
 }
 
 struct DataPlane {
@@ -172,6 +213,8 @@ struct DataPlane {
     /// Frames written to the TAP since the engine's counter was last updated.
     delivered: u64,
     counters: DriverCounters,
+    /// Per-neighbour encryption.
+    links: Links,
 }
 
 impl DataPlane {
@@ -204,6 +247,7 @@ impl DataPlane {
             sent: 0,
             delivered: 0,
             counters: DriverCounters::default(),
+            links: Links::new(false),
         }
     }
 
@@ -217,6 +261,16 @@ impl DataPlane {
             tap_tx_superframes: d.tap_tx_superframes,
             tap_tx_coalesced: d.tap_tx_coalesced,
             tap_tx_dropped: d.tap_tx_dropped,
+            udp_rx_dropped_auth: d.udp_rx_dropped_auth,
+            udp_rx_dropped_replay: d.udp_rx_dropped_replay,
+            udp_tx_dropped_crypto: d.udp_tx_dropped_crypto,
+            // Datagrams refused by the crypto never reached the engine.
+            udp_rx_datagrams: self.engine.counters().udp_rx_datagrams
+                + d.udp_rx_dropped_auth
+                + d.udp_rx_dropped_replay
+                + d.udp_rx_dropped_unknown,
+            udp_rx_dropped_unknown_peer: self.engine.counters().udp_rx_dropped_unknown_peer
+                + d.udp_rx_dropped_unknown,
             ..*self.engine.counters()
         }
     }
@@ -241,6 +295,23 @@ impl DataPlane {
             loop {
                 match commands.try_recv() {
                     Ok(DpCommand::SetTable(table)) => self.engine.set_table(*table),
+                    Ok(DpCommand::SetLink { ip, conn_uid, keys }) => {
+                        self.links.set(ip, conn_uid, keys.as_deref());
+                    }
+                    Ok(DpCommand::RemoveLink { ip, conn_uid }) => self.links.remove(ip, conn_uid),
+                    Ok(DpCommand::Send { to, datagram }) => {
+                        let mut tx = Tx {
+                            udp: &self.udp,
+                            send: &mut self.send,
+                            gso: &mut self.gso,
+                            sent: &mut self.sent,
+                            links: &mut self.links,
+                            dropped: 0,
+                        };
+                        tx.datagram(to, &datagram);
+                        tx.flush_all();
+                        self.counters.udp_tx_dropped_crypto += tx.dropped;
+                    }
                     Ok(DpCommand::Shutdown) | Err(TryRecvError::Disconnected) => {
                         publish(&self.counters());
                         return;
@@ -273,6 +344,8 @@ impl DataPlane {
             send: &mut self.send,
             gso: &mut self.gso,
             sent: &mut self.sent,
+            links: &mut self.links,
+            dropped: 0,
         };
         for _ in 0..TAP_BUDGET {
             let n = match self.tap.recv(&mut self.tap_buf) {
@@ -303,7 +376,7 @@ impl DataPlane {
                 continue;
             }
             let seg = match Segmenter::new(hdr, frame) {
-                Ok(seg) if seg.segment_len_max() + VXLAN_HLEN <= SLOT => seg,
+                Ok(seg) if seg.segment_len_max() + VXLAN_HLEN + Links::MAX_OVERHEAD <= SLOT => seg,
                 Ok(_) => {
                     self.counters.tap_rx_offload_dropped += 1;
                     continue;
@@ -331,6 +404,7 @@ impl DataPlane {
             }
         }
         tx.flush_all();
+        self.counters.udp_tx_dropped_crypto += tx.dropped;
         self.engine.count_sent(std::mem::take(&mut self.sent));
     }
 
@@ -348,6 +422,8 @@ impl DataPlane {
             send: &mut self.send,
             gso: &mut self.gso,
             sent: &mut self.sent,
+            links: &mut self.links,
+            dropped: 0,
         };
         for round in 0..UDP_BUDGET {
             // The socket is blocking (the control plane shares it): receive again only if
@@ -375,13 +451,36 @@ impl DataPlane {
             };
             for i in 0..count {
                 let from = self.recv.source(i);
-                let segments = self.recv.segments(i);
+                let stride = self.recv.stride(i);
+                let total = self.recv.segments(i).len();
                 // A truncated slot's last datagram is cut off; the ones before it are whole.
-                let whole = segments.len() - usize::from(self.recv.truncated(i));
-                if whole < segments.len() {
+                let whole = total - usize::from(self.recv.truncated(i));
+                if whole < total {
                     self.engine.count_truncated();
                 }
-                for datagram in segments.take(whole) {
+                let slot = self.recv.datagram_mut(i);
+                // The same split as `segments`: runs of `stride` bytes, the last one shorter.
+                let stride = if stride == 0 {
+                    slot.len().max(1)
+                } else {
+                    stride
+                };
+                for sealed in slot.chunks_mut(stride).take(whole) {
+                    let datagram = match tx.links.open(from.ip(), sealed) {
+                        Ok(range) => &sealed[range],
+                        Err(Refused::Unknown) => {
+                            rx.counters.udp_rx_dropped_unknown += 1;
+                            continue;
+                        }
+                        Err(Refused::Auth) => {
+                            rx.counters.udp_rx_dropped_auth += 1;
+                            continue;
+                        }
+                        Err(Refused::Replay) => {
+                            rx.counters.udp_rx_dropped_replay += 1;
+                            continue;
+                        }
+                    };
                     match self.engine.on_datagram(datagram, from, now) {
                         DatagramDecision::Drop => {}
                         DatagramDecision::Heartbeat { src, heartbeat } => {
@@ -412,6 +511,8 @@ impl DataPlane {
             }
         }
         tx.flush_all();
+        let dropped = tx.dropped;
+        self.counters.udp_tx_dropped_crypto += dropped;
         self.engine.count_sent(std::mem::take(&mut self.sent));
         self.engine
             .count_delivered(std::mem::take(&mut self.delivered));
@@ -435,11 +536,18 @@ struct Tx<'a> {
     send: &'a mut SendBatch,
     gso: &'a mut GsoBatch,
     sent: &'a mut u64,
+    links: &'a mut Links,
+    /// Datagrams not sent because the neighbour has no keys (yet).
+    dropped: u64,
 }
 
 impl Tx<'_> {
     /// Send what `seg` yields, each segment in a VXLAN datagram from `src` to `dst`, to `to`.
     fn frame(&mut self, mut seg: Segmenter<'_>, to: SocketAddr, src: u16, dst: u16) {
+        if self.links.sender(to.ip()).is_err() {
+            self.dropped += seg.remaining() as u64;
+            return;
+        }
         if seg.remaining() <= 1 {
             self.single(to, |buf| {
                 let h = emit_vxlan_header(src, dst, buf);
@@ -450,9 +558,12 @@ impl Tx<'_> {
         }
         self.flush_send();
         while seg.remaining() > 0 {
+            let sealer = self.links.sender(to.ip()).ok().flatten();
             let pushed = self.gso.push_with(to, |buf| {
-                let h = emit_vxlan_header(src, dst, buf);
-                h + seg.next_into(&mut buf[h..]).unwrap_or(0)
+                links::build(sealer, buf, |buf| {
+                    let h = emit_vxlan_header(src, dst, buf);
+                    h + seg.next_into(&mut buf[h..]).unwrap_or(0)
+                })
             });
             // Refused (another destination, or closed): send the run and offer it again.
             if !pushed || self.gso.is_closed() {
@@ -463,7 +574,7 @@ impl Tx<'_> {
 
     /// Queue a frame in a VXLAN datagram from `src` to `dst`, sent to `to`.
     fn encap(&mut self, to: SocketAddr, src: u16, dst: u16, frame: &[u8]) {
-        if frame.len() + VXLAN_HLEN > SLOT {
+        if frame.len() + VXLAN_HLEN + Links::MAX_OVERHEAD > SLOT {
             return;
         }
         self.single(to, |buf| {
@@ -475,7 +586,7 @@ impl Tx<'_> {
 
     /// Queue a whole datagram, unchanged, for `to`.
     fn datagram(&mut self, to: SocketAddr, datagram: &[u8]) {
-        if datagram.len() > SLOT {
+        if datagram.len() + Links::MAX_OVERHEAD > SLOT {
             return;
         }
         self.single(to, |buf| {
@@ -486,11 +597,16 @@ impl Tx<'_> {
 
     /// Queue one datagram written by `f` in the `sendmmsg` batch.
     fn single(&mut self, to: SocketAddr, f: impl FnOnce(&mut [u8]) -> usize) {
+        if self.links.sender(to.ip()).is_err() {
+            self.dropped += 1;
+            return;
+        }
         self.flush_gso();
         if self.send.is_full() {
             self.flush_send();
         }
-        self.send.push_with(to, f);
+        let sealer = self.links.sender(to.ip()).ok().flatten();
+        self.send.push_with(to, |buf| links::build(sealer, buf, f));
     }
 
     fn flush_send(&mut self) {

@@ -10,6 +10,7 @@
 //! - [`api`]: the HTTP API on 127.0.0.1:6784 (`/status`, `/metrics`).
 //! - [`client`]: the client side of that API (used by the CLI and the Docker proxy).
 //! - [`identity`]: peer name and short id, derived or loaded from the state directory.
+//! - [`links`]: the data plane's per-neighbour encryption (sealing and opening datagrams).
 //!
 //! The entry point is [`run()`], which takes the configuration and a shutdown future
 //! (mini-redis style), so tests and the CLI drive it the same way.
@@ -23,6 +24,7 @@ pub mod dataplane;
 pub mod expose;
 pub mod identity;
 pub mod ipam;
+pub mod links;
 pub mod run;
 pub mod state;
 

@@ -45,6 +45,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         )
     })?;
     let uid: u64 = rand::random();
+    let security = link_security(&config).await?;
 
     // The bridge and the TAP on it.
     let nl = Netlink::new().context("opening netlink")?;
@@ -148,6 +149,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             protocol_min: PROTOCOL_MIN,
             protocol_max: PROTOCOL_MAX,
             discovery: config.discovery,
+            encryption: security.psk.is_some(),
         },
         state: Mutex::new(state),
         dataplane: dp_tx.clone(),
@@ -167,6 +169,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let dp = dataplane::spawn(
         tap,
         udp.try_clone()?,
+        security.psk.is_some(),
         engine_config,
         clock,
         dp_rx,
@@ -188,6 +191,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         clock,
         udp,
         config.conn_limit,
+        security,
     ));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control.clone().pump(ev_rx));
@@ -282,4 +286,61 @@ pub fn save_targets(path: &std::path::Path, targets: &[SocketAddr]) -> anyhow::R
     let list: Vec<String> = targets.iter().map(ToString::to_string).collect();
     let json = serde_json::to_vec_pretty(&list)?;
     identity::write_atomic(path, &json).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Stretch the password (once: Argon2id costs a few hundred milliseconds on purpose) and note
+/// whether this CPU has AES instructions.
+async fn link_security(config: &Config) -> anyhow::Result<crate::control::LinkSecurity> {
+    let psk = match config.password.clone() {
+        None => None,
+        Some(password) => {
+            let started = std::time::Instant::now();
+            let psk = tokio::task::spawn_blocking(move || {
+                weft_crypto::stretch(&password.0, weft_crypto::StretchParams::DEFAULT)
+            })
+            .await
+            .context("stretching the password")?
+            .context("--password")?;
+            tracing::info!(
+                "encryption enabled: password stretched with Argon2id in {} ms",
+                started.elapsed().as_millis()
+            );
+            // Sealing adds a counter and a tag to every datagram.
+            let outer = config.mtu as usize
+                + 14
+                + weft_wire::vxlan::HEADER_LEN
+                + weft_crypto::data::OVERHEAD
+                + 28;
+            if outer > 1500 {
+                tracing::warn!(
+                    "with encryption, a full-size frame makes a {outer}-byte underlay packet: more \
+                     than a 1500-byte underlay MTU carries without fragmenting; consider --mtu {}",
+                    config.mtu as usize - (outer - 1500)
+                );
+            }
+            Some(psk)
+        }
+    };
+    Ok(crate::control::LinkSecurity {
+        psk,
+        trusted: config.trusted_subnets.clone(),
+        aes: aes_hardware(),
+    })
+}
+
+/// Whether AES-256-GCM is fast here (AES and carry-less multiply instructions).
+fn aes_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("aes") && std::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
 }

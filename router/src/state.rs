@@ -74,6 +74,11 @@ pub struct ConnRecord {
     pub ack_received: bool,
     /// This connection registered its peer with the data plane.
     pub owns_dataplane_peer: bool,
+    /// How the connection is protected, once its handshake completed.
+    pub protection: Option<weft_mesh::Protection>,
+    /// The data-plane keys it agreed (kept so another connection to the same peer can hand
+    /// the peer back to this one).
+    pub data_keys: Option<weft_crypto::handshake::DataKeys>,
     /// Channel to the connection's task.
     pub commands: mpsc::UnboundedSender<ConnCommand>,
 }
@@ -167,6 +172,9 @@ pub struct RouterInfo {
     pub protocol_max: u8,
     /// Peer discovery is on.
     pub discovery: bool,
+    /// A password is set.
+    #[serde(default)]
+    pub encryption: bool,
 }
 
 /// `GET /status` as JSON.
@@ -190,7 +198,7 @@ pub struct StatusReport {
     pub data_port: u16,
     /// Overlay MTU.
     pub mtu: u32,
-    /// Whether traffic is encrypted (comes with the encryption issue).
+    /// Whether a password is set (connections are encrypted).
     pub encryption: bool,
     /// Known peers, ourselves first.
     pub peers: Vec<PeerReport>,
@@ -255,4 +263,13 @@ pub struct ConnectionReport {
     pub nickname: String,
     /// How the remote peer is reached: "direct", "via NAME(NICK)", or empty when unknown.
     pub path: String,
+    /// The data plane with this peer is encrypted (once the handshake completed).
+    #[serde(default)]
+    pub encrypted: Option<bool>,
+    /// Control traffic with this peer is encrypted (once the handshake completed).
+    #[serde(default)]
+    pub control_encrypted: Option<bool>,
+    /// The data plane's cipher, if encrypted.
+    #[serde(default)]
+    pub cipher: String,
 }

@@ -10,7 +10,16 @@
 //! Lifecycle ([`ConnState`]):
 //!
 //! - `AwaitingHello`: our [`Hello`] is queued at construction; we wait for the peer's 6 bytes and
-//!   negotiate a version (see [`handshake`]). Then we queue our `Features`.
+//!   negotiate a version (see [`handshake`]). Then we queue our [`KeyHello`]: whether we have a
+//!   password, whether we trust the peer's address, a fresh X25519 public key.
+//! - `AwaitingKey`: we wait for the peer's key hello. A password on one side only closes the
+//!   connection with [`CloseReason::EncryptionMismatch`] (on both sides). Without passwords we
+//!   queue our `Features` in the clear. With them, we derive the keys (see
+//!   [`weft_crypto::handshake`]), queue our key confirmation, and from then on every frame we
+//!   send is sealed; we queue our `Features` sealed.
+//! - `AwaitingConfirm`: the peer's confirmation must match, or the connection closes with
+//!   [`CloseReason::WrongPassword`]. Every frame received afterwards must open, or the
+//!   connection closes with [`CloseReason::AuthFailed`].
 //! - `AwaitingFeatures`: the peer's first frame must be `Features`; it is checked against our
 //!   identity (connect-to-self, name collision). Both steps together must finish within
 //!   [`ConnConfig::hello_timeout`].
@@ -26,6 +35,12 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use weft_crypto::Cipher;
+use weft_crypto::control::{ControlError, ControlOpener, ControlSealer};
+use weft_crypto::handshake::{
+    self as keys, CONFIRM_LEN, DataKeys, Ephemeral, KEY_HELLO_LEN, KeyHello, SessionKeys,
+    Transcript,
+};
 use weft_wire::control::{
     self, FrameDecoder, FrameError, HELLO_LEN, Hello, HelloError, MAGIC, MAX_FRAME, Message,
 };
@@ -47,6 +62,44 @@ pub struct ConnConfig {
     pub heartbeat_interval: Duration,
     /// Close the connection after this long without receiving anything.
     pub idle_timeout: Duration,
+    /// Encryption and trust for this connection.
+    pub security: Security,
+}
+
+/// How a connection protects its traffic.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Security {
+    /// The network key and this connection's ephemeral randomness; `None`: no password.
+    pub encryption: Option<Encryption>,
+    /// We trust the peer's address (`--trusted-subnets`): if the peer trusts ours too, the data
+    /// plane between us is not encrypted (control traffic still is).
+    pub trusts_peer: bool,
+    /// We have AES hardware instructions (AES-256-GCM is used if both sides have them).
+    pub aes: bool,
+}
+
+/// What an encrypted connection needs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Encryption {
+    /// The stretched network password.
+    pub psk: weft_crypto::Psk,
+    /// 32 fresh random bytes for this connection's X25519 key pair. Never reuse them.
+    pub ephemeral_random: [u8; 32],
+}
+
+impl std::fmt::Debug for Encryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Encryption(..)")
+    }
+}
+
+/// How an established connection is protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Protection {
+    /// Control frames are sealed.
+    pub control: bool,
+    /// The cipher sealing data-plane datagrams; `None`: the data plane is in the clear.
+    pub data: Option<Cipher>,
 }
 
 impl Default for ConnConfig {
@@ -57,6 +110,7 @@ impl Default for ConnConfig {
             hello_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            security: Security::default(),
         }
     }
 }
@@ -66,7 +120,11 @@ impl Default for ConnConfig {
 pub enum ConnState {
     /// Waiting for the peer's 6-byte hello.
     AwaitingHello,
-    /// Version agreed; waiting for the peer's `Features`.
+    /// Version agreed; waiting for the peer's key hello.
+    AwaitingKey,
+    /// Keys derived; waiting for the peer's key confirmation.
+    AwaitingConfirm,
+    /// Keys agreed (or no encryption); waiting for the peer's `Features`.
     AwaitingFeatures,
     /// Handshake complete; messages flow.
     Ready,
@@ -118,6 +176,29 @@ pub enum CloseReason {
     /// We closed it ([`Connection::close`]).
     #[error("closed locally")]
     Local,
+    /// One side has a password and the other does not.
+    #[error("{}", if *we_have_password {
+        "password specified, but peer requested an unencrypted connection"
+    } else {
+        "peer requested an encrypted connection, but no password was specified"
+    })]
+    EncryptionMismatch {
+        /// Whether we are the side with the password.
+        we_have_password: bool,
+    },
+    /// The peer's key confirmation did not match: its password differs from ours.
+    #[error(
+        "wrong password: the peer's password differs from ours (or the handshake was tampered with)"
+    )]
+    WrongPassword,
+    /// A sealed control frame failed authentication.
+    #[error(
+        "control message failed authentication (forged, corrupted, replayed, reordered or dropped)"
+    )]
+    AuthFailed,
+    /// The control channel's sequence numbers ran out.
+    #[error("control sequence numbers exhausted")]
+    KeysExhausted,
 }
 
 /// Ways a peer can break the protocol with well-formed bytes.
@@ -143,6 +224,12 @@ pub enum ProtocolError {
     /// The announced short id does not fit in 12 bits.
     #[error("short id wider than 12 bits")]
     InvalidShortId,
+    /// The key hello has flags this version does not know.
+    #[error("invalid key hello")]
+    InvalidKeyHello,
+    /// The peer's X25519 public key is a low-order point.
+    #[error("weak public key in key hello")]
+    WeakPublicKey,
 }
 
 /// Why [`Connection::send`] refused a message.
@@ -198,6 +285,18 @@ pub struct Connection {
     hello_len: usize,
     /// Framed input after the hello.
     decoder: FrameDecoder,
+    /// Our key hello and key pair.
+    local_key: KeyHello,
+    ephemeral: Option<Ephemeral>,
+    /// A fixed-size handshake piece (key hello, confirmation) as far as it has arrived.
+    piece: Vec<u8>,
+    /// The agreed keys while the confirmation is outstanding.
+    keys: Option<SessionKeys>,
+    sealer: Option<ControlSealer>,
+    opener: Option<ControlOpener>,
+    protection: Option<Protection>,
+    data_keys: Option<DataKeys>,
+    scratch: Vec<u8>,
     /// Bytes waiting for `poll_transmit`.
     outgoing: Vec<u8>,
     events: VecDeque<Event>,
@@ -230,7 +329,27 @@ impl Connection {
         };
         let mut outgoing = Vec::with_capacity(256);
         outgoing.extend_from_slice(&hello.emit());
+        let ephemeral = config
+            .security
+            .encryption
+            .as_ref()
+            .map(|e| Ephemeral::from_random(e.ephemeral_random));
+        let local_key = KeyHello {
+            encrypted: ephemeral.is_some(),
+            trusts_peer: config.security.trusts_peer,
+            aes: config.security.aes,
+            public: ephemeral.as_ref().map_or([0; 32], Ephemeral::public),
+        };
         Self {
+            local_key,
+            ephemeral,
+            piece: Vec::new(),
+            keys: None,
+            sealer: None,
+            opener: None,
+            protection: None,
+            data_keys: None,
+            scratch: Vec::new(),
             handshake_deadline: now + config.hello_timeout,
             last_recv: now,
             next_heartbeat: now,
@@ -278,14 +397,45 @@ impl Connection {
                 return;
             }
         }
-        self.decoder.push(data);
+        while matches!(
+            self.state,
+            ConnState::AwaitingKey | ConnState::AwaitingConfirm
+        ) {
+            let need = if self.state == ConnState::AwaitingKey {
+                KEY_HELLO_LEN
+            } else {
+                CONFIRM_LEN
+            };
+            let take = (need - self.piece.len()).min(data.len());
+            self.piece.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.piece.len() < need {
+                return;
+            }
+            let piece = std::mem::take(&mut self.piece);
+            if self.state == ConnState::AwaitingKey {
+                self.handle_key_hello(&piece);
+            } else {
+                self.handle_confirm(&piece);
+            }
+            if self.state == ConnState::Closed {
+                return;
+            }
+        }
+        match &mut self.opener {
+            Some(opener) => opener.push(data),
+            None => self.decoder.push(data),
+        }
         self.handle_frames(now);
     }
 
     /// Fires timers due at `now`: handshake timeout, idle timeout, heartbeats.
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.state {
-            ConnState::AwaitingHello | ConnState::AwaitingFeatures => {
+            ConnState::AwaitingHello
+            | ConnState::AwaitingKey
+            | ConnState::AwaitingConfirm
+            | ConnState::AwaitingFeatures => {
                 if now >= self.handshake_deadline {
                     self.close_with(CloseReason::HelloTimeout);
                 }
@@ -351,7 +501,10 @@ impl Connection {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            ConnState::AwaitingHello | ConnState::AwaitingFeatures => Some(self.handshake_deadline),
+            ConnState::AwaitingHello
+            | ConnState::AwaitingKey
+            | ConnState::AwaitingConfirm
+            | ConnState::AwaitingFeatures => Some(self.handshake_deadline),
             ConnState::Ready => Some(self.next_heartbeat.min(self.idle_deadline())),
             ConnState::Closed => None,
         }
@@ -392,6 +545,21 @@ impl Connection {
         &self.local
     }
 
+    /// How the connection is protected, once the key hellos were exchanged.
+    pub fn protection(&self) -> Option<Protection> {
+        self.protection
+    }
+
+    /// The data-plane keys, once `Ready`, if the data plane is encrypted. Returned once: the
+    /// driver hands them to the data plane.
+    pub fn take_data_keys(&mut self) -> Option<DataKeys> {
+        if self.state == ConnState::Ready {
+            self.data_keys.take()
+        } else {
+            None
+        }
+    }
+
     /// The peer's hello is complete in `self.hello`: negotiate and send our features.
     fn handle_hello(&mut self) {
         let theirs = match Hello::parse(&self.hello) {
@@ -414,22 +582,139 @@ impl Connection {
         match handshake::negotiate(ours, theirs) {
             Ok(version) => {
                 self.version = Some(version);
-                self.state = ConnState::AwaitingFeatures;
-                let features = handshake::local_features(&self.local, self.conn_id);
-                control::encode_frame(&Message::Features(features), &mut self.outgoing);
+                self.state = ConnState::AwaitingKey;
+                self.outgoing.extend_from_slice(&self.local_key.emit());
             }
             Err(reason) => self.close_with(reason),
+        }
+    }
+
+    /// The peer's key hello is in: check that both sides agree on encryption, derive keys.
+    fn handle_key_hello(&mut self, bytes: &[u8]) {
+        let Ok(theirs) = KeyHello::parse(bytes) else {
+            self.close_with(CloseReason::ProtocolError(ProtocolError::InvalidKeyHello));
+            return;
+        };
+        let ours = self.local_key;
+        if ours.encrypted != theirs.encrypted {
+            self.close_with(CloseReason::EncryptionMismatch {
+                we_have_password: ours.encrypted,
+            });
+            return;
+        }
+        let features = Message::Features(handshake::local_features(&self.local, self.conn_id));
+        let (Some(ephemeral), Some(enc)) = (&self.ephemeral, &self.config.security.encryption)
+        else {
+            self.protection = Some(Protection {
+                control: false,
+                data: None,
+            });
+            self.state = ConnState::AwaitingFeatures;
+            self.write_frame(&features);
+            return;
+        };
+        let our_hello = Hello {
+            min_version: self.config.min_version,
+            max_version: self.config.max_version,
+        }
+        .emit();
+        let our_key = ours.emit();
+        let (hello_out, hello_in, key_out, key_in) = if self.outbound {
+            (&our_hello[..], &self.hello[..], &our_key[..], bytes)
+        } else {
+            (&self.hello[..], &our_hello[..], bytes, &our_key[..])
+        };
+        let transcript = Transcript {
+            hello_out,
+            hello_in,
+            key_out,
+            key_in,
+        };
+        let Ok(session) = keys::derive(
+            self.outbound,
+            &enc.psk,
+            ephemeral,
+            &theirs,
+            &ours,
+            &transcript,
+        ) else {
+            self.close_with(CloseReason::ProtocolError(ProtocolError::WeakPublicKey));
+            return;
+        };
+        // The key pair is spent: forget the secret.
+        self.ephemeral = None;
+        self.outgoing.extend_from_slice(&session.confirmation());
+        let (sealer, opener) = session.control(MAX_FRAME);
+        self.sealer = Some(sealer);
+        self.opener = Some(opener);
+        self.data_keys = session.data();
+        self.protection = Some(Protection {
+            control: true,
+            data: self.data_keys.as_ref().map(DataKeys::cipher),
+        });
+        self.keys = Some(session);
+        self.state = ConnState::AwaitingConfirm;
+        self.write_frame(&features);
+    }
+
+    /// The peer's key confirmation is in.
+    fn handle_confirm(&mut self, bytes: &[u8]) {
+        let ok = self
+            .keys
+            .take()
+            .is_some_and(|k| k.check_confirmation(bytes).is_ok());
+        if ok {
+            self.state = ConnState::AwaitingFeatures;
+        } else {
+            self.close_with(CloseReason::WrongPassword);
+        }
+    }
+
+    /// The next received message, plain or sealed.
+    fn next_message(&mut self) -> Result<Option<Message>, CloseReason> {
+        let Some(opener) = &mut self.opener else {
+            return match self.decoder.next() {
+                Ok(m) => Ok(m),
+                Err(FrameError::Malformed) => Err(CloseReason::Malformed),
+                Err(FrameError::TooLarge(_)) => Err(CloseReason::TooLarge),
+            };
+        };
+        match opener.next() {
+            Ok(Some(body)) => control::decode_body(&body)
+                .map(Some)
+                .map_err(|_| CloseReason::Malformed),
+            Ok(None) => Ok(None),
+            Err(ControlError::Auth) => Err(CloseReason::AuthFailed),
+            Err(ControlError::TooLarge(_)) => Err(CloseReason::TooLarge),
+            Err(ControlError::TooShort(_)) => Err(CloseReason::Malformed),
+            Err(ControlError::Exhausted) => Err(CloseReason::KeysExhausted),
+        }
+    }
+
+    /// Frames `msg` into the outgoing buffer, sealed once keys are agreed.
+    fn write_frame(&mut self, msg: &Message) {
+        let Some(sealer) = &mut self.sealer else {
+            control::encode_frame(msg, &mut self.outgoing);
+            return;
+        };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        control::encode_frame(msg, &mut scratch);
+        let body = scratch.get(control::FRAME_HEADER_LEN..).unwrap_or_default();
+        let sealed = sealer.seal_frame(body, &mut self.outgoing);
+        self.scratch = scratch;
+        if sealed.is_err() {
+            self.close_with(CloseReason::KeysExhausted);
         }
     }
 
     /// Decodes and handles every complete frame buffered so far.
     fn handle_frames(&mut self, now: Instant) {
         while self.state != ConnState::Closed {
-            match self.decoder.next() {
+            match self.next_message() {
                 Ok(Some(msg)) => self.handle_message(now, msg),
                 Ok(None) => break,
-                Err(FrameError::Malformed) => self.close_with(CloseReason::Malformed),
-                Err(FrameError::TooLarge(_)) => self.close_with(CloseReason::TooLarge),
+                Err(reason) => self.close_with(reason),
             }
         }
     }
@@ -467,14 +752,20 @@ impl Connection {
             (ConnState::Ready, msg @ Message::Gossip { .. }) => {
                 self.events.push_back(Event::Message(msg));
             }
-            // Frames are only decoded once the hello is in and while not closed.
-            (ConnState::AwaitingHello | ConnState::Closed, _) => {}
+            // Frames are only decoded once the handshake pieces are in and while not closed.
+            (
+                ConnState::AwaitingHello
+                | ConnState::AwaitingKey
+                | ConnState::AwaitingConfirm
+                | ConnState::Closed,
+                _,
+            ) => {}
         }
     }
 
     /// Frames `msg` into the outgoing buffer and pushes the heartbeat deadline back.
     fn queue(&mut self, now: Instant, msg: &Message) {
-        control::encode_frame(msg, &mut self.outgoing);
+        self.write_frame(msg);
         self.next_heartbeat = now + self.heartbeat_interval();
     }
 
@@ -483,8 +774,12 @@ impl Connection {
             return;
         }
         self.state = ConnState::Closed;
-        // Free whatever partial frame was buffered.
+        // Free whatever partial frame was buffered, and the keys.
         self.decoder = FrameDecoder::new();
+        self.opener = None;
+        self.keys = None;
+        self.ephemeral = None;
+        self.data_keys = None;
         self.events.push_back(Event::Closed(reason));
     }
 

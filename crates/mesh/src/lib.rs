@@ -40,7 +40,8 @@ mod tests;
 
 pub use channel::{ChannelError, ChannelRouter, Envelope, Handled};
 pub use connection::{
-    CloseReason, ConnConfig, ConnState, Connection, Event, ProtocolError, SendError,
+    CloseReason, ConnConfig, ConnState, Connection, Encryption, Event, Protection, ProtocolError,
+    Security, SendError,
 };
 pub use connmaker::{ConnMaker, ConnMakerConfig, TargetState};
 pub use gossip::{

@@ -45,11 +45,18 @@ pub struct Counters {
     pub tap_tx_coalesced: u64,
     /// Frames that could not be written to the TAP (all segments of a failed super-frame count).
     pub tap_tx_dropped: u64,
+    /// Received datagrams dropped because they failed authentication (forged, corrupted, sealed
+    /// under another key) or arrived unsealed from a peer whose traffic must be encrypted.
+    pub udp_rx_dropped_auth: u64,
+    /// Received datagrams that authenticated but were replays (or too far behind the window).
+    pub udp_rx_dropped_replay: u64,
+    /// Datagrams not sent because they could not be sealed (no key for the peer yet).
+    pub udp_tx_dropped_crypto: u64,
 }
 
 impl Counters {
     /// Every counter with its Prometheus-style name and help text, for exporters.
-    pub fn fields(&self) -> [(&'static str, &'static str, u64); 19] {
+    pub fn fields(&self) -> [(&'static str, &'static str, u64); 22] {
         [
             (
                 "tap_rx_frames",
@@ -141,6 +148,21 @@ impl Counters {
                 "tap_tx_dropped",
                 "Frames that could not be written to the TAP.",
                 self.tap_tx_dropped,
+            ),
+            (
+                "udp_rx_dropped_auth",
+                "Received datagrams that failed authentication or should have been sealed.",
+                self.udp_rx_dropped_auth,
+            ),
+            (
+                "udp_rx_dropped_replay",
+                "Received datagrams dropped as replays.",
+                self.udp_rx_dropped_replay,
+            ),
+            (
+                "udp_tx_dropped_crypto",
+                "Datagrams not sent because they could not be sealed.",
+                self.udp_tx_dropped_crypto,
             ),
         ]
     }

@@ -5,6 +5,11 @@
 //! writes length-prefixed frames: a `u32` big-endian length, then that many bytes holding one
 //! postcard-encoded [`Message`]. A frame body may not exceed [`MAX_FRAME`] bytes.
 //!
+//! Since protocol version 2, a key exchange sits between the hellos and the frames: each side
+//! writes a 34-byte key hello and, when both have a password, a 32-byte key confirmation; then
+//! every frame is sealed (`weft_crypto::handshake` and `weft_crypto::control` own those bytes,
+//! [`decode_body`] decodes an opened body).
+//!
 //! This module owns only the bytes: [`Hello::emit`]/[`Hello::parse`], [`encode_frame`] and the
 //! incremental [`FrameDecoder`]. What the messages mean (version negotiation, the features
 //! exchange, heartbeats) belongs to the connection state machine in `weft-mesh`.
@@ -21,10 +26,10 @@ pub const MAGIC: [u8; 4] = *b"weft";
 pub const HELLO_LEN: usize = 6;
 
 /// Lowest control-protocol version this build speaks.
-pub const PROTOCOL_MIN: u8 = 1;
+pub const PROTOCOL_MIN: u8 = 2;
 
 /// Highest control-protocol version this build speaks.
-pub const PROTOCOL_MAX: u8 = 1;
+pub const PROTOCOL_MAX: u8 = 2;
 
 /// Largest frame body (the postcard bytes, not counting the 4-byte length prefix) a peer may
 /// send. Longer frames are rejected by [`FrameDecoder`] before they are buffered.
@@ -166,6 +171,18 @@ impl Extend<u8> for Appender<'_> {
 /// Length of the frame body (without the 4-byte prefix) `msg` encodes to.
 pub fn encoded_len(msg: &Message) -> usize {
     postcard::experimental::serialized_size(msg).unwrap_or(usize::MAX)
+}
+
+/// Decodes one frame body (the postcard bytes, without the length prefix): exactly one
+/// [`Message`], no trailing bytes. Used for bodies that arrive sealed.
+pub fn decode_body(body: &[u8]) -> Result<Message, FrameError> {
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    match postcard::take_from_bytes::<Message>(body) {
+        Ok((msg, [])) => Ok(msg),
+        _ => Err(FrameError::Malformed),
+    }
 }
 
 /// Why a [`FrameDecoder`] stopped. Once returned, the decoder keeps returning it.

@@ -1,10 +1,12 @@
 //! Connection tests on an in-memory [`util::Pair`] with a virtual clock (no sockets, no root).
 
+mod encrypted;
 mod util;
 
 use std::time::Duration;
 
 use proptest::prelude::*;
+use weft_crypto::handshake::KeyHello;
 use weft_wire::control::{self, Features, Hello, Message};
 
 use crate::{
@@ -29,10 +31,24 @@ fn versions(min_version: u8, max_version: u8) -> ConnConfig {
     }
 }
 
-/// The bytes a well-behaved peer `peer(last, uid)` sends: hello then features.
+/// What an unencrypted peer sends before its frames: hello, then a key hello without a key.
+fn plain_prefix() -> Vec<u8> {
+    let mut bytes = Hello::CURRENT.emit().to_vec();
+    bytes.extend_from_slice(&PLAIN_KEY_HELLO.emit());
+    bytes
+}
+
+const PLAIN_KEY_HELLO: KeyHello = KeyHello {
+    encrypted: false,
+    trusts_peer: false,
+    aes: false,
+    public: [0; 32],
+};
+
+/// The bytes a well-behaved peer `peer(last, uid)` sends: hello, key hello, then features.
 fn peer_stream(last: u8, uid: u64, conn_id: u64) -> Vec<u8> {
     let p = peer(last, uid);
-    let mut bytes = Hello::CURRENT.emit().to_vec();
+    let mut bytes = plain_prefix();
     let features = Features {
         name: p.name.get(),
         nickname: p.nickname,
@@ -74,7 +90,7 @@ fn pair_reaches_ready() {
         panic!("expected Ready, got {:?}", pair.a.events());
     };
     assert_eq!(*conn_uid, a_uid);
-    assert_eq!(*version, 1);
+    assert_eq!(*version, control::PROTOCOL_MAX);
     let b = peer(2, 200);
     assert_eq!(remote.name, b.name);
     assert_eq!(remote.nickname, "host-2");
@@ -82,7 +98,7 @@ fn pair_reaches_ready() {
     assert_eq!(remote.uid, PeerUid(200));
     assert_eq!(remote.data_port, 6784);
     assert_eq!(pair.b.conn.remote().unwrap().name, peer(1, 100).name);
-    assert_eq!(pair.a.conn.version(), Some(1));
+    assert_eq!(pair.a.conn.version(), Some(control::PROTOCOL_MAX));
     assert!(pair.a.conn.is_outbound());
     assert!(!pair.b.conn.is_outbound());
     assert_eq!(pair.a.events().len(), 1);
@@ -195,6 +211,8 @@ fn hello_timeout_covers_features() {
     pair.b.mute = true;
     pair.drive();
     pair.a.conn.handle_bytes(pair.now, &Hello::CURRENT.emit());
+    assert_eq!(pair.a.state(), ConnState::AwaitingKey);
+    pair.a.conn.handle_bytes(pair.now, &PLAIN_KEY_HELLO.emit());
     assert_eq!(pair.a.state(), ConnState::AwaitingFeatures);
     pair.advance(Duration::from_secs(60));
     let (at, reason) = pair.a.closed().unwrap();
@@ -389,7 +407,7 @@ fn invalid_hello_range_is_a_protocol_error() {
 #[test]
 fn garbage_frames_close_with_malformed_or_too_large() {
     let mut conn = lone(true);
-    let mut bytes = Hello::CURRENT.emit().to_vec();
+    let mut bytes = plain_prefix();
     bytes.extend_from_slice(&[0, 0, 0, 2, 0xff, 0xff]);
     conn.handle_bytes(Instant::ZERO, &bytes);
     assert_eq!(
@@ -413,7 +431,7 @@ fn garbage_frames_close_with_malformed_or_too_large() {
 #[test]
 fn first_message_must_be_features() {
     let mut conn = lone(true);
-    let mut bytes = Hello::CURRENT.emit().to_vec();
+    let mut bytes = plain_prefix();
     control::encode_frame(&Message::Heartbeat, &mut bytes);
     conn.handle_bytes(Instant::ZERO, &bytes);
     assert_eq!(
@@ -428,7 +446,7 @@ fn first_message_must_be_features() {
 fn features_twice_is_a_protocol_error() {
     let mut conn = lone(true);
     let mut bytes = peer_stream(2, 200, 9);
-    let again = bytes[6..].to_vec();
+    let again = bytes[plain_prefix().len()..].to_vec();
     bytes.extend_from_slice(&again);
     conn.handle_bytes(Instant::ZERO, &bytes);
     let events = drain_events(&mut conn);
@@ -443,12 +461,17 @@ fn hello_is_queued_immediately_and_features_after_peer_hello() {
     let mut conn = lone(true);
     let mut out = Vec::new();
     assert!(conn.poll_transmit(&mut out));
-    assert_eq!(out, b"weft\x01\x01");
+    assert_eq!(out, b"weft\x02\x02");
     assert!(!conn.poll_transmit(&mut out));
+    // The key hello follows the peer's hello, the features follow the peer's key hello.
     conn.handle_bytes(Instant::ZERO, &Hello::CURRENT.emit());
     assert!(conn.poll_transmit(&mut out));
+    assert_eq!(out.len(), 6 + 34);
+    assert_eq!(KeyHello::parse(&out[6..]), Ok(PLAIN_KEY_HELLO));
+    conn.handle_bytes(Instant::ZERO, &PLAIN_KEY_HELLO.emit());
+    assert!(conn.poll_transmit(&mut out));
     let mut dec = control::FrameDecoder::new();
-    dec.push(&out[6..]);
+    dec.push(&out[40..]);
     let Ok(Some(Message::Features(f))) = dec.next() else {
         panic!("expected features");
     };
@@ -460,7 +483,7 @@ fn hello_is_queued_immediately_and_features_after_peer_hello() {
 #[test]
 fn remote_name_wider_than_48_bits_is_rejected() {
     let mut conn = lone(true);
-    let mut bytes = Hello::CURRENT.emit().to_vec();
+    let mut bytes = plain_prefix();
     let f = Features {
         name: u64::MAX,
         nickname: "x".into(),
@@ -525,6 +548,14 @@ proptest! {
         chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..12),
     ) {
         feed_and_check(outbound, &Hello::CURRENT.emit(), &chunks)?;
+    }
+
+    #[test]
+    fn random_bytes_after_key_hello_never_panic(
+        outbound in any::<bool>(),
+        chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..12),
+    ) {
+        feed_and_check(outbound, &plain_prefix(), &chunks)?;
     }
 
     #[test]
