@@ -58,7 +58,8 @@ fn decide_from(
     }
 }
 
-/// [`decide_from`] for a `POST /containers/create` body.
+/// Does a `POST /containers/create` body join, and with which address specs? `Err` is a
+/// message for the user about a bad `WEAVE_CIDR`.
 pub fn decide(body: &Value, no_default_ipalloc: bool) -> Result<Option<Vec<AddrSpec>>, String> {
     decide_from(
         &body["Env"],
@@ -67,7 +68,7 @@ pub fn decide(body: &Value, no_default_ipalloc: bool) -> Result<Option<Vec<AddrS
     )
 }
 
-/// [`decide_from`] for a `GET /containers/{id}/json` answer; only containers created through
+/// [`decide`] for a `GET /containers/{id}/json` answer; only containers created through
 /// the proxy (their process is the waiter) are joined.
 pub fn decide_inspected(
     inspect: &Value,
