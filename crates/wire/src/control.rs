@@ -339,7 +339,7 @@ mod tests {
     #[test]
     fn hello_round_trip() {
         let bytes = Hello::CURRENT.emit();
-        assert_eq!(&bytes, b"weft\x01\x01");
+        assert_eq!(&bytes, b"weft\x02\x02");
         assert_eq!(Hello::parse(&bytes), Ok(Hello::CURRENT));
         let h = Hello {
             min_version: 2,
@@ -361,7 +361,7 @@ mod tests {
             Err(HelloError::InvalidRange { min: 0, max: 2 })
         );
         // Trailing bytes are the caller's business.
-        assert_eq!(Hello::parse(b"weft\x01\x01rest"), Ok(Hello::CURRENT));
+        assert_eq!(Hello::parse(b"weft\x02\x02rest"), Ok(Hello::CURRENT));
     }
 
     #[test]
