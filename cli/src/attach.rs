@@ -64,21 +64,13 @@ fn ident(target: &str) -> String {
 
 /// The overlay MTU: the running router's, else `WEAVE_MTU`, else the default.
 async fn mtu(global: &Global) -> u32 {
-    if let Ok((code, body)) = http::get(global.http_addr, "/status", true).await {
-        if code.is_success() {
-            if let Some(mtu) = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["mtu"].as_u64())
-                .and_then(|m| u32::try_from(m).ok())
-            {
-                return mtu;
-            }
-        }
+    match weft_router::client::mtu(global.http_addr).await {
+        Some(mtu) => mtu,
+        None => std::env::var("WEAVE_MTU")
+            .ok()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(DEFAULT_MTU),
     }
-    std::env::var("WEAVE_MTU")
-        .ok()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(DEFAULT_MTU)
 }
 
 pub(crate) fn attach(global: &Global, args: AttachArgs) -> anyhow::Result<ExitCode> {

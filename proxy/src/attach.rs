@@ -197,18 +197,9 @@ impl Attacher {
     }
 
     async fn mtu(&self) -> u32 {
-        if let Ok((code, body)) = client::get(self.api, "/status", true).await {
-            if code.is_success() {
-                if let Some(m) = serde_json::from_str::<Value>(&body)
-                    .ok()
-                    .and_then(|v| v["mtu"].as_u64())
-                    .and_then(|m| u32::try_from(m).ok())
-                {
-                    return m;
-                }
-            }
-        }
-        weft_router::config::DEFAULT_MTU
+        client::mtu(self.api)
+            .await
+            .unwrap_or(weft_router::config::DEFAULT_MTU)
     }
 
     /// After a failed attach for a start the client waits on: the container is killed and the

@@ -158,3 +158,13 @@ pub async fn release(api: SocketAddr, id: &str, addrs: &[Ipv4Net]) -> anyhow::Re
     }
     Ok(())
 }
+
+/// The running router's overlay MTU (from `/status`), if it answers.
+pub async fn mtu(api: SocketAddr) -> Option<u32> {
+    let (code, body) = get(api, "/status", true).await.ok()?;
+    if !code.is_success() {
+        return None;
+    }
+    let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+    status["mtu"].as_u64().and_then(|m| u32::try_from(m).ok())
+}
