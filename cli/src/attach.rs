@@ -129,17 +129,7 @@ pub(crate) fn detach(global: &Global, args: DetachArgs) -> anyhow::Result<ExitCo
         };
         weft_sys::plumb::detach(&ns, which).await?;
         // Release them in IPAM too (nothing to do if the router is not running).
-        let paths: Vec<String> = if addrs.is_empty() {
-            vec![format!("/ip/{id}")]
-        } else {
-            addrs
-                .iter()
-                .map(|a| format!("/ip/{id}/{}", a.addr()))
-                .collect()
-        };
-        for path in paths {
-            let _ = http::request(global.http_addr, Method::DELETE, &path, false).await;
-        }
+        let _ = weft_router::client::release(global.http_addr, &id, &addrs).await;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

@@ -140,7 +140,8 @@ async fn acquire_one(api: SocketAddr, id: &str, spec: AddrSpec) -> anyhow::Resul
     }
 }
 
-/// Gives back the addresses `id` holds (all when `addrs` is empty).
+/// Gives back the addresses `id` holds (all when `addrs` is empty). Every one is tried; the
+/// first failure is returned.
 pub async fn release(api: SocketAddr, id: &str, addrs: &[Ipv4Net]) -> anyhow::Result<()> {
     let paths: Vec<String> = if addrs.is_empty() {
         vec![format!("/ip/{id}")]
@@ -150,11 +151,19 @@ pub async fn release(api: SocketAddr, id: &str, addrs: &[Ipv4Net]) -> anyhow::Re
             .map(|a| format!("/ip/{id}/{}", a.addr()))
             .collect()
     };
+    let mut first_error = None;
     for path in paths {
-        let (code, body) = request(api, Method::DELETE, &path, false).await?;
-        if !code.is_success() && code != StatusCode::NOT_FOUND {
-            anyhow::bail!("releasing {path}: {}", body.trim());
+        let result = match request(api, Method::DELETE, &path, false).await {
+            Ok((code, _)) if code.is_success() || code == StatusCode::NOT_FOUND => Ok(()),
+            Ok((_, body)) => Err(anyhow::anyhow!("releasing {path}: {}", body.trim())),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
         }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
     Ok(())
 }
