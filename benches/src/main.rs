@@ -9,17 +9,16 @@
 //! every record as JSON.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use serde::Serialize;
 use serde_json::{Value, json};
+use weft_benches::{BenchLock, cpu_seconds, locate_weft};
 use weft_tests::cmd::{self, Cmd, ip, ns_exec, ns_sh, wait_until};
-use weft_tests::net::{UNDERLAY_DEV, target_dir};
+use weft_tests::net::UNDERLAY_DEV;
 use weft_tests::{Container, Host, TestNet, median};
 
 /// Overlay-network benchmark: weft vs kernel VXLAN vs bare veth.
@@ -165,7 +164,7 @@ fn run(args: &Args) -> Result<()> {
             .with_context(|| format!("missing tool {tool} (run .ci/install)"))?;
     }
     let weft_bin = if targets.contains(&Target::Weft) || targets.contains(&Target::WeftEnc) {
-        Some(locate_weft(args)?)
+        Some(locate_weft(args.weft_bin.as_deref(), "netbench")?)
     } else {
         None
     };
@@ -235,30 +234,6 @@ fn run(args: &Args) -> Result<()> {
         bail!("some runs failed (see the records with test = \"error\")");
     }
     Ok(())
-}
-
-fn locate_weft(args: &Args) -> Result<PathBuf> {
-    if let Some(p) = &args.weft_bin {
-        return fs::canonicalize(p).with_context(|| format!("--weft-bin {}", p.display()));
-    }
-    if let Some(p) = std::env::var_os("WEFT_BIN") {
-        return fs::canonicalize(&p).with_context(|| format!("WEFT_BIN={p:?}"));
-    }
-    if let Some(t) = target_dir() {
-        for profile in ["release", "debug"] {
-            let p = t.join(profile).join("weft");
-            if p.is_file() {
-                if profile == "debug" {
-                    eprintln!(
-                        "netbench: WARNING: using the debug build; build the release one with \
-                         `cargo build --release -p weft-cli` for meaningful figures"
-                    );
-                }
-                return Ok(p);
-            }
-        }
-    }
-    bail!("no weft binary: build it (`cargo build --release -p weft-cli`) or pass --weft-bin")
 }
 
 fn measure_target(
@@ -522,11 +497,11 @@ fn measure(
         )?;
         let mut out = Vec::new();
         if args.warmup > 0 {
-            let _lock = BenchLock::take(&args.lock)?;
+            let _lock = BenchLock::take(&args.lock, "netbench")?;
             iperf(s, args.warmup, 1)?;
         }
         for (test, streams) in [("tcp1", 1), ("tcp4", 4)] {
-            let _lock = BenchLock::take(&args.lock)?;
+            let _lock = BenchLock::take(&args.lock, "netbench")?;
             let cpu0 = cpu_seconds(&s.tunnel_pids, clk_tck);
             let t0 = Instant::now();
             let v = iperf(s, args.duration, streams)?;
@@ -550,7 +525,7 @@ fn measure(
             out.push(r);
             std::thread::sleep(Duration::from_secs(1));
         }
-        let _lock = BenchLock::take(&args.lock)?;
+        let _lock = BenchLock::take(&args.lock, "netbench")?;
         let t0 = Instant::now();
         let p = s.client.ping(s.server.ip(), args.pings, 0.2)?;
         let mut r = Record::new(target, round, "ping");
@@ -593,60 +568,6 @@ fn iperf(s: &Setup, secs: u32, streams: u32) -> Result<Value> {
 }
 
 /// Summed utime+stime of the given processes (all threads), in seconds.
-fn cpu_seconds(pids: &[u32], clk_tck: f64) -> Option<f64> {
-    if pids.is_empty() {
-        return None;
-    }
-    let mut ticks = 0u64;
-    for pid in pids {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after "(comm) ": state is field 3, utime/stime are fields 14/15.
-        let rest = stat.rsplit_once(") ")?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        ticks += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    }
-    Some(ticks as f64 / clk_tck)
-}
-
-/// `flock LOCK` held by a helper process for as long as this value lives.
-struct BenchLock {
-    child: Child,
-    stdin: Option<ChildStdin>,
-}
-
-impl BenchLock {
-    fn take(path: &Path) -> Result<Self> {
-        let mut child = Command::new("flock")
-            .args(["-w", "1800"])
-            .arg(path)
-            .args(["sh", "-c", "echo locked; exec cat >/dev/null"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting flock")?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().context("flock stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        if line.trim() != "locked" {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("could not take {} within 30 minutes", path.display());
-        }
-        Ok(Self { child, stdin })
-    }
-}
-
-impl Drop for BenchLock {
-    fn drop(&mut self) {
-        // Closing stdin ends `cat`, which releases the lock.
-        if let Some(mut s) = self.stdin.take() {
-            let _ = s.flush();
-        }
-        let _ = self.child.wait();
-    }
-}
-
 fn log_record(r: &Record) {
     match r.test {
         "ping" => eprintln!(

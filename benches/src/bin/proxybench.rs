@@ -15,16 +15,15 @@
 //! Prints a markdown table; `--out` gets the raw figures as JSON.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde_json::json;
+use weft_benches::{BenchLock, cpu_seconds, locate_weft};
 use weft_tests::docker::{Dockerd, IMAGE, docker_cmd, launch_proxy};
-use weft_tests::net::target_dir;
 use weft_tests::{TestNet, median};
 
 /// Docker API proxy bench: added latency of `docker run` and `docker cp` throughput.
@@ -91,7 +90,7 @@ fn run(args: &Args) -> Result<()> {
     if args.runs == 0 || args.cp_rounds == 0 {
         bail!("--runs and --cp-rounds must be at least 1");
     }
-    let weft_bin = locate_weft(args)?;
+    let weft_bin = locate_weft(args.weft_bin.as_deref(), "proxybench")?;
     eprintln!("proxybench: weft binary {}", weft_bin.display());
     let net = TestNet::with_weft_bin("pbench", Some(weft_bin.clone()))?;
     let h = net.host(1)?;
@@ -178,7 +177,7 @@ fn measure(args: &Args, dockerd: &Dockerd, proxy: &Path, weft_pid: u32) -> Resul
     .timeout(Duration::from_secs(600))
     .run_ok()?;
 
-    let _lock = BenchLock::take(&args.lock)?;
+    let _lock = BenchLock::take(&args.lock, "proxybench")?;
     // Warm-up: one of each (the first allocation also settles IPAM).
     for v in Variant::ALL {
         timed_run(sock_for(v), &run_args(v))?;
@@ -217,9 +216,12 @@ fn measure(args: &Args, dockerd: &Dockerd, proxy: &Path, weft_pid: u32) -> Resul
             [(true, proxy), (false, direct.as_path())]
         };
         for (via_proxy, sock) in order {
-            let cpu0 = cpu_seconds(weft_pid, clk_tck)?;
+            let cpu0 = cpu_seconds(&[weft_pid], clk_tck)
+                .with_context(|| format!("reading /proc/{weft_pid}/stat"))?;
             let ms = timed(sock, &cp_args, Some(sink))?;
-            let cpu = cpu_seconds(weft_pid, clk_tck)? - cpu0;
+            let cpu = cpu_seconds(&[weft_pid], clk_tck)
+                .with_context(|| format!("reading /proc/{weft_pid}/stat"))?
+                - cpu0;
             let mbps = bytes as f64 / 1e6 / (ms / 1e3);
             eprintln!(
                 "proxybench:   docker cp {} MiB {}: {:.0} MB/s",
@@ -276,22 +278,6 @@ fn timed_run(sock: &Path, args: &[&str]) -> Result<f64> {
 }
 
 /// utime + stime of process `pid` (all threads), in seconds.
-fn cpu_seconds(pid: u32, clk_tck: f64) -> Result<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after "(comm) ": state is field 3, utime/stime are fields 14/15.
-    let f: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let tick = |i: usize| -> Result<u64> {
-        f.get(i)
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("no field {i} in /proc/{pid}/stat"))
-    };
-    Ok((tick(11)? + tick(12)?) as f64 / clk_tck)
-}
-
 fn spread(xs: &[f64], digits: usize) -> String {
     let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
     let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -341,82 +327,4 @@ fn render(args: &Args, lat: &[Vec<f64>; 3], cp: &Copies) -> String {
         spread(&cp.weft_cpu_s_per_gb, 2)
     ));
     s
-}
-
-fn locate_weft(args: &Args) -> Result<PathBuf> {
-    if let Some(p) = &args.weft_bin {
-        return fs::canonicalize(p).with_context(|| format!("--weft-bin {}", p.display()));
-    }
-    if let Some(p) = std::env::var_os("WEFT_BIN") {
-        return fs::canonicalize(&p).with_context(|| format!("WEFT_BIN={p:?}"));
-    }
-    // Next to this executable (`target*/release/`), then the usual target directory.
-    if let Some(dir) = std::env::current_exe()?.parent() {
-        let p = dir.join("weft");
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    if let Some(t) = target_dir() {
-        for profile in ["release", "debug"] {
-            let p = t.join(profile).join("weft");
-            if p.is_file() {
-                if profile == "debug" {
-                    eprintln!(
-                        "proxybench: WARNING: using the debug build; build the release one with \
-                         `cargo build --release -p weft-cli` for meaningful figures"
-                    );
-                }
-                return Ok(p);
-            }
-        }
-    }
-    bail!("no weft binary: build it (`cargo build --release -p weft-cli`) or pass --weft-bin")
-}
-
-/// `flock LOCK` held by a helper process for as long as this value lives.
-struct BenchLock {
-    child: Child,
-    stdin: Option<ChildStdin>,
-}
-
-impl BenchLock {
-    fn take(path: &Path) -> Result<Self> {
-        let started = Instant::now();
-        let mut child = Command::new("flock")
-            .args(["-w", "1800"])
-            .arg(path)
-            .args(["sh", "-c", "echo locked; exec cat >/dev/null"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting flock")?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().context("flock stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        if line.trim() != "locked" {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("could not take {} within 30 minutes", path.display());
-        }
-        if started.elapsed() > Duration::from_secs(1) {
-            eprintln!(
-                "proxybench: waited {:.0?} for {}",
-                started.elapsed(),
-                path.display()
-            );
-        }
-        Ok(Self { child, stdin })
-    }
-}
-
-impl Drop for BenchLock {
-    fn drop(&mut self) {
-        // Closing stdin ends `cat`, which releases the lock.
-        if let Some(mut s) = self.stdin.take() {
-            let _ = s.flush();
-        }
-        let _ = self.child.wait();
-    }
 }

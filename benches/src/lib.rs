@@ -1,0 +1,106 @@
+//! What the benchmark drivers (`netbench`, `proxybench`) share: the machine-wide bench lock,
+//! finding the weft binary under test, and a process's CPU time.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use weft_tests::net::target_dir;
+
+/// The weft binary to measure: `explicit` (`--weft-bin`), else `$WEFT_BIN`, else `weft` next to
+/// this executable, else the target directory's release, then debug build (with a warning,
+/// prefixed by `who`).
+pub fn locate_weft(explicit: Option<&Path>, who: &str) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return fs::canonicalize(p).with_context(|| format!("--weft-bin {}", p.display()));
+    }
+    if let Some(p) = std::env::var_os("WEFT_BIN") {
+        return fs::canonicalize(&p).with_context(|| format!("WEFT_BIN={p:?}"));
+    }
+    // Next to this executable (`target*/release/`), then the usual target directory.
+    if let Some(dir) = std::env::current_exe()?.parent() {
+        let p = dir.join("weft");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    if let Some(t) = target_dir() {
+        for profile in ["release", "debug"] {
+            let p = t.join(profile).join("weft");
+            if p.is_file() {
+                if profile == "debug" {
+                    eprintln!(
+                        "{who}: WARNING: using the debug build; build the release one with \
+                         `cargo build --release -p weft-cli` for meaningful figures"
+                    );
+                }
+                return Ok(p);
+            }
+        }
+    }
+    bail!("no weft binary: build it (`cargo build --release -p weft-cli`) or pass --weft-bin")
+}
+
+/// User plus system CPU seconds of the processes `pids` (`None` if one cannot be read).
+pub fn cpu_seconds(pids: &[u32], clk_tck: f64) -> Option<f64> {
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after "(comm) ": state is field 3, utime/stime are fields 14/15.
+        let rest = stat.rsplit_once(") ")?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ticks += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(ticks as f64 / clk_tck)
+}
+
+/// `flock LOCK` held by a helper process for as long as this value lives.
+pub struct BenchLock {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl BenchLock {
+    /// Waits (at most 30 minutes) for `flock path`; `who` names the caller in messages.
+    pub fn take(path: &Path, who: &str) -> Result<Self> {
+        let started = Instant::now();
+        let mut child = Command::new("flock")
+            .args(["-w", "1800"])
+            .arg(path)
+            .args(["sh", "-c", "echo locked; exec cat >/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting flock")?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("flock stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "locked" {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("could not take {} within 30 minutes", path.display());
+        }
+        if started.elapsed() > Duration::from_secs(1) {
+            eprintln!(
+                "{who}: waited {:.0?} for {}",
+                started.elapsed(),
+                path.display()
+            );
+        }
+        Ok(Self { child, stdin })
+    }
+}
+
+impl Drop for BenchLock {
+    fn drop(&mut self) {
+        // Closing stdin ends `cat`, which releases the lock.
+        if let Some(mut s) = self.stdin.take() {
+            let _ = s.flush();
+        }
+        let _ = self.child.wait();
+    }
+}
