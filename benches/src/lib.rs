@@ -1,5 +1,6 @@
-//! What the benchmark drivers (`netbench`, `proxybench`) share: the machine-wide bench lock,
-//! finding the weft binary under test, and a process's CPU time.
+//! What the benchmark drivers (`netbench`, `proxybench`, `pluginbench`, ...) share: the
+//! machine-wide bench lock, finding the weft binary under test, a process's CPU time, timing one
+//! docker CLI command, and the median (min–max) cell of a table.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write as _};
@@ -8,6 +9,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use weft_tests::median;
 use weft_tests::net::target_dir;
 
 /// The weft binary to measure: `explicit` (`--weft-bin`), else `$WEFT_BIN`, else `weft` next to
@@ -102,5 +104,45 @@ impl Drop for BenchLock {
             let _ = s.flush();
         }
         let _ = self.child.wait();
+    }
+}
+
+/// Wall time of one docker CLI command against the daemon (or proxy) on `sock` (ms), its stdout
+/// to `stdout` (default `/dev/null`); fails if it fails. Waits with a blocking `wait` (no
+/// polling), so the figure is the command's own.
+pub fn timed_docker(sock: &Path, args: &[&str], stdout: Option<&Path>) -> Result<f64> {
+    let mut c = Command::new(weft_tests::docker::DOCKER);
+    c.arg("-H")
+        .arg(format!("unix://{}", sock.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    match stdout {
+        Some(p) => c.stdout(fs::File::create(p)?),
+        None => c.stdout(Stdio::null()),
+    };
+    let t = Instant::now();
+    let out = c
+        .output()
+        .with_context(|| format!("running docker {args:?}"))?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    if !out.status.success() {
+        bail!(
+            "docker {args:?} via {} exited with {}: {}",
+            sock.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(ms)
+}
+
+/// `median (min–max)` of `xs` with `digits` decimals, `–` when empty.
+pub fn spread(xs: &[f64], digits: usize) -> String {
+    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    match median(xs) {
+        Some(m) => format!("{m:.digits$} ({min:.digits$}–{max:.digits$})"),
+        None => "–".to_owned(),
     }
 }

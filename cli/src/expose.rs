@@ -10,27 +10,34 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use hyper::{Method, StatusCode};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::Ipv4Net;
 use weft_router::config::BRIDGE;
 use weft_router::expose::Exposed;
 use weft_sys::netlink::Netlink;
-use weft_sys::netns::{NETNS_RUN_DIR, NetNs};
-use weft_sys::plumb::{ETHWE, HOST_PREFIX, veth_id};
+use weft_sys::netns::NetNs;
+use weft_sys::plumb::ipv4_addrs;
 
 use crate::{Global, http, runtime};
 
 /// The IPAM ident of the bridge's addresses.
 pub(crate) const EXPOSE_ID: &str = "weave:expose";
 
-/// Arguments of `weft expose`.
+/// Arguments of `weave expose` (`-h` is the host name to register, as in Weave, not help).
 #[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
 pub(crate) struct ExposeArgs {
     /// Addresses: `net:default` (the default), `net:CIDR` (allocate in that subnet),
     /// `ip:CIDR` or a bare CIDR (this address).
     addrs: Vec<String>,
+    /// Register the exposed addresses in weaveDNS under this name.
+    #[arg(short = 'h', value_name = "FQDN")]
+    fqdn: Option<String>,
     /// Do not masquerade traffic between the host and the overlay.
     #[arg(long)]
     without_masquerade: bool,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
 }
 
 /// Arguments of `weft hide`.
@@ -40,10 +47,11 @@ pub(crate) struct HideArgs {
     addrs: Vec<String>,
 }
 
-/// Arguments of `weft ps`.
+/// Arguments of `weave ps`.
 #[derive(Debug, Args)]
 pub(crate) struct PsArgs {
-    /// Containers (namespace names or pids, or `weave:expose`) to list; all when none.
+    /// Containers (Docker names or ids, namespace names or pids, or `weave:expose`) to list;
+    /// all when none.
     containers: Vec<String>,
 }
 
@@ -115,9 +123,9 @@ fn http_error(what: &str, code: StatusCode, body: &str) -> anyhow::Error {
 
 /// Gets the address for `addr` from IPAM. Without IPAM (404) an explicit address is used as is
 /// and a `net:` form is an error.
-async fn allocate(global: &Global, addr: Addr) -> anyhow::Result<Ipv4Net> {
+async fn allocate(api: std::net::SocketAddr, addr: Addr) -> anyhow::Result<Ipv4Net> {
     let (method, path) = ipam_request(addr);
-    let (code, body) = http::request(global.http_addr, method, &path, false).await?;
+    let (code, body) = http::request(api, method, &path, false).await?;
     match addr {
         Addr::Ip(c) if code.is_success() || code == StatusCode::NOT_FOUND => Ok(c),
         Addr::Ip(c) => Err(http_error(&format!("claiming {c}"), code, &body)),
@@ -134,6 +142,23 @@ async fn allocate(global: &Global, addr: Addr) -> anyhow::Result<Ipv4Net> {
     }
 }
 
+/// Gets `addr` for `weave:expose` from IPAM and has the router put it on the bridge (and
+/// masquerade, unless `skip_nat`); returns the address. `weave expose`, and the CNI plugin
+/// when the bridge has no address to route containers through.
+pub(crate) async fn expose_one(
+    api: std::net::SocketAddr,
+    addr: Addr,
+    skip_nat: bool,
+) -> anyhow::Result<Ipv4Net> {
+    let cidr = allocate(api, addr).await?;
+    let path = expose_path(cidr, skip_nat);
+    let (code, body) = http::request(api, Method::POST, &path, false).await?;
+    if !code.is_success() {
+        return Err(http_error(&format!("exposing {cidr}"), code, &body));
+    }
+    Ok(cidr)
+}
+
 pub(crate) fn expose(global: &Global, args: ExposeArgs) -> anyhow::Result<ExitCode> {
     let addrs = if args.addrs.is_empty() {
         vec![Addr::NetDefault]
@@ -146,16 +171,32 @@ pub(crate) fn expose(global: &Global, args: ExposeArgs) -> anyhow::Result<ExitCo
     let exposed = runtime()?.block_on(async {
         let mut out = Vec::new();
         for addr in addrs {
-            let cidr = allocate(global, addr).await?;
-            let path = expose_path(cidr, args.without_masquerade);
-            let (code, body) = http::request(global.http_addr, Method::POST, &path, false).await?;
-            if !code.is_success() {
-                return Err(http_error(&format!("exposing {cidr}"), code, &body));
-            }
-            out.push(cidr);
+            out.push(expose_one(global.http_addr, addr, args.without_masquerade).await?);
         }
         anyhow::Ok(out)
     })?;
+    if let Some(fqdn) = &args.fqdn {
+        // weaveDNS registration (`PUT /name/weave:expose/IP`); without DNS on the router (404)
+        // the name is only noted.
+        runtime()?.block_on(async {
+            for c in &exposed {
+                let path = format!("/name/{EXPOSE_ID}/{}", c.addr());
+                let form = format!("fqdn={}", http::form_escape(fqdn));
+                match http::send_form(global.http_addr, Method::PUT, &path, form).await {
+                    Ok((code, _)) if code.is_success() => {}
+                    Ok((StatusCode::NOT_FOUND, _)) => {
+                        tracing::debug!("no weaveDNS on the router; -h {fqdn} not registered");
+                    }
+                    Ok((code, body)) => eprintln!(
+                        "weft: registering {fqdn} for {}: {} ({code})",
+                        c.addr(),
+                        body.trim()
+                    ),
+                    Err(e) => eprintln!("weft: registering {fqdn}: {e:#}"),
+                }
+            }
+        });
+    }
     println!("{}", show_ips(&exposed));
     Ok(ExitCode::SUCCESS)
 }
@@ -243,7 +284,8 @@ pub(crate) fn hide(global: &Global, args: HideArgs) -> anyhow::Result<ExitCode> 
             let path = format!("/expose/{}", path_cidr(*c));
             let (code, body) =
                 http::request(global.http_addr, Method::DELETE, &path, false).await?;
-            if !code.is_success() {
+            // Not exposed (404): nothing to take off, as `ip addr del` users expect of Weave.
+            if !code.is_success() && code != StatusCode::NOT_FOUND {
                 return Err(http_error(&format!("hiding {c}"), code, &body));
             }
             let path = format!("/ip/{EXPOSE_ID}/{}", c.addr());
@@ -283,133 +325,122 @@ pub(crate) fn ps_line(id: &str, mac: Option<[u8; 6]>, cidrs: &[Ipv4Net]) -> Stri
     line
 }
 
-fn ipv4(addrs: Vec<IpNet>) -> Vec<Ipv4Net> {
-    addrs
+/// One container's weave interface, as `ps` lists it.
+struct Listed {
+    /// Network namespace inode of the container.
+    inode: u64,
+    /// Who it is: Docker's short id, a namespace name or a pid.
+    id: String,
+    mac: [u8; 6],
+    cidrs: Vec<Ipv4Net>,
+}
+
+/// Every namespace attached to the bridge, from its `vethwepl*` ports (see
+/// [`weft_sys::plumb::attached`]); a port whose namespace is not found is listed by its name.
+async fn attached_namespaces() -> anyhow::Result<Vec<Listed>> {
+    let (found, unresolved) = weft_sys::plumb::attached(BRIDGE).await?;
+    let mut out: Vec<(String, Listed)> = found
         .into_iter()
-        .filter_map(|n| match n {
-            IpNet::V4(n) if !n.addr().is_link_local() => Some(n),
-            _ => None,
+        .map(|c| {
+            let id = match &c.docker_id {
+                Some(d) => d[..12].to_owned(),
+                None => c.target,
+            };
+            let l = Listed {
+                inode: c.netns_inode,
+                id,
+                mac: c.mac,
+                cidrs: c.addrs,
+            };
+            (c.port, l)
         })
-        .collect()
-}
-
-/// The container end of host veth `host_index`: its `ethwe` MAC and addresses, if `ns` is it.
-async fn container_end(
-    ns: &NetNs,
-    host_index: u32,
-) -> anyhow::Result<Option<([u8; 6], Vec<Ipv4Net>)>> {
-    let nl = Netlink::in_netns(ns)?;
-    let Some(ethwe) = nl.link_index(ETHWE).await? else {
-        return Ok(None);
-    };
-    let Some(link) = nl.link(ethwe).await? else {
-        return Ok(None);
-    };
-    if link.peer_index != Some(host_index) || !link.peer_in_other_netns {
-        return Ok(None);
-    }
-    let Some(mac) = link.mac else {
-        return Ok(None);
-    };
-    Ok(Some((mac, ipv4(nl.addresses(ethwe).await?))))
-}
-
-/// Named namespaces (`/run/netns/*`).
-fn named_netns() -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(NETNS_RUN_DIR) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = dir
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
-    names.sort();
-    names
-}
-
-/// The Docker container a process belongs to, as Docker's 12-character short id: the
-/// 64-hex-digit segment of its cgroup path (`/docker/<id>` or `docker-<id>.scope`).
-fn docker_id(pid: u32) -> Option<String> {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    docker_id_in(&cgroups)
-}
-
-fn docker_id_in(cgroups: &str) -> Option<String> {
-    cgroups
-        .lines()
-        .flat_map(|line| line.split(['/', '-', '.', ':']))
-        .find(|seg| seg.len() == 64 && seg.bytes().all(|b| b.is_ascii_hexdigit()))
-        .map(|id| id[..12].to_owned())
-}
-
-/// Finds the container behind host veth `name` (index `index`): the id in the name is the pid
-/// it was attached for, or the low digits of its namespace's inode (see `plumb::veth_id`).
-/// Returns the target as given to `weft attach` (pid or namespace name), MAC and addresses.
-async fn find_container(
-    host: &NetNs,
-    index: u32,
-    name: &str,
-    netns_names: &[String],
-) -> anyhow::Result<Option<(String, [u8; 6], Vec<Ipv4Net>)>> {
-    let Some(id) = name
-        .strip_prefix(HOST_PREFIX)
-        .and_then(|s| s.parse::<u32>().ok())
-    else {
-        return Ok(None);
-    };
-    if let Ok(ns) = NetNs::from_pid(id) {
-        if !ns.same_as(host) {
-            if let Some((mac, addrs)) = container_end(&ns, index).await? {
-                let shown = docker_id(id).unwrap_or_else(|| id.to_string());
-                return Ok(Some((shown, mac, addrs)));
-            }
-        }
-    }
-    for n in netns_names {
-        let Ok(ns) = NetNs::from_name(n) else {
-            continue;
+    // No namespace found for it: show the port, so it is not silently missing.
+    out.extend(unresolved.into_iter().map(|port| {
+        let l = Listed {
+            inode: 0,
+            id: port.clone(),
+            mac: [0; 6],
+            cidrs: Vec::new(),
         };
-        if veth_id(None, ns.inode()) != id || ns.same_as(host) {
-            continue;
-        }
-        if let Some((mac, addrs)) = container_end(&ns, index).await? {
-            return Ok(Some((n.clone(), mac, addrs)));
-        }
-    }
-    Ok(None)
+        (port, l)
+    }));
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out.into_iter().map(|(_, l)| l).collect())
 }
 
-pub(crate) fn ps(_global: &Global, args: PsArgs) -> anyhow::Result<ExitCode> {
-    let wanted = |id: &str| args.containers.is_empty() || args.containers.iter().any(|c| c == id);
+/// `weave ps [CONTAINER...]`: `weave:expose` with the bridge's MAC and addresses, then every
+/// attached container (running Docker containers by short id, `--net=container:X` sharers
+/// included, in `docker ps` order; then namespaces attached by name or pid) with MAC and
+/// addresses. With arguments, only those, each shown as given (Docker names cut to 12
+/// characters, as Weave prints them).
+pub(crate) fn ps(global: &Global, args: PsArgs) -> anyhow::Result<ExitCode> {
     let lines = runtime()?.block_on(async {
         let nl = Netlink::new()?;
         let Some(bridge) = nl.link_index(BRIDGE).await? else {
-            bail!("there is no bridge '{BRIDGE}' here; run 'weft launch' first");
+            // Weave prints nothing when there is no bridge.
+            return anyhow::Ok(Vec::new());
         };
-        let mut lines = Vec::new();
-        if wanted(EXPOSE_ID) {
+        let bridge_line = || async {
             let mac = nl.link_mac(bridge).await?;
-            let cidrs = ipv4(nl.addresses(bridge).await?);
-            lines.push(ps_line(EXPOSE_ID, mac, &cidrs));
+            let cidrs = ipv4_addrs(nl.addresses(bridge).await?);
+            anyhow::Ok(ps_line(EXPOSE_ID, mac, &cidrs))
+        };
+        let attached = attached_namespaces().await?;
+        let mut lines = Vec::new();
+        if args.containers.is_empty() {
+            lines.push(bridge_line().await?);
+            let mut shown_inodes = Vec::new();
+            let docker = crate::target::docker(global)?;
+            for id in docker.running().await.unwrap_or_default() {
+                let Ok(Some(c)) = docker.container(&id).await else {
+                    continue;
+                };
+                let Some(inode) = c
+                    .pid
+                    .and_then(|p| NetNs::from_pid(p).ok())
+                    .map(|n| n.inode())
+                else {
+                    continue;
+                };
+                if let Some(l) = attached.iter().find(|l| l.inode == inode && l.inode != 0) {
+                    lines.push(ps_line(c.short_id(), Some(l.mac), &l.cidrs));
+                    shown_inodes.push(inode);
+                }
+            }
+            for l in &attached {
+                if l.inode == 0 {
+                    lines.push(l.id.clone());
+                } else if !shown_inodes.contains(&l.inode) {
+                    lines.push(ps_line(&l.id, Some(l.mac), &l.cidrs));
+                }
+            }
+            return Ok(lines);
         }
-        let host = NetNs::current().context("opening the current network namespace")?;
-        let names = named_netns();
-        let mut ports = nl.links_with_master(bridge).await?;
-        ports.sort_by(|a, b| a.1.cmp(&b.1));
-        for (index, name) in ports {
-            if !name.starts_with(HOST_PREFIX) {
+        for arg in &args.containers {
+            if arg == EXPOSE_ID {
+                lines.push(bridge_line().await?);
                 continue;
             }
-            match find_container(&host, index, &name, &names).await? {
-                Some((id, mac, cidrs)) if wanted(&id) => {
-                    lines.push(ps_line(&id, Some(mac), &cidrs));
+            let inode = match crate::target::docker_container(global, arg).await? {
+                Some(c) => {
+                    let inode = c
+                        .pid
+                        .and_then(|p| NetNs::from_pid(p).ok())
+                        .map(|n| n.inode());
+                    let shown: String = arg.chars().take(12).collect();
+                    if let Some(l) = attached.iter().find(|l| Some(l.inode) == inode) {
+                        lines.push(ps_line(&shown, Some(l.mac), &l.cidrs));
+                    }
+                    continue;
                 }
-                Some(_) => {}
-                // No namespace found for it: show the port, so it is not silently missing.
-                None if args.containers.is_empty() => lines.push(name),
-                None => {}
+                None => NetNs::from_target(arg).ok().map(|n| n.inode()),
+            };
+            if let Some(l) = attached.iter().find(|l| Some(l.inode) == inode) {
+                lines.push(ps_line(arg, Some(l.mac), &l.cidrs));
             }
         }
-        anyhow::Ok(lines)
+        Ok(lines)
     })?;
     for l in lines {
         println!("{l}");
@@ -420,16 +451,6 @@ pub(crate) fn ps(_global: &Global, args: PsArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn docker_ids_from_cgroup_paths() {
-        let id = "3f2a9c0d1e4b".to_owned() + &"a".repeat(52);
-        let v1 = format!("12:pids:/docker/{id}\n0::/docker/{id}\n");
-        assert_eq!(docker_id_in(&v1).as_deref(), Some("3f2a9c0d1e4b"));
-        let v2 = format!("0::/system.slice/docker-{id}.scope\n");
-        assert_eq!(docker_id_in(&v2).as_deref(), Some("3f2a9c0d1e4b"));
-        assert_eq!(docker_id_in("0::/user.slice/session-1.scope\n"), None);
-    }
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()

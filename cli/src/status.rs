@@ -1,5 +1,6 @@
-//! Layer: driver. `weft status [peers|connections|targets] [--json]`, and the verbs that change
-//! the router's targets: `weft connect [--replace] PEER...`, `weft forget PEER...`.
+//! Layer: driver. `weft status [peers|connections|targets|ipam|dns] [--json]` (Weave's text,
+//! printed as Weave's script prints it), the status listener's launch flags, and the verbs that
+//! change the router's targets: `weft connect [--replace] PEER...`, `weft forget PEER...`.
 
 use std::process::ExitCode;
 
@@ -10,11 +11,20 @@ use crate::{Global, http, runtime};
 /// Arguments of `weft status`.
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
-    /// Which report: peers, connections or targets (default: the summary).
+    /// Which report: peers, connections, targets, ipam or dns (default: the summary).
     sub: Option<String>,
-    /// Print JSON instead of text.
+    /// Print weft's JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// The name this program was run as (`weave` or `weft`), for messages.
+fn program() -> String {
+    std::env::args_os()
+        .next()
+        .as_deref()
+        .and_then(|p| std::path::Path::new(p).file_name())
+        .map_or_else(|| "weft".to_owned(), |n| n.to_string_lossy().into_owned())
 }
 
 pub(crate) fn status(global: &Global, args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -24,41 +34,31 @@ pub(crate) fn status(global: &Global, args: StatusArgs) -> anyhow::Result<ExitCo
     };
     let (code, body) = runtime()?.block_on(http::get(global.http_addr, &path, args.json))?;
     if code.is_success() {
+        // Weave's script frames the summary with blank lines.
+        let framed = args.sub.is_none() && !args.json;
+        if framed {
+            println!();
+        }
         print!("{body}");
         if args.json && !body.ends_with('\n') {
             println!();
         }
-        if args.sub.is_none() && !args.json {
-            print!("{}", proxy_section(global));
+        if framed {
+            println!();
         }
         Ok(ExitCode::SUCCESS)
     } else if code == hyper::StatusCode::NOT_FOUND {
-        eprint!("{body}");
-        eprintln!("usage: weft status [peers|connections|targets] [--json]");
-        // Weave's script maps 404 to exit code 4.
-        Ok(ExitCode::from(4))
+        let prog = program();
+        eprintln!(
+            "Invalid '{prog} status' sub-command: {}",
+            args.sub.unwrap_or_default()
+        );
+        eprintln!("usage: {prog} status [targets | connections | peers | dns | ipam] [--json]");
+        Ok(ExitCode::FAILURE)
     } else {
         eprint!("{body}");
         Ok(ExitCode::FAILURE)
     }
-}
-
-/// Weave's proxy block of the status summary, from what the running proxy wrote at launch.
-fn proxy_section(global: &Global) -> String {
-    let path = global.run_dir.join(crate::daemon::PROXY_FILE);
-    let Some(info) = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-    else {
-        return String::new();
-    };
-    let mut out = String::from("\n        Service: proxy\n");
-    for addr in info["listen"].as_array().into_iter().flatten() {
-        if let Some(a) = addr.as_str() {
-            out.push_str(&format!("        Address: {a}\n"));
-        }
-    }
-    out
 }
 
 /// Arguments of `weft connect`.
@@ -112,6 +112,10 @@ fn post_form(global: &Global, path: &str, form: String) -> anyhow::Result<ExitCo
 /// Arguments of `weft rmpeer`.
 #[derive(Debug, Args)]
 pub(crate) struct RmpeerArgs {
+    /// Also when the peer was seen a short while ago (it may only be partitioned away: only
+    /// for a peer known to be gone for good).
+    #[arg(long)]
+    force: bool,
     /// Peers (name or nickname) whose IP ranges this peer takes over.
     #[arg(required = true)]
     peers: Vec<String>,
@@ -121,7 +125,10 @@ pub(crate) fn rmpeer(global: &Global, args: RmpeerArgs) -> anyhow::Result<ExitCo
     let rt = runtime()?;
     let mut failed = false;
     for peer in &args.peers {
-        let path = format!("/peer/{}", http::form_escape(peer));
+        let mut path = format!("/peer/{}", http::form_escape(peer));
+        if args.force {
+            path.push_str("?force=true");
+        }
         let (code, body) = rt.block_on(http::request(
             global.http_addr,
             hyper::Method::DELETE,

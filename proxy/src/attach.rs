@@ -1,26 +1,53 @@
-//! Joining containers to the network: allocate their addresses with the router's IPAM and give
-//! them `ethwe`, once per start; keep the addresses 30 s after the container dies (a restart
-//! gets the same ones back), release them when it is destroyed.
+//! Joining containers to the network: once per start, get their addresses and give them
+//! `ethwe` through the one attach path ([`weft_router::attach::attach`], IPAM reached
+//! in-process through the router's [`weft_router::Handle`], never over HTTP).
+//!
+//! The router may not be running (the proxy was launched first, or `weave stop-router` ran): an
+//! attach then waits up to [`ROUTER_WAIT`] for one, and fails saying so. Addresses outlive a
+//! container's death in IPAM (the router keeps them 30 s for a restart, see
+//! [`crate::lifecycle`]), so a restart gets them back.
 //!
 //! Every operation on one container holds that container's lock, so a start call, the `start`
 //! event for it and an inspect waiting for the address never interleave.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ipnet::Ipv4Net;
 use serde_json::Value;
-use weft_router::client::{self, AddrSpec};
+use weft_router::Handle;
+use weft_router::attach::{AttachRequest, IpamAccess};
 use weft_sys::netns::NetNs;
 
+use crate::RouterSlot;
 use crate::upstream::Docker;
 use weft_dockerapi::rewrite as create;
 
-/// How long a dead container's addresses are kept for a restart.
-pub const KEEP_AFTER_DIE: Duration = Duration::from_secs(30);
+/// How long an attach waits for a router to come up before it fails.
+pub const ROUTER_WAIT: Duration = Duration::from_secs(20);
+
+/// The running router in `slot`, waiting up to [`ROUTER_WAIT`] for one (the proxy's attach and
+/// the network plugin's calls alike).
+pub(crate) async fn wait_router(slot: &RouterSlot) -> anyhow::Result<Handle> {
+    let mut rx = slot.clone();
+    let up = tokio::time::timeout(
+        ROUTER_WAIT,
+        rx.wait_for(|h| h.as_ref().is_some_and(|h| !h.is_stopped())),
+    )
+    .await;
+    match up {
+        Ok(Ok(h)) => h
+            .clone()
+            .context("the router slot emptied while it was read"),
+        _ => bail!(
+            "no weft router is running on this host (waited {} s for one); start it with \
+             'weave launch-router' (or 'weave launch')",
+            ROUTER_WAIT.as_secs()
+        ),
+    }
+}
 
 /// A container the proxy attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,9 +66,6 @@ pub struct Joined {
 struct State {
     joined: HashMap<String, Joined>,
     locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
-    /// Container id → generation of its pending release.
-    pending: HashMap<String, u64>,
-    generation: u64,
     /// Containers whose start a client is waiting on (the start call attaches them, not the
     /// `start` event), with how many such calls are in flight.
     api_starts: HashMap<String, usize>,
@@ -70,22 +94,24 @@ impl Drop for ApiStart {
 #[derive(Debug, Clone)]
 pub struct Attacher {
     docker: Docker,
-    api: SocketAddr,
-    bridge: String,
+    router: RouterSlot,
     no_default_ipalloc: bool,
     rewrite_hosts: bool,
+    without_dns: bool,
+    multicast_route: bool,
     state: Arc<Mutex<State>>,
 }
 
 impl Attacher {
-    /// An attacher using this Docker daemon and router API.
-    pub fn new(docker: Docker, config: &crate::Config) -> Self {
+    /// An attacher using this Docker daemon and the router in `router`.
+    pub fn new(docker: Docker, config: &crate::Config, router: RouterSlot) -> Self {
         Self {
             docker,
-            api: config.router_api,
-            bridge: config.bridge.clone(),
+            router,
             no_default_ipalloc: config.no_default_ipalloc,
             rewrite_hosts: config.rewrite_hosts,
+            without_dns: config.without_dns,
+            multicast_route: config.multicast_route,
             state: Arc::default(),
         }
     }
@@ -94,8 +120,22 @@ impl Attacher {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.state().locks.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// The running router, waiting up to [`ROUTER_WAIT`] for one.
+    async fn router(&self) -> anyhow::Result<Handle> {
+        wait_router(&self.router).await
+    }
+
+    /// The router if it runs now (no waiting).
+    pub(crate) fn router_now(&self) -> Option<Handle> {
+        self.router
+            .borrow()
+            .as_ref()
+            .filter(|h| !h.is_stopped())
+            .cloned()
     }
 
     /// Notes that a client's start call for container `id` (full id) is in flight, so the
@@ -136,7 +176,6 @@ impl Attacher {
         };
         let lock = self.lock_for(&id);
         let _held = lock.lock().await;
-        self.state().pending.remove(&id);
         // Inspect again under the lock: the container may have died or restarted meanwhile.
         let Some(inspect) = self.docker.inspect(&id).await? else {
             bail!("container {name_or_id} went away");
@@ -151,7 +190,11 @@ impl Attacher {
                 return Ok(Some(j.clone()));
             }
         }
-        let joined = self.plumb(&inspect, &id, pid, &specs).await?;
+        let multicast_route =
+            self.multicast_route && create::waiter_of(&inspect) != Some(create::WAITER_NOMCAST);
+        let joined = self
+            .plumb(&inspect, &id, pid, &specs, multicast_route)
+            .await?;
         tracing::info!(
             container = %short(&id),
             addrs = ?joined.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -166,40 +209,48 @@ impl Attacher {
         inspect: &Value,
         id: &str,
         pid: u32,
-        specs: &[AddrSpec],
+        specs: &[weft_router::attach::AddrSpec],
+        multicast_route: bool,
     ) -> anyhow::Result<Joined> {
         let ns = NetNs::from_pid(pid).with_context(|| format!("opening the netns of pid {pid}"))?;
-        if ns.same_as(&NetNs::current()?) {
-            bail!("the container shares the host's network namespace (--net=host?)");
-        }
-        let addrs = client::acquire(self.api, id, specs).await?;
+        let router = self.router().await?;
+        let req = AttachRequest {
+            multicast_route,
+            ..AttachRequest::ethwe(&ns, Some(pid), specs, router.mtu(), id, router.bridge())
+        };
+        let rewrite_hosts = self.rewrite_hosts;
         // Before the interface: the waiter lets the program start once ethwe is complete, and
         // by then its name must resolve to the weave address.
-        if self.rewrite_hosts {
+        let attached = weft_router::attach::attach(&router, req, |addrs| {
+            if !rewrite_hosts {
+                return;
+            }
             if let Some(path) = inspect["HostsPath"].as_str().filter(|p| !p.is_empty()) {
-                let text = weft_dockerapi::hosts::hosts_file(inspect, &addrs);
+                let text = weft_dockerapi::hosts::hosts_file(inspect, addrs);
                 // In place: the container sees this inode through a bind mount.
                 if let Err(e) = std::fs::write(path, text) {
                     tracing::warn!(container = %short(id), "rewriting {path}: {e}");
                 }
             }
+        })
+        .await?;
+        if !self.without_dns {
+            // The container's name (hostname.domainname) on each address; a name the router
+            // refuses (outside the domain) is only logged.
+            if let Some(fqdn) = weft_dockerapi::dns::container_fqdn(inspect) {
+                for a in &attached.all_addrs {
+                    if let Err(e) = router.dns_register(id, a.addr(), &fqdn) {
+                        tracing::info!(container = %short(id), "not in weaveDNS: {e:#}");
+                    }
+                }
+            }
         }
-        let mtu = self.mtu().await;
-        match weft_sys::plumb::attach(&self.bridge, &ns, Some(pid), &addrs, mtu).await {
-            Ok(a) => Ok(Joined {
-                id: id.to_owned(),
-                pid,
-                addrs: a.addrs,
-                mac: a.mac,
-            }),
-            Err(e) => Err(anyhow::Error::from(e).context("creating ethwe")),
-        }
-    }
-
-    async fn mtu(&self) -> u32 {
-        client::mtu(self.api)
-            .await
-            .unwrap_or(weft_router::config::DEFAULT_MTU)
+        Ok(Joined {
+            id: id.to_owned(),
+            pid,
+            addrs: attached.all_addrs,
+            mac: attached.mac,
+        })
     }
 
     /// After a failed attach for a start the client waits on: the container is killed and the
@@ -214,71 +265,35 @@ impl Attacher {
         if let Ok(Some(inspect)) = self.docker.inspect(name_or_id).await {
             if let Some(id) = inspect["Id"].as_str() {
                 self.state().joined.remove(id);
-                if let Err(e) = client::release(self.api, id, &[]).await {
-                    tracing::warn!(container = %short(id), "releasing: {e:#}");
+                if let Some(router) = self.router_now() {
+                    if let Err(e) = router.release(id, None).await {
+                        tracing::warn!(container = %short(id), "releasing: {e:#}");
+                    }
                 }
             }
         }
     }
 
-    /// Docker reported `die`: keep the addresses for [`KEEP_AFTER_DIE`], then release them
-    /// unless the container started again.
+    /// Docker reported `die`: the container has no network namespace any more. (Its addresses
+    /// stay in IPAM for a restart; see [`crate::lifecycle`].)
     pub fn died(&self, id: &str) {
-        let generation = {
-            let mut st = self.state();
-            st.generation += 1;
-            let g = st.generation;
-            st.pending.insert(id.to_owned(), g);
-            if let Some(j) = st.joined.get_mut(id) {
-                j.pid = 0;
-            }
-            g
-        };
-        let this = self.clone();
-        let id = id.to_owned();
-        tokio::spawn(async move {
-            tokio::time::sleep(KEEP_AFTER_DIE).await;
-            let lock = this.lock_for(&id);
-            let _held = lock.lock().await;
-            let due = this.state().pending.get(&id) == Some(&generation);
-            if due {
-                this.release(&id).await;
-            }
-        });
+        if let Some(j) = self.state().joined.get_mut(id) {
+            j.pid = 0;
+        }
     }
 
-    /// Docker reported `destroy`: release at once.
+    /// Docker reported `destroy`: forget it (IPAM releases its addresses).
     pub async fn destroyed(&self, id: &str) {
         let lock = self.lock_for(id);
         let _held = lock.lock().await;
-        self.release(id).await;
-        self.state().locks.remove(id);
+        let mut st = self.state();
+        st.joined.remove(id);
+        st.locks.remove(id);
     }
 
-    async fn release(&self, id: &str) {
-        let had = {
-            let mut st = self.state();
-            st.pending.remove(id);
-            st.joined.remove(id).is_some()
-        };
-        match client::release(self.api, id, &[]).await {
-            Ok(()) if had => tracing::info!(container = %short(id), "addresses released"),
-            Ok(()) => {}
-            Err(e) => tracing::warn!(container = %short(id), "releasing its addresses: {e:#}"),
-        }
-    }
-
-    /// Attaches every running joined container (proxy or router restart), retrying each with
-    /// backoff (2 s, ×1.5, at most 1 min) while the router or Docker is not ready.
+    /// Attaches every running joined container (proxy or router (re)start), retrying each
+    /// with backoff (2 s, ×1.5, at most 1 min) while the router or Docker is not ready.
     pub async fn reattach_all(&self) {
-        // The router starts beside the proxy; give its API a moment before the first try.
-        let start = std::time::Instant::now();
-        while client::get(self.api, "/status", true).await.is_err()
-            && start.elapsed() < Duration::from_secs(30)
-        {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        self.release_stale().await;
         let ids = match self.docker.running().await {
             Ok(ids) => ids,
             Err(e) => {
@@ -302,46 +317,6 @@ impl Attacher {
                     delay = (delay * 3 / 2).min(Duration::from_secs(60));
                 }
             });
-        }
-    }
-}
-
-impl Attacher {
-    /// Releases the addresses of containers that stopped or were destroyed while the proxy
-    /// was not running (their `die`/`destroy` events were missed), as Weave prunes at start:
-    /// IPAM identifiers that are Docker container ids of containers not running now. Each is
-    /// checked again under its lock, so a container starting meanwhile keeps its addresses.
-    /// Other identifiers (`weft attach` targets) are never touched.
-    async fn release_stale(&self) {
-        let (running, owned) = match (
-            self.docker.running().await,
-            client::get(self.api, "/ip", true).await,
-        ) {
-            (Ok(ids), Ok((code, body))) if code.is_success() => (ids, body),
-            _ => return,
-        };
-        let Ok(owned) = serde_json::from_str::<Value>(&owned) else {
-            return;
-        };
-        for entry in owned["owned"].as_array().into_iter().flatten() {
-            let Some(id) = entry["containerid"].as_str() else {
-                continue;
-            };
-            let is_container_id = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
-            if !is_container_id || running.iter().any(|r| r == id) {
-                continue;
-            }
-            let lock = self.lock_for(id);
-            let _held = lock.lock().await;
-            let still_down = match self.docker.inspect(id).await {
-                Ok(None) => true,
-                Ok(Some(i)) => i["State"]["Running"].as_bool() != Some(true),
-                Err(_) => false,
-            };
-            if still_down {
-                tracing::info!(container = %short(id), "container stopped or removed while the proxy was down");
-                self.release(id).await;
-            }
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Listening sockets, the per-request dispatch and pass-through, and the event follower.
+//! Listening sockets (unix and TCP), the per-request dispatch and the pass-through.
 
 use std::convert::Infallible;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -9,19 +9,18 @@ use std::time::Duration;
 use anyhow::Context;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::UnixListener;
+use tokio::net::{TcpListener, UnixListener};
 
 use crate::attach::{Attacher, short};
 use crate::upstream::{Docker, Unreachable, error_response};
-use crate::{Body, BoxError, Config, full, waiter};
-use weft_dockerapi::events::split_json_stream;
+use crate::{Body, BoxError, Config, Endpoint, RouterSlot, full, waiter};
 use weft_dockerapi::rewrite as create;
 use weft_dockerapi::route::{Route, classify};
+use weft_router::guard::{self, ApiLimits, Caller, ConnLimiter};
 
 /// Largest JSON body the proxy reads to edit (create, exec, inspect answers).
 const JSON_LIMIT: usize = 32 << 20;
@@ -29,8 +28,15 @@ const JSON_LIMIT: usize = 32 << 20;
 /// A bound proxy, ready to [`Proxy::serve`].
 #[derive(Debug)]
 pub struct Proxy {
-    listeners: Vec<(PathBuf, UnixListener)>,
+    listeners: Vec<Listener>,
     inner: Arc<Inner>,
+}
+
+/// One listening socket.
+#[derive(Debug)]
+enum Listener {
+    Unix(PathBuf, UnixListener),
+    Tcp(std::net::SocketAddr, TcpListener),
 }
 
 #[derive(Debug)]
@@ -40,28 +46,50 @@ struct Inner {
     attacher: Attacher,
 }
 
-/// Installs the waiter and binds every listening socket (replacing stale socket files; the
-/// socket gets the owner and mode of Docker's own socket when that exists).
-pub fn bind(config: Config) -> anyhow::Result<Proxy> {
+/// Installs the waiter and binds every listening socket (replacing stale socket files; a unix
+/// socket gets the owner and mode of Docker's own socket when that exists). A TCP address that
+/// is not loopback is served with a warning: anyone who reaches it controls Docker.
+pub fn bind(config: Config, router: RouterSlot) -> anyhow::Result<Proxy> {
     waiter::install(&config.waiter_dir)?;
     let mut listeners = Vec::new();
-    for path in &config.listen {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        if path.exists() {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                anyhow::bail!("{} is in use by another proxy", path.display());
+    for endpoint in &config.listen {
+        match endpoint {
+            Endpoint::Unix(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                }
+                if path.exists() {
+                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                        anyhow::bail!("{} is in use by another proxy", path.display());
+                    }
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("removing {}", path.display()))?;
+                }
+                let l = UnixListener::bind(path)
+                    .with_context(|| format!("listening on unix://{}", path.display()))?;
+                if let Endpoint::Unix(docker) = &config.docker_api {
+                    copy_owner_and_mode(docker, path);
+                }
+                listeners.push(Listener::Unix(path.clone(), l));
             }
-            std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+            Endpoint::Tcp(addr) => {
+                let std_listener = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("listening on tcp://{addr}"))?;
+                std_listener.set_nonblocking(true)?;
+                let l = TcpListener::from_std(std_listener)?;
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(
+                        "the Docker API proxy listens on tcp://{addr}, which is not a loopback \
+                         address: whoever reaches it controls Docker on this host"
+                    );
+                }
+                listeners.push(Listener::Tcp(l.local_addr()?, l));
+            }
         }
-        let l = UnixListener::bind(path)
-            .with_context(|| format!("listening on unix://{}", path.display()))?;
-        copy_owner_and_mode(&config.docker_api, path);
-        listeners.push((path.clone(), l));
     }
-    let docker = Docker::new(&config.docker_api);
-    let attacher = Attacher::new(docker.clone(), &config);
+    let docker = Docker::new(config.docker_api.clone());
+    let attacher = Attacher::new(docker.clone(), &config, router);
     Ok(Proxy {
         listeners,
         inner: Arc::new(Inner {
@@ -86,9 +114,20 @@ fn copy_owner_and_mode(from: &Path, to: &Path) {
 }
 
 impl Proxy {
-    /// The sockets listened on.
-    pub fn sockets(&self) -> Vec<PathBuf> {
-        self.listeners.iter().map(|(p, _)| p.clone()).collect()
+    /// The endpoints listened on (TCP ones with the port actually bound).
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.listeners
+            .iter()
+            .map(|l| match l {
+                Listener::Unix(p, _) => Endpoint::Unix(p.clone()),
+                Listener::Tcp(a, _) => Endpoint::Tcp(*a),
+            })
+            .collect()
+    }
+
+    /// The proxy's attacher (for [`crate::lifecycle`]).
+    pub fn attacher(&self) -> Attacher {
+        self.inner.attacher.clone()
     }
 
     /// Serves until `shutdown` completes, then removes the socket files.
@@ -96,16 +135,19 @@ impl Proxy {
         let inner = self.inner;
         let mut tasks = tokio::task::JoinSet::new();
         let mut paths = Vec::new();
-        for (path, listener) in self.listeners {
-            tracing::info!("proxy listening on unix://{}", path.display());
-            paths.push(path);
+        for listener in self.listeners {
             let inner = inner.clone();
-            tasks.spawn(accept_loop(listener, inner));
-        }
-        tasks.spawn(follow_events(inner.clone()));
-        {
-            let inner = inner.clone();
-            tasks.spawn(async move { inner.attacher.reattach_all().await });
+            match listener {
+                Listener::Unix(path, l) => {
+                    tracing::info!("proxy listening on unix://{}", path.display());
+                    paths.push(path);
+                    tasks.spawn(accept_loop(l, inner));
+                }
+                Listener::Tcp(addr, l) => {
+                    tracing::info!("proxy listening on tcp://{addr}");
+                    tasks.spawn(accept_loop(l, inner));
+                }
+            }
         }
         shutdown.await;
         tasks.abort_all();
@@ -116,23 +158,66 @@ impl Proxy {
     }
 }
 
-async fn accept_loop(listener: UnixListener, inner: Arc<Inner>) {
+/// Connection caps and the header timeout of the proxy's listeners (per client uid; bodies are
+/// streamed to Docker, so they have no timeout here).
+const LIMITS: ApiLimits = ApiLimits {
+    per_caller: 64,
+    total: 512,
+    root: 1024,
+    header_timeout: Duration::from_secs(30),
+    body_timeout: Duration::MAX,
+    max_body: usize::MAX,
+};
+
+/// A listener the proxy accepts clients on, and who a client is (for the connection caps).
+trait Accept: Send + 'static {
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static;
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Stream, Caller)>> + Send;
+}
+
+impl Accept for UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<(Self::Stream, Caller)> {
+        let (s, _) = Self::accept(self).await?;
+        let caller = match s.peer_cred() {
+            Ok(c) => Caller::Local { uid: c.uid() },
+            Err(_) => Caller::Unknown(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        };
+        Ok((s, caller))
+    }
+}
+
+impl Accept for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    /// A TCP client counts by its address (whoever reaches the port controls Docker anyway).
+    async fn accept(&self) -> std::io::Result<(Self::Stream, Caller)> {
+        let (s, peer) = Self::accept(self).await?;
+        Ok((s, Caller::Unknown(peer.ip())))
+    }
+}
+
+async fn accept_loop(listener: impl Accept, inner: Arc<Inner>) {
+    let limiter = ConnLimiter::new(LIMITS);
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        let (stream, caller) = match listener.accept().await {
+            Ok(s) => s,
             Err(e) => {
                 tracing::warn!("proxy accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let Ok(ticket) = limiter.admit(caller, "proxy") else {
+            continue;
+        };
         let inner = inner.clone();
         tokio::spawn(async move {
+            let _ticket = ticket;
             let svc = service_fn(move |req| {
                 let inner = inner.clone();
                 async move { Ok::<_, Infallible>(handle(&inner, req).await) }
             });
-            if let Err(e) = http1::Builder::new()
+            if let Err(e) = guard::http1(&LIMITS)
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades()
                 .await
@@ -255,10 +340,46 @@ async fn on_create(inner: &Inner, req: Request<Incoming>) -> anyhow::Result<Resp
         None
     };
     let dir = inner.config.waiter_dir.to_string_lossy().into_owned();
-    if let Err(msg) = create::rewrite_create(&mut body, image_config.as_ref(), &dir) {
+    if let Err(msg) = create::rewrite_create_with(
+        &mut body,
+        image_config.as_ref(),
+        &dir,
+        inner.config.multicast_route,
+    ) {
         return Ok(error_response(StatusCode::BAD_REQUEST, &msg));
     }
+    if !inner.config.without_dns {
+        dns_create(inner, parts.uri.query(), &mut body).await;
+    }
     send_with_body(inner, parts, serde_json::to_vec(&body)?).await
+}
+
+/// weaveDNS hook (issue 11): the joining container gets a hostname from its name and
+/// weaveDNS as its resolver (nothing when the router runs `--no-dns`).
+async fn dns_create(inner: &Inner, query: Option<&str>, body: &mut Value) {
+    let Some(router) = inner.attacher.router_now() else {
+        tracing::info!("weaveDNS: no router running yet; the container keeps its resolver");
+        return;
+    };
+    let Some(domain) = router.dns_domain() else {
+        return;
+    };
+    let name = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("name="))
+        .unwrap_or("")
+        .trim_start_matches("%2F")
+        .trim_start_matches('/');
+    let hostname = inner.config.hostname.hostname(name, body);
+    let addr = router.dns_address().await.map(|a| a.ip().to_string());
+    if addr.is_none() {
+        tracing::warn!(
+            "weaveDNS: the container keeps its resolver: DNS listens nowhere containers reach \
+             (no Docker bridge, no address on the weave bridge)"
+        );
+    }
+    weft_dockerapi::dns::rewrite_create(body, &hostname, &domain, addr.as_deref());
 }
 
 async fn on_start(
@@ -317,13 +438,16 @@ async fn on_inspect(
         return Ok(Response::from_parts(parts, full(bytes)));
     };
     let full_id = v["Id"].as_str().unwrap_or(id).to_owned();
-    let Some(joined) = inner.attacher.joined(&full_id).await else {
+    let shown = match inner.attacher.joined(&full_id).await {
+        Some(j) => j.addrs.first().map(|a| (*a, j.mac)),
+        // Not attached by this proxy (yet): a joined container that kept its ethwe across a
+        // router or proxy restart still shows its weave address from the first request on.
+        None => ethwe_of_running(&v).await,
+    };
+    let Some((first, mac)) = shown else {
         return Ok(Response::from_parts(parts, full(bytes)));
     };
-    let Some(first) = joined.addrs.first() else {
-        return Ok(Response::from_parts(parts, full(bytes)));
-    };
-    create::rewrite_inspect(&mut v, *first, joined.mac);
+    create::rewrite_inspect(&mut v, first, mac);
     let out = serde_json::to_vec(&v)?;
     parts.headers.remove(header::TRANSFER_ENCODING);
     parts
@@ -332,85 +456,37 @@ async fn on_inspect(
     Ok(Response::from_parts(parts, full(out)))
 }
 
+/// The first address and MAC of `ethwe` in a running proxy-joined container, read from its
+/// network namespace.
+async fn ethwe_of_running(inspect: &Value) -> Option<(ipnet::Ipv4Net, [u8; 6])> {
+    if !create::is_joined(inspect) || inspect["State"]["Running"].as_bool() != Some(true) {
+        return None;
+    }
+    let pid = u32::try_from(inspect["State"]["Pid"].as_u64()?).ok()?;
+    let ns = weft_sys::netns::NetNs::from_pid(pid).ok()?;
+    let (mac, addrs) = weft_router::attach::ethwe(&ns).await.ok()??;
+    addrs.first().map(|a| (*a, mac))
+}
+
 async fn on_exec(
     inner: &Inner,
     req: Request<Incoming>,
     id: &str,
 ) -> anyhow::Result<Response<Body>> {
     let (parts, bytes) = read_body(req).await?;
-    let joined = match inner.docker.inspect(id).await {
-        Ok(Some(i)) => matches!(
-            create::decide_inspected(&i, inner.config.no_default_ipalloc),
-            Ok(Some(_))
-        ),
-        _ => false,
+    let waiter = match inner.docker.inspect(id).await {
+        Ok(Some(i)) => match create::decide_inspected(&i, inner.config.no_default_ipalloc) {
+            Ok(Some(_)) => create::waiter_of(&i),
+            _ => None,
+        },
+        _ => None,
     };
-    if !joined {
+    let Some(waiter) = waiter else {
         return send_with_body(inner, parts, bytes.to_vec()).await;
-    }
+    };
     let Ok(mut body) = serde_json::from_slice::<Value>(&bytes) else {
         return send_with_body(inner, parts, bytes.to_vec()).await;
     };
-    create::rewrite_exec(&mut body);
+    create::rewrite_exec_with(&mut body, waiter);
     send_with_body(inner, parts, serde_json::to_vec(&body)?).await
-}
-
-/// Follows Docker's container events for the lifecycle the proxy does not see as calls:
-/// restarts Docker does by itself, deaths and removals. Resubscribes with backoff.
-async fn follow_events(inner: Arc<Inner>) {
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match inner.docker.events().await {
-            Ok(mut body) => {
-                delay = Duration::from_millis(500);
-                let mut buf = Vec::new();
-                while let Some(frame) = body.frame().await {
-                    let Ok(frame) = frame else { break };
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    buf.extend_from_slice(&data);
-                    for ev in split_json_stream(&mut buf) {
-                        on_event(&inner, &ev).await;
-                    }
-                }
-                tracing::info!("Docker event stream ended; resubscribing");
-            }
-            Err(e) => tracing::debug!("Docker events: {e:#}"),
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(30));
-    }
-}
-
-async fn on_event(inner: &Arc<Inner>, ev: &Value) {
-    let action = ev["Action"]
-        .as_str()
-        .or(ev["status"].as_str())
-        .unwrap_or_default();
-    let Some(id) = ev["Actor"]["ID"].as_str().or(ev["id"].as_str()) else {
-        return;
-    };
-    let id = id.to_owned();
-    match action {
-        "start" if inner.attacher.in_api_start(&id) => {}
-        "start" => {
-            let attacher = inner.attacher.clone();
-            tokio::spawn(async move {
-                match attacher.attach(&id).await {
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(container = %short(&id), "attach after start failed, stopping it: {e:#}");
-                        attacher.fail(&id).await;
-                    }
-                }
-            });
-        }
-        "die" => inner.attacher.died(&id),
-        "destroy" => {
-            let attacher = inner.attacher.clone();
-            tokio::spawn(async move { attacher.destroyed(&id).await });
-        }
-        _ => {}
-    }
 }

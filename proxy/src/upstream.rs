@@ -1,8 +1,12 @@
-//! The connection to the real Docker daemon: one fresh unix-socket connection per request (as
-//! Weave's proxy does), with upgrades enabled so hijacked streams can be spliced, and a few
-//! JSON calls of the proxy's own (inspect, kill, list, events).
+//! The connection to the real Docker daemon: one fresh connection per request (unix socket or
+//! TCP, as Weave's proxy does), with upgrades enabled so hijacked streams can be spliced, and a
+//! few JSON calls of the proxy's own (inspect, kill, list, events).
+//!
+//! [`Docker::container`] is the one place that turns a Docker container name or id into what
+//! weft needs to act on it (full id, pid, so its network namespace, hostname, hosts file):
+//! `weave attach`/`detach`/`ps`/`dns-*` and the proxy all resolve containers through it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -11,15 +15,15 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::UnixStream;
+use tokio::net::{TcpStream, UnixStream};
 
-use crate::Body;
+use crate::{Body, Endpoint};
 
 /// Could not reach the Docker daemon at all (as opposed to Docker answering with an error).
 #[derive(Debug)]
 pub struct Unreachable {
-    /// The socket tried.
-    pub socket: PathBuf,
+    /// The endpoint tried.
+    pub endpoint: Endpoint,
     /// What went wrong.
     pub error: std::io::Error,
 }
@@ -28,9 +32,8 @@ impl std::fmt::Display for Unreachable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "weft proxy: cannot connect to the Docker daemon at unix://{}: {}. Is dockerd running?",
-            self.socket.display(),
-            self.error
+            "weft proxy: cannot connect to the Docker daemon at {}: {}. Is dockerd running?",
+            self.endpoint, self.error
         )
     }
 }
@@ -40,31 +43,125 @@ impl std::error::Error for Unreachable {}
 /// The upstream Docker daemon.
 #[derive(Debug, Clone)]
 pub struct Docker {
-    socket: PathBuf,
+    endpoint: Endpoint,
+}
+
+/// A Docker container, as weft needs it (from `GET /containers/{name-or-id}/json`).
+#[derive(Debug, Clone)]
+pub struct Container {
+    /// Full id (64 hex digits): the container's IPAM ident.
+    pub id: String,
+    /// Name, without Docker's leading `/`.
+    pub name: String,
+    /// Pid of its process while it runs (its network namespace is `/proc/PID/ns/net`).
+    pub pid: Option<u32>,
+    /// Whether it runs (and is not restarting).
+    pub running: bool,
+    /// `Config.Hostname`.
+    pub hostname: String,
+    /// `Config.Domainname`.
+    pub domainname: String,
+    /// The host path of its `/etc/hosts` (`HostsPath`), if Docker manages one.
+    pub hosts_path: Option<PathBuf>,
+    /// `HostConfig.NetworkMode` (`container:ID` for a container sharing another's namespace).
+    pub network_mode: String,
+    /// The whole inspect answer.
+    pub inspect: Value,
+}
+
+impl Container {
+    /// Reads the fields from an inspect answer; `None` if it has no `Id`.
+    pub fn from_inspect(inspect: Value) -> Option<Self> {
+        let id = inspect["Id"].as_str()?.to_owned();
+        let running = inspect["State"]["Running"].as_bool() == Some(true)
+            && inspect["State"]["Restarting"].as_bool() != Some(true);
+        let pid = inspect["State"]["Pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p != 0 && running);
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        Some(Self {
+            id,
+            name: text(&inspect["Name"]).trim_start_matches('/').to_owned(),
+            pid,
+            running,
+            hostname: text(&inspect["Config"]["Hostname"]),
+            domainname: text(&inspect["Config"]["Domainname"]),
+            hosts_path: inspect["HostsPath"]
+                .as_str()
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            network_mode: text(&inspect["HostConfig"]["NetworkMode"]),
+            inspect,
+        })
+    }
+
+    /// Docker's 12-character short id.
+    pub fn short_id(&self) -> &str {
+        crate::attach::short(&self.id)
+    }
+
+    /// The fully qualified name Weave registers in DNS (`hostname.domainname`), if that is a
+    /// name with a domain.
+    pub fn fqdn(&self) -> Option<String> {
+        weft_dockerapi::dns::container_fqdn(&self.inspect)
+    }
 }
 
 impl Docker {
-    /// Docker at this unix socket.
-    pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self {
-            socket: socket.into(),
-        }
+    /// Docker at this endpoint.
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self { endpoint }
     }
 
-    /// The socket path.
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    /// Docker at this unix socket.
+    pub fn unix(socket: impl Into<PathBuf>) -> Self {
+        Self::new(Endpoint::Unix(socket.into()))
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Resolves a container name, full id or unique id prefix (anything `docker inspect`
+    /// takes); `None` if Docker knows no such container.
+    pub async fn container(&self, name_or_id: &str) -> anyhow::Result<Option<Container>> {
+        if name_or_id.is_empty() || name_or_id.contains(['/', '?', '#', '%', ' ']) {
+            return Ok(None);
+        }
+        Ok(self
+            .inspect(name_or_id)
+            .await?
+            .and_then(Container::from_inspect))
     }
 
     /// Sends one request on a fresh connection. Upgrades (hijacked streams) work on the
     /// returned response. `Err` only when the daemon cannot be reached or the connection breaks.
     pub async fn send(&self, req: Request<Body>) -> anyhow::Result<Response<Incoming>> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|error| Unreachable {
-                socket: self.socket.clone(),
-                error,
-            })?;
+        let unreachable = |error| Unreachable {
+            endpoint: self.endpoint.clone(),
+            error,
+        };
+        match &self.endpoint {
+            Endpoint::Unix(path) => {
+                let stream = UnixStream::connect(path).await.map_err(unreachable)?;
+                Self::exchange(stream, req).await
+            }
+            Endpoint::Tcp(addr) => {
+                let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
+                    .map_err(unreachable)?;
+                Self::exchange(stream, req).await
+            }
+        }
+    }
+
+    async fn exchange<S>(stream: S, req: Request<Body>) -> anyhow::Result<Response<Incoming>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .context("HTTP handshake with the Docker daemon")?;

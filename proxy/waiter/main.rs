@@ -25,9 +25,14 @@ fn main() -> ExitCode {
         eprintln!("weft-wait: no command to run");
         return ExitCode::from(127);
     }
+    // Mounted at /w-nomcast, the waiter serves containers that get no multicast route: it then
+    // waits for ethwe's connected route (the addresses are in place before ethwe goes up).
+    let nomcast = std::env::args_os()
+        .next()
+        .is_some_and(|a| a.to_string_lossy().starts_with("/w-nomcast/"));
     let start = Instant::now();
     let mut warned = false;
-    while !network_ready() {
+    while !network_ready(nomcast) {
         if !warned && start.elapsed() > Duration::from_secs(30) {
             eprintln!("weft-wait: still waiting for {ETHWE} after 30 s; is the weft proxy running?");
             warned = true;
@@ -40,8 +45,9 @@ fn main() -> ExitCode {
     ExitCode::from(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 })
 }
 
-/// True once `/proc/net/route` has `224.0.0.0/4` on `ethwe`.
-fn network_ready() -> bool {
+/// True once `/proc/net/route` has `224.0.0.0/4` on `ethwe` (with `any_route`: any route on
+/// `ethwe`).
+fn network_ready(any_route: bool) -> bool {
     let Ok(table) = std::fs::read_to_string("/proc/net/route") else {
         return false;
     };
@@ -49,8 +55,9 @@ fn network_ready() -> bool {
         let cols: Vec<&str> = line.split_whitespace().collect();
         cols.len() > 7
             && cols[0] == ETHWE
-            && hex_addr(cols[1]) == Some(Ipv4Addr::new(224, 0, 0, 0))
-            && hex_addr(cols[7]) == Some(Ipv4Addr::new(240, 0, 0, 0))
+            && (any_route
+                || (hex_addr(cols[1]) == Some(Ipv4Addr::new(224, 0, 0, 0))
+                    && hex_addr(cols[7]) == Some(Ipv4Addr::new(240, 0, 0, 0))))
     })
 }
 

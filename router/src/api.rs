@@ -1,37 +1,116 @@
-//! Layer: driver. The HTTP API on 127.0.0.1:6784, after Weave's: `GET /status` (text, or JSON
-//! when asked with `Accept: application/json`), `/status/peers`, `/status/connections`,
-//! `/status/targets`, `/report` (JSON) and `/metrics` (Prometheus text format).
+//! Layer: driver. The HTTP API on 127.0.0.1:6784, after Weave's: `GET /status` (text, or
+//! weft's JSON when asked with `Accept: application/json`), `/status/peers`,
+//! `/status/connections`, `/status/targets`, `/status/ipam`, `/status/dns`, `/report` (Weave's
+//! JSON, or a Go template's output with `?format=`), `/metrics` (Prometheus), `/ipinfo/*`,
+//! `/proxyaddrs`, `/domain`, and the calls that change things (`/connect`, `/forget`, expose,
+//! IPAM). The read-only part is also served on the status listener (127.0.0.1:6782 by
+//! default, `--status-addr`) and `/metrics` alone on `--metrics-addr`.
 //!
-//! The text renderers are plain functions of a [`StatusReport`], so the CLI prints the same
-//! text from the JSON it fetched.
+//! Every output is a function of one [`StatusReport`] snapshot ([`build_report`]); the Weave
+//! shapes are made from it in [`crate::report`] and [`crate::metrics`].
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use weft_mesh::{PeerName, TargetState};
 
-use crate::config::parse_peer;
-use crate::state::{ConnState, ConnectionReport, PeerConnReport, PeerReport, Shared, StatusReport};
+use crate::config::{Config, ListenAddr, PROXY_FILE, parse_peer};
+use crate::report;
+use crate::state::{
+    BroadcastRouteReport, ClaimReport, ConflictReport, ConnState, ConnectionReport,
+    ConsensusReport, IpamEntryReport, IpamPeerReport, IpamReport, PeerConnReport, PeerReport,
+    RouteReport, Shared, StatusReport,
+};
 
 /// The API's routes.
 pub fn router(shared: Arc<Shared>) -> Router {
+    read_only()
+        .route("/connect", post(connect))
+        .route("/forget", post(forget))
+        .route("/ipinfo/defaultsubnet", get(default_subnet))
+        .route("/ipinfo/tracker", get(tracker))
+        .route("/proxyaddrs", get(proxy_addrs))
+        .route("/domain", get(domain))
+        .merge(crate::expose::routes())
+        .merge(crate::ipam::routes())
+        .merge(crate::dns::api::routes())
+        .merge(crate::topology::routes())
+        .with_state(shared)
+}
+
+/// What the status listener serves: reports only, every one `GET` (anything else is refused).
+fn read_only() -> Router<Arc<Shared>> {
     Router::new()
         .route("/status", get(status))
         .route("/status/{sub}", get(status_sub))
         .route("/report", get(report))
         .route("/metrics", get(metrics))
-        .route("/connect", post(connect))
-        .route("/forget", post(forget))
-        .merge(crate::expose::routes())
-        .merge(crate::ipam::routes())
-        .with_state(shared)
+}
+
+/// A bound status or metrics listener.
+#[derive(Debug)]
+pub enum Listener {
+    /// On a TCP address.
+    Tcp(tokio::net::TcpListener),
+    /// On a unix socket.
+    Unix(tokio::net::UnixListener),
+}
+
+/// The extra read-only listeners `config` asks for, bound (so a busy address fails the launch):
+/// each with whether it serves `/metrics` only.
+pub async fn bind_read_only(config: &Config) -> anyhow::Result<Vec<(Listener, bool)>> {
+    let mut out = Vec::new();
+    for (addr, metrics_only) in [(&config.status_addr, false), (&config.metrics_addr, true)] {
+        let Some(addr) = addr else { continue };
+        let what = if metrics_only { "metrics" } else { "status" };
+        let l =
+            match addr {
+                ListenAddr::Tcp(a) => Listener::Tcp(
+                    tokio::net::TcpListener::bind(a)
+                        .await
+                        .with_context(|| format!("binding the {what} listener on {a}"))?,
+                ),
+                ListenAddr::Unix(p) => {
+                    // A socket left by an earlier run (never anything else).
+                    use std::os::unix::fs::FileTypeExt as _;
+                    if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()) {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    Listener::Unix(tokio::net::UnixListener::bind(p).with_context(|| {
+                        format!("binding the {what} listener on {}", p.display())
+                    })?)
+                }
+            };
+        tracing::info!("listening for {what} requests on {addr}");
+        out.push((l, metrics_only));
+    }
+    Ok(out)
+}
+
+/// Serves a listener from [`bind_read_only`] until the task is aborted.
+pub async fn serve_read_only(shared: Arc<Shared>, listener: Listener, metrics_only: bool) {
+    let app = if metrics_only {
+        Router::new().route("/metrics", get(metrics))
+    } else {
+        read_only()
+    }
+    .with_state(shared);
+    match listener {
+        // Capped and timed out like the main API (every method but GET is refused anyway).
+        Listener::Tcp(l) => crate::guard::serve(l, app, crate::guard::ApiLimits::default()).await,
+        Listener::Unix(l) => {
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::error!("status listener stopped: {e}");
+            }
+        }
+    }
 }
 
 fn wants_json(headers: &HeaderMap) -> bool {
@@ -48,49 +127,55 @@ fn json(report: &impl serde::Serialize) -> Response {
     }
 }
 
+fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
 async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let report = build_report(&shared);
+    let r = build_report(&shared);
     if wants_json(&headers) {
-        json(&report)
+        json(&r)
     } else {
-        render_status(&report).into_response()
+        text(report::render_status(&report::weave_status(&r)))
     }
 }
 
-async fn report(State(shared): State<Arc<Shared>>) -> Response {
-    json(&build_report(&shared))
+/// Weave's status code for a report whose component is off (its template fails on the nil
+/// component); the body says which.
+fn component_off(what: &str) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, format!("{what}\n")).into_response()
 }
+
+const IPAM_OFF: &str = "IPAM is disabled on this router (--ipalloc-range \"\")";
+const DNS_OFF: &str = "weaveDNS is not running on this router";
 
 async fn status_sub(
     State(shared): State<Arc<Shared>>,
     axum::extract::Path(sub): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let report = build_report(&shared);
+    let r = build_report(&shared);
     let as_json = wants_json(&headers);
+    let w = report::weave_status(&r);
     match sub.as_str() {
-        "peers" if as_json => json(&report.peers),
-        "peers" => render_peers(&report).into_response(),
-        "connections" if as_json => json(&report.connections),
-        "connections" => render_connections(&report).into_response(),
-        "targets" if as_json => json(&report.targets),
-        "targets" => render_targets(&report).into_response(),
-        "ipam" => {
-            let state = shared.lock();
-            match state.ipam.as_ref() {
-                Some(drv) => {
-                    let st = drv.ipam.status();
-                    if as_json {
-                        json(&ipam_json(&st))
-                    } else {
-                        render_ipam(&st).into_response()
-                    }
-                }
-                None => {
-                    (StatusCode::NOT_FOUND, "IPAM is disabled on this router\n").into_response()
-                }
-            }
-        }
+        "peers" if as_json => json(&r.peers),
+        "peers" => text(report::render_peers(&w)),
+        "connections" if as_json => json(&r.connections),
+        "connections" => text(report::render_connections(&w)),
+        "targets" if as_json => json(&r.targets),
+        "targets" => text(report::render_targets(&w)),
+        "ipam" => match (&r.ipam, report::render_ipam(&w)) {
+            (Some(i), _) if as_json => json(i),
+            // Weave's lines, then weft's about the store and duplicates (none while all is well).
+            (Some(i), Some(t)) => text(t + &crate::ipam::health_lines(i)),
+            (_, Some(t)) => text(t),
+            _ => component_off(IPAM_OFF),
+        },
+        "dns" => match (&r.dns, report::render_dns(&w)) {
+            (Some(d), _) if as_json => json(d),
+            (_, Some(t)) => text(t),
+            _ => component_off(DNS_OFF),
+        },
         _ => (
             StatusCode::NOT_FOUND,
             format!("unknown status report '{sub}'\n"),
@@ -99,26 +184,89 @@ async fn status_sub(
     }
 }
 
+/// `GET /report`: Weave's JSON with `Accept: application/json`; otherwise exactly one
+/// `format=TEMPLATE` parameter, a Go template run over the same report. A template that does
+/// not parse or run is a 400 with the reason.
+async fn report(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let w = report::weave_status(&build_report(&shared));
+    if wants_json(&headers) {
+        return (
+            [(header::CONTENT_TYPE, "application/json")],
+            report::to_json(&w),
+        )
+            .into_response();
+    }
+    let formats: Vec<String> = parse_form(query.unwrap_or_default().as_bytes())
+        .into_iter()
+        .filter(|(k, _)| k == "format")
+        .map(|(_, v)| v)
+        .collect();
+    let [format] = formats.as_slice() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "error: must supply one format parameter\n",
+        )
+            .into_response();
+    };
+    match report::execute(&w, format) {
+        Ok(out) => text(out),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let report = build_report(&shared);
-    let mut out = String::new();
-    for (name, value) in &report.counters {
-        let _ = writeln!(out, "# TYPE weft_{name} counter");
-        let _ = writeln!(out, "weft_{name}_total {value}");
+    let r = build_report(&shared);
+    let mut body = crate::metrics::render(&r, &report::weave_status(&r));
+    body.push_str(&crate::ipam::metrics(&shared));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
+}
+
+/// `GET /ipinfo/defaultsubnet`: the subnet `net:default` allocates in (404 without IPAM).
+async fn default_subnet(State(shared): State<Arc<Shared>>) -> Response {
+    match build_report(&shared).ipam {
+        Some(i) => text(i.default_subnet),
+        None => not_found(),
     }
-    let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
-    for c in &report.connections {
-        *by_state.entry(state_name(c.state)).or_default() += 1;
+}
+
+/// `GET /ipinfo/tracker`: the IPAM tracker's name; weft has only the default one, which Weave
+/// prints as an empty line.
+async fn tracker(State(shared): State<Arc<Shared>>) -> Response {
+    match build_report(&shared).ipam {
+        Some(_) => text("\n".to_owned()),
+        None => not_found(),
     }
-    let _ = writeln!(out, "# HELP weft_connections Control connections by state.");
-    let _ = writeln!(out, "# TYPE weft_connections gauge");
-    for st in ["connecting", "retrying", "pending", "established", "failed"] {
-        let n = by_state.get(st).copied().unwrap_or(0);
-        let _ = writeln!(out, "weft_connections{{state=\"{st}\"}} {n}");
+}
+
+/// `GET /proxyaddrs`: the Docker API proxy's addresses, one per line (404 without a proxy).
+async fn proxy_addrs(State(shared): State<Arc<Shared>>) -> Response {
+    match build_report(&shared).proxy {
+        Some(addrs) => text(addrs.iter().map(|a| format!("{a}\n")).collect()),
+        None => not_found(),
     }
-    let _ = writeln!(out, "# TYPE weft_peers gauge");
-    let _ = writeln!(out, "weft_peers {}", report.peers.len());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// `GET /domain`: weaveDNS's domain (404 while DNS is not running).
+async fn domain(State(shared): State<Arc<Shared>>) -> Response {
+    match build_report(&shared).dns {
+        Some(d) => text(d.domain),
+        None => not_found(),
+    }
 }
 
 /// `POST /connect` with form values `peer=ADDR` (repeatable) and `replace=true`: add direct
@@ -202,6 +350,7 @@ pub fn parse_form(body: &[u8]) -> Vec<(String, String)> {
 /// Build the status report from the shared state.
 pub fn build_report(shared: &Shared) -> StatusReport {
     let info = &shared.info;
+    let proxy = proxy_listen(&shared.run_dir);
     let state = shared.lock();
     let topo = state.mesh.topology();
     let routes = state.mesh.routes();
@@ -256,6 +405,8 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         } else {
             String::new()
         };
+        // Past the handshake the data plane runs over weft's userspace path.
+        let overlay = if rec.remote.is_some() { "sleeve" } else { "" };
         connections.push(ConnectionReport {
             address: rec.address.to_string(),
             outbound: rec.outbound,
@@ -271,6 +422,7 @@ pub fn build_report(shared: &Shared) -> StatusReport {
                 .and_then(|p| p.data)
                 .map(|c| c.name().to_owned())
                 .unwrap_or_default(),
+            overlay: overlay.to_owned(),
         });
     }
     // Targets with no live connection show their dialling state, and how the peer at that
@@ -312,6 +464,7 @@ pub fn build_report(shared: &Shared) -> StatusReport {
             encrypted: None,
             control_encrypted: None,
             cipher: String::new(),
+            overlay: String::new(),
         });
     }
     let mut counters: BTreeMap<String, u64> = state
@@ -330,6 +483,10 @@ pub fn build_report(shared: &Shared) -> StatusReport {
     counters.insert("gossip_bytes_received".into(), g.bytes_received);
     counters.insert("gossip_messages_sent".into(), g.messages_sent);
     counters.insert("gossip_messages_received".into(), g.messages_received);
+    if let Some((dns_counters, _)) = crate::dns::metrics(&state) {
+        counters.extend(dns_counters.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        counters.insert("dns_gossip_errors".into(), state.dns_errors);
+    }
     StatusReport {
         name: info.name.clone(),
         nickname: info.nickname.clone(),
@@ -351,6 +508,157 @@ pub fn build_report(shared: &Shared) -> StatusReport {
             .collect(),
         discovery: info.discovery,
         counters,
+        protocol_min: info.protocol_min,
+        protocol_max: info.protocol_max,
+        trusted_subnets: info.trusted_subnets.clone(),
+        terminations: state.connmaker.terminations(),
+        unicast_routes: routes
+            .reachable()
+            .filter_map(|dest| {
+                routes.next_hop(dest).map(|via| RouteReport {
+                    dest: dest.to_string(),
+                    via: via.to_string(),
+                })
+            })
+            .collect(),
+        broadcast_routes: std::iter::once(local)
+            .chain(routes.reachable())
+            .map(|source| BroadcastRouteReport {
+                source: source.to_string(),
+                via: routes
+                    .broadcast_children(source)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            })
+            .collect(),
+        ipam: state
+            .ipam
+            .as_ref()
+            .map(|drv| ipam_report(&drv.ipam.status())),
+        dns: crate::dns::status(&state),
+        proxy,
+        kernel_features: info.kernel_features.clone(),
+        links: link_reports(&state, topo),
+    }
+}
+
+/// Traffic per neighbour, named by the connection at its address (or the topology).
+fn link_reports(
+    state: &crate::state::State,
+    topo: &weft_mesh::Topology,
+) -> Vec<crate::traffic::LinkReport> {
+    let mut links: Vec<crate::traffic::LinkReport> = state
+        .link_traffic
+        .iter()
+        .map(|(ip, counters)| {
+            let conn = state
+                .conns
+                .values()
+                .find(|r| r.address.ip() == ip && r.remote.is_some());
+            let peer = conn
+                .and_then(|r| r.remote.and_then(|rem| PeerName::new(rem.name)))
+                .or_else(|| peer_at(topo, ip));
+            crate::traffic::LinkReport {
+                address: ip.to_string(),
+                peer: peer.map(|p| p.to_string()).unwrap_or_default(),
+                nickname: peer
+                    .and_then(|p| topo.peer(p))
+                    .map(|p| p.nickname.clone())
+                    .unwrap_or_default(),
+                counters,
+            }
+        })
+        .collect();
+    links.sort_by(|a, b| a.address.cmp(&b.address));
+    links
+}
+
+/// The running proxy's addresses, from the file it keeps in the run directory.
+fn proxy_listen(run_dir: &std::path::Path) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(run_dir.join(PROXY_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let addrs = v["listen"].as_array()?;
+    Some(
+        addrs
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+/// IPAM's state for the report.
+fn ipam_report(st: &weft_ipam::IpamStatus) -> IpamReport {
+    use weft_ipam::IpamState;
+    let consensus = match st.state {
+        IpamState::AwaitingConsensus { quorum, known } => Some(ConsensusReport {
+            elector: true,
+            quorum,
+            known,
+        }),
+        IpamState::Priming => Some(ConsensusReport {
+            elector: false,
+            quorum: 0,
+            known: 0,
+        }),
+        _ => None,
+    };
+    IpamReport {
+        status: st.state.to_string(),
+        range: st.range.to_string(),
+        range_size: 1u64 << (32 - u32::from(st.range.prefix_len())),
+        default_subnet: st.default_subnet.to_string(),
+        pending: st.pending,
+        allocated: st.allocated,
+        consensus,
+        peers: st
+            .peers
+            .iter()
+            .map(|p| IpamPeerReport {
+                name: p.peer.to_string(),
+                nickname: p.nickname.clone(),
+                owned: p.owned,
+                free: p.free,
+                percent: p.percent,
+                reachable: p.reachable,
+            })
+            .collect(),
+        entries: st
+            .ranges
+            .iter()
+            .map(|r| IpamEntryReport {
+                token: r.start.to_string(),
+                size: r.size,
+                peer: r.owner.to_string(),
+                nickname: r.nickname.clone().unwrap_or_default(),
+                reachable: r.reachable,
+                version: r.version,
+                free: r.free,
+            })
+            .collect(),
+        pending_allocates: st
+            .pending_allocates
+            .iter()
+            .map(|(ident, subnet)| format!("{ident} {subnet}"))
+            .collect(),
+        pending_claims: st
+            .pending_claims
+            .iter()
+            .map(|(ident, cidr)| ClaimReport {
+                ident: ident.clone(),
+                cidr: cidr.to_string(),
+            })
+            .collect(),
+        store_error: st.store_error.clone(),
+        orphans: st.orphans,
+        conflicts: st
+            .conflicts
+            .iter()
+            .map(|c| ConflictReport {
+                addr: c.addr.to_string(),
+                detail: c.detail.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -373,175 +681,4 @@ pub fn state_name(state: ConnState) -> &'static str {
         ConnState::Established => "established",
         ConnState::Failed => "failed",
     }
-}
-
-/// `weft status`.
-pub fn render_status(r: &StatusReport) -> String {
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for c in &r.connections {
-        *counts.entry(state_name(c.state)).or_default() += 1;
-    }
-    let detail: Vec<String> = ["established", "pending", "retrying", "failed", "connecting"]
-        .iter()
-        .filter_map(|s| counts.get(s).map(|n| format!("{n} {s}")))
-        .collect();
-    let conns = if detail.is_empty() {
-        format!("{}", r.connections.len())
-    } else {
-        format!("{} ({})", r.connections.len(), detail.join(", "))
-    };
-    let mut out = String::new();
-    let _ = writeln!(out, "        Version: weft {}", r.version);
-    let _ = writeln!(out);
-    let _ = writeln!(out, "        Service: router");
-    let _ = writeln!(out, "       Protocol: {}", r.protocol);
-    let _ = writeln!(out, "           Name: {}({})", r.name, r.nickname);
-    let _ = writeln!(
-        out,
-        "     Encryption: {}",
-        if r.encryption { "enabled" } else { "disabled" }
-    );
-    let _ = writeln!(
-        out,
-        "  PeerDiscovery: {}",
-        if r.discovery { "enabled" } else { "disabled" }
-    );
-    let _ = writeln!(out, "        Targets: {}", r.targets.len());
-    let _ = writeln!(out, "    Connections: {conns}");
-    let established: usize = r
-        .peers
-        .iter()
-        .map(|p| p.connections.iter().filter(|c| c.established).count())
-        .sum();
-    let _ = writeln!(
-        out,
-        "          Peers: {} (with {established} established connections)",
-        r.peers.len()
-    );
-    let _ = writeln!(out, "            MTU: {}", r.mtu);
-    let _ = writeln!(
-        out,
-        "   Data (VXLAN): udp/{} (short id {})",
-        r.data_port, r.short_id
-    );
-    out
-}
-
-/// `weft status connections`: direction, address, state, peer, details.
-pub fn render_connections(r: &StatusReport) -> String {
-    let mut out = String::new();
-    for c in &r.connections {
-        let dir = if c.outbound { "->" } else { "<-" };
-        let peer = if c.name.is_empty() {
-            String::new()
-        } else {
-            format!("{}({})", c.name, c.nickname)
-        };
-        let mut line = format!("{dir} {:<21} {:<11} {peer}", c.address, state_name(c.state));
-        if c.state == ConnState::Established || c.state == ConnState::Pending {
-            let _ = write!(line, " mtu={}", r.mtu);
-            match (c.encrypted, c.control_encrypted) {
-                (Some(true), _) => line.push_str(" encrypted"),
-                // Trusted peers: the data plane is in the clear, control traffic is not.
-                (Some(false), Some(true)) => line.push_str(" unencrypted (control encrypted)"),
-                (Some(false), _) => line.push_str(" unencrypted"),
-                (None, _) => {}
-            }
-        }
-        if !c.info.is_empty() {
-            let _ = write!(line, " {}", c.info);
-        }
-        // A target we cannot reach directly may still be reached through other peers.
-        if c.path.starts_with("via") || c.path == "unreachable" {
-            let _ = write!(line, " [{}]", c.path);
-        }
-        let _ = writeln!(out, "{}", line.trim_end());
-    }
-    out
-}
-
-/// `weft status peers`: each peer as we know it.
-pub fn render_peers(r: &StatusReport) -> String {
-    let mut out = String::new();
-    for p in &r.peers {
-        let path = if p.path.is_empty() {
-            String::new()
-        } else {
-            format!(" {}", p.path)
-        };
-        let _ = writeln!(
-            out,
-            "{}({}) short id {}{path}",
-            p.name, p.nickname, p.short_id
-        );
-        for c in &p.connections {
-            let dir = if c.outbound { "->" } else { "<-" };
-            let state = if c.established {
-                "established"
-            } else {
-                "pending"
-            };
-            let _ = writeln!(
-                out,
-                "   {dir} {:<21} {}({}) {state}",
-                c.address, c.name, c.nickname
-            );
-        }
-    }
-    out
-}
-
-/// `weft status targets`: one target per line.
-pub fn render_targets(r: &StatusReport) -> String {
-    r.targets.iter().map(|t| format!("{t}\n")).collect()
-}
-
-fn ipam_json(st: &weft_ipam::IpamStatus) -> serde_json::Value {
-    let peers: Vec<serde_json::Value> = st
-        .peers
-        .iter()
-        .map(|p| {
-            serde_json::json!({
-                "name": p.peer.to_string(),
-                "nickname": p.nickname,
-                "owned": p.owned,
-                "free": p.free,
-                "percent": p.percent,
-                "reachable": p.reachable,
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "status": st.state.to_string(),
-        "range": st.range.to_string(),
-        "default_subnet": st.default_subnet.to_string(),
-        "pending": st.pending,
-        "allocated": st.allocated,
-        "peers": peers,
-    })
-}
-
-/// `weft status ipam`: state, range, and each peer's share of it.
-pub fn render_ipam(st: &weft_ipam::IpamStatus) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "        Service: ipam");
-    let _ = writeln!(out, "         Status: {}", st.state);
-    let _ = writeln!(out, "          Range: {}", st.range);
-    let _ = writeln!(out, "  DefaultSubnet: {}", st.default_subnet);
-    let _ = writeln!(
-        out,
-        "      Allocated: {} (pending {})",
-        st.allocated, st.pending
-    );
-    for p in &st.peers {
-        let nick = p.nickname.as_deref().unwrap_or("");
-        let who = format!("{}({nick})", p.peer);
-        let reach = if p.reachable { "" } else { " - unreachable!" };
-        let _ = writeln!(
-            out,
-            "{who:<37} {:>8} IPs ({:.1}% of total){reach}",
-            p.owned, p.percent
-        );
-    }
-    out
 }

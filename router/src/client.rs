@@ -1,7 +1,7 @@
-//! Layer: driver. A tiny HTTP/1.1 client for the router's API (loopback only), and the address
-//! arguments every attaching caller shares (`weft attach`, the Docker proxy's `WEAVE_CIDR`).
+//! Layer: driver. A tiny HTTP/1.1 client for the router's API (loopback only), and [`Http`],
+//! the router's IPAM reached over that API (for [`crate::attach`] callers in other processes).
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -12,6 +12,8 @@ use hyper_util::rt::TokioIo;
 use ipnet::Ipv4Net;
 use tokio::net::TcpStream;
 pub use weft_ipam::spec::{AddrSpec, parse_specs};
+
+use crate::attach::{IpamAccess, IpamReply};
 
 /// Send one request to the API and return the status and body.
 pub async fn request(
@@ -30,6 +32,17 @@ pub async fn post_form(
     form: String,
 ) -> anyhow::Result<(StatusCode, String)> {
     send(addr, Method::POST, path, false, Some(form)).await
+}
+
+/// Send an `application/x-www-form-urlencoded` body with any method (Weave's
+/// `PUT /name/{id}/{ip}` with `fqdn=...`).
+pub async fn send_form(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    form: String,
+) -> anyhow::Result<(StatusCode, String)> {
+    send(addr, method, path, false, Some(form)).await
 }
 
 /// Percent-encode a form value.
@@ -52,6 +65,7 @@ async fn send(
     json: bool,
     form: Option<String>,
 ) -> anyhow::Result<(StatusCode, String)> {
+    tracing::debug!("+ {method} http://{addr}{path}");
     let stream = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
         .await
         .map_err(|_| anyhow::anyhow!("timed out connecting to the weft API on {addr}"))?
@@ -73,7 +87,11 @@ async fn send(
     }
     let req = req.body(Full::new(Bytes::from(form.unwrap_or_default())))?;
     // Allocations may wait for consensus or for another peer to donate space.
-    let limit = if path.starts_with("/ip") { 120 } else { 10 };
+    let limit = if path.starts_with("/ip") || path == "/ring" {
+        120
+    } else {
+        10
+    };
     let resp = tokio::time::timeout(Duration::from_secs(limit), sender.send_request(req))
         .await
         .map_err(|_| anyhow::anyhow!("the weft API on {addr} did not answer"))??;
@@ -87,85 +105,70 @@ pub async fn get(addr: SocketAddr, path: &str, json: bool) -> anyhow::Result<(St
     request(addr, Method::GET, path, json).await
 }
 
-/// Allocate or claim every spec with the router's IPAM; returns the addresses to configure.
-pub async fn acquire(
-    api: SocketAddr,
-    id: &str,
-    specs: &[AddrSpec],
-) -> anyhow::Result<Vec<Ipv4Net>> {
-    let mut addrs = Vec::new();
-    for spec in specs {
-        let result = acquire_one(api, id, *spec).await;
-        match result {
-            Ok(a) => addrs.push(a),
-            Err(e) => {
-                // Give back what this call already took, so nothing is left half-made.
-                for a in &addrs {
-                    let path = format!("/ip/{id}/{}", a.addr());
-                    let _ = request(api, Method::DELETE, &path, false).await;
-                }
-                return Err(e);
-            }
-        }
-    }
-    Ok(addrs)
+/// The router's IPAM over its HTTP API (Weave's `/ip` paths), for callers in another process
+/// (the CLI, a CNI plugin). Callers inside the router daemon use
+/// [`crate::handle::Handle`] instead.
+#[derive(Debug, Clone, Copy)]
+pub struct Http {
+    /// The router's API address.
+    pub api: SocketAddr,
 }
 
-async fn acquire_one(api: SocketAddr, id: &str, spec: AddrSpec) -> anyhow::Result<Ipv4Net> {
-    let (method, path) = match spec {
-        AddrSpec::DefaultSubnet => (Method::POST, format!("/ip/{id}")),
-        AddrSpec::Subnet(n) => (
-            Method::POST,
-            format!("/ip/{id}/{}/{}", n.addr(), n.prefix_len()),
-        ),
-        AddrSpec::Address(a) => (
-            Method::PUT,
-            format!("/ip/{id}/{}/{}", a.addr(), a.prefix_len()),
-        ),
-    };
-    let reply = request(api, method, &path, false).await;
-    match (spec, reply) {
-        (AddrSpec::Address(a), Ok((code, _))) if code.is_success() => Ok(a),
-        (AddrSpec::Address(a), Ok((StatusCode::NOT_FOUND, _))) => Ok(a), // IPAM disabled
-        (AddrSpec::Address(a), Err(_)) => {
-            eprintln!("weft: router not reachable; using {a} without recording it in IPAM");
-            Ok(a)
+/// Maps an `/ip` answer: 2xx grants (the body's CIDRs, or `granted` for a claim's empty 204),
+/// 404 means IPAM is off, anything else is a refusal with the body as the reason.
+fn ipam_reply(code: StatusCode, body: &str, granted: Option<Ipv4Net>) -> anyhow::Result<IpamReply> {
+    if code.is_success() {
+        if let Some(a) = granted {
+            return Ok(IpamReply::Granted(vec![a]));
         }
-        (_, Ok((code, body))) if code.is_success() => body
-            .trim()
-            .parse::<Ipv4Net>()
-            .with_context(|| format!("the router answered '{}' to an allocation", body.trim())),
-        (_, Ok((_, body))) => bail!("{}", body.trim()),
-        (_, Err(e)) => Err(e.context("allocating an address needs a running router")),
+        let addrs = body
+            .split_whitespace()
+            .map(|c| c.parse::<Ipv4Net>())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("the router answered '{}' to an allocation", body.trim()))?;
+        return Ok(IpamReply::Granted(addrs));
     }
+    if code == StatusCode::NOT_FOUND {
+        return Ok(IpamReply::Disabled);
+    }
+    Ok(IpamReply::Refused(body.trim().to_owned()))
 }
 
-/// Gives back the addresses `id` holds (all when `addrs` is empty). Every one is tried; the
-/// first failure is returned.
-pub async fn release(api: SocketAddr, id: &str, addrs: &[Ipv4Net]) -> anyhow::Result<()> {
-    let paths: Vec<String> = if addrs.is_empty() {
-        vec![format!("/ip/{id}")]
-    } else {
-        addrs
-            .iter()
-            .map(|a| format!("/ip/{id}/{}", a.addr()))
-            .collect()
-    };
-    let mut first_error = None;
-    for path in paths {
-        let result = match request(api, Method::DELETE, &path, false).await {
-            Ok((code, _)) if code.is_success() || code == StatusCode::NOT_FOUND => Ok(()),
-            Ok((_, body)) => Err(anyhow::anyhow!("releasing {path}: {}", body.trim())),
-            Err(e) => Err(e),
+impl IpamAccess for Http {
+    async fn allocate(&self, ident: &str, subnet: Option<Ipv4Net>) -> anyhow::Result<IpamReply> {
+        let path = match subnet {
+            None => format!("/ip/{ident}"),
+            Some(n) => format!("/ip/{ident}/{}/{}", n.addr(), n.prefix_len()),
         };
-        if let Err(e) = result {
-            first_error.get_or_insert(e);
+        let (code, body) = request(self.api, Method::POST, &path, false).await?;
+        ipam_reply(code, &body, None)
+    }
+
+    async fn claim(&self, ident: &str, addr: Ipv4Net) -> anyhow::Result<IpamReply> {
+        let path = format!("/ip/{ident}/{}/{}", addr.addr(), addr.prefix_len());
+        let (code, body) = request(self.api, Method::PUT, &path, false).await?;
+        ipam_reply(code, &body, Some(addr))
+    }
+
+    async fn release(&self, ident: &str, addr: Option<Ipv4Addr>) -> anyhow::Result<()> {
+        let path = match addr {
+            None => format!("/ip/{ident}"),
+            Some(a) => format!("/ip/{ident}/{a}"),
+        };
+        match request(self.api, Method::DELETE, &path, false).await? {
+            (code, _) if code.is_success() || code == StatusCode::NOT_FOUND => Ok(()),
+            (_, body) => bail!("releasing {path}: {}", body.trim()),
         }
     }
-    if let Some(e) = first_error {
-        return Err(e);
+
+    async fn lookup(&self, ident: &str) -> anyhow::Result<Option<Vec<Ipv4Net>>> {
+        let (code, body) = get(self.api, &format!("/ip/{ident}"), false).await?;
+        match ipam_reply(code, &body, None)? {
+            IpamReply::Granted(a) => Ok(Some(a)),
+            IpamReply::Disabled => Ok(None),
+            IpamReply::Refused(msg) => bail!("looking up {ident}: {msg}"),
+        }
     }
-    Ok(())
 }
 
 /// The running router's overlay MTU (from `/status`), if it answers.

@@ -15,6 +15,43 @@ pub const DEFAULT_RANGE: &str = "10.32.0.0/12";
 pub const BRIDGE: &str = "weave";
 /// Name of the TAP device the router reads frames from.
 pub const TAP: &str = "vethwe-tap";
+/// Where the read-only status listener is by default (Weave's `WEAVE_STATUS_ADDR` default).
+pub const DEFAULT_STATUS_ADDR: &str = "127.0.0.1:6782";
+/// The file in the run directory where a running Docker API proxy lists its addresses
+/// (`{"listen": ["unix:///..."]}`); the router reports them (`/proxyaddrs`, `status`).
+pub const PROXY_FILE: &str = "proxy.json";
+
+/// Where an extra HTTP listener binds: `IP:PORT`, `:PORT` (every address), or an absolute
+/// path for a unix socket (as Weave's `--status-addr` and `--metrics-addr`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A unix socket path.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with('/') {
+            return Ok(Self::Unix(PathBuf::from(s)));
+        }
+        parse_socket_addr(s)
+            .map(Self::Tcp)
+            .map_err(|_| format!("invalid address '{s}': expected IP:PORT, :PORT or /path"))
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(a) => write!(f, "{a}"),
+            Self::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
 
 /// Everything the daemon needs to start.
 #[derive(Debug, Clone)]
@@ -55,11 +92,40 @@ pub struct Config {
     pub ipalloc_default_subnet: Option<ipnet::Ipv4Net>,
     /// How the ring is first divided.
     pub ipalloc_init: weft_ipam::InitMode,
+    /// Start even if `ipam.json` cannot be read: rebuild it from the previous state, the host
+    /// and the other peers (`--ipam-recover`).
+    pub ipam_recover: bool,
+    /// Docker's API socket, asked at start-up which containers use which addresses (when it
+    /// exists; `None`: the default `/var/run/docker.sock`).
+    pub docker_api: Option<PathBuf>,
     /// The network password; `None`: connections are not encrypted.
     pub password: Option<Password>,
     /// Peers at these addresses are trusted: if they trust us too, the data plane between us
     /// is in the clear (control traffic is still encrypted).
     pub trusted_subnets: Vec<ipnet::IpNet>,
+    /// weaveDNS settings; `None`: no DNS (`--no-dns`).
+    pub dns: Option<crate::dns::DnsConfig>,
+    /// The read-only status listener (`/status*`, `/report`, `/metrics`), if any.
+    pub status_addr: Option<ListenAddr>,
+    /// A listener serving only `/metrics`, if any.
+    pub metrics_addr: Option<ListenAddr>,
+    /// Kernel features the data plane must not use (`--disable-features`), even if the kernel
+    /// has them.
+    pub disabled_features: Vec<weft_sys::probe::Feature>,
+}
+
+/// Turns a `--log-level` value into a tracing filter: Weave's (logrus) spellings `debug`,
+/// `info`, `warning`, `error` (also `warn`, `trace`, `fatal`, `panic`), case-insensitively; any
+/// other value is taken as a tracing filter directive (e.g. `weft_router=debug,info`).
+pub fn log_filter(level: &str) -> String {
+    match level.trim().to_ascii_lowercase().as_str() {
+        "warning" | "warn" => "warn".to_owned(),
+        "fatal" | "panic" | "error" => "error".to_owned(),
+        "debug" => "debug".to_owned(),
+        "trace" => "trace".to_owned(),
+        "info" | "" => "info".to_owned(),
+        _ => level.trim().to_owned(),
+    }
 }
 
 /// A secret that is never printed.
@@ -105,8 +171,14 @@ impl Default for Config {
             ipalloc_range: Some(DEFAULT_RANGE.parse().expect("a valid CIDR literal")),
             ipalloc_default_subnet: None,
             ipalloc_init: weft_ipam::InitMode::Consensus { quorum: None },
+            ipam_recover: false,
+            docker_api: None,
             password: None,
             trusted_subnets: Vec::new(),
+            dns: Some(crate::dns::DnsConfig::default()),
+            status_addr: None,
+            metrics_addr: None,
+            disabled_features: Vec::new(),
         }
     }
 }
@@ -147,6 +219,20 @@ pub fn parse_peer(peer: &str, default_port: u16) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("peer '{peer}' has no address"))
 }
 
+/// Parse a listen address as Weave's `--status-addr`/`--metrics-addr`/`-H tcp://` take it:
+/// `IP:PORT`, `:PORT` (all addresses) or `tcp://` followed by either.
+pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    let t = s.strip_prefix("tcp://").unwrap_or(s);
+    if let Some(port) = t.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("invalid port in address '{s}'"))?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+    }
+    t.parse()
+        .map_err(|_| format!("'{s}' is not an address like 127.0.0.1:6782 or :6782"))
+}
+
 /// Parse `--ipalloc-init`: `consensus[=N]`, `seed=NAME,...` or `observer`.
 pub fn parse_ipalloc_init(s: &str) -> Result<weft_ipam::InitMode, String> {
     use weft_ipam::InitMode;
@@ -181,4 +267,36 @@ pub fn parse_ipalloc_init(s: &str) -> Result<weft_ipam::InitMode, String> {
     Err(format!(
         "invalid --ipalloc-init '{s}': expected consensus[=N], seed=NAME,... or observer"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weave_log_levels() {
+        assert_eq!(log_filter("warning"), "warn");
+        assert_eq!(log_filter("WARNING"), "warn");
+        assert_eq!(log_filter("debug"), "debug");
+        assert_eq!(log_filter("error"), "error");
+        assert_eq!(log_filter("info"), "info");
+        assert_eq!(log_filter("weft_router=debug"), "weft_router=debug");
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_socket_addr("127.0.0.1:6782"),
+            Ok("127.0.0.1:6782".parse().unwrap())
+        );
+        assert_eq!(
+            parse_socket_addr(":6782"),
+            Ok("0.0.0.0:6782".parse().unwrap())
+        );
+        assert_eq!(
+            parse_socket_addr("tcp://127.0.0.1:12375"),
+            Ok("127.0.0.1:12375".parse().unwrap())
+        );
+        assert!(parse_socket_addr("localhost").is_err());
+    }
 }

@@ -57,6 +57,8 @@ pub struct Control {
     pub conn_limit: usize,
     /// Password and trusted subnets.
     pub security: LinkSecurity,
+    /// Which accepted connections get a handshake ([`crate::gate`]).
+    pub gate: Arc<crate::gate::ControlGate>,
     next_id: AtomicU64,
 }
 
@@ -124,6 +126,7 @@ impl Control {
             clock,
             udp,
             conn_config: ConnConfig::default(),
+            gate: Arc::default(),
             next_id: AtomicU64::new(1),
         }
     }
@@ -133,12 +136,8 @@ impl Control {
         loop {
             match listener.accept().await {
                 Ok((stream, addr)) => {
-                    let limit = self.conn_limit;
-                    let current = self.shared.lock().conns.len();
-                    if limit > 0 && current >= limit {
-                        tracing::warn!(
-                            "refusing connection from {addr}: connection limit reached ({limit})"
-                        );
+                    let now = self.clock.now();
+                    if !self.gate.admit(&self.shared, now, addr, self.conn_limit) {
                         drop(stream);
                         continue;
                     }
@@ -169,6 +168,10 @@ impl Control {
                     drv.ipam.handle_timeout(now);
                 }
                 self.drain_ipam(&mut state);
+                // DNS hook (issue 11): timers, gossip out, own entries kept on disk.
+                let neighbours = Self::neighbour_names(&state);
+                let out = crate::dns::poll(&mut state, now, &neighbours);
+                Self::send_channel(&state, crate::dns::DNS_CHANNEL, out);
                 let current = state.conns.len();
                 let dials = state.connmaker.poll_dial(now, current);
                 let ipam_timeout = state.ipam.as_ref().and_then(|d| d.ipam.poll_timeout());
@@ -176,6 +179,7 @@ impl Control {
                     state.mesh.poll_timeout(),
                     state.connmaker.poll_timeout(),
                     ipam_timeout,
+                    crate::dns::poll_timeout(&state),
                 ]
                 .into_iter()
                 .flatten()
@@ -244,6 +248,7 @@ impl Control {
                 drv.ipam
                     .set_quorum_hint(connmaker.direct_targets().len() + 1);
             }
+            crate::dns::peers_changed(state, now);
             self.publish_table(state);
         }
     }
@@ -273,37 +278,13 @@ impl Control {
         }
     }
 
-    /// Send what IPAM queued, complete finished requests, keep its state on disk.
+    /// Send what IPAM released, complete finished requests (its persister stores first).
     fn drain_ipam(&self, state: &mut State) {
         let neighbours = Self::neighbour_names(state);
         let Some(drv) = state.ipam.as_mut() else {
             return;
         };
-        let mut out = Vec::new();
-        while let Some((dest, payload)) = drv.ipam.poll_transmit() {
-            let dest = match dest {
-                weft_ipam::Dest::Broadcast => None,
-                weft_ipam::Dest::Unicast(p) => Some(p),
-            };
-            out.extend(
-                drv.channel
-                    .send(dest, payload, &neighbours, state.mesh.routes()),
-            );
-        }
-        let mut persist = false;
-        while let Some(event) = drv.ipam.poll_event() {
-            match event {
-                weft_ipam::IpamEvent::Done { id, result } => {
-                    if let Some(tx) = drv.pending.remove(&id) {
-                        let _ = tx.send(result);
-                    }
-                }
-                weft_ipam::IpamEvent::StateChanged => persist = true,
-            }
-        }
-        if persist {
-            drv.persist();
-        }
+        let out = drv.drain(&neighbours, state.mesh.routes());
         Self::send_channel(state, crate::ipam::IPAM_CHANNEL, out);
     }
 
@@ -557,6 +538,10 @@ impl Control {
             self.on_ipam_envelope(from, payload);
             return;
         }
+        if channel == crate::dns::DNS_CHANNEL {
+            self.on_dns_envelope(from, payload);
+            return;
+        }
         if channel != TOPOLOGY_CHANNEL {
             return;
         }
@@ -580,9 +565,23 @@ impl Control {
                 ipam,
                 mesh,
                 ipam_errors,
+                ipam_relay,
                 ..
             } = &mut *state;
-            let Some(drv) = ipam.as_mut() else { return };
+            let Some(drv) = ipam.as_mut() else {
+                // IPAM off here: relay only (broadcasts flood on, unicasts follow the routes).
+                let Some(relay) = ipam_relay.as_mut() else {
+                    return;
+                };
+                match relay.handle(from, bytes, &neighbours, mesh.routes()) {
+                    Ok(h) => Self::send_channel(&state, crate::ipam::IPAM_CHANNEL, h.forward),
+                    Err(e) => {
+                        *ipam_errors += 1;
+                        tracing::warn!("IPAM message from {from}: {e}");
+                    }
+                }
+                return;
+            };
             let handled = match drv.channel.handle(from, bytes, &neighbours, mesh.routes()) {
                 Ok(h) => h,
                 Err(e) => {
@@ -598,6 +597,23 @@ impl Control {
                 }
             }
             Self::send_channel(&state, crate::ipam::IPAM_CHANNEL, handled.forward);
+        }
+        self.shared.wake.notify_one();
+    }
+
+    /// DNS hook (issue 11): a DNS gossip envelope from neighbour `from`.
+    fn on_dns_envelope(&self, from: PeerName, bytes: &[u8]) {
+        {
+            let mut state = self.shared.lock();
+            let now = self.clock.now();
+            let neighbours = Self::neighbour_names(&state);
+            match crate::dns::on_envelope(&mut state, now, from, bytes, &neighbours) {
+                Ok(forward) => Self::send_channel(&state, crate::dns::DNS_CHANNEL, forward),
+                Err(e) => {
+                    state.dns_errors += 1;
+                    tracing::warn!("DNS gossip from {from}: {e}");
+                }
+            }
         }
         self.shared.wake.notify_one();
     }
@@ -687,6 +703,8 @@ impl Control {
             address.to_string(),
             outbound,
         );
+        // DNS hook (issue 11): the new neighbour gets our whole name table.
+        crate::dns::neighbour_up(&mut state, name);
         self.publish_table(&state);
         drop(state);
         self.shared.wake.notify_one();

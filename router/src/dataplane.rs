@@ -47,6 +47,7 @@ use weft_sys::udp::{
 use weft_wire::vxlan::HEADER_LEN as VXLAN_HLEN;
 
 use crate::links::{self, Links, Refused};
+use crate::traffic::LinkTraffic;
 
 /// Reads from the TAP per wake-up before the socket gets a turn (a read may be a 64 KiB
 /// super-frame, so this is also a bound of about 4 MiB).
@@ -149,7 +150,7 @@ pub fn spawn(
     clock: Clock,
     commands: Receiver<DpCommand>,
     events: UnboundedSender<DpEvent>,
-    publish: impl FnMut(&Counters) + Send + 'static,
+    publish: impl FnMut(&Counters, &LinkTraffic) + Send + 'static,
 ) -> io::Result<JoinHandle<()>> {
     tap.set_nonblocking(true)?;
     let gro = match udp.set_gro(true) {
@@ -215,6 +216,8 @@ struct DataPlane {
     counters: DriverCounters,
     /// Per-neighbour encryption.
     links: Links,
+    /// Per-neighbour traffic (for the topology page and `weft_link_*` metrics).
+    traffic: LinkTraffic,
 }
 
 impl DataPlane {
@@ -248,6 +251,7 @@ impl DataPlane {
             delivered: 0,
             counters: DriverCounters::default(),
             links: Links::new(false),
+            traffic: LinkTraffic::default(),
         }
     }
 
@@ -275,7 +279,11 @@ impl DataPlane {
         }
     }
 
-    fn run(&mut self, commands: &Receiver<DpCommand>, mut publish: impl FnMut(&Counters)) {
+    fn run(
+        &mut self,
+        commands: &Receiver<DpCommand>,
+        mut publish: impl FnMut(&Counters, &LinkTraffic),
+    ) {
         let mut ready = [false; 2];
         let mut last_publish = self.clock.now();
         let mut last_expire = last_publish;
@@ -313,7 +321,7 @@ impl DataPlane {
                         self.counters.udp_tx_dropped_crypto += tx.dropped;
                     }
                     Ok(DpCommand::Shutdown) | Err(TryRecvError::Disconnected) => {
-                        publish(&self.counters());
+                        publish(&self.counters(), &self.traffic);
                         return;
                     }
                     Err(TryRecvError::Empty) => break,
@@ -331,7 +339,7 @@ impl DataPlane {
                 last_expire = now;
             }
             if now.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
-                publish(&self.counters());
+                publish(&self.counters(), &self.traffic);
                 last_publish = now;
             }
         }
@@ -393,10 +401,15 @@ impl DataPlane {
                 self.counters.tap_rx_segments += segments;
             }
             let src = self.engine.local_short_id();
+            let wire = frame.len() + segments as usize * VXLAN_HLEN;
             match decision {
-                TapDecision::Unicast { dst, via } => tx.frame(seg, via.addr, src, dst),
+                TapDecision::Unicast { dst, via } => {
+                    self.traffic.sent(via.addr.ip(), wire, segments as usize);
+                    tx.frame(seg, via.addr, src, dst);
+                }
                 TapDecision::Flood => {
                     for peer in self.engine.flood_targets() {
+                        self.traffic.sent(peer.addr.ip(), wire, segments as usize);
                         tx.frame(seg.clone(), peer.addr, src, peer.short_id);
                     }
                 }
@@ -458,6 +471,8 @@ impl DataPlane {
                 if whole < total {
                     self.engine.count_truncated();
                 }
+                self.traffic
+                    .received(from.ip(), self.recv.datagram(i).len(), whole);
                 let slot = self.recv.datagram_mut(i);
                 // The same split as `segments`: runs of `stride` bytes, the last one shorter.
                 let stride = if stride == 0 {
@@ -492,10 +507,14 @@ impl DataPlane {
                             }
                             match relay {
                                 Relay::None => {}
-                                Relay::Next(next) => tx.datagram(next.addr, datagram),
+                                Relay::Next(next) => {
+                                    self.traffic.sent(next.addr.ip(), datagram.len(), 1);
+                                    tx.datagram(next.addr, datagram);
+                                }
                                 Relay::Tree { source } => {
                                     let inner = &datagram[VXLAN_HLEN..];
                                     for child in self.engine.table().broadcast_children(source) {
+                                        self.traffic.sent(child.addr.ip(), datagram.len(), 1);
                                         tx.encap(child.addr, source, child.short_id, inner);
                                     }
                                 }

@@ -253,15 +253,7 @@ async fn bridge_addresses() -> anyhow::Result<Vec<Ipv4Net>> {
     let Some(index) = nl.link_index(BRIDGE).await? else {
         return Ok(Vec::new());
     };
-    Ok(nl
-        .addresses(index)
-        .await?
-        .into_iter()
-        .filter_map(|n| match n {
-            IpNet::V4(n) if !n.addr().is_link_local() => Some(n),
-            _ => None,
-        })
-        .collect())
+    Ok(weft_sys::plumb::ipv4_addrs(nl.addresses(index).await?))
 }
 
 /// Address on the bridge, gratuitous ARP, rules.

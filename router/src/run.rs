@@ -12,7 +12,7 @@ use weft_mesh::{
 };
 use weft_overlay::{EngineConfig, MacTable};
 use weft_sys::netlink::Netlink;
-use weft_sys::tap::{Offload, Tap, TapOptions};
+use weft_sys::tap::{Tap, TapOptions};
 use weft_sys::udp::BatchUdp;
 use weft_wire::control::{PROTOCOL_MAX, PROTOCOL_MIN};
 
@@ -29,6 +29,16 @@ use crate::{api, identity};
 /// On the way out it stops the data plane and removes the pid file; the bridge stays, so local
 /// traffic between containers keeps flowing (as `weave stop` leaves it).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_with(config, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `ready` with a [`crate::Handle`] once the router serves (for the parts of
+/// the daemon that reach it in-process: the Docker proxy and lifecycle follower).
+pub async fn run_with(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(crate::Handle),
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.run_dir)
         .with_context(|| format!("creating run directory {}", config.run_dir.display()))?;
     let pid_file = config.pid_file();
@@ -53,7 +63,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .ensure_bridge(&config.bridge, config.mtu, Some(id.name.to_mac()))
         .await
         .with_context(|| format!("creating bridge {}", config.bridge))?;
-    let tap = open_tap(&config.tap)?;
+    // Kernel features (issue 15): probed once; the TAP and the UDP socket below are opened
+    // with what may be used.
+    let features = crate::features::Features::detect(&config.disabled_features);
+    let tap = open_tap(&config.tap, features.tap_options())?;
     let tap_index = nl
         .link_index(&config.tap)
         .await?
@@ -63,15 +76,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     nl.set_up(tap_index).await?;
     // The bridge's MTU follows its smallest port; set it again now the TAP is in.
     nl.set_mtu(bridge, config.mtu).await?;
+    // Weave's FORWARD rules for the bridge: with bridged traffic handed to iptables (Docker
+    // turns `bridge-nf-call-iptables` on) and Docker's FORWARD policy DROP, containers on the
+    // bridge would otherwise reach each other by ARP only.
+    let bridge_name = config.bridge.clone();
+    match tokio::task::spawn_blocking(move || weft_sys::firewall::ensure_forward(&bridge_name))
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(
+            "adding the FORWARD rules for {}: {e} (containers may not reach each other when \
+             bridged traffic passes iptables)",
+            config.bridge
+        ),
+        Err(e) => tracing::warn!("adding the FORWARD rules: {e}"),
+    }
 
     let udp = BatchUdp::bind(SocketAddr::new(config.host, config.data_port))
         .with_context(|| format!("binding UDP {}:{}", config.host, config.data_port))?;
+    features.apply_to_udp(&udp);
+    let kernel_features = features.report(tap.options());
+    crate::features::Features::log(&kernel_features);
     let listener = TcpListener::bind(SocketAddr::new(config.host, config.port))
         .await
         .with_context(|| format!("binding TCP {}:{}", config.host, config.port))?;
     let http = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding the HTTP API on {}", config.http_addr))?;
+    let read_only = api::bind_read_only(&config).await?;
 
     let clock = Clock::start();
     let (dp_tx, dp_rx) = std::sync::mpsc::channel();
@@ -122,20 +154,46 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 Instant::ZERO,
             )
             .map_err(|e| anyhow::anyhow!("IPAM: {e}"))?;
-            let snapshot_file = config.state_dir.join("ipam.json");
-            crate::ipam::restore(&mut ipam, &snapshot_file);
+            let files = crate::ipam::StateFiles::in_dir(&config.state_dir);
+            crate::ipam::open(&mut ipam, &files, config.ipam_recover)?;
             ipam.set_quorum_hint(connmaker.direct_targets().len() + 1);
-            Some(crate::ipam::IpamDriver {
-                ipam,
-                channel: weft_mesh::ChannelRouter::new(id.name, uid),
-                pending: std::collections::HashMap::new(),
-                snapshot_file,
+            let mut drv = crate::ipam::IpamDriver::new(ipam, files);
+            // Before anything is answered: every address in use on this host is claimed.
+            crate::recover::claim_in_use(&mut drv, &config).await;
+            drv.commit_now(Instant::ZERO)
+                .context("storing the addresses in use on this host")?;
+            Some(drv)
+        }
+        None => None,
+    };
+    // weaveDNS (issue 11): its own entries come back from dns.json.
+    let dns = match &config.dns {
+        Some(dns_config) => {
+            let state_file = config.state_dir.join("dns.json");
+            let service = crate::dns::DnsService::new(
+                dns_config.clone(),
+                id.name,
+                clock,
+                &state_file,
+                &config.bridge,
+            )?;
+            Some(crate::dns::DnsDriver {
+                service: Arc::new(service),
+                channel: weft_mesh::ChannelRouter::new(id.name, uid ^ 0xd05),
+                state_file,
             })
         }
         None => None,
     };
+    let dns_service = dns.as_ref().map(|d| d.service.clone());
+    let commit_wanted = ipam.as_ref().map(|d| d.commit_wanted.clone());
     let mut state = State::new(mesh, connmaker);
+    if ipam.is_none() {
+        // IPAM off here, but other peers' IPAM messages may need to cross this peer.
+        state.ipam_relay = Some(weft_mesh::ChannelRouter::new(id.name, uid));
+    }
     state.ipam = ipam;
+    state.dns = dns;
     let shared = Arc::new(Shared {
         info: RouterInfo {
             name: id.name.to_string(),
@@ -150,17 +208,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             protocol_max: PROTOCOL_MAX,
             discovery: config.discovery,
             encryption: security.psk.is_some(),
+            trusted_subnets: config
+                .trusted_subnets
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            kernel_features,
         },
         state: Mutex::new(state),
         dataplane: dp_tx.clone(),
         wake: tokio::sync::Notify::new(),
         targets_file,
         state_dir: config.state_dir.clone(),
+        run_dir: config.run_dir.clone(),
         clock,
     });
     let publish = {
         let shared = shared.clone();
-        move |c: &weft_overlay::Counters| shared.lock().counters = *c
+        move |c: &weft_overlay::Counters, t: &crate::traffic::LinkTraffic| {
+            let mut st = shared.lock();
+            st.counters = *c;
+            st.link_traffic.clone_from(t);
+        }
     };
     let engine_config = EngineConfig {
         local_short_id: id.short_id.get(),
@@ -196,17 +265,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control.clone().pump(ev_rx));
     tasks.spawn(control.clone().listen(listener));
+    tasks.spawn(crate::gate::flush_summaries(control.gate.clone(), clock));
     tasks.spawn(control.clone().run());
+    if let Some(wanted) = commit_wanted {
+        tasks.spawn(crate::ipam::persister(shared.clone(), wanted));
+    }
+    tasks.spawn(crate::arpwatch::run(shared.clone(), config.bridge.clone()));
     // Put exposed addresses and their iptables rules back (weave-reference.md §3).
     if let Err(e) = crate::expose::reexpose(&shared).await {
         tracing::warn!("re-exposing addresses: {e:#}");
     }
+    let dns_task = match dns_service {
+        Some(svc) => Some(crate::dns::server::start(svc).await?),
+        None => None,
+    };
     let app = api::router(shared.clone());
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(http, app).await {
-            tracing::error!("HTTP API stopped: {e}");
-        }
-    });
+    tasks.spawn(crate::guard::serve(
+        http,
+        app,
+        crate::guard::ApiLimits::default(),
+    ));
+    for (listener, metrics_only) in read_only {
+        tasks.spawn(api::serve_read_only(shared.clone(), listener, metrics_only));
+    }
 
     identity::write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())
         .with_context(|| format!("writing {}", pid_file.display()))?;
@@ -220,25 +301,33 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config.http_addr
     );
 
+    let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
+    ready(crate::Handle::new(
+        shared.clone(),
+        config.bridge.clone(),
+        stopped_rx,
+    ));
+
     shutdown.await;
     tracing::info!("shutting down");
+    let _ = stopped_tx.send(true);
     tasks.abort_all();
+    if let Some(t) = dns_task {
+        t.abort();
+    }
     let _ = dp_tx.send(DpCommand::Shutdown);
     let _ = tokio::task::spawn_blocking(move || dp.join()).await;
     let _ = std::fs::remove_file(&pid_file);
     Ok(())
 }
 
-/// Open the TAP with a vnet header, checksum offload and TSO for IPv4 and IPv6, so the data
-/// plane reads and writes TCP super-frames; without them (a kernel that refuses) as a plain TAP.
-fn open_tap(name: &str) -> anyhow::Result<Tap> {
-    let offloaded = TapOptions {
-        multi_queue: false,
-        vnet_hdr: true,
-        offload: Offload::ALL,
-    };
-    match Tap::open_with(name, offloaded) {
+/// Open the TAP with `opts` (at best a vnet header, checksum offload and TSO for IPv4 and
+/// IPv6, so the data plane reads and writes TCP super-frames); if the device refuses them, as
+/// a plain TAP.
+fn open_tap(name: &str, opts: TapOptions) -> anyhow::Result<Tap> {
+    match Tap::open_with(name, opts) {
         Ok(tap) => Ok(tap),
+        Err(e) if !opts.vnet_hdr => Err(e).with_context(|| format!("opening TAP {name}")),
         Err(e) => {
             tracing::warn!("opening TAP {name} with offloads failed ({e}); opening it without");
             Tap::open(name, false).with_context(|| format!("opening TAP {name}"))

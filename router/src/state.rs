@@ -94,6 +94,8 @@ pub struct State {
     pub connmaker: ConnMaker,
     /// Last copy of the data-plane counters.
     pub counters: Counters,
+    /// Last copy of the data plane's per-link traffic.
+    pub link_traffic: crate::traffic::LinkTraffic,
     /// Control connections closed before their handshake finished.
     pub handshake_failures: u64,
     /// Gossip payloads refused as malformed or invalid.
@@ -102,6 +104,12 @@ pub struct State {
     pub ipam: Option<crate::ipam::IpamDriver>,
     /// IPAM messages refused as malformed or invalid.
     pub ipam_errors: u64,
+    /// weaveDNS, unless disabled with `--no-dns`.
+    pub dns: Option<crate::dns::DnsDriver>,
+    /// DNS gossip refused as malformed or invalid.
+    pub dns_errors: u64,
+    /// With IPAM off: still floods and routes other peers' IPAM messages across this peer.
+    pub ipam_relay: Option<weft_mesh::ChannelRouter>,
 }
 
 impl State {
@@ -112,10 +120,14 @@ impl State {
             mesh,
             connmaker,
             counters: Counters::default(),
+            link_traffic: crate::traffic::LinkTraffic::default(),
             handshake_failures: 0,
             gossip_errors: 0,
             ipam: None,
             ipam_errors: 0,
+            dns: None,
+            dns_errors: 0,
+            ipam_relay: None,
         }
     }
 }
@@ -135,6 +147,8 @@ pub struct Shared {
     pub targets_file: std::path::PathBuf,
     /// The state directory (identity, targets).
     pub state_dir: std::path::PathBuf,
+    /// The run directory (pid file, log; the proxy's `proxy.json`).
+    pub run_dir: std::path::PathBuf,
     /// The router's clock.
     pub clock: crate::dataplane::Clock,
 }
@@ -175,6 +189,12 @@ pub struct RouterInfo {
     /// A password is set.
     #[serde(default)]
     pub encryption: bool,
+    /// `--trusted-subnets`, as given.
+    #[serde(default)]
+    pub trusted_subnets: Vec<String>,
+    /// Kernel features: found, used, or why not.
+    #[serde(default)]
+    pub kernel_features: Vec<crate::features::FeatureReport>,
 }
 
 /// `GET /status` as JSON.
@@ -210,6 +230,195 @@ pub struct StatusReport {
     pub discovery: bool,
     /// Data-plane and control-plane counters.
     pub counters: BTreeMap<String, u64>,
+    /// Lowest protocol version spoken.
+    #[serde(default)]
+    pub protocol_min: u8,
+    /// Highest protocol version spoken.
+    #[serde(default)]
+    pub protocol_max: u8,
+    /// Peers in these subnets are trusted with the data plane in the clear.
+    #[serde(default)]
+    pub trusted_subnets: Vec<String>,
+    /// Control connections that ended since the router started.
+    #[serde(default)]
+    pub terminations: u64,
+    /// For each peer we reach, the neighbour we send its traffic to.
+    #[serde(default)]
+    pub unicast_routes: Vec<RouteReport>,
+    /// For each peer we reach (ourselves included), the neighbours we pass its broadcasts to.
+    #[serde(default)]
+    pub broadcast_routes: Vec<BroadcastRouteReport>,
+    /// IPAM, unless it is disabled.
+    #[serde(default)]
+    pub ipam: Option<IpamReport>,
+    /// weaveDNS, when it runs.
+    #[serde(default)]
+    pub dns: Option<DnsReport>,
+    /// Where the Docker API proxy listens, when one runs.
+    #[serde(default)]
+    pub proxy: Option<Vec<String>>,
+    /// Kernel features: found, used by the data plane, or why not.
+    #[serde(default)]
+    pub kernel_features: Vec<crate::features::FeatureReport>,
+    /// Traffic with each neighbour since the router started.
+    #[serde(default)]
+    pub links: Vec<crate::traffic::LinkReport>,
+}
+
+/// A unicast route.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteReport {
+    /// The destination peer.
+    pub dest: String,
+    /// The neighbour its traffic goes to.
+    pub via: String,
+}
+
+/// A broadcast route.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BroadcastRouteReport {
+    /// The peer whose broadcasts these are.
+    pub source: String,
+    /// The neighbours we pass them to.
+    pub via: Vec<String>,
+}
+
+/// IPAM's state (`weft status ipam --json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IpamReport {
+    /// `idle`, `ready`, `awaiting consensus: ...`, ...
+    pub status: String,
+    /// The allocation range.
+    pub range: String,
+    /// Addresses in the range.
+    #[serde(default)]
+    pub range_size: u64,
+    /// The subnet `net:default` allocates in.
+    pub default_subnet: String,
+    /// Requests waiting.
+    pub pending: usize,
+    /// Addresses allocated on this peer.
+    pub allocated: usize,
+    /// While the initial ring is being agreed: whether we vote, the quorum, electors heard.
+    #[serde(default)]
+    pub consensus: Option<ConsensusReport>,
+    /// Each ring owner's share, largest first.
+    pub peers: Vec<IpamPeerReport>,
+    /// The ring's ranges in address order.
+    #[serde(default)]
+    pub entries: Vec<IpamEntryReport>,
+    /// Allocations waiting, as `IDENT SUBNET`.
+    #[serde(default)]
+    pub pending_allocates: Vec<String>,
+    /// Claims waiting.
+    #[serde(default)]
+    pub pending_claims: Vec<ClaimReport>,
+    /// Why storing the state fails, while it does (requests are refused meanwhile).
+    #[serde(default)]
+    pub store_error: Option<String>,
+    /// Our allocations in ranges another peer now owns, being asked back.
+    #[serde(default)]
+    pub orphans: usize,
+    /// Addresses found in use twice, most recent last.
+    #[serde(default)]
+    pub conflicts: Vec<ConflictReport>,
+}
+
+/// An address found in use twice.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConflictReport {
+    /// The address.
+    pub addr: String,
+    /// What happened.
+    pub detail: String,
+}
+
+/// Consensus on the initial ring, while it runs.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ConsensusReport {
+    /// We vote (an observer waits for a ring instead).
+    pub elector: bool,
+    /// Votes needed.
+    pub quorum: usize,
+    /// Electors heard from, ourselves included.
+    pub known: usize,
+}
+
+/// One ring owner's share.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IpamPeerReport {
+    /// Peer name.
+    pub name: String,
+    /// Nickname, if known.
+    pub nickname: Option<String>,
+    /// Addresses owned.
+    pub owned: u64,
+    /// Of those, free.
+    pub free: u64,
+    /// Share of the range, in percent.
+    pub percent: f64,
+    /// Ourselves or reachable.
+    pub reachable: bool,
+}
+
+/// One range of the ring.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IpamEntryReport {
+    /// First address.
+    pub token: String,
+    /// Addresses in it.
+    pub size: u64,
+    /// Owner.
+    pub peer: String,
+    /// Owner's nickname ("" if unknown).
+    pub nickname: String,
+    /// The owner is ourselves or reachable.
+    pub reachable: bool,
+    /// Version of the range.
+    pub version: u32,
+    /// Free addresses, as the owner last reported.
+    pub free: u32,
+}
+
+/// A claim waiting for its address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimReport {
+    /// The container (or other ident).
+    pub ident: String,
+    /// The address, with its prefix length.
+    pub cidr: String,
+}
+
+/// weaveDNS's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DnsReport {
+    /// The domain answered for (`weave.local.`).
+    pub domain: String,
+    /// Upstream servers other names are forwarded to.
+    pub upstream: Vec<String>,
+    /// Where the DNS server listens.
+    pub address: String,
+    /// TTL of answers, in seconds.
+    pub ttl: u32,
+    /// The records known (tombstones included).
+    pub entries: Vec<DnsEntryReport>,
+}
+
+/// One DNS record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DnsEntryReport {
+    /// Host name, fully qualified.
+    pub hostname: String,
+    /// The peer that added it.
+    pub origin: String,
+    /// The container it belongs to.
+    pub container_id: String,
+    /// The address.
+    pub address: String,
+    /// Version of the record.
+    pub version: u64,
+    /// When it was deleted (wall-clock second; 0: live).
+    pub tombstone: u64,
 }
 
 /// A peer in the status report.
@@ -272,4 +481,9 @@ pub struct ConnectionReport {
     /// The data plane's cipher, if encrypted.
     #[serde(default)]
     pub cipher: String,
+    /// The overlay carrying the data plane once the handshake is done: `sleeve` for weft's
+    /// userspace path (Weave's word for its userspace encapsulation), `fastdp` for a kernel
+    /// path; empty before.
+    #[serde(default)]
+    pub overlay: String,
 }

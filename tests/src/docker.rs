@@ -183,19 +183,9 @@ impl Dockerd {
 
     /// Builds the busybox root file system and imports it as [`IMAGE`] (one tar, one import).
     fn import_image(&self) -> Result<()> {
-        let rootfs = self.dir.join("rootfs");
-        build_rootfs(&rootfs)?;
-        let tar = self.dir.join("rootfs.tar");
-        Cmd::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .run_ok()?;
+        let tar = image_tar(&self.dir)?;
         self.docker_ok(&["import", &tar.display().to_string(), IMAGE])?;
         let _ = fs::remove_file(&tar);
-        let _ = fs::remove_dir_all(&rootfs);
         Ok(())
     }
 
@@ -420,6 +410,23 @@ pub fn docker_cmd<S: AsRef<std::ffi::OsStr>>(sock: &Path, args: &[S]) -> Cmd {
         .args(args)
 }
 
+/// Builds [`IMAGE`]'s root file system under `dir` and packs it as `dir/rootfs.tar` (for
+/// `docker import`); returns the tar's path.
+pub fn image_tar(dir: &Path) -> Result<PathBuf> {
+    let rootfs = dir.join("rootfs");
+    build_rootfs(&rootfs)?;
+    let tar = dir.join("rootfs.tar");
+    Cmd::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .run_ok()?;
+    let _ = fs::remove_dir_all(&rootfs);
+    Ok(tar)
+}
+
 /// Writes the busybox root file system of [`IMAGE`] into `root` (replacing it).
 pub fn build_rootfs(root: &Path) -> Result<()> {
     let _ = fs::remove_dir_all(root);
@@ -626,14 +633,15 @@ sys.exit(os.waitstatus_to_exitcode(status) if sent else 99)
 
 /// One process from `/proc`.
 #[derive(Debug, Clone)]
-struct Proc {
-    pid: u32,
-    ppid: u32,
+pub(crate) struct Proc {
+    pub(crate) pid: u32,
+    pub(crate) ppid: u32,
     /// Arguments joined by spaces ("" for kernel threads and zombies).
-    cmdline: String,
+    pub(crate) cmdline: String,
 }
 
-fn processes() -> Vec<Proc> {
+/// Every process in `/proc`.
+pub(crate) fn processes() -> Vec<Proc> {
     let Ok(rd) = fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -1,6 +1,7 @@
 //! Multi-host test harness (test layer, needs root): hosts and containers built from Linux
 //! network namespaces, running the real `weft` binary.
 //!
+//! - [`browser`]: headless Chromium driven through ChromeDriver inside a host's namespace.
 //! - [`cmd`]: running `ip`, `weft`, `ping`, ... with time limits and descriptive failures, plus
 //!   [`wait_until`].
 //! - [`net`]: [`TestNet`] (an underlay bridge in its own namespace), [`Host`] (a namespace on
@@ -9,8 +10,16 @@
 //! - [`status`]: reading `weft status` output.
 //! - [`mesh`]: multi-hop helpers (launch options, underlay blocks, per-peer connection checks,
 //!   intact TCP transfers).
+//! - [`cni`]: running weft's CNI plugins as a container runtime does (env + stdin).
+//! - [`dns`]: weaveDNS helpers (a fake upstream resolver, `dig`, a query flood).
 //! - [`docker`]: a real `dockerd` per host (own data root and socket, busybox image), for the
 //!   Docker API proxy tests.
+//! - [`nspawn`]: a machine booted by real systemd (`systemd-nspawn`) inside a host's
+//!   namespace, for the systemd unit and package tests.
+//! - [`private`]: a host with its own mount namespace, so weft and a stock dockerd run on their
+//!   default paths (the user's scripts, verbatim).
+//! - [`local`]: requests as `nobody`, a tiny tmpfs state directory, a process's memory and
+//!   descriptors, and the connection flooding tool.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -28,10 +37,16 @@
 //! The weft binary is `$WEFT_BIN`, else `weft` in the cargo profile directory the test runs
 //! from; build it first with `cargo build --workspace --bins`.
 
+pub mod browser;
 pub mod cmd;
+pub mod cni;
+pub mod dns;
 pub mod docker;
+pub mod local;
 pub mod mesh;
 pub mod net;
+pub mod nspawn;
+pub mod private;
 pub mod status;
 
 pub use cmd::{Cmd, Output, wait_until};

@@ -42,6 +42,22 @@ pub fn block_underlay(a: &Host, b: &Host) -> Result<()> {
     Ok(())
 }
 
+/// Undoes [`block_underlay`] (the partition heals).
+pub fn unblock_underlay(a: &Host, b: &Host) -> Result<()> {
+    for (h, other) in [(a, b), (b, a)] {
+        let o = other.addr().to_string();
+        for rule in [["-D", "INPUT", "-s"], ["-D", "OUTPUT", "-d"]] {
+            let mut args = vec!["iptables", "-w"];
+            args.extend_from_slice(&rule);
+            args.extend_from_slice(&[o.as_str(), "-j", "DROP"]);
+            h.exec(&args)?
+                .ok()
+                .with_context(|| format!("unblocking {o} on host {}", h.n()))?;
+        }
+    }
+    Ok(())
+}
+
 /// `weft status connections` on `h`, parsed, with the raw text for messages.
 pub fn connections(h: &Host) -> Result<(Vec<ConnLine>, String)> {
     let text = h.weft_ok(&["status", "connections"])?;

@@ -313,6 +313,11 @@ impl Host {
         &self.ns
     }
 
+    /// The weft binary its net uses.
+    pub fn weft_bin(&self) -> Result<&Path> {
+        self.shared.weft_bin()
+    }
+
     /// Underlay address (`192.0.2.<10+n>`).
     pub fn addr(&self) -> Ipv4Addr {
         self.addr
@@ -430,6 +435,30 @@ impl Host {
             },
         )?;
         Ok(pid)
+    }
+
+    /// `GET /ip` on this host's router: (ident, addresses) of every allocation.
+    pub fn ipam_owned(&self) -> Result<Vec<(String, Vec<String>)>> {
+        let script = "import urllib.request\n\
+                      print(urllib.request.urlopen('http://127.0.0.1:6784/ip', timeout=5).read().decode())";
+        let out = self.exec(&["python3", "-c", script])?.ok()?;
+        let v: Value = serde_json::from_str(out.stdout.trim())
+            .with_context(|| format!("GET /ip answered {:?}", out.stdout))?;
+        Ok(v["owned"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let id = e["containerid"].as_str().unwrap_or("").to_owned();
+                let addrs = e["addrs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str().map(str::to_owned))
+                    .collect();
+                (id, addrs)
+            })
+            .collect())
     }
 
     /// `weft status --json`, parsed.
@@ -713,7 +742,8 @@ fn netns_with_prefix(prefix: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-fn netns_pids(ns: &str) -> Vec<u32> {
+/// The pids in namespace `ns`.
+pub(crate) fn netns_pids(ns: &str) -> Vec<u32> {
     ip(["netns", "pids", ns])
         .unwrap_or_default()
         .split_whitespace()

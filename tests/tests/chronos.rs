@@ -17,7 +17,6 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use serde_json::Value;
 use weft_tests::docker::{Dockerd, IMAGE, PING_BODY, docker_via, ethwe_cidrs, launch_proxy};
 use weft_tests::{Host, mesh::launch_with, run_test, wait_established, wait_until};
 
@@ -62,30 +61,6 @@ impl Slave {
 
 fn ip_of(cidr: &str) -> &str {
     cidr.split('/').next().unwrap_or(cidr)
-}
-
-/// `GET /ip` on the host's router: (container id, addresses) of every allocation.
-fn ipam_owned(h: &Host) -> Result<Vec<(String, Vec<String>)>> {
-    let script = "import urllib.request\n\
-                  print(urllib.request.urlopen('http://127.0.0.1:6784/ip', timeout=5).read().decode())";
-    let out = h.exec(&["python3", "-c", script])?.ok()?;
-    let v: Value = serde_json::from_str(out.stdout.trim())
-        .with_context(|| format!("GET /ip answered {:?}", out.stdout))?;
-    Ok(v["owned"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            let id = e["containerid"].as_str().unwrap_or("").to_owned();
-            let addrs = e["addrs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|a| a.as_str().map(str::to_owned))
-                .collect();
-            (id, addrs)
-        })
-        .collect())
 }
 
 /// Fetches `http://ip/ping` from the host's own namespace (python3 urllib, 2 s limit).
@@ -218,7 +193,7 @@ fn chronos_seed_scenario_through_the_proxy() {
         ensure!(body == PING_BODY, "restarted server answered {body:?}");
 
         // docker rm -f gives the address back at once.
-        let owned = ipam_owned(&s1.host)?;
+        let owned = s1.host.ipam_owned()?;
         ensure!(
             owned
                 .iter()
@@ -233,7 +208,7 @@ fn chronos_seed_scenario_through_the_proxy() {
             Duration::from_secs(10),
             Duration::from_millis(100),
             || {
-                let owned = ipam_owned(&s1.host)?;
+                let owned = s1.host.ipam_owned()?;
                 if owned.iter().any(|(id, _)| id == &ids[0]) {
                     bail!("GET /ip still lists {}: {owned:?}", ids[0]);
                 }

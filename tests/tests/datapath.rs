@@ -344,6 +344,16 @@ struct Capture {
     child: Child,
     out: PathBuf,
     err: PathBuf,
+    ns: String,
+    probe: String,
+}
+
+/// Probe rows carry only outer values (no field has an "outer,inner" pair), as long as the
+/// fields include `eth.dst`, which every VXLAN datagram has twice.
+fn probe_rows(text: &str) -> usize {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains(','))
+        .count()
 }
 
 impl Capture {
@@ -384,7 +394,17 @@ impl Capture {
             c = c.args(["-e", f]);
         }
         let child = c.spawn_to(&out, &err)?;
-        let mut cap = Self { child, out, err };
+        let probe = format!(
+            "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\
+             .sendto(b'weft-capture-probe', ('{probe_to}', 6784))"
+        );
+        let mut cap = Self {
+            child,
+            out,
+            err,
+            ns: ns.to_string(),
+            probe,
+        };
         let started = wait_until(
             "tshark to start capturing",
             Duration::from_secs(30),
@@ -400,24 +420,7 @@ impl Capture {
                 bail!("not yet: {e}")
             },
         );
-        let probe = format!(
-            "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\
-             .sendto(b'weft-capture-probe', ('{probe_to}', 6784))"
-        );
-        let started = started.and_then(|()| {
-            wait_until(
-                "tshark to see a probe datagram",
-                Duration::from_secs(20),
-                Duration::from_millis(200),
-                || {
-                    cmd::ns_exec(ns, ["python3", "-c", &probe], Duration::from_secs(5))?.ok()?;
-                    std::thread::sleep(Duration::from_millis(100));
-                    let seen = std::fs::read_to_string(&cap.out).unwrap_or_default();
-                    ensure!(!seen.trim().is_empty(), "nothing captured yet");
-                    Ok(())
-                },
-            )
-        });
+        let started = started.and_then(|()| cap.sync());
         if let Err(e) = started {
             cap.kill();
             return Err(e);
@@ -425,11 +428,37 @@ impl Capture {
         Ok(cap)
     }
 
-    /// Stops tshark (SIGINT, so it flushes) and returns its output lines, each split into
-    /// fields, each field split at commas (outer, inner) and lower-cased.
+    /// Sends probe datagrams until a new probe row is in tshark's output. Packets are written
+    /// in the order they were captured, so everything sent before the probe is in the output
+    /// then (tshark and dumpcap buffer; stopping them right after traffic can lose its tail).
+    fn sync(&self) -> Result<()> {
+        let before = probe_rows(&std::fs::read_to_string(&self.out).unwrap_or_default());
+        wait_until(
+            "tshark to write a probe datagram",
+            Duration::from_secs(20),
+            Duration::from_millis(200),
+            || {
+                cmd::ns_exec(
+                    &self.ns,
+                    ["python3", "-c", &self.probe],
+                    Duration::from_secs(5),
+                )?
+                .ok()?;
+                std::thread::sleep(Duration::from_millis(100));
+                let seen = std::fs::read_to_string(&self.out).unwrap_or_default();
+                ensure!(probe_rows(&seen) > before, "no new probe row yet");
+                Ok(())
+            },
+        )
+    }
+
+    /// Waits until everything sent so far is in the output ([`Capture::sync`]), stops tshark
+    /// (SIGINT) and returns its output lines, each split into fields, each field split at
+    /// commas (outer, inner) and lower-cased.
     fn finish(mut self) -> Result<(Vec<Vec<Vec<String>>>, String)> {
         // `ip netns exec` execs tshark, so this pid is tshark itself.
         let res = (|| -> Result<String> {
+            self.sync()?;
             cmd::kill(self.child.id(), "INT")?;
             wait_until(
                 "tshark to exit",

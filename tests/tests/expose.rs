@@ -267,9 +267,18 @@ fn expose_hide_restart_and_ps() {
                 c.ip()
             );
         }
-        // Hiding an address that is not exposed is an error.
+        // Hiding an address that is not exposed succeeds and changes nothing (Weave's `hide`
+        // is idempotent, as `ip addr del` users expect).
         let out = master.weft(&["hide", EXPOSED])?;
-        ensure!(!out.success(), "hiding twice succeeded: {out}");
+        ensure!(out.success(), "hiding twice failed: {out}");
+        let on_bridge = master
+            .exec(&["ip", "-4", "-o", "addr", "show", "dev", "weave"])?
+            .ok()?;
+        ensure!(
+            !on_bridge.stdout.contains("10.32.1.254"),
+            "the second hide put something back: {}",
+            on_bridge.stdout
+        );
 
         // Restart: expose, stop the router, lose the address and the rules (as after a
         // firewall reload), launch again: both are back and the containers reachable.

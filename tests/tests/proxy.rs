@@ -616,10 +616,17 @@ fn weaveproxy_options_and_several_sockets() {
         host.weft_cmd(&["launch", "-H", &b_url])?
             .env("WEAVEPROXY_OPTIONS", &opts)
             .run_ok()?;
+        // Weave's shape: one `Address:` line, the addresses comma-separated.
         let status = host.weft_ok(&["status"])?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("        Address: "))
+            .with_context(|| format!("no proxy Address line in `weft status`:\n{status}"))?;
         for s in [&a, &b] {
             ensure!(
-                status.contains(&format!("Address: unix://{}", s.display())),
+                line.split(": ").nth(1).is_some_and(|l| l
+                    .split(", ")
+                    .any(|x| x == format!("unix://{}", s.display()))),
                 "`weft status` does not list {}:\n{status}",
                 s.display()
             );

@@ -16,13 +16,12 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde_json::json;
-use weft_benches::{BenchLock, cpu_seconds, locate_weft};
+use weft_benches::{BenchLock, cpu_seconds, locate_weft, spread, timed_docker};
 use weft_tests::docker::{Dockerd, IMAGE, docker_cmd, launch_proxy};
 use weft_tests::{TestNet, median};
 
@@ -180,7 +179,7 @@ fn measure(args: &Args, dockerd: &Dockerd, proxy: &Path, weft_pid: u32) -> Resul
     let _lock = BenchLock::take(&args.lock, "proxybench")?;
     // Warm-up: one of each (the first allocation also settles IPAM).
     for v in Variant::ALL {
-        timed_run(sock_for(v), &run_args(v))?;
+        timed_docker(sock_for(v), &run_args(v), None)?;
     }
     let mut lat: [Vec<f64>; 3] = Default::default();
     for i in 0..args.runs {
@@ -188,7 +187,7 @@ fn measure(args: &Args, dockerd: &Dockerd, proxy: &Path, weft_pid: u32) -> Resul
         for k in 0..3 {
             let idx = (k + i as usize) % 3;
             let v = Variant::ALL[idx];
-            lat[idx].push(timed_run(sock_for(v), &run_args(v))?);
+            lat[idx].push(timed_docker(sock_for(v), &run_args(v), None)?);
         }
     }
     for (v, xs) in Variant::ALL.iter().zip(&lat) {
@@ -218,7 +217,7 @@ fn measure(args: &Args, dockerd: &Dockerd, proxy: &Path, weft_pid: u32) -> Resul
         for (via_proxy, sock) in order {
             let cpu0 = cpu_seconds(&[weft_pid], clk_tck)
                 .with_context(|| format!("reading /proc/{weft_pid}/stat"))?;
-            let ms = timed(sock, &cp_args, Some(sink))?;
+            let ms = timed_docker(sock, &cp_args, Some(sink))?;
             let cpu = cpu_seconds(&[weft_pid], clk_tck)
                 .with_context(|| format!("reading /proc/{weft_pid}/stat"))?
                 - cpu0;
@@ -242,49 +241,6 @@ fn measure(args: &Args, dockerd: &Dockerd, proxy: &Path, weft_pid: u32) -> Resul
         }
     }
     Ok((lat, cp))
-}
-
-/// Wall time of one docker CLI command (ms), stdout to `stdout` (default `/dev/null`); fails if
-/// it fails. Waits with a blocking `wait` (no polling), so the figure is the command's own.
-fn timed(sock: &Path, args: &[&str], stdout: Option<&Path>) -> Result<f64> {
-    let mut c = Command::new(weft_tests::docker::DOCKER);
-    c.arg("-H")
-        .arg(format!("unix://{}", sock.display()))
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped());
-    match stdout {
-        Some(p) => c.stdout(fs::File::create(p)?),
-        None => c.stdout(Stdio::null()),
-    };
-    let t = Instant::now();
-    let out = c
-        .output()
-        .with_context(|| format!("running docker {args:?}"))?;
-    let ms = t.elapsed().as_secs_f64() * 1e3;
-    if !out.status.success() {
-        bail!(
-            "docker {args:?} via {} exited with {}: {}",
-            sock.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(ms)
-}
-
-fn timed_run(sock: &Path, args: &[&str]) -> Result<f64> {
-    timed(sock, args, None)
-}
-
-/// utime + stime of process `pid` (all threads), in seconds.
-fn spread(xs: &[f64], digits: usize) -> String {
-    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    match median(xs) {
-        Some(m) => format!("{m:.digits$} ({min:.digits$}–{max:.digits$})"),
-        None => "–".to_owned(),
-    }
 }
 
 fn render(args: &Args, lat: &[Vec<f64>; 3], cp: &Copies) -> String {

@@ -7,10 +7,15 @@
 //!   mode) and the edits to create, exec and inspect bodies.
 //! - [`hosts`]: the `/etc/hosts` a joined container gets.
 //! - [`events`]: splitting Docker's event stream into events.
+//! - [`plugin`]: Docker's network and IPAM plugin protocol (`docker network create -d weave`).
+//! - [`dns`]: weaveDNS in created containers (hostname from the container's name, `--dns`,
+//!   `--dns-search`) and the name a container registers.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod dns;
 pub mod events;
 pub mod hosts;
+pub mod plugin;
 pub mod rewrite;
 pub mod route;

@@ -15,6 +15,21 @@ use weft_ipam::spec::{AddrSpec, parse_specs};
 pub const WAITER: &str = "/w/w";
 /// Where the waiter's directory is mounted in a joined container.
 pub const WAITER_MOUNT: &str = "/w";
+/// The waiter of a container joined without the multicast route (`--no-multicast-route`):
+/// the same binary, mounted elsewhere; it then waits for `ethwe`'s addresses instead.
+pub const WAITER_NOMCAST: &str = "/w-nomcast/w";
+/// Where the waiter's directory is mounted for [`WAITER_NOMCAST`].
+pub const WAITER_NOMCAST_MOUNT: &str = "/w-nomcast";
+
+/// The waiter path and its mount point: [`WAITER`] normally, [`WAITER_NOMCAST`] when
+/// containers get no multicast route.
+pub fn waiter(multicast_route: bool) -> (&'static str, &'static str) {
+    if multicast_route {
+        (WAITER, WAITER_MOUNT)
+    } else {
+        (WAITER_NOMCAST, WAITER_NOMCAST_MOUNT)
+    }
+}
 
 /// The value of `name` in a Docker `Env` list (`["K=V", ...]`).
 pub fn env_value<'a>(env: &'a Value, name: &str) -> Option<&'a str> {
@@ -86,11 +101,15 @@ pub fn decide_inspected(
 
 /// Whether an inspected container was set up by the proxy (its process is the waiter).
 pub fn is_joined(inspect: &Value) -> bool {
-    inspect["Path"].as_str() == Some(WAITER)
-        || strings(&inspect["Config"]["Entrypoint"])
-            .first()
-            .map(String::as_str)
-            == Some(WAITER)
+    waiter_of(inspect).is_some()
+}
+
+/// The waiter an inspected container runs ([`WAITER`] or [`WAITER_NOMCAST`]), if any.
+pub fn waiter_of(inspect: &Value) -> Option<&'static str> {
+    let first = strings(&inspect["Config"]["Entrypoint"]).into_iter().next();
+    [WAITER, WAITER_NOMCAST]
+        .into_iter()
+        .find(|w| inspect["Path"].as_str() == Some(w) || first.as_deref() == Some(w))
 }
 
 /// A Docker string list (`null`, `"a b"` from old clients, or `["a", "b"]`).
@@ -119,12 +138,23 @@ pub fn rewrite_create(
     image_config: Option<&Value>,
     waiter_dir: &str,
 ) -> Result<(), String> {
+    rewrite_create_with(body, image_config, waiter_dir, true)
+}
+
+/// [`rewrite_create`], with the waiter of [`waiter`]`(multicast_route)`.
+pub fn rewrite_create_with(
+    body: &mut Value,
+    image_config: Option<&Value>,
+    waiter_dir: &str,
+    multicast_route: bool,
+) -> Result<(), String> {
+    let (waiter_path, mount) = waiter(multicast_route);
     if !body.is_object() {
         return Err("the create body is not a JSON object".to_owned());
     }
     let mut entrypoint = strings(&body["Entrypoint"]);
     let mut cmd = strings(&body["Cmd"]);
-    if entrypoint.first().map(String::as_str) != Some(WAITER) {
+    if entrypoint.first().map(String::as_str) != Some(waiter_path) {
         if entrypoint.is_empty() {
             if let Some(image) = image_config {
                 entrypoint = strings(&image["Entrypoint"]);
@@ -136,7 +166,7 @@ pub fn rewrite_create(
         if entrypoint.is_empty() && cmd.is_empty() {
             return Err("No command specified".to_owned());
         }
-        entrypoint.insert(0, WAITER.to_owned());
+        entrypoint.insert(0, waiter_path.to_owned());
         body["Entrypoint"] = json!(entrypoint);
         body["Cmd"] = if cmd.is_empty() {
             Value::Null
@@ -147,7 +177,7 @@ pub fn rewrite_create(
     if !body["HostConfig"].is_object() {
         body["HostConfig"] = json!({});
     }
-    let bind = format!("{waiter_dir}:{WAITER_MOUNT}:ro");
+    let bind = format!("{waiter_dir}:{mount}:ro");
     let binds = &mut body["HostConfig"]["Binds"];
     if !binds.is_array() {
         *binds = json!([]);
@@ -162,14 +192,19 @@ pub fn rewrite_create(
 
 /// Puts the waiter in front of an exec's command, so `docker exec` also waits for the network.
 pub fn rewrite_exec(body: &mut Value) {
+    rewrite_exec_with(body, WAITER);
+}
+
+/// [`rewrite_exec`] with the container's own waiter path (see [`waiter_of`]).
+pub fn rewrite_exec_with(body: &mut Value, waiter_path: &str) {
     if !body.is_object() {
         return;
     }
     let mut cmd = strings(&body["Cmd"]);
-    if cmd.is_empty() || cmd[0] == WAITER {
+    if cmd.is_empty() || cmd[0] == waiter_path {
         return;
     }
-    cmd.insert(0, WAITER.to_owned());
+    cmd.insert(0, waiter_path.to_owned());
     body["Cmd"] = json!(cmd);
 }
 
@@ -328,6 +363,15 @@ mod tests {
         }
         let other = json!({"Path": "httpd", "Config": {"Entrypoint": null}});
         assert!(!is_joined(&other));
+        let mut nomcast = create(&["WEAVE_CIDR=net:default"], "default");
+        rewrite_create_with(&mut nomcast, Some(&json!({"Cmd": ["sh"]})), "/wd", false).unwrap();
+        assert_eq!(nomcast["Entrypoint"], json!(["/w-nomcast/w"]));
+        assert_eq!(nomcast["HostConfig"]["Binds"], json!(["/wd:/w-nomcast:ro"]));
+        let inspected = json!({"Path": "/w-nomcast/w", "Config": {"Entrypoint": ["/w-nomcast/w"]}});
+        assert_eq!(waiter_of(&inspected), Some(WAITER_NOMCAST));
+        let mut e = json!({"Cmd": ["ls"]});
+        rewrite_exec_with(&mut e, WAITER_NOMCAST);
+        assert_eq!(e["Cmd"], json!(["/w-nomcast/w", "ls"]));
         assert_eq!(decide_inspected(&other, false), Ok(None));
     }
 }

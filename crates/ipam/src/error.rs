@@ -132,4 +132,21 @@ pub enum IpamError {
     /// rmpeer of ourselves.
     #[error("cannot rmpeer this peer itself; use reset")]
     RemoveSelf,
+    /// rmpeer (not forced) of a peer seen a short while ago.
+    #[error(
+        "peer {peer} was reachable {secs} s ago: it may be alive on the other side of a \
+         partition, and taking its ranges would hand its addresses out twice; if it is gone \
+         for good, use rmpeer --force"
+    )]
+    RecentlySeen {
+        /// The peer.
+        peer: PeerName,
+        /// Seconds since it was last seen.
+        secs: u64,
+    },
+    /// The change could not be stored; it was undone.
+    #[error(
+        "the IP allocation state could not be stored ({0}); nothing was handed out or released"
+    )]
+    NotStored(String),
 }

@@ -4,8 +4,18 @@
 //! allocate/claim requests, the consensus state and its timers. The driver (the router) feeds
 //! it requests, peer-set changes, received payloads and timeouts; it sends what
 //! [`Ipam::poll_transmit`] yields ([`Dest::Broadcast`] floods to every peer, [`Dest::Unicast`]
-//! goes to one peer) and persists [`Ipam::snapshot`] on [`IpamEvent::StateChanged`] (which is
-//! always yielded before the [`IpamEvent::Done`] completions it covers).
+//! goes to one peer) and answers the completions [`Ipam::poll_event`] yields.
+//!
+//! **Durable before visible.** Every change of what must survive a restart (the ring, our
+//! allocations) is only shown to anyone once the driver has stored it: [`Ipam::poll_commit`]
+//! hands out a [`Commit`] (a [`Snapshot`] of everything so far) and every payload and completion
+//! produced since the last stored state is held back until the driver reports with
+//! [`Ipam::stored`] that the snapshot is on disk. If it could not be stored, the state machine
+//! rolls back to the last stored state: held payloads are dropped, held successful completions
+//! become [`IpamError::NotStored`] (nothing was handed out, nothing released), and
+//! [`IpamStatus::store_error`] says why until a store succeeds again. One commit is in flight at
+//! a time; whatever changes meanwhile goes into the next one, so concurrent requests share one
+//! write (group commit).
 //!
 //! Behaviour, after Weave's `ipam`:
 //!
@@ -32,8 +42,18 @@
 //! - **Claims.** An address we own is recorded; one owned by another peer is requested from it
 //!   (single-address donation), at most [`CLAIM_ATTEMPTS`] times; one outside the universe is
 //!   recorded without coordination.
+//! - **Dead containers.** [`Ipam::container_died`] marks an ident dead: its addresses are kept
+//!   [`DEAD_TIMEOUT`] for a restart ([`Ipam::container_started`], or a new request by the same
+//!   ident, revives it), then released; an explicit claim of one of them by another ident takes
+//!   it at once. [`Ipam::container_destroyed`] releases everything immediately.
 //! - **Leaving.** [`Ipam::shutdown`] hands all our ranges to an heir; [`Ipam::rmpeer`] takes a
-//!   dead peer's ranges, refusing when that is unsafe.
+//!   dead peer's ranges, refusing when that is unsafe (and, without `force`, for a peer seen
+//!   within [`RMPEER_GRACE`]: it may only be partitioned away).
+//! - **Conflicting claims after a heal.** The ring merge is a join, so every peer ends with the
+//!   same ring. Addresses we handed out in a range the merge gave to another peer are kept and
+//!   asked back from the new owner, address by address (a claim); when the owner has handed the
+//!   same address out too, ours is released here (the range's owner keeps it) and the duplicate
+//!   is reported ([`IpamEvent::Conflict`], [`IpamStatus::conflicts`], [`IpamStats::conflicts`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -59,6 +79,14 @@ pub const FREE_BATCH_DELAY: Duration = Duration::from_secs(1);
 pub const CLAIM_ATTEMPTS: u32 = 5;
 /// Format version of [`Snapshot`].
 pub const SNAPSHOT_VERSION: u32 = 1;
+/// A container reported dead keeps its addresses this long (for a restart), unless another
+/// ident claims one of them explicitly first.
+pub const DEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// rmpeer of a peer seen (reachable, or heard from) less than this long ago is refused unless
+/// forced: it may be alive on the other side of a partition.
+pub const RMPEER_GRACE: Duration = Duration::from_secs(300);
+/// How many reported conflicts [`IpamStatus::conflicts`] keeps (the most recent ones).
+pub const MAX_CONFLICTS: usize = 32;
 
 /// How the ring is created.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,15 +119,37 @@ pub enum Dest {
 /// What the driver must act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IpamEvent {
-    /// An allocate or claim completed: one address on success.
+    /// A request completed (once its outcome is stored): the address of an allocate or claim,
+    /// nothing for [`Ipam::sync`].
     Done {
         /// The request.
         id: RequestId,
-        /// The address, or why not.
+        /// The addresses, or why not.
         result: Result<Vec<Ipv4Net>, IpamError>,
     },
-    /// The ring or our allocations changed: persist [`Ipam::snapshot`].
-    StateChanged,
+    /// An address was found in use twice (stored before it is yielded): log it.
+    Conflict(Conflict),
+}
+
+/// A snapshot the driver must store (write and sync) before anything that depends on it is
+/// yielded; report the outcome with [`Ipam::stored`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commit {
+    /// Pass it back to [`Ipam::stored`].
+    pub id: u64,
+    /// What to store.
+    pub snapshot: Snapshot,
+}
+
+/// An address found in use twice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The address.
+    pub addr: Ipv4Addr,
+    /// What happened, for people.
+    pub detail: String,
+    /// When it was found.
+    pub at: Instant,
 }
 
 /// Configuration of an [`Ipam`].
@@ -187,6 +237,37 @@ pub struct IpamStatus {
     pub pending: usize,
     /// Addresses allocated on this peer.
     pub allocated: usize,
+    /// Why the last attempt to store the state failed, while storing fails.
+    pub store_error: Option<String>,
+    /// Our allocations in ranges another peer now owns, being asked back.
+    pub orphans: usize,
+    /// Duplicates found, most recent last (at most [`MAX_CONFLICTS`]).
+    pub conflicts: Vec<Conflict>,
+    /// The ring's ranges in address order (Weave's `IPAM.Entries`).
+    pub ranges: Vec<RangeStatus>,
+    /// Allocations waiting: the container ident and the subnet asked for.
+    pub pending_allocates: Vec<(String, Ipv4Net)>,
+    /// Claims waiting: the container ident and the address (with its prefix) claimed.
+    pub pending_claims: Vec<(String, Ipv4Net)>,
+}
+
+/// One range of the ring, for status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeStatus {
+    /// First address.
+    pub start: Ipv4Addr,
+    /// Number of addresses.
+    pub size: u64,
+    /// The peer that owns it.
+    pub owner: PeerName,
+    /// The owner's nickname, if known.
+    pub nickname: Option<String>,
+    /// The owner is ourselves or reachable.
+    pub reachable: bool,
+    /// The range's version.
+    pub version: u32,
+    /// Free addresses in it, as its owner last reported.
+    pub free: u32,
 }
 
 /// Message counters (for the harness and metrics).
@@ -200,6 +281,10 @@ pub struct IpamStats {
     pub messages_received: u64,
     /// Payloads refused with an error.
     pub errors: u64,
+    /// Snapshots that could not be stored.
+    pub store_failures: u64,
+    /// Addresses found in use twice.
+    pub conflicts: u64,
 }
 
 /// One address this peer has handed out.
@@ -224,6 +309,19 @@ pub struct Snapshot {
     pub ring: Ring,
     /// Our allocations.
     pub owned: Vec<OwnedAddress>,
+    /// While there is no ring: what this peer promised and accepted in the consensus on the
+    /// first one, so that neither a restart nor a failed store can make it vote twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceptor: Option<Acceptor>,
+}
+
+/// A consensus acceptor's memory (see [`Snapshot::acceptor`]). Ballots are (round, proposer).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Acceptor {
+    /// The highest ballot promised.
+    pub promised: Option<(u64, PeerName)>,
+    /// The value accepted last, with its ballot.
+    pub accepted: Option<((u64, PeerName), Vec<PeerName>)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,6 +355,13 @@ struct Ask {
     denied: BTreeSet<PeerName>,
     /// Every peer with space is unreachable.
     unreachable: bool,
+}
+
+/// One of our allocations in a range another peer owns now, asked back from it.
+#[derive(Clone, Debug)]
+struct OrphanAsk {
+    /// When we last asked (`None`: not yet).
+    at: Option<Instant>,
 }
 
 #[derive(Clone, Debug)]
@@ -301,6 +406,8 @@ pub struct Ipam {
     /// address is found in O(log n).
     runs: BTreeMap<u32, u64>,
     by_ident: BTreeMap<String, BTreeSet<u32>>,
+    /// Idents reported dead, and when (their addresses go after [`DEAD_TIMEOUT`]).
+    dead: BTreeMap<String, Instant>,
     pending: Vec<Pending>,
     next_id: RequestId,
     known: BTreeSet<PeerName>,
@@ -315,10 +422,27 @@ pub struct Ipam {
     gossip_at: Option<Instant>,
     free_at: Option<Instant>,
     ring_dirty: bool,
-    state_changed: bool,
-    out: VecDeque<(Dest, Vec<u8>)>,
-    events: VecDeque<IpamEvent>,
+    /// Payloads, each tagged with the change count it depends on.
+    out: VecDeque<(u64, Dest, Vec<u8>)>,
+    /// Completions and reports, tagged likewise.
+    events: VecDeque<(u64, IpamEvent)>,
     stats: IpamStats,
+    /// Changes made so far (the tag of everything produced now).
+    changes: u64,
+    /// Changes known to be stored: outputs tagged up to this are released.
+    stored: u64,
+    /// The last stored state, to roll back to.
+    committed: Snapshot,
+    /// Whether the last stored state was after [`Ipam::shutdown`].
+    committed_shut_down: bool,
+    /// The commit being stored.
+    in_flight: Option<(u64, Snapshot, bool)>,
+    store_error: Option<String>,
+    /// When each peer was last reachable or heard from.
+    last_seen: BTreeMap<PeerName, Instant>,
+    orphans: BTreeMap<u32, OrphanAsk>,
+    /// Reported conflicts, tagged like outputs.
+    conflicts: VecDeque<(u64, Conflict)>,
 }
 
 fn host_range(subnet: Ipv4Net) -> (u32, u64) {
@@ -382,6 +506,14 @@ impl Ipam {
         }
         let mut nicknames = BTreeMap::new();
         nicknames.insert(local, nickname.clone());
+        let baseline = Snapshot {
+            version: SNAPSHOT_VERSION,
+            peer: local,
+            universe: u,
+            ring: ring.clone(),
+            owned: Vec::new(),
+            acceptor: None,
+        };
         Ok(Self {
             local,
             nickname,
@@ -392,6 +524,7 @@ impl Ipam {
             allocs: BTreeMap::new(),
             runs: BTreeMap::new(),
             by_ident: BTreeMap::new(),
+            dead: BTreeMap::new(),
             pending: Vec::new(),
             next_id: 1,
             known: BTreeSet::new(),
@@ -406,10 +539,19 @@ impl Ipam {
             gossip_at: Some(now + GOSSIP_INTERVAL),
             free_at: None,
             ring_dirty: false,
-            state_changed: false,
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: IpamStats::default(),
+            changes: 0,
+            stored: 0,
+            // A seeded ring follows from the configuration alone: nothing to store yet.
+            committed: baseline,
+            committed_shut_down: false,
+            in_flight: None,
+            store_error: None,
+            last_seen: BTreeMap::new(),
+            orphans: BTreeMap::new(),
+            conflicts: VecDeque::new(),
         })
     }
 
@@ -426,6 +568,12 @@ impl Ipam {
     /// Message counters.
     pub fn stats(&self) -> IpamStats {
         self.stats
+    }
+
+    /// Whether `addr` is one of our allocations in a range another peer owns now (being asked
+    /// back from it).
+    pub fn is_orphan(&self, addr: Ipv4Addr) -> bool {
+        self.orphans.contains_key(&u32::from(addr))
     }
 
     /// The peer with this nickname (for `rmpeer NICK`), if exactly one is known.
@@ -455,6 +603,10 @@ impl Ipam {
             .filter(|p| *p != self.local)
             .collect();
         let new_peer = reachable.difference(&self.reachable).next().is_some();
+        // Reachable now, or until now: seen.
+        for p in reachable.union(&self.reachable) {
+            self.last_seen.insert(*p, now);
+        }
         self.known = known.iter().copied().filter(|p| *p != self.local).collect();
         self.known.extend(reachable.iter().copied());
         self.reachable = reachable;
@@ -552,7 +704,11 @@ impl Ipam {
         self.paxos.heard.insert(from);
         self.paxos.max_round = self.paxos.max_round.max(ballot.round);
         if self.paxos.promised.is_none_or(|p| ballot >= p) {
-            self.paxos.promised = Some(ballot);
+            if self.paxos.promised != Some(ballot) {
+                // The promise is stored before anyone hears of it.
+                self.paxos.promised = Some(ballot);
+                self.mark_changed();
+            }
             let accepted = self.paxos.accepted.clone();
             if from == self.local {
                 self.on_promise(now, from, ballot, accepted);
@@ -635,6 +791,7 @@ impl Ipam {
         if self.paxos.promised.is_none_or(|p| ballot >= p) {
             self.paxos.promised = Some(ballot);
             self.paxos.accepted = Some((ballot, value.clone()));
+            self.mark_changed();
             self.send(
                 Dest::Broadcast,
                 Message::Accepted {
@@ -680,9 +837,14 @@ impl Ipam {
         self.paxos = Paxos::default();
         self.prime_at = None;
         self.ring_dirty = true;
-        self.state_changed = true;
+        self.mark_changed();
         self.recount_free();
         self.try_pending(now);
+    }
+
+    /// Something that must be stored changed: everything produced from now on waits for it.
+    fn mark_changed(&mut self) {
+        self.changes += 1;
     }
 
     fn send(&mut self, dest: Dest, msg: Message) {
@@ -691,7 +853,7 @@ impl Ipam {
             msg,
         }
         .encode();
-        self.out.push_back((dest, bytes));
+        self.out.push_back((self.changes, dest, bytes));
     }
 
     fn ring_msg(&self) -> Message {
@@ -722,7 +884,17 @@ impl Ipam {
     }
 
     fn done(&mut self, id: RequestId, result: Result<Vec<Ipv4Net>, IpamError>) {
-        self.events.push_back(IpamEvent::Done { id, result });
+        self.events
+            .push_back((self.changes, IpamEvent::Done { id, result }));
+    }
+
+    /// A request that completes (with no addresses) once everything changed so far is stored,
+    /// or fails with [`IpamError::NotStored`]: what a release, rmpeer or shutdown answers with.
+    pub fn sync(&mut self) -> RequestId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.done(id, Ok(Vec::new()));
+        id
     }
 
     /// Allocates the lowest free host address of `subnet` (the default subnet if `None`) for
@@ -735,6 +907,7 @@ impl Ipam {
             self.done(id, Err(IpamError::NotReady("IPAM has shut down")));
             return id;
         }
+        self.dead.remove(ident);
         let subnet = subnet.unwrap_or(self.config.default_subnet);
         if let Err(e) = self.validate_subnet(subnet) {
             self.done(id, Err(e));
@@ -760,6 +933,7 @@ impl Ipam {
             self.done(id, Err(IpamError::NotReady("IPAM has shut down")));
             return id;
         }
+        self.dead.remove(ident);
         let a = u32::from(addr.addr());
         if !self.config.universe.contains(&addr.addr()) {
             let r = self.record(ident, a, addr.prefix_len(), now);
@@ -782,16 +956,24 @@ impl Ipam {
             if who == ident {
                 return Ok(());
             }
-            return Err(IpamError::AddressInUse {
-                addr: Ipv4Addr::from(a),
-                ident: who.clone(),
-            });
+            if !self.dead.contains_key(who) {
+                return Err(IpamError::AddressInUse {
+                    addr: Ipv4Addr::from(a),
+                    ident: who.clone(),
+                });
+            }
+            // Held for a dead container's restart: an explicit claim takes it at once.
+            let who = who.clone();
+            self.release(&who, Some(Ipv4Addr::from(a)));
+            if !self.by_ident.contains_key(&who) {
+                self.dead.remove(&who);
+            }
         }
         self.allocs.insert(a, (ident.to_owned(), prefix));
         self.runs_insert(a);
         self.by_ident.entry(ident.to_owned()).or_default().insert(a);
         self.adjust_free(a, false, now);
-        self.state_changed = true;
+        self.mark_changed();
         Ok(())
     }
 
@@ -834,7 +1016,7 @@ impl Ipam {
         }
         if changed {
             self.ring_dirty = true;
-            self.state_changed = true;
+            self.mark_changed();
         }
     }
 
@@ -859,6 +1041,7 @@ impl Ipam {
         let mut freed = Vec::new();
         for a in addrs {
             if let Some((_, prefix)) = self.allocs.remove(&a) {
+                self.orphans.remove(&a);
                 self.runs_remove(a);
                 freed.push(net(a, prefix));
                 if let Some(s) = self.by_ident.get_mut(ident) {
@@ -876,19 +1059,24 @@ impl Ipam {
                         self.ring_dirty = true;
                     }
                 }
-                self.state_changed = true;
+                self.mark_changed();
             }
         }
         if addr.is_none() {
-            let (cancel, keep): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
-                .into_iter()
-                .partition(|p| p.ident == ident);
-            self.pending = keep;
-            for p in cancel {
-                self.done(p.id, Err(IpamError::Cancelled));
-            }
+            self.cancel_pending_of(ident);
         }
         freed
+    }
+
+    /// Completes `ident`'s pending requests with [`IpamError::Cancelled`].
+    fn cancel_pending_of(&mut self, ident: &str) {
+        let (cancel, keep): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.ident == ident);
+        self.pending = keep;
+        for p in cancel {
+            self.done(p.id, Err(IpamError::Cancelled));
+        }
     }
 
     /// The addresses `ident` has on this peer.
@@ -909,6 +1097,33 @@ impl Ipam {
             .keys()
             .map(|ident| (ident.clone(), self.lookup(ident)))
             .collect()
+    }
+
+    /// The container `ident` stopped: its addresses are kept for [`DEAD_TIMEOUT`] (a restart
+    /// gets them back), then released; meanwhile an explicit claim by another ident takes one
+    /// at once. Its pending requests are cancelled. Nothing happens for an ident without
+    /// addresses.
+    pub fn container_died(&mut self, now: Instant, ident: &str) {
+        if self.by_ident.contains_key(ident) {
+            self.dead.insert(ident.to_owned(), now);
+        }
+        self.cancel_pending_of(ident);
+    }
+
+    /// The container `ident` runs (again): it keeps its addresses.
+    pub fn container_started(&mut self, ident: &str) {
+        self.dead.remove(ident);
+    }
+
+    /// The container `ident` is gone for good: everything it has is released now.
+    pub fn container_destroyed(&mut self, ident: &str) -> Vec<Ipv4Net> {
+        self.dead.remove(ident);
+        self.release(ident, None)
+    }
+
+    /// Whether `ident` was reported dead and still holds addresses.
+    pub fn is_dead(&self, ident: &str) -> bool {
+        self.dead.contains_key(ident)
     }
 
     /// Cancels a pending request; it completes with [`IpamError::Cancelled`].
@@ -1165,23 +1380,110 @@ impl Ipam {
             return Ok(false);
         }
         let was_empty = self.ring.is_empty();
-        let allocs = &self.allocs;
-        let changed = self.ring.merge_with(ring, self.local, |s, e| {
-            allocs
-                .range(s..)
-                .next()
-                .is_some_and(|(a, _)| u64::from(*a) < e)
-        })?;
+        let before = self.ring.owned_ranges_u64(self.local);
+        let changed = self.ring.merge(ring)?;
         if changed {
-            self.state_changed = true;
+            self.mark_changed();
             if was_empty {
                 self.became_ready(now);
             } else {
+                self.find_orphans(now, &before);
                 self.recount_free();
                 self.try_pending(now);
             }
         }
         Ok(changed)
+    }
+
+    /// After a merge: our allocations in ranges we owned before and another peer owns now are
+    /// kept and asked back from their new owner; allocations back in our ranges are settled.
+    fn find_orphans(&mut self, now: Instant, before: &[(u32, u64)]) {
+        let local = self.local;
+        let mut lost = Vec::new();
+        for &(s, e) in before {
+            for (&a, _) in self.allocs.range(s..) {
+                if u64::from(a) >= e {
+                    break;
+                }
+                if self.ring.owner(a).is_some_and(|o| o != local) && !self.orphans.contains_key(&a)
+                {
+                    lost.push(a);
+                }
+            }
+        }
+        for a in lost {
+            self.orphans.insert(a, OrphanAsk { at: None });
+        }
+        self.orphans
+            .retain(|a, _| self.ring.owner(*a).is_some_and(|o| o != local));
+        self.ask_orphans(now);
+    }
+
+    /// Asks the owners for the orphans not asked for within [`RETRY_INTERVAL`].
+    fn ask_orphans(&mut self, now: Instant) {
+        let due: Vec<(u32, PeerName)> = self
+            .orphans
+            .iter()
+            .filter(|(_, o)| o.at.is_none_or(|t| now >= t + RETRY_INTERVAL))
+            .filter_map(|(a, _)| self.ring.owner(*a).map(|o| (*a, o)))
+            .collect();
+        for (a, owner) in due {
+            if let Some(o) = self.orphans.get_mut(&a) {
+                o.at = Some(now);
+            }
+            self.send(
+                Dest::Unicast(owner),
+                Message::ClaimRequest {
+                    addr: Ipv4Addr::from(a),
+                },
+            );
+        }
+        if !self.orphans.is_empty() && self.retry_at.is_none() {
+            self.retry_at = Some(now + RETRY_INTERVAL);
+        }
+    }
+
+    /// The owner of orphan `a` has handed it out too: it stays theirs (they own the range),
+    /// ours is released and the duplicate reported.
+    fn lose_orphan(&mut self, now: Instant, a: u32, owner: PeerName) {
+        self.orphans.remove(&a);
+        let Some((ident, _)) = self.allocs.get(&a).cloned() else {
+            return;
+        };
+        self.release(&ident, Some(Ipv4Addr::from(a)));
+        let who = self
+            .nicknames
+            .get(&owner)
+            .map_or_else(|| owner.to_string(), |n| format!("{owner}({n})"));
+        self.record_conflict(
+            self.changes,
+            now,
+            Ipv4Addr::from(a),
+            format!(
+                "handed out twice: to {ident} here and by peer {who}, which owns its range \
+                 since the partition healed; released here, {who} keeps it"
+            ),
+        );
+    }
+
+    /// Reports a duplicate address the driver found (on the bridge): it depends on nothing
+    /// unstored, so it is yielded as soon as what is already waiting is.
+    pub fn report_conflict(&mut self, now: Instant, addr: Ipv4Addr, detail: String) {
+        self.record_conflict(self.stored, now, addr, detail);
+    }
+
+    /// Records a duplicate address, reported once the state tagged `tag` is stored.
+    fn record_conflict(&mut self, tag: u64, now: Instant, addr: Ipv4Addr, detail: String) {
+        let c = Conflict {
+            addr,
+            detail,
+            at: now,
+        };
+        self.conflicts.push_back((tag, c.clone()));
+        while self.conflicts.len() > MAX_CONFLICTS {
+            self.conflicts.pop_front();
+        }
+        self.events.push_back((tag, IpamEvent::Conflict(c)));
     }
 
     /// Handles a payload from peer `from`. Errors are for counting/logging (and possibly
@@ -1217,6 +1519,7 @@ impl Ipam {
         if from == self.local {
             return Err(IpamError::InvalidMessage("message from ourselves"));
         }
+        self.last_seen.insert(from, now);
         if self.phase == Phase::ShutDown {
             return Ok(());
         }
@@ -1298,6 +1601,14 @@ impl Ipam {
             Message::ClaimDenied { addr, in_use, ring } => {
                 let a = u32::from(addr);
                 self.merge_ring(now, &ring)?;
+                if self.orphans.contains_key(&a) {
+                    if in_use && self.ring.owner(a) == Some(from) {
+                        self.lose_orphan(now, a, from);
+                    } else if let Some(o) = self.orphans.get_mut(&a) {
+                        // Not the owner (yet): ask again at the next retry.
+                        o.at = None;
+                    }
+                }
                 if in_use {
                     self.claim_asks.remove(&a);
                     let (fail, keep): (Vec<Pending>, Vec<Pending>) =
@@ -1348,7 +1659,7 @@ impl Ipam {
         if self.ring.give(to_u32(start), e, self.local, to) {
             self.recount_free();
             self.ring_dirty = true;
-            self.state_changed = true;
+            self.mark_changed();
             self.send(
                 Dest::Unicast(to),
                 Message::Donated {
@@ -1376,7 +1687,7 @@ impl Ipam {
         {
             self.recount_free();
             self.ring_dirty = true;
-            self.state_changed = true;
+            self.mark_changed();
             self.send(
                 Dest::Unicast(from),
                 Message::Donated {
@@ -1436,6 +1747,17 @@ impl Ipam {
                 a.denied.clear();
             }
             self.try_pending(now);
+            self.ask_orphans(now);
+        }
+        let expired: Vec<String> = self
+            .dead
+            .iter()
+            .filter(|(_, died)| **died + DEAD_TIMEOUT <= now)
+            .map(|(ident, _)| ident.clone())
+            .collect();
+        for ident in expired {
+            self.dead.remove(&ident);
+            self.release(&ident, None);
         }
     }
 
@@ -1450,33 +1772,149 @@ impl Ipam {
             self.prime_at,
             self.paxos.propose_at,
             self.retry_at,
+            self.dead.values().min().map(|died| *died + DEAD_TIMEOUT),
         ]
         .into_iter()
         .flatten()
         .min()
     }
 
-    /// The next payload to send.
+    /// The next payload to send (only once the state it depends on is stored).
     pub fn poll_transmit(&mut self) -> Option<(Dest, Vec<u8>)> {
-        if self.ring_dirty && self.out.is_empty() {
+        if self.ring_dirty && self.out.is_empty() && self.changes == self.stored {
             self.ring_dirty = false;
             if !self.ring.is_empty() {
                 self.send(Dest::Broadcast, self.ring_msg());
             }
         }
-        let t = self.out.pop_front()?;
+        if self
+            .out
+            .front()
+            .is_none_or(|(tag, _, _)| *tag > self.stored)
+        {
+            return None;
+        }
+        let (_, dest, bytes) = self.out.pop_front()?;
         self.stats.messages_sent += 1;
-        self.stats.bytes_sent += t.1.len() as u64;
-        Some(t)
+        self.stats.bytes_sent += bytes.len() as u64;
+        Some((dest, bytes))
     }
 
-    /// The next event ([`IpamEvent::StateChanged`] before the completions it covers).
+    /// The next completion or report (only once the state it depends on is stored).
     pub fn poll_event(&mut self) -> Option<IpamEvent> {
-        if self.state_changed {
-            self.state_changed = false;
-            return Some(IpamEvent::StateChanged);
+        if self
+            .events
+            .front()
+            .is_none_or(|(tag, _)| *tag > self.stored)
+        {
+            return None;
         }
-        self.events.pop_front()
+        let (_, ev) = self.events.pop_front()?;
+        if matches!(ev, IpamEvent::Conflict(_)) {
+            self.stats.conflicts += 1;
+        }
+        Some(ev)
+    }
+
+    /// The state to store now, if anything changed since the last stored state and no commit
+    /// is in flight. Store it (written and synced, atomically) and report with
+    /// [`Ipam::stored`]; until then, nothing that depends on it is yielded.
+    pub fn poll_commit(&mut self) -> Option<Commit> {
+        if self.in_flight.is_some() || self.changes == self.stored {
+            return None;
+        }
+        let snapshot = self.snapshot();
+        let shut_down = self.phase == Phase::ShutDown;
+        self.in_flight = Some((self.changes, snapshot.clone(), shut_down));
+        Some(Commit {
+            id: self.changes,
+            snapshot,
+        })
+    }
+
+    /// Whether a commit is waiting to be taken with [`Ipam::poll_commit`].
+    pub fn wants_commit(&self) -> bool {
+        self.in_flight.is_none() && self.changes != self.stored
+    }
+
+    /// The driver stored commit `id` (`Ok`), or could not (`Err` with the reason, shown to
+    /// users): then everything since the last stored state is rolled back, held payloads are
+    /// dropped and held successful completions fail with [`IpamError::NotStored`].
+    pub fn stored(&mut self, now: Instant, id: u64, result: Result<(), String>) {
+        let Some((flight, snapshot, shut_down)) = self.in_flight.take() else {
+            return;
+        };
+        if flight != id {
+            self.in_flight = Some((flight, snapshot, shut_down));
+            return;
+        }
+        match result {
+            Ok(()) => {
+                self.stored = id;
+                self.committed = snapshot;
+                self.committed_shut_down = shut_down;
+                self.store_error = None;
+            }
+            Err(reason) => {
+                self.stats.store_failures += 1;
+                self.rollback(now, &reason);
+                self.store_error = Some(reason);
+            }
+        }
+    }
+
+    /// Back to the last stored state (a store failed).
+    fn rollback(&mut self, now: Instant, reason: &str) {
+        let snap = self.committed.clone();
+        self.ring = snap.ring;
+        if self.ring.is_empty() {
+            // The proposer and learner may have counted this peer's own undone promises and
+            // votes: they start over; the acceptor keeps what anyone may have heard of.
+            let max_round = self.paxos.max_round;
+            self.paxos = Paxos::default();
+            self.paxos.max_round = max_round;
+            self.set_acceptor(snap.acceptor.as_ref());
+        }
+        self.allocs.clear();
+        self.runs.clear();
+        self.by_ident.clear();
+        self.load_owned(snap.owned);
+        let local = self.local;
+        let ring = &self.ring;
+        let allocs = &self.allocs;
+        self.orphans
+            .retain(|a, _| allocs.contains_key(a) && ring.owner(*a).is_some_and(|o| o != local));
+        self.phase = if self.committed_shut_down {
+            Phase::ShutDown
+        } else if self.ring.is_empty() {
+            Phase::Idle
+        } else {
+            Phase::Ready
+        };
+        let stored = self.stored;
+        // Payloads and reports about the undone changes go; completions that depended on them
+        // fail (successes become "not stored"; refusals stand).
+        self.out.retain(|(tag, _, _)| *tag <= stored);
+        self.events
+            .retain(|(tag, ev)| *tag <= stored || !matches!(ev, IpamEvent::Conflict(_)));
+        self.conflicts.retain(|(tag, _)| *tag <= stored);
+        for (tag, ev) in &mut self.events {
+            if *tag <= stored {
+                continue;
+            }
+            *tag = stored;
+            if let IpamEvent::Done { result, .. } = ev {
+                if result.is_ok() {
+                    *result = Err(IpamError::NotStored(reason.to_owned()));
+                }
+            }
+        }
+        self.changes = stored;
+        self.ring_dirty = !self.ring.is_empty();
+        if self.ring.is_empty() && !self.pending.is_empty() {
+            // Initialisation was undone: start it again (only payloads, nothing to store).
+            self.ensure_init(now);
+        }
     }
 
     /// Status for `weft status ipam`.
@@ -1517,6 +1955,29 @@ impl Ipam {
             })
             .collect();
         peers.sort_by(|a, b| b.owned.cmp(&a.owned).then(a.peer.cmp(&b.peer)));
+        let ranges = self
+            .ring
+            .entries()
+            .iter()
+            .enumerate()
+            .map(|(i, e)| RangeStatus {
+                start: Ipv4Addr::from(e.token),
+                size: self.ring.range_size(i),
+                owner: e.owner,
+                nickname: self.nicknames.get(&e.owner).cloned(),
+                reachable: e.owner == self.local || self.reachable.contains(&e.owner),
+                version: e.version,
+                free: e.free,
+            })
+            .collect();
+        let mut pending_allocates = Vec::new();
+        let mut pending_claims = Vec::new();
+        for p in &self.pending {
+            match p.kind {
+                Kind::Allocate { subnet } => pending_allocates.push((p.ident.clone(), subnet)),
+                Kind::Claim { addr } => pending_claims.push((p.ident.clone(), addr)),
+            }
+        }
         IpamStatus {
             state,
             range: self.config.universe,
@@ -1524,6 +1985,17 @@ impl Ipam {
             peers,
             pending: self.pending.len(),
             allocated: self.allocs.len(),
+            ranges,
+            pending_allocates,
+            pending_claims,
+            store_error: self.store_error.clone(),
+            orphans: self.orphans.len(),
+            conflicts: self
+                .conflicts
+                .iter()
+                .filter(|(tag, _)| *tag <= self.stored)
+                .map(|(_, c)| c.clone())
+                .collect(),
         }
     }
 
@@ -1560,14 +2032,14 @@ impl Ipam {
         }
         self.phase = Phase::ShutDown;
         self.ring_dirty = false;
-        self.state_changed = true;
+        self.mark_changed();
         heir
     }
 
     /// rmpeer: takes over the ranges of `peer`, which must be gone for good. Refuses if it is
-    /// reachable, if another peer already took it over, or if it is unknown. Returns the number
-    /// of addresses taken over.
-    pub fn rmpeer(&mut self, now: Instant, peer: PeerName) -> Result<u32, IpamError> {
+    /// reachable, if another peer already took it over, if it is unknown, or (unless `force`)
+    /// if it was seen within [`RMPEER_GRACE`]. Returns the number of addresses taken over.
+    pub fn rmpeer(&mut self, now: Instant, peer: PeerName, force: bool) -> Result<u32, IpamError> {
         if peer == self.local {
             return Err(IpamError::RemoveSelf);
         }
@@ -1582,6 +2054,15 @@ impl Ipam {
         }
         if let Some(&(_, by)) = self.ring.removed().iter().find(|r| r.0 == peer) {
             return Err(IpamError::AlreadyTakenOver { peer, by });
+        }
+        if let Some(&seen) = self.last_seen.get(&peer) {
+            let ago = now.saturating_duration_since(seen);
+            if !force && ago < RMPEER_GRACE {
+                return Err(IpamError::RecentlySeen {
+                    peer,
+                    secs: ago.as_secs(),
+                });
+            }
         }
         let owns = self.ring.entries().iter().any(|e| e.owner == peer);
         if !owns {
@@ -1598,7 +2079,7 @@ impl Ipam {
         self.ring.mark_removed(peer, self.local);
         self.recount_free();
         self.ring_dirty = true;
-        self.state_changed = true;
+        self.mark_changed();
         self.try_pending(now);
         Ok(n)
     }
@@ -1618,6 +2099,29 @@ impl Ipam {
                     addr: net(*a, *p),
                 })
                 .collect(),
+            acceptor: self.acceptor(),
+        }
+    }
+
+    /// The acceptor's memory, while there is no ring and it has promised something.
+    fn acceptor(&self) -> Option<Acceptor> {
+        if !self.ring.is_empty() || self.paxos.promised.is_none() {
+            return None;
+        }
+        let b = |b: Ballot| (b.round, b.proposer);
+        Some(Acceptor {
+            promised: self.paxos.promised.map(b),
+            accepted: self.paxos.accepted.clone().map(|(x, v)| (b(x), v)),
+        })
+    }
+
+    /// Takes the acceptor's memory back (from a stored state).
+    fn set_acceptor(&mut self, a: Option<&Acceptor>) {
+        let b = |(round, proposer): (u64, PeerName)| Ballot { round, proposer };
+        self.paxos.promised = a.and_then(|a| a.promised).map(b);
+        self.paxos.accepted = a.and_then(|a| a.accepted.clone()).map(|(x, v)| (b(x), v));
+        if let Some(p) = self.paxos.promised {
+            self.paxos.max_round = self.paxos.max_round.max(p.round);
         }
     }
 
@@ -1641,9 +2145,43 @@ impl Ipam {
         }
         s.ring.validate()?;
         let mut ring = self.ring.clone();
-        ring.merge_with(&s.ring, self.local, |_, _| false)?;
+        ring.merge(&s.ring)?;
         self.ring = ring;
-        for o in s.owned {
+        if self.ring.is_empty() {
+            self.set_acceptor(s.acceptor.as_ref());
+        }
+        self.load_owned(s.owned);
+        if !self.ring.is_empty()
+            && matches!(self.phase, Phase::Idle | Phase::Consensus | Phase::Priming)
+        {
+            self.phase = Phase::Ready;
+            self.paxos = Paxos::default();
+        }
+        self.recount_free();
+        // Allocations in ranges another peer owns now (a state kept from before a takeover).
+        let local = self.local;
+        let orphans: Vec<u32> = self
+            .allocs
+            .keys()
+            .copied()
+            .filter(|a| self.ring.owner(*a).is_some_and(|o| o != local))
+            .collect();
+        for a in orphans {
+            self.orphans.insert(a, OrphanAsk { at: None });
+        }
+        if !self.orphans.is_empty() && self.retry_at.is_none() {
+            self.retry_at = Some(Instant::ZERO);
+        }
+        // What was just read from disk is stored.
+        self.stored = self.changes;
+        self.committed = self.snapshot();
+        self.committed_shut_down = false;
+        Ok(())
+    }
+
+    /// Adds `owned` to our allocations (skipping addresses already recorded).
+    fn load_owned(&mut self, owned: Vec<OwnedAddress>) {
+        for o in owned {
             let a = u32::from(o.addr.addr());
             if self.allocs.contains_key(&a) {
                 continue;
@@ -1653,14 +2191,6 @@ impl Ipam {
             self.runs_insert(a);
             self.by_ident.entry(o.ident).or_default().insert(a);
         }
-        if !self.ring.is_empty()
-            && matches!(self.phase, Phase::Idle | Phase::Consensus | Phase::Priming)
-        {
-            self.phase = Phase::Ready;
-            self.paxos = Paxos::default();
-        }
-        self.recount_free();
-        Ok(())
     }
 }
 

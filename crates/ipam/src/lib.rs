@@ -10,11 +10,14 @@
 //!   ([`Snapshot`]).
 //! - [`error`]: [`IpamError`], the user-facing errors.
 //! - [`spec`]: Weave's address arguments (`net:default`, `net:CIDR`, `ip:CIDR`, `CIDR`).
+//! - [`arpwatch`]: [`ArpWatch`], an address in use twice on the bridge's segment, found from
+//!   its ARP traffic.
 //!
 //! Messages are postcard-encoded; the router carries them on an IPAM gossip channel.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod arpwatch;
 pub mod error;
 pub mod ipam;
 mod msg;
@@ -24,10 +27,12 @@ pub mod spec;
 #[cfg(test)]
 mod tests;
 
+pub use arpwatch::{ArpConflict, ArpSeen, ArpWatch};
 pub use error::IpamError;
 pub use ipam::{
-    CLAIM_ATTEMPTS, Dest, FREE_BATCH_DELAY, GOSSIP_INTERVAL, InitMode, Ipam, IpamConfig, IpamEvent,
-    IpamState, IpamStats, IpamStatus, OwnedAddress, PeerShare, RETRY_INTERVAL, RequestId,
+    Acceptor, CLAIM_ATTEMPTS, Commit, Conflict, DEAD_TIMEOUT, Dest, FREE_BATCH_DELAY,
+    GOSSIP_INTERVAL, InitMode, Ipam, IpamConfig, IpamEvent, IpamState, IpamStats, IpamStatus,
+    MAX_CONFLICTS, OwnedAddress, PeerShare, RETRY_INTERVAL, RMPEER_GRACE, RangeStatus, RequestId,
     SNAPSHOT_VERSION, Snapshot,
 };
 pub use ring::{Entry, MergeError, Ring, TRANSFER_VERSION_BUMP};

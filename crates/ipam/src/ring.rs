@@ -6,16 +6,18 @@
 //! wrap-around). Only an entry's owner changes it, bumping its version; administrative takeover
 //! ([`Ring::transfer`]) bumps by [`TRANSFER_VERSION_BUMP`] so it wins. Tokens are never removed.
 //!
-//! Merge ([`Ring::merge`]) is a join: the union of tokens, and per token the entry with the
-//! higher version (same version and owner: the larger free count). That makes it commutative,
-//! associative and idempotent. Everything that would make two peers disagree about who owns an
-//! address is an explicit [`MergeError`] and the merge is not applied: different universes,
-//! different seeds (two separately initialised rings), two entries with the same token and
-//! version but different owners, and another peer taking a range we own and have allocated from.
+//! Merge ([`Ring::merge`]) is a join: the union of tokens, and per token the greatest entry by
+//! (version, owner, free count). That makes it commutative, associative and idempotent, so every
+//! peer that has seen the same rings holds the same ring, whatever the order, also after a
+//! partition in which both sides changed the same range (an rmpeer of a peer that was only cut
+//! off): the higher version wins, and of two entries with the same version the larger owner
+//! name. Addresses the local peer had handed out in a range it lost that way are [`crate::Ipam`]'s
+//! business (it asks the winner for them and reports the ones both sides handed out). Only
+//! rings that can never be reconciled are a [`MergeError`], and then the merge is not applied:
+//! different universes, different seeds (two separately initialised rings), malformed rings.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -59,26 +61,6 @@ pub enum MergeError {
         ours: Vec<PeerName>,
         /// The other ring's seeds.
         theirs: Vec<PeerName>,
-    },
-    /// Two entries with the same token and version name different owners.
-    #[error("inconsistent entries for {token}: version {version} is owned by {a} and by {b}")]
-    Inconsistent {
-        /// The token both entries start at.
-        token: Ipv4Addr,
-        /// Their common version.
-        version: u32,
-        /// One owner.
-        a: PeerName,
-        /// The other owner.
-        b: PeerName,
-    },
-    /// Another peer claims a range we own and have allocated addresses in.
-    #[error("peer {by} says it owns the IP range from {token}, which I own and use")]
-    OwnedRangeClaimed {
-        /// Start of the contested range.
-        token: Ipv4Addr,
-        /// The peer the other ring names as owner.
-        by: PeerName,
     },
     /// The ring is malformed (tokens unsorted or outside the universe, first token missing).
     #[error("invalid ring: {0}")]
@@ -385,33 +367,9 @@ impl Ring {
         Ok(())
     }
 
-    /// Merges `other` into this ring, as seen by peer `local`. Returns whether anything changed.
-    ///
-    /// A range we own changing hands is accepted only if we have nothing allocated in it, judged
-    /// by our own free counts (conservatively: the whole entry). [`crate::Ipam`] uses the
-    /// precise check against its allocations.
-    pub fn merge(&mut self, other: &Self, local: PeerName) -> Result<bool, MergeError> {
-        let snapshot = self.clone();
-        self.merge_with(other, local, |start, end| {
-            // Allocated in [start, end) if any of our entries overlapping it reports less free
-            // space than its size.
-            let Some(first) = snapshot.index_of(start) else {
-                return false;
-            };
-            (first..snapshot.entries.len())
-                .take_while(|&i| u64::from(snapshot.entries[i].token) < end)
-                .any(|i| u64::from(snapshot.entries[i].free) < snapshot.range_size(i))
-        })
-    }
-
-    /// [`Ring::merge`] with `in_use(start, end)` telling whether we have allocations in
-    /// `[start, end)`.
-    pub(crate) fn merge_with(
-        &mut self,
-        other: &Self,
-        local: PeerName,
-        in_use: impl Fn(u32, u64) -> bool,
-    ) -> Result<bool, MergeError> {
+    /// Merges `other` into this ring. Returns whether anything changed. Never refuses a ring
+    /// of the same universe and seeds: conflicting claims resolve the same way on every peer.
+    pub fn merge(&mut self, other: &Self) -> Result<bool, MergeError> {
         if self.universe != other.universe {
             return Err(MergeError::Universe {
                 ours: self.universe,
@@ -445,39 +403,19 @@ impl Ring {
         loop {
             let next = match (a.peek(), b.peek()) {
                 (None, None) => break,
-                (Some(_), None) => a.next().cloned(),
-                (None, Some(_)) => b.next().cloned(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
                 (Some(x), Some(y)) => match x.token.cmp(&y.token) {
-                    Ordering::Less => a.next().cloned(),
-                    Ordering::Greater => b.next().cloned(),
-                    Ordering::Equal => {
-                        let (x, y) = (a.next(), b.next());
-                        match (x, y) {
-                            (Some(x), Some(y)) => Some(pick(x, y)?.clone()),
-                            _ => None,
-                        }
-                    }
+                    Ordering::Less => a.next(),
+                    Ordering::Greater => b.next(),
+                    Ordering::Equal => match (a.next(), b.next()) {
+                        (Some(x), Some(y)) => Some(pick(x, y)),
+                        _ => None,
+                    },
                 },
             };
             if let Some(e) = next {
-                merged.push(e);
-            }
-        }
-        // Ranges we own that the merge gives away must be unused.
-        let end = self.end();
-        for (i, e) in merged.iter().enumerate() {
-            if e.owner == local {
-                continue;
-            }
-            if self.owner(e.token) != Some(local) {
-                continue;
-            }
-            let seg_end = merged.get(i + 1).map_or(end, |n| u64::from(n.token));
-            if in_use(e.token, seg_end) {
-                return Err(MergeError::OwnedRangeClaimed {
-                    token: Ipv4Addr::from(e.token),
-                    by: e.owner,
-                });
+                merged.push(e.clone());
             }
         }
         let changed = merged != self.entries || removed != self.removed;
@@ -487,18 +425,13 @@ impl Ring {
     }
 }
 
-/// The winner of two entries with the same token.
-fn pick<'a>(x: &'a Entry, y: &'a Entry) -> Result<&'a Entry, MergeError> {
-    match x.version.cmp(&y.version) {
-        Ordering::Greater => Ok(x),
-        Ordering::Less => Ok(y),
-        Ordering::Equal if x.owner != y.owner => Err(MergeError::Inconsistent {
-            token: Ipv4Addr::from(x.token),
-            version: x.version,
-            a: x.owner.min(y.owner),
-            b: x.owner.max(y.owner),
-        }),
-        Ordering::Equal => Ok(if x.free >= y.free { x } else { y }),
+/// The winner of two entries with the same token: the greater by (version, owner, free), a
+/// total order, so the merge is a join whatever the entries.
+fn pick<'a>(x: &'a Entry, y: &'a Entry) -> &'a Entry {
+    if (x.version, x.owner, x.free) >= (y.version, y.owner, y.free) {
+        x
+    } else {
+        y
     }
 }
 

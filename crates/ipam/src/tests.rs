@@ -51,43 +51,58 @@ fn claim_for_peers_divides_cidr_aligned() {
 }
 
 #[test]
-fn merge_conflicts_are_errors() {
+fn merge_refuses_only_what_cannot_be_reconciled() {
     let u = cidr("10.32.0.0/24");
     let mut a = Ring::new(u);
     a.claim_for_peers(&[pn(1), pn(2)]);
     let mut other_seed = Ring::new(u);
     other_seed.claim_for_peers(&[pn(1), pn(3)]);
     assert!(matches!(
-        a.clone().merge(&other_seed, pn(9)),
+        a.clone().merge(&other_seed),
         Err(MergeError::Seeds { .. })
     ));
     let other_u = Ring::new(cidr("10.33.0.0/24"));
     assert!(matches!(
-        a.clone().merge(&other_u, pn(9)),
+        a.clone().merge(&other_u),
         Err(MergeError::Universe { .. })
     ));
-    // Two different takeovers of peer 2 at the same version.
+    let before = a.clone();
+    let _ = a.merge(&other_seed);
+    assert_eq!(a, before, "a refused merge changes nothing");
+}
+
+#[test]
+fn conflicting_claims_resolve_the_same_way_everywhere() {
+    let u = cidr("10.32.0.0/24");
+    let mut a = Ring::new(u);
+    a.claim_for_peers(&[pn(1), pn(2), pn(3)]);
+    // Two different takeovers of peer 2 at the same version (two sides of a partition): the
+    // larger owner name wins, whichever ring is merged into which.
     let (mut b, mut c) = (a.clone(), a.clone());
     b.transfer(pn(2), pn(1));
     c.transfer(pn(2), pn(3));
-    let err = b.clone().merge(&c, pn(9)).unwrap_err();
-    assert!(matches!(err, MergeError::Inconsistent { .. }), "{err}");
-    assert_eq!(c.clone().merge(&b, pn(9)).unwrap_err(), err, "symmetric");
-    // Someone takes a range we use: refused; unused: accepted (repair).
-    let mut mine = a.clone();
-    let i = mine.index_of(0x0a20_0000).unwrap();
-    mine.set_free(i, 100);
-    let mut theirs = a.clone();
-    theirs.transfer(pn(1), pn(2));
-    let before = mine.clone();
-    assert!(matches!(
-        mine.merge(&theirs, pn(1)),
-        Err(MergeError::OwnedRangeClaimed { .. })
-    ));
-    assert_eq!(mine, before, "a failed merge changes nothing");
-    let mut unused = a.clone();
-    assert_eq!(unused.merge(&theirs, pn(1)), Ok(true));
-    assert!(unused.owned_ranges(pn(1)).is_empty());
+    let (mut bc, mut cb) = (b.clone(), c.clone());
+    assert_eq!(bc.merge(&c), Ok(true));
+    assert_eq!(cb.merge(&b), Ok(false), "c's entries won already");
+    assert_eq!(bc, cb);
+    assert!(bc.owned_ranges(pn(2)).is_empty());
+    assert_eq!(bc.owned_ranges(pn(3)).len(), 1, "{bc:?}");
+    // A takeover of a range its owner kept using meanwhile: the higher version wins on both.
+    let mut owner = a.clone();
+    let i = owner.index_of(0x0a20_0000).unwrap();
+    for k in 0..3 {
+        owner.set_free(i, 80 - k);
+    }
+    let mut taker = a.clone();
+    taker.transfer(pn(1), pn(2));
+    let (mut ot, mut to) = (owner.clone(), taker.clone());
+    ot.merge(&taker).unwrap();
+    to.merge(&owner).unwrap();
+    assert_eq!(ot, to);
+    assert!(
+        ot.owned_ranges(pn(1)).is_empty(),
+        "the takeover's +100 wins"
+    );
 }
 
 #[test]
@@ -111,47 +126,48 @@ fn ring_decode_validates() {
     }
 }
 
-/// A ring over 10.0.0.0/24 whose entry at each token is a function of (token, version), so
-/// random rings never conflict; tokens are multiples of 8 plus the start.
+/// A ring over 10.0.0.0/24 with random entries (tokens multiples of 8 plus the start; owners,
+/// versions and free counts independent, so rings conflict in every possible way).
 fn arb_ring() -> impl Strategy<Value = Ring> {
-    proptest::collection::btree_map(1u32..32, 0u32..4, 0..12).prop_flat_map(|m| {
-        (Just(m), 0u32..4).prop_map(|(m, v0)| {
-            let u = cidr("10.0.0.0/24");
-            let base = 0x0a00_0000u32;
-            let mut entries = vec![entry_for(base, v0)];
-            entries.extend(m.iter().map(|(&t, &v)| entry_for(base + t * 8, v)));
-            let repr = (
-                u,
-                entries,
-                vec![pn(1), pn(2)],
-                Vec::<(PeerName, PeerName)>::new(),
-            );
-            let bytes = postcard::to_allocvec(&repr).unwrap();
-            postcard::from_bytes::<Ring>(&bytes).unwrap()
-        })
-    })
+    proptest::collection::btree_map(1u32..32, (0u32..4, 0u64..5, 0u32..7), 0..12).prop_flat_map(
+        |m| {
+            (Just(m), (0u32..4, 0u64..5, 0u32..7)).prop_map(|(m, e0)| {
+                let u = cidr("10.0.0.0/24");
+                let base = 0x0a00_0000u32;
+                let mut entries = vec![entry_for(base, e0)];
+                entries.extend(m.iter().map(|(&t, &e)| entry_for(base + t * 8, e)));
+                let repr = (
+                    u,
+                    entries,
+                    vec![pn(1), pn(2)],
+                    Vec::<(PeerName, PeerName)>::new(),
+                );
+                let bytes = postcard::to_allocvec(&repr).unwrap();
+                postcard::from_bytes::<Ring>(&bytes).unwrap()
+            })
+        },
+    )
 }
 
-fn entry_for(token: u32, version: u32) -> Entry {
+fn entry_for(token: u32, (version, owner, free): (u32, u64, u32)) -> Entry {
     Entry {
         token,
-        owner: pn(u64::from((token / 8 + version) % 5)),
+        owner: pn(owner),
         version,
-        free: (token ^ version) % 7,
+        free,
     }
 }
 
 proptest! {
     #[test]
     fn merge_laws(a in arb_ring(), b in arb_ring(), c in arb_ring()) {
-        let outsider = pn(99);
-        let m = |x: &Ring, y: &Ring| { let mut x = x.clone(); x.merge(y, outsider).unwrap(); x };
+        let m = |x: &Ring, y: &Ring| { let mut x = x.clone(); x.merge(y).unwrap(); x };
         prop_assert_eq!(m(&a, &b), m(&b, &a));
         prop_assert_eq!(m(&m(&a, &b), &c), m(&a, &m(&b, &c)));
         prop_assert_eq!(m(&a, &a), a.clone());
         let mut x = m(&a, &b);
-        prop_assert_eq!(x.merge(&b, outsider), Ok(false));
-        prop_assert_eq!(x.merge(&Ring::new(cidr("10.0.0.0/24")), outsider), Ok(false));
+        prop_assert_eq!(x.merge(&b), Ok(false));
+        prop_assert_eq!(x.merge(&Ring::new(cidr("10.0.0.0/24"))), Ok(false));
         prop_assert_eq!(m(&Ring::new(cidr("10.0.0.0/24")), &a), a.clone());
     }
 }
@@ -173,22 +189,45 @@ struct Sim {
     results: BTreeMap<(usize, RequestId), Result<Vec<Ipv4Net>, IpamError>>,
     delivered: u64,
     msg_errors: Vec<IpamError>,
+    configs: Vec<IpamConfig>,
+    /// What each peer last stored ("the disk"): a restart starts from it.
+    disk: Vec<Option<Snapshot>>,
+    /// So many of each peer's next stores fail.
+    fail_stores: Vec<u32>,
+    store_failures: u64,
+    /// Requests the sim made and their ident, to track what clients hold.
+    reqs: BTreeMap<(usize, RequestId), Req>,
+    /// What clients were told they hold: address -> (peer, ident). Only tracked when `strict`.
+    held: BTreeMap<Ipv4Addr, (usize, String)>,
+    /// Check on every completion that no address is handed out twice (off for the forced
+    /// rmpeer of live peers, which creates duplicates on purpose).
+    strict: bool,
+    conflicts: Vec<(usize, Conflict)>,
+}
+
+#[derive(Clone, Debug)]
+enum Req {
+    Alloc(String),
+    /// Release of all of an ident's addresses, answered once stored.
+    Release(String),
 }
 
 impl Sim {
     fn new(n: usize, seed: u64, universe: Ipv4Net, init: impl Fn(usize) -> InitMode) -> Self {
         let names: Vec<PeerName> = (0..n as u64).map(|i| pn(i + 1)).collect();
+        let configs: Vec<IpamConfig> = (0..n)
+            .map(|i| IpamConfig {
+                universe,
+                default_subnet: universe,
+                init: init(i),
+            })
+            .collect();
         let peers = (0..n)
             .map(|i| {
-                let config = IpamConfig {
-                    universe,
-                    default_subnet: universe,
-                    init: init(i),
-                };
                 Ipam::new(
                     names[i],
                     format!("host{i}"),
-                    config,
+                    configs[i].clone(),
                     seed ^ (i as u64) << 8,
                     Instant::ZERO,
                 )
@@ -209,6 +248,14 @@ impl Sim {
             results: BTreeMap::new(),
             delivered: 0,
             msg_errors: Vec::new(),
+            configs,
+            disk: vec![None; n],
+            fail_stores: vec![0; n],
+            store_failures: 0,
+            reqs: BTreeMap::new(),
+            held: BTreeMap::new(),
+            strict: true,
+            conflicts: Vec::new(),
         };
         sim.topology_changed();
         sim
@@ -240,6 +287,18 @@ impl Sim {
     }
 
     fn pump(&mut self, i: usize) {
+        // Store first (as the router does): that releases what depends on it.
+        while let Some(c) = self.peers[i].poll_commit() {
+            if self.fail_stores[i] > 0 {
+                self.fail_stores[i] -= 1;
+                self.store_failures += 1;
+                let why = "No space left on device (os error 28)".to_owned();
+                self.peers[i].stored(self.now, c.id, Err(why));
+            } else {
+                self.disk[i] = Some(c.snapshot);
+                self.peers[i].stored(self.now, c.id, Ok(()));
+            }
+        }
         while let Some((dest, bytes)) = self.peers[i].poll_transmit() {
             if !self.alive[i] {
                 continue;
@@ -267,10 +326,86 @@ impl Sim {
             }
         }
         while let Some(ev) = self.peers[i].poll_event() {
-            if let IpamEvent::Done { id, result } = ev {
-                self.results.insert((i, id), result);
+            match ev {
+                IpamEvent::Done { id, result } => {
+                    self.client_sees(i, id, &result);
+                    self.results.insert((i, id), result);
+                }
+                IpamEvent::Conflict(c) => self.conflicts.push((i, c)),
             }
         }
+    }
+
+    /// A client of peer `i` got `result` for request `id`.
+    fn client_sees(&mut self, i: usize, id: RequestId, result: &Result<Vec<Ipv4Net>, IpamError>) {
+        let (Some(req), Ok(addrs)) = (self.reqs.remove(&(i, id)), result) else {
+            return;
+        };
+        match req {
+            Req::Alloc(ident) => {
+                for a in addrs {
+                    let holder = (i, ident.clone());
+                    if let Some(prev) = self.held.insert(a.addr(), holder.clone()) {
+                        assert!(
+                            !self.strict || prev == holder,
+                            "{} handed out twice: to {prev:?} and to {holder:?}",
+                            a.addr()
+                        );
+                    }
+                }
+            }
+            Req::Release(ident) => self.held.retain(|_, h| *h != (i, ident.clone())),
+        }
+    }
+
+    /// Allocates for `ident` on peer `i` in `subnet` (the default if `None`).
+    fn alloc_in(&mut self, i: usize, ident: &str, subnet: Option<Ipv4Net>) -> RequestId {
+        let id = self.peers[i].allocate(self.now, ident, subnet);
+        self.reqs.insert((i, id), Req::Alloc(ident.to_owned()));
+        self.pump(i);
+        id
+    }
+
+    /// Releases everything of `ident` on peer `i`; the client hears back once it is stored.
+    fn release(&mut self, i: usize, ident: &str) {
+        self.peers[i].release(ident, None);
+        let id = self.peers[i].sync();
+        self.reqs.insert((i, id), Req::Release(ident.to_owned()));
+        self.pump(i);
+    }
+
+    /// The router of peer `i` is killed and started again from what it stored. Everything a
+    /// client was told it holds there must be in that state.
+    fn restart(&mut self, i: usize, seed: u64) {
+        let disk = self.disk[i].clone();
+        for (addr, (p, ident)) in &self.held {
+            if *p != i {
+                continue;
+            }
+            let kept = disk.as_ref().is_some_and(|d| {
+                d.owned
+                    .iter()
+                    .any(|o| o.addr.addr() == *addr && o.ident == *ident)
+            });
+            assert!(kept, "{addr} of {ident} was handed out but not stored");
+        }
+        let mut fresh = Ipam::new(
+            self.names[i],
+            format!("host{i}"),
+            self.configs[i].clone(),
+            seed,
+            self.now,
+        )
+        .unwrap();
+        if let Some(d) = disk {
+            fresh.restore(d).unwrap();
+        }
+        self.peers[i] = fresh;
+        self.fail_stores[i] = 0;
+        // Requests in flight died with the router (their clients got an error).
+        self.reqs.retain(|(p, _), _| *p != i);
+        self.results.retain(|(p, _), _| *p != i);
+        self.topology_changed();
     }
 
     /// Advances to the next event, if it is at or before `until`.
@@ -312,19 +447,19 @@ impl Sim {
 
     fn run_until(&mut self, until: Instant) {
         while self.step(until) {
-            self.check_invariants();
+            if self.strict {
+                self.check_invariants();
+            }
         }
         self.now = self.now.max(until);
     }
 
     fn allocate(&mut self, i: usize, ident: &str) -> RequestId {
-        let id = self.peers[i].allocate(self.now, ident, None);
-        self.pump(i);
-        id
+        self.alloc_in(i, ident, None)
     }
 
     /// No address handed out twice; no address owned by two live peers; every allocation
-    /// inside the universe lies in a range its peer owns.
+    /// inside the universe lies in a range its peer owns (or is one it is asking back).
     fn check_invariants(&self) {
         let mut seen: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
         let mut ranges: Vec<(u32, u32, usize)> = Vec::new();
@@ -340,7 +475,7 @@ impl Sim {
                     }
                     let x = u32::from(a.addr());
                     assert!(
-                        owned.iter().any(|&(s, e)| s <= x && x < e),
+                        owned.iter().any(|&(s, e)| s <= x && x < e) || p.is_orphan(a.addr()),
                         "peer {i} has {a} outside its ranges"
                     );
                 }
@@ -383,6 +518,11 @@ impl Sim {
         );
         for &i in &live {
             assert_eq!(self.peers[i].ring(), ring, "peer {i} converged");
+            assert_eq!(
+                self.peers[i].status().orphans,
+                0,
+                "peer {i} settled its orphans"
+            );
         }
         let allocated: usize = live.iter().map(|&i| self.peers[i].status().allocated).sum();
         let free: u64 = ring.entries().iter().map(|e| u64::from(e.free)).sum();
@@ -514,6 +654,13 @@ fn consensus_two_of_three_with_one_down() {
         sim.peers[0].status().state.to_string(),
         "awaiting consensus: quorum 2, known 1"
     );
+    // Status lists the waiting request (Weave's PendingAllocates) and no ring ranges yet.
+    let st = sim.peers[0].status();
+    assert_eq!(
+        st.pending_allocates,
+        vec![("a".to_owned(), cidr("10.32.0.0/12"))]
+    );
+    assert!(st.pending_claims.is_empty() && st.ranges.is_empty());
     assert!(!sim.results.contains_key(&(0, id)));
     sim.alive[1] = true;
     sim.topology_changed();
@@ -543,6 +690,19 @@ fn seed_mode_needs_no_messages() {
         assert!(matches!(sim.results.get(&(i, id)), Some(Ok(_))));
     }
     assert_eq!(sim.peers[0].ring().entries().len(), 3);
+    // Status ranges (Weave's IPAM.Entries) tile the universe in address order.
+    let st = sim.peers[0].status();
+    assert_eq!(st.ranges.len(), 3);
+    assert_eq!(st.ranges.iter().map(|r| r.size).sum::<u64>(), 1 << 20);
+    assert_eq!(st.ranges[0].start, Ipv4Addr::new(10, 32, 0, 0));
+    for w in st.ranges.windows(2) {
+        assert_eq!(
+            u64::from(u32::from(w[0].start)) + w[0].size,
+            u64::from(u32::from(w[1].start))
+        );
+    }
+    assert!(st.ranges.iter().all(|r| seeds.contains(&r.owner)));
+    assert!(st.pending_allocates.is_empty());
     sim.run_until(Instant::from_millis(5_000));
     sim.check_converged();
 }
@@ -613,7 +773,15 @@ fn single(universe: &str) -> Ipam {
     Ipam::new(pn(1), "one".into(), config, 1, Instant::ZERO).unwrap()
 }
 
+/// Stores whatever `ipam` wants stored (always successfully).
+fn store(ipam: &mut Ipam) {
+    while let Some(c) = ipam.poll_commit() {
+        ipam.stored(Instant::ZERO, c.id, Ok(()));
+    }
+}
+
 fn done(ipam: &mut Ipam, id: RequestId) -> Result<Vec<Ipv4Net>, IpamError> {
+    store(ipam);
     let mut found = None;
     while let Some(ev) = ipam.poll_event() {
         if let IpamEvent::Done { id: i, result } = ev {
@@ -687,6 +855,64 @@ fn bad_input_is_refused_and_changes_nothing() {
         Ipam::new(pn(1), "x".into(), bad, 0, now),
         Err(IpamError::DefaultSubnetOutside { .. })
     ));
+}
+
+#[test]
+fn dead_containers_keep_addresses_until_claimed_or_expired() {
+    let mut ipam = single("10.32.0.0/12");
+    let t0 = Instant::ZERO;
+    let id = ipam.allocate(t0, "c2", Some(cidr("10.32.1.0/24")));
+    assert_eq!(done(&mut ipam, id), Ok(vec![cidr("10.32.1.1/24")]));
+    let id = ipam.allocate(t0, "c1", Some(cidr("10.32.1.0/24")));
+    assert_eq!(done(&mut ipam, id), Ok(vec![cidr("10.32.1.2/24")]));
+
+    // c2 dies: its address is held, not handed out by allocation...
+    ipam.container_died(t0, "c2");
+    assert!(ipam.is_dead("c2"));
+    let id = ipam.allocate(t0, "c4", Some(cidr("10.32.1.0/24")));
+    assert_eq!(done(&mut ipam, id), Ok(vec![cidr("10.32.1.3/24")]));
+    // ... but an explicit claim by another container takes it at once.
+    let id = ipam.claim(t0, "c3", cidr("10.32.1.1/24"));
+    assert_eq!(done(&mut ipam, id), Ok(vec![cidr("10.32.1.1/24")]));
+    assert_eq!(ipam.lookup("c2"), Vec::new());
+    assert_eq!(ipam.lookup("c3"), vec![cidr("10.32.1.1/24")]);
+    assert!(!ipam.is_dead("c2"), "nothing left to hold for c2");
+    // A live container's address is still refused.
+    let id = ipam.claim(t0, "c5", cidr("10.32.1.2/24"));
+    assert!(matches!(
+        done(&mut ipam, id),
+        Err(IpamError::AddressInUse { .. })
+    ));
+
+    // c1 dies and restarts within the timeout: it keeps its address.
+    ipam.container_died(t0, "c1");
+    assert_eq!(
+        ipam.poll_timeout().map(|t| t <= t0 + DEAD_TIMEOUT),
+        Some(true)
+    );
+    ipam.container_started("c1");
+    ipam.handle_timeout(t0 + DEAD_TIMEOUT + Duration::from_secs(1));
+    assert_eq!(ipam.lookup("c1"), vec![cidr("10.32.1.2/24")]);
+
+    // c4 dies and stays down: released after the timeout, not before.
+    ipam.container_died(t0, "c4");
+    ipam.handle_timeout(t0 + (DEAD_TIMEOUT - Duration::from_secs(1)));
+    assert_eq!(ipam.lookup("c4"), vec![cidr("10.32.1.3/24")]);
+    ipam.handle_timeout(t0 + DEAD_TIMEOUT);
+    assert_eq!(ipam.lookup("c4"), Vec::new());
+
+    // A new request by a dead ident revives it.
+    ipam.container_died(t0, "c3");
+    let id = ipam.allocate(t0, "c3", Some(cidr("10.32.1.0/24")));
+    assert_eq!(done(&mut ipam, id), Ok(vec![cidr("10.32.1.1/24")]));
+    assert!(!ipam.is_dead("c3"));
+
+    // Destroyed: released at once.
+    assert_eq!(ipam.container_destroyed("c1"), vec![cidr("10.32.1.2/24")]);
+    assert_eq!(ipam.lookup("c1"), Vec::new());
+    // Dying without addresses marks nothing.
+    ipam.container_died(t0, "nobody");
+    assert!(!ipam.is_dead("nobody"));
 }
 
 #[test]
@@ -804,20 +1030,42 @@ fn rmpeer_and_its_refusals() {
     });
     let now = sim.now;
     assert_eq!(
-        sim.peers[0].rmpeer(now, pn(2)),
+        sim.peers[0].rmpeer(now, pn(2), true),
         Err(IpamError::PeerReachable(pn(2)))
     );
-    assert_eq!(sim.peers[0].rmpeer(now, pn(1)), Err(IpamError::RemoveSelf));
     assert_eq!(
-        sim.peers[0].rmpeer(now, pn(77)),
+        sim.peers[0].rmpeer(now, pn(1), true),
+        Err(IpamError::RemoveSelf)
+    );
+    assert_eq!(
+        sim.peers[0].rmpeer(now, pn(77), true),
         Err(IpamError::UnknownPeer(pn(77)))
     );
     sim.alive[3] = false;
     sim.topology_changed();
-    assert_eq!(sim.peers[0].rmpeer(now, pn(4)), Ok(1 << 14));
+    // Just gone: it may only be partitioned away. Refused unless forced...
+    sim.run_until(Instant::from_millis(40_000));
+    let e = sim.peers[0].rmpeer(sim.now, pn(4), false).unwrap_err();
+    assert_eq!(
+        e,
+        IpamError::RecentlySeen {
+            peer: pn(4),
+            secs: 40
+        }
+    );
+    assert!(e.to_string().contains("--force"), "{e}");
+    // ...or once it has been gone for longer than the grace period.
+    let mut later = Sim::new(2, 6, cidr("10.32.0.0/16"), |_| {
+        InitMode::Seed(vec![pn(1), pn(2)])
+    });
+    later.alive[1] = false;
+    later.topology_changed();
+    later.run_until(Instant::ZERO + RMPEER_GRACE + Duration::from_secs(1));
+    assert_eq!(later.peers[0].rmpeer(later.now, pn(2), false), Ok(1 << 15));
+    assert_eq!(sim.peers[0].rmpeer(sim.now, pn(4), true), Ok(1 << 14));
     sim.pump(0);
-    sim.run_until(Instant::from_millis(2_000));
-    let e = sim.peers[1].rmpeer(sim.now, pn(4)).unwrap_err();
+    sim.run_until(Instant::from_millis(42_000));
+    let e = sim.peers[1].rmpeer(sim.now, pn(4), true).unwrap_err();
     assert_eq!(
         e,
         IpamError::AlreadyTakenOver {
@@ -851,8 +1099,9 @@ fn shutdown_hands_ranges_to_a_live_peer() {
 }
 
 // Random sequences of allocations, releases, donations (via shortage), partitions, peer deaths
-// with takeovers, and merges: no address is ever handed out twice and no two live peers ever
-// own the same address.
+// with takeovers, merges, stores that fail (full or read-only disk) and routers killed and
+// restarted from what they stored: no address is ever handed out twice, no two live peers ever
+// own the same address, and whatever a client was told it holds survives a restart.
 #[derive(Clone, Debug)]
 enum Op {
     Alloc(usize, u8),
@@ -862,6 +1111,10 @@ enum Op {
     Heal,
     Kill(usize),
     Rmpeer(usize, usize),
+    /// The next N stores of a peer fail.
+    FailStores(usize, u8),
+    /// A peer's router is killed and started again from its disk.
+    Restart(usize),
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
@@ -873,6 +1126,8 @@ fn arb_op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Heal),
         1 => (0usize..5).prop_map(Op::Kill),
         1 => (0usize..5, 0usize..5).prop_map(|(a, b)| Op::Rmpeer(a, b)),
+        2 => (0usize..5, 1u8..6).prop_map(|(p, n)| Op::FailStores(p, n)),
+        1 => (0usize..5).prop_map(Op::Restart),
     ]
 }
 
@@ -890,15 +1145,13 @@ proptest! {
                 Op::Alloc(p, s) => {
                     if sim.alive[p] {
                         n += 1;
-                        sim.peers[p].allocate(sim.now, &format!("c{n}"), Some(subnets[usize::from(s)]));
-                        sim.pump(p);
+                        sim.alloc_in(p, &format!("c{n}"), Some(subnets[usize::from(s)]));
                     }
                 }
                 Op::Release(p) => {
                     let ident = sim.peers[p].owned().keys().next().cloned();
-                    if let Some(ident) = ident {
-                        sim.peers[p].release(&ident, None);
-                        sim.pump(p);
+                    if let (Some(ident), true) = (ident, sim.alive[p]) {
+                        sim.release(p, &ident);
                     }
                 }
                 Op::Run(ms) => {
@@ -918,6 +1171,8 @@ proptest! {
                 Op::Kill(p) => {
                     if sim.alive.iter().filter(|a| **a).count() > 1 {
                         sim.alive[p] = false;
+                        // The host is gone, and its containers with it.
+                        sim.held.retain(|_, (h, _)| *h != p);
                         sim.topology_changed();
                     }
                 }
@@ -933,14 +1188,135 @@ proptest! {
                         sim.run_until(t);
                         let live: Vec<usize> = (0..5).filter(|&i| sim.alive[i]).collect();
                         if live.iter().all(|&i| sim.peers[i].ring() == sim.peers[by].ring()) {
-                            let _ = sim.peers[by].rmpeer(sim.now, sim.names[dead]);
+                            // Dead for 65 s only: within the grace period, so forced.
+                            let _ = sim.peers[by].rmpeer(sim.now, sim.names[dead], true);
                             sim.pump(by);
                         }
+                    }
+                }
+                Op::FailStores(p, k) => sim.fail_stores[p] += u32::from(k),
+                Op::Restart(p) => {
+                    if sim.alive[p] {
+                        sim.restart(p, seed ^ 0x5eed ^ n);
                     }
                 }
             }
             sim.check_invariants();
         }
+        // Whatever was handed out is owned by its peer, in memory and on disk.
+        for (addr, (p, ident)) in &sim.held {
+            prop_assert!(sim.peers[*p].lookup(ident).iter().any(|a| a.addr() == *addr));
+        }
+    }
+}
+
+/// A failed store hands nothing out and releases nothing; the status says why until a store
+/// succeeds; what was held back is answered with the reason.
+#[test]
+fn a_failed_store_is_undone_and_reported() {
+    let mut ipam = single("10.32.0.0/24");
+    let now = Instant::ZERO;
+    let a = ipam.allocate(now, "a", None);
+    assert_eq!(done(&mut ipam, a), Ok(vec![cidr("10.32.0.1/24")]));
+    let before = ipam.snapshot();
+    let b = ipam.allocate(now, "b", None);
+    assert_eq!(ipam.poll_event(), None, "held until stored");
+    let c = ipam.poll_commit().expect("a commit");
+    assert!(ipam.poll_commit().is_none(), "one in flight at a time");
+    // More changes while the write is under way: they go down with it.
+    let d = ipam.allocate(now, "d", None);
+    ipam.release("a", None);
+    let sync = ipam.sync();
+    ipam.stored(
+        now,
+        c.id,
+        Err("No space left on device (os error 28)".into()),
+    );
+    let mut results = BTreeMap::new();
+    while let Some(ev) = ipam.poll_event() {
+        if let IpamEvent::Done { id, result } = ev {
+            results.insert(id, result);
+        }
+    }
+    for id in [b, d, sync] {
+        let e = results[&id].clone().unwrap_err();
+        assert!(matches!(e, IpamError::NotStored(_)), "{e}");
+        assert!(e.to_string().contains("No space left"), "{e}");
+    }
+    assert_eq!(ipam.snapshot(), before, "back to what was stored");
+    assert_eq!(
+        ipam.lookup("a"),
+        vec![cidr("10.32.0.1/24")],
+        "release undone"
+    );
+    let st = ipam.status();
+    assert_eq!(
+        st.store_error.as_deref(),
+        Some("No space left on device (os error 28)")
+    );
+    assert_eq!(ipam.stats().store_failures, 1);
+    // The disk is back: the next allocation gets the address b did not get.
+    let e = ipam.allocate(now, "e", None);
+    assert_eq!(done(&mut ipam, e), Ok(vec![cidr("10.32.0.2/24")]));
+    assert_eq!(ipam.status().store_error, None);
+}
+
+// A peer cut off by a partition is removed with rmpeer --force while it keeps allocating; both
+// sides hand out addresses in its ranges. After the heal every peer holds the same ring, no
+// address is allocated by two peers, and every address both sides handed out was reported
+// and released on the side that lost the range.
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn forced_rmpeer_of_a_partitioned_peer_heals_to_one_ring(
+        seed in any::<u64>(),
+        before in 0usize..6,
+        during in proptest::collection::vec((0usize..3, 0u8..2), 0..40),
+        victim in 0usize..3,
+    ) {
+        let seeds: Vec<PeerName> = (1..=3).map(pn).collect();
+        let mut sim = Sim::new(3, seed, cidr("10.32.0.0/26"), move |_| InitMode::Seed(seeds.clone()));
+        sim.strict = false;
+        sim.loss_permille = 20;
+        let subnets = [cidr("10.32.0.0/26"), cidr("10.32.0.32/27")];
+        for k in 0..before {
+            sim.allocate(k % 3, &format!("b{k}"));
+        }
+        sim.run_until(sim.now + Duration::from_secs(5));
+        sim.group[victim] = 1;
+        sim.topology_changed();
+        let remover = (victim + 1) % 3;
+        let r = sim.peers[remover].rmpeer(sim.now, sim.names[victim], false);
+        prop_assert!(matches!(r, Err(IpamError::RecentlySeen { .. })), "{:?}", r);
+        prop_assert!(sim.peers[remover].rmpeer(sim.now, sim.names[victim], true).is_ok());
+        sim.pump(remover);
+        for (k, (p, s)) in during.iter().enumerate() {
+            sim.alloc_in(*p, &format!("d{k}"), Some(subnets[usize::from(*s)]));
+            sim.run_until(sim.now + Duration::from_millis(300));
+        }
+        sim.run_until(sim.now + Duration::from_secs(10));
+        // Addresses both sides hold now.
+        let side = |sim: &Sim, i: usize| -> BTreeSet<Ipv4Addr> {
+            sim.peers[i].owned().values().flatten().map(|a| a.addr()).collect()
+        };
+        let cut = side(&sim, victim);
+        let mut rest = BTreeSet::new();
+        for i in (0..3).filter(|&i| i != victim) {
+            rest.extend(side(&sim, i));
+        }
+        let dups: BTreeSet<Ipv4Addr> = cut.intersection(&rest).copied().collect();
+        sim.group = vec![0; 3];
+        sim.topology_changed();
+        sim.run_until(sim.now + Duration::from_secs(120));
+        sim.check_invariants();
+        sim.check_converged();
+        let reported: BTreeSet<Ipv4Addr> = sim.conflicts.iter().map(|(_, c)| c.addr).collect();
+        prop_assert!(dups.is_subset(&reported), "duplicates {:?}, reported {:?}", dups, reported);
+        for (i, c) in &sim.conflicts {
+            prop_assert!(!side(&sim, *i).contains(&c.addr), "peer {} still has {}", i, c.addr);
+            prop_assert!(sim.peers[*i].status().conflicts.contains(c));
+        }
+        prop_assert!(sim.msg_errors.is_empty(), "{:?}", sim.msg_errors);
     }
 }
 
@@ -1016,6 +1392,7 @@ fn alloc_rate() {
         let start = std::time::Instant::now();
         for k in 0..n {
             let id = ipam.allocate(Instant::ZERO, &format!("m{n}-{k}"), None);
+            store(&mut ipam);
             while let Some(ev) = ipam.poll_event() {
                 if let IpamEvent::Done { id: i, result } = ev {
                     assert_eq!(i, id);

@@ -102,6 +102,8 @@ pub struct ConnMaker {
     /// Set when the last `poll_dial` stopped at the connection limit (so `poll_timeout` does
     /// not report idle targets as due); cleared when a connection goes away.
     limited: bool,
+    /// Connections that ended (Weave's `TerminationCount`).
+    terminations: u64,
 }
 
 impl ConnMaker {
@@ -113,6 +115,7 @@ impl ConnMaker {
             targets: BTreeMap::new(),
             connections: BTreeMap::new(),
             limited: false,
+            terminations: 0,
         }
     }
 
@@ -230,6 +233,9 @@ impl ConnMaker {
     ) {
         self.connections.remove(&addr);
         self.limited = false;
+        if !permanent {
+            self.terminations += 1;
+        }
         let error = error.unwrap_or_else(|| "connection closed".to_owned());
         let Some(t) = self.targets.get_mut(&addr) else {
             return;
@@ -319,6 +325,12 @@ impl ConnMaker {
             .iter()
             .map(|(a, t)| (*a, t.direct, t.state.clone()))
             .collect()
+    }
+
+    /// How many connections have ended (those refused for good, such as a connection to
+    /// ourselves, not counted), as Weave's `TerminationCount`.
+    pub fn terminations(&self) -> u64 {
+        self.terminations
     }
 
     /// Live connections the driver reported, by remote address.
@@ -431,6 +443,8 @@ mod tests {
         assert!(matches!(c.targets()[0].2, TargetState::Failed { .. }));
         assert_eq!(c.poll_timeout(), None);
         assert_eq!(c.poll_dial(t(10_000_000), 0), vec![]);
+        // Two connections ended; the refusal for good is not a termination.
+        assert_eq!(c.terminations(), 2);
     }
 
     #[test]

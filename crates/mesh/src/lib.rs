@@ -18,12 +18,15 @@
 //! - [`gossip`]: [`Mesh`], the topology gossip state machine (batching, fan-out, relays, full
 //!   state, garbage collection, short-id collisions).
 //! - [`connmaker`]: [`ConnMaker`], which addresses to dial and when (discovery, backoff, limits).
+//! - [`admission`]: caps on connections per caller and in total, rates of new connections,
+//!   and rate-limited log lines with summaries (for the listeners untrusted callers reach).
 //!
 //! The wire format (hello bytes, frames, [`Message`](weft_wire::control::Message)) lives in
 //! `weft_wire::control`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod channel;
 pub mod connection;
 pub mod connmaker;

@@ -8,6 +8,14 @@
 //! - `filter/WEAVE-EXPOSE`, hooked from `FORWARD -o <bridge>`: per exposed subnet `-d <subnet>
 //!   -j ACCEPT` (Docker sets the `FORWARD` policy to `DROP`).
 //!
+//! And, from router start ([`ensure_forward`]), Weave's `FORWARD` rules for the bridge itself
+//! (`net/bridge.go` `ConfigureIPTables`, without network policy): accept frames between the
+//! bridge's ports (`-i weave -o weave`), from the bridge to elsewhere, and replies back. They
+//! matter once `br_netfilter` hands bridged IPv4 to iptables (`bridge-nf-call-iptables`, which
+//! dockerd switches on when it makes a bridge without inter-container traffic, such as the
+//! `docker_gwbridge` of every container on a plugin network): under Docker's `FORWARD` policy
+//! `DROP`, ARP still crosses the bridge but IP between containers does not.
+//!
 //! Every change is idempotent: a rule is only appended after `iptables -C` says it is missing,
 //! and only deleted while `-C` says it is present. The argument lists are built by pure
 //! functions ([`Rule::args`], [`expose_rules`], ...) so they can be checked without root.
@@ -109,6 +117,40 @@ pub fn hook_rules(bridge: &str) -> Vec<Rule> {
     let mut fwd = Rule::new("filter", "FORWARD", &["-o", bridge, "-j", EXPOSE_CHAIN]);
     fwd.insert = true;
     vec![post, fwd]
+}
+
+/// Weave's `filter/FORWARD` rules for `bridge` (inserted at the top): traffic between the
+/// bridge's ports, from the bridge to elsewhere, and replies into the bridge.
+pub fn forward_rules(bridge: &str) -> Vec<Rule> {
+    [
+        &["-i", bridge, "-o", bridge, "-j", "ACCEPT"][..],
+        &["-i", bridge, "!", "-o", bridge, "-j", "ACCEPT"],
+        &[
+            "-o",
+            bridge,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "RELATED,ESTABLISHED",
+            "-j",
+            "ACCEPT",
+        ],
+    ]
+    .into_iter()
+    .map(|spec| {
+        let mut r = Rule::new("filter", "FORWARD", spec);
+        r.insert = true;
+        r
+    })
+    .collect()
+}
+
+/// Adds [`forward_rules`] for `bridge`, each only if missing (the router does at start).
+pub fn ensure_forward(bridge: &str) -> Result<(), Error> {
+    for rule in forward_rules(bridge) {
+        ensure_rule(&rule)?;
+    }
+    Ok(())
 }
 
 /// The three `nat/WEAVE` rules for an exposed address (its subnet, really): no NAT for
@@ -293,9 +335,13 @@ pub fn flush_and_delete_chain_args(table: &str, chain: &str) -> [Vec<String>; 2]
     [args("-F"), args("-X")]
 }
 
-/// What `weft reset` does to the firewall (as `weave reset`): unhooks, flushes and deletes
-/// `nat/WEAVE` and `filter/WEAVE-EXPOSE`; whatever is already gone is fine.
+/// What `weft reset` does to the firewall (as `weave reset`): removes [`forward_rules`],
+/// unhooks, flushes and deletes `nat/WEAVE` and `filter/WEAVE-EXPOSE`; whatever is already
+/// gone is fine.
 pub fn remove_chains(bridge: &str) -> Result<(), Error> {
+    for rule in forward_rules(bridge) {
+        remove_rule(&rule)?;
+    }
     let hooks = hook_rules(bridge);
     for (hook, (table, chain)) in hooks
         .iter()
@@ -371,6 +417,45 @@ mod tests {
     }
 
     #[test]
+    fn forward_rule_arguments() {
+        let add: Vec<String> = forward_rules("weave")
+            .iter()
+            .map(|r| joined(r.args(Op::Add)))
+            .collect();
+        assert_eq!(
+            add,
+            [
+                "-w -t filter -I FORWARD 1 -i weave -o weave -j ACCEPT",
+                "-w -t filter -I FORWARD 1 -i weave ! -o weave -j ACCEPT",
+                "-w -t filter -I FORWARD 1 -o weave -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            ]
+        );
+    }
+
+    #[test]
+    fn forward_rules_in_a_private_netns() {
+        let Some(result) = in_private_netns(|| {
+            ensure_forward("weave")?;
+            ensure_forward("weave")?; // idempotent
+            let after = filter_rules();
+            remove_chains("weave")?;
+            Ok::<_, Error>((after, filter_rules()))
+        }) else {
+            return;
+        };
+        let (after, after_reset) = result.unwrap();
+        assert_eq!(
+            after
+                .matches("-A FORWARD -i weave -o weave -j ACCEPT")
+                .count(),
+            1,
+            "{after}"
+        );
+        assert_eq!(after.matches("-j ACCEPT").count(), 3, "{after}");
+        assert!(!after_reset.contains("weave"), "{after_reset}");
+    }
+
+    #[test]
     fn skip_nat_leaves_only_the_accept() {
         let a = net("10.32.0.1/12");
         assert_eq!(expose_rules(a, true), vec![accept_rule(a)]);
@@ -393,12 +478,20 @@ mod tests {
         Some(t.join().expect("test thread panicked"))
     }
 
-    fn nat_rules() -> String {
+    fn rules_of(table: &str) -> String {
         let out = Command::new(IPTABLES)
-            .args(["-w", "-t", "nat", "-S"])
+            .args(["-w", "-t", table, "-S"])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn nat_rules() -> String {
+        rules_of("nat")
+    }
+
+    fn filter_rules() -> String {
+        rules_of("filter")
     }
 
     #[test]

@@ -8,15 +8,22 @@
 //! - [`netns`]: network namespaces held by fd, and running code inside one on a fresh thread;
 //! - [`netlink`]: rtnetlink operations (links, addresses, routes) bound to one namespace;
 //! - [`plumb`]: Weave's container attach/detach (veth pair, `ethwe`, gratuitous ARP);
-//! - [`firewall`]: the iptables chains and rules of `expose`/`hide` (runs `iptables`).
+//! - [`firewall`]: the iptables chains and rules of `expose`/`hide` (runs `iptables`);
+//! - [`sockdiag`]: which user owns the client end of a local TCP connection (sock_diag);
+//! - [`packet`]: an `AF_PACKET` socket for the ARP traffic of one interface;
+//! - [`probe`]: what the kernel offers a data plane (TAP vnet headers, TSO, UDP GSO/GRO, VXLAN
+//!   external mode, eBPF), found by trying each in a scratch namespace.
 //!
 //! Every `unsafe` block carries a `// SAFETY:` comment.
 
 pub mod firewall;
 pub mod netlink;
 pub mod netns;
+pub mod packet;
 pub mod plumb;
 pub mod poll;
+pub mod probe;
+pub mod sockdiag;
 pub mod tap;
 pub mod udp;
 

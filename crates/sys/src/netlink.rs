@@ -10,15 +10,17 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
+use ipnet::Ipv4Net;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
     BridgePortState, InfoBridgePort, InfoPortData, LinkAttribute, LinkInfo,
 };
 use netlink_packet_route::route::RouteScope;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use netlink_sys::{TokioSocket, protocols::NETLINK_ROUTE};
 use rtnetlink::{
-    AddressMessageBuilder, Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth,
-    RouteMessageBuilder,
+    AddressMessageBuilder, Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec,
+    LinkVeth, LinkVxlan, RouteMessageBuilder,
 };
 
 use crate::netns::NetNs;
@@ -299,6 +301,28 @@ impl Netlink {
             .ctx("delete link", ifx(index))
     }
 
+    /// Creates a VXLAN device `name` in external (collect-metadata) mode on UDP `port`;
+    /// returns its index.
+    pub async fn add_vxlan_external(&self, name: &str, port: u16) -> Result<u32, Error> {
+        self.handle
+            .link()
+            .add(
+                LinkVxlan::new(name, 0)
+                    .collect_metadata(true)
+                    .port(port)
+                    .build(),
+            )
+            .execute()
+            .await
+            .ctx("create vxlan (external)", name)?;
+        self.link_index(name)
+            .await?
+            .ok_or_else(|| Error::NoSuchLink {
+                op: "create vxlan (external)",
+                name: name.into(),
+            })
+    }
+
     /// Creates veth pair `name`/`peer`; returns both indices.
     pub async fn add_veth(&self, name: &str, peer: &str) -> Result<(u32, u32), Error> {
         let target = format!("{name}/{peer}");
@@ -461,6 +485,81 @@ impl Netlink {
             .collect())
     }
 
+    /// Turns hairpin mode of bridge port `index` on or off (`ip link set dev X type
+    /// bridge_slave hairpin on`).
+    pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<(), Error> {
+        self.handle
+            .link()
+            .set(LinkBridgePort::new(index).hairpin(on).build())
+            .execute()
+            .await
+            .ctx("set hairpin mode", ifx(index))
+    }
+
+    /// Adds the route `dst` through interface `index`, via `gw` (scope universe) or on-link
+    /// (`None`: scope link); an existing route is fine.
+    pub async fn add_route(
+        &self,
+        index: u32,
+        dst: Ipv4Net,
+        gw: Option<Ipv4Addr>,
+    ) -> Result<(), Error> {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .output_interface(index);
+        b = match gw {
+            Some(g) => b.gateway(g).scope(RouteScope::Universe),
+            None => b.scope(RouteScope::Link),
+        };
+        match self.handle.route().add(b.build()).execute().await {
+            Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(()),
+            r => r.ctx(
+                "add route",
+                format_args!(
+                    "{dst}{} dev {}",
+                    gw.map(|g| format!(" via {g}")).unwrap_or_default(),
+                    ifx(index)
+                ),
+            ),
+        }
+    }
+
+    /// The IPv4 routes of the main table through interface `index`: (destination, next hop).
+    pub async fn routes_v4(&self, index: u32) -> Result<Vec<(Ipv4Net, Option<Ipv4Addr>)>, Error> {
+        let msgs: Vec<_> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .ctx("list routes", ifx(index))?;
+        let mut out = Vec::new();
+        for m in msgs {
+            const MAIN: u8 = 254;
+            let mut dst = Ipv4Addr::UNSPECIFIED;
+            let mut gw = None;
+            let mut oif = None;
+            let mut table = u32::from(m.header.table);
+            for a in &m.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Table(t) => table = *t,
+                    _ => {}
+                }
+            }
+            if oif != Some(index) || table != u32::from(MAIN) {
+                continue;
+            }
+            if let Ok(net) = Ipv4Net::new(dst, m.header.destination_prefix_length) {
+                out.push((net, gw));
+            }
+        }
+        Ok(out)
+    }
+
     /// Adds `224.0.0.0/4 dev <index> scope link`, like Weave; an existing route is fine.
     pub async fn add_multicast_route(&self, index: u32) -> Result<(), Error> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -496,6 +595,8 @@ pub struct LinkSummary {
     pub up: bool,
     /// For a bridge port: whether the port is in the forwarding state.
     pub bridge_port_forwarding: Option<bool>,
+    /// The link's kind (`IFLA_INFO_KIND`: "bridge", "veth", "dummy", ...), if it has one.
+    pub kind: Option<String>,
 }
 
 impl LinkSummary {
@@ -518,6 +619,9 @@ impl LinkSummary {
                 LinkAttribute::LinkNetNsId(_) => s.peer_in_other_netns = true,
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
+                        if let LinkInfo::Kind(kind) = &info {
+                            s.kind = Some(kind.to_string());
+                        }
                         if let LinkInfo::PortData(InfoPortData::BridgePort(port)) = info {
                             for p in port {
                                 if let InfoBridgePort::State(st) = p {

@@ -2,15 +2,18 @@
 //! for `weave attach` and the Docker proxy (weave-reference.md §2.5).
 //!
 //! Owns the veth pair between the `weave` bridge and a target namespace: host end
-//! `vethwepl<id>` on the bridge, guest end renamed `ethwe` inside the target, its addresses,
-//! gratuitous ARPs and the multicast route; and the reverse in [`detach`].
+//! `vethwepl<id>` on the bridge, guest end renamed `ethwe` (or the name CNI asks for, see
+//! [`Guest`]) inside the target, its addresses, gratuitous ARPs, routes and the multicast
+//! route; and the reverse in [`detach`]. [`bridged_pair`] is the host half alone, for Docker's
+//! network plugin API (Docker moves the other end into the container itself). [`attached`]
+//! finds what each port of the bridge leads to (`weft ps`, and the router's start-up claim of
+//! every address in use on this host).
 //!
 //! Not reproduced from Weave: the iptables rules that drop multicast arriving on `ethwe`
-//! except from the container's own subnets, hairpin mode and ethtool TX-checksum tweaks.
+//! except from the container's own subnets and ethtool TX-checksum tweaks.
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net};
@@ -90,40 +93,9 @@ pub fn gratuitous_arp(mac: [u8; 6], ip: Ipv4Addr) -> [u8; ARP_FRAME_LEN] {
 /// Sends one gratuitous ARP per address out of interface `ifindex`, through an `AF_PACKET`
 /// socket opened in the calling thread's namespace.
 pub fn send_gratuitous_arps(ifindex: u32, mac: [u8; 6], ips: &[Ipv4Addr]) -> io::Result<()> {
-    let proto = (libc::ETH_P_ARP as u16).to_be();
-    // SAFETY: plain socket(2) call with constant arguments; the result is checked below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::c_int::from(proto),
-        )
-    };
-    let raw = crate::cvt(raw)?;
-    // SAFETY: `raw` is a freshly created descriptor that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: sockaddr_ll is plain integer data; all-zero is a valid value.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as libc::c_ushort;
-    sll.sll_protocol = proto;
-    sll.sll_ifindex = libc::c_int::try_from(ifindex)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
-    sll.sll_halen = 6;
-    sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    let sock = crate::packet::ArpSocket::open(ifindex)?;
     for ip in ips {
-        let frame = gratuitous_arp(mac, *ip);
-        // SAFETY: `frame` and `sll` are live for the call, and the lengths passed are theirs.
-        let sent = unsafe {
-            libc::sendto(
-                sock.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const sll).cast(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        crate::cvt_size(sent)?;
+        sock.send(&gratuitous_arp(mac, *ip))?;
     }
     Ok(())
 }
@@ -171,6 +143,61 @@ pub async fn attach(
     addrs: &[Ipv4Net],
     mtu: u32,
 ) -> Result<Attached, Error> {
+    attach_with(bridge, target, id_hint, addrs, mtu, true).await
+}
+
+/// [`attach`], with the last step (the route `224.0.0.0/4 dev ethwe`) only when
+/// `multicast_route` is true (Weave's `--no-multicast-route` leaves it out).
+pub async fn attach_with(
+    bridge: &str,
+    target: &NetNs,
+    id_hint: Option<u32>,
+    addrs: &[Ipv4Net],
+    mtu: u32,
+    multicast_route: bool,
+) -> Result<Attached, Error> {
+    let guest = Guest {
+        multicast_route,
+        ..Guest::ETHWE
+    };
+    attach_as(bridge, target, id_hint, addrs, mtu, &guest).await
+}
+
+/// How the container side of an attachment looks: its name and what it gets besides its
+/// addresses. [`Guest::ETHWE`] is Weave's (`weave attach`, the proxy); CNI names the interface
+/// itself (`CNI_IFNAME`), turns hairpin mode on and adds routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guest<'a> {
+    /// The interface name in the target.
+    pub ifname: &'a str,
+    /// Add the route `224.0.0.0/4 dev IFNAME` last (its presence signals "fully configured").
+    pub multicast_route: bool,
+    /// Hairpin mode on the host end's bridge port (traffic may leave where it came in).
+    pub hairpin: bool,
+    /// Routes to add through the interface after its addresses: (destination, next hop;
+    /// `None`: on-link).
+    pub routes: &'a [(Ipv4Net, Option<Ipv4Addr>)],
+}
+
+impl Guest<'_> {
+    /// `ethwe` with the multicast route, no hairpin, no other routes.
+    pub const ETHWE: Guest<'static> = Guest {
+        ifname: ETHWE,
+        multicast_route: true,
+        hairpin: false,
+        routes: &[],
+    };
+}
+
+/// [`attach`] with the container side as `guest` says (see [`Guest`]).
+pub async fn attach_as(
+    bridge: &str,
+    target: &NetNs,
+    id_hint: Option<u32>,
+    addrs: &[Ipv4Net],
+    mtu: u32,
+    guest: &Guest<'_>,
+) -> Result<Attached, Error> {
     let host = NetNs::current().map_err(io_error("open netns", "of the calling thread"))?;
     if host.same_as(target) {
         return Err(Error::Invalid {
@@ -183,7 +210,7 @@ pub async fn attach(
     let host_nl = Netlink::new()?;
     let guest_nl = Netlink::in_netns(target)?;
 
-    let (ethwe, host_ifname, host_index, created) = match guest_nl.link_index(ETHWE).await? {
+    let (ethwe, host_ifname, host_index, created) = match guest_nl.link_index(guest.ifname).await? {
         Some(index) => {
             let (ethwe, name, host_index) = host_end(&host_nl, &guest_nl, index).await?;
             (ethwe, name, host_index, false)
@@ -191,12 +218,12 @@ pub async fn attach(
         None => {
             let id = veth_id(id_hint, target.inode());
             let (ethwe, name, host_index) =
-                create_pair(&host_nl, &guest_nl, &host, target, bridge, id, mtu).await?;
+                create_pair(&host_nl, &guest_nl, &host, target, bridge, id, mtu, guest).await?;
             (ethwe, name, host_index, true)
         }
     };
 
-    let configured = configure(&host_nl, &guest_nl, target, ethwe, host_index, addrs).await;
+    let configured = configure(&host_nl, &guest_nl, target, ethwe, host_index, addrs, guest).await;
     match configured {
         Ok((mac, addrs)) => Ok(Attached {
             mac,
@@ -205,9 +232,10 @@ pub async fn attach(
         }),
         Err(e) => {
             if created {
-                // Do not leave a half-configured ethwe behind (this removes the host end too).
+                // Do not leave a half-configured interface behind (this removes the host end
+                // too).
                 if let Err(cleanup) = guest_nl.delete_link(ethwe).await {
-                    tracing::warn!(error = %cleanup, "cleaning up {ETHWE} failed");
+                    tracing::warn!(error = %cleanup, "cleaning up {} failed", guest.ifname);
                 }
             }
             Err(e)
@@ -223,6 +251,7 @@ async fn configure(
     ethwe: u32,
     host_index: Option<u32>,
     addrs: &[Ipv4Net],
+    guest: &Guest<'_>,
 ) -> Result<([u8; 6], Vec<Ipv4Net>), Error> {
     for addr in addrs {
         guest_nl.add_address(ethwe, IpNet::V4(*addr)).await?;
@@ -239,7 +268,7 @@ async fn configure(
         .await?
         .ok_or_else(|| Error::NoSuchLink {
             op: "read mac",
-            name: ETHWE.into(),
+            name: guest.ifname.into(),
         })?;
 
     if !addrs.is_empty() {
@@ -251,11 +280,16 @@ async fn configure(
         match sent {
             Ok(Ok(())) => {}
             Ok(Err(e)) | Err(e) => {
-                tracing::warn!(error = %e, "sending gratuitous ARP from {ETHWE} failed");
+                tracing::warn!(error = %e, "sending gratuitous ARP from {} failed", guest.ifname);
             }
         }
     }
-    guest_nl.add_multicast_route(ethwe).await?;
+    for (dst, gw) in guest.routes {
+        guest_nl.add_route(ethwe, *dst, *gw).await?;
+    }
+    if guest.multicast_route {
+        guest_nl.add_multicast_route(ethwe).await?;
+    }
 
     let addrs = guest_nl
         .addresses(ethwe)
@@ -309,9 +343,127 @@ async fn wait_forwarding(host_nl: &Netlink, host_index: u32) -> Result<(), Error
     }
 }
 
-/// Creates the pair, wires the host end and moves the guest end in as `ethwe` (down, no
-/// addresses yet). Returns `ethwe`'s index in the target and the host end's name and index. On failure
-/// the pair is deleted again.
+/// A veth pair whose host end is a port of the bridge (made by [`bridged_pair`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgedPair {
+    /// The host end's name.
+    pub host_name: String,
+    /// The host end's index.
+    pub host_index: u32,
+    /// The other end's name (still in the host namespace).
+    pub guest_name: String,
+    /// The other end's index.
+    pub guest_index: u32,
+    /// The other end's MAC.
+    pub guest_mac: [u8; 6],
+}
+
+/// Makes a veth pair `host_name`/`guest_name` in the calling thread's namespace: the host end
+/// joins `bridge` with `mtu` (hairpin mode on if asked) and comes up; the other end gets `mtu`
+/// and `mac` (a random one when `None`) and stays down in this namespace, for the caller to
+/// move into a container (the attach path does it itself; Docker does it for its network
+/// plugins). A stale pair under the same names, whose other end never left this namespace, is
+/// replaced. On failure nothing is left behind.
+pub async fn bridged_pair(
+    bridge: &str,
+    host_name: &str,
+    guest_name: &str,
+    mtu: u32,
+    mac: Option<[u8; 6]>,
+    hairpin: bool,
+) -> Result<BridgedPair, Error> {
+    let nl = Netlink::new()?;
+    let host = NetNs::current().map_err(io_error("open netns", "of the calling thread"))?;
+    let bridge_index = bridge_index(&nl, bridge).await?;
+    for name in [host_name, guest_name] {
+        if let Some(index) = nl.link_index(name).await? {
+            match nl.link(index).await? {
+                Some(old) if old.peer_index.is_some() && !old.peer_in_other_netns => {
+                    tracing::info!(name, "deleting leftover veth");
+                    nl.delete_link(index).await?;
+                }
+                _ => {
+                    return Err(Error::Invalid {
+                        op: "create veth",
+                        reason: format!("an interface {name} exists already"),
+                    });
+                }
+            }
+        }
+    }
+    wire_pair(
+        &nl,
+        &host,
+        bridge_index,
+        host_name,
+        guest_name,
+        mtu,
+        mac,
+        hairpin,
+    )
+    .await
+}
+
+async fn bridge_index(nl: &Netlink, bridge: &str) -> Result<u32, Error> {
+    nl.link_index(bridge)
+        .await?
+        .ok_or_else(|| Error::NoSuchLink {
+            op: "attach",
+            name: bridge.into(),
+        })
+}
+
+/// Creates and wires the pair (see [`bridged_pair`]); deletes it again on failure.
+#[allow(clippy::too_many_arguments)]
+async fn wire_pair(
+    host_nl: &Netlink,
+    host: &NetNs,
+    bridge_index: u32,
+    host_name: &str,
+    guest_name: &str,
+    mtu: u32,
+    mac: Option<[u8; 6]>,
+    hairpin: bool,
+) -> Result<BridgedPair, Error> {
+    let (host_index, guest_index) = host_nl.add_veth(host_name, guest_name).await?;
+    let guest_mac = mac.unwrap_or_else(random_mac);
+    let wired = async {
+        host_nl.set_mac(guest_index, guest_mac).await?;
+        host_nl.set_mtu(guest_index, mtu).await?;
+        host_nl.set_mtu(host_index, mtu).await?;
+        let name = host_name.to_owned();
+        if let Err(e) = host.run_in(move || tune_interface(&name, false)) {
+            tracing::debug!(error = %e, "tuning host veth failed");
+        }
+        host_nl.set_master(host_index, bridge_index).await?;
+        if hairpin {
+            host_nl.set_hairpin(host_index, true).await?;
+        }
+        host_nl.set_up(host_index).await
+    }
+    .await;
+    match wired {
+        Ok(()) => Ok(BridgedPair {
+            host_name: host_name.to_owned(),
+            host_index,
+            guest_name: guest_name.to_owned(),
+            guest_index,
+            guest_mac,
+        }),
+        Err(e) => {
+            // Deleting one end of a veth pair deletes both, wherever the peer is.
+            if let Err(cleanup) = host_nl.delete_link(host_index).await {
+                tracing::warn!(error = %cleanup, "cleaning up {host_name} failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Creates the pair, wires the host end and moves the other end in as `guest.ifname` (down, no
+/// addresses yet). Returns its index in the target and the host end's name and index. On
+/// failure the pair is deleted again.
+#[allow(clippy::too_many_arguments)]
 async fn create_pair(
     host_nl: &Netlink,
     guest_nl: &Netlink,
@@ -320,14 +472,9 @@ async fn create_pair(
     bridge: &str,
     id: u32,
     mtu: u32,
+    guest: &Guest<'_>,
 ) -> Result<(u32, String, Option<u32>), Error> {
-    let bridge_index = host_nl
-        .link_index(bridge)
-        .await?
-        .ok_or_else(|| Error::NoSuchLink {
-            op: "attach",
-            name: bridge.into(),
-        })?;
+    let bridge_index = bridge_index(host_nl, bridge).await?;
 
     let (mut host_name, mut guest_name) = veth_names(id);
     let existing = match host_nl.link_index(&host_name).await? {
@@ -349,18 +496,19 @@ async fn create_pair(
         host_nl.delete_link(stale).await?;
     }
 
-    let (host_index, guest_index) = host_nl.add_veth(&host_name, &guest_name).await?;
-    let wired = async {
-        host_nl.set_mac(guest_index, random_mac()).await?;
-        host_nl.set_mtu(guest_index, mtu).await?;
-        host_nl.set_mtu(host_index, mtu).await?;
-        let name = host_name.clone();
-        if let Err(e) = host.run_in(move || tune_interface(&name, false)) {
-            tracing::debug!(error = %e, "tuning host veth failed");
-        }
-        host_nl.set_master(host_index, bridge_index).await?;
-        host_nl.set_up(host_index).await?;
-        host_nl.move_to_netns(guest_index, target).await?;
+    let pair = wire_pair(
+        host_nl,
+        host,
+        bridge_index,
+        &host_name,
+        &guest_name,
+        mtu,
+        None,
+        guest.hairpin,
+    )
+    .await?;
+    let moved = async {
+        host_nl.move_to_netns(pair.guest_index, target).await?;
         let moved = guest_nl
             .link_index(&guest_name)
             .await?
@@ -368,18 +516,18 @@ async fn create_pair(
                 op: "move to netns",
                 name: guest_name.clone(),
             })?;
-        guest_nl.rename(moved, ETHWE).await?;
-        if let Err(e) = target.run_in(|| tune_interface(ETHWE, true)) {
-            tracing::debug!(error = %e, "tuning {ETHWE} failed");
+        guest_nl.rename(moved, guest.ifname).await?;
+        let ifname = guest.ifname.to_owned();
+        if let Err(e) = target.run_in(move || tune_interface(&ifname, true)) {
+            tracing::debug!(error = %e, "tuning {} failed", guest.ifname);
         }
         Ok::<u32, Error>(moved)
     }
     .await;
-    match wired {
-        Ok(ethwe) => Ok((ethwe, host_name, Some(host_index))),
+    match moved {
+        Ok(index) => Ok((index, host_name, Some(pair.host_index))),
         Err(e) => {
-            // Deleting one end of a veth pair deletes both, wherever the peer is.
-            if let Err(cleanup) = host_nl.delete_link(host_index).await {
+            if let Err(cleanup) = host_nl.delete_link(pair.host_index).await {
                 tracing::warn!(error = %cleanup, "cleaning up {host_name} failed");
             }
             Err(e)
@@ -387,11 +535,168 @@ async fn create_pair(
     }
 }
 
+/// A container found at the other end of one of the bridge's `vethwepl*` ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedContainer {
+    /// Name of the host end (the bridge port).
+    pub port: String,
+    /// The target as `weft attach` took it: the pid the port is named after, else the name of
+    /// the network namespace.
+    pub target: String,
+    /// That pid, when the target is one.
+    pub pid: Option<u32>,
+    /// The Docker container (64 hex digits) the pid belongs to, from its cgroup, if any.
+    pub docker_id: Option<String>,
+    /// The namespace's inode.
+    pub netns_inode: u64,
+    /// MAC address of `ethwe`.
+    pub mac: [u8; 6],
+    /// IPv4 addresses on `ethwe` (link-local ones left out).
+    pub addrs: Vec<Ipv4Net>,
+}
+
+/// What the ports of `bridge` lead to: the containers found (sorted by port name) and the
+/// `vethwepl*` ports whose namespace could not be found. Runs in the calling thread's
+/// namespace (the host's), on a tokio runtime.
+pub async fn attached(bridge: &str) -> Result<(Vec<AttachedContainer>, Vec<String>), Error> {
+    let nl = Netlink::new()?;
+    let Some(bridge_index) = nl.link_index(bridge).await? else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let host = NetNs::current().map_err(io_error("open netns", "of the calling thread"))?;
+    let names = named_netns();
+    let mut ports = nl.links_with_master(bridge_index).await?;
+    ports.sort_by(|a, b| a.1.cmp(&b.1));
+    let (mut found, mut unresolved) = (Vec::new(), Vec::new());
+    for (index, name) in ports {
+        if !name.starts_with(HOST_PREFIX) {
+            continue;
+        }
+        match find_container(&host, index, &name, &names).await? {
+            Some(c) => found.push(c),
+            None => unresolved.push(name),
+        }
+    }
+    Ok((found, unresolved))
+}
+
+/// IPv4 addresses that are not link-local (169.254/16).
+pub fn ipv4_addrs(addrs: Vec<IpNet>) -> Vec<Ipv4Net> {
+    addrs
+        .into_iter()
+        .filter_map(|n| match n {
+            IpNet::V4(n) if !n.addr().is_link_local() => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The container end of host veth `host_index`: its `ethwe` MAC and addresses, if `ns` is it.
+async fn container_end(
+    ns: &NetNs,
+    host_index: u32,
+) -> Result<Option<([u8; 6], Vec<Ipv4Net>)>, Error> {
+    let nl = Netlink::in_netns(ns)?;
+    let Some(ethwe) = nl.link_index(ETHWE).await? else {
+        return Ok(None);
+    };
+    let Some(link) = nl.link(ethwe).await? else {
+        return Ok(None);
+    };
+    if link.peer_index != Some(host_index) || !link.peer_in_other_netns {
+        return Ok(None);
+    }
+    let Some(mac) = link.mac else {
+        return Ok(None);
+    };
+    Ok(Some((mac, ipv4_addrs(nl.addresses(ethwe).await?))))
+}
+
+/// Named namespaces (`/run/netns/*`), sorted.
+fn named_netns() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(crate::netns::NETNS_RUN_DIR) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = dir
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The Docker container process `pid` belongs to (64 hex digits), from its cgroup path
+/// (`/docker/<id>` or `docker-<id>.scope`).
+pub fn docker_id(pid: u32) -> Option<String> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    docker_id_in(&cgroups).map(str::to_owned)
+}
+
+/// The 64-hex-digit segment of a `/proc/PID/cgroup` text.
+pub fn docker_id_in(cgroups: &str) -> Option<&str> {
+    cgroups
+        .lines()
+        .flat_map(|line| line.split(['/', '-', '.', ':']))
+        .find(|seg| seg.len() == 64 && seg.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Finds the container behind host veth `name` (index `index`): the id in the name is the pid
+/// it was attached for, or the low digits of its namespace's inode (see [`veth_id`]).
+async fn find_container(
+    host: &NetNs,
+    index: u32,
+    name: &str,
+    netns_names: &[String],
+) -> Result<Option<AttachedContainer>, Error> {
+    let Some(id) = name
+        .strip_prefix(HOST_PREFIX)
+        .and_then(|s| s.parse::<u32>().ok())
+    else {
+        return Ok(None);
+    };
+    let found = |target: String, pid: Option<u32>, ns: &NetNs, (mac, addrs)| AttachedContainer {
+        port: name.to_owned(),
+        target,
+        pid,
+        docker_id: pid.and_then(docker_id),
+        netns_inode: ns.inode(),
+        mac,
+        addrs,
+    };
+    if let Ok(ns) = NetNs::from_pid(id) {
+        if !ns.same_as(host) {
+            if let Some(end) = container_end(&ns, index).await? {
+                return Ok(Some(found(id.to_string(), Some(id), &ns, end)));
+            }
+        }
+    }
+    for n in netns_names {
+        let Ok(ns) = NetNs::from_name(n) else {
+            continue;
+        };
+        if veth_id(None, ns.inode()) != id || ns.same_as(host) {
+            continue;
+        }
+        if let Some(end) = container_end(&ns, index).await? {
+            return Ok(Some(found(n.clone(), None, &ns, end)));
+        }
+    }
+    Ok(None)
+}
+
 /// Removes `addrs` from `ethwe` in `target`; when `addrs` is `None` or no IPv4 address is left,
 /// deletes `ethwe` (which also removes its host end). Nothing to do if there is no `ethwe`.
 pub async fn detach(target: &NetNs, addrs: Option<&[Ipv4Net]>) -> Result<(), Error> {
+    detach_if(target, ETHWE, addrs).await
+}
+
+/// [`detach`] for interface `ifname`.
+pub async fn detach_if(
+    target: &NetNs,
+    ifname: &str,
+    addrs: Option<&[Ipv4Net]>,
+) -> Result<(), Error> {
     let guest_nl = Netlink::in_netns(target)?;
-    let Some(ethwe) = guest_nl.link_index(ETHWE).await? else {
+    let Some(ethwe) = guest_nl.link_index(ifname).await? else {
         return Ok(());
     };
     if let Some(addrs) = addrs {
@@ -404,6 +709,40 @@ pub async fn detach(target: &NetNs, addrs: Option<&[Ipv4Net]>) -> Result<(), Err
         }
     }
     guest_nl.delete_link(ethwe).await
+}
+
+/// What an attached interface looks like in `target`: MAC, IPv4 addresses (link-local ones
+/// left out) and IPv4 routes through it; `None` when there is no `ifname`.
+pub async fn inspect(target: &NetNs, ifname: &str) -> Result<Option<Inspected>, Error> {
+    let nl = Netlink::in_netns(target)?;
+    let Some(index) = nl.link_index(ifname).await? else {
+        return Ok(None);
+    };
+    let Some(mac) = nl.link_mac(index).await? else {
+        return Ok(None);
+    };
+    let addrs = nl
+        .addresses(index)
+        .await?
+        .into_iter()
+        .filter_map(|n| match n {
+            IpNet::V4(n) if !n.addr().is_link_local() => Some(n),
+            _ => None,
+        })
+        .collect();
+    let routes = nl.routes_v4(index).await?;
+    Ok(Some(Inspected { mac, addrs, routes }))
+}
+
+/// What [`inspect`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspected {
+    /// The MAC.
+    pub mac: [u8; 6],
+    /// IPv4 addresses.
+    pub addrs: Vec<Ipv4Net>,
+    /// IPv4 routes through the interface (main table): destination, next hop.
+    pub routes: Vec<(Ipv4Net, Option<Ipv4Addr>)>,
 }
 
 #[cfg(test)]
@@ -426,6 +765,16 @@ mod tests {
         assert_eq!(veth_id(None, 4026532123), 6532123);
         let (h, _) = veth_names(veth_id(None, u64::MAX));
         assert!(h.len() <= 15);
+    }
+
+    #[test]
+    fn docker_ids_from_cgroup_paths() {
+        let id = "3f2a9c0d1e4b".to_owned() + &"a".repeat(52);
+        let v1 = format!("12:pids:/docker/{id}\n0::/docker/{id}\n");
+        assert_eq!(docker_id_in(&v1), Some(id.as_str()));
+        let v2 = format!("0::/system.slice/docker-{id}.scope\n");
+        assert_eq!(docker_id_in(&v2), Some(id.as_str()));
+        assert_eq!(docker_id_in("0::/user.slice/session-1.scope\n"), None);
     }
 
     #[test]

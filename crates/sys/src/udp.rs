@@ -16,7 +16,7 @@ use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -79,6 +79,8 @@ pub struct BatchUdp {
     /// Segments allowed per GSO send; 1 = no GSO. Shared by `try_clone`d handles, since they
     /// are the same socket.
     gso_segments: Arc<AtomicUsize>,
+    /// GRO was ruled out ([`disable_gro`](Self::disable_gro)): `set_gro(true)` leaves it off.
+    gro_disabled: Arc<AtomicBool>,
 }
 
 /// Outcome of [`BatchUdp::send_batch_report`].
@@ -175,6 +177,7 @@ impl BatchUdp {
         Ok(Self {
             sock,
             gso_segments: Arc::new(AtomicUsize::new(gso)),
+            gro_disabled: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -184,7 +187,20 @@ impl BatchUdp {
         Ok(Self {
             sock: self.sock.try_clone()?,
             gso_segments: Arc::clone(&self.gso_segments),
+            gro_disabled: Arc::clone(&self.gro_disabled),
         })
+    }
+
+    /// Never use UDP GSO on this socket (and its clones): every [`send_gso`](Self::send_gso)
+    /// goes out as single datagrams with `sendmmsg`, as on a kernel without `UDP_SEGMENT`.
+    pub fn disable_gso(&self) {
+        self.gso_segments.store(1, Ordering::Relaxed);
+    }
+
+    /// Never use UDP GRO on this socket (and its clones): [`set_gro`](Self::set_gro) then
+    /// switches it off and reports `Ok(false)`, as on a kernel without `UDP_GRO`.
+    pub fn disable_gro(&self) {
+        self.gro_disabled.store(true, Ordering::Relaxed);
     }
 
     /// How many datagrams one [`send_gso`](Self::send_gso) system call may carry:
@@ -198,15 +214,17 @@ impl BatchUdp {
     /// Switch UDP receive offload (`UDP_GRO`) on or off. With it on, the kernel may deliver
     /// several datagrams from one sender, all of one size but the last, in one read: size the
     /// [`RecvBatch`] slots at [`GRO_BUF_SIZE`] and split them with [`RecvBatch::segments`].
-    /// Returns `Ok(false)` if the kernel does not support it (`ENOPROTOOPT`).
+    /// Returns whether GRO is now on: `Ok(false)` if the kernel does not support it
+    /// (`ENOPROTOOPT`) or it was ruled out with [`disable_gro`](Self::disable_gro).
     pub fn set_gro(&self, on: bool) -> io::Result<bool> {
+        let on = on && !self.gro_disabled.load(Ordering::Relaxed);
         match setsockopt_int(
             self.sock.as_raw_fd(),
             libc::SOL_UDP,
             libc::UDP_GRO,
             libc::c_int::from(on),
         ) {
-            Ok(()) => Ok(true),
+            Ok(()) => Ok(on),
             Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => Ok(false),
             Err(e) => Err(e),
         }
@@ -518,7 +536,8 @@ impl BatchUdp {
                     fd,
                     hdrs.as_mut_ptr(),
                     chunk as libc::c_uint,
-                    flags,
+                    // glibc declares the flags `int`, musl `unsigned int`; both hold these bits.
+                    flags as _,
                     std::ptr::null_mut(),
                 )
             };

@@ -399,6 +399,22 @@ impl fmt::Display for Repr {
 /// assert_eq!(len, arp::GRATUITOUS_FRAME_LEN);
 /// ```
 pub fn emit_gratuitous(buf: &mut [u8], mac: Address, ip: Ipv4Addr) -> Result<usize, Error> {
+    emit_request(buf, mac, ip, ip)
+}
+
+/// Writes a broadcast ARP request from `mac` asking who has `target`, with `sender` as the
+/// sender address, into the front of `buf` (Ethernet header included); returns the number of
+/// bytes written ([`GRATUITOUS_FRAME_LEN`]). With `sender` 0.0.0.0 it is the "ARP Probe" of
+/// RFC 5227 §2.1.1: every holder of `target` answers it (to `mac`), and nobody's cache
+/// changes. With `sender == target` it is [`emit_gratuitous`]'s announcement.
+///
+/// Fails if `buf` is shorter than [`GRATUITOUS_FRAME_LEN`].
+pub fn emit_request(
+    buf: &mut [u8],
+    mac: Address,
+    sender: Ipv4Addr,
+    target: Ipv4Addr,
+) -> Result<usize, Error> {
     let buf = buf.get_mut(..GRATUITOUS_FRAME_LEN).ok_or(Error)?;
     let eth = ethernet::Repr {
         src_addr: mac,
@@ -410,9 +426,9 @@ pub fn emit_gratuitous(buf: &mut [u8], mac: Address, ip: Ipv4Addr) -> Result<usi
     let arp = Repr::EthernetIpv4 {
         operation: Operation::Request,
         source_hardware_addr: mac,
-        source_protocol_addr: ip,
+        source_protocol_addr: sender,
         target_hardware_addr: Address::ZERO,
-        target_protocol_addr: ip,
+        target_protocol_addr: target,
     };
     arp.emit(&mut Packet::new_unchecked(frame.payload_mut()));
     Ok(GRATUITOUS_FRAME_LEN)
