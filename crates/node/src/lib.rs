@@ -30,9 +30,10 @@
 //!   heartbeat arrived for [`NodeConfig::down_after`] is *down*: the link is withdrawn from
 //!   our gossip (routes everywhere, ours included, go around it) while the control connection
 //!   may stay up. It comes back after [`NodeConfig::up_after`] heartbeats in a row, each within
-//!   two intervals of the last. Hysteresis: with the defaults (500 ms, 3 s, 2) a path goes
+//!   two intervals of the last. Hysteresis: with the defaults (300 ms, 2 s, 2) a path goes
 //!   down only after six heartbeats in a row are lost, which 5 % random loss makes about a
-//!   one-in-sixty-million event per heartbeat, and comes back within about a second.
+//!   one-in-sixty-million event per heartbeat, and comes back within about a second. A cut
+//!   path is routed around within about 2.5 s (detection plus one gossip hop).
 //! - *Gossip dispatch*: the topology channel is handled inside (the [`weft_mesh::Mesh`]);
 //!   other channels (IPAM, DNS) are delivered as [`Action::Gossip`] only if registered with
 //!   [`Node::register_channel`]; anything else is counted and dropped.
@@ -93,8 +94,8 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
-            heartbeat_interval: Duration::from_millis(500),
-            down_after: Duration::from_secs(3),
+            heartbeat_interval: Duration::from_millis(300),
+            down_after: Duration::from_secs(2),
             up_after: 2,
             gossip: GossipConfig::default(),
             connmaker: ConnMakerConfig::default(),
