@@ -16,7 +16,6 @@
 //!   [`guard`] serves it: only root may change the network, callers' connections are capped
 //!   and timed out.
 //! - [`identity`]: peer name and short id, derived or loaded from the state directory.
-//! - [`links`]: the data plane's per-neighbour encryption (sealing and opening datagrams).
 //! - [`traffic`]: per-link traffic counted by the data plane; [`topology`]: the page on
 //!   `GET /` that draws the mesh live.
 //! - [`dns`]: weaveDNS (gossiped names, the DNS server, its HTTP API).
@@ -42,7 +41,6 @@ pub mod guard;
 pub mod handle;
 pub mod identity;
 pub mod ipam;
-pub mod links;
 pub mod metrics;
 pub mod recover;
 pub mod report;

@@ -25,8 +25,9 @@
 //!   installed again, the mesh hears about it) instead of disappearing.
 //! - *The forwarding table*: built from the mesh's routes plus our own neighbours, handed to
 //!   the data path whenever it changes ([`Action::SetTable`]).
-//! - *Data-path heartbeats and liveness*: every ready connection sends a heartbeat through
-//!   the data path every [`NodeConfig::heartbeat_interval`]. A direct path from which no
+//! - *Data-path heartbeats and liveness*: every [`NodeConfig::heartbeat_interval`] (one tick
+//!   for all connections, so a node has one timer, not one per neighbour) every ready
+//!   connection sends a heartbeat through the data path, and a direct path from which no
 //!   heartbeat arrived for [`NodeConfig::down_after`] is *down*: the link is withdrawn from
 //!   our gossip (routes everywhere, ours included, go around it) while the control connection
 //!   may stay up. It comes back after [`NodeConfig::up_after`] heartbeats in a row, each within
@@ -257,7 +258,6 @@ struct Ready {
     path_up: bool,
     last_heard: Option<Instant>,
     streak: u32,
-    next_heartbeat: Instant,
 }
 
 /// One weft host's protocol state. See the crate documentation.
@@ -273,6 +273,9 @@ pub struct Node {
     channels: BTreeSet<u8>,
     actions: VecDeque<Action>,
     table_dirty: bool,
+    /// The next heartbeat tick (every ready connection's heartbeat goes out, liveness is
+    /// checked); `None` while no connection is ready.
+    tick_at: Option<Instant>,
     stats: NodeStats,
 }
 
@@ -293,6 +296,7 @@ impl Node {
             channels: BTreeSet::new(),
             actions: VecDeque::new(),
             table_dirty: true,
+            tick_at: None,
             stats: NodeStats::default(),
         }
     }
@@ -380,8 +384,12 @@ impl Node {
             path_up: false,
             last_heard: None,
             streak: 0,
-            next_heartbeat: now,
         });
+        // The first heartbeat goes out at once; later ones with everyone's, at the tick.
+        self.push_heartbeat(id);
+        if self.tick_at.is_none() {
+            self.tick_at = Some(now + self.config.heartbeat_interval);
+        }
         if let Some(&old) = self.carriers.get(&peer) {
             let old_uid = self.ready(old).map_or(u64::MAX, |r| r.conn_uid);
             self.stats.duplicates += 1;
@@ -530,30 +538,28 @@ impl Node {
         if self.mesh.poll_timeout().is_some_and(|t| t <= now) {
             self.mesh.handle_timeout(now);
         }
+        if self.tick_at.is_some_and(|t| t <= now) {
+            self.tick(now);
+        }
+        self.flush(now);
+    }
+
+    /// Every ready connection's heartbeat goes out; silent paths go down.
+    fn tick(&mut self, now: Instant) {
         let interval = self.config.heartbeat_interval.max(Duration::from_millis(1));
         let down_after = self.config.down_after;
-        let src = self.mesh.topology().local().short_id.get();
-        let local = self.name.get();
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        let mut any = false;
         for id in ids {
+            if self.ready(id).is_none() {
+                continue;
+            }
+            any = true;
+            self.push_heartbeat(id);
             let carrier = self.is_carrier(id);
-            let topo = self.mesh.topology();
             let Some(r) = self.conns.get_mut(&id).and_then(|c| c.ready.as_mut()) else {
                 continue;
             };
-            if r.next_heartbeat <= now {
-                r.next_heartbeat = now + interval;
-                let dst = short_of(topo, &r.remote);
-                self.actions.push_back(Action::Heartbeat {
-                    to: r.remote.data_addr,
-                    src,
-                    dst,
-                    heartbeat: Heartbeat {
-                        conn_uid: r.conn_uid,
-                        sender: local,
-                    },
-                });
-            }
             let silent = r
                 .last_heard
                 .is_none_or(|t| now.saturating_duration_since(t) >= down_after);
@@ -568,7 +574,25 @@ impl Node {
                 }
             }
         }
-        self.flush(now);
+        self.tick_at = any.then_some(now + interval);
+    }
+
+    /// Queue connection `id`'s data-path heartbeat.
+    fn push_heartbeat(&mut self, id: ConnId) {
+        let topo = self.mesh.topology();
+        let src = topo.local().short_id.get();
+        let Some(r) = self.conns.get(&id).and_then(|c| c.ready.as_ref()) else {
+            return;
+        };
+        self.actions.push_back(Action::Heartbeat {
+            to: r.remote.data_addr,
+            src,
+            dst: short_of(topo, &r.remote),
+            heartbeat: Heartbeat {
+                conn_uid: r.conn_uid,
+                sender: self.name.get(),
+            },
+        });
     }
 
     // ----- output -----
@@ -576,20 +600,14 @@ impl Node {
     /// When [`handle_timeout`](Self::handle_timeout) is due next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut next = [self.mesh.poll_timeout(), self.connmaker.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
-        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
-        for r in self.conns.values().filter_map(|c| c.ready.as_ref()) {
-            consider(r.next_heartbeat);
-            if r.established && r.path_up {
-                if let Some(t) = r.last_heard {
-                    consider(t + self.config.down_after);
-                }
-            }
-        }
-        next
+        [
+            self.mesh.poll_timeout(),
+            self.connmaker.poll_timeout(),
+            self.tick_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next thing to do.

@@ -215,6 +215,8 @@ pub struct Sim {
     cuts: HashSet<(usize, usize)>,
     next_key: u64,
     stats: SimStats,
+    /// Connections of the host being serviced whose state machine got input.
+    touched: Vec<u64>,
 }
 
 impl Sim {
@@ -277,6 +279,7 @@ impl Sim {
             cuts: HashSet::new(),
             next_key: 1,
             stats: SimStats::default(),
+            touched: Vec::new(),
         };
         for h in 0..n {
             sim.service(h);
@@ -615,9 +618,10 @@ impl Sim {
                 if hst.node.poll_timeout().is_some_and(|t| t <= now) {
                     hst.node.handle_timeout(now);
                 }
-                for c in hst.conns.values_mut() {
+                for (&key, c) in &mut hst.conns {
                     if c.conn.poll_timeout().is_some_and(|t| t <= now) {
                         c.conn.handle_timeout(now);
+                        self.touched.push(key);
                     }
                 }
                 self.service(host);
@@ -626,6 +630,7 @@ impl Sim {
                 let now = self.now;
                 if let Some(c) = self.hosts[host].conns.get_mut(&key) {
                     c.conn.handle_bytes(now, &data);
+                    self.touched.push(key);
                     self.service(host);
                 }
             }
@@ -633,6 +638,7 @@ impl Sim {
                 if let Some(c) = self.hosts[host].conns.get_mut(&key) {
                     c.peer_closed = true;
                     c.conn.close(CloseReason::Local);
+                    self.touched.push(key);
                     self.service(host);
                 }
             }
@@ -722,7 +728,9 @@ impl Sim {
         self.hosts[t]
             .node
             .handle_connecting(now, ConnId(kt), from, false);
+        self.touched.push(kh);
         self.service(h);
+        self.touched.push(kt);
         self.service(t);
     }
 
@@ -737,17 +745,21 @@ impl Sim {
         }
     }
 
-    /// Moves everything host `h`'s state machines want to do into the event queue.
+    /// Moves everything host `h`'s state machines want to do into the event queue: the
+    /// node's actions, and the output and events of the connections in `touched` (those that
+    /// got input), until nothing more happens.
     fn service(&mut self, h: usize) {
         loop {
             let mut progress = false;
-            let keys: Vec<u64> = self.hosts[h].conns.keys().copied().collect();
-            for key in keys {
-                progress |= self.service_conn(h, key);
-            }
             while let Some(action) = self.hosts[h].node.poll_action() {
                 progress = true;
                 self.act(h, action);
+            }
+            let mut touched = std::mem::take(&mut self.touched);
+            touched.sort_unstable();
+            touched.dedup();
+            for key in touched {
+                progress |= self.service_conn(h, key);
             }
             if !progress {
                 break;
@@ -763,11 +775,13 @@ impl Sim {
             Action::Send { conn, message } => {
                 if let Some(c) = self.hosts[h].conns.get_mut(&conn.0) {
                     let _ = c.conn.send(now, &message);
+                    self.touched.push(conn.0);
                 }
             }
             Action::Close { conn, .. } => {
                 if let Some(c) = self.hosts[h].conns.get_mut(&conn.0) {
                     c.conn.close(CloseReason::Local);
+                    self.touched.push(conn.0);
                 }
             }
             Action::Dial(addr) => {
