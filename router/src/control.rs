@@ -356,6 +356,7 @@ impl Control {
     /// Do what the node asks; true if anything happened (the snapshot is then published).
     fn execute(self: &Arc<Self>, node: &mut Node, tasks: &mut BTreeMap<ConnId, ConnTask>) -> bool {
         let mut any = false;
+        let mut table_changed = false;
         while let Some(action) = node.poll_action() {
             any = true;
             let now = self.clock.now();
@@ -386,12 +387,8 @@ impl Control {
                         .dataplane
                         .send(DpCommand::RemoveLink { ip, conn_uid });
                 }
-                Action::SetTable(table) => {
-                    let _ = self
-                        .shared
-                        .dataplane
-                        .send(DpCommand::SetTable(Box::new(table)));
-                }
+                // Built once, after the actions of this pass (see below).
+                Action::TableChanged => table_changed = true,
                 Action::Heartbeat {
                     to,
                     src,
@@ -440,6 +437,10 @@ impl Control {
                     }
                 }
             }
+        }
+        if table_changed {
+            let table = Box::new(node.forwarding_table());
+            let _ = self.shared.dataplane.send(DpCommand::SetTable(table));
         }
         any
     }

@@ -24,9 +24,11 @@
 //!   connection to the same peer is still open, the peer moves to that one (its keys are
 //!   installed again, the mesh hears about it) instead of disappearing.
 //! - *The forwarding table*: built from the mesh's routes plus our own neighbours, handed to
-//!   the data path whenever it changes ([`Action::SetTable`]).
+//!   the data path whenever it changes ([`Action::TableChanged`]: the driver installs
+//!   [`Node::forwarding_table`]; a table has 4096 slots per map, so building one per change
+//!   is left to the driver, which may coalesce).
 //! - *Data-path heartbeats and liveness*: every [`NodeConfig::heartbeat_interval`] (one tick
-//!   for all connections, so a node has one timer, not one per neighbour) every ready
+//!   for all connections, so a node has one timer, not one per neighbour) every carrying
 //!   connection sends a heartbeat through the data path, and a direct path from which no
 //!   heartbeat arrived for [`NodeConfig::down_after`] is *down*: the link is withdrawn from
 //!   our gossip (routes everywhere, ours included, go around it) while the control connection
@@ -40,7 +42,7 @@
 //!   [`Node::register_channel`]; anything else is counted and dropped.
 //!
 //! **The data-path seam.** Everything the node wants from the data path is an action:
-//! [`Action::SetTable`] (forwarding table), [`Action::SetLink`]/[`Action::RemoveLink`]
+//! [`Action::TableChanged`] (install [`Node::forwarding_table`]), [`Action::SetLink`]/[`Action::RemoveLink`]
 //! (per-neighbour keys, installed before the peer can appear in a table) and
 //! [`Action::Heartbeat`] (always sent through the data path, so it is sealed like traffic and
 //! fails exactly when traffic does). What the data path reports back is
@@ -157,8 +159,9 @@ pub enum Action {
         /// The connection.
         conn_uid: u64,
     },
-    /// Data path: forward with this table from now on.
-    SetTable(ForwardingTable),
+    /// Data path: the forwarding table changed; install [`Node::forwarding_table`] (now, or
+    /// at the latest before the next frame is forwarded).
+    TableChanged,
     /// Data path: send this heartbeat to `to` in a VXLAN datagram from `src` to `dst`.
     Heartbeat {
         /// The neighbour's data address.
@@ -385,11 +388,6 @@ impl Node {
             last_heard: None,
             streak: 0,
         });
-        // The first heartbeat goes out at once; later ones with everyone's, at the tick.
-        self.push_heartbeat(id);
-        if self.tick_at.is_none() {
-            self.tick_at = Some(now + self.config.heartbeat_interval);
-        }
         if let Some(&old) = self.carriers.get(&peer) {
             let old_uid = self.ready(old).map_or(u64::MAX, |r| r.conn_uid);
             self.stats.duplicates += 1;
@@ -410,6 +408,15 @@ impl Node {
         self.carry(now, id);
         self.actions.push_back(Action::NeighbourUp(peer));
         self.flush(now);
+    }
+
+    /// Start heartbeats on carrying connection `id`: the first at once (after its link is
+    /// installed, so it is sealed like traffic), later ones with everyone's at the tick.
+    fn start_heartbeats(&mut self, now: Instant, id: ConnId) {
+        self.push_heartbeat(id);
+        if self.tick_at.is_none() {
+            self.tick_at = Some(now + self.config.heartbeat_interval);
+        }
     }
 
     /// The remote acknowledged our heartbeats on connection `id`.
@@ -551,12 +558,13 @@ impl Node {
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         let mut any = false;
         for id in ids {
-            if self.ready(id).is_none() {
+            // Heartbeats go on the connections that carry their peer (a duplicate is being
+            // closed and needs none).
+            if !self.is_carrier(id) {
                 continue;
             }
             any = true;
             self.push_heartbeat(id);
-            let carrier = self.is_carrier(id);
             let Some(r) = self.conns.get_mut(&id).and_then(|c| c.ready.as_mut()) else {
                 continue;
             };
@@ -567,11 +575,9 @@ impl Node {
                 r.path_up = false;
                 r.streak = 0;
                 self.stats.paths_down += 1;
-                if carrier {
-                    let peer = r.remote.name;
-                    self.mesh.connection_down(now, peer);
-                    self.table_dirty = true;
-                }
+                let peer = r.remote.name;
+                self.mesh.connection_down(now, peer);
+                self.table_dirty = true;
             }
         }
         self.tick_at = any.then_some(now + interval);
@@ -764,6 +770,7 @@ impl Node {
         // Keys first: the peer must not appear in a table before its link exists.
         self.actions
             .push_back(Action::SetLink { ip, conn_uid, keys });
+        self.start_heartbeats(now, id);
         self.announce(now, id);
     }
 
@@ -820,8 +827,7 @@ impl Node {
         }
         if self.table_dirty {
             self.table_dirty = false;
-            let table = self.forwarding_table();
-            self.actions.push_back(Action::SetTable(table));
+            self.actions.push_back(Action::TableChanged);
         }
     }
 }

@@ -145,6 +145,10 @@ struct Host {
     uid: u64,
     node: Node,
     engine: Engine,
+    /// The node changed its forwarding table since the engine got one.
+    table_dirty: bool,
+    /// When the engine last got a table.
+    table_at: Instant,
     conns: BTreeMap<u64, HostConn>,
     wake_at: Option<Instant>,
     /// Test frames delivered to this host's bridge, by tag.
@@ -260,6 +264,8 @@ impl Sim {
                 uid,
                 node,
                 engine,
+                table_dirty: true,
+                table_at: now,
                 conns: BTreeMap::new(),
                 wake_at: None,
                 received: BTreeMap::new(),
@@ -556,6 +562,7 @@ impl Sim {
     }
 
     fn inject(&mut self, h: usize, dst: [u8; 6], tag: u32) {
+        self.refresh_table(h);
         let mut frame = Vec::with_capacity(64);
         frame.extend_from_slice(&dst);
         frame.extend_from_slice(&host_mac(h));
@@ -647,7 +654,30 @@ impl Sim {
         }
     }
 
+    /// Gives host `h`'s engine the node's forwarding table, if it changed.
+    fn refresh_table(&mut self, h: usize) {
+        let now = self.now;
+        let host = &mut self.hosts[h];
+        if std::mem::take(&mut host.table_dirty) {
+            let table = host.node.forwarding_table();
+            host.engine.set_table(table);
+            host.table_at = now;
+        }
+    }
+
     fn datagram(&mut self, h: usize, from: SocketAddr, data: Vec<u8>) {
+        // A table has 4096 slots per map: for heartbeats (a hundred neighbours' every 300 ms)
+        // it is rebuilt at most every 100 ms, like the router's data plane takes new tables
+        // between polls; frames always see the current one.
+        let heartbeat = data
+            .get(vxlan::HEADER_LEN..)
+            .is_some_and(weft_overlay::heartbeat::is_heartbeat);
+        let stale_ok = heartbeat
+            && self.now.saturating_duration_since(self.hosts[h].table_at)
+                < Duration::from_millis(100);
+        if !stale_ok {
+            self.refresh_table(h);
+        }
         let now = self.now;
         let decision = self.hosts[h].engine.on_datagram(&data, from, now);
         let (deliver, relay) = match decision {
@@ -796,7 +826,8 @@ impl Sim {
                 };
                 self.schedule(at, EventKind::DialResult { host: h, addr });
             }
-            Action::SetTable(table) => self.hosts[h].engine.set_table(table),
+            // Built lazily, before the engine next forwards (a table per change is costly).
+            Action::TableChanged => self.hosts[h].table_dirty = true,
             Action::Heartbeat {
                 to,
                 src,
