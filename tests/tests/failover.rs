@@ -6,8 +6,9 @@
 //!   stops the data-path heartbeats; the direct path is taken out of the routes and the pings
 //!   resume through B within 3 s, while the control connection may stay up. Unblocking brings
 //!   the direct path back within 3 s.
-//! - 5 % random loss on every host's input (iptables `statistic`, this kernel has no netem)
-//!   for 60 s changes no route: no path goes down, A's paths to B and C never change.
+//! - 5 % random loss on every host's input from the underlay (iptables `statistic`, this
+//!   kernel has no netem) for 60 s changes no route: no path goes down, no host's path to
+//!   another ever changes.
 //! - The reroute time, measured as the longest run of lost pings, over ten cuts: the median
 //!   is printed for the report and every one of them is within 3 s.
 
@@ -185,6 +186,9 @@ fn five_percent_loss_for_a_minute_changes_no_route() {
                 "-w",
                 "-A",
                 "INPUT",
+                "!",
+                "-i",
+                "lo",
                 "-m",
                 "statistic",
                 "--mode",
