@@ -279,6 +279,11 @@ pub struct Node {
     /// The next heartbeat tick (every ready connection's heartbeat goes out, liveness is
     /// checked); `None` while no connection is ready.
     tick_at: Option<Instant>,
+    /// The connection maker may have something to dial (its inputs changed or its timer
+    /// fired); heartbeats, acks and gossip leave it alone, so they do not ask it.
+    dial_check: bool,
+    /// The connection maker's timer, as of its last change.
+    connmaker_at: Option<Instant>,
     stats: NodeStats,
 }
 
@@ -300,6 +305,8 @@ impl Node {
             actions: VecDeque::new(),
             table_dirty: true,
             tick_at: None,
+            dial_check: true,
+            connmaker_at: None,
             stats: NodeStats::default(),
         }
     }
@@ -316,18 +323,21 @@ impl Node {
     /// Add direct targets.
     pub fn add_targets(&mut self, now: Instant, targets: &[SocketAddr]) {
         self.connmaker.add_targets(now, targets);
+        self.dial_check = true;
         self.flush(now);
     }
 
     /// Make `targets` the whole direct target list.
     pub fn replace_targets(&mut self, now: Instant, targets: &[SocketAddr]) {
         self.connmaker.replace_targets(now, targets);
+        self.dial_check = true;
         self.flush(now);
     }
 
     /// Forget direct targets.
     pub fn forget_targets(&mut self, now: Instant, targets: &[SocketAddr]) {
         self.connmaker.forget_targets(targets);
+        self.dial_check = true;
         self.flush(now);
     }
 
@@ -350,12 +360,14 @@ impl Node {
                 ready: None,
             },
         );
+        self.dial_check = true;
         self.flush(now);
     }
 
     /// A dial to `addr` failed before a connection existed.
     pub fn handle_dial_failed(&mut self, now: Instant, addr: SocketAddr, reason: String) {
         self.connmaker.dial_failed(now, addr, reason);
+        self.dial_check = true;
         self.flush(now);
     }
 
@@ -377,6 +389,7 @@ impl Node {
         };
         let peer = remote.name;
         let address = conn.address;
+        self.dial_check = true;
         conn.ready = Some(Ready {
             remote,
             conn_uid,
@@ -497,6 +510,7 @@ impl Node {
         let Some(conn) = self.conns.remove(&id) else {
             return;
         };
+        self.dial_check = true;
         let Some(ready) = conn.ready else {
             self.stats.handshake_failures += 1;
             if conn.outbound && !permanent {
@@ -544,6 +558,9 @@ impl Node {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.mesh.poll_timeout().is_some_and(|t| t <= now) {
             self.mesh.handle_timeout(now);
+        }
+        if self.connmaker_at.is_some_and(|t| t <= now) {
+            self.dial_check = true;
         }
         if self.tick_at.is_some_and(|t| t <= now) {
             self.tick(now);
@@ -606,14 +623,10 @@ impl Node {
     /// When [`handle_timeout`](Self::handle_timeout) is due next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [
-            self.mesh.poll_timeout(),
-            self.connmaker.poll_timeout(),
-            self.tick_at,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        [self.mesh.poll_timeout(), self.connmaker_at, self.tick_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next thing to do.
@@ -821,9 +834,13 @@ impl Node {
                 .update_from_topology(now, self.mesh.topology());
             self.actions.push_back(Action::PeersChanged);
             self.table_dirty = true;
+            self.dial_check = true;
         }
-        for addr in self.connmaker.poll_dial(now, self.conns.len()) {
-            self.actions.push_back(Action::Dial(addr));
+        if std::mem::take(&mut self.dial_check) {
+            for addr in self.connmaker.poll_dial(now, self.conns.len()) {
+                self.actions.push_back(Action::Dial(addr));
+            }
+            self.connmaker_at = self.connmaker.poll_timeout();
         }
         if self.table_dirty {
             self.table_dirty = false;

@@ -149,6 +149,8 @@ struct Host {
     table_dirty: bool,
     /// When the engine last got a table.
     table_at: Instant,
+    /// The earliest timer of the control connections, as of their last input.
+    conns_at: Option<Instant>,
     conns: BTreeMap<u64, HostConn>,
     wake_at: Option<Instant>,
     /// Test frames delivered to this host's bridge, by tag.
@@ -266,6 +268,7 @@ impl Sim {
                 engine,
                 table_dirty: true,
                 table_at: now,
+                conns_at: None,
                 conns: BTreeMap::new(),
                 wake_at: None,
                 received: BTreeMap::new(),
@@ -625,11 +628,18 @@ impl Sim {
                 if hst.node.poll_timeout().is_some_and(|t| t <= now) {
                     hst.node.handle_timeout(now);
                 }
-                for (&key, c) in &mut hst.conns {
-                    if c.conn.poll_timeout().is_some_and(|t| t <= now) {
-                        c.conn.handle_timeout(now);
-                        self.touched.push(key);
+                if hst.conns_at.is_some_and(|t| t <= now) {
+                    for (&key, c) in &mut hst.conns {
+                        if c.conn.poll_timeout().is_some_and(|t| t <= now) {
+                            c.conn.handle_timeout(now);
+                            self.touched.push(key);
+                        }
                     }
+                    hst.conns_at = hst
+                        .conns
+                        .values()
+                        .filter_map(|c| c.conn.poll_timeout())
+                        .min();
                 }
                 self.service(host);
             }
@@ -779,6 +789,7 @@ impl Sim {
     /// node's actions, and the output and events of the connections in `touched` (those that
     /// got input), until nothing more happens.
     fn service(&mut self, h: usize) {
+        let mut conns_changed = false;
         loop {
             let mut progress = false;
             while let Some(action) = self.hosts[h].node.poll_action() {
@@ -788,12 +799,21 @@ impl Sim {
             let mut touched = std::mem::take(&mut self.touched);
             touched.sort_unstable();
             touched.dedup();
+            conns_changed |= !touched.is_empty();
             for key in touched {
                 progress |= self.service_conn(h, key);
             }
             if !progress {
                 break;
             }
+        }
+        if conns_changed {
+            let host = &mut self.hosts[h];
+            host.conns_at = host
+                .conns
+                .values()
+                .filter_map(|c| c.conn.poll_timeout())
+                .min();
         }
         self.reschedule(h);
     }
@@ -972,15 +992,10 @@ impl Sim {
     /// Schedules host `h`'s next wake-up from its state machines' timers.
     fn reschedule(&mut self, h: usize) {
         let host = &self.hosts[h];
-        let mut next = host.node.poll_timeout();
-        let mut consider = |t: Option<Instant>| {
-            if let Some(t) = t {
-                next = Some(next.map_or(t, |n: Instant| n.min(t)));
-            }
-        };
-        for c in host.conns.values() {
-            consider(c.conn.poll_timeout());
-        }
+        let next = [host.node.poll_timeout(), host.conns_at]
+            .into_iter()
+            .flatten()
+            .min();
         let Some(next) = next else { return };
         // Never in the past, never busy-looping on "due now".
         let next = next.max(self.now + Duration::from_millis(1));
