@@ -277,6 +277,7 @@ fn cutting_a_link_under_traffic_reroutes_within_3_s_and_heals_back() {
         .position(|&(_, ok)| ok)
         .expect("traffic never came back after the cut");
     let back_after = during[first_ok].0.saturating_duration_since(cut_at);
+    eprintln!("cut 0-2 under traffic: frames delivered again {back_after:?} after the cut");
     assert!(
         back_after <= Duration::from_secs(3),
         "rerouted after {back_after:?}"
@@ -303,6 +304,10 @@ fn cutting_a_link_under_traffic_reroutes_within_3_s_and_heals_back() {
         healed_at + Duration::from_secs(10),
     );
     let t = t.expect("never back on the direct path");
+    eprintln!(
+        "healed: direct again after {:?}",
+        t.saturating_duration_since(healed_at)
+    );
     assert!(
         t.saturating_duration_since(healed_at) <= Duration::from_secs(3),
         "direct again after {:?}",
