@@ -398,6 +398,18 @@ impl Mesh {
         self.stats
     }
 
+    /// Encoded size, in bytes, of our whole topology as full state (every gossiped record):
+    /// what one peer must receive at least once, the floor of gossip redundancy.
+    pub fn full_state_size(&self) -> usize {
+        let records: Vec<PeerSummary> = self
+            .topology
+            .peers()
+            .filter(|p| p.version > 0)
+            .cloned()
+            .collect();
+        postcard::to_allocvec(&TopologyGossip::Full(records)).map_or(0, |v| v.len())
+    }
+
     /// Rebuilds our connection list from the neighbour set; on change, schedules an update.
     fn local_connections_changed(&mut self, now: Instant) {
         let conns = self

@@ -333,6 +333,18 @@ impl Sim {
         }
     }
 
+    /// Host `a` closes its control connection to host `b` (if any), as when it detects the
+    /// link is down; the connection makers may dial again later.
+    pub fn disconnect(&mut self, a: usize, b: usize) {
+        let name = self.hosts[b].name;
+        if let Some(&key) = self.hosts[a].active.get(&name) {
+            if let Some(c) = self.hosts[a].conns.get_mut(&key) {
+                c.conn.close(CloseReason::Local);
+            }
+            self.service(a);
+        }
+    }
+
     /// Whether `a` and `b` can currently reach each other.
     pub fn link_up(&self, a: usize, b: usize) -> bool {
         self.group[a] == self.group[b] && !self.cuts.contains(&(a.min(b), a.max(b)))
