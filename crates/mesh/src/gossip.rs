@@ -6,19 +6,30 @@
 //! payloads that arrived, wakes it at [`Mesh::poll_timeout`], and sends what
 //! [`Mesh::poll_transmit`] yields as `Message::Gossip { channel: TOPOLOGY_CHANNEL, payload }`.
 //!
-//! Behaviour, after Weave's `mesh`:
+//! What travels is per-peer versioned deltas ([`Record`]): what changed in a peer's connection
+//! list since a version the receiver holds, not the whole list again (the address of a
+//! connection goes out once, when it is added). The rules:
 //!
-//! - A neighbour gets our full state as soon as its connection is up, and one random neighbour
-//!   gets it every [`GossipConfig::full_state_interval`]. On connection up, both sides first
-//!   exchange a [`TopologyGossip::Digest`] (name, version, uid per peer) and each then sends
-//!   the other exactly the records it lacks: the outcome of a full-state exchange without
-//!   resending what the neighbour already has (in a mesh that forms all at once, full states
-//!   would otherwise dominate the gossip volume, growing with the fourth power of its size).
-//! - Changes (our own record, and whatever a received update taught us) are collected for
-//!   [`GossipConfig::batch_delay`], then sent as one [`TopologyGossip::Update`] to a random,
-//!   topology-weighted subset of neighbours: `max(fanout_min, 2·⌈log2 n⌉)` of them (n = known
-//!   peers), each weighted by 1 + the number of destinations routed through it. A record is
-//!   never sent back to the neighbour it came from; records are relayed only when they were new.
+//! - **What each neighbour has.** For every neighbour we track the newest (version, uid) of
+//!   each peer's record it is known to hold: it sent it to us, listed it in a digest, or we
+//!   sent it (control connections are reliable and ordered). A neighbour only ever gets what
+//!   it lacks, as a delta from the version it holds when our history reaches back that far.
+//! - **New connection: digests, then the missing records.** When a connection comes up, both
+//!   sides send a [`TopologyGossip::Digest`] (name, version, uid per peer) and each answers the
+//!   other's with exactly the records (or deltas) it lacks: the outcome of a full-state
+//!   exchange without resending what the neighbour already has.
+//! - **Changes are batched** for [`GossipConfig::batch_delay`] and then sent, never back to
+//!   the neighbour they came from. The origin of a record sends it to all its neighbours; a
+//!   relay forwards a peer's record only to neighbours that are not that peer's own neighbours
+//!   (it reaches them directly), and a neighbour two hops from the origin is served by one
+//!   relay only: the origin's neighbour with the smallest name that the receiver is connected
+//!   to. When views agree, every peer gets every change about once.
+//! - **Repair, then silence.** A delta a receiver cannot apply (it holds too old a version, or
+//!   none) is answered with [`TopologyGossip::Want`]; the sender sends the full record. Once
+//!   our topology has not changed for [`GossipConfig::settle_delay`], we send each neighbour a
+//!   [`TopologyGossip::Summary`] (a hash of every (name, version, uid) we hold). A settled
+//!   neighbour whose hash differs answers with its digest, which starts a digest exchange that
+//!   carries only what is missing. Nothing is sent periodically: a quiet mesh sends 0 B/s.
 //! - Garbage collection runs [`GossipConfig::gc_delay`] after a change; route recalculation
 //!   [`ROUTES_DELAY`] after one (coalesced), then [`MeshEvent::TopologyChanged`] is emitted.
 //! - Short-id collisions: when we share a short id with a peer whose name is smaller, we move
@@ -27,7 +38,7 @@
 //! Bad payloads surface as [`GossipError`]s (the driver counts them and may close the
 //! connection); nothing here panics on network input.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -36,7 +47,7 @@ use crate::identity::{PeerName, ShortId};
 use crate::rng::Rng;
 use crate::routes::Routes;
 use crate::time::Instant;
-use crate::topology::{ConnSummary, PeerSummary, Topology, TopologyError};
+use crate::topology::{ConnSummary, PeerSummary, Record, Topology, TopologyError};
 
 /// The gossip channel topology updates travel on.
 pub const TOPOLOGY_CHANNEL: u8 = 0;
@@ -45,44 +56,69 @@ pub const TOPOLOGY_CHANNEL: u8 = 0;
 /// burst of updates costs one recalculation ([`MeshEvent::TopologyChanged`] follows it).
 pub const ROUTES_DELAY: Duration = Duration::from_millis(50);
 
-/// Largest payload we build on purpose (full state is split into several messages above this),
+/// Largest payload we build on purpose (records are split into several messages above this),
 /// comfortably below the 1 MiB control-frame limit.
 pub const MAX_PAYLOAD: usize = 512 * 1024;
+
+/// A record asked for from one neighbour is not asked for from another for this long (the
+/// answer normally arrives within a round trip on the ordered connection).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most entries one digest or want message may carry; more is refused as invalid input.
+pub const MAX_DIGEST: usize = 16 * 1024;
 
 /// A topology gossip payload, postcard-encoded.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum TopologyGossip {
-    /// Everything the sender knows (possibly one of several messages).
-    Full(Vec<PeerSummary>),
-    /// Records that changed recently.
-    Update(Vec<PeerSummary>),
-    /// What the sender knows, as (name, version, uid) per peer, sent when a connection comes
-    /// up. The receiver answers with an `Update` of every record the sender lacks or holds an
-    /// older version of: a full-state exchange that only carries what is missing.
-    Digest(Vec<(PeerName, u64, u64)>),
+    /// Peer records: deltas pushed as changes spread, and full records or deltas sent in
+    /// answer to a [`TopologyGossip::Want`].
+    Records(Vec<Record>),
+    /// Records the sender holds, as (name, version, uid) per peer: all of them when a
+    /// connection comes up or summaries differ, or announcements of records the receiver may
+    /// lack. The receiver asks ([`TopologyGossip::Want`]) for those it lacks, each from one
+    /// neighbour only. With `reply` (the list is complete), the receiver also sends its own
+    /// complete digest back if the sender lacks something it holds.
+    Digest {
+        /// (name, version, uid) of records the sender holds.
+        entries: Vec<(PeerName, u64, u64)>,
+        /// Answer with our own complete digest if the sender lacks records we hold.
+        reply: bool,
+    },
+    /// Send these records: (name, version, uid) of what the sender holds, (0, 0) for nothing:
+    /// the receiver answers with a delta from there, or the full record.
+    Want(Vec<(PeerName, u64, u64)>),
+    /// The sender's topology has settled; this is [`Topology::summary_hash`] of it.
+    Summary(u64),
 }
 
 /// Gossip tunables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GossipConfig {
-    /// Least number of neighbours an update goes to (all of them if we have fewer).
+    /// Unused since gossip became deterministic (kept so configurations still build): the
+    /// origin and designated relays reach every peer.
     pub fanout_min: usize,
     /// How long changes are collected before an update goes out.
     pub batch_delay: Duration,
-    /// How often a random neighbour gets our full state.
-    pub full_state_interval: Duration,
+    /// How long our topology must stay unchanged before we compare summaries with our
+    /// neighbours (should exceed `gc_delay`, so both sides have garbage collected).
+    pub settle_delay: Duration,
     /// Delay between a change and the garbage collection it triggers.
     pub gc_delay: Duration,
+    /// How long we wait for a delta to bring an older record up to date, once a neighbour
+    /// showed a newer version, before asking for it.
+    pub pull_delay: Duration,
 }
 
 impl Default for GossipConfig {
-    /// Weave's values, except a 100 ms batch delay (Weave: 1 s).
+    /// Weave's values, except a 100 ms batch delay (Weave: 1 s) and no periodic full state
+    /// (summaries after 2 s of quiet instead).
     fn default() -> Self {
         Self {
             fanout_min: 2,
             batch_delay: Duration::from_millis(100),
-            full_state_interval: Duration::from_secs(30),
+            settle_delay: Duration::from_secs(2),
             gc_delay: Duration::from_secs(1),
+            pull_delay: Duration::from_millis(500),
         }
     }
 }
@@ -108,6 +144,9 @@ pub enum GossipError {
     /// The payload decoded but its content is invalid.
     #[error("invalid topology update: {0}")]
     Invalid(#[from] TopologyError),
+    /// A digest or want list longer than [`MAX_DIGEST`].
+    #[error("digest or want list of {0} entries, more than {MAX_DIGEST}")]
+    TooLong(usize),
 }
 
 /// Counters for the convergence bench and status.
@@ -121,14 +160,30 @@ pub struct GossipStats {
     pub messages_sent: u64,
     /// Messages received (valid or not).
     pub messages_received: u64,
-    /// Of the messages sent, those carrying full state.
+    /// Of the messages sent, those carrying at least one full record.
     pub full_sent: u64,
-    /// Of the bytes sent, those in full-state messages.
+    /// Of the bytes sent, those in messages carrying at least one full record.
     pub full_bytes_sent: u64,
     /// Peer records received that were new to us.
     pub records_merged: u64,
     /// Payloads refused ([`GossipError`]).
     pub errors: u64,
+    /// Records sent as deltas.
+    pub deltas_sent: u64,
+    /// Records sent in full.
+    pub full_records_sent: u64,
+    /// Peers whose full record we asked for because a delta did not apply.
+    pub wants_sent: u64,
+    /// Bytes of complete digests sent (connection up, summaries that differed).
+    pub digest_bytes_sent: u64,
+    /// Bytes of announcements sent (records a neighbour may lack, for it to ask for).
+    pub announce_bytes_sent: u64,
+    /// Bytes of records pushed as changes spread.
+    pub push_bytes_sent: u64,
+    /// Bytes of records sent in answer to a want.
+    pub answer_bytes_sent: u64,
+    /// Bytes of wants and summaries sent.
+    pub request_bytes_sent: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -154,6 +209,17 @@ impl Neighbour {
             .get(&p.name)
             .is_some_and(|&k| k >= (p.version, p.uid))
     }
+
+    /// What we may build a delta from: the version it holds of that incarnation.
+    fn base(&self, name: PeerName) -> Option<(u64, u64)> {
+        self.known.get(&name).copied()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Request {
+    from: PeerName,
+    at: Instant,
 }
 
 /// The topology gossip state machine for the local peer.
@@ -170,7 +236,14 @@ pub struct Mesh {
     batch_at: Option<Instant>,
     gc_at: Option<Instant>,
     routes_at: Option<Instant>,
-    full_state_at: Instant,
+    /// When to send summaries (our topology has been quiet for `settle_delay`); `None` once
+    /// sent, until the next change.
+    summary_at: Option<Instant>,
+    /// Records we asked for: who we asked and when.
+    requested: BTreeMap<PeerName, Request>,
+    /// Records a neighbour holds a newer version of than we do, and when to ask for them if
+    /// no delta brought us up to date by then.
+    lagging: BTreeMap<PeerName, Instant>,
     outgoing: VecDeque<(PeerName, Vec<u8>)>,
     events: VecDeque<MeshEvent>,
     stats: GossipStats,
@@ -178,11 +251,10 @@ pub struct Mesh {
 
 impl Mesh {
     /// A mesh that knows only ourselves. `seed` drives every random choice.
-    pub fn new(local: PeerSummary, config: GossipConfig, seed: u64, now: Instant) -> Self {
+    pub fn new(local: PeerSummary, config: GossipConfig, seed: u64, _now: Instant) -> Self {
         let topology = Topology::new(local);
         let routes = Routes::compute(&topology);
         Self {
-            full_state_at: now + config.full_state_interval,
             config,
             topology,
             routes,
@@ -192,6 +264,9 @@ impl Mesh {
             batch_at: None,
             gc_at: None,
             routes_at: None,
+            summary_at: None,
+            requested: BTreeMap::new(),
+            lagging: BTreeMap::new(),
             outgoing: VecDeque::new(),
             events: VecDeque::new(),
             stats: GossipStats::default(),
@@ -199,7 +274,7 @@ impl Mesh {
     }
 
     /// A control connection to `remote` finished its handshake (data path not yet
-    /// established): record it in our connection list and send our full state to it.
+    /// established): record it in our connection list and start the digest exchange.
     ///
     /// `remote_summary_hint` is (nickname, uid, short id) from the handshake; it makes a
     /// placeholder record until the peer's own summary arrives. Calling this again for a
@@ -218,18 +293,25 @@ impl Mesh {
         let (nickname, uid, short_id) = remote_summary_hint;
         self.topology
             .add_placeholder(remote, nickname, uid, short_id);
-        self.neighbours.insert(
-            remote,
-            Neighbour {
-                address,
-                outbound,
-                established: false,
-                known: HashMap::new(),
-            },
-        );
+        let replaced = self
+            .neighbours
+            .insert(
+                remote,
+                Neighbour {
+                    address,
+                    outbound,
+                    established: false,
+                    known: HashMap::new(),
+                },
+            )
+            .is_some();
+        if replaced {
+            // A new connection to the same peer: what we asked for on the old one may be lost.
+            self.forget_requests_to(now, remote);
+        }
         self.local_connections_changed(now);
         self.resolve_short_id_collision(now);
-        self.send_digest(remote);
+        self.send_digest(remote, false);
     }
 
     /// The data path of the connection to `remote` works: mark it established.
@@ -247,6 +329,7 @@ impl Mesh {
         if self.neighbours.remove(&remote).is_some() {
             self.pending.retain(|_, from| *from != Some(remote));
             self.outgoing.retain(|(to, _)| *to != remote);
+            self.forget_requests_to(now, remote);
             self.local_connections_changed(now);
         }
     }
@@ -267,38 +350,99 @@ impl Mesh {
                 return Err(GossipError::Decode);
             }
         };
-        let update = match msg {
-            TopologyGossip::Full(update) | TopologyGossip::Update(update) => update,
-            TopologyGossip::Digest(digest) => {
-                if let Some(nb) = self.neighbours.get_mut(&from) {
-                    for &(n, v, u) in &digest {
-                        nb.learn(n, v, u);
-                    }
+        match msg {
+            TopologyGossip::Records(records) => self.handle_records(now, from, &records),
+            TopologyGossip::Digest { entries, reply } => {
+                if entries.len() > MAX_DIGEST {
+                    self.stats.errors += 1;
+                    return Err(GossipError::TooLong(entries.len()));
                 }
-                self.answer_digest(from, &digest);
-                return Ok(());
+                self.handle_digest(now, from, &entries, reply);
+                Ok(())
             }
-        };
-        if let Some(nb) = self.neighbours.get_mut(&from) {
-            for p in &update {
-                nb.learn(p.name, p.version, p.uid);
+            TopologyGossip::Want(entries) => {
+                if entries.len() > MAX_DIGEST {
+                    self.stats.errors += 1;
+                    return Err(GossipError::TooLong(entries.len()));
+                }
+                let mut seen = BTreeSet::new();
+                let records: Vec<Record> = entries
+                    .iter()
+                    .filter(|(n, _, _)| seen.insert(*n))
+                    .filter_map(|&(n, v, u)| {
+                        self.topology.record_since(n, (v > 0).then_some((v, u)))
+                    })
+                    .collect();
+                if !records.is_empty() {
+                    let before = self.stats.bytes_sent;
+                    self.queue_records(from, records);
+                    self.stats.answer_bytes_sent += self.stats.bytes_sent - before;
+                }
+                Ok(())
+            }
+            TopologyGossip::Summary(hash) => {
+                // Only a settled side compares: an unsettled one sends its own summary later.
+                if self.summary_at.is_none()
+                    && self.neighbours.contains_key(&from)
+                    && hash != self.topology.summary_hash()
+                {
+                    self.send_digest(from, true);
+                }
+                Ok(())
             }
         }
-        let new = match self.topology.merge(&update) {
-            Ok(new) => new,
+    }
+
+    fn handle_records(
+        &mut self,
+        now: Instant,
+        from: PeerName,
+        records: &[Record],
+    ) -> Result<(), GossipError> {
+        let merged = match self.topology.merge_records(records) {
+            Ok(m) => m,
             Err(e) => {
                 self.stats.errors += 1;
                 return Err(e.into());
             }
         };
-        if new.is_empty() {
+        if let Some(nb) = self.neighbours.get_mut(&from) {
+            for r in records.iter().filter(|r| !merged.want.contains(&r.name)) {
+                nb.learn(r.name, r.version, r.uid);
+            }
+        }
+        let mut answered = Vec::new();
+        for r in records {
+            if self.requested.get(&r.name).is_some_and(|q| q.from == from) {
+                self.requested.remove(&r.name);
+                answered.push(r.name);
+            }
+        }
+        // Deltas that did not fit what we hold: ask the sender for the full records.
+        let wants: Vec<(PeerName, u64, u64)> =
+            merged.want.iter().map(|n| (*n, 0, 0)).collect();
+        for r in records.iter().filter(|r| merged.want.contains(&r.name)) {
+            self.requested.insert(
+                r.name,
+                Request {
+                    from,
+                    at: now,
+                },
+            );
+        }
+        self.send_wants(from, wants);
+        // A newer version may have been announced while we waited for an answer.
+        for name in answered {
+            self.request_from_best(now, name);
+        }
+        if merged.new.is_empty() {
             return Ok(());
         }
-        self.stats.records_merged += new.len() as u64;
+        self.stats.records_merged += merged.new.len() as u64;
         let local = self.topology.local_name();
-        for s in &new {
-            let origin = (s.name != local).then_some(from);
-            self.pending.insert(s.name, origin);
+        for name in &merged.new {
+            let origin = (*name != local).then_some(from);
+            self.pending.insert(*name, origin);
         }
         self.schedule_batch(now);
         self.topology_changed(now);
@@ -306,7 +450,8 @@ impl Mesh {
         Ok(())
     }
 
-    /// Fires the timers due at `now`: batched updates, garbage collection, periodic full state.
+    /// Fires the timers due at `now`: batched updates, garbage collection, route
+    /// recalculation, summaries once settled.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.batch_at.is_some_and(|t| t <= now) {
             self.batch_at = None;
@@ -318,9 +463,12 @@ impl Mesh {
             if !removed.is_empty() {
                 for name in &removed {
                     self.pending.remove(name);
+                    self.requested.remove(name);
+                    self.lagging.remove(name);
                     self.events.push_back(MeshEvent::PeerRemoved(*name));
                 }
                 self.routes_at = Some(now);
+                self.summary_at = Some(now + self.config.settle_delay);
             }
         }
         if self.routes_at.is_some_and(|t| t <= now) {
@@ -328,18 +476,28 @@ impl Mesh {
             self.routes = Routes::compute(&self.topology);
             self.events.push_back(MeshEvent::TopologyChanged);
         }
-        if self.full_state_at <= now {
-            self.full_state_at = now
-                + self
-                    .config
-                    .full_state_interval
-                    .max(Duration::from_millis(1));
-            let n = self.neighbours.len() as u64;
-            if n > 0 {
-                let pick = self.rng.below(n) as usize;
-                if let Some(&to) = self.neighbours.keys().nth(pick) {
-                    self.send_full(to);
+        if self.lagging.first_key_value().is_some() {
+            let due: Vec<PeerName> = self
+                .lagging
+                .iter()
+                .filter(|(_, t)| **t <= now)
+                .map(|(n, _)| *n)
+                .collect();
+            for name in due {
+                self.lagging.remove(&name);
+                if !self.outstanding(now, name) {
+                    self.request_from_best(now, name);
                 }
+            }
+        }
+        if self.summary_at.is_some_and(|t| t <= now) {
+            self.summary_at = None;
+            let hash = self.topology.summary_hash();
+            let to: Vec<PeerName> = self.neighbours.keys().copied().collect();
+            for nb in to {
+                let before = self.stats.bytes_sent;
+                self.queue_payload(nb, &TopologyGossip::Summary(hash), false);
+                self.stats.request_bytes_sent += self.stats.bytes_sent - before;
             }
         }
     }
@@ -347,11 +505,13 @@ impl Mesh {
     /// When [`handle_timeout`](Self::handle_timeout) is due next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let lagging = self.lagging.values().min().copied();
         [
             self.batch_at,
             self.gc_at,
             self.routes_at,
-            Some(self.full_state_at),
+            self.summary_at,
+            lagging,
         ]
         .into_iter()
         .flatten()
@@ -401,13 +561,13 @@ impl Mesh {
     /// Encoded size, in bytes, of our whole topology as full state (every gossiped record):
     /// what one peer must receive at least once, the floor of gossip redundancy.
     pub fn full_state_size(&self) -> usize {
-        let records: Vec<PeerSummary> = self
+        let records: Vec<Record> = self
             .topology
             .peers()
             .filter(|p| p.version > 0)
-            .cloned()
+            .map(Record::full)
             .collect();
-        postcard::to_allocvec(&TopologyGossip::Full(records)).map_or(0, |v| v.len())
+        postcard::to_allocvec(&TopologyGossip::Records(records)).map_or(0, |v| v.len())
     }
 
     /// Rebuilds our connection list from the neighbour set; on change, schedules an update.
@@ -437,6 +597,7 @@ impl Mesh {
         if self.gc_at.is_none() {
             self.gc_at = Some(now + self.config.gc_delay);
         }
+        self.summary_at = Some(now + self.config.settle_delay);
     }
 
     fn schedule_batch(&mut self, now: Instant) {
@@ -483,66 +644,207 @@ impl Mesh {
         }
     }
 
-    /// Sends the pending records to a weighted random subset of the neighbours that have
-    /// something to receive (records never go back to where they came from).
+    /// Whether we forward `origin`'s record to neighbour `to` (see the module docs): the
+    /// origin sends its own to everyone; relays skip the origin's own neighbours and, two hops
+    /// out, leave the receiver to the origin's smallest-named neighbour connected to it.
+    fn should_relay(&self, origin: PeerName, to: PeerName) -> bool {
+        let local = self.topology.local_name();
+        if origin == local {
+            return true;
+        }
+        let Some(o) = self.topology.peer(origin) else {
+            return false;
+        };
+        if o.connection(to).is_some() {
+            return false;
+        }
+        if o.connection(local).is_none() {
+            return true;
+        }
+        // We are one hop from the origin and `to` is two: the smallest-named peer among the
+        // origin's neighbours that `to` is connected to relays.
+        !o.connections
+            .iter()
+            .take_while(|c| c.remote < local)
+            .any(|c| {
+                self.topology
+                    .peer(c.remote)
+                    .is_some_and(|m| m.connection(to).is_some())
+            })
+    }
+
+    /// Sends every neighbour the pending records it lacks, never back to where they came
+    /// from, following the relay rule: as deltas from what it holds, or, where only a full
+    /// record would do, as an announcement it pulls from one neighbour.
     fn flush_pending(&mut self) {
         let pending = std::mem::take(&mut self.pending);
         if pending.is_empty() || self.neighbours.is_empty() {
             return;
         }
-        let mut per_target: BTreeMap<PeerName, Vec<PeerSummary>> = BTreeMap::new();
-        for (&to, nb) in &self.neighbours {
-            let records: Vec<PeerSummary> = pending
-                .iter()
-                .filter(|(_, from)| **from != Some(to))
-                .filter_map(|(name, _)| self.topology.peer(*name))
-                .filter(|p| p.version > 0 && !nb.has(p))
-                .cloned()
-                .collect();
-            if !records.is_empty() {
-                per_target.insert(to, records);
-            }
-        }
-        let candidates: Vec<PeerName> = per_target.keys().copied().collect();
-        for to in self.pick_targets(candidates) {
-            if let Some(records) = per_target.remove(&to) {
-                self.queue_chunks(to, records, false);
-            }
-        }
-    }
-
-    /// `max(fanout_min, 2·⌈log2 n⌉)` of `candidates`, sampled without replacement with weight
-    /// 1 + destinations routed via each.
-    fn pick_targets(&mut self, candidates: Vec<PeerName>) -> Vec<PeerName> {
-        let n = self.topology.len().max(2);
-        let log2 = usize::BITS - (n - 1).leading_zeros(); // ceil(log2 n) for n >= 2
-        let k = self.config.fanout_min.max(2 * log2 as usize);
-        let mut candidates: Vec<(PeerName, u64)> = candidates
-            .into_iter()
-            .map(|nb| (nb, 1 + self.routes.destinations_via(nb) as u64))
-            .collect();
-        if candidates.len() <= k {
-            return candidates.into_iter().map(|(nb, _)| nb).collect();
-        }
-        let mut chosen = Vec::with_capacity(k);
-        for _ in 0..k {
-            let total: u64 = candidates.iter().map(|(_, w)| w).sum();
-            let mut x = self.rng.below(total);
-            let mut idx = candidates.len() - 1;
-            for (i, (_, w)) in candidates.iter().enumerate() {
-                if x < *w {
-                    idx = i;
-                    break;
+        let targets: Vec<PeerName> = self.neighbours.keys().copied().collect();
+        for to in targets {
+            let Some(nb) = self.neighbours.get(&to) else {
+                continue;
+            };
+            let mut deltas = Vec::new();
+            let mut announce = Vec::new();
+            for (&name, from) in &pending {
+                if *from == Some(to) || name == to {
+                    continue;
                 }
-                x -= w;
+                let Some(p) = self.topology.peer(name) else {
+                    continue;
+                };
+                if p.version == 0 || nb.has(p) || !self.should_relay(name, to) {
+                    continue;
+                }
+                match self.topology.record_since(name, nb.base(name)) {
+                    Some(r) if !r.is_full() => deltas.push(r),
+                    Some(_) => announce.push((name, p.version, p.uid)),
+                    None => {}
+                }
             }
-            chosen.push(candidates.swap_remove(idx).0);
+            if !deltas.is_empty() {
+                let before = self.stats.bytes_sent;
+                self.queue_records(to, deltas);
+                self.stats.push_bytes_sent += self.stats.bytes_sent - before;
+            }
+            for chunk in announce.chunks(MAX_DIGEST) {
+                let msg = TopologyGossip::Digest {
+                    entries: chunk.to_vec(),
+                    reply: false,
+                };
+                let before = self.stats.bytes_sent;
+                self.queue_payload(to, &msg, false);
+                self.stats.announce_bytes_sent += self.stats.bytes_sent - before;
+            }
         }
-        chosen.sort_unstable();
-        chosen
     }
 
-    fn send_digest(&mut self, to: PeerName) {
+    /// Learns what `from` holds and asks it for what we lack and nobody is already sending
+    /// us; with `reply` (a complete digest), sends ours back if it lacks anything we hold.
+    fn handle_digest(
+        &mut self,
+        now: Instant,
+        from: PeerName,
+        entries: &[(PeerName, u64, u64)],
+        reply: bool,
+    ) {
+        if !self.neighbours.contains_key(&from) {
+            return;
+        }
+        if let Some(nb) = self.neighbours.get_mut(&from) {
+            for &(n, v, u) in entries {
+                nb.learn(n, v, u);
+            }
+        }
+        let local = self.topology.local_name();
+        let mut wants = Vec::new();
+        for &(n, v, u) in entries {
+            if n == local {
+                if self.topology.outbid_local(v, u) {
+                    self.pending.insert(local, None);
+                    self.schedule_batch(now);
+                    self.topology_changed(now);
+                }
+                continue;
+            }
+            let ours = self.held(n);
+            if (v, u) <= ours || self.outstanding(now, n) {
+                continue;
+            }
+            if !reply && ours.0 > 0 && ours.1 == u {
+                // We hold an older version of the same incarnation: the change is most
+                // likely on its way to us as a delta. Ask only if it has not come by then.
+                self.lagging
+                    .entry(n)
+                    .or_insert(now + self.config.pull_delay);
+                continue;
+            }
+            wants.push((n, ours.0, ours.1));
+            self.requested.insert(
+                n,
+                Request {
+                    from,
+                    at: now,
+                },
+            );
+        }
+        self.send_wants(from, wants);
+        if reply {
+            let theirs: BTreeMap<PeerName, (u64, u64)> =
+                entries.iter().map(|&(n, v, u)| (n, (v, u))).collect();
+            let lacking = self
+                .topology
+                .peers()
+                .filter(|p| p.version > 0)
+                .any(|p| theirs.get(&p.name).is_none_or(|&t| t < (p.version, p.uid)));
+            if lacking {
+                self.send_digest(from, false);
+            }
+        }
+    }
+
+    /// (version, uid) of our gossiped record of `name`; (0, 0) if none.
+    fn held(&self, name: PeerName) -> (u64, u64) {
+        self.topology
+            .peer(name)
+            .filter(|p| p.version > 0)
+            .map_or((0, 0), |p| (p.version, p.uid))
+    }
+
+    fn outstanding(&self, now: Instant, name: PeerName) -> bool {
+        self.requested
+            .get(&name)
+            .is_some_and(|r| r.at + REQUEST_TIMEOUT > now)
+    }
+
+    /// Asks the neighbour known to hold the newest version of `name` for it, if that is newer
+    /// than ours.
+    fn request_from_best(&mut self, now: Instant, name: PeerName) {
+        let ours = self.held(name);
+        let best = self
+            .neighbours
+            .iter()
+            .filter_map(|(nb, n)| n.known.get(&name).map(|k| (*k, *nb)))
+            .filter(|(k, _)| *k > ours)
+            .max();
+        if let Some((_, from)) = best {
+            self.requested.insert(
+                name,
+                Request {
+                    from,
+                    at: now,
+                },
+            );
+            self.send_wants(from, vec![(name, ours.0, ours.1)]);
+        }
+    }
+
+    /// Our requests to `remote` may never be answered: ask someone else (or nobody yet).
+    fn forget_requests_to(&mut self, now: Instant, remote: PeerName) {
+        let lost: Vec<PeerName> = self
+            .requested
+            .iter()
+            .filter(|(_, r)| r.from == remote)
+            .map(|(n, _)| *n)
+            .collect();
+        for name in lost {
+            self.requested.remove(&name);
+            self.request_from_best(now, name);
+        }
+    }
+
+    fn send_wants(&mut self, to: PeerName, wants: Vec<(PeerName, u64, u64)>) {
+        self.stats.wants_sent += wants.len() as u64;
+        for chunk in wants.chunks(MAX_DIGEST) {
+            let before = self.stats.bytes_sent;
+            self.queue_payload(to, &TopologyGossip::Want(chunk.to_vec()), false);
+            self.stats.request_bytes_sent += self.stats.bytes_sent - before;
+        }
+    }
+
+    fn send_digest(&mut self, to: PeerName, reply: bool) {
         let digest = self
             .topology
             .peers()
@@ -551,46 +853,23 @@ impl Mesh {
             .collect::<Vec<_>>();
         // A digest is ~20 bytes per peer: far below the payload limit for any sane mesh, but
         // split it anyway so no frame can exceed the limit.
-        for chunk in digest.chunks(16 * 1024) {
-            self.queue_payload(to, &TopologyGossip::Digest(chunk.to_vec()), false);
+        for chunk in digest.chunks(MAX_DIGEST) {
+            let msg = TopologyGossip::Digest {
+                entries: chunk.to_vec(),
+                reply,
+            };
+            let before = self.stats.bytes_sent;
+            self.queue_payload(to, &msg, false);
+            self.stats.digest_bytes_sent += self.stats.bytes_sent - before;
         }
     }
 
-    /// Sends `to` every record its digest shows it lacks or holds an older version of.
-    fn answer_digest(&mut self, to: PeerName, digest: &[(PeerName, u64, u64)]) {
-        let theirs: BTreeMap<PeerName, (u64, u64)> =
-            digest.iter().map(|&(n, v, u)| (n, (v, u))).collect();
-        let records: Vec<PeerSummary> = self
-            .topology
-            .peers()
-            .filter(|p| p.version > 0)
-            .filter(|p| {
-                theirs
-                    .get(&p.name)
-                    .is_none_or(|&theirs| (p.version, p.uid) > theirs)
-            })
-            .cloned()
-            .collect();
-        if !records.is_empty() {
-            self.queue_chunks(to, records, false);
-        }
-    }
-
-    fn send_full(&mut self, to: PeerName) {
-        let records: Vec<PeerSummary> = self
-            .topology
-            .peers()
-            .filter(|p| p.version > 0)
-            .cloned()
-            .collect();
-        self.queue_chunks(to, records, true);
-    }
-
-    /// Queues `records` for `to`, split into payloads of at most about [`MAX_PAYLOAD`] bytes.
-    fn queue_chunks(&mut self, to: PeerName, records: Vec<PeerSummary>, full: bool) {
+    /// Queues `records` for `to`, split into payloads of at most about [`MAX_PAYLOAD`] bytes,
+    /// and notes that `to` now holds them.
+    fn queue_records(&mut self, to: PeerName, records: Vec<Record>) {
         if let Some(nb) = self.neighbours.get_mut(&to) {
-            for p in &records {
-                nb.learn(p.name, p.version, p.uid);
+            for r in &records {
+                nb.learn(r.name, r.version, r.uid);
             }
         }
         let mut chunk = Vec::new();
@@ -609,12 +888,10 @@ impl Mesh {
             chunks.push(chunk);
         }
         for chunk in chunks {
-            let msg = if full {
-                TopologyGossip::Full(chunk)
-            } else {
-                TopologyGossip::Update(chunk)
-            };
-            self.queue_payload(to, &msg, full);
+            let full = chunk.iter().filter(|r| r.is_full()).count() as u64;
+            self.stats.full_records_sent += full;
+            self.stats.deltas_sent += chunk.len() as u64 - full;
+            self.queue_payload(to, &TopologyGossip::Records(chunk), full > 0);
         }
     }
 

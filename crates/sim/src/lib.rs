@@ -529,6 +529,14 @@ impl Sim {
             t.full_bytes_sent += s.full_bytes_sent;
             t.records_merged += s.records_merged;
             t.errors += s.errors;
+            t.deltas_sent += s.deltas_sent;
+            t.full_records_sent += s.full_records_sent;
+            t.wants_sent += s.wants_sent;
+            t.digest_bytes_sent += s.digest_bytes_sent;
+            t.announce_bytes_sent += s.announce_bytes_sent;
+            t.push_bytes_sent += s.push_bytes_sent;
+            t.answer_bytes_sent += s.answer_bytes_sent;
+            t.request_bytes_sent += s.request_bytes_sent;
             t
         })
     }

@@ -24,6 +24,15 @@ fn config(seed: u64, discovery: bool, conn_limit: usize) -> SimConfig {
             conn_limit,
             ..ConnMakerConfig::default()
         },
+        gossip: weft_mesh::GossipConfig {
+            settle_delay: Duration::from_millis(
+                std::env::var("SETTLE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000),
+            ),
+            batch_delay: Duration::from_millis(
+                std::env::var("BATCH_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(100),
+            ),
+            ..Default::default()
+        },
         ..SimConfig::default()
     }
 }
@@ -45,7 +54,7 @@ struct Row {
 impl Row {
     fn print(&self) {
         println!(
-            "| {} | {} | {} | {:.2} | {:.2} | {} |",
+            "\n| {} | {} | {} | {:.2} | {:.2} | {} |",
             self.scenario,
             self.peers,
             self.bytes,
@@ -82,6 +91,7 @@ fn measure(
         steady_bytes,
     };
     row.print();
+    println!("{:?}", sim.gossip_totals());
     assert!(t.is_some(), "{scenario}: did not converge by {max}");
     assert!(
         converged(sim),
@@ -238,7 +248,7 @@ fn thousand_peers_conn_limit_30() {
     let bytes = sim.gossip_totals().bytes_sent;
     let floor = n as u64 * sim.mesh(0).full_state_size() as u64;
     println!(
-        "| 1000 peers, conn-limit 30, discovery, random start | {n} | {bytes} | {:.2} | {} | - |",
+        "\n| 1000 peers, conn-limit 30, discovery, random start | {n} | {bytes} | {:.2} | {} | - |",
         bytes as f64 / floor as f64,
         t.map_or("> 60".to_owned(), |t| format!(
             "{:.2}",
@@ -271,7 +281,7 @@ fn thousand_peers_conn_limit_30() {
     );
     let took = seen.map(|t| t.saturating_duration_since(start));
     println!(
-        "| 1000 peers: one link down reaches everyone | {n} | {} | - | {} | - |",
+        "\n| 1000 peers: one link down reaches everyone | {n} | {} | - | {} | - |",
         sim.gossip_totals().bytes_sent - bytes,
         took.map_or("> 30".to_owned(), |t| format!("{:.2}", t.as_secs_f64()))
     );
