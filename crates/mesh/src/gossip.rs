@@ -79,8 +79,10 @@ pub enum TopologyGossip {
     /// neighbour only. With `reply` (the list is complete), the receiver also sends its own
     /// complete digest back if the sender lacks something it holds.
     Digest {
-        /// (name, version, uid) of records the sender holds.
-        entries: Vec<(PeerName, u64, u64)>,
+        /// (name, version) of records the sender holds. Incarnations (uids) are left out to
+        /// halve the size: a restarted peer's record outbids its old one by version, and
+        /// a delta built for the wrong incarnation is refused and answered with a want.
+        entries: Vec<(PeerName, u64)>,
         /// Answer with our own complete digest if the sender lacks records we hold.
         reply: bool,
     },
@@ -659,7 +661,13 @@ impl Mesh {
             return false;
         }
         if o.connection(local).is_none() {
-            return true;
+            // Two or more hops from the origin: leave peers two hops out (neighbours of one
+            // of the origin's neighbours) to the origin's neighbours.
+            return !o.connections.iter().any(|c| {
+                self.topology
+                    .peer(c.remote)
+                    .is_some_and(|m| m.connection(to).is_some())
+            });
         }
         // We are one hop from the origin and `to` is two: the smallest-named peer among the
         // origin's neighbours that `to` is connected to relays.
@@ -700,7 +708,7 @@ impl Mesh {
                 }
                 match self.topology.record_since(name, nb.base(name)) {
                     Some(r) if !r.is_full() => deltas.push(r),
-                    Some(_) => announce.push((name, p.version, p.uid)),
+                    Some(_) => announce.push((name, p.version)),
                     None => {}
                 }
             }
@@ -727,22 +735,27 @@ impl Mesh {
         &mut self,
         now: Instant,
         from: PeerName,
-        entries: &[(PeerName, u64, u64)],
+        entries: &[(PeerName, u64)],
         reply: bool,
     ) {
         if !self.neighbours.contains_key(&from) {
             return;
         }
+        // Without uids in digests we assume the incarnation we hold (0: unknown).
+        let entries: Vec<(PeerName, u64, u64)> = entries
+            .iter()
+            .map(|&(n, v)| (n, v, self.topology.peer(n).map_or(0, |p| p.uid)))
+            .collect();
         if let Some(nb) = self.neighbours.get_mut(&from) {
-            for &(n, v, u) in entries {
+            for &(n, v, u) in &entries {
                 nb.learn(n, v, u);
             }
         }
         let local = self.topology.local_name();
         let mut wants = Vec::new();
-        for &(n, v, u) in entries {
+        for &(n, v, u) in &entries {
             if n == local {
-                if self.topology.outbid_local(v, u) {
+                if v > self.topology.local().version && self.topology.outbid_local(v, u) {
                     self.pending.insert(local, None);
                     self.schedule_batch(now);
                     self.topology_changed(now);
@@ -750,10 +763,10 @@ impl Mesh {
                 continue;
             }
             let ours = self.held(n);
-            if (v, u) <= ours || self.outstanding(now, n) {
+            if v <= ours.0 || self.outstanding(now, n) {
                 continue;
             }
-            if !reply && ours.0 > 0 && ours.1 == u {
+            if !reply && ours.0 > 0 {
                 // We hold an older version of the same incarnation: the change is most
                 // likely on its way to us as a delta. Ask only if it has not come by then.
                 self.lagging
@@ -772,13 +785,12 @@ impl Mesh {
         }
         self.send_wants(from, wants);
         if reply {
-            let theirs: BTreeMap<PeerName, (u64, u64)> =
-                entries.iter().map(|&(n, v, u)| (n, (v, u))).collect();
+            let theirs: BTreeMap<PeerName, u64> = entries.iter().map(|&(n, v, _)| (n, v)).collect();
             let lacking = self
                 .topology
                 .peers()
                 .filter(|p| p.version > 0)
-                .any(|p| theirs.get(&p.name).is_none_or(|&t| t < (p.version, p.uid)));
+                .any(|p| theirs.get(&p.name).is_none_or(|&t| t < p.version));
             if lacking {
                 self.send_digest(from, false);
             }
@@ -849,9 +861,9 @@ impl Mesh {
             .topology
             .peers()
             .filter(|p| p.version > 0)
-            .map(|p| (p.name, p.version, p.uid))
+            .map(|p| (p.name, p.version))
             .collect::<Vec<_>>();
-        // A digest is ~20 bytes per peer: far below the payload limit for any sane mesh, but
+        // A digest is ~10 bytes per peer: far below the payload limit for any sane mesh, but
         // split it anyway so no frame can exceed the limit.
         for chunk in digest.chunks(MAX_DIGEST) {
             let msg = TopologyGossip::Digest {
