@@ -401,6 +401,7 @@ impl Mesh {
         from: PeerName,
         records: &[Record],
     ) -> Result<(), GossipError> {
+        let held: Vec<(u64, u64)> = records.iter().map(|r| self.held(r.name)).collect();
         let merged = match self.topology.merge_records(records) {
             Ok(m) => m,
             Err(e) => {
@@ -420,17 +421,19 @@ impl Mesh {
                 answered.push(r.name);
             }
         }
-        // Deltas that did not fit what we hold: ask the sender for the full records.
-        let wants: Vec<(PeerName, u64, u64)> =
-            merged.want.iter().map(|n| (*n, 0, 0)).collect();
-        for r in records.iter().filter(|r| merged.want.contains(&r.name)) {
-            self.requested.insert(
-                r.name,
-                Request {
-                    from,
-                    at: now,
-                },
-            );
+        // Deltas that did not fit what we hold: ask the sender for a delta from what we hold
+        // (we are behind its base), or the full record (anything else).
+        let mut wants = Vec::new();
+        for (r, &ours) in records.iter().zip(&held) {
+            if !merged.want.contains(&r.name) {
+                continue;
+            }
+            if ours.1 == r.uid && ours.0 > 0 && ours.0 < r.base {
+                wants.push((r.name, ours.0, ours.1));
+            } else {
+                wants.push((r.name, 0, 0));
+            }
+            self.requested.insert(r.name, Request { from, at: now });
         }
         self.send_wants(from, wants);
         // A newer version may have been announced while we waited for an answer.
@@ -775,13 +778,7 @@ impl Mesh {
                 continue;
             }
             wants.push((n, ours.0, ours.1));
-            self.requested.insert(
-                n,
-                Request {
-                    from,
-                    at: now,
-                },
-            );
+            self.requested.insert(n, Request { from, at: now });
         }
         self.send_wants(from, wants);
         if reply {
@@ -822,13 +819,7 @@ impl Mesh {
             .filter(|(k, _)| *k > ours)
             .max();
         if let Some((_, from)) = best {
-            self.requested.insert(
-                name,
-                Request {
-                    from,
-                    at: now,
-                },
-            );
+            self.requested.insert(name, Request { from, at: now });
             self.send_wants(from, vec![(name, ours.0, ours.1)]);
         }
     }
@@ -926,6 +917,7 @@ impl Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::Change;
     use crate::topology::tests::{name, summary};
 
     fn t(ms: u64) -> Instant {
@@ -961,169 +953,374 @@ mod tests {
             .collect()
     }
 
-    fn update(records: Vec<PeerSummary>) -> Vec<u8> {
-        postcard::to_allocvec(&TopologyGossip::Update(records)).unwrap()
+    fn encode(msg: &TopologyGossip) -> Vec<u8> {
+        postcard::to_allocvec(msg).unwrap()
+    }
+
+    /// Full records of these summaries, as one payload.
+    fn records(summaries: Vec<PeerSummary>) -> Vec<u8> {
+        encode(&TopologyGossip::Records(
+            summaries.iter().map(Record::full).collect(),
+        ))
+    }
+
+    fn digest(entries: &[(u64, u64)], reply: bool) -> Vec<u8> {
+        encode(&TopologyGossip::Digest {
+            entries: entries.iter().map(|&(n, v)| (name(n), v)).collect(),
+            reply,
+        })
     }
 
     #[test]
-    fn full_state_on_connection_up_then_batched_update() {
+    fn connection_up_exchanges_digests_and_pulls_only_what_is_missing() {
         let mut m = mesh(1);
-        // We know 3 (v2) and 4 (v1) already.
         up(&mut m, t(0), 9);
         m.handle_gossip(
             t(0),
             name(9),
-            &update(vec![summary(3, 30, 2, &[9]), summary(4, 40, 1, &[9])]),
+            &records(vec![summary(3, 30, 2, &[9]), summary(4, 40, 1, &[9])]),
         )
         .unwrap();
+        m.handle_timeout(t(100));
         drain(&mut m);
-        up(&mut m, t(0), 2);
+        up(&mut m, t(200), 2);
         let sent = drain(&mut m);
-        // The new neighbour first gets our digest (name, version, uid of everything we know).
-        assert_eq!(sent.len(), 1);
-        let (to, TopologyGossip::Digest(digest)) = &sent[0] else {
-            panic!("expected a digest: {sent:?}");
+        // The new neighbour gets our digest (name and version of every gossiped record; not
+        // the placeholders of 2 and 9).
+        let [(to, TopologyGossip::Digest { entries, reply })] = &sent[..] else {
+            panic!("expected one digest: {sent:?}");
         };
         assert_eq!(*to, name(2));
-        let names: Vec<PeerName> = digest.iter().map(|d| d.0).collect();
+        assert!(!reply);
         assert_eq!(
-            names,
-            vec![name(1), name(3), name(4)],
-            "not the placeholders of 2 and 9"
+            entries,
+            &vec![
+                (name(1), m.topology().local().version),
+                (name(3), 2),
+                (name(4), 1)
+            ]
         );
-        // Its digest says it has 3 at v2 and 4 at v1 but an old version of us: it gets exactly
-        // what it lacks (our record), i.e. the result of a full-state exchange.
-        let theirs =
-            TopologyGossip::Digest(vec![(name(1), 1, 10), (name(3), 2, 30), (name(4), 1, 40)]);
-        m.handle_gossip(t(1), name(2), &postcard::to_allocvec(&theirs).unwrap())
+        // Its digest: 3 at v2 (as ours), 4 at v3 (newer), 7 at v1 (unknown to us). We ask at
+        // once for what we lack entirely; 4's newer version is probably on its way as a delta
+        // and is asked for only if it has not come after pull_delay.
+        m.handle_gossip(t(210), name(2), &digest(&[(3, 2), (4, 3), (7, 1)], false))
             .unwrap();
         let sent = drain(&mut m);
-        assert_eq!(sent.len(), 1);
-        let (_, TopologyGossip::Update(records)) = &sent[0] else {
-            panic!("expected the missing records");
-        };
-        assert_eq!(records.len(), 1);
-        assert_eq!(records[0].name, name(1));
-        assert_eq!(records[0].connections[0].remote, name(2));
-        assert!(!records[0].connections[0].established);
-        // A neighbour that knows nothing gets everything we know.
-        up(&mut m, t(2), 5);
-        drain(&mut m);
-        let empty = postcard::to_allocvec(&TopologyGossip::Digest(vec![])).unwrap();
-        m.handle_gossip(t(2), name(5), &empty).unwrap();
-        let sent = drain(&mut m);
-        let TopologyGossip::Update(records) = &sent[0].1 else {
-            panic!("expected records");
-        };
         assert_eq!(
-            records.iter().map(|r| r.name).collect::<Vec<_>>(),
-            vec![name(1), name(3), name(4)]
+            sent,
+            vec![(name(2), TopologyGossip::Want(vec![(name(7), 0, 0)]))]
         );
-
-        // Routes are recalculated (coalesced) after ROUTES_DELAY, then the batched update goes
-        // out after batch_delay, to neighbours that do not have our latest record yet.
-        while m.poll_event().is_some() {}
-        m.connection_established(t(50), name(2));
-        m.handle_timeout(t(50));
-        assert_eq!(m.poll_event(), Some(MeshEvent::TopologyChanged));
-        assert_eq!(m.poll_timeout(), Some(t(100)));
-        m.handle_timeout(t(100));
-        let sent = drain(&mut m);
-        assert!(!sent.is_empty());
-        for (_, msg) in &sent {
-            let TopologyGossip::Update(records) = msg else {
-                panic!("expected update");
-            };
-            assert_eq!(
-                records.len(),
-                1,
-                "only our record: the others know the rest"
-            );
-            assert!(
-                records[0]
-                    .connections
-                    .iter()
-                    .any(|c| c.remote == name(2) && c.established)
+        // Another neighbour announcing 7 while the request is out does not cause a second.
+        up(&mut m, t(220), 5);
+        drain(&mut m);
+        m.handle_gossip(t(230), name(5), &digest(&[(7, 1)], false))
+            .unwrap();
+        assert!(drain(&mut m).is_empty());
+        m.handle_timeout(m.poll_timeout().unwrap());
+        let mut now = t(230);
+        let mut wants = Vec::new();
+        while now < t(1000) {
+            now = m
+                .poll_timeout()
+                .unwrap()
+                .max(now + Duration::from_millis(1));
+            m.handle_timeout(now);
+            wants.extend(
+                drain(&mut m)
+                    .into_iter()
+                    .filter(|(_, msg)| matches!(msg, TopologyGossip::Want(_))),
             );
         }
-        assert_eq!(m.stats().full_sent, 0);
+        assert_eq!(
+            wants,
+            vec![(name(2), TopologyGossip::Want(vec![(name(4), 1, 40)]))],
+            "4 is pulled as a delta from the version we hold, after pull_delay"
+        );
     }
 
     #[test]
-    fn relays_only_new_records_never_back_to_sender() {
+    fn wants_are_answered_with_deltas_or_full_records() {
+        let mut m = mesh(1);
+        up(&mut m, t(0), 2);
+        m.handle_timeout(t(100));
+        drain(&mut m);
+        let ours = m.topology().local().clone();
+        assert_eq!(ours.version, 2);
+        // A neighbour holding our v1 gets only the connection added since.
+        let want = encode(&TopologyGossip::Want(vec![
+            (name(1), 1, 10),
+            (name(2), 0, 0),
+        ]));
+        m.handle_gossip(t(200), name(2), &want).unwrap();
+        let sent = drain(&mut m);
+        let [(_, TopologyGossip::Records(rs))] = &sent[..] else {
+            panic!("{sent:?}");
+        };
+        // 2 is a placeholder to us: nothing to send for it.
+        assert_eq!(rs.len(), 1);
+        assert_eq!(rs[0].base, 1);
+        assert_eq!(rs[0].version, 2);
+        assert_eq!(rs[0].ident, None);
+        assert_eq!(
+            rs[0].changes,
+            vec![Change::Add {
+                remote: name(2),
+                address: "192.0.2.2:6783".into(),
+                outbound: true,
+                established: false,
+            }]
+        );
+        // Nothing (0, 0) or another incarnation: the full record.
+        let want = encode(&TopologyGossip::Want(vec![(name(1), 1, 11)]));
+        m.handle_gossip(t(300), name(2), &want).unwrap();
+        let sent = drain(&mut m);
+        let [(_, TopologyGossip::Records(rs))] = &sent[..] else {
+            panic!("{sent:?}");
+        };
+        assert!(rs[0].is_full());
+        assert_eq!(rs[0], Record::full(&ours));
+        assert_eq!(m.stats().full_records_sent, 1);
+        assert_eq!(m.stats().deltas_sent, 1);
+    }
+
+    #[test]
+    fn changes_go_out_as_deltas_batched_never_back_to_the_sender() {
         let mut m = mesh(1);
         for r in [2, 3, 4] {
             up(&mut m, t(0), r);
+            // Each neighbour shows it holds nothing yet.
+            m.handle_gossip(t(0), name(r), &digest(&[], false)).unwrap();
         }
         m.handle_timeout(t(100));
-        drain(&mut m);
-        let x = summary(9, 90, 5, &[2]);
+        let sent = drain(&mut m);
+        // Our own record (new to them): announced, then pulled.
+        assert!(sent.iter().all(|(_, msg)| matches!(
+            msg,
+            TopologyGossip::Digest { .. } | TopologyGossip::Want(_)
+        )));
         let s2 = summary(2, 20, 3, &[1, 9]);
-        m.handle_gossip(t(200), name(2), &update(vec![s2.clone(), x.clone()]))
+        let s9 = summary(9, 90, 5, &[2]);
+        m.handle_gossip(t(200), name(2), &records(vec![s2.clone(), s9.clone()]))
             .unwrap();
-        assert_eq!(m.topology().peer(name(9)), Some(&x));
+        assert_eq!(m.topology().peer(name(9)), Some(&s9));
         m.handle_timeout(t(300));
         let sent = drain(&mut m);
+        // 3 and 4 lack both records entirely: announced (not pushed), never to 2.
         let targets: Vec<PeerName> = sent.iter().map(|(to, _)| *to).collect();
         assert_eq!(targets, vec![name(3), name(4)], "all but the sender");
         for (_, msg) in &sent {
-            assert_eq!(msg, &TopologyGossip::Update(vec![s2.clone(), x.clone()]));
+            assert_eq!(
+                msg,
+                &TopologyGossip::Digest {
+                    entries: vec![(name(2), 3), (name(9), 5)],
+                    reply: false
+                }
+            );
         }
-        // The same update again: nothing new, nothing relayed.
-        m.handle_gossip(t(400), name(3), &update(vec![s2, x]))
-            .unwrap();
-        m.handle_timeout(t(500));
-        assert!(drain(&mut m).is_empty());
-        assert_eq!(m.stats().records_merged, 2);
-    }
-
-    #[test]
-    fn fanout_is_bounded_and_excludes_sender() {
-        let mut m = mesh(1);
-        for r in 2..=41 {
-            up(&mut m, t(0), r);
-        }
-        m.handle_timeout(t(100));
-        drain(&mut m);
-        // 41 known peers (+ the new one = 42): 2 * ceil(log2 42) = 12 targets.
-        let x = summary(99, 990, 1, &[2]);
-        m.handle_gossip(t(200), name(2), &update(vec![x])).unwrap();
-        m.handle_timeout(t(300));
-        let sent = drain(&mut m);
-        let mut targets: Vec<PeerName> = sent.iter().map(|(to, _)| *to).collect();
-        targets.dedup();
-        assert!(
-            targets.len() == 12 || targets.len() == 11,
-            "{}",
-            targets.len()
-        );
-        assert!(!targets.contains(&name(2)));
-        // With few neighbours, all of them (but the sender).
-        let mut small = mesh(1);
-        up(&mut small, t(0), 2);
-        up(&mut small, t(0), 3);
-        small.handle_timeout(t(100));
-        drain(&mut small);
-        small
-            .handle_gossip(t(200), name(2), &update(vec![summary(7, 70, 1, &[2])]))
-            .unwrap();
-        small.handle_timeout(t(300));
-        let sent: Vec<PeerName> = drain(&mut small).into_iter().map(|(to, _)| to).collect();
-        assert_eq!(sent, vec![name(3)]);
-    }
-
-    #[test]
-    fn periodic_full_state_to_a_neighbour() {
-        let mut m = mesh(1);
-        up(&mut m, t(0), 2);
-        up(&mut m, t(0), 3);
-        m.handle_timeout(t(100));
-        drain(&mut m);
-        m.handle_timeout(t(30_000));
+        // 3 pulls them; later 2 adds a connection: 3 gets just that, as a delta.
+        let want = encode(&TopologyGossip::Want(vec![
+            (name(2), 0, 0),
+            (name(9), 0, 0),
+        ]));
+        m.handle_gossip(t(310), name(3), &want).unwrap();
         let sent = drain(&mut m);
         assert_eq!(sent.len(), 1);
-        assert!(matches!(sent[0].1, TopologyGossip::Full(_)));
-        assert_eq!(m.poll_timeout(), Some(t(60_000)));
+        let mut s2b = summary(2, 20, 4, &[1, 5, 9]);
+        s2b.connections[1].established = false;
+        let delta = Record {
+            name: name(2),
+            uid: 20,
+            version: 4,
+            base: 3,
+            ident: None,
+            changes: vec![Change::Add {
+                remote: name(5),
+                address: "192.0.2.5:6783".into(),
+                outbound: true,
+                established: false,
+            }],
+        };
+        m.handle_gossip(
+            t(400),
+            name(2),
+            &encode(&TopologyGossip::Records(vec![delta.clone()])),
+        )
+        .unwrap();
+        assert_eq!(m.topology().peer(name(2)), Some(&s2b));
+        m.handle_timeout(t(500));
+        let sent = drain(&mut m);
+        assert_eq!(
+            sent,
+            vec![
+                (name(3), TopologyGossip::Records(vec![delta])),
+                (
+                    name(4),
+                    TopologyGossip::Digest {
+                        entries: vec![(name(2), 4)],
+                        reply: false
+                    }
+                ),
+            ]
+        );
+        // The same records again: nothing new, nothing relayed.
+        m.handle_gossip(t(600), name(3), &records(vec![s2b, s9]))
+            .unwrap();
+        m.handle_timeout(t(700));
+        assert!(drain(&mut m).is_empty());
+    }
+
+    #[test]
+    fn relays_leave_the_origins_neighbours_and_designated_peers_alone() {
+        // 2 (the origin) is connected to 1, 3 and 4; 5 is connected to 1 and 4 (not to 2);
+        // 6 only to us. A change of 2's record, seen from 4 (one hop from 2): 3 gets it from
+        // 2 directly; 5 from 1 (the smaller name of 2's neighbours connected to 5); 6 from us.
+        let mut m = mesh(4);
+        for r in [2, 3, 5, 6] {
+            up(&mut m, t(0), r);
+        }
+        let world = vec![
+            summary(1, 10, 1, &[2, 5]),
+            summary(3, 30, 1, &[2, 4]),
+            summary(5, 50, 1, &[1, 4]),
+            summary(6, 60, 1, &[4]),
+        ];
+        for r in [3, 5, 6] {
+            m.handle_gossip(t(0), name(r), &records(world.clone()))
+                .unwrap();
+            m.handle_gossip(t(0), name(r), &records(vec![summary(2, 20, 1, &[1, 3, 4])]))
+                .unwrap();
+        }
+        m.handle_timeout(t(100));
+        drain(&mut m);
+        m.handle_gossip(
+            t(200),
+            name(2),
+            &records(vec![summary(2, 20, 2, &[1, 3, 4, 7])]),
+        )
+        .unwrap();
+        m.handle_timeout(t(300));
+        let to: Vec<PeerName> = drain(&mut m).into_iter().map(|(to, _)| to).collect();
+        assert_eq!(to, vec![name(6)]);
+
+        // The same from 1's point of view: 1 is the designated relay for 5.
+        let mut m = mesh(1);
+        for r in [2, 5] {
+            up(&mut m, t(0), r);
+        }
+        let world = vec![
+            summary(2, 20, 1, &[1, 3, 4]),
+            summary(3, 30, 1, &[2, 4]),
+            summary(4, 40, 1, &[2, 3, 5]),
+            summary(5, 50, 1, &[1, 4]),
+        ];
+        m.handle_gossip(t(0), name(5), &records(world)).unwrap();
+        m.handle_timeout(t(100));
+        drain(&mut m);
+        m.handle_gossip(
+            t(200),
+            name(2),
+            &records(vec![summary(2, 20, 2, &[1, 3, 4, 7])]),
+        )
+        .unwrap();
+        m.handle_timeout(t(300));
+        let to: Vec<PeerName> = drain(&mut m).into_iter().map(|(to, _)| to).collect();
+        assert_eq!(to, vec![name(5)]);
+    }
+
+    #[test]
+    fn undeliverable_deltas_are_asked_for() {
+        let mut m = mesh(1);
+        up(&mut m, t(0), 2);
+        m.handle_gossip(t(0), name(2), &records(vec![summary(3, 30, 2, &[2])]))
+            .unwrap();
+        drain(&mut m);
+        // A delta from v5 of 3 (we hold v2) and one of 8 (unknown to us).
+        let delta = |n: u64, uid: u64, base: u64| Record {
+            name: name(n),
+            uid,
+            version: base + 1,
+            base,
+            ident: None,
+            changes: vec![Change::Remove(name(2))],
+        };
+        let msg = TopologyGossip::Records(vec![delta(3, 30, 5), delta(8, 80, 5)]);
+        m.handle_gossip(t(10), name(2), &encode(&msg)).unwrap();
+        assert_eq!(
+            m.topology().peer(name(3)).unwrap().version,
+            2,
+            "not applied"
+        );
+        assert_eq!(
+            drain(&mut m),
+            vec![(
+                name(2),
+                TopologyGossip::Want(vec![(name(3), 2, 30), (name(8), 0, 0)])
+            )]
+        );
+        assert_eq!(m.stats().wants_sent, 2);
+    }
+
+    #[test]
+    fn settled_mesh_is_silent_and_summaries_repair_a_miss() {
+        let mut a = mesh(1);
+        let mut b = mesh(2);
+        let deliver = |from: &mut Mesh, to: &mut Mesh, now: Instant, drop_records: bool| {
+            let mut moved = false;
+            while let Some((dest, payload)) = from.poll_transmit() {
+                moved = true;
+                if dest != to.topology().local_name() {
+                    continue; // 3 is not simulated.
+                }
+                if drop_records && matches!(decode(&payload), TopologyGossip::Records(_)) {
+                    continue;
+                }
+                to.handle_gossip(now, from.topology().local_name(), &payload)
+                    .unwrap();
+            }
+            moved
+        };
+        let run = |a: &mut Mesh, b: &mut Mesh, from: Instant, until: Instant, lossy: bool| {
+            let mut now = from;
+            let mut bytes = 0;
+            loop {
+                while deliver(a, b, now, lossy) | deliver(b, a, now, false) {}
+                let next = [a.poll_timeout(), b.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                match next {
+                    Some(n) if n <= until => {
+                        now = n.max(now);
+                        a.handle_timeout(now);
+                        b.handle_timeout(now);
+                    }
+                    _ => break,
+                }
+                bytes = a.stats().bytes_sent + b.stats().bytes_sent;
+            }
+            bytes
+        };
+        up(&mut a, t(0), 2);
+        up(&mut b, t(0), 1);
+        a.connection_established(t(10), name(2));
+        b.connection_established(t(10), name(1));
+        let settled = run(&mut a, &mut b, t(0), t(60_000), false);
+        assert_eq!(a.topology().summary_hash(), b.topology().summary_hash());
+        assert_eq!(a.poll_timeout(), None, "nothing scheduled once settled");
+        assert_eq!(b.poll_timeout(), None);
+        assert!(settled > 0);
+
+        // a connects to 3 and learns its record; the records a sends b meanwhile are lost.
+        up(&mut a, t(60_000), 3);
+        a.handle_gossip(t(60_000), name(3), &records(vec![summary(3, 30, 4, &[1])]))
+            .unwrap();
+        run(&mut a, &mut b, t(60_000), t(60_500), true);
+        assert!(b.topology().peer(name(3)).is_none());
+        // After settle_delay the summaries differ; digests and a want repair it, then silence.
+        run(&mut a, &mut b, t(60_500), t(120_000), false);
+        assert_eq!(a.topology().summary_hash(), b.topology().summary_hash());
+        assert_eq!(b.topology().peer(name(3)).unwrap().version, 4);
+        assert_eq!(a.poll_timeout(), None);
     }
 
     #[test]
@@ -1134,7 +1331,7 @@ mod tests {
         m.handle_gossip(
             t(10),
             name(2),
-            &update(vec![summary(2, 20, 2, &[1, 3]), summary(3, 30, 1, &[2])]),
+            &records(vec![summary(2, 20, 2, &[1, 3]), summary(3, 30, 1, &[2])]),
         )
         .unwrap();
         m.handle_timeout(t(2_000));
@@ -1161,7 +1358,7 @@ mod tests {
         up(&mut m, t(0), 2);
         let mut s2 = summary(2, 20, 1, &[5]);
         s2.short_id = ShortId::from_masked(5);
-        m.handle_gossip(t(10), name(2), &update(vec![s2.clone()]))
+        m.handle_gossip(t(10), name(2), &records(vec![s2.clone()]))
             .unwrap();
         let events: Vec<MeshEvent> = std::iter::from_fn(|| m.poll_event()).collect();
         let Some(MeshEvent::ShortIdChanged(new)) = events
@@ -1174,12 +1371,15 @@ mod tests {
         assert_ne!(new, ShortId::from_masked(5));
         assert_eq!(m.topology().local().short_id, new);
         assert!(m.topology().short_id_collisions().is_empty());
+        // The new id travels in the next delta of our record.
+        let r = m.topology().record_since(name(5), Some((2, 50))).unwrap();
+        assert_eq!(r.ident.map(|i| i.short_id), Some(new));
         // The smaller name keeps its id.
         let mut m = mesh(1);
         up(&mut m, t(0), 2);
         let mut s2 = summary(2, 20, 1, &[1]);
         s2.short_id = ShortId::from_masked(1);
-        m.handle_gossip(t(10), name(2), &update(vec![s2])).unwrap();
+        m.handle_gossip(t(10), name(2), &records(vec![s2])).unwrap();
         assert!(
             std::iter::from_fn(|| m.poll_event())
                 .all(|e| !matches!(e, MeshEvent::ShortIdChanged(_)))
@@ -1199,27 +1399,54 @@ mod tests {
             m.handle_gossip(t(1), name(2), &[]),
             Err(GossipError::Decode)
         );
-        let dup = update(vec![summary(3, 30, 1, &[]), summary(3, 30, 2, &[])]);
+        let dup = records(vec![summary(3, 30, 1, &[]), summary(3, 30, 2, &[])]);
         assert_eq!(
             m.handle_gossip(t(1), name(2), &dup),
             Err(GossipError::Invalid(TopologyError::DuplicatePeer(name(3))))
         );
+        // A full record without identity, a delta whose base is not below its version.
+        let mut full = Record::full(&summary(3, 30, 1, &[]));
+        full.ident = None;
+        let bad_delta = Record {
+            name: name(4),
+            uid: 40,
+            version: 3,
+            base: 3,
+            ident: None,
+            changes: vec![],
+        };
+        for r in [full, bad_delta] {
+            let name = r.name;
+            assert_eq!(
+                m.handle_gossip(t(1), name_of(2), &encode(&TopologyGossip::Records(vec![r]))),
+                Err(GossipError::Invalid(TopologyError::BadRecord(name)))
+            );
+        }
+        let long = digest(&vec![(3, 1); MAX_DIGEST + 1], false);
+        assert_eq!(
+            m.handle_gossip(t(1), name(2), &long),
+            Err(GossipError::TooLong(MAX_DIGEST + 1))
+        );
         // A short id wider than 12 bits or a name wider than 48 fails to decode.
-        let mut bad =
-            postcard::to_allocvec(&TopologyGossip::Update(vec![summary(3, 30, 1, &[])])).unwrap();
+        let mut bad = records(vec![summary(3, 30, 1, &[])]);
         let good_len = bad.len();
         bad.truncate(good_len - 1);
         assert_eq!(
             m.handle_gossip(t(1), name(2), &bad),
             Err(GossipError::Decode)
         );
-        assert_eq!(m.stats().errors, 4);
+        assert_eq!(m.stats().errors, 7);
         assert_eq!(m.topology().len(), 2);
     }
 
-    /// Drives meshes wired back to back (every pair connected) until quiet: all views agree.
+    fn name_of(n: u64) -> PeerName {
+        name(n)
+    }
+
+    /// Drives meshes wired back to back (every pair connected) until quiet: all views agree,
+    /// then nothing more is sent.
     #[test]
-    fn small_full_mesh_converges() {
+    fn small_full_mesh_converges_then_goes_quiet() {
         let n = 6u64;
         let mut meshes: Vec<Mesh> = (1..=n).map(mesh).collect();
         for a in 1..=n {
@@ -1251,9 +1478,11 @@ mod tests {
         }
         let first: Vec<PeerSummary> = meshes[0].topology().peers().cloned().collect();
         assert_eq!(first.len(), n as usize);
-        for m in &meshes {
+        for m in &mut meshes {
             assert_eq!(m.topology().peers().cloned().collect::<Vec<_>>(), first);
             assert_eq!(m.routes().reachable().count(), n as usize - 1);
+            assert_eq!(m.poll_timeout(), None);
+            assert!(m.poll_transmit().is_none());
         }
     }
 }

@@ -107,8 +107,8 @@ pub enum Change {
 impl Change {
     fn remote(&self) -> PeerName {
         match self {
-            Change::Add { remote, .. } => *remote,
-            Change::Up(r) | Change::Down(r) | Change::Remove(r) => *r,
+            Self::Add { remote, .. } => *remote,
+            Self::Up(r) | Self::Down(r) | Self::Remove(r) => *r,
         }
     }
 }
@@ -657,7 +657,6 @@ impl Topology {
     }
 }
 
-
 /// Checks one record on its own (see [`TopologyError::BadRecord`]).
 fn validate(r: &Record) -> Result<(), TopologyError> {
     if r.changes.len() > MAX_CHANGES_PER_RECORD {
@@ -840,6 +839,127 @@ pub(crate) mod tests {
         // A dead peer whose last record still lists its neighbours goes once they drop it.
         t.merge(&[summary(2, 20, 2, &[])]).unwrap();
         assert_eq!(t.garbage_collect(), vec![name(3)]);
+    }
+
+    /// Our record at a version, as a receiver would hold it.
+    fn holder_at(t: &Topology) -> Topology {
+        let mut h = Topology::new(summary(99, 990, 1, &[]));
+        h.merge(&[t.local().clone()]).unwrap();
+        h
+    }
+
+    #[test]
+    fn deltas_carry_only_what_changed_and_rebuild_the_record() {
+        let mut t = Topology::new(summary(1, 10, 1, &[]));
+        t.set_local_connections(vec![conn(2, false), conn(3, false)]);
+        let mut old = holder_at(&t); // holds v2
+        assert_eq!(old.peer(name(1)).unwrap().version, 2);
+        t.set_local_connections(vec![conn(2, true), conn(3, false)]); // v3: 2 up
+        t.set_local_connections(vec![conn(2, true), conn(4, false)]); // v4: 3 gone, 4 new
+        t.set_local_short_id(ShortId::from_masked(77)); // v5
+        let r = t.record_since(name(1), Some((2, 10))).unwrap();
+        assert_eq!((r.base, r.version), (2, 5));
+        assert_eq!(
+            r.changes,
+            vec![
+                Change::Up(name(2)),
+                Change::Remove(name(3)),
+                Change::Add {
+                    remote: name(4),
+                    address: "192.0.2.4:6783".into(),
+                    outbound: true,
+                    established: false,
+                },
+            ],
+            "no address for the connection that only came up"
+        );
+        assert_eq!(
+            r.ident.as_ref().map(|i| i.short_id),
+            Some(ShortId::from_masked(77))
+        );
+        let merged = old.merge_records(&[r]).unwrap();
+        assert_eq!(merged.new, vec![name(1)]);
+        assert_eq!(old.peer(name(1)), Some(t.local()));
+        // From v4 only the short id changed.
+        let r = t.record_since(name(1), Some((4, 10))).unwrap();
+        assert!(r.changes.is_empty());
+        assert!(r.ident.is_some());
+        // Up to date, or another incarnation / nothing: nothing, or the full record.
+        assert_eq!(t.record_since(name(1), Some((5, 10))), None);
+        assert_eq!(
+            t.record_since(name(1), Some((4, 11))),
+            Some(Record::full(t.local()))
+        );
+        assert_eq!(t.record_since(name(1), None), Some(Record::full(t.local())));
+        assert_eq!(t.record_since(name(7), None), None, "unknown");
+    }
+
+    #[test]
+    fn relayed_deltas_rebuild_the_record_and_history_starts_at_the_full_record() {
+        let mut origin = Topology::new(summary(1, 10, 1, &[]));
+        origin.set_local_connections(vec![conn(2, false)]); // v2
+        let mut relay = holder_at(&origin);
+        let mut far = holder_at(&origin);
+        origin.set_local_connections(vec![conn(2, true), conn(3, false)]); // v3
+        let d = origin.record_since(name(1), Some((2, 10))).unwrap();
+        relay.merge_records(&[d]).unwrap();
+        // The relay rebuilds the same delta for a holder of v2.
+        let d = relay.record_since(name(1), Some((2, 10))).unwrap();
+        far.merge_records(std::slice::from_ref(&d)).unwrap();
+        assert_eq!(far.peer(name(1)), Some(origin.local()));
+        // The relay took v2 as a full record: it cannot build a delta from before that.
+        assert_eq!(
+            relay.record_since(name(1), Some((1, 10))),
+            Some(Record::full(origin.local()))
+        );
+        // A delta from a base the receiver has not reached is not applied but wanted.
+        let mut behind = Topology::new(summary(5, 50, 1, &[]));
+        behind.merge(&[summary(1, 10, 1, &[])]).unwrap();
+        let merged = behind.merge_records(&[d]).unwrap();
+        assert_eq!(
+            merged,
+            Merged {
+                new: vec![],
+                want: vec![name(1)]
+            }
+        );
+        assert_eq!(behind.peer(name(1)).unwrap().version, 1);
+    }
+
+    #[test]
+    fn random_changes_through_deltas_match_the_origin() {
+        // An origin changes its connections at random; holders at random older versions catch
+        // up by delta and end with exactly the origin's record.
+        let mut rng = crate::rng::Rng::new(7);
+        let mut origin = Topology::new(summary(1, 10, 1, &[]));
+        let mut holders: Vec<Topology> = vec![holder_at(&origin)];
+        for _ in 0..300 {
+            let mut conns = origin.local().connections.clone();
+            for _ in 0..=rng.below(3) {
+                let r = 2 + rng.below(12);
+                match rng.below(3) {
+                    0 => conns.retain(|c| c.remote != name(r)),
+                    1 => conns.push(conn(r, rng.below(2) == 0)),
+                    _ => conns.iter_mut().for_each(|c| {
+                        if c.remote == name(r) {
+                            c.established = !c.established;
+                        }
+                    }),
+                }
+            }
+            origin.set_local_connections(conns);
+            if rng.below(4) == 0 {
+                holders.push(holder_at(&origin));
+            }
+            let i = rng.below(holders.len() as u64) as usize;
+            let h = &mut holders[i];
+            let held = h.peer(name(1)).map(|p| (p.version, p.uid));
+            if let Some(r) = origin.record_since(name(1), held) {
+                assert!(!r.is_full());
+                h.merge_records(&[r]).unwrap();
+            }
+            assert_eq!(h.peer(name(1)), Some(origin.local()));
+        }
     }
 
     #[test]

@@ -26,10 +26,16 @@ fn config(seed: u64, discovery: bool, conn_limit: usize) -> SimConfig {
         },
         gossip: weft_mesh::GossipConfig {
             settle_delay: Duration::from_millis(
-                std::env::var("SETTLE_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000),
+                std::env::var("SETTLE_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(2000),
             ),
             batch_delay: Duration::from_millis(
-                std::env::var("BATCH_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(100),
+                std::env::var("BATCH_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(100),
             ),
             ..Default::default()
         },
