@@ -24,21 +24,6 @@ fn config(seed: u64, discovery: bool, conn_limit: usize) -> SimConfig {
             conn_limit,
             ..ConnMakerConfig::default()
         },
-        gossip: weft_mesh::GossipConfig {
-            settle_delay: Duration::from_millis(
-                std::env::var("SETTLE_MS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(2000),
-            ),
-            batch_delay: Duration::from_millis(
-                std::env::var("BATCH_MS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(100),
-            ),
-            ..Default::default()
-        },
         ..SimConfig::default()
     }
 }
