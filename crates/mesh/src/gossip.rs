@@ -19,11 +19,18 @@
 //!   other's with exactly the records (or deltas) it lacks: the outcome of a full-state
 //!   exchange without resending what the neighbour already has.
 //! - **Changes are batched** for [`GossipConfig::batch_delay`] and then sent, never back to
-//!   the neighbour they came from. The origin of a record sends it to all its neighbours; a
+//!   the neighbour they came from. The origin of a record pushes it to all its neighbours; a
 //!   relay forwards a peer's record only to neighbours that are not that peer's own neighbours
-//!   (it reaches them directly), and a neighbour two hops from the origin is served by one
+//!   (it reaches them directly), and a neighbour two hops from the origin is pushed to by one
 //!   relay only: the origin's neighbour with the smallest name that the receiver is connected
-//!   to. When views agree, every peer gets every change about once.
+//!   to. Peers farther out, which several relays may reach, get an announcement (name and
+//!   version) and pull the record once. When views agree, every peer gets every change about
+//!   once.
+//! - **Pulls.** A peer asks ([`TopologyGossip::Want`]) for a record it lacks from the first
+//!   neighbour that shows it, and asks nobody else while that request is out
+//!   ([`REQUEST_TIMEOUT`]). A newer version of a record it holds is asked for at once if it
+//!   is more than two hops from the record's origin (nobody pushes to it), else only if no
+//!   delta brought it after [`GossipConfig::pull_delay`].
 //! - **Repair, then silence.** A delta a receiver cannot apply (it holds too old a version, or
 //!   none) is answered with [`TopologyGossip::Want`]; the sender sends the full record. Once
 //!   our topology has not changed for [`GossipConfig::settle_delay`], we send each neighbour a
@@ -216,6 +223,17 @@ impl Neighbour {
     fn base(&self, name: PeerName) -> Option<(u64, u64)> {
         self.known.get(&name).copied()
     }
+}
+
+/// How a record goes to a neighbour at a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Relay {
+    /// As a delta (or an announcement if it would have to be the full record).
+    Push,
+    /// As an announcement: the neighbour pulls it if nobody pushes it.
+    Announce,
+    /// Not at all: someone else delivers it.
+    Skip,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -652,36 +670,44 @@ impl Mesh {
     /// Whether we forward `origin`'s record to neighbour `to` (see the module docs): the
     /// origin sends its own to everyone; relays skip the origin's own neighbours and, two hops
     /// out, leave the receiver to the origin's smallest-named neighbour connected to it.
-    fn should_relay(&self, origin: PeerName, to: PeerName) -> bool {
+    fn relay(&self, origin: PeerName, to: PeerName) -> Relay {
         let local = self.topology.local_name();
         if origin == local {
-            return true;
+            return Relay::Push;
         }
         let Some(o) = self.topology.peer(origin) else {
-            return false;
+            return Relay::Skip;
         };
         if o.connection(to).is_some() {
-            return false;
+            return Relay::Skip;
         }
+        let two_hops = |below: Option<PeerName>| {
+            o.connections
+                .iter()
+                .take_while(|c| below.is_none_or(|b| c.remote < b))
+                .any(|c| {
+                    self.topology
+                        .peer(c.remote)
+                        .is_some_and(|m| m.connection(to).is_some())
+                })
+        };
         if o.connection(local).is_none() {
-            // Two or more hops from the origin: leave peers two hops out (neighbours of one
-            // of the origin's neighbours) to the origin's neighbours.
-            return !o.connections.iter().any(|c| {
-                self.topology
-                    .peer(c.remote)
-                    .is_some_and(|m| m.connection(to).is_some())
-            });
+            // Two or more hops from the origin: peers two hops out are left to the origin's
+            // neighbours; farther ones get an announcement (several of us may reach them, and
+            // a pushed delta would arrive several times; they pull it once).
+            return if two_hops(None) {
+                Relay::Skip
+            } else {
+                Relay::Announce
+            };
         }
         // We are one hop from the origin and `to` is two: the smallest-named peer among the
         // origin's neighbours that `to` is connected to relays.
-        !o.connections
-            .iter()
-            .take_while(|c| c.remote < local)
-            .any(|c| {
-                self.topology
-                    .peer(c.remote)
-                    .is_some_and(|m| m.connection(to).is_some())
-            })
+        if two_hops(Some(local)) {
+            Relay::Skip
+        } else {
+            Relay::Push
+        }
     }
 
     /// Sends every neighbour the pending records it lacks, never back to where they came
@@ -706,11 +732,15 @@ impl Mesh {
                 let Some(p) = self.topology.peer(name) else {
                     continue;
                 };
-                if p.version == 0 || nb.has(p) || !self.should_relay(name, to) {
+                if p.version == 0 || nb.has(p) {
+                    continue;
+                }
+                let how = self.relay(name, to);
+                if how == Relay::Skip {
                     continue;
                 }
                 match self.topology.record_since(name, nb.base(name)) {
-                    Some(r) if !r.is_full() => deltas.push(r),
+                    Some(r) if !r.is_full() && how == Relay::Push => deltas.push(r),
                     Some(_) => announce.push((name, p.version)),
                     None => {}
                 }
@@ -769,9 +799,10 @@ impl Mesh {
             if v <= ours.0 || self.outstanding(now, n) {
                 continue;
             }
-            if !reply && ours.0 > 0 {
-                // We hold an older version of the same incarnation: the change is most
-                // likely on its way to us as a delta. Ask only if it has not come by then.
+            if !reply && ours.0 > 0 && self.within_two_hops(n) {
+                // We hold an older version and are close enough to the origin that the origin
+                // or one of its neighbours pushes changes to us: the delta is most likely on
+                // its way. Ask only if it has not come by then.
                 self.lagging
                     .entry(n)
                     .or_insert(now + self.config.pull_delay);
@@ -792,6 +823,20 @@ impl Mesh {
                 self.send_digest(from, false);
             }
         }
+    }
+
+    /// Whether, as far as we know, we are a neighbour of `origin` or of one of its
+    /// neighbours (so its changes are pushed to us rather than announced).
+    fn within_two_hops(&self, origin: PeerName) -> bool {
+        let local = self.topology.local_name();
+        self.topology.peer(origin).is_some_and(|o| {
+            o.connection(local).is_some()
+                || o.connections.iter().any(|c| {
+                    self.topology
+                        .peer(c.remote)
+                        .is_some_and(|m| m.connection(local).is_some())
+                })
+        })
     }
 
     /// (version, uid) of our gossiped record of `name`; (0, 0) if none.
@@ -978,7 +1023,11 @@ mod tests {
         m.handle_gossip(
             t(0),
             name(9),
-            &records(vec![summary(3, 30, 2, &[9]), summary(4, 40, 1, &[9])]),
+            &records(vec![
+                summary(3, 30, 2, &[9]),
+                summary(4, 40, 1, &[9]),
+                summary(9, 90, 1, &[1, 3, 4]),
+            ]),
         )
         .unwrap();
         m.handle_timeout(t(100));
@@ -986,7 +1035,7 @@ mod tests {
         up(&mut m, t(200), 2);
         let sent = drain(&mut m);
         // The new neighbour gets our digest (name and version of every gossiped record; not
-        // the placeholders of 2 and 9).
+        // the placeholder of 2).
         let [(to, TopologyGossip::Digest { entries, reply })] = &sent[..] else {
             panic!("expected one digest: {sent:?}");
         };
@@ -997,12 +1046,14 @@ mod tests {
             &vec![
                 (name(1), m.topology().local().version),
                 (name(3), 2),
-                (name(4), 1)
+                (name(4), 1),
+                (name(9), 1)
             ]
         );
         // Its digest: 3 at v2 (as ours), 4 at v3 (newer), 7 at v1 (unknown to us). We ask at
-        // once for what we lack entirely; 4's newer version is probably on its way as a delta
-        // and is asked for only if it has not come after pull_delay.
+        // once for what we lack entirely; 4 is two hops from us (via 9), so its newer version
+        // is probably on its way as a delta and is asked for only if it has not come after
+        // pull_delay.
         m.handle_gossip(t(210), name(2), &digest(&[(3, 2), (4, 3), (7, 1)], false))
             .unwrap();
         let sent = drain(&mut m);
@@ -1225,6 +1276,67 @@ mod tests {
         m.handle_timeout(t(300));
         let to: Vec<PeerName> = drain(&mut m).into_iter().map(|(to, _)| to).collect();
         assert_eq!(to, vec![name(5)]);
+    }
+
+    #[test]
+    fn far_from_the_origin_changes_are_announced_and_pulled_at_once() {
+        // 2 - 1 - 6 - 7 - 8: we are 7, three hops from 2; 8 is four.
+        let world = vec![
+            summary(1, 10, 1, &[2, 6]),
+            summary(2, 20, 1, &[1]),
+            summary(6, 60, 1, &[1, 7]),
+            summary(8, 80, 1, &[7]),
+        ];
+        let mut m = mesh(7);
+        up(&mut m, t(0), 6);
+        up(&mut m, t(0), 8);
+        m.handle_gossip(t(0), name(6), &records(world.clone()))
+            .unwrap();
+        // 8 holds 2 at v1 too (it says so in its digest).
+        m.handle_gossip(t(0), name(8), &digest(&[(2, 1), (8, 1)], false))
+            .unwrap();
+        m.handle_timeout(t(100));
+        drain(&mut m);
+        let delta = Record {
+            name: name(2),
+            uid: 20,
+            version: 2,
+            base: 1,
+            ident: None,
+            changes: vec![Change::Down(name(1))],
+        };
+        m.handle_gossip(
+            t(200),
+            name(6),
+            &encode(&TopologyGossip::Records(vec![delta])),
+        )
+        .unwrap();
+        m.handle_timeout(t(300));
+        // Several peers two hops from 2 may reach 8: we announce rather than push.
+        assert_eq!(
+            drain(&mut m),
+            vec![(
+                name(8),
+                TopologyGossip::Digest {
+                    entries: vec![(name(2), 2)],
+                    reply: false
+                }
+            )]
+        );
+        // 8 (four hops from 2, nobody pushes to it) asks at once.
+        let mut far = mesh(8);
+        up(&mut far, t(0), 7);
+        let mut world = world;
+        world.push(summary(7, 70, 1, &[6, 8]));
+        world.retain(|p| p.name != name(8));
+        far.handle_gossip(t(0), name(7), &records(world)).unwrap();
+        drain(&mut far);
+        far.handle_gossip(t(300), name(7), &digest(&[(2, 2)], false))
+            .unwrap();
+        assert_eq!(
+            drain(&mut far),
+            vec![(name(7), TopologyGossip::Want(vec![(name(2), 1, 20)]))]
+        );
     }
 
     #[test]
