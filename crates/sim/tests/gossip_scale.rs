@@ -234,7 +234,12 @@ fn partition_then_heal_redundancy() {
 /// 1000 peers, `--conn-limit 30`, discovery on, each host starting with one random target
 /// among the hosts before it: converge in < 10 s virtual; then one link going down reaches all
 /// peers in < 2 s virtual.
+///
+/// Ignored by default: with 1000 hosts the simulator spends tens of minutes of CPU, mostly in
+/// the connection makers (re-reading every address of the topology on each change) and route
+/// recalculation, not in gossip. Run it with `-- --ignored thousand`.
 #[test]
+#[ignore = "1000 simulated hosts take tens of minutes of CPU; run with --ignored"]
 fn thousand_peers_conn_limit_30() {
     let n = 1000;
     let mut cfg = config(9, true, 30);
