@@ -348,6 +348,18 @@ impl Sim {
         }
     }
 
+    /// Host `a` closes its control connection to host `b` (if any), as when it detects the
+    /// link is down; the connection makers may dial again later.
+    pub fn disconnect(&mut self, a: usize, b: usize) {
+        let name = self.hosts[b].name;
+        if let Some(&key) = self.hosts[a].active.get(&name) {
+            if let Some(c) = self.hosts[a].conns.get_mut(&key) {
+                c.conn.close(CloseReason::Local);
+            }
+            self.service(a);
+        }
+    }
+
     /// Whether `a` and `b` can currently reach each other.
     pub fn link_up(&self, a: usize, b: usize) -> bool {
         self.group[a] == self.group[b] && !self.cuts.contains(&(a.min(b), a.max(b)))
@@ -544,6 +556,14 @@ impl Sim {
             t.full_bytes_sent += s.full_bytes_sent;
             t.records_merged += s.records_merged;
             t.errors += s.errors;
+            t.deltas_sent += s.deltas_sent;
+            t.full_records_sent += s.full_records_sent;
+            t.wants_sent += s.wants_sent;
+            t.digest_bytes_sent += s.digest_bytes_sent;
+            t.announce_bytes_sent += s.announce_bytes_sent;
+            t.push_bytes_sent += s.push_bytes_sent;
+            t.answer_bytes_sent += s.answer_bytes_sent;
+            t.request_bytes_sent += s.request_bytes_sent;
             t
         })
     }

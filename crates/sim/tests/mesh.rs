@@ -1,7 +1,7 @@
 //! Multi-host behaviour of the mesh in the deterministic simulator (ordinary user, no sockets).
 //!
-//! The 100-peer scenario is one test (converging a 100-peer full mesh from a chain costs about
-//! 2 GB of gossip, see the convergence example), reused for the link-cut and broadcast checks.
+//! The 100-peer scenario is one test (converging a 100-peer full mesh from a chain is the costly
+//! part, see `gossip_scale.rs` for its gossip volume), reused for the link-cut and broadcast checks.
 
 use std::time::Duration;
 
