@@ -352,7 +352,12 @@ impl Sim {
     /// link is down; the connection makers may dial again later.
     pub fn disconnect(&mut self, a: usize, b: usize) {
         let name = self.hosts[b].name;
-        if let Some(&key) = self.hosts[a].active.get(&name) {
+        let carrier = self.hosts[a]
+            .node
+            .connections()
+            .find(|c| c.carrier && c.remote.is_some_and(|r| r.name == name))
+            .map(|c| c.id.0);
+        if let Some(key) = carrier {
             if let Some(c) = self.hosts[a].conns.get_mut(&key) {
                 c.conn.close(CloseReason::Local);
             }
