@@ -16,6 +16,7 @@ use weft_router::expose::Exposed;
 use weft_sys::netlink::Netlink;
 use weft_sys::netns::NetNs;
 use weft_sys::plumb::ipv4_addrs;
+use weft_wire::ethernet::Address;
 
 use crate::{Global, http, runtime};
 
@@ -303,20 +304,12 @@ pub(crate) fn hide(global: &Global, args: HideArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// A MAC address as `aa:bb:cc:dd:ee:ff`.
-pub(crate) fn fmt_mac(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// One `ps` line: id, MAC, CIDRs.
 pub(crate) fn ps_line(id: &str, mac: Option<[u8; 6]>, cidrs: &[Ipv4Net]) -> String {
     let mut line = id.to_owned();
     if let Some(mac) = mac {
         line.push(' ');
-        line.push_str(&fmt_mac(mac));
+        line.push_str(&Address::from(mac).to_string());
     }
     for c in cidrs {
         line.push(' ');

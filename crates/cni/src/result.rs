@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde_json::{Map, Value, json};
+use weft_wire::ethernet::Address;
 
 use crate::error::{CniError, Code};
 use crate::version::Version;
@@ -301,10 +302,7 @@ impl CniResult {
 
 /// Formats a MAC as CNI writes it.
 pub fn mac_string(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    Address::from(mac).to_string()
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
+use weft_wire::ethernet::Address;
 
 /// The media type of every answer.
 pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
@@ -196,14 +197,6 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(out)
 }
 
-/// Formats a MAC.
-pub fn mac_string(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// The multicast option of a network's options: Docker passes `--opt` values under
 /// `com.docker.network.generic` (from `CreateNetwork`), or flat (from `docker network
 /// inspect`'s `Options`). An empty value means on (`--opt works.weave.multicast`).
@@ -359,7 +352,7 @@ pub fn address(addr: Ipv4Addr, pool: &Pool) -> Value {
 /// `CreateEndpoint`'s answer: the MAC, unless Docker chose it.
 pub fn create_endpoint(mac: Option<[u8; 6]>) -> Value {
     match mac {
-        Some(m) => json!({ "Interface": { "MacAddress": mac_string(m) } }),
+        Some(m) => json!({ "Interface": { "MacAddress": Address::from(m).to_string() } }),
         None => json!({}),
     }
 }

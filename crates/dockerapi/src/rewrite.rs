@@ -10,6 +10,7 @@
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 use weft_ipam::spec::{AddrSpec, parse_specs};
+use weft_wire::ethernet::Address;
 
 /// Path of the waiter inside a joined container.
 pub const WAITER: &str = "/w/w";
@@ -220,15 +221,7 @@ pub fn rewrite_inspect(inspect: &mut Value, addr: Ipv4Net, mac: [u8; 6]) {
     let ns = &mut inspect["NetworkSettings"];
     ns["IPAddress"] = json!(addr.addr().to_string());
     ns["IPPrefixLen"] = json!(addr.prefix_len());
-    ns["MacAddress"] = json!(fmt_mac(mac));
-}
-
-/// `aa:bb:cc:dd:ee:ff`.
-pub fn fmt_mac(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    ns["MacAddress"] = json!(Address::from(mac).to_string());
 }
 
 #[cfg(test)]
