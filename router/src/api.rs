@@ -22,6 +22,7 @@ use axum::routing::{get, post};
 use weft_mesh::{PeerName, TargetState};
 
 use crate::config::{Config, ListenAddr, PROXY_FILE, parse_peer};
+use crate::control::{NodeInput, TargetChange};
 use crate::report;
 use crate::state::{
     BroadcastRouteReport, ClaimReport, ConflictReport, ConnState, ConnectionReport,
@@ -272,16 +273,16 @@ async fn domain(State(shared): State<Arc<Shared>>) -> Response {
 /// `POST /connect` with form values `peer=ADDR` (repeatable) and `replace=true`: add direct
 /// targets (or replace the list), keep the list on disk, dial at once.
 async fn connect(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    change_targets(&shared, &body, true)
+    change_targets(&shared, &body, true).await
 }
 
 /// `POST /forget` with form values `peer=ADDR`: stop dialling these targets (live connections
 /// stay up, as in Weave).
 async fn forget(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    change_targets(&shared, &body, false)
+    change_targets(&shared, &body, false).await
 }
 
-fn change_targets(shared: &Shared, body: &[u8], connect: bool) -> Response {
+async fn change_targets(shared: &Shared, body: &[u8], connect: bool) -> Response {
     let form = parse_form(body);
     let mut addrs = Vec::new();
     let mut errors = Vec::new();
@@ -297,17 +298,23 @@ fn change_targets(shared: &Shared, body: &[u8], connect: bool) -> Response {
         return (StatusCode::BAD_REQUEST, format!("{}\n", errors.join("\n"))).into_response();
     }
     let replace = form.iter().any(|(k, v)| k == "replace" && v == "true");
-    let targets = {
-        let mut state = shared.lock();
-        let now = shared.clock.now();
-        match (connect, replace) {
-            (true, true) => state.connmaker.replace_targets(now, &addrs),
-            (true, false) => state.connmaker.add_targets(now, &addrs),
-            (false, _) => state.connmaker.forget_targets(&addrs),
-        }
-        state.connmaker.direct_targets()
+    let change = match (connect, replace) {
+        (true, true) => TargetChange::Replace,
+        (true, false) => TargetChange::Add,
+        (false, _) => TargetChange::Forget,
     };
-    shared.wake.notify_one();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let input = NodeInput::Targets {
+        change,
+        addrs,
+        reply,
+    };
+    if shared.node.send(input).is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "router shutting down\n").into_response();
+    }
+    let Ok(targets) = answer.await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "router shutting down\n").into_response();
+    };
     if let Err(e) = crate::run::save_targets(&shared.targets_file, &targets) {
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response();
     }
@@ -351,9 +358,10 @@ pub fn parse_form(body: &[u8]) -> Vec<(String, String)> {
 pub fn build_report(shared: &Shared) -> StatusReport {
     let info = &shared.info;
     let proxy = proxy_listen(&shared.run_dir);
+    let view = shared.view();
     let state = shared.lock();
-    let topo = state.mesh.topology();
-    let routes = state.mesh.routes();
+    let topo = &view.topology;
+    let routes = &view.routes;
     let local = topo.local_name();
     let label = |name: PeerName| match topo.peer(name) {
         Some(p) => format!("{}({})", p.name, p.nickname),
@@ -395,13 +403,15 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         })
         .collect();
     let mut connections = Vec::new();
-    for rec in state.conns.values() {
-        let (name, nickname, path) = match rec.remote.and_then(|r| PeerName::new(r.name)) {
+    for rec in &view.conns {
+        let (name, nickname, path) = match rec.remote {
             Some(n) => (n.to_string(), rec.nickname.clone(), "direct".to_owned()),
             None => (String::new(), String::new(), String::new()),
         };
-        let info = if rec.remote.is_some() && !rec.owns_dataplane_peer {
+        let info = if rec.remote.is_some() && !rec.carrier {
             "duplicate, closing".to_owned()
+        } else if rec.state == ConnState::Established && !rec.path_up {
+            "data path down (no heartbeats)".to_owned()
         } else {
             String::new()
         };
@@ -427,8 +437,8 @@ pub fn build_report(shared: &Shared) -> StatusReport {
     }
     // Targets with no live connection show their dialling state, and how the peer at that
     // address is reached meanwhile, if the topology knows it.
-    for (addr, _direct, tstate) in state.connmaker.targets() {
-        if state.conns.values().any(|r| r.address.ip() == addr.ip()) {
+    for (addr, _direct, tstate) in view.targets.iter().cloned() {
+        if view.conns.iter().any(|r| r.address.ip() == addr.ip()) {
             continue;
         }
         let (st, info) = match tstate {
@@ -475,10 +485,12 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         .collect();
     counters.insert(
         "control_handshake_failures".into(),
-        state.handshake_failures,
+        view.stats.handshake_failures,
     );
-    counters.insert("gossip_errors".into(), state.gossip_errors);
-    let g = state.mesh.stats();
+    counters.insert("gossip_errors".into(), view.stats.gossip_errors);
+    counters.insert("data_paths_down".into(), view.stats.paths_down);
+    counters.insert("data_paths_up".into(), view.stats.paths_up);
+    let g = view.gossip;
     counters.insert("gossip_bytes_sent".into(), g.bytes_sent);
     counters.insert("gossip_bytes_received".into(), g.bytes_received);
     counters.insert("gossip_messages_sent".into(), g.messages_sent);
@@ -500,9 +512,8 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         encryption: info.encryption,
         peers,
         connections,
-        targets: state
-            .connmaker
-            .direct_targets()
+        targets: view
+            .direct_targets
             .iter()
             .map(ToString::to_string)
             .collect(),
@@ -511,7 +522,7 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         protocol_min: info.protocol_min,
         protocol_max: info.protocol_max,
         trusted_subnets: info.trusted_subnets.clone(),
-        terminations: state.connmaker.terminations(),
+        terminations: view.terminations,
         unicast_routes: routes
             .reachable()
             .filter_map(|dest| {
@@ -539,26 +550,25 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         dns: crate::dns::status(&state),
         proxy,
         kernel_features: info.kernel_features.clone(),
-        links: link_reports(&state, topo),
+        links: link_reports(&state, &view),
     }
 }
 
 /// Traffic per neighbour, named by the connection at its address (or the topology).
 fn link_reports(
     state: &crate::state::State,
-    topo: &weft_mesh::Topology,
+    view: &crate::state::NodeView,
 ) -> Vec<crate::traffic::LinkReport> {
+    let topo = &view.topology;
     let mut links: Vec<crate::traffic::LinkReport> = state
         .link_traffic
         .iter()
         .map(|(ip, counters)| {
-            let conn = state
+            let conn = view
                 .conns
-                .values()
+                .iter()
                 .find(|r| r.address.ip() == ip && r.remote.is_some());
-            let peer = conn
-                .and_then(|r| r.remote.and_then(|rem| PeerName::new(rem.name)))
-                .or_else(|| peer_at(topo, ip));
+            let peer = conn.and_then(|r| r.remote).or_else(|| peer_at(topo, ip));
             crate::traffic::LinkReport {
                 address: ip.to_string(),
                 peer: peer.map(|p| p.to_string()).unwrap_or_default(),

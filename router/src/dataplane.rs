@@ -46,8 +46,8 @@ use weft_sys::udp::{
 };
 use weft_wire::vxlan::HEADER_LEN as VXLAN_HLEN;
 
-use crate::links::{self, Links, Refused};
 use crate::traffic::LinkTraffic;
+use weft_overlay::links::{self, Links, Refused};
 
 /// Reads from the TAP per wake-up before the socket gets a turn (a read may be a 64 KiB
 /// super-frame, so this is also a bound of about 4 MiB).

@@ -63,10 +63,10 @@ impl ControlGate {
         conn_limit: usize,
     ) -> bool {
         let (from_source, unauthenticated, current) = {
-            let state = shared.lock();
-            let pending = state
+            let view = shared.view();
+            let pending = view
                 .conns
-                .values()
+                .iter()
                 .filter(|r| !r.outbound && r.remote.is_none());
             let (mut from_source, mut total) = (0, 0);
             for r in pending {
@@ -75,7 +75,7 @@ impl ControlGate {
                     from_source += 1;
                 }
             }
-            (from_source, total, state.conns.len())
+            (from_source, total, view.conns.len())
         };
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let verdict = if conn_limit > 0 && current >= conn_limit {

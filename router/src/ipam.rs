@@ -802,13 +802,12 @@ async fn rmpeer(
     Query(q): Query<RmpeerQuery>,
 ) -> Response {
     let force = q.force.as_deref().is_some_and(|v| v == "true" || v == "1");
+    let view = shared.view();
     let started = request(&shared, |state, now| {
         // A dead peer may already be gone from the topology; IPAM remembers the nicknames of
         // the peers owning ranges.
         let peer = name.parse::<PeerName>().ok().or_else(|| {
-            state
-                .mesh
-                .topology()
+            view.topology
                 .peers()
                 .find(|p| p.nickname == name)
                 .map(|p| p.name)
@@ -837,7 +836,8 @@ async fn rmpeer(
         }
         let sync = drv.ipam.sync();
         // The peer's weaveDNS names go too, here and on every peer.
-        let names = crate::dns::forget_peer(state, now, peer);
+        let reachable = view.routes.path(peer).is_some();
+        let names = crate::dns::forget_peer(state, now, peer, reachable);
         if names > 0 {
             tracing::info!("rmpeer {peer}: dropped its {names} DNS entries");
         }

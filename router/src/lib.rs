@@ -1,12 +1,14 @@
 //! Layer: driver. The weft router daemon, one per host.
 //!
 //! A thin driver around the sans-IO crates: it owns the sockets, the TAP, the threads and the
-//! clock, and feeds them to [`weft_mesh`] (control connections) and [`weft_overlay`] (forwarding).
+//! clock, and feeds them to [`weft_node`] (the node's rules: connections, establishment,
+//! liveness, routes), [`weft_mesh`] (control connections) and [`weft_overlay`] (forwarding).
 //!
 //! - [`dataplane`]: one OS thread that owns the TAP queue, the UDP data socket and their
 //!   buffers, and runs the forwarding engine over batches of frames.
-//! - [`control`]: tokio tasks for the TCP control connections (listener, dialers with backoff,
-//!   one task per connection driving a [`weft_mesh::Connection`]).
+//! - [`control`]: the task that owns the [`weft_node::Node`] and does its actions, and tokio
+//!   tasks for the TCP control connections (listener, dialers, one task per connection
+//!   driving a [`weft_mesh::Connection`]) that report to it by message.
 //! - [`api`]: the HTTP API on 127.0.0.1:6784 (`/status`, `/report`, `/metrics`, ...) and the
 //!   read-only status listener; [`report`] and [`metrics`] give its outputs Weave's shapes.
 //! - [`client`]: the client side of that API (used by the CLI).
@@ -16,7 +18,6 @@
 //!   [`guard`] serves it: only root may change the network, callers' connections are capped
 //!   and timed out.
 //! - [`identity`]: peer name and short id, derived or loaded from the state directory.
-//! - [`links`]: the data plane's per-neighbour encryption (sealing and opening datagrams).
 //! - [`traffic`]: per-link traffic counted by the data plane; [`topology`]: the page on
 //!   `GET /` that draws the mesh live.
 //! - [`dns`]: weaveDNS (gossiped names, the DNS server, its HTTP API).
@@ -42,7 +43,6 @@ pub mod guard;
 pub mod handle;
 pub mod identity;
 pub mod ipam;
-pub mod links;
 pub mod metrics;
 pub mod recover;
 pub mod report;

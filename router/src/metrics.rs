@@ -200,6 +200,10 @@ fn weft(r: &StatusReport, out: &mut String) {
                     "Control connections closed before the handshake finished."
                 }
                 "gossip_errors" => "Gossip payloads refused as malformed or invalid.",
+                "data_paths_down" => {
+                    "Direct data paths taken out of the routes (no heartbeats for 3 s)."
+                }
+                "data_paths_up" => "Direct data paths back in the routes (heartbeats again).",
                 "gossip_bytes_sent" => "Gossip bytes sent.",
                 "gossip_bytes_received" => "Gossip bytes received.",
                 "gossip_messages_sent" => "Gossip messages sent.",

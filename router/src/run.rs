@@ -7,9 +7,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use weft_ipam::{Ipam, IpamConfig};
-use weft_mesh::{
-    ConnMaker, ConnMakerConfig, GossipConfig, Instant, LocalPeer, Mesh, PeerSummary, PeerUid,
-};
+use weft_mesh::{ConnMakerConfig, Instant, LocalPeer, PeerSummary, PeerUid};
+use weft_node::{Node, NodeConfig};
 use weft_overlay::{EngineConfig, MacTable};
 use weft_sys::netlink::Netlink;
 use weft_sys::tap::{Tap, TapOptions};
@@ -108,6 +107,7 @@ pub async fn run_with(
     let clock = Clock::start();
     let (dp_tx, dp_rx) = std::sync::mpsc::channel();
     let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (node_tx, node_rx) = tokio::sync::mpsc::unbounded_channel();
     // Targets: the ones given, or with --resume the ones kept from the last run.
     let targets_file = config.targets_file();
     let target_strings = if config.resume {
@@ -127,18 +127,20 @@ pub async fn run_with(
         short_id: id.short_id,
         connections: Vec::new(),
     };
-    let mesh = Mesh::new(summary, GossipConfig::default(), uid, Instant::ZERO);
-    let mut connmaker = ConnMaker::new(
-        ConnMakerConfig {
+    let node_config = NodeConfig {
+        connmaker: ConnMakerConfig {
             discovery: config.discovery,
             conn_limit: config.conn_limit,
             port: config.port,
             ..ConnMakerConfig::default()
         },
-        uid ^ 0x5eed,
-    );
-    connmaker.add_targets(Instant::ZERO, &targets);
-    save_targets(&targets_file, &connmaker.direct_targets())?;
+        ..NodeConfig::default()
+    };
+    let mut node = Node::new(summary, node_config, uid, Instant::ZERO);
+    node.register_channel(crate::ipam::IPAM_CHANNEL);
+    node.register_channel(crate::dns::DNS_CHANNEL);
+    node.add_targets(Instant::ZERO, &targets);
+    save_targets(&targets_file, &node.connmaker().direct_targets())?;
     let ipam = match config.ipalloc_range {
         Some(universe) => {
             let ipam_config = IpamConfig {
@@ -156,7 +158,7 @@ pub async fn run_with(
             .map_err(|e| anyhow::anyhow!("IPAM: {e}"))?;
             let files = crate::ipam::StateFiles::in_dir(&config.state_dir);
             crate::ipam::open(&mut ipam, &files, config.ipam_recover)?;
-            ipam.set_quorum_hint(connmaker.direct_targets().len() + 1);
+            ipam.set_quorum_hint(node.connmaker().direct_targets().len() + 1);
             let mut drv = crate::ipam::IpamDriver::new(ipam, files);
             // Before anything is answered: every address in use on this host is claimed.
             crate::recover::claim_in_use(&mut drv, &config).await;
@@ -187,7 +189,7 @@ pub async fn run_with(
     };
     let dns_service = dns.as_ref().map(|d| d.service.clone());
     let commit_wanted = ipam.as_ref().map(|d| d.commit_wanted.clone());
-    let mut state = State::new(mesh, connmaker);
+    let mut state = State::new();
     if ipam.is_none() {
         // IPAM off here, but other peers' IPAM messages may need to cross this peer.
         state.ipam_relay = Some(weft_mesh::ChannelRouter::new(id.name, uid));
@@ -216,6 +218,8 @@ pub async fn run_with(
             kernel_features,
         },
         state: Mutex::new(state),
+        view: Mutex::new(Arc::new(crate::control::empty_view(&node))),
+        node: node_tx,
         dataplane: dp_tx.clone(),
         wake: tokio::sync::Notify::new(),
         targets_file,
@@ -258,15 +262,13 @@ pub async fn run_with(
         shared.clone(),
         local,
         clock,
-        udp,
         config.conn_limit,
         security,
     ));
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(control.clone().pump(ev_rx));
     tasks.spawn(control.clone().listen(listener));
     tasks.spawn(crate::gate::flush_summaries(control.gate.clone(), clock));
-    tasks.spawn(control.clone().run());
+    tasks.spawn(control.clone().run(node, node_rx, ev_rx));
     if let Some(wanted) = commit_wanted {
         tasks.spawn(crate::ipam::persister(shared.clone(), wanted));
     }

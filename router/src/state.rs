@@ -1,24 +1,25 @@
-//! Layer: driver. State shared between the router's tasks and the HTTP API: the connection
-//! registry, the targets, and the last copy of the data-plane counters. Also the status report
-//! types the API serialises (the CLI reads them back).
+//! Layer: driver. State shared between the router's tasks and the HTTP API: IPAM and DNS
+//! (behind one lock), the last copy of the data-plane counters, and the latest snapshot of the
+//! [`weft_node::Node`] that the control task owns ([`NodeView`]; read without touching the
+//! node). Also the status report types the API serialises (the CLI reads them back).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use weft_mesh::{ConnMaker, Mesh};
+use weft_mesh::{GossipStats, PeerName, TargetState, Topology};
+use weft_node::NodeStats;
 use weft_overlay::Counters;
 
+use crate::control::NodeInput;
 use crate::dataplane::DpCommand;
 
 /// What a connection task can be told to do.
 #[derive(Debug)]
 pub enum ConnCommand {
-    /// Tell the remote its UDP heartbeats reach us.
-    SendDataPathAck,
-    /// Send this message (gossip).
+    /// Send this message (gossip, data-path acknowledgement).
     Send(weft_wire::control::Message),
     /// Close the connection with this reason (e.g. a duplicate).
     Close(&'static str),
@@ -40,66 +41,87 @@ pub enum ConnState {
     Failed,
 }
 
-/// What the remote announced in its handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RemoteInfo {
-    /// Peer name.
-    pub name: u64,
-    /// Short id.
-    pub short_id: u16,
-    /// Process UID.
-    pub uid: u64,
-    /// Where its data port is.
-    pub data_addr: SocketAddr,
-}
-
-/// One live TCP control connection.
-#[derive(Debug)]
-pub struct ConnRecord {
+/// One live control connection in a [`NodeView`].
+#[derive(Debug, Clone)]
+pub struct ConnView {
     /// The remote TCP address.
     pub address: SocketAddr,
     /// We dialled it.
     pub outbound: bool,
     /// Current state.
     pub state: ConnState,
-    /// Remote identity once the handshake is done.
-    pub remote: Option<RemoteInfo>,
+    /// The remote peer, once the handshake is done.
+    pub remote: Option<PeerName>,
     /// The remote's nickname.
     pub nickname: String,
-    /// Connection UID (same on both ends) once the handshake is done.
-    pub conn_uid: Option<u64>,
-    /// We received the remote's UDP heartbeat.
-    pub heartbeat_received: bool,
-    /// The remote acknowledged our UDP heartbeats.
-    pub ack_received: bool,
-    /// This connection registered its peer with the data plane.
-    pub owns_dataplane_peer: bool,
+    /// It carries its peer (false: a duplicate being closed).
+    pub carrier: bool,
+    /// Data-path heartbeats arrive.
+    pub path_up: bool,
     /// How the connection is protected, once its handshake completed.
     pub protection: Option<weft_mesh::Protection>,
-    /// The data-plane keys it agreed (kept so another connection to the same peer can hand
-    /// the peer back to this one).
-    pub data_keys: Option<weft_crypto::handshake::DataKeys>,
-    /// Channel to the connection's task.
-    pub commands: mpsc::UnboundedSender<ConnCommand>,
 }
 
-/// The mutable part of the router's state.
+/// The routes as of a snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct RoutesView {
+    /// For each reachable peer, the path to it (first hop first).
+    pub paths: BTreeMap<PeerName, Vec<PeerName>>,
+    /// For each peer (ourselves included), the neighbours its broadcasts go on to.
+    pub broadcast: BTreeMap<PeerName, Vec<PeerName>>,
+}
+
+impl RoutesView {
+    /// The reachable peers.
+    pub fn reachable(&self) -> impl Iterator<Item = PeerName> + '_ {
+        self.paths.keys().copied()
+    }
+
+    /// The path to `dest`, if reachable.
+    pub fn path(&self, dest: PeerName) -> Option<&[PeerName]> {
+        self.paths.get(&dest).map(Vec::as_slice)
+    }
+
+    /// The next hop to `dest`.
+    pub fn next_hop(&self, dest: PeerName) -> Option<PeerName> {
+        self.paths.get(&dest).and_then(|p| p.first().copied())
+    }
+
+    /// The neighbours `source`'s broadcasts go on to.
+    pub fn broadcast_children(&self, source: PeerName) -> &[PeerName] {
+        self.broadcast.get(&source).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// A snapshot of the node, published by the control task after every change.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    /// The topology.
+    pub topology: Topology,
+    /// The routes computed from it.
+    pub routes: RoutesView,
+    /// Live control connections.
+    pub conns: Vec<ConnView>,
+    /// Every target: (address, direct, state).
+    pub targets: Vec<(SocketAddr, bool, TargetState)>,
+    /// The direct targets.
+    pub direct_targets: Vec<SocketAddr>,
+    /// Connections that ended since the start.
+    pub terminations: u64,
+    /// The node's counters.
+    pub stats: NodeStats,
+    /// Gossip counters.
+    pub gossip: GossipStats,
+}
+
+/// The mutable part of the router's state the control task shares with the API (the
+/// node itself is not here: the control task owns it).
 #[derive(Debug)]
 pub struct State {
-    /// Live control connections by local id.
-    pub conns: BTreeMap<u64, ConnRecord>,
-    /// The topology gossip state machine (peers, their connections, routes).
-    pub mesh: Mesh,
-    /// Which addresses to dial (targets, discovery, backoff).
-    pub connmaker: ConnMaker,
     /// Last copy of the data-plane counters.
     pub counters: Counters,
     /// Last copy of the data plane's per-link traffic.
     pub link_traffic: crate::traffic::LinkTraffic,
-    /// Control connections closed before their handshake finished.
-    pub handshake_failures: u64,
-    /// Gossip payloads refused as malformed or invalid.
-    pub gossip_errors: u64,
     /// IPAM, unless disabled with `--ipalloc-range ""`.
     pub ipam: Option<crate::ipam::IpamDriver>,
     /// IPAM messages refused as malformed or invalid.
@@ -113,22 +135,23 @@ pub struct State {
 }
 
 impl State {
-    /// A fresh state around a mesh and a connection maker.
-    pub fn new(mesh: Mesh, connmaker: ConnMaker) -> Self {
+    /// A fresh state.
+    pub fn new() -> Self {
         Self {
-            conns: BTreeMap::new(),
-            mesh,
-            connmaker,
             counters: Counters::default(),
             link_traffic: crate::traffic::LinkTraffic::default(),
-            handshake_failures: 0,
-            gossip_errors: 0,
             ipam: None,
             ipam_errors: 0,
             dns: None,
             dns_errors: 0,
             ipam_relay: None,
         }
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -139,9 +162,13 @@ pub struct Shared {
     pub info: RouterInfo,
     /// The mutable state.
     pub state: Mutex<State>,
+    /// The node's latest snapshot.
+    pub view: Mutex<Arc<NodeView>>,
+    /// Input for the control task that owns the node.
+    pub node: mpsc::UnboundedSender<NodeInput>,
     /// Commands to the data-plane thread.
     pub dataplane: std::sync::mpsc::Sender<DpCommand>,
-    /// Wakes the control loop after the mesh or the connection maker got input.
+    /// Wakes the control loop after IPAM or DNS got input.
     pub wake: tokio::sync::Notify,
     /// Where the target list is kept.
     pub targets_file: std::path::PathBuf,
@@ -158,6 +185,16 @@ impl Shared {
     /// still the best information there is, so keep serving it.
     pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The node's latest snapshot.
+    pub fn view(&self) -> Arc<NodeView> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Publish a new snapshot.
+    pub fn set_view(&self, view: NodeView) {
+        *self.view.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
     }
 }
 

@@ -6,19 +6,37 @@
 //! payloads that arrived, wakes it at [`Mesh::poll_timeout`], and sends what
 //! [`Mesh::poll_transmit`] yields as `Message::Gossip { channel: TOPOLOGY_CHANNEL, payload }`.
 //!
-//! Behaviour, after Weave's `mesh`:
+//! What travels is per-peer versioned deltas ([`Record`]): what changed in a peer's connection
+//! list since a version the receiver holds, not the whole list again (the address of a
+//! connection goes out once, when it is added). The rules:
 //!
-//! - A neighbour gets our full state as soon as its connection is up, and one random neighbour
-//!   gets it every [`GossipConfig::full_state_interval`]. On connection up, both sides first
-//!   exchange a [`TopologyGossip::Digest`] (name, version, uid per peer) and each then sends
-//!   the other exactly the records it lacks: the outcome of a full-state exchange without
-//!   resending what the neighbour already has (in a mesh that forms all at once, full states
-//!   would otherwise dominate the gossip volume, growing with the fourth power of its size).
-//! - Changes (our own record, and whatever a received update taught us) are collected for
-//!   [`GossipConfig::batch_delay`], then sent as one [`TopologyGossip::Update`] to a random,
-//!   topology-weighted subset of neighbours: `max(fanout_min, 2·⌈log2 n⌉)` of them (n = known
-//!   peers), each weighted by 1 + the number of destinations routed through it. A record is
-//!   never sent back to the neighbour it came from; records are relayed only when they were new.
+//! - **What each neighbour has.** For every neighbour we track the newest (version, uid) of
+//!   each peer's record it is known to hold: it sent it to us, listed it in a digest, or we
+//!   sent it (control connections are reliable and ordered). A neighbour only ever gets what
+//!   it lacks, as a delta from the version it holds when our history reaches back that far.
+//! - **New connection: digests, then the missing records.** When a connection comes up, both
+//!   sides send a [`TopologyGossip::Digest`] (name, version, uid per peer) and each answers the
+//!   other's with exactly the records (or deltas) it lacks: the outcome of a full-state
+//!   exchange without resending what the neighbour already has.
+//! - **Changes are batched** for [`GossipConfig::batch_delay`] and then sent, never back to
+//!   the neighbour they came from. The origin of a record pushes it to all its neighbours; a
+//!   relay forwards a peer's record only to neighbours that are not that peer's own neighbours
+//!   (it reaches them directly), and a neighbour two hops from the origin is pushed to by one
+//!   relay only: the origin's neighbour with the smallest name that the receiver is connected
+//!   to. Peers farther out, which several relays may reach, get an announcement (name and
+//!   version) and pull the record once. When views agree, every peer gets every change about
+//!   once.
+//! - **Pulls.** A peer asks ([`TopologyGossip::Want`]) for a record it lacks from the first
+//!   neighbour that shows it, and asks nobody else while that request is out
+//!   ([`REQUEST_TIMEOUT`]). A newer version of a record it holds is asked for at once if it
+//!   is more than two hops from the record's origin (nobody pushes to it), else only if no
+//!   delta brought it after [`GossipConfig::pull_delay`].
+//! - **Repair, then silence.** A delta a receiver cannot apply (it holds too old a version, or
+//!   none) is answered with [`TopologyGossip::Want`]; the sender sends the full record. Once
+//!   our topology has not changed for [`GossipConfig::settle_delay`], we send each neighbour a
+//!   [`TopologyGossip::Summary`] (a hash of every (name, version, uid) we hold). A settled
+//!   neighbour whose hash differs answers with its digest, which starts a digest exchange that
+//!   carries only what is missing. Nothing is sent periodically: a quiet mesh sends 0 B/s.
 //! - Garbage collection runs [`GossipConfig::gc_delay`] after a change; route recalculation
 //!   [`ROUTES_DELAY`] after one (coalesced), then [`MeshEvent::TopologyChanged`] is emitted.
 //! - Short-id collisions: when we share a short id with a peer whose name is smaller, we move
@@ -27,7 +45,7 @@
 //! Bad payloads surface as [`GossipError`]s (the driver counts them and may close the
 //! connection); nothing here panics on network input.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -36,7 +54,7 @@ use crate::identity::{PeerName, ShortId};
 use crate::rng::Rng;
 use crate::routes::Routes;
 use crate::time::Instant;
-use crate::topology::{ConnSummary, PeerSummary, Topology, TopologyError};
+use crate::topology::{ConnSummary, PeerSummary, Record, Topology, TopologyError};
 
 /// The gossip channel topology updates travel on.
 pub const TOPOLOGY_CHANNEL: u8 = 0;
@@ -45,44 +63,71 @@ pub const TOPOLOGY_CHANNEL: u8 = 0;
 /// burst of updates costs one recalculation ([`MeshEvent::TopologyChanged`] follows it).
 pub const ROUTES_DELAY: Duration = Duration::from_millis(50);
 
-/// Largest payload we build on purpose (full state is split into several messages above this),
+/// Largest payload we build on purpose (records are split into several messages above this),
 /// comfortably below the 1 MiB control-frame limit.
 pub const MAX_PAYLOAD: usize = 512 * 1024;
+
+/// A record asked for from one neighbour is not asked for from another for this long (the
+/// answer normally arrives within a round trip on the ordered connection).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most entries one digest or want message may carry; more is refused as invalid input.
+pub const MAX_DIGEST: usize = 16 * 1024;
 
 /// A topology gossip payload, postcard-encoded.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum TopologyGossip {
-    /// Everything the sender knows (possibly one of several messages).
-    Full(Vec<PeerSummary>),
-    /// Records that changed recently.
-    Update(Vec<PeerSummary>),
-    /// What the sender knows, as (name, version, uid) per peer, sent when a connection comes
-    /// up. The receiver answers with an `Update` of every record the sender lacks or holds an
-    /// older version of: a full-state exchange that only carries what is missing.
-    Digest(Vec<(PeerName, u64, u64)>),
+    /// Peer records: deltas pushed as changes spread, and full records or deltas sent in
+    /// answer to a [`TopologyGossip::Want`].
+    Records(Vec<Record>),
+    /// Records the sender holds, as (name, version, uid) per peer: all of them when a
+    /// connection comes up or summaries differ, or announcements of records the receiver may
+    /// lack. The receiver asks ([`TopologyGossip::Want`]) for those it lacks, each from one
+    /// neighbour only. With `reply` (the list is complete), the receiver also sends its own
+    /// complete digest back if the sender lacks something it holds.
+    Digest {
+        /// (name, version) of records the sender holds. Incarnations (uids) are left out to
+        /// halve the size: a restarted peer's record outbids its old one by version, and
+        /// a delta built for the wrong incarnation is refused and answered with a want.
+        entries: Vec<(PeerName, u64)>,
+        /// Answer with our own complete digest if the sender lacks records we hold.
+        reply: bool,
+    },
+    /// Send these records: (name, version, uid) of what the sender holds, (0, 0) for nothing:
+    /// the receiver answers with a delta from there, or the full record.
+    Want(Vec<(PeerName, u64, u64)>),
+    /// The sender's topology has settled; this is [`Topology::summary_hash`] of it.
+    Summary(u64),
 }
 
 /// Gossip tunables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GossipConfig {
-    /// Least number of neighbours an update goes to (all of them if we have fewer).
+    /// Unused since gossip became deterministic (kept so configurations still build): the
+    /// origin and designated relays reach every peer.
     pub fanout_min: usize,
     /// How long changes are collected before an update goes out.
     pub batch_delay: Duration,
-    /// How often a random neighbour gets our full state.
-    pub full_state_interval: Duration,
+    /// How long our topology must stay unchanged before we compare summaries with our
+    /// neighbours (should exceed `gc_delay`, so both sides have garbage collected).
+    pub settle_delay: Duration,
     /// Delay between a change and the garbage collection it triggers.
     pub gc_delay: Duration,
+    /// How long we wait for a delta to bring an older record up to date, once a neighbour
+    /// showed a newer version, before asking for it.
+    pub pull_delay: Duration,
 }
 
 impl Default for GossipConfig {
-    /// Weave's values, except a 100 ms batch delay (Weave: 1 s).
+    /// Weave's values, except a 100 ms batch delay (Weave: 1 s) and no periodic full state
+    /// (summaries after 2 s of quiet instead).
     fn default() -> Self {
         Self {
             fanout_min: 2,
             batch_delay: Duration::from_millis(100),
-            full_state_interval: Duration::from_secs(30),
+            settle_delay: Duration::from_secs(2),
             gc_delay: Duration::from_secs(1),
+            pull_delay: Duration::from_millis(500),
         }
     }
 }
@@ -108,6 +153,9 @@ pub enum GossipError {
     /// The payload decoded but its content is invalid.
     #[error("invalid topology update: {0}")]
     Invalid(#[from] TopologyError),
+    /// A digest or want list longer than [`MAX_DIGEST`].
+    #[error("digest or want list of {0} entries, more than {MAX_DIGEST}")]
+    TooLong(usize),
 }
 
 /// Counters for the convergence bench and status.
@@ -121,14 +169,30 @@ pub struct GossipStats {
     pub messages_sent: u64,
     /// Messages received (valid or not).
     pub messages_received: u64,
-    /// Of the messages sent, those carrying full state.
+    /// Of the messages sent, those carrying at least one full record.
     pub full_sent: u64,
-    /// Of the bytes sent, those in full-state messages.
+    /// Of the bytes sent, those in messages carrying at least one full record.
     pub full_bytes_sent: u64,
     /// Peer records received that were new to us.
     pub records_merged: u64,
     /// Payloads refused ([`GossipError`]).
     pub errors: u64,
+    /// Records sent as deltas.
+    pub deltas_sent: u64,
+    /// Records sent in full.
+    pub full_records_sent: u64,
+    /// Peers whose full record we asked for because a delta did not apply.
+    pub wants_sent: u64,
+    /// Bytes of complete digests sent (connection up, summaries that differed).
+    pub digest_bytes_sent: u64,
+    /// Bytes of announcements sent (records a neighbour may lack, for it to ask for).
+    pub announce_bytes_sent: u64,
+    /// Bytes of records pushed as changes spread.
+    pub push_bytes_sent: u64,
+    /// Bytes of records sent in answer to a want.
+    pub answer_bytes_sent: u64,
+    /// Bytes of wants and summaries sent.
+    pub request_bytes_sent: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -154,6 +218,28 @@ impl Neighbour {
             .get(&p.name)
             .is_some_and(|&k| k >= (p.version, p.uid))
     }
+
+    /// What we may build a delta from: the version it holds of that incarnation.
+    fn base(&self, name: PeerName) -> Option<(u64, u64)> {
+        self.known.get(&name).copied()
+    }
+}
+
+/// How a record goes to a neighbour at a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Relay {
+    /// As a delta (or an announcement if it would have to be the full record).
+    Push,
+    /// As an announcement: the neighbour pulls it if nobody pushes it.
+    Announce,
+    /// Not at all: someone else delivers it.
+    Skip,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Request {
+    from: PeerName,
+    at: Instant,
 }
 
 /// The topology gossip state machine for the local peer.
@@ -170,7 +256,14 @@ pub struct Mesh {
     batch_at: Option<Instant>,
     gc_at: Option<Instant>,
     routes_at: Option<Instant>,
-    full_state_at: Instant,
+    /// When to send summaries (our topology has been quiet for `settle_delay`); `None` once
+    /// sent, until the next change.
+    summary_at: Option<Instant>,
+    /// Records we asked for: who we asked and when.
+    requested: BTreeMap<PeerName, Request>,
+    /// Records a neighbour holds a newer version of than we do, and when to ask for them if
+    /// no delta brought us up to date by then.
+    lagging: BTreeMap<PeerName, Instant>,
     outgoing: VecDeque<(PeerName, Vec<u8>)>,
     events: VecDeque<MeshEvent>,
     stats: GossipStats,
@@ -178,11 +271,10 @@ pub struct Mesh {
 
 impl Mesh {
     /// A mesh that knows only ourselves. `seed` drives every random choice.
-    pub fn new(local: PeerSummary, config: GossipConfig, seed: u64, now: Instant) -> Self {
+    pub fn new(local: PeerSummary, config: GossipConfig, seed: u64, _now: Instant) -> Self {
         let topology = Topology::new(local);
         let routes = Routes::compute(&topology);
         Self {
-            full_state_at: now + config.full_state_interval,
             config,
             topology,
             routes,
@@ -192,6 +284,9 @@ impl Mesh {
             batch_at: None,
             gc_at: None,
             routes_at: None,
+            summary_at: None,
+            requested: BTreeMap::new(),
+            lagging: BTreeMap::new(),
             outgoing: VecDeque::new(),
             events: VecDeque::new(),
             stats: GossipStats::default(),
@@ -199,7 +294,7 @@ impl Mesh {
     }
 
     /// A control connection to `remote` finished its handshake (data path not yet
-    /// established): record it in our connection list and send our full state to it.
+    /// established): record it in our connection list and start the digest exchange.
     ///
     /// `remote_summary_hint` is (nickname, uid, short id) from the handshake; it makes a
     /// placeholder record until the peer's own summary arrives. Calling this again for a
@@ -218,18 +313,25 @@ impl Mesh {
         let (nickname, uid, short_id) = remote_summary_hint;
         self.topology
             .add_placeholder(remote, nickname, uid, short_id);
-        self.neighbours.insert(
-            remote,
-            Neighbour {
-                address,
-                outbound,
-                established: false,
-                known: HashMap::new(),
-            },
-        );
+        let replaced = self
+            .neighbours
+            .insert(
+                remote,
+                Neighbour {
+                    address,
+                    outbound,
+                    established: false,
+                    known: HashMap::new(),
+                },
+            )
+            .is_some();
+        if replaced {
+            // A new connection to the same peer: what we asked for on the old one may be lost.
+            self.forget_requests_to(now, remote);
+        }
         self.local_connections_changed(now);
         self.resolve_short_id_collision(now);
-        self.send_digest(remote);
+        self.send_digest(remote, false);
     }
 
     /// The data path of the connection to `remote` works: mark it established.
@@ -247,6 +349,7 @@ impl Mesh {
         if self.neighbours.remove(&remote).is_some() {
             self.pending.retain(|_, from| *from != Some(remote));
             self.outgoing.retain(|(to, _)| *to != remote);
+            self.forget_requests_to(now, remote);
             self.local_connections_changed(now);
         }
     }
@@ -267,38 +370,102 @@ impl Mesh {
                 return Err(GossipError::Decode);
             }
         };
-        let update = match msg {
-            TopologyGossip::Full(update) | TopologyGossip::Update(update) => update,
-            TopologyGossip::Digest(digest) => {
-                if let Some(nb) = self.neighbours.get_mut(&from) {
-                    for &(n, v, u) in &digest {
-                        nb.learn(n, v, u);
-                    }
+        match msg {
+            TopologyGossip::Records(records) => self.handle_records(now, from, &records),
+            TopologyGossip::Digest { entries, reply } => {
+                if entries.len() > MAX_DIGEST {
+                    self.stats.errors += 1;
+                    return Err(GossipError::TooLong(entries.len()));
                 }
-                self.answer_digest(from, &digest);
-                return Ok(());
+                self.handle_digest(now, from, &entries, reply);
+                Ok(())
             }
-        };
-        if let Some(nb) = self.neighbours.get_mut(&from) {
-            for p in &update {
-                nb.learn(p.name, p.version, p.uid);
+            TopologyGossip::Want(entries) => {
+                if entries.len() > MAX_DIGEST {
+                    self.stats.errors += 1;
+                    return Err(GossipError::TooLong(entries.len()));
+                }
+                let mut seen = BTreeSet::new();
+                let records: Vec<Record> = entries
+                    .iter()
+                    .filter(|(n, _, _)| seen.insert(*n))
+                    .filter_map(|&(n, v, u)| {
+                        self.topology.record_since(n, (v > 0).then_some((v, u)))
+                    })
+                    .collect();
+                if !records.is_empty() {
+                    let before = self.stats.bytes_sent;
+                    self.queue_records(from, records);
+                    self.stats.answer_bytes_sent += self.stats.bytes_sent - before;
+                }
+                Ok(())
+            }
+            TopologyGossip::Summary(hash) => {
+                // Only a settled side compares: an unsettled one sends its own summary later.
+                if self.summary_at.is_none()
+                    && self.neighbours.contains_key(&from)
+                    && hash != self.topology.summary_hash()
+                {
+                    self.send_digest(from, true);
+                }
+                Ok(())
             }
         }
-        let new = match self.topology.merge(&update) {
-            Ok(new) => new,
+    }
+
+    fn handle_records(
+        &mut self,
+        now: Instant,
+        from: PeerName,
+        records: &[Record],
+    ) -> Result<(), GossipError> {
+        let held: Vec<(u64, u64)> = records.iter().map(|r| self.held(r.name)).collect();
+        let merged = match self.topology.merge_records(records) {
+            Ok(m) => m,
             Err(e) => {
                 self.stats.errors += 1;
                 return Err(e.into());
             }
         };
-        if new.is_empty() {
+        if let Some(nb) = self.neighbours.get_mut(&from) {
+            for r in records.iter().filter(|r| !merged.want.contains(&r.name)) {
+                nb.learn(r.name, r.version, r.uid);
+            }
+        }
+        let mut answered = Vec::new();
+        for r in records {
+            if self.requested.get(&r.name).is_some_and(|q| q.from == from) {
+                self.requested.remove(&r.name);
+                answered.push(r.name);
+            }
+        }
+        // Deltas that did not fit what we hold: ask the sender for a delta from what we hold
+        // (we are behind its base), or the full record (anything else).
+        let mut wants = Vec::new();
+        for (r, &ours) in records.iter().zip(&held) {
+            if !merged.want.contains(&r.name) {
+                continue;
+            }
+            if ours.1 == r.uid && ours.0 > 0 && ours.0 < r.base {
+                wants.push((r.name, ours.0, ours.1));
+            } else {
+                wants.push((r.name, 0, 0));
+            }
+            self.requested.insert(r.name, Request { from, at: now });
+        }
+        self.send_wants(from, wants);
+        // A newer version may have been announced while we waited for an answer.
+        for name in answered {
+            self.request_from_best(now, name);
+        }
+        if merged.new.is_empty() {
             return Ok(());
         }
-        self.stats.records_merged += new.len() as u64;
+        self.stats.records_merged += merged.new.len() as u64;
         let local = self.topology.local_name();
-        for s in &new {
-            let origin = (s.name != local).then_some(from);
-            self.pending.insert(s.name, origin);
+        for name in &merged.new {
+            let origin = (*name != local).then_some(from);
+            self.pending.insert(*name, origin);
         }
         self.schedule_batch(now);
         self.topology_changed(now);
@@ -306,7 +473,8 @@ impl Mesh {
         Ok(())
     }
 
-    /// Fires the timers due at `now`: batched updates, garbage collection, periodic full state.
+    /// Fires the timers due at `now`: batched updates, garbage collection, route
+    /// recalculation, summaries once settled.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.batch_at.is_some_and(|t| t <= now) {
             self.batch_at = None;
@@ -318,9 +486,12 @@ impl Mesh {
             if !removed.is_empty() {
                 for name in &removed {
                     self.pending.remove(name);
+                    self.requested.remove(name);
+                    self.lagging.remove(name);
                     self.events.push_back(MeshEvent::PeerRemoved(*name));
                 }
                 self.routes_at = Some(now);
+                self.summary_at = Some(now + self.config.settle_delay);
             }
         }
         if self.routes_at.is_some_and(|t| t <= now) {
@@ -328,18 +499,28 @@ impl Mesh {
             self.routes = Routes::compute(&self.topology);
             self.events.push_back(MeshEvent::TopologyChanged);
         }
-        if self.full_state_at <= now {
-            self.full_state_at = now
-                + self
-                    .config
-                    .full_state_interval
-                    .max(Duration::from_millis(1));
-            let n = self.neighbours.len() as u64;
-            if n > 0 {
-                let pick = self.rng.below(n) as usize;
-                if let Some(&to) = self.neighbours.keys().nth(pick) {
-                    self.send_full(to);
+        if self.lagging.first_key_value().is_some() {
+            let due: Vec<PeerName> = self
+                .lagging
+                .iter()
+                .filter(|(_, t)| **t <= now)
+                .map(|(n, _)| *n)
+                .collect();
+            for name in due {
+                self.lagging.remove(&name);
+                if !self.outstanding(now, name) {
+                    self.request_from_best(now, name);
                 }
+            }
+        }
+        if self.summary_at.is_some_and(|t| t <= now) {
+            self.summary_at = None;
+            let hash = self.topology.summary_hash();
+            let to: Vec<PeerName> = self.neighbours.keys().copied().collect();
+            for nb in to {
+                let before = self.stats.bytes_sent;
+                self.queue_payload(nb, &TopologyGossip::Summary(hash), false);
+                self.stats.request_bytes_sent += self.stats.bytes_sent - before;
             }
         }
     }
@@ -347,11 +528,13 @@ impl Mesh {
     /// When [`handle_timeout`](Self::handle_timeout) is due next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let lagging = self.lagging.values().min().copied();
         [
             self.batch_at,
             self.gc_at,
             self.routes_at,
-            Some(self.full_state_at),
+            self.summary_at,
+            lagging,
         ]
         .into_iter()
         .flatten()
@@ -398,6 +581,18 @@ impl Mesh {
         self.stats
     }
 
+    /// Encoded size, in bytes, of our whole topology as full state (every gossiped record):
+    /// what one peer must receive at least once, the floor of gossip redundancy.
+    pub fn full_state_size(&self) -> usize {
+        let records: Vec<Record> = self
+            .topology
+            .peers()
+            .filter(|p| p.version > 0)
+            .map(Record::full)
+            .collect();
+        postcard::to_allocvec(&TopologyGossip::Records(records)).map_or(0, |v| v.len())
+    }
+
     /// Rebuilds our connection list from the neighbour set; on change, schedules an update.
     fn local_connections_changed(&mut self, now: Instant) {
         let conns = self
@@ -425,6 +620,7 @@ impl Mesh {
         if self.gc_at.is_none() {
             self.gc_at = Some(now + self.config.gc_delay);
         }
+        self.summary_at = Some(now + self.config.settle_delay);
     }
 
     fn schedule_batch(&mut self, now: Instant) {
@@ -471,114 +667,257 @@ impl Mesh {
         }
     }
 
-    /// Sends the pending records to a weighted random subset of the neighbours that have
-    /// something to receive (records never go back to where they came from).
+    /// Whether we forward `origin`'s record to neighbour `to` (see the module docs): the
+    /// origin sends its own to everyone; relays skip the origin's own neighbours and, two hops
+    /// out, leave the receiver to the origin's smallest-named neighbour connected to it.
+    fn relay(&self, origin: PeerName, to: PeerName) -> Relay {
+        let local = self.topology.local_name();
+        if origin == local {
+            return Relay::Push;
+        }
+        let Some(o) = self.topology.peer(origin) else {
+            return Relay::Skip;
+        };
+        if o.connection(to).is_some() {
+            return Relay::Skip;
+        }
+        let two_hops = |below: Option<PeerName>| {
+            o.connections
+                .iter()
+                .take_while(|c| below.is_none_or(|b| c.remote < b))
+                .any(|c| {
+                    self.topology
+                        .peer(c.remote)
+                        .is_some_and(|m| m.connection(to).is_some())
+                })
+        };
+        if o.connection(local).is_none() {
+            // Two or more hops from the origin: peers two hops out are left to the origin's
+            // neighbours; farther ones get an announcement (several of us may reach them, and
+            // a pushed delta would arrive several times; they pull it once).
+            return if two_hops(None) {
+                Relay::Skip
+            } else {
+                Relay::Announce
+            };
+        }
+        // We are one hop from the origin and `to` is two: the smallest-named peer among the
+        // origin's neighbours that `to` is connected to relays.
+        if two_hops(Some(local)) {
+            Relay::Skip
+        } else {
+            Relay::Push
+        }
+    }
+
+    /// Sends every neighbour the pending records it lacks, never back to where they came
+    /// from, following the relay rule: as deltas from what it holds, or, where only a full
+    /// record would do, as an announcement it pulls from one neighbour.
     fn flush_pending(&mut self) {
         let pending = std::mem::take(&mut self.pending);
         if pending.is_empty() || self.neighbours.is_empty() {
             return;
         }
-        let mut per_target: BTreeMap<PeerName, Vec<PeerSummary>> = BTreeMap::new();
-        for (&to, nb) in &self.neighbours {
-            let records: Vec<PeerSummary> = pending
-                .iter()
-                .filter(|(_, from)| **from != Some(to))
-                .filter_map(|(name, _)| self.topology.peer(*name))
-                .filter(|p| p.version > 0 && !nb.has(p))
-                .cloned()
-                .collect();
-            if !records.is_empty() {
-                per_target.insert(to, records);
-            }
-        }
-        let candidates: Vec<PeerName> = per_target.keys().copied().collect();
-        for to in self.pick_targets(candidates) {
-            if let Some(records) = per_target.remove(&to) {
-                self.queue_chunks(to, records, false);
-            }
-        }
-    }
-
-    /// `max(fanout_min, 2·⌈log2 n⌉)` of `candidates`, sampled without replacement with weight
-    /// 1 + destinations routed via each.
-    fn pick_targets(&mut self, candidates: Vec<PeerName>) -> Vec<PeerName> {
-        let n = self.topology.len().max(2);
-        let log2 = usize::BITS - (n - 1).leading_zeros(); // ceil(log2 n) for n >= 2
-        let k = self.config.fanout_min.max(2 * log2 as usize);
-        let mut candidates: Vec<(PeerName, u64)> = candidates
-            .into_iter()
-            .map(|nb| (nb, 1 + self.routes.destinations_via(nb) as u64))
-            .collect();
-        if candidates.len() <= k {
-            return candidates.into_iter().map(|(nb, _)| nb).collect();
-        }
-        let mut chosen = Vec::with_capacity(k);
-        for _ in 0..k {
-            let total: u64 = candidates.iter().map(|(_, w)| w).sum();
-            let mut x = self.rng.below(total);
-            let mut idx = candidates.len() - 1;
-            for (i, (_, w)) in candidates.iter().enumerate() {
-                if x < *w {
-                    idx = i;
-                    break;
+        let targets: Vec<PeerName> = self.neighbours.keys().copied().collect();
+        for to in targets {
+            let Some(nb) = self.neighbours.get(&to) else {
+                continue;
+            };
+            let mut deltas = Vec::new();
+            let mut announce = Vec::new();
+            for (&name, from) in &pending {
+                if *from == Some(to) || name == to {
+                    continue;
                 }
-                x -= w;
+                let Some(p) = self.topology.peer(name) else {
+                    continue;
+                };
+                if p.version == 0 || nb.has(p) {
+                    continue;
+                }
+                let how = self.relay(name, to);
+                if how == Relay::Skip {
+                    continue;
+                }
+                match self.topology.record_since(name, nb.base(name)) {
+                    Some(r) if !r.is_full() && how == Relay::Push => deltas.push(r),
+                    Some(_) => announce.push((name, p.version)),
+                    None => {}
+                }
             }
-            chosen.push(candidates.swap_remove(idx).0);
+            if !deltas.is_empty() {
+                let before = self.stats.bytes_sent;
+                self.queue_records(to, deltas);
+                self.stats.push_bytes_sent += self.stats.bytes_sent - before;
+            }
+            for chunk in announce.chunks(MAX_DIGEST) {
+                let msg = TopologyGossip::Digest {
+                    entries: chunk.to_vec(),
+                    reply: false,
+                };
+                let before = self.stats.bytes_sent;
+                self.queue_payload(to, &msg, false);
+                self.stats.announce_bytes_sent += self.stats.bytes_sent - before;
+            }
         }
-        chosen.sort_unstable();
-        chosen
     }
 
-    fn send_digest(&mut self, to: PeerName) {
+    /// Learns what `from` holds and asks it for what we lack and nobody is already sending
+    /// us; with `reply` (a complete digest), sends ours back if it lacks anything we hold.
+    fn handle_digest(
+        &mut self,
+        now: Instant,
+        from: PeerName,
+        entries: &[(PeerName, u64)],
+        reply: bool,
+    ) {
+        if !self.neighbours.contains_key(&from) {
+            return;
+        }
+        // Without uids in digests we assume the incarnation we hold (0: unknown).
+        let entries: Vec<(PeerName, u64, u64)> = entries
+            .iter()
+            .map(|&(n, v)| (n, v, self.topology.peer(n).map_or(0, |p| p.uid)))
+            .collect();
+        if let Some(nb) = self.neighbours.get_mut(&from) {
+            for &(n, v, u) in &entries {
+                nb.learn(n, v, u);
+            }
+        }
+        let local = self.topology.local_name();
+        let mut wants = Vec::new();
+        for &(n, v, u) in &entries {
+            if n == local {
+                if v > self.topology.local().version && self.topology.outbid_local(v, u) {
+                    self.pending.insert(local, None);
+                    self.schedule_batch(now);
+                    self.topology_changed(now);
+                }
+                continue;
+            }
+            let ours = self.held(n);
+            if v <= ours.0 || self.outstanding(now, n) {
+                continue;
+            }
+            if !reply && ours.0 > 0 && self.within_two_hops(n) {
+                // We hold an older version and are close enough to the origin that the origin
+                // or one of its neighbours pushes changes to us: the delta is most likely on
+                // its way. Ask only if it has not come by then.
+                self.lagging
+                    .entry(n)
+                    .or_insert(now + self.config.pull_delay);
+                continue;
+            }
+            wants.push((n, ours.0, ours.1));
+            self.requested.insert(n, Request { from, at: now });
+        }
+        self.send_wants(from, wants);
+        if reply {
+            let theirs: BTreeMap<PeerName, u64> = entries.iter().map(|&(n, v, _)| (n, v)).collect();
+            let lacking = self
+                .topology
+                .peers()
+                .filter(|p| p.version > 0)
+                .any(|p| theirs.get(&p.name).is_none_or(|&t| t < p.version));
+            if lacking {
+                self.send_digest(from, false);
+            }
+        }
+    }
+
+    /// Whether, as far as we know, we are a neighbour of `origin` or of one of its
+    /// neighbours (so its changes are pushed to us rather than announced).
+    fn within_two_hops(&self, origin: PeerName) -> bool {
+        let local = self.topology.local_name();
+        self.topology.peer(origin).is_some_and(|o| {
+            o.connection(local).is_some()
+                || o.connections.iter().any(|c| {
+                    self.topology
+                        .peer(c.remote)
+                        .is_some_and(|m| m.connection(local).is_some())
+                })
+        })
+    }
+
+    /// (version, uid) of our gossiped record of `name`; (0, 0) if none.
+    fn held(&self, name: PeerName) -> (u64, u64) {
+        self.topology
+            .peer(name)
+            .filter(|p| p.version > 0)
+            .map_or((0, 0), |p| (p.version, p.uid))
+    }
+
+    fn outstanding(&self, now: Instant, name: PeerName) -> bool {
+        self.requested
+            .get(&name)
+            .is_some_and(|r| r.at + REQUEST_TIMEOUT > now)
+    }
+
+    /// Asks the neighbour known to hold the newest version of `name` for it, if that is newer
+    /// than ours.
+    fn request_from_best(&mut self, now: Instant, name: PeerName) {
+        let ours = self.held(name);
+        let best = self
+            .neighbours
+            .iter()
+            .filter_map(|(nb, n)| n.known.get(&name).map(|k| (*k, *nb)))
+            .filter(|(k, _)| *k > ours)
+            .max();
+        if let Some((_, from)) = best {
+            self.requested.insert(name, Request { from, at: now });
+            self.send_wants(from, vec![(name, ours.0, ours.1)]);
+        }
+    }
+
+    /// Our requests to `remote` may never be answered: ask someone else (or nobody yet).
+    fn forget_requests_to(&mut self, now: Instant, remote: PeerName) {
+        let lost: Vec<PeerName> = self
+            .requested
+            .iter()
+            .filter(|(_, r)| r.from == remote)
+            .map(|(n, _)| *n)
+            .collect();
+        for name in lost {
+            self.requested.remove(&name);
+            self.request_from_best(now, name);
+        }
+    }
+
+    fn send_wants(&mut self, to: PeerName, wants: Vec<(PeerName, u64, u64)>) {
+        self.stats.wants_sent += wants.len() as u64;
+        for chunk in wants.chunks(MAX_DIGEST) {
+            let before = self.stats.bytes_sent;
+            self.queue_payload(to, &TopologyGossip::Want(chunk.to_vec()), false);
+            self.stats.request_bytes_sent += self.stats.bytes_sent - before;
+        }
+    }
+
+    fn send_digest(&mut self, to: PeerName, reply: bool) {
         let digest = self
             .topology
             .peers()
             .filter(|p| p.version > 0)
-            .map(|p| (p.name, p.version, p.uid))
+            .map(|p| (p.name, p.version))
             .collect::<Vec<_>>();
-        // A digest is ~20 bytes per peer: far below the payload limit for any sane mesh, but
+        // A digest is ~10 bytes per peer: far below the payload limit for any sane mesh, but
         // split it anyway so no frame can exceed the limit.
-        for chunk in digest.chunks(16 * 1024) {
-            self.queue_payload(to, &TopologyGossip::Digest(chunk.to_vec()), false);
+        for chunk in digest.chunks(MAX_DIGEST) {
+            let msg = TopologyGossip::Digest {
+                entries: chunk.to_vec(),
+                reply,
+            };
+            let before = self.stats.bytes_sent;
+            self.queue_payload(to, &msg, false);
+            self.stats.digest_bytes_sent += self.stats.bytes_sent - before;
         }
     }
 
-    /// Sends `to` every record its digest shows it lacks or holds an older version of.
-    fn answer_digest(&mut self, to: PeerName, digest: &[(PeerName, u64, u64)]) {
-        let theirs: BTreeMap<PeerName, (u64, u64)> =
-            digest.iter().map(|&(n, v, u)| (n, (v, u))).collect();
-        let records: Vec<PeerSummary> = self
-            .topology
-            .peers()
-            .filter(|p| p.version > 0)
-            .filter(|p| {
-                theirs
-                    .get(&p.name)
-                    .is_none_or(|&theirs| (p.version, p.uid) > theirs)
-            })
-            .cloned()
-            .collect();
-        if !records.is_empty() {
-            self.queue_chunks(to, records, false);
-        }
-    }
-
-    fn send_full(&mut self, to: PeerName) {
-        let records: Vec<PeerSummary> = self
-            .topology
-            .peers()
-            .filter(|p| p.version > 0)
-            .cloned()
-            .collect();
-        self.queue_chunks(to, records, true);
-    }
-
-    /// Queues `records` for `to`, split into payloads of at most about [`MAX_PAYLOAD`] bytes.
-    fn queue_chunks(&mut self, to: PeerName, records: Vec<PeerSummary>, full: bool) {
+    /// Queues `records` for `to`, split into payloads of at most about [`MAX_PAYLOAD`] bytes,
+    /// and notes that `to` now holds them.
+    fn queue_records(&mut self, to: PeerName, records: Vec<Record>) {
         if let Some(nb) = self.neighbours.get_mut(&to) {
-            for p in &records {
-                nb.learn(p.name, p.version, p.uid);
+            for r in &records {
+                nb.learn(r.name, r.version, r.uid);
             }
         }
         let mut chunk = Vec::new();
@@ -597,12 +936,10 @@ impl Mesh {
             chunks.push(chunk);
         }
         for chunk in chunks {
-            let msg = if full {
-                TopologyGossip::Full(chunk)
-            } else {
-                TopologyGossip::Update(chunk)
-            };
-            self.queue_payload(to, &msg, full);
+            let full = chunk.iter().filter(|r| r.is_full()).count() as u64;
+            self.stats.full_records_sent += full;
+            self.stats.deltas_sent += chunk.len() as u64 - full;
+            self.queue_payload(to, &TopologyGossip::Records(chunk), full > 0);
         }
     }
 
@@ -625,6 +962,7 @@ impl Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::Change;
     use crate::topology::tests::{name, summary};
 
     fn t(ms: u64) -> Instant {
@@ -660,169 +998,441 @@ mod tests {
             .collect()
     }
 
-    fn update(records: Vec<PeerSummary>) -> Vec<u8> {
-        postcard::to_allocvec(&TopologyGossip::Update(records)).unwrap()
+    fn encode(msg: &TopologyGossip) -> Vec<u8> {
+        postcard::to_allocvec(msg).unwrap()
+    }
+
+    /// Full records of these summaries, as one payload.
+    fn records(summaries: Vec<PeerSummary>) -> Vec<u8> {
+        encode(&TopologyGossip::Records(
+            summaries.iter().map(Record::full).collect(),
+        ))
+    }
+
+    fn digest(entries: &[(u64, u64)], reply: bool) -> Vec<u8> {
+        encode(&TopologyGossip::Digest {
+            entries: entries.iter().map(|&(n, v)| (name(n), v)).collect(),
+            reply,
+        })
     }
 
     #[test]
-    fn full_state_on_connection_up_then_batched_update() {
+    fn connection_up_exchanges_digests_and_pulls_only_what_is_missing() {
         let mut m = mesh(1);
-        // We know 3 (v2) and 4 (v1) already.
         up(&mut m, t(0), 9);
         m.handle_gossip(
             t(0),
             name(9),
-            &update(vec![summary(3, 30, 2, &[9]), summary(4, 40, 1, &[9])]),
+            &records(vec![
+                summary(3, 30, 2, &[9]),
+                summary(4, 40, 1, &[9]),
+                summary(9, 90, 1, &[1, 3, 4]),
+            ]),
         )
         .unwrap();
+        m.handle_timeout(t(100));
         drain(&mut m);
-        up(&mut m, t(0), 2);
+        up(&mut m, t(200), 2);
         let sent = drain(&mut m);
-        // The new neighbour first gets our digest (name, version, uid of everything we know).
-        assert_eq!(sent.len(), 1);
-        let (to, TopologyGossip::Digest(digest)) = &sent[0] else {
-            panic!("expected a digest: {sent:?}");
+        // The new neighbour gets our digest (name and version of every gossiped record; not
+        // the placeholder of 2).
+        let [(to, TopologyGossip::Digest { entries, reply })] = &sent[..] else {
+            panic!("expected one digest: {sent:?}");
         };
         assert_eq!(*to, name(2));
-        let names: Vec<PeerName> = digest.iter().map(|d| d.0).collect();
+        assert!(!reply);
         assert_eq!(
-            names,
-            vec![name(1), name(3), name(4)],
-            "not the placeholders of 2 and 9"
+            entries,
+            &vec![
+                (name(1), m.topology().local().version),
+                (name(3), 2),
+                (name(4), 1),
+                (name(9), 1)
+            ]
         );
-        // Its digest says it has 3 at v2 and 4 at v1 but an old version of us: it gets exactly
-        // what it lacks (our record), i.e. the result of a full-state exchange.
-        let theirs =
-            TopologyGossip::Digest(vec![(name(1), 1, 10), (name(3), 2, 30), (name(4), 1, 40)]);
-        m.handle_gossip(t(1), name(2), &postcard::to_allocvec(&theirs).unwrap())
+        // Its digest: 3 at v2 (as ours), 4 at v3 (newer), 7 at v1 (unknown to us). We ask at
+        // once for what we lack entirely; 4 is two hops from us (via 9), so its newer version
+        // is probably on its way as a delta and is asked for only if it has not come after
+        // pull_delay.
+        m.handle_gossip(t(210), name(2), &digest(&[(3, 2), (4, 3), (7, 1)], false))
             .unwrap();
         let sent = drain(&mut m);
-        assert_eq!(sent.len(), 1);
-        let (_, TopologyGossip::Update(records)) = &sent[0] else {
-            panic!("expected the missing records");
-        };
-        assert_eq!(records.len(), 1);
-        assert_eq!(records[0].name, name(1));
-        assert_eq!(records[0].connections[0].remote, name(2));
-        assert!(!records[0].connections[0].established);
-        // A neighbour that knows nothing gets everything we know.
-        up(&mut m, t(2), 5);
-        drain(&mut m);
-        let empty = postcard::to_allocvec(&TopologyGossip::Digest(vec![])).unwrap();
-        m.handle_gossip(t(2), name(5), &empty).unwrap();
-        let sent = drain(&mut m);
-        let TopologyGossip::Update(records) = &sent[0].1 else {
-            panic!("expected records");
-        };
         assert_eq!(
-            records.iter().map(|r| r.name).collect::<Vec<_>>(),
-            vec![name(1), name(3), name(4)]
+            sent,
+            vec![(name(2), TopologyGossip::Want(vec![(name(7), 0, 0)]))]
         );
-
-        // Routes are recalculated (coalesced) after ROUTES_DELAY, then the batched update goes
-        // out after batch_delay, to neighbours that do not have our latest record yet.
-        while m.poll_event().is_some() {}
-        m.connection_established(t(50), name(2));
-        m.handle_timeout(t(50));
-        assert_eq!(m.poll_event(), Some(MeshEvent::TopologyChanged));
-        assert_eq!(m.poll_timeout(), Some(t(100)));
-        m.handle_timeout(t(100));
-        let sent = drain(&mut m);
-        assert!(!sent.is_empty());
-        for (_, msg) in &sent {
-            let TopologyGossip::Update(records) = msg else {
-                panic!("expected update");
-            };
-            assert_eq!(
-                records.len(),
-                1,
-                "only our record: the others know the rest"
-            );
-            assert!(
-                records[0]
-                    .connections
-                    .iter()
-                    .any(|c| c.remote == name(2) && c.established)
+        // Another neighbour announcing 7 while the request is out does not cause a second.
+        up(&mut m, t(220), 5);
+        drain(&mut m);
+        m.handle_gossip(t(230), name(5), &digest(&[(7, 1)], false))
+            .unwrap();
+        assert!(drain(&mut m).is_empty());
+        m.handle_timeout(m.poll_timeout().unwrap());
+        let mut now = t(230);
+        let mut wants = Vec::new();
+        while now < t(1000) {
+            now = m
+                .poll_timeout()
+                .unwrap()
+                .max(now + Duration::from_millis(1));
+            m.handle_timeout(now);
+            wants.extend(
+                drain(&mut m)
+                    .into_iter()
+                    .filter(|(_, msg)| matches!(msg, TopologyGossip::Want(_))),
             );
         }
-        assert_eq!(m.stats().full_sent, 0);
+        assert_eq!(
+            wants,
+            vec![(name(2), TopologyGossip::Want(vec![(name(4), 1, 40)]))],
+            "4 is pulled as a delta from the version we hold, after pull_delay"
+        );
     }
 
     #[test]
-    fn relays_only_new_records_never_back_to_sender() {
+    fn wants_are_answered_with_deltas_or_full_records() {
+        let mut m = mesh(1);
+        up(&mut m, t(0), 2);
+        m.handle_timeout(t(100));
+        drain(&mut m);
+        let ours = m.topology().local().clone();
+        assert_eq!(ours.version, 2);
+        // A neighbour holding our v1 gets only the connection added since.
+        let want = encode(&TopologyGossip::Want(vec![
+            (name(1), 1, 10),
+            (name(2), 0, 0),
+        ]));
+        m.handle_gossip(t(200), name(2), &want).unwrap();
+        let sent = drain(&mut m);
+        let [(_, TopologyGossip::Records(rs))] = &sent[..] else {
+            panic!("{sent:?}");
+        };
+        // 2 is a placeholder to us: nothing to send for it.
+        assert_eq!(rs.len(), 1);
+        assert_eq!(rs[0].base, 1);
+        assert_eq!(rs[0].version, 2);
+        assert_eq!(rs[0].ident, None);
+        assert_eq!(
+            rs[0].changes,
+            vec![Change::Add {
+                remote: name(2),
+                address: "192.0.2.2:6783".into(),
+                outbound: true,
+                established: false,
+            }]
+        );
+        // Nothing (0, 0) or another incarnation: the full record.
+        let want = encode(&TopologyGossip::Want(vec![(name(1), 1, 11)]));
+        m.handle_gossip(t(300), name(2), &want).unwrap();
+        let sent = drain(&mut m);
+        let [(_, TopologyGossip::Records(rs))] = &sent[..] else {
+            panic!("{sent:?}");
+        };
+        assert!(rs[0].is_full());
+        assert_eq!(rs[0], Record::full(&ours));
+        assert_eq!(m.stats().full_records_sent, 1);
+        assert_eq!(m.stats().deltas_sent, 1);
+    }
+
+    #[test]
+    fn changes_go_out_as_deltas_batched_never_back_to_the_sender() {
         let mut m = mesh(1);
         for r in [2, 3, 4] {
             up(&mut m, t(0), r);
+            // Each neighbour shows it holds nothing yet.
+            m.handle_gossip(t(0), name(r), &digest(&[], false)).unwrap();
         }
         m.handle_timeout(t(100));
-        drain(&mut m);
-        let x = summary(9, 90, 5, &[2]);
+        let sent = drain(&mut m);
+        // Our own record (new to them): announced, then pulled.
+        assert!(sent.iter().all(|(_, msg)| matches!(
+            msg,
+            TopologyGossip::Digest { .. } | TopologyGossip::Want(_)
+        )));
         let s2 = summary(2, 20, 3, &[1, 9]);
-        m.handle_gossip(t(200), name(2), &update(vec![s2.clone(), x.clone()]))
+        let s9 = summary(9, 90, 5, &[2]);
+        m.handle_gossip(t(200), name(2), &records(vec![s2.clone(), s9.clone()]))
             .unwrap();
-        assert_eq!(m.topology().peer(name(9)), Some(&x));
+        assert_eq!(m.topology().peer(name(9)), Some(&s9));
         m.handle_timeout(t(300));
         let sent = drain(&mut m);
+        // 3 and 4 lack both records entirely: announced (not pushed), never to 2.
         let targets: Vec<PeerName> = sent.iter().map(|(to, _)| *to).collect();
         assert_eq!(targets, vec![name(3), name(4)], "all but the sender");
         for (_, msg) in &sent {
-            assert_eq!(msg, &TopologyGossip::Update(vec![s2.clone(), x.clone()]));
+            assert_eq!(
+                msg,
+                &TopologyGossip::Digest {
+                    entries: vec![(name(2), 3), (name(9), 5)],
+                    reply: false
+                }
+            );
         }
-        // The same update again: nothing new, nothing relayed.
-        m.handle_gossip(t(400), name(3), &update(vec![s2, x]))
-            .unwrap();
-        m.handle_timeout(t(500));
-        assert!(drain(&mut m).is_empty());
-        assert_eq!(m.stats().records_merged, 2);
-    }
-
-    #[test]
-    fn fanout_is_bounded_and_excludes_sender() {
-        let mut m = mesh(1);
-        for r in 2..=41 {
-            up(&mut m, t(0), r);
-        }
-        m.handle_timeout(t(100));
-        drain(&mut m);
-        // 41 known peers (+ the new one = 42): 2 * ceil(log2 42) = 12 targets.
-        let x = summary(99, 990, 1, &[2]);
-        m.handle_gossip(t(200), name(2), &update(vec![x])).unwrap();
-        m.handle_timeout(t(300));
-        let sent = drain(&mut m);
-        let mut targets: Vec<PeerName> = sent.iter().map(|(to, _)| *to).collect();
-        targets.dedup();
-        assert!(
-            targets.len() == 12 || targets.len() == 11,
-            "{}",
-            targets.len()
-        );
-        assert!(!targets.contains(&name(2)));
-        // With few neighbours, all of them (but the sender).
-        let mut small = mesh(1);
-        up(&mut small, t(0), 2);
-        up(&mut small, t(0), 3);
-        small.handle_timeout(t(100));
-        drain(&mut small);
-        small
-            .handle_gossip(t(200), name(2), &update(vec![summary(7, 70, 1, &[2])]))
-            .unwrap();
-        small.handle_timeout(t(300));
-        let sent: Vec<PeerName> = drain(&mut small).into_iter().map(|(to, _)| to).collect();
-        assert_eq!(sent, vec![name(3)]);
-    }
-
-    #[test]
-    fn periodic_full_state_to_a_neighbour() {
-        let mut m = mesh(1);
-        up(&mut m, t(0), 2);
-        up(&mut m, t(0), 3);
-        m.handle_timeout(t(100));
-        drain(&mut m);
-        m.handle_timeout(t(30_000));
+        // 3 pulls them; later 2 adds a connection: 3 gets just that, as a delta.
+        let want = encode(&TopologyGossip::Want(vec![
+            (name(2), 0, 0),
+            (name(9), 0, 0),
+        ]));
+        m.handle_gossip(t(310), name(3), &want).unwrap();
         let sent = drain(&mut m);
         assert_eq!(sent.len(), 1);
-        assert!(matches!(sent[0].1, TopologyGossip::Full(_)));
-        assert_eq!(m.poll_timeout(), Some(t(60_000)));
+        let mut s2b = summary(2, 20, 4, &[1, 5, 9]);
+        s2b.connections[1].established = false;
+        let delta = Record {
+            name: name(2),
+            uid: 20,
+            version: 4,
+            base: 3,
+            ident: None,
+            changes: vec![Change::Add {
+                remote: name(5),
+                address: "192.0.2.5:6783".into(),
+                outbound: true,
+                established: false,
+            }],
+        };
+        m.handle_gossip(
+            t(400),
+            name(2),
+            &encode(&TopologyGossip::Records(vec![delta.clone()])),
+        )
+        .unwrap();
+        assert_eq!(m.topology().peer(name(2)), Some(&s2b));
+        m.handle_timeout(t(500));
+        let sent = drain(&mut m);
+        assert_eq!(
+            sent,
+            vec![
+                (name(3), TopologyGossip::Records(vec![delta])),
+                (
+                    name(4),
+                    TopologyGossip::Digest {
+                        entries: vec![(name(2), 4)],
+                        reply: false
+                    }
+                ),
+            ]
+        );
+        // The same records again: nothing new, nothing relayed.
+        m.handle_gossip(t(600), name(3), &records(vec![s2b, s9]))
+            .unwrap();
+        m.handle_timeout(t(700));
+        assert!(drain(&mut m).is_empty());
+    }
+
+    #[test]
+    fn relays_leave_the_origins_neighbours_and_designated_peers_alone() {
+        // 2 (the origin) is connected to 1, 3 and 4; 5 is connected to 1 and 4 (not to 2);
+        // 6 only to us. A change of 2's record, seen from 4 (one hop from 2): 3 gets it from
+        // 2 directly; 5 from 1 (the smaller name of 2's neighbours connected to 5); 6 from us.
+        let mut m = mesh(4);
+        for r in [2, 3, 5, 6] {
+            up(&mut m, t(0), r);
+        }
+        let world = vec![
+            summary(1, 10, 1, &[2, 5]),
+            summary(3, 30, 1, &[2, 4]),
+            summary(5, 50, 1, &[1, 4]),
+            summary(6, 60, 1, &[4]),
+        ];
+        for r in [3, 5, 6] {
+            m.handle_gossip(t(0), name(r), &records(world.clone()))
+                .unwrap();
+            m.handle_gossip(t(0), name(r), &records(vec![summary(2, 20, 1, &[1, 3, 4])]))
+                .unwrap();
+        }
+        m.handle_timeout(t(100));
+        drain(&mut m);
+        m.handle_gossip(
+            t(200),
+            name(2),
+            &records(vec![summary(2, 20, 2, &[1, 3, 4, 7])]),
+        )
+        .unwrap();
+        m.handle_timeout(t(300));
+        let to: Vec<PeerName> = drain(&mut m).into_iter().map(|(to, _)| to).collect();
+        assert_eq!(to, vec![name(6)]);
+
+        // The same from 1's point of view: 1 is the designated relay for 5.
+        let mut m = mesh(1);
+        for r in [2, 5] {
+            up(&mut m, t(0), r);
+        }
+        let world = vec![
+            summary(2, 20, 1, &[1, 3, 4]),
+            summary(3, 30, 1, &[2, 4]),
+            summary(4, 40, 1, &[2, 3, 5]),
+            summary(5, 50, 1, &[1, 4]),
+        ];
+        m.handle_gossip(t(0), name(5), &records(world)).unwrap();
+        m.handle_timeout(t(100));
+        drain(&mut m);
+        m.handle_gossip(
+            t(200),
+            name(2),
+            &records(vec![summary(2, 20, 2, &[1, 3, 4, 7])]),
+        )
+        .unwrap();
+        m.handle_timeout(t(300));
+        let to: Vec<PeerName> = drain(&mut m).into_iter().map(|(to, _)| to).collect();
+        assert_eq!(to, vec![name(5)]);
+    }
+
+    #[test]
+    fn far_from_the_origin_changes_are_announced_and_pulled_at_once() {
+        // 2 - 1 - 6 - 7 - 8: we are 7, three hops from 2; 8 is four.
+        let world = vec![
+            summary(1, 10, 1, &[2, 6]),
+            summary(2, 20, 1, &[1]),
+            summary(6, 60, 1, &[1, 7]),
+            summary(8, 80, 1, &[7]),
+        ];
+        let mut m = mesh(7);
+        up(&mut m, t(0), 6);
+        up(&mut m, t(0), 8);
+        m.handle_gossip(t(0), name(6), &records(world.clone()))
+            .unwrap();
+        // 8 holds 2 at v1 too (it says so in its digest).
+        m.handle_gossip(t(0), name(8), &digest(&[(2, 1), (8, 1)], false))
+            .unwrap();
+        m.handle_timeout(t(100));
+        drain(&mut m);
+        let delta = Record {
+            name: name(2),
+            uid: 20,
+            version: 2,
+            base: 1,
+            ident: None,
+            changes: vec![Change::Down(name(1))],
+        };
+        m.handle_gossip(
+            t(200),
+            name(6),
+            &encode(&TopologyGossip::Records(vec![delta])),
+        )
+        .unwrap();
+        m.handle_timeout(t(300));
+        // Several peers two hops from 2 may reach 8: we announce rather than push.
+        assert_eq!(
+            drain(&mut m),
+            vec![(
+                name(8),
+                TopologyGossip::Digest {
+                    entries: vec![(name(2), 2)],
+                    reply: false
+                }
+            )]
+        );
+        // 8 (four hops from 2, nobody pushes to it) asks at once.
+        let mut far = mesh(8);
+        up(&mut far, t(0), 7);
+        let mut world = world;
+        world.push(summary(7, 70, 1, &[6, 8]));
+        world.retain(|p| p.name != name(8));
+        far.handle_gossip(t(0), name(7), &records(world)).unwrap();
+        drain(&mut far);
+        far.handle_gossip(t(300), name(7), &digest(&[(2, 2)], false))
+            .unwrap();
+        assert_eq!(
+            drain(&mut far),
+            vec![(name(7), TopologyGossip::Want(vec![(name(2), 1, 20)]))]
+        );
+    }
+
+    #[test]
+    fn undeliverable_deltas_are_asked_for() {
+        let mut m = mesh(1);
+        up(&mut m, t(0), 2);
+        m.handle_gossip(t(0), name(2), &records(vec![summary(3, 30, 2, &[2])]))
+            .unwrap();
+        drain(&mut m);
+        // A delta from v5 of 3 (we hold v2) and one of 8 (unknown to us).
+        let delta = |n: u64, uid: u64, base: u64| Record {
+            name: name(n),
+            uid,
+            version: base + 1,
+            base,
+            ident: None,
+            changes: vec![Change::Remove(name(2))],
+        };
+        let msg = TopologyGossip::Records(vec![delta(3, 30, 5), delta(8, 80, 5)]);
+        m.handle_gossip(t(10), name(2), &encode(&msg)).unwrap();
+        assert_eq!(
+            m.topology().peer(name(3)).unwrap().version,
+            2,
+            "not applied"
+        );
+        assert_eq!(
+            drain(&mut m),
+            vec![(
+                name(2),
+                TopologyGossip::Want(vec![(name(3), 2, 30), (name(8), 0, 0)])
+            )]
+        );
+        assert_eq!(m.stats().wants_sent, 2);
+    }
+
+    #[test]
+    fn settled_mesh_is_silent_and_summaries_repair_a_miss() {
+        let mut a = mesh(1);
+        let mut b = mesh(2);
+        let deliver = |from: &mut Mesh, to: &mut Mesh, now: Instant, drop_records: bool| {
+            let mut moved = false;
+            while let Some((dest, payload)) = from.poll_transmit() {
+                moved = true;
+                if dest != to.topology().local_name() {
+                    continue; // 3 is not simulated.
+                }
+                if drop_records && matches!(decode(&payload), TopologyGossip::Records(_)) {
+                    continue;
+                }
+                to.handle_gossip(now, from.topology().local_name(), &payload)
+                    .unwrap();
+            }
+            moved
+        };
+        let run = |a: &mut Mesh, b: &mut Mesh, from: Instant, until: Instant, lossy: bool| {
+            let mut now = from;
+            let mut bytes = 0;
+            loop {
+                while deliver(a, b, now, lossy) | deliver(b, a, now, false) {}
+                let next = [a.poll_timeout(), b.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                match next {
+                    Some(n) if n <= until => {
+                        now = n.max(now);
+                        a.handle_timeout(now);
+                        b.handle_timeout(now);
+                    }
+                    _ => break,
+                }
+                bytes = a.stats().bytes_sent + b.stats().bytes_sent;
+            }
+            bytes
+        };
+        up(&mut a, t(0), 2);
+        up(&mut b, t(0), 1);
+        a.connection_established(t(10), name(2));
+        b.connection_established(t(10), name(1));
+        let settled = run(&mut a, &mut b, t(0), t(60_000), false);
+        assert_eq!(a.topology().summary_hash(), b.topology().summary_hash());
+        assert_eq!(a.poll_timeout(), None, "nothing scheduled once settled");
+        assert_eq!(b.poll_timeout(), None);
+        assert!(settled > 0);
+
+        // a connects to 3 and learns its record; the records a sends b meanwhile are lost.
+        up(&mut a, t(60_000), 3);
+        a.handle_gossip(t(60_000), name(3), &records(vec![summary(3, 30, 4, &[1])]))
+            .unwrap();
+        run(&mut a, &mut b, t(60_000), t(60_500), true);
+        assert!(b.topology().peer(name(3)).is_none());
+        // After settle_delay the summaries differ; digests and a want repair it, then silence.
+        run(&mut a, &mut b, t(60_500), t(120_000), false);
+        assert_eq!(a.topology().summary_hash(), b.topology().summary_hash());
+        assert_eq!(b.topology().peer(name(3)).unwrap().version, 4);
+        assert_eq!(a.poll_timeout(), None);
     }
 
     #[test]
@@ -833,7 +1443,7 @@ mod tests {
         m.handle_gossip(
             t(10),
             name(2),
-            &update(vec![summary(2, 20, 2, &[1, 3]), summary(3, 30, 1, &[2])]),
+            &records(vec![summary(2, 20, 2, &[1, 3]), summary(3, 30, 1, &[2])]),
         )
         .unwrap();
         m.handle_timeout(t(2_000));
@@ -860,7 +1470,7 @@ mod tests {
         up(&mut m, t(0), 2);
         let mut s2 = summary(2, 20, 1, &[5]);
         s2.short_id = ShortId::from_masked(5);
-        m.handle_gossip(t(10), name(2), &update(vec![s2.clone()]))
+        m.handle_gossip(t(10), name(2), &records(vec![s2.clone()]))
             .unwrap();
         let events: Vec<MeshEvent> = std::iter::from_fn(|| m.poll_event()).collect();
         let Some(MeshEvent::ShortIdChanged(new)) = events
@@ -873,12 +1483,15 @@ mod tests {
         assert_ne!(new, ShortId::from_masked(5));
         assert_eq!(m.topology().local().short_id, new);
         assert!(m.topology().short_id_collisions().is_empty());
+        // The new id travels in the next delta of our record.
+        let r = m.topology().record_since(name(5), Some((2, 50))).unwrap();
+        assert_eq!(r.ident.map(|i| i.short_id), Some(new));
         // The smaller name keeps its id.
         let mut m = mesh(1);
         up(&mut m, t(0), 2);
         let mut s2 = summary(2, 20, 1, &[1]);
         s2.short_id = ShortId::from_masked(1);
-        m.handle_gossip(t(10), name(2), &update(vec![s2])).unwrap();
+        m.handle_gossip(t(10), name(2), &records(vec![s2])).unwrap();
         assert!(
             std::iter::from_fn(|| m.poll_event())
                 .all(|e| !matches!(e, MeshEvent::ShortIdChanged(_)))
@@ -898,27 +1511,54 @@ mod tests {
             m.handle_gossip(t(1), name(2), &[]),
             Err(GossipError::Decode)
         );
-        let dup = update(vec![summary(3, 30, 1, &[]), summary(3, 30, 2, &[])]);
+        let dup = records(vec![summary(3, 30, 1, &[]), summary(3, 30, 2, &[])]);
         assert_eq!(
             m.handle_gossip(t(1), name(2), &dup),
             Err(GossipError::Invalid(TopologyError::DuplicatePeer(name(3))))
         );
+        // A full record without identity, a delta whose base is not below its version.
+        let mut full = Record::full(&summary(3, 30, 1, &[]));
+        full.ident = None;
+        let bad_delta = Record {
+            name: name(4),
+            uid: 40,
+            version: 3,
+            base: 3,
+            ident: None,
+            changes: vec![],
+        };
+        for r in [full, bad_delta] {
+            let name = r.name;
+            assert_eq!(
+                m.handle_gossip(t(1), name_of(2), &encode(&TopologyGossip::Records(vec![r]))),
+                Err(GossipError::Invalid(TopologyError::BadRecord(name)))
+            );
+        }
+        let long = digest(&vec![(3, 1); MAX_DIGEST + 1], false);
+        assert_eq!(
+            m.handle_gossip(t(1), name(2), &long),
+            Err(GossipError::TooLong(MAX_DIGEST + 1))
+        );
         // A short id wider than 12 bits or a name wider than 48 fails to decode.
-        let mut bad =
-            postcard::to_allocvec(&TopologyGossip::Update(vec![summary(3, 30, 1, &[])])).unwrap();
+        let mut bad = records(vec![summary(3, 30, 1, &[])]);
         let good_len = bad.len();
         bad.truncate(good_len - 1);
         assert_eq!(
             m.handle_gossip(t(1), name(2), &bad),
             Err(GossipError::Decode)
         );
-        assert_eq!(m.stats().errors, 4);
+        assert_eq!(m.stats().errors, 7);
         assert_eq!(m.topology().len(), 2);
     }
 
-    /// Drives meshes wired back to back (every pair connected) until quiet: all views agree.
+    fn name_of(n: u64) -> PeerName {
+        name(n)
+    }
+
+    /// Drives meshes wired back to back (every pair connected) until quiet: all views agree,
+    /// then nothing more is sent.
     #[test]
-    fn small_full_mesh_converges() {
+    fn small_full_mesh_converges_then_goes_quiet() {
         let n = 6u64;
         let mut meshes: Vec<Mesh> = (1..=n).map(mesh).collect();
         for a in 1..=n {
@@ -950,9 +1590,11 @@ mod tests {
         }
         let first: Vec<PeerSummary> = meshes[0].topology().peers().cloned().collect();
         assert_eq!(first.len(), n as usize);
-        for m in &meshes {
+        for m in &mut meshes {
             assert_eq!(m.topology().peers().cloned().collect::<Vec<_>>(), first);
             assert_eq!(m.routes().reachable().count(), n as usize - 1);
+            assert_eq!(m.poll_timeout(), None);
+            assert!(m.poll_transmit().is_none());
         }
     }
 }

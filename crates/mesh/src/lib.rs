@@ -54,4 +54,6 @@ pub use gossip::{
 pub use identity::{LocalPeer, OutOfRange, PeerName, PeerNameError, PeerUid, RemotePeer, ShortId};
 pub use routes::Routes;
 pub use time::Instant;
-pub use topology::{ConnSummary, PeerSummary, Topology, TopologyError};
+pub use topology::{
+    Change, ConnSummary, Ident, Merged, PeerSummary, Record, Topology, TopologyError,
+};

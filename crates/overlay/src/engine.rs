@@ -9,7 +9,8 @@
 //! the destination without looking at MACs; a flooded copy is addressed to the next peer in the
 //! source's tree, which delivers it and passes it on to its own children.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::time::Duration;
 
@@ -52,9 +53,11 @@ pub struct ForwardingTable {
     local: u16,
     /// Peers with a ready control connection (their data-path heartbeats are accepted).
     neighbours: Vec<Option<PeerEntry>>,
-    /// The same neighbours, compact and in short-id order: every received datagram looks its
-    /// sender up by address, which must not scan all 4096 slots.
+    /// The same neighbours, compact and in short-id order.
     neighbour_list: Vec<PeerEntry>,
+    /// The same neighbours by underlay address: every received datagram looks its sender up
+    /// once, by hash, not by scanning the neighbours.
+    by_ip: HashMap<IpAddr, u16>,
     /// Every peer in the topology, by short id (its name).
     known: Vec<Option<u64>>,
     /// Destination short id → the neighbour to send toward it.
@@ -70,6 +73,7 @@ impl ForwardingTable {
             local,
             neighbours: vec![None; SHORT_IDS],
             neighbour_list: Vec::new(),
+            by_ip: HashMap::new(),
             known: vec![None; SHORT_IDS],
             next_hop: vec![None; SHORT_IDS],
             children: vec![Vec::new(); SHORT_IDS],
@@ -97,6 +101,12 @@ impl ForwardingTable {
     /// Record a directly connected peer (also makes it known).
     pub fn add_neighbour(&mut self, peer: PeerEntry) {
         let i = slot(peer.short_id);
+        if let Some(old) = self.neighbours[i] {
+            if self.by_ip.get(&old.addr.ip()) == Some(&peer.short_id) {
+                self.by_ip.remove(&old.addr.ip());
+            }
+        }
+        self.by_ip.insert(peer.addr.ip(), peer.short_id);
         self.neighbours[i] = Some(peer);
         self.known[i] = Some(peer.name);
         match self
@@ -137,6 +147,13 @@ impl ForwardingTable {
     /// The neighbour with this short id.
     pub fn neighbour(&self, short_id: u16) -> Option<PeerEntry> {
         self.neighbours[slot(short_id)]
+    }
+
+    /// The neighbour at underlay address `ip`.
+    pub fn neighbour_at(&self, ip: IpAddr) -> Option<PeerEntry> {
+        self.by_ip
+            .get(&ip)
+            .and_then(|&short| self.neighbours[slot(short)])
     }
 
     /// Every neighbour, in short-id order.
@@ -370,7 +387,7 @@ impl Engine {
             self.counters.udp_rx_dropped_malformed += 1;
             return DatagramDecision::Drop;
         };
-        let Some(sender) = self.table.neighbours().find(|n| n.addr.ip() == from.ip()) else {
+        let Some(sender) = self.table.neighbour_at(from.ip()) else {
             self.counters.udp_rx_dropped_unknown_peer += 1;
             return DatagramDecision::Drop;
         };

@@ -15,6 +15,7 @@
 mod counters;
 mod engine;
 pub mod heartbeat;
+pub mod links;
 mod mac_table;
 pub mod offload;
 

@@ -1,9 +1,12 @@
 //! Layer: test harness. A deterministic simulator of many weft hosts in one process.
 //!
-//! Each simulated host runs the real sans-IO state machines: a [`Mesh`] (topology gossip and
-//! routes), a [`ConnMaker`] (targets, discovery, backoff), one [`Connection`] per control
-//! connection (hello, features, heartbeats, idle timeout: the real byte stream) and a forwarding
-//! [`Engine`] fed with real VXLAN datagrams. What would be I/O is modelled:
+//! Each simulated host runs the product's sans-IO state machines: a [`Node`] (the router's
+//! rules: connection registry, duplicate resolution, establishment, handover, forwarding table,
+//! data-path heartbeats and liveness, topology gossip through its [`Mesh`], dialling through
+//! its [`ConnMaker`]), one [`Connection`] per control connection (hello, features, heartbeats,
+//! idle timeout: the real byte stream) and a forwarding [`Engine`] fed with real VXLAN
+//! datagrams, heartbeats included. The simulator is only a driver, like the router: it carries
+//! out the node's actions. What would be I/O is modelled:
 //!
 //! - **Virtual clock and event queue.** Nothing reads a clock; events are processed in
 //!   (time, sequence) order, so a seed fully determines a run.
@@ -16,8 +19,9 @@
 //! - **Dialling.** A dial to a reachable host opens a connection pair after one round trip; to
 //!   an unreachable address it fails after [`SimConfig::connect_timeout`]. An accepting host
 //!   refuses connections beyond its connection limit.
-//! - **Data path.** A connection counts as established (its UDP heartbeats acknowledged) one
-//!   round trip after the handshake, once the link is up.
+//! - **Data path.** Datagrams (frames and the nodes' heartbeats) cross a link after its
+//!   latency, unless lost or the link is cut; a connection is established, and a direct path
+//!   is up or down, exactly as the node decides from the heartbeats it gets.
 //! - **Partitions.** [`Sim::cut`] a link, [`Sim::partition`] a set of hosts from the rest,
 //!   [`Sim::heal`] everything.
 //!
@@ -36,12 +40,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use weft_mesh::{
     CloseReason, ConnConfig, ConnMaker, ConnMakerConfig, Connection, Event as ConnEvent,
-    GossipConfig, GossipStats, Instant, LocalPeer, Mesh, MeshEvent, PeerName, PeerSummary, PeerUid,
-    ShortId, TOPOLOGY_CHANNEL,
+    GossipConfig, GossipStats, Instant, LocalPeer, Mesh, PeerName, PeerSummary, PeerUid, ShortId,
 };
-use weft_overlay::{
-    DatagramDecision, Engine, EngineConfig, ForwardingTable, PeerEntry, Relay, TapDecision,
-};
+use weft_node::{Action, ConnId, Node, NodeConfig, Remote};
+use weft_overlay::{DatagramDecision, Engine, EngineConfig, PeerEntry, Relay, TapDecision};
 use weft_wire::control::Message;
 use weft_wire::vxlan;
 
@@ -73,6 +75,10 @@ pub struct SimConfig {
     pub connmaker: ConnMakerConfig,
     /// Control-connection settings for every host.
     pub conn: ConnConfig,
+    /// Data-path heartbeat interval of every node.
+    pub heartbeat_interval: Duration,
+    /// How long a node's direct path may stay silent before it is down.
+    pub down_after: Duration,
     /// How often [`Sim::drive_until`] evaluates its predicate (virtual time).
     pub check_every: Duration,
 }
@@ -88,6 +94,8 @@ impl Default for SimConfig {
             gossip: GossipConfig::default(),
             connmaker: ConnMakerConfig::default(),
             conn: ConnConfig::default(),
+            heartbeat_interval: NodeConfig::default().heartbeat_interval,
+            down_after: NodeConfig::default().down_after,
             check_every: Duration::from_millis(100),
         }
     }
@@ -110,6 +118,10 @@ pub struct SimStats {
     pub datagrams_lost: u64,
     /// Gossip payloads refused by a mesh.
     pub gossip_errors: u64,
+    /// Direct paths the nodes took down (heartbeats stopped).
+    pub paths_down: u64,
+    /// Direct paths the nodes brought back.
+    pub paths_up: u64,
 }
 
 /// One end of a control connection.
@@ -118,14 +130,10 @@ struct HostConn {
     remote_host: usize,
     /// The key of the other end's `HostConn` (at `remote_host`).
     remote_key: u64,
-    /// The remote address as this end sees it.
-    remote_addr: SocketAddr,
     /// When our last byte reaches the other end (keeps the stream in order).
     last_arrival: Instant,
     /// Bytes (or a FIN, as `None`) waiting for the link to heal.
     stalled: Vec<Option<Vec<u8>>>,
-    /// The peer on the other end, once ready.
-    peer: Option<PeerName>,
     /// Set when the other end's FIN arrived.
     peer_closed: bool,
 }
@@ -135,13 +143,15 @@ struct Host {
     name: PeerName,
     ip: IpAddr,
     uid: u64,
-    mesh: Mesh,
-    cm: ConnMaker,
+    node: Node,
     engine: Engine,
+    /// The node changed its forwarding table since the engine got one.
     table_dirty: bool,
+    /// When the engine last got a table.
+    table_at: Instant,
+    /// The earliest timer of the control connections, as of their last input.
+    conns_at: Option<Instant>,
     conns: BTreeMap<u64, HostConn>,
-    /// The connection registered with the mesh for each peer (duplicates collapse to one).
-    active: BTreeMap<PeerName, u64>,
     wake_at: Option<Instant>,
     /// Test frames delivered to this host's bridge, by tag.
     received: BTreeMap<u32, u32>,
@@ -165,10 +175,6 @@ enum EventKind {
     DialResult {
         host: usize,
         addr: SocketAddr,
-    },
-    Established {
-        host: usize,
-        key: u64,
     },
     Datagram {
         to: usize,
@@ -215,6 +221,8 @@ pub struct Sim {
     cuts: HashSet<(usize, usize)>,
     next_key: u64,
     stats: SimStats,
+    /// Connections of the host being serviced whose state machine got input.
+    touched: Vec<u64>,
 }
 
 impl Sim {
@@ -238,8 +246,14 @@ impl Sim {
                 short_id,
                 connections: Vec::new(),
             };
-            let mesh = Mesh::new(local, config.gossip.clone(), rng.random(), now);
-            let cm = ConnMaker::new(config.connmaker.clone(), rng.random());
+            let node_config = NodeConfig {
+                heartbeat_interval: config.heartbeat_interval,
+                down_after: config.down_after,
+                gossip: config.gossip.clone(),
+                connmaker: config.connmaker.clone(),
+                ..NodeConfig::default()
+            };
+            let node = Node::new(local, node_config, rng.random(), now);
             let engine = Engine::new(EngineConfig {
                 local_short_id: short_id.get(),
                 mac_max_age: Duration::from_secs(300),
@@ -250,12 +264,12 @@ impl Sim {
                 name,
                 ip,
                 uid,
-                mesh,
-                cm,
+                node,
                 engine,
                 table_dirty: true,
+                table_at: now,
+                conns_at: None,
                 conns: BTreeMap::new(),
-                active: BTreeMap::new(),
                 wake_at: None,
                 received: BTreeMap::new(),
                 next_port: 40000,
@@ -274,9 +288,10 @@ impl Sim {
             cuts: HashSet::new(),
             next_key: 1,
             stats: SimStats::default(),
+            touched: Vec::new(),
         };
         for h in 0..n {
-            sim.reschedule(h);
+            sim.service(h);
         }
         sim
     }
@@ -284,21 +299,21 @@ impl Sim {
     /// Gives host `host` direct targets (other hosts, by index).
     pub fn add_targets(&mut self, host: usize, targets: &[usize]) {
         let addrs: Vec<SocketAddr> = targets.iter().map(|&t| control_addr(t)).collect();
-        self.hosts[host].cm.add_targets(self.now, &addrs);
+        self.hosts[host].node.add_targets(self.now, &addrs);
         self.service(host);
     }
 
     /// Makes `targets` host `host`'s whole direct target list (`connect --replace`).
     pub fn replace_targets(&mut self, host: usize, targets: &[usize]) {
         let addrs: Vec<SocketAddr> = targets.iter().map(|&t| control_addr(t)).collect();
-        self.hosts[host].cm.replace_targets(self.now, &addrs);
+        self.hosts[host].node.replace_targets(self.now, &addrs);
         self.service(host);
     }
 
     /// Host `host` forgets these direct targets.
     pub fn forget_targets(&mut self, host: usize, targets: &[usize]) {
         let addrs: Vec<SocketAddr> = targets.iter().map(|&t| control_addr(t)).collect();
-        self.hosts[host].cm.forget_targets(&addrs);
+        self.hosts[host].node.forget_targets(self.now, &addrs);
         self.service(host);
     }
 
@@ -330,6 +345,23 @@ impl Sim {
                     self.stream_send(h, key, chunk);
                 }
             }
+        }
+    }
+
+    /// Host `a` closes its control connection to host `b` (if any), as when it detects the
+    /// link is down; the connection makers may dial again later.
+    pub fn disconnect(&mut self, a: usize, b: usize) {
+        let name = self.hosts[b].name;
+        let carrier = self.hosts[a]
+            .node
+            .connections()
+            .find(|c| c.carrier && c.remote.is_some_and(|r| r.name == name))
+            .map(|c| c.id.0);
+        if let Some(key) = carrier {
+            if let Some(c) = self.hosts[a].conns.get_mut(&key) {
+                c.conn.close(CloseReason::Local);
+            }
+            self.service(a);
         }
     }
 
@@ -412,17 +444,29 @@ impl Sim {
 
     /// Totals so far.
     pub fn stats(&self) -> SimStats {
-        self.stats
+        let mut stats = self.stats;
+        for h in &self.hosts {
+            let s = h.node.stats();
+            stats.gossip_errors += s.gossip_errors;
+            stats.paths_down += s.paths_down;
+            stats.paths_up += s.paths_up;
+        }
+        stats
+    }
+
+    /// Host `h`'s node.
+    pub fn node(&self, h: usize) -> &Node {
+        &self.hosts[h].node
     }
 
     /// Host `h`'s mesh (topology, routes, gossip counters).
     pub fn mesh(&self, h: usize) -> &Mesh {
-        &self.hosts[h].mesh
+        self.hosts[h].node.mesh()
     }
 
     /// Host `h`'s connection maker.
     pub fn connmaker(&self, h: usize) -> &ConnMaker {
-        &self.hosts[h].cm
+        self.hosts[h].node.connmaker()
     }
 
     /// Host `h`'s forwarding engine.
@@ -443,9 +487,10 @@ impl Sim {
     /// The hosts `h` has a ready control connection to (one per peer), in index order.
     pub fn connected_peers(&self, h: usize) -> Vec<usize> {
         let mut v: Vec<usize> = self.hosts[h]
-            .active
-            .keys()
-            .filter_map(|n| self.host_of(*n))
+            .node
+            .neighbours()
+            .into_iter()
+            .filter_map(|n| self.host_of(n))
             .collect();
         v.sort_unstable();
         v
@@ -453,18 +498,14 @@ impl Sim {
 
     /// Whether host `a` has a unicast route to host `b` (a next hop).
     pub fn routable(&self, a: usize, b: usize) -> bool {
-        self.hosts[a]
-            .mesh
-            .routes()
-            .next_hop(self.hosts[b].name)
-            .is_some()
+        self.mesh(a).routes().next_hop(self.hosts[b].name).is_some()
     }
 
     /// Whether every host has a route to every other host.
     pub fn all_routable(&self) -> bool {
         self.hosts
             .iter()
-            .all(|h| h.mesh.routes().reachable().count() + 1 == self.hosts.len())
+            .all(|h| h.node.mesh().routes().reachable().count() + 1 == self.hosts.len())
     }
 
     /// Whether every host knows every host, all hold the same record versions (views agree) and
@@ -475,16 +516,18 @@ impl Sim {
             return true;
         };
         let reference: Vec<(PeerName, u64, u64)> = first
-            .mesh
+            .node
+            .mesh()
             .topology()
             .peers()
             .map(|p| (p.name, p.version, p.uid))
             .collect();
         reference.len() == n
             && self.hosts.iter().all(|h| {
-                h.mesh.routes_current()
-                    && h.mesh.topology().len() == n
-                    && h.mesh
+                let mesh = h.node.mesh();
+                mesh.routes_current()
+                    && mesh.topology().len() == n
+                    && mesh
                         .topology()
                         .peers()
                         .map(|p| (p.name, p.version, p.uid))
@@ -496,7 +539,8 @@ impl Sim {
     pub fn full_mesh(&self) -> bool {
         let n = self.hosts.len();
         self.hosts.iter().all(|h| {
-            h.mesh
+            h.node
+                .mesh()
                 .neighbours()
                 .filter(|(_, established)| *established)
                 .count()
@@ -508,7 +552,7 @@ impl Sim {
     /// Gossip counters summed over all hosts.
     pub fn gossip_totals(&self) -> GossipStats {
         self.hosts.iter().fold(GossipStats::default(), |mut t, h| {
-            let s = h.mesh.stats();
+            let s = h.node.mesh().stats();
             t.bytes_sent += s.bytes_sent;
             t.bytes_received += s.bytes_received;
             t.messages_sent += s.messages_sent;
@@ -517,6 +561,14 @@ impl Sim {
             t.full_bytes_sent += s.full_bytes_sent;
             t.records_merged += s.records_merged;
             t.errors += s.errors;
+            t.deltas_sent += s.deltas_sent;
+            t.full_records_sent += s.full_records_sent;
+            t.wants_sent += s.wants_sent;
+            t.digest_bytes_sent += s.digest_bytes_sent;
+            t.announce_bytes_sent += s.announce_bytes_sent;
+            t.push_bytes_sent += s.push_bytes_sent;
+            t.answer_bytes_sent += s.answer_bytes_sent;
+            t.request_bytes_sent += s.request_bytes_sent;
             t
         })
     }
@@ -562,12 +614,12 @@ impl Sim {
             let mut dgram = vec![0u8; vxlan::HEADER_LEN + frame.len()];
             weft_overlay::emit_vxlan_header(local, dst, &mut dgram);
             dgram[vxlan::HEADER_LEN..].copy_from_slice(&frame);
-            self.send_datagram(h, via, dgram);
+            self.send_datagram(h, via.addr, dgram);
         }
     }
 
-    fn send_datagram(&mut self, from: usize, to: PeerEntry, data: Vec<u8>) {
-        let Some(&t) = self.by_ip.get(&to.addr.ip()) else {
+    fn send_datagram(&mut self, from: usize, to: SocketAddr, data: Vec<u8>) {
+        let Some(&t) = self.by_ip.get(&to.ip()) else {
             return;
         };
         self.stats.datagrams_sent += 1;
@@ -589,46 +641,6 @@ impl Sim {
         );
     }
 
-    /// Rebuilds host `h`'s forwarding table from its mesh routes, if they changed.
-    fn refresh_table(&mut self, h: usize) {
-        if !self.hosts[h].table_dirty {
-            return;
-        }
-        let host = &self.hosts[h];
-        let topo = host.mesh.topology();
-        let routes = host.mesh.routes();
-        let short = |n: PeerName| topo.peer(n).map(|p| p.short_id.get());
-        let mut table = ForwardingTable::new(topo.local().short_id.get());
-        for (nb, _) in host.mesh.neighbours() {
-            if let (Some(short_id), Some(&t)) = (short(nb), self.by_name.get(&nb)) {
-                table.add_neighbour(PeerEntry {
-                    short_id,
-                    name: nb.get(),
-                    addr: SocketAddr::new(self.hosts[t].ip, DATA_PORT),
-                });
-            }
-        }
-        for p in topo.peers().filter(|p| p.name != host.name) {
-            table.add_known(p.short_id.get(), p.name.get());
-        }
-        for d in routes.reachable() {
-            if let (Some(ds), Some(hop)) = (short(d), routes.next_hop(d).and_then(short)) {
-                table.set_next_hop(ds, hop);
-            }
-        }
-        for p in topo.peers() {
-            let children: Vec<u16> = routes
-                .broadcast_children(p.name)
-                .iter()
-                .filter_map(|c| short(*c))
-                .collect();
-            table.set_children(p.short_id.get(), &children);
-        }
-        let host = &mut self.hosts[h];
-        host.engine.set_table(table);
-        host.table_dirty = false;
-    }
-
     fn handle(&mut self, kind: EventKind) {
         match kind {
             EventKind::Wake { host } => {
@@ -638,13 +650,21 @@ impl Sim {
                 self.hosts[host].wake_at = None;
                 let now = self.now;
                 let hst = &mut self.hosts[host];
-                if hst.mesh.poll_timeout().is_some_and(|t| t <= now) {
-                    hst.mesh.handle_timeout(now);
+                if hst.node.poll_timeout().is_some_and(|t| t <= now) {
+                    hst.node.handle_timeout(now);
                 }
-                for c in hst.conns.values_mut() {
-                    if c.conn.poll_timeout().is_some_and(|t| t <= now) {
-                        c.conn.handle_timeout(now);
+                if hst.conns_at.is_some_and(|t| t <= now) {
+                    for (&key, c) in &mut hst.conns {
+                        if c.conn.poll_timeout().is_some_and(|t| t <= now) {
+                            c.conn.handle_timeout(now);
+                            self.touched.push(key);
+                        }
                     }
+                    hst.conns_at = hst
+                        .conns
+                        .values()
+                        .filter_map(|c| c.conn.poll_timeout())
+                        .min();
                 }
                 self.service(host);
             }
@@ -652,6 +672,7 @@ impl Sim {
                 let now = self.now;
                 if let Some(c) = self.hosts[host].conns.get_mut(&key) {
                     c.conn.handle_bytes(now, &data);
+                    self.touched.push(key);
                     self.service(host);
                 }
             }
@@ -659,38 +680,49 @@ impl Sim {
                 if let Some(c) = self.hosts[host].conns.get_mut(&key) {
                     c.peer_closed = true;
                     c.conn.close(CloseReason::Local);
+                    self.touched.push(key);
                     self.service(host);
                 }
             }
             EventKind::DialResult { host, addr } => self.dial_result(host, addr),
-            EventKind::Established { host, key } => {
-                let Some(c) = self.hosts[host].conns.get(&key) else {
-                    return;
-                };
-                let (remote_host, peer) = (c.remote_host, c.peer);
-                let Some(peer) = peer else { return };
-                if self.hosts[host].active.get(&peer) != Some(&key) {
-                    return;
-                }
-                if self.link_up(host, remote_host) {
-                    let now = self.now;
-                    self.hosts[host].mesh.connection_established(now, peer);
-                    self.service(host);
-                } else {
-                    let at = self.now + Duration::from_secs(1);
-                    self.schedule(at, EventKind::Established { host, key });
-                }
-            }
             EventKind::Datagram { to, from, data } => self.datagram(to, from, data),
         }
     }
 
+    /// Gives host `h`'s engine the node's forwarding table, if it changed.
+    fn refresh_table(&mut self, h: usize) {
+        let now = self.now;
+        let host = &mut self.hosts[h];
+        if std::mem::take(&mut host.table_dirty) {
+            let table = host.node.forwarding_table();
+            host.engine.set_table(table);
+            host.table_at = now;
+        }
+    }
+
     fn datagram(&mut self, h: usize, from: SocketAddr, data: Vec<u8>) {
-        self.refresh_table(h);
+        // A table has 4096 slots per map: for heartbeats (a hundred neighbours' every 300 ms)
+        // it is rebuilt at most every 100 ms, like the router's data plane takes new tables
+        // between polls; frames always see the current one.
+        let heartbeat = data
+            .get(vxlan::HEADER_LEN..)
+            .is_some_and(weft_overlay::heartbeat::is_heartbeat);
+        let stale_ok = heartbeat
+            && self.now.saturating_duration_since(self.hosts[h].table_at)
+                < Duration::from_millis(100);
+        if !stale_ok {
+            self.refresh_table(h);
+        }
         let now = self.now;
         let decision = self.hosts[h].engine.on_datagram(&data, from, now);
-        let DatagramDecision::Forward { deliver, relay } = decision else {
-            return;
+        let (deliver, relay) = match decision {
+            DatagramDecision::Forward { deliver, relay } => (deliver, relay),
+            DatagramDecision::Heartbeat { heartbeat, .. } => {
+                self.hosts[h].node.handle_heartbeat(now, heartbeat);
+                self.service(h);
+                return;
+            }
+            DatagramDecision::Drop => return,
         };
         if let Some(range) = deliver {
             let frame = &data[range];
@@ -701,7 +733,7 @@ impl Sim {
         }
         match relay {
             Relay::None => {}
-            Relay::Next(next) => self.send_datagram(h, next, data),
+            Relay::Next(next) => self.send_datagram(h, next.addr, data),
             Relay::Tree { source } => {
                 let children: Vec<PeerEntry> = self.hosts[h]
                     .engine
@@ -713,7 +745,7 @@ impl Sim {
                     if let Ok(mut packet) = vxlan::Packet::new_checked(&mut copy[..]) {
                         packet.set_vni(vxlan::vni_for(source, child.short_id));
                     }
-                    self.send_datagram(h, child, copy);
+                    self.send_datagram(h, child.addr, copy);
                 }
             }
         }
@@ -724,14 +756,14 @@ impl Sim {
         let target = self.by_ip.get(&addr.ip()).copied();
         let Some(t) = target.filter(|&t| self.link_up(h, t)) else {
             self.hosts[h]
-                .cm
-                .dial_failed(now, addr, "connection timed out".into());
+                .node
+                .handle_dial_failed(now, addr, "connection timed out".into());
             self.service(h);
             return;
         };
         let limit = self.config.connmaker.conn_limit;
-        if limit > 0 && self.hosts[t].conns.len() >= limit {
-            self.hosts[h].cm.dial_failed(
+        if limit > 0 && self.hosts[t].node.connection_count() >= limit {
+            self.hosts[h].node.handle_dial_failed(
                 now,
                 addr,
                 "connection refused: connection limit reached".into(),
@@ -750,12 +782,20 @@ impl Sim {
         let conn_t = Connection::new(local_t, false, id_t, now, self.config.conn.clone());
         self.hosts[h]
             .conns
-            .insert(kh, HostConn::new(conn_h, t, kt, addr, now));
+            .insert(kh, HostConn::new(conn_h, t, kt, now));
+        self.hosts[h]
+            .node
+            .handle_connecting(now, ConnId(kh), addr, true);
         let from = SocketAddr::new(self.hosts[h].ip, port);
         self.hosts[t]
             .conns
-            .insert(kt, HostConn::new(conn_t, h, kh, from, now));
+            .insert(kt, HostConn::new(conn_t, h, kh, now));
+        self.hosts[t]
+            .node
+            .handle_connecting(now, ConnId(kt), from, false);
+        self.touched.push(kh);
         self.service(h);
+        self.touched.push(kt);
         self.service(t);
     }
 
@@ -764,64 +804,93 @@ impl Sim {
         LocalPeer {
             name: host.name,
             nickname: format!("host{h}"),
-            short_id: host.mesh.topology().local().short_id,
+            short_id: host.node.short_id(),
             uid: PeerUid(host.uid),
             data_port: DATA_PORT,
         }
     }
 
-    /// Moves everything host `h`'s state machines want to do into the event queue.
+    /// Moves everything host `h`'s state machines want to do into the event queue: the
+    /// node's actions, and the output and events of the connections in `touched` (those that
+    /// got input), until nothing more happens.
     fn service(&mut self, h: usize) {
+        let mut conns_changed = false;
         loop {
             let mut progress = false;
-            let keys: Vec<u64> = self.hosts[h].conns.keys().copied().collect();
-            for key in keys {
+            while let Some(action) = self.hosts[h].node.poll_action() {
+                progress = true;
+                self.act(h, action);
+            }
+            let mut touched = std::mem::take(&mut self.touched);
+            touched.sort_unstable();
+            touched.dedup();
+            conns_changed |= !touched.is_empty();
+            for key in touched {
                 progress |= self.service_conn(h, key);
             }
-            while let Some((to, payload)) = self.hosts[h].mesh.poll_transmit() {
-                progress = true;
-                let host = &mut self.hosts[h];
-                if let Some(c) = host.active.get(&to).and_then(|k| host.conns.get_mut(k)) {
-                    let msg = Message::Gossip {
-                        channel: TOPOLOGY_CHANNEL,
-                        payload,
-                    };
-                    let _ = c.conn.send(self.now, &msg);
+            if !progress {
+                break;
+            }
+        }
+        if conns_changed {
+            let host = &mut self.hosts[h];
+            host.conns_at = host
+                .conns
+                .values()
+                .filter_map(|c| c.conn.poll_timeout())
+                .min();
+        }
+        self.reschedule(h);
+    }
+
+    /// Carries out one of host `h`'s node's actions.
+    fn act(&mut self, h: usize, action: Action) {
+        let now = self.now;
+        match action {
+            Action::Send { conn, message } => {
+                if let Some(c) = self.hosts[h].conns.get_mut(&conn.0) {
+                    let _ = c.conn.send(now, &message);
+                    self.touched.push(conn.0);
                 }
             }
-            while let Some(ev) = self.hosts[h].mesh.poll_event() {
-                progress = true;
-                let now = self.now;
-                let host = &mut self.hosts[h];
-                match ev {
-                    MeshEvent::TopologyChanged | MeshEvent::ShortIdChanged(_) => {
-                        host.cm.update_from_topology(now, host.mesh.topology());
-                        host.table_dirty = true;
-                    }
-                    MeshEvent::PeerRemoved(_) => host.table_dirty = true,
+            Action::Close { conn, .. } => {
+                if let Some(c) = self.hosts[h].conns.get_mut(&conn.0) {
+                    c.conn.close(CloseReason::Local);
+                    self.touched.push(conn.0);
                 }
             }
-            let now = self.now;
-            let current = self.hosts[h].conns.len();
-            let dials = self.hosts[h].cm.poll_dial(now, current);
-            for addr in dials {
-                progress = true;
+            Action::Dial(addr) => {
                 self.stats.dials += 1;
                 let reachable = self
                     .by_ip
                     .get(&addr.ip())
                     .is_some_and(|&t| self.link_up(h, t));
                 let at = match self.by_ip.get(&addr.ip()) {
-                    Some(&t) if reachable => self.now + self.latency(h, t) * 2,
-                    _ => self.now + self.config.connect_timeout,
+                    Some(&t) if reachable => now + self.latency(h, t) * 2,
+                    _ => now + self.config.connect_timeout,
                 };
                 self.schedule(at, EventKind::DialResult { host: h, addr });
             }
-            if !progress {
-                break;
+            // Built lazily, before the engine next forwards (a table per change is costly).
+            Action::TableChanged => self.hosts[h].table_dirty = true,
+            Action::Heartbeat {
+                to,
+                src,
+                dst,
+                heartbeat,
+            } => {
+                let mut buf = [0u8; 64];
+                let n = weft_overlay::emit_heartbeat_datagram(src, dst, heartbeat, &mut buf);
+                self.send_datagram(h, to, buf[..n].to_vec());
             }
+            // Links are in the clear in the simulator; no channel but topology is registered.
+            Action::SetLink { .. }
+            | Action::RemoveLink { .. }
+            | Action::Gossip { .. }
+            | Action::NeighbourUp(_)
+            | Action::PeersChanged
+            | Action::PersistShortId(_) => {}
         }
-        self.reschedule(h);
     }
 
     /// Handles one connection's events and output; returns whether anything happened.
@@ -848,27 +917,27 @@ impl Sim {
                     remote, conn_uid, ..
                 } => {
                     self.stats.connections_ready += 1;
-                    self.conn_ready(
-                        h,
-                        key,
-                        remote.name,
-                        conn_uid,
-                        (remote.nickname, remote.uid.0, remote.short_id),
-                        now,
-                    );
+                    let t = c.remote_host;
+                    let remote = Remote {
+                        name: remote.name,
+                        nickname: remote.nickname,
+                        uid: remote.uid.0,
+                        short_id: remote.short_id,
+                        data_addr: SocketAddr::new(self.hosts[t].ip, remote.data_port),
+                    };
+                    self.hosts[h]
+                        .node
+                        .handle_ready(now, ConnId(key), remote, conn_uid, None);
+                }
+                ConnEvent::DataPathAck { conn_uid } => {
+                    self.hosts[h].node.handle_ack(now, ConnId(key), conn_uid);
                 }
                 ConnEvent::Message(Message::Gossip { channel, payload }) => {
-                    let peer = c.peer;
-                    let host = &mut self.hosts[h];
-                    if let Some(peer) = peer.filter(|p| host.active.get(p) == Some(&key)) {
-                        if channel == TOPOLOGY_CHANNEL
-                            && host.mesh.handle_gossip(now, peer, &payload).is_err()
-                        {
-                            self.stats.gossip_errors += 1;
-                        }
-                    }
+                    self.hosts[h]
+                        .node
+                        .handle_gossip(now, ConnId(key), channel, payload);
                 }
-                ConnEvent::Message(_) | ConnEvent::DataPathAck { .. } => {}
+                ConnEvent::Message(_) => {}
                 ConnEvent::Closed(reason) => {
                     // Flush what was queued before the close, then tell the other end.
                     let mut out = Vec::new();
@@ -883,64 +952,12 @@ impl Sim {
         }
     }
 
-    fn conn_ready(
-        &mut self,
-        h: usize,
-        key: u64,
-        peer: PeerName,
-        conn_uid: u64,
-        hint: (String, u64, ShortId),
-        now: Instant,
-    ) {
-        let host = &mut self.hosts[h];
-        let Some(c) = host.conns.get_mut(&key) else {
-            return;
-        };
-        c.peer = Some(peer);
-        let (remote_addr, remote_host, outbound) =
-            (c.remote_addr, c.remote_host, c.conn.is_outbound());
-        if let Some(&old) = host.active.get(&peer) {
-            // Duplicate connection to the same peer: keep the smaller connection uid; both ends
-            // see the same two uids, so they agree on the survivor.
-            let old_uid = host
-                .conns
-                .get(&old)
-                .and_then(|c| c.conn.conn_uid())
-                .unwrap_or(u64::MAX);
-            if old_uid <= conn_uid {
-                if let Some(c) = host.conns.get_mut(&key) {
-                    c.conn.close(CloseReason::Local);
-                }
-                return;
-            }
-            host.active.insert(peer, key);
-            if let Some(c) = host.conns.get_mut(&old) {
-                c.conn.close(CloseReason::Local);
-            }
-        } else {
-            host.active.insert(peer, key);
-        }
-        host.cm.connected(remote_addr, peer);
-        host.mesh
-            .connection_up(now, peer, hint, remote_addr.to_string(), outbound);
-        host.table_dirty = true;
-        let at = now + self.latency(h, remote_host) * 2;
-        self.schedule(at, EventKind::Established { host: h, key });
-    }
-
     fn conn_closed(&mut self, h: usize, key: u64, reason: CloseReason) {
         let now = self.now;
         let host = &mut self.hosts[h];
         let Some(c) = host.conns.remove(&key) else {
             return;
         };
-        if let Some(peer) = c.peer {
-            if host.active.get(&peer) == Some(&key) {
-                host.active.remove(&peer);
-                host.mesh.connection_down(now, peer);
-                host.table_dirty = true;
-            }
-        }
         let permanent = matches!(
             reason,
             CloseReason::ConnectToSelf | CloseReason::NameCollision { .. }
@@ -950,17 +967,7 @@ impl Sim {
         } else {
             reason.to_string()
         };
-        if c.peer.is_some() {
-            host.cm
-                .disconnected(now, c.remote_addr, Some(error), permanent);
-        } else if c.conn.is_outbound() {
-            // Never got past the handshake: a failed dial.
-            if permanent {
-                host.cm.disconnected(now, c.remote_addr, Some(error), true);
-            } else {
-                host.cm.dial_failed(now, c.remote_addr, error);
-            }
-        }
+        host.node.handle_closed(now, ConnId(key), error, permanent);
     }
 
     /// Sends bytes (or a FIN, `None`) on host `h`'s end of connection `key`.
@@ -1010,16 +1017,10 @@ impl Sim {
     /// Schedules host `h`'s next wake-up from its state machines' timers.
     fn reschedule(&mut self, h: usize) {
         let host = &self.hosts[h];
-        let mut next = host.mesh.poll_timeout();
-        let mut consider = |t: Option<Instant>| {
-            if let Some(t) = t {
-                next = Some(next.map_or(t, |n: Instant| n.min(t)));
-            }
-        };
-        consider(host.cm.poll_timeout());
-        for c in host.conns.values() {
-            consider(c.conn.poll_timeout());
-        }
+        let next = [host.node.poll_timeout(), host.conns_at]
+            .into_iter()
+            .flatten()
+            .min();
         let Some(next) = next else { return };
         // Never in the past, never busy-looping on "due now".
         let next = next.max(self.now + Duration::from_millis(1));
@@ -1043,21 +1044,13 @@ impl Sim {
 }
 
 impl HostConn {
-    fn new(
-        conn: Connection,
-        remote_host: usize,
-        remote_key: u64,
-        remote_addr: SocketAddr,
-        now: Instant,
-    ) -> Self {
+    fn new(conn: Connection, remote_host: usize, remote_key: u64, now: Instant) -> Self {
         Self {
             conn,
             remote_host,
             remote_key,
-            remote_addr,
             last_arrival: now,
             stalled: Vec::new(),
-            peer: None,
             peer_closed: false,
         }
     }

@@ -1,7 +1,7 @@
 //! Multi-host behaviour of the mesh in the deterministic simulator (ordinary user, no sockets).
 //!
-//! The 100-peer scenario is one test (converging a 100-peer full mesh from a chain costs about
-//! 2 GB of gossip, see the convergence example), reused for the link-cut and broadcast checks.
+//! The 100-peer scenario is one test (converging a 100-peer full mesh from a chain is the costly
+//! part, see `gossip_scale.rs` for its gossip volume), reused for the link-cut and broadcast checks.
 
 use std::time::Duration;
 
@@ -227,4 +227,114 @@ fn forget_stops_redialling_and_replace_switches_targets() {
     assert!(!sim.connected_peers(1).contains(&0));
     assert_eq!(sim.stats().dials, dials, "something redialled");
     assert!(sim.connmaker(1).targets().is_empty());
+}
+
+/// Sends a unicast test frame from `from` to `to` every 100 ms for `d`; returns, for each
+/// frame, (time sent, delivered).
+fn stream(
+    sim: &mut Sim,
+    from: usize,
+    to: usize,
+    d: Duration,
+    tag: &mut u32,
+) -> Vec<(Instant, bool)> {
+    let mut sent = Vec::new();
+    let end = sim.now() + d;
+    while sim.now() < end {
+        *tag += 1;
+        sim.unicast(from, to, *tag);
+        sent.push((sim.now(), *tag));
+        sim.run_until(sim.now() + Duration::from_millis(100));
+    }
+    // Let the last frames arrive.
+    sim.run_until(sim.now() + Duration::from_millis(200));
+    sent.into_iter()
+        .map(|(t, tag)| (t, sim.received(to, tag) == 1))
+        .collect()
+}
+
+#[test]
+fn cutting_a_link_under_traffic_reroutes_within_3_s_and_heals_back() {
+    let n = 3;
+    let mut sim = Sim::new(n, config(4, false));
+    sim.add_targets(1, &[0]);
+    sim.add_targets(2, &[0, 1]);
+    let t = sim.drive_until(|s| s.full_mesh() && converged(s), secs(30));
+    assert!(t.is_some(), "did not converge");
+    // Everyone learns everyone's MAC.
+    assert_broadcast_exactly_once(&mut sim, 1);
+    let mut tag = 100;
+    let before = stream(&mut sim, 0, 2, Duration::from_secs(1), &mut tag);
+    assert!(before.iter().all(|&(_, ok)| ok), "direct path lost frames");
+    let relayed = sim.engine(1).counters().relayed_datagrams;
+
+    // Cut 0-2 (data and control) while 0 keeps sending to 2.
+    sim.cut(0, 2);
+    let cut_at = sim.now();
+    let during = stream(&mut sim, 0, 2, Duration::from_secs(6), &mut tag);
+    let first_ok = during
+        .iter()
+        .position(|&(_, ok)| ok)
+        .expect("traffic never came back after the cut");
+    let back_after = during[first_ok].0.saturating_duration_since(cut_at);
+    eprintln!("cut 0-2 under traffic: frames delivered again {back_after:?} after the cut");
+    assert!(
+        back_after <= Duration::from_secs(3),
+        "rerouted after {back_after:?}"
+    );
+    assert!(
+        during[first_ok..].iter().all(|&(_, ok)| ok),
+        "frames lost after the reroute"
+    );
+    assert!(
+        sim.engine(1).counters().relayed_datagrams > relayed,
+        "not relayed by host 1"
+    );
+    // The control connection may still be up: the data path decided.
+    assert_eq!(
+        sim.mesh(0).routes().path(sim.name(2)).map(|p| p.len()),
+        Some(2)
+    );
+
+    // Heal: back on the direct path within 3 s, no frame lost on the way.
+    sim.heal();
+    let healed_at = sim.now();
+    let t = sim.drive_until(
+        |s| s.mesh(0).routes().path(s.name(2)).map(|p| p.len()) == Some(1),
+        healed_at + Duration::from_secs(10),
+    );
+    let t = t.expect("never back on the direct path");
+    eprintln!(
+        "healed: direct again after {:?}",
+        t.saturating_duration_since(healed_at)
+    );
+    assert!(
+        t.saturating_duration_since(healed_at) <= Duration::from_secs(3),
+        "direct again after {:?}",
+        t.saturating_duration_since(healed_at)
+    );
+    let relayed = sim.engine(1).counters().relayed_datagrams;
+    let after = stream(&mut sim, 0, 2, Duration::from_secs(1), &mut tag);
+    assert!(after.iter().all(|&(_, ok)| ok));
+    assert_eq!(
+        sim.engine(1).counters().relayed_datagrams,
+        relayed,
+        "still relayed"
+    );
+}
+
+#[test]
+fn five_percent_datagram_loss_does_not_flap_paths() {
+    let n = 5;
+    let mut config = config(5, true);
+    config.datagram_loss = 0.05;
+    let mut sim = Sim::new(n, config);
+    for i in 1..n {
+        sim.add_targets(i, &[i - 1]);
+    }
+    let t = sim.drive_until(|s| s.full_mesh() && converged(s), secs(60));
+    assert!(t.is_some(), "did not converge");
+    sim.run_until(sim.now() + Duration::from_secs(120));
+    assert_eq!(sim.stats().paths_down, 0, "a path flapped under 5 % loss");
+    assert!(sim.full_mesh());
 }

@@ -10,6 +10,10 @@
 //! every frame is sealed (`weft_crypto::handshake` and `weft_crypto::control` own those bytes,
 //! [`decode_body`] decodes an opened body).
 //!
+//! Protocol version 3 changed no byte of this codec but the topology gossip payload carried
+//! in [`Message::Gossip`] (per-peer versioned deltas, digests, wants and summaries, see
+//! `weft_mesh::gossip`), which version 2 peers cannot read: the two do not connect.
+//!
 //! This module owns only the bytes: [`Hello::emit`]/[`Hello::parse`], [`encode_frame`] and the
 //! incremental [`FrameDecoder`]. What the messages mean (version negotiation, the features
 //! exchange, heartbeats) belongs to the connection state machine in `weft-mesh`.
@@ -26,10 +30,10 @@ pub const MAGIC: [u8; 4] = *b"weft";
 pub const HELLO_LEN: usize = 6;
 
 /// Lowest control-protocol version this build speaks.
-pub const PROTOCOL_MIN: u8 = 2;
+pub const PROTOCOL_MIN: u8 = 3;
 
 /// Highest control-protocol version this build speaks.
-pub const PROTOCOL_MAX: u8 = 2;
+pub const PROTOCOL_MAX: u8 = 3;
 
 /// Largest frame body (the postcard bytes, not counting the 4-byte length prefix) a peer may
 /// send. Longer frames are rejected by [`FrameDecoder`] before they are buffered.
@@ -339,7 +343,7 @@ mod tests {
     #[test]
     fn hello_round_trip() {
         let bytes = Hello::CURRENT.emit();
-        assert_eq!(&bytes, b"weft\x02\x02");
+        assert_eq!(&bytes, b"weft\x03\x03");
         assert_eq!(Hello::parse(&bytes), Ok(Hello::CURRENT));
         let h = Hello {
             min_version: 2,
@@ -361,7 +365,7 @@ mod tests {
             Err(HelloError::InvalidRange { min: 0, max: 2 })
         );
         // Trailing bytes are the caller's business.
-        assert_eq!(Hello::parse(b"weft\x02\x02rest"), Ok(Hello::CURRENT));
+        assert_eq!(Hello::parse(b"weft\x03\x03rest"), Ok(Hello::CURRENT));
     }
 
     #[test]

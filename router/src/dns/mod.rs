@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use weft_dns::{Names, Now, Outgoing, Responder};
-use weft_mesh::{ChannelRouter, Instant, PeerName};
+use weft_mesh::{ChannelRouter, Instant, PeerName, Routes};
 
 use crate::dataplane::Clock;
 use crate::state::{DnsEntryReport, DnsReport, State};
@@ -209,9 +209,13 @@ pub fn wall(mono: Instant) -> Now {
 
 /// Runs the timers, keeps the own entries on disk when they changed, and returns the gossip
 /// to send: (neighbour, encoded envelope).
-pub fn poll(state: &mut State, now: Instant, neighbours: &[PeerName]) -> Vec<(PeerName, Vec<u8>)> {
-    let State { dns, mesh, .. } = state;
-    let Some(drv) = dns.as_mut() else {
+pub fn poll(
+    state: &mut State,
+    now: Instant,
+    neighbours: &[PeerName],
+    routes: &Routes,
+) -> Vec<(PeerName, Vec<u8>)> {
+    let Some(drv) = state.dns.as_mut() else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -222,7 +226,7 @@ pub fn poll(state: &mut State, now: Instant, neighbours: &[PeerName]) -> Vec<(Pe
             Outgoing::Broadcast(p) => (None, p),
             Outgoing::Unicast(peer, p) => (Some(peer), p),
         };
-        out.extend(drv.channel.send(dest, payload, neighbours, mesh.routes()));
+        out.extend(drv.channel.send(dest, payload, neighbours, routes));
     }
     if names.take_own_changed() {
         persist(&drv.state_file, &names.own_entries());
@@ -246,14 +250,14 @@ pub fn on_envelope(
     from: PeerName,
     bytes: &[u8],
     neighbours: &[PeerName],
+    routes: &Routes,
 ) -> Result<Vec<(PeerName, Vec<u8>)>, String> {
-    let State { dns, mesh, .. } = state;
-    let Some(drv) = dns.as_mut() else {
+    let Some(drv) = state.dns.as_mut() else {
         return Ok(Vec::new());
     };
     let handled = drv
         .channel
-        .handle(from, bytes, neighbours, mesh.routes())
+        .handle(from, bytes, neighbours, routes)
         .map_err(|e| e.to_string())?;
     let mut result = Ok(handled.forward);
     if let Some((origin, payload)) = handled.deliver {
@@ -276,21 +280,18 @@ pub fn neighbour_up(state: &mut State, peer: PeerName) {
 }
 
 /// The topology changed.
-pub fn peers_changed(state: &mut State, now: Instant) {
-    let State { dns, mesh, .. } = state;
-    if let Some(drv) = dns.as_ref() {
-        let known: Vec<PeerName> = mesh.topology().peers().map(|p| p.name).collect();
-        let reachable: Vec<PeerName> = mesh.routes().reachable().collect();
+pub fn peers_changed(state: &mut State, now: Instant, known: &[PeerName], reachable: &[PeerName]) {
+    if let Some(drv) = state.dns.as_ref() {
         drv.service
             .names()
-            .peers_changed(wall(now), &known, &reachable);
+            .peers_changed(wall(now), known, reachable);
     }
 }
 
 /// `rmpeer`: drop `peer`'s entries here and everywhere. Returns how many were dropped here
 /// (none while the peer is reachable: it is not dead).
-pub fn forget_peer(state: &mut State, now: Instant, peer: PeerName) -> usize {
-    if state.mesh.routes().reachable().any(|p| p == peer) {
+pub fn forget_peer(state: &mut State, now: Instant, peer: PeerName, reachable: bool) -> usize {
+    if reachable {
         return 0;
     }
     state

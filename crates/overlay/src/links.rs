@@ -1,7 +1,8 @@
-//! Layer: driver. The data plane's per-neighbour encryption state: which neighbours' datagrams
-//! are sealed (and with which [`TxSession`]/[`RxSession`]), which may travel in the clear
-//! (trusted subnets, or no password at all), and opening/sealing datagrams in the data
-//! plane's own buffers without copying the payload.
+//! Layer: pure logic. The forwarding engine's per-neighbour encryption state: which
+//! neighbours' datagrams are sealed (and with which [`TxSession`]/[`RxSession`]), which may
+//! travel in the clear (trusted subnets, or no password at all), and opening/sealing datagrams
+//! in the data plane's own buffers without copying the payload. The control plane installs
+//! and removes links only through the node's `SetLink`/`RemoveLink` actions.
 //!
 //! A sealed datagram is `[VXLAN header][counter][ciphertext][tag]` (see
 //! [`weft_crypto::data`]); the VXLAN header stays in the clear as associated data. After

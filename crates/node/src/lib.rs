@@ -1,0 +1,856 @@
+//! Layer: pure logic. [`Node`]: the rules that make one weft host, as one sans-IO state machine
+//! that the router and the simulator both drive.
+//!
+//! # Design
+//!
+//! **Why.** The rules below used to live in the router's control plane behind one
+//! `Mutex<State>` (untested by unit tests) and, a second time and drifted, in the simulator.
+//! A `Node` holds them once. It never touches a socket, a task or a clock: like quinn-proto's
+//! `Endpoint`, it takes input through `handle_*(…, now)` methods and hands back work through
+//! [`Node::poll_action`] and the next time it wants to be woken through [`Node::poll_timeout`].
+//!
+//! **What it owns.**
+//! - The *connection registry*: every control connection the driver runs, from TCP up
+//!   (`handle_connecting`) through the handshake (`handle_ready`) to its end (`handle_closed`).
+//!   Connections are named by a driver-chosen [`ConnId`]; the [`weft_mesh::Connection`] state
+//!   machine (bytes, hello, keys) stays with the driver, which reports its events here.
+//! - *Duplicate resolution*: when both ends dial at once, two connections to one peer become
+//!   ready. Both ends keep the one with the smaller connection UID (the UID is the same on both
+//!   ends, so they agree without talking) and close the other.
+//! - *Establishment*: a ready connection is `established` once we received the remote's
+//!   data-path heartbeat and the remote acknowledged ours (a `DataPathAck` on the control
+//!   connection). Only then does the mesh gossip the link as usable.
+//! - *Handover on close*: when the connection that carries a peer closes while another ready
+//!   connection to the same peer is still open, the peer moves to that one (its keys are
+//!   installed again, the mesh hears about it) instead of disappearing.
+//! - *The forwarding table*: built from the mesh's routes plus our own neighbours, handed to
+//!   the data path whenever it changes ([`Action::TableChanged`]: the driver installs
+//!   [`Node::forwarding_table`]; a table has 4096 slots per map, so building one per change
+//!   is left to the driver, which may coalesce).
+//! - *Data-path heartbeats and liveness*: every [`NodeConfig::heartbeat_interval`] (one tick
+//!   for all connections, so a node has one timer, not one per neighbour) every carrying
+//!   connection sends a heartbeat through the data path, and a direct path from which no
+//!   heartbeat arrived for [`NodeConfig::down_after`] is *down*: the link is withdrawn from
+//!   our gossip (routes everywhere, ours included, go around it) while the control connection
+//!   may stay up. It comes back after [`NodeConfig::up_after`] heartbeats in a row, each within
+//!   two intervals of the last. Hysteresis: with the defaults (300 ms, 2 s, 2) a path goes
+//!   down only after six heartbeats in a row are lost, which 5 % random loss makes about a
+//!   one-in-sixty-million event per heartbeat, and comes back within about a second. A cut
+//!   path is routed around within about 2.5 s (detection plus one gossip hop).
+//! - *Gossip dispatch*: the topology channel is handled inside (the [`weft_mesh::Mesh`]);
+//!   other channels (IPAM, DNS) are delivered as [`Action::Gossip`] only if registered with
+//!   [`Node::register_channel`]; anything else is counted and dropped.
+//!
+//! **The data-path seam.** Everything the node wants from the data path is an action:
+//! [`Action::TableChanged`] (install [`Node::forwarding_table`]), [`Action::SetLink`]/[`Action::RemoveLink`]
+//! (per-neighbour keys, installed before the peer can appear in a table) and
+//! [`Action::Heartbeat`] (always sent through the data path, so it is sealed like traffic and
+//! fails exactly when traffic does). What the data path reports back is
+//! [`Node::handle_heartbeat`]. A kernel fast path implements the same four verbs.
+//!
+//! **What stays with the driver.** Sockets, TLS-free byte streams, tasks, the per-connection
+//! [`weft_mesh::Connection`], persistence (it gets [`Action::PersistShortId`]), IPAM and DNS
+//! state machines (they get their channel's gossip and [`Action::PeersChanged`]).
+//!
+//! **Ownership in the router.** One task owns the `Node`; connection tasks and the data plane
+//! send it messages, and the HTTP API reads snapshots it publishes, so nothing on the control
+//! path takes a global lock.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use weft_crypto::handshake::DataKeys;
+use weft_mesh::{
+    ConnMaker, ConnMakerConfig, GossipConfig, Instant, Mesh, MeshEvent, PeerName, PeerSummary,
+    ShortId, TOPOLOGY_CHANNEL, Topology,
+};
+use weft_overlay::heartbeat::Heartbeat;
+use weft_overlay::{ForwardingTable, PeerEntry};
+use weft_wire::control::Message;
+
+#[cfg(test)]
+mod tests;
+
+/// A control connection, as the driver names it (any number unique among its live
+/// connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// Timers and settings of a [`Node`].
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// How often a data-path heartbeat goes out on every ready connection.
+    pub heartbeat_interval: Duration,
+    /// A direct path with no heartbeat for this long is down (taken out of the routes).
+    pub down_after: Duration,
+    /// Heartbeats in a row (each within two intervals of the last) that bring a down path back.
+    pub up_after: u32,
+    /// Topology gossip settings.
+    pub gossip: GossipConfig,
+    /// Which addresses to dial (targets, discovery, backoff, limit).
+    pub connmaker: ConnMakerConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(300),
+            down_after: Duration::from_secs(2),
+            up_after: 2,
+            gossip: GossipConfig::default(),
+            connmaker: ConnMakerConfig::default(),
+        }
+    }
+}
+
+/// Who is at the other end of a ready connection (from its handshake).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// Peer name.
+    pub name: PeerName,
+    /// Nickname.
+    pub nickname: String,
+    /// The incarnation's UID.
+    pub uid: u64,
+    /// The short id it announced (the topology's may be newer).
+    pub short_id: ShortId,
+    /// Where its data path listens.
+    pub data_addr: SocketAddr,
+}
+
+/// Something the driver must do.
+#[derive(Debug)]
+#[must_use]
+pub enum Action {
+    /// Send `message` on control connection `conn`.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// What to send.
+        message: Message,
+    },
+    /// Close control connection `conn`.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why, for logs.
+        reason: &'static str,
+    },
+    /// Open a control connection to this address, then [`Node::handle_connecting`] (or
+    /// [`Node::handle_dial_failed`]).
+    Dial(SocketAddr),
+    /// Data path: protect traffic with the neighbour at `ip` as connection `conn_uid` agreed
+    /// (sealed with `keys`, or in the clear when `None`).
+    SetLink {
+        /// The neighbour's underlay address.
+        ip: IpAddr,
+        /// The connection whose keys these are.
+        conn_uid: u64,
+        /// The keys.
+        keys: Option<DataKeys>,
+    },
+    /// Data path: connection `conn_uid` to the neighbour at `ip` is gone.
+    RemoveLink {
+        /// The neighbour's underlay address.
+        ip: IpAddr,
+        /// The connection.
+        conn_uid: u64,
+    },
+    /// Data path: the forwarding table changed; install [`Node::forwarding_table`] (now, or
+    /// at the latest before the next frame is forwarded).
+    TableChanged,
+    /// Data path: send this heartbeat to `to` in a VXLAN datagram from `src` to `dst`.
+    Heartbeat {
+        /// The neighbour's data address.
+        to: SocketAddr,
+        /// Our short id.
+        src: u16,
+        /// The neighbour's short id.
+        dst: u16,
+        /// The heartbeat.
+        heartbeat: Heartbeat,
+    },
+    /// Gossip for a registered channel from neighbour `from`.
+    Gossip {
+        /// The channel.
+        channel: u8,
+        /// The neighbour it came from.
+        from: PeerName,
+        /// The channel's bytes.
+        payload: Vec<u8>,
+    },
+    /// A neighbour's connection became ready (channels may greet it).
+    NeighbourUp(PeerName),
+    /// Known or reachable peers changed (IPAM and DNS look again).
+    PeersChanged,
+    /// Our short id changed (a collision was resolved): keep it across restarts.
+    PersistShortId(ShortId),
+}
+
+/// A connection's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    /// TCP up, handshake under way.
+    Connecting,
+    /// Handshake done, data path not yet confirmed both ways.
+    Pending,
+    /// Heartbeat received and ours acknowledged.
+    Established,
+}
+
+/// A read-only view of one connection.
+#[derive(Debug, Clone)]
+pub struct ConnView<'a> {
+    /// The driver's name for it.
+    pub id: ConnId,
+    /// The remote control address.
+    pub address: SocketAddr,
+    /// We dialled it.
+    pub outbound: bool,
+    /// Its progress.
+    pub state: ConnState,
+    /// The remote, once the handshake is done.
+    pub remote: Option<&'a Remote>,
+    /// Its UID (same at both ends), once the handshake is done.
+    pub conn_uid: Option<u64>,
+    /// It carries its peer (the survivor of duplicates).
+    pub carrier: bool,
+    /// Heartbeats arrive (false once they stopped for [`NodeConfig::down_after`]).
+    pub path_up: bool,
+}
+
+/// Counters of a [`Node`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Connections closed before their handshake finished.
+    pub handshake_failures: u64,
+    /// Topology gossip refused.
+    pub gossip_errors: u64,
+    /// Gossip on channels nobody registered.
+    pub unknown_channel: u64,
+    /// Heartbeats that matched no connection.
+    pub stray_heartbeats: u64,
+    /// Direct paths marked down.
+    pub paths_down: u64,
+    /// Direct paths back up.
+    pub paths_up: u64,
+    /// Duplicate connections closed.
+    pub duplicates: u64,
+    /// Peers handed to another connection when theirs closed.
+    pub handovers: u64,
+}
+
+#[derive(Debug)]
+struct Conn {
+    address: SocketAddr,
+    outbound: bool,
+    ready: Option<Ready>,
+}
+
+#[derive(Debug)]
+struct Ready {
+    remote: Remote,
+    conn_uid: u64,
+    keys: Option<DataKeys>,
+    heartbeat_seen: bool,
+    ack_seen: bool,
+    established: bool,
+    path_up: bool,
+    last_heard: Option<Instant>,
+    streak: u32,
+}
+
+/// One weft host's protocol state. See the crate documentation.
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    name: PeerName,
+    mesh: Mesh,
+    connmaker: ConnMaker,
+    conns: BTreeMap<ConnId, Conn>,
+    /// The connection carrying each peer.
+    carriers: BTreeMap<PeerName, ConnId>,
+    channels: BTreeSet<u8>,
+    actions: VecDeque<Action>,
+    table_dirty: bool,
+    /// The next heartbeat tick (every ready connection's heartbeat goes out, liveness is
+    /// checked); `None` while no connection is ready.
+    tick_at: Option<Instant>,
+    /// The connection maker may have something to dial (its inputs changed or its timer
+    /// fired); heartbeats, acks and gossip leave it alone, so they do not ask it.
+    dial_check: bool,
+    /// The connection maker's timer, as of its last change.
+    connmaker_at: Option<Instant>,
+    stats: NodeStats,
+}
+
+impl Node {
+    /// A node for the peer described by `local` (its own summary: name, nickname, uid, short
+    /// id), with `seed` driving every random choice.
+    pub fn new(local: PeerSummary, config: NodeConfig, seed: u64, now: Instant) -> Self {
+        let name = local.name;
+        let mesh = Mesh::new(local, config.gossip.clone(), seed, now);
+        let connmaker = ConnMaker::new(config.connmaker.clone(), seed ^ 0x5eed);
+        Self {
+            config,
+            name,
+            mesh,
+            connmaker,
+            conns: BTreeMap::new(),
+            carriers: BTreeMap::new(),
+            channels: BTreeSet::new(),
+            actions: VecDeque::new(),
+            table_dirty: true,
+            tick_at: None,
+            dial_check: true,
+            connmaker_at: None,
+            stats: NodeStats::default(),
+        }
+    }
+
+    /// Deliver gossip on `channel` as [`Action::Gossip`] from now on.
+    pub fn register_channel(&mut self, channel: u8) {
+        if channel != TOPOLOGY_CHANNEL {
+            self.channels.insert(channel);
+        }
+    }
+
+    // ----- targets -----
+
+    /// Add direct targets.
+    pub fn add_targets(&mut self, now: Instant, targets: &[SocketAddr]) {
+        self.connmaker.add_targets(now, targets);
+        self.dial_check = true;
+        self.flush(now);
+    }
+
+    /// Make `targets` the whole direct target list.
+    pub fn replace_targets(&mut self, now: Instant, targets: &[SocketAddr]) {
+        self.connmaker.replace_targets(now, targets);
+        self.dial_check = true;
+        self.flush(now);
+    }
+
+    /// Forget direct targets.
+    pub fn forget_targets(&mut self, now: Instant, targets: &[SocketAddr]) {
+        self.connmaker.forget_targets(targets);
+        self.dial_check = true;
+        self.flush(now);
+    }
+
+    // ----- input -----
+
+    /// A control connection exists (accepted, or a dial's TCP connect succeeded); its
+    /// handshake is under way.
+    pub fn handle_connecting(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        address: SocketAddr,
+        outbound: bool,
+    ) {
+        self.conns.insert(
+            id,
+            Conn {
+                address,
+                outbound,
+                ready: None,
+            },
+        );
+        self.dial_check = true;
+        self.flush(now);
+    }
+
+    /// A dial to `addr` failed before a connection existed.
+    pub fn handle_dial_failed(&mut self, now: Instant, addr: SocketAddr, reason: String) {
+        self.connmaker.dial_failed(now, addr, reason);
+        self.dial_check = true;
+        self.flush(now);
+    }
+
+    /// Connection `id` finished its handshake with `remote`; `keys` are the data-plane keys it
+    /// agreed (`None`: in the clear).
+    ///
+    /// Of two ready connections to one peer, the one with the smaller `conn_uid` survives (at
+    /// both ends); the other gets an [`Action::Close`].
+    pub fn handle_ready(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        remote: Remote,
+        conn_uid: u64,
+        keys: Option<DataKeys>,
+    ) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let peer = remote.name;
+        let address = conn.address;
+        self.dial_check = true;
+        conn.ready = Some(Ready {
+            remote,
+            conn_uid,
+            keys,
+            heartbeat_seen: false,
+            ack_seen: false,
+            established: false,
+            path_up: false,
+            last_heard: None,
+            streak: 0,
+        });
+        if let Some(&old) = self.carriers.get(&peer) {
+            let old_uid = self.ready(old).map_or(u64::MAX, |r| r.conn_uid);
+            self.stats.duplicates += 1;
+            if old_uid <= conn_uid {
+                self.actions.push_back(Action::Close {
+                    conn: id,
+                    reason: "duplicate connection (keeping the other one)",
+                });
+                self.flush(now);
+                return;
+            }
+            self.actions.push_back(Action::Close {
+                conn: old,
+                reason: "duplicate connection (keeping the other one)",
+            });
+        }
+        self.connmaker.connected(address, peer);
+        self.carry(now, id);
+        self.actions.push_back(Action::NeighbourUp(peer));
+        self.flush(now);
+    }
+
+    /// Start heartbeats on carrying connection `id`: the first at once (after its link is
+    /// installed, so it is sealed like traffic), later ones with everyone's at the tick.
+    fn start_heartbeats(&mut self, now: Instant, id: ConnId) {
+        self.push_heartbeat(id);
+        if self.tick_at.is_none() {
+            self.tick_at = Some(now + self.config.heartbeat_interval);
+        }
+    }
+
+    /// The remote acknowledged our heartbeats on connection `id`.
+    pub fn handle_ack(&mut self, now: Instant, id: ConnId, conn_uid: u64) {
+        if let Some(r) = self.ready_mut(id).filter(|r| r.conn_uid == conn_uid) {
+            r.ack_seen = true;
+            self.check_established(now, id);
+        }
+        self.flush(now);
+    }
+
+    /// The data path received a heartbeat (the data path checked it came from the address of
+    /// the neighbour it names).
+    pub fn handle_heartbeat(&mut self, now: Instant, heartbeat: Heartbeat) {
+        let found = self.conns.iter().find_map(|(&id, c)| {
+            c.ready
+                .as_ref()
+                .filter(|r| {
+                    r.conn_uid == heartbeat.conn_uid && r.remote.name.get() == heartbeat.sender
+                })
+                .map(|_| id)
+        });
+        let Some(id) = found else {
+            self.stats.stray_heartbeats += 1;
+            return;
+        };
+        let interval = self.config.heartbeat_interval;
+        let up_after = self.config.up_after.max(1);
+        let Some(r) = self.ready_mut(id) else { return };
+        let previous = r.last_heard.replace(now);
+        if !r.heartbeat_seen {
+            r.heartbeat_seen = true;
+            let message = Message::DataPathAck {
+                conn_uid: r.conn_uid,
+            };
+            self.actions.push_back(Action::Send { conn: id, message });
+            self.check_established(now, id);
+        } else if r.established && !r.path_up {
+            let in_a_row =
+                previous.is_some_and(|p| now.saturating_duration_since(p) <= interval * 2);
+            r.streak = if in_a_row { r.streak + 1 } else { 1 };
+            if r.streak >= up_after {
+                r.path_up = true;
+                r.streak = 0;
+                self.stats.paths_up += 1;
+                if self.is_carrier(id) {
+                    self.announce(now, id);
+                }
+            }
+        }
+        self.flush(now);
+    }
+
+    /// Gossip arrived on connection `id`.
+    pub fn handle_gossip(&mut self, now: Instant, id: ConnId, channel: u8, payload: Vec<u8>) {
+        let Some(from) = self.ready(id).map(|r| r.remote.name) else {
+            return;
+        };
+        if channel == TOPOLOGY_CHANNEL {
+            if self.mesh.handle_gossip(now, from, &payload).is_err() {
+                self.stats.gossip_errors += 1;
+            }
+        } else if self.channels.contains(&channel) {
+            self.actions.push_back(Action::Gossip {
+                channel,
+                from,
+                payload,
+            });
+        } else {
+            self.stats.unknown_channel += 1;
+        }
+        self.flush(now);
+    }
+
+    /// Connection `id` ended (`reason` for the connection maker; `permanent`: never dial this
+    /// address again, e.g. it was ourselves).
+    pub fn handle_closed(&mut self, now: Instant, id: ConnId, reason: String, permanent: bool) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        self.dial_check = true;
+        let Some(ready) = conn.ready else {
+            self.stats.handshake_failures += 1;
+            if conn.outbound && !permanent {
+                self.connmaker.dial_failed(now, conn.address, reason);
+            } else if conn.outbound {
+                self.connmaker
+                    .disconnected(now, conn.address, Some(reason), true);
+            }
+            self.flush(now);
+            return;
+        };
+        self.connmaker
+            .disconnected(now, conn.address, Some(reason), permanent);
+        let peer = ready.remote.name;
+        if self.carriers.get(&peer) != Some(&id) {
+            self.flush(now);
+            return;
+        }
+        self.carriers.remove(&peer);
+        self.actions.push_back(Action::RemoveLink {
+            ip: ready.remote.data_addr.ip(),
+            conn_uid: ready.conn_uid,
+        });
+        self.mesh.connection_down(now, peer);
+        // Hand the peer to another ready connection to it (the smallest UID), if any.
+        let next = self
+            .conns
+            .iter()
+            .filter_map(|(&k, c)| c.ready.as_ref().map(|r| (k, r)))
+            .filter(|(_, r)| r.remote.name == peer)
+            .min_by_key(|(_, r)| r.conn_uid)
+            .map(|(k, _)| k);
+        if let Some(next) = next {
+            self.stats.handovers += 1;
+            if let Some(c) = self.conns.get(&next) {
+                self.connmaker.connected(c.address, peer);
+            }
+            self.carry(now, next);
+        }
+        self.table_dirty = true;
+        self.flush(now);
+    }
+
+    /// Fire the timers due at `now`: gossip, heartbeats, liveness, dials.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.mesh.poll_timeout().is_some_and(|t| t <= now) {
+            self.mesh.handle_timeout(now);
+        }
+        if self.connmaker_at.is_some_and(|t| t <= now) {
+            self.dial_check = true;
+        }
+        if self.tick_at.is_some_and(|t| t <= now) {
+            self.tick(now);
+        }
+        self.flush(now);
+    }
+
+    /// Every ready connection's heartbeat goes out; silent paths go down.
+    fn tick(&mut self, now: Instant) {
+        let interval = self.config.heartbeat_interval.max(Duration::from_millis(1));
+        let down_after = self.config.down_after;
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        let mut any = false;
+        for id in ids {
+            // Heartbeats go on the connections that carry their peer (a duplicate is being
+            // closed and needs none).
+            if !self.is_carrier(id) {
+                continue;
+            }
+            any = true;
+            self.push_heartbeat(id);
+            let Some(r) = self.conns.get_mut(&id).and_then(|c| c.ready.as_mut()) else {
+                continue;
+            };
+            let silent = r
+                .last_heard
+                .is_none_or(|t| now.saturating_duration_since(t) >= down_after);
+            if r.established && r.path_up && silent {
+                r.path_up = false;
+                r.streak = 0;
+                self.stats.paths_down += 1;
+                let peer = r.remote.name;
+                self.mesh.connection_down(now, peer);
+                self.table_dirty = true;
+            }
+        }
+        self.tick_at = any.then_some(now + interval);
+    }
+
+    /// Queue connection `id`'s data-path heartbeat.
+    fn push_heartbeat(&mut self, id: ConnId) {
+        let topo = self.mesh.topology();
+        let src = topo.local().short_id.get();
+        let Some(r) = self.conns.get(&id).and_then(|c| c.ready.as_ref()) else {
+            return;
+        };
+        self.actions.push_back(Action::Heartbeat {
+            to: r.remote.data_addr,
+            src,
+            dst: short_of(topo, &r.remote),
+            heartbeat: Heartbeat {
+                conn_uid: r.conn_uid,
+                sender: self.name.get(),
+            },
+        });
+    }
+
+    // ----- output -----
+
+    /// When [`handle_timeout`](Self::handle_timeout) is due next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.mesh.poll_timeout(), self.connmaker_at, self.tick_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The next thing to do.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Send `payload` on `channel` to neighbour `to`; false if `to` is not a neighbour.
+    pub fn send_gossip(&mut self, channel: u8, to: PeerName, payload: Vec<u8>) -> bool {
+        let Some(&conn) = self.carriers.get(&to) else {
+            return false;
+        };
+        self.actions.push_back(Action::Send {
+            conn,
+            message: Message::Gossip { channel, payload },
+        });
+        true
+    }
+
+    // ----- views -----
+
+    /// Our peer name.
+    pub fn name(&self) -> PeerName {
+        self.name
+    }
+
+    /// Our short id as it is now (a collision may change it).
+    pub fn short_id(&self) -> ShortId {
+        self.mesh.topology().local().short_id
+    }
+
+    /// The topology gossip state (topology, routes, counters).
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    /// The connection maker (targets and their state).
+    pub fn connmaker(&self) -> &ConnMaker {
+        &self.connmaker
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NodeStats {
+        self.stats
+    }
+
+    /// Live control connections (handshake under way included), the number the connection
+    /// limit counts.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Every live connection.
+    pub fn connections(&self) -> impl Iterator<Item = ConnView<'_>> {
+        self.conns.iter().map(|(&id, c)| {
+            let r = c.ready.as_ref();
+            ConnView {
+                id,
+                address: c.address,
+                outbound: c.outbound,
+                state: match r {
+                    None => ConnState::Connecting,
+                    Some(r) if r.established => ConnState::Established,
+                    Some(_) => ConnState::Pending,
+                },
+                remote: r.map(|r| &r.remote),
+                conn_uid: r.map(|r| r.conn_uid),
+                carrier: r.is_some_and(|r| self.carriers.get(&r.remote.name) == Some(&id)),
+                path_up: r.is_some_and(|r| r.path_up),
+            }
+        })
+    }
+
+    /// The peers we have a carrying connection with (gossip goes to them).
+    pub fn neighbours(&self) -> Vec<PeerName> {
+        self.carriers.keys().copied().collect()
+    }
+
+    /// The forwarding table for the data path as of now.
+    pub fn forwarding_table(&self) -> ForwardingTable {
+        let topo = self.mesh.topology();
+        let routes = self.mesh.routes();
+        let short_of_name = |name: PeerName| topo.peer(name).map(|p| p.short_id.get());
+        let mut table = ForwardingTable::new(topo.local().short_id.get());
+        // Neighbours whose data path works, reached directly while the routes know no way to
+        // them (the peer's own gossip about the link has not arrived yet). Once the routes
+        // know a way, they decide: a link one end has taken down is not used.
+        let mut direct = Vec::new();
+        for (&peer, &id) in &self.carriers {
+            let Some(r) = self.ready(id) else { continue };
+            let short = short_of(topo, &r.remote);
+            table.add_neighbour(PeerEntry {
+                short_id: short,
+                name: peer.get(),
+                addr: r.remote.data_addr,
+            });
+            if r.established && r.path_up && routes.next_hop(peer).is_none() {
+                direct.push(short);
+            }
+        }
+        for peer in topo.peers().filter(|p| p.name != self.name) {
+            table.add_known(peer.short_id.get(), peer.name.get());
+            if let Some(via) = routes.next_hop(peer.name).and_then(short_of_name) {
+                table.set_next_hop(peer.short_id.get(), via);
+            }
+        }
+        for &short in &direct {
+            table.set_next_hop(short, short);
+        }
+        for peer in topo.peers() {
+            let mut children: Vec<u16> = routes
+                .broadcast_children(peer.name)
+                .iter()
+                .filter_map(|&c| short_of_name(c))
+                .collect();
+            if peer.name == self.name {
+                for &short in &direct {
+                    if !children.contains(&short) {
+                        children.push(short);
+                    }
+                }
+            }
+            table.set_children(peer.short_id.get(), &children);
+        }
+        table
+    }
+
+    // ----- internals -----
+
+    fn ready(&self, id: ConnId) -> Option<&Ready> {
+        self.conns.get(&id).and_then(|c| c.ready.as_ref())
+    }
+
+    fn ready_mut(&mut self, id: ConnId) -> Option<&mut Ready> {
+        self.conns.get_mut(&id).and_then(|c| c.ready.as_mut())
+    }
+
+    fn is_carrier(&self, id: ConnId) -> bool {
+        self.ready(id)
+            .is_some_and(|r| self.carriers.get(&r.remote.name) == Some(&id))
+    }
+
+    /// Make `id` the connection carrying its peer: install its link, tell the mesh.
+    fn carry(&mut self, now: Instant, id: ConnId) {
+        let Some(r) = self.ready(id) else { return };
+        let (peer, ip, conn_uid, keys) = (
+            r.remote.name,
+            r.remote.data_addr.ip(),
+            r.conn_uid,
+            r.keys.clone(),
+        );
+        self.carriers.insert(peer, id);
+        // Keys first: the peer must not appear in a table before its link exists.
+        self.actions
+            .push_back(Action::SetLink { ip, conn_uid, keys });
+        self.start_heartbeats(now, id);
+        self.announce(now, id);
+    }
+
+    /// Tell the mesh about carrying connection `id` as it is (up; established if so).
+    fn announce(&mut self, now: Instant, id: ConnId) {
+        let Some(c) = self.conns.get(&id) else { return };
+        let Some(r) = c.ready.as_ref() else { return };
+        let peer = r.remote.name;
+        let hint = (r.remote.nickname.clone(), r.remote.uid, r.remote.short_id);
+        let usable = r.established && r.path_up;
+        self.mesh
+            .connection_up(now, peer, hint, c.address.to_string(), c.outbound);
+        if usable {
+            self.mesh.connection_established(now, peer);
+        }
+        self.table_dirty = true;
+    }
+
+    fn check_established(&mut self, now: Instant, id: ConnId) {
+        let Some(r) = self.ready_mut(id) else { return };
+        if r.established || !(r.heartbeat_seen && r.ack_seen) {
+            return;
+        }
+        r.established = true;
+        r.path_up = true;
+        let peer = r.remote.name;
+        if self.is_carrier(id) {
+            self.mesh.connection_established(now, peer);
+            self.table_dirty = true;
+        }
+    }
+
+    /// After any input: send what the mesh queued, act on its events, start dials, publish
+    /// the table if it changed.
+    fn flush(&mut self, now: Instant) {
+        while let Some((to, payload)) = self.mesh.poll_transmit() {
+            let _ = self.send_gossip(TOPOLOGY_CHANNEL, to, payload);
+        }
+        let mut changed = false;
+        while let Some(event) = self.mesh.poll_event() {
+            changed = true;
+            if let MeshEvent::ShortIdChanged(id) = event {
+                self.actions.push_back(Action::PersistShortId(id));
+            }
+        }
+        if changed {
+            self.connmaker
+                .update_from_topology(now, self.mesh.topology());
+            self.actions.push_back(Action::PeersChanged);
+            self.table_dirty = true;
+            self.dial_check = true;
+        }
+        if std::mem::take(&mut self.dial_check) {
+            for addr in self.connmaker.poll_dial(now, self.conns.len()) {
+                self.actions.push_back(Action::Dial(addr));
+            }
+            self.connmaker_at = self.connmaker.poll_timeout();
+        }
+        if self.table_dirty {
+            self.table_dirty = false;
+            self.actions.push_back(Action::TableChanged);
+        }
+    }
+}
+
+/// The short id of `remote` as the topology knows it now (else as its handshake said).
+fn short_of(topo: &Topology, remote: &Remote) -> u16 {
+    topo.peer(remote.name)
+        .map_or(remote.short_id.get(), |p| p.short_id.get())
+}
