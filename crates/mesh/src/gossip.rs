@@ -25,7 +25,10 @@
 //!   relay only: the origin's neighbour with the smallest name that the receiver is connected
 //!   to. Peers farther out, which several relays may reach, get an announcement (name and
 //!   version) and pull the record once. When views agree, every peer gets every change about
-//!   once.
+//!   once. One exception: when a link reappears established (a path that was down came back),
+//!   that relay also pushes the record to the link's other end, since the origin's own push
+//!   may sit in TCP retransmission backoff on that very link, and the other end routes over
+//!   it only once it holds the record.
 //! - **Pulls.** A peer asks ([`TopologyGossip::Want`]) for a record it lacks from the first
 //!   neighbour that shows it, and asks nobody else while that request is out
 //!   ([`REQUEST_TIMEOUT`]). A newer version of a record it holds is asked for at once if it
@@ -253,6 +256,12 @@ pub struct Mesh {
     /// Records to send at the next batch, each with the neighbour it came from (not sent back
     /// there); `None` for our own record.
     pending: BTreeMap<PeerName, Option<PeerName>>,
+    /// For pending records of other peers: the remotes whose link in that record just came
+    /// back (reappeared established). The origin's own push to such a remote may be stuck (a
+    /// path that was down is exactly the one whose TCP connection sits in retransmission
+    /// backoff), and the remote routes over the link only once it holds this record, so one
+    /// relay pushes it too.
+    touched: BTreeMap<PeerName, BTreeSet<PeerName>>,
     batch_at: Option<Instant>,
     gc_at: Option<Instant>,
     routes_at: Option<Instant>,
@@ -281,6 +290,7 @@ impl Mesh {
             neighbours: BTreeMap::new(),
             rng: Rng::new(seed),
             pending: BTreeMap::new(),
+            touched: BTreeMap::new(),
             batch_at: None,
             gc_at: None,
             routes_at: None,
@@ -420,6 +430,8 @@ impl Mesh {
         records: &[Record],
     ) -> Result<(), GossipError> {
         let held: Vec<(u64, u64)> = records.iter().map(|r| self.held(r.name)).collect();
+        let links_before: Vec<BTreeSet<(PeerName, bool)>> =
+            records.iter().map(|r| self.links_of(r.name)).collect();
         let merged = match self.topology.merge_records(records) {
             Ok(m) => m,
             Err(e) => {
@@ -466,6 +478,22 @@ impl Mesh {
         for name in &merged.new {
             let origin = (*name != local).then_some(from);
             self.pending.insert(*name, origin);
+        }
+        for (r, before) in records.iter().zip(links_before) {
+            if r.name == local || !merged.new.contains(&r.name) {
+                continue;
+            }
+            // A link that reappears established at once is a path that came back (a new
+            // connection first shows up unestablished); its other end needs this record to
+            // route over it again.
+            let back = self
+                .links_of(r.name)
+                .into_iter()
+                .filter(|&(remote, established)| {
+                    established && !before.iter().any(|&(b, _)| b == remote)
+                })
+                .map(|(remote, _)| remote);
+            self.touched.entry(r.name).or_default().extend(back);
         }
         self.schedule_batch(now);
         self.topology_changed(now);
@@ -667,6 +695,16 @@ impl Mesh {
         }
     }
 
+    /// `name`'s connections as (remote, established), empty if unknown.
+    fn links_of(&self, name: PeerName) -> BTreeSet<(PeerName, bool)> {
+        self.topology.peer(name).map_or_else(BTreeSet::new, |p| {
+            p.connections
+                .iter()
+                .map(|c| (c.remote, c.established))
+                .collect()
+        })
+    }
+
     /// Whether we forward `origin`'s record to neighbour `to` (see the module docs): the
     /// origin sends its own to everyone; relays skip the origin's own neighbours and, two hops
     /// out, leave the receiver to the origin's smallest-named neighbour connected to it.
@@ -679,7 +717,25 @@ impl Mesh {
             return Relay::Skip;
         };
         if o.connection(to).is_some() {
-            return Relay::Skip;
+            // The origin reaches `to` directly, unless this change is about that very link:
+            // then the smallest-named peer connected to both pushes it as well.
+            let touched = self.touched.get(&origin).is_some_and(|t| t.contains(&to));
+            let smaller_relay = o
+                .connections
+                .iter()
+                .take_while(|c| c.remote < local)
+                .any(|c| {
+                    c.remote != to
+                        && self
+                            .topology
+                            .peer(c.remote)
+                            .is_some_and(|m| m.connection(to).is_some())
+                });
+            return if touched && o.connection(local).is_some() && !smaller_relay {
+                Relay::Push
+            } else {
+                Relay::Skip
+            };
         }
         let two_hops = |below: Option<PeerName>| {
             o.connections
@@ -716,6 +772,7 @@ impl Mesh {
     fn flush_pending(&mut self) {
         let pending = std::mem::take(&mut self.pending);
         if pending.is_empty() || self.neighbours.is_empty() {
+            self.touched.clear();
             return;
         }
         let targets: Vec<PeerName> = self.neighbours.keys().copied().collect();
@@ -760,6 +817,7 @@ impl Mesh {
                 self.stats.announce_bytes_sent += self.stats.bytes_sent - before;
             }
         }
+        self.touched.clear();
     }
 
     /// Learns what `from` holds and asks it for what we lack and nobody is already sending
@@ -1276,6 +1334,53 @@ mod tests {
         m.handle_timeout(t(300));
         let to: Vec<PeerName> = drain(&mut m).into_iter().map(|(to, _)| to).collect();
         assert_eq!(to, vec![name(5)]);
+    }
+
+    #[test]
+    fn a_link_that_comes_back_is_relayed_to_its_other_end() {
+        // 1, 2, 3 fully connected, and 4 connected to all. When 2's link to 3 comes back
+        // (reappears established after 2 had taken it out), 2's own push to 3 may sit in TCP
+        // backoff on that very link, and 3 routes over the link only once it holds 2's
+        // record: so the smallest-named peer connected to both (1) pushes 2's record to 3 as
+        // well, and 4 leaves it to 1. A new link (first seen unestablished) reaches 3 from 2
+        // alone.
+        let world = |v2: u64, conns2: &[u64]| {
+            vec![
+                summary(1, 10, 1, &[2, 3, 4]),
+                summary(2, 20, v2, conns2),
+                summary(3, 30, 1, &[1, 2, 4]),
+                summary(4, 40, 1, &[1, 2, 3]),
+            ]
+        };
+        let sent_to = |m: &mut Mesh, at: u64, record: PeerSummary| -> Vec<PeerName> {
+            m.handle_gossip(t(at), name(2), &records(vec![record]))
+                .unwrap();
+            m.handle_timeout(t(at + 100));
+            drain(m).into_iter().map(|(to, _)| to).collect()
+        };
+        for (local, others, relays) in [(1, [2, 3, 4], true), (4, [1, 2, 3], false)] {
+            let mut m = mesh(local);
+            for r in others {
+                up(&mut m, t(0), r);
+                m.connection_established(t(0), name(r));
+            }
+            m.handle_gossip(t(0), name(others[0]), &records(world(1, &[1, 3, 4])))
+                .unwrap();
+            m.handle_timeout(t(100));
+            drain(&mut m);
+            // Without the link, 3 is two hops from 2 and the usual relay rule applies.
+            sent_to(&mut m, 200, summary(2, 20, 2, &[1, 4]));
+            let to = sent_to(&mut m, 400, summary(2, 20, 3, &[1, 3, 4]));
+            assert_eq!(
+                to.contains(&name(3)),
+                relays,
+                "seen from {local}, 2-3 back: {to:?}"
+            );
+            let mut new_link = summary(2, 20, 4, &[1, 3, 4, 5]);
+            new_link.connections[3].established = false;
+            let to = sent_to(&mut m, 600, new_link);
+            assert!(!to.contains(&name(3)), "seen from {local}, 2-5 new: {to:?}");
+        }
     }
 
     #[test]
