@@ -493,6 +493,22 @@ impl Host {
             .ok_or_else(|| anyhow!("no numeric counters.{name} in {}", v["counters"]))
     }
 
+    /// Counter `name` once the data plane has published everything it counted: the data
+    /// plane publishes its counters every 200 ms, so a read right after traffic can be one
+    /// period behind. Reads until two reads 500 ms apart agree (at most 10 s).
+    pub fn settled_counter(&self, name: &str) -> Result<u64> {
+        let mut last = self.counter(name)?;
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = self.counter(name)?;
+            if now == last {
+                return Ok(now);
+            }
+            last = now;
+        }
+        Ok(last)
+    }
+
     /// Creates a container namespace `<p>c<k>` and attaches it with `weft attach CIDR NS`.
     pub fn container(&self, name: &str, cidr: &str) -> Result<Container> {
         let k = self.shared.containers.fetch_add(1, Ordering::Relaxed) + 1;
