@@ -433,6 +433,7 @@ pub fn build_report(shared: &Shared) -> StatusReport {
                 .map(|c| c.name().to_owned())
                 .unwrap_or_default(),
             overlay: overlay.to_owned(),
+            path_mtu: rec.path_mtu,
         });
     }
     // Targets with no live connection show their dialling state, and how the peer at that
@@ -475,6 +476,7 @@ pub fn build_report(shared: &Shared) -> StatusReport {
             control_encrypted: None,
             cipher: String::new(),
             overlay: String::new(),
+            path_mtu: None,
         });
     }
     let mut counters: BTreeMap<String, u64> = state

@@ -381,6 +381,20 @@ impl Control {
                         keys: keys.map(Box::new),
                     });
                 }
+                Action::SetPathMtu { ip, max_frame } => {
+                    if let Some(n) = max_frame {
+                        tracing::info!(
+                            "path to {ip} carries frames of at most {n} bytes (MTU {})",
+                            n.saturating_sub(14)
+                        );
+                    } else {
+                        tracing::info!("path to {ip} carries full-size frames");
+                    }
+                    let _ = self
+                        .shared
+                        .dataplane
+                        .send(DpCommand::SetPathMtu { ip, max_frame });
+                }
                 Action::RemoveLink { ip, conn_uid } => {
                     let _ = self
                         .shared
@@ -396,7 +410,7 @@ impl Control {
                     heartbeat,
                 } => {
                     // Always through the data plane: sealed like traffic, lost like traffic.
-                    let mut buf = [0u8; 64];
+                    let mut buf = vec![0u8; 8 + heartbeat.frame_len()];
                     let n = weft_overlay::emit_heartbeat_datagram(src, dst, heartbeat, &mut buf);
                     let _ = self.shared.dataplane.send(DpCommand::Send {
                         to,
@@ -766,6 +780,7 @@ fn view(node: &Node, tasks: &BTreeMap<ConnId, ConnTask>) -> NodeView {
             nickname: c.remote.map(|r| r.nickname.clone()).unwrap_or_default(),
             carrier: c.carrier,
             path_up: c.path_up,
+            path_mtu: c.path_mtu,
             protection: tasks.get(&c.id).and_then(|t| t.protection),
         })
         .collect();

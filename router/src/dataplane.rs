@@ -87,6 +87,14 @@ pub enum DpCommand {
         /// The connection that ended.
         conn_uid: u64,
     },
+    /// Inner frames longer than `max_frame` do not reach the neighbour at `ip` (`None`: no
+    /// limit).
+    SetPathMtu {
+        /// The neighbour's underlay address.
+        ip: std::net::IpAddr,
+        /// The largest inner frame, Ethernet header included.
+        max_frame: Option<u16>,
+    },
     /// Send this VXLAN datagram (a heartbeat), sealed if the link says so.
     Send {
         /// Where to.
@@ -307,6 +315,8 @@ impl DataPlane {
                         self.links.set(ip, conn_uid, keys.as_deref());
                     }
                     Ok(DpCommand::RemoveLink { ip, conn_uid }) => self.links.remove(ip, conn_uid),
+                    // PLACEHOLDER until the data-plane half lands (branch pmtu-dp).
+                    Ok(DpCommand::SetPathMtu { .. }) => {}
                     Ok(DpCommand::Send { to, datagram }) => {
                         let mut tx = Tx {
                             udp: &self.udp,

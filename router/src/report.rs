@@ -322,7 +322,9 @@ fn connection_status(
             "name".to_owned(),
             serde_json::Value::from(c.overlay.clone()),
         );
-        attrs.insert("mtu".to_owned(), serde_json::Value::from(r.mtu));
+        // Like Weave's sleeve: the MTU this connection carries, as probing found it.
+        let mtu = c.path_mtu.map_or(r.mtu, |p| r.mtu.min(u32::from(p)));
+        attrs.insert("mtu".to_owned(), serde_json::Value::from(mtu));
         if encrypted {
             attrs.insert("encrypted".to_owned(), serde_json::Value::from(true));
         }
@@ -836,6 +838,7 @@ mod tests {
                     control_encrypted: Some(false),
                     cipher: String::new(),
                     overlay: "sleeve".into(),
+                    path_mtu: None,
                 },
                 ConnectionReport {
                     address: "192.0.2.3:6783".into(),
@@ -849,6 +852,7 @@ mod tests {
                     control_encrypted: None,
                     cipher: String::new(),
                     overlay: String::new(),
+                    path_mtu: None,
                 },
             ],
             targets: vec!["192.0.2.2:6783".into(), "192.0.2.3:6783".into()],

@@ -134,6 +134,8 @@ pub async fn run_with(
             port: config.port,
             ..ConnMakerConfig::default()
         },
+        // Probe each link's path up to a whole overlay frame.
+        pmtu_max_frame: u16::try_from(config.mtu + 14).unwrap_or(u16::MAX),
         ..NodeConfig::default()
     };
     let mut node = Node::new(summary, node_config, uid, Instant::ZERO);

@@ -58,6 +58,8 @@ pub struct ConnView {
     pub carrier: bool,
     /// Data-path heartbeats arrive.
     pub path_up: bool,
+    /// The path MTU probing found (largest IP packet), once known.
+    pub path_mtu: Option<u16>,
     /// How the connection is protected, once its handshake completed.
     pub protection: Option<weft_mesh::Protection>,
 }
@@ -523,4 +525,8 @@ pub struct ConnectionReport {
     /// path; empty before.
     #[serde(default)]
     pub overlay: String,
+    /// The path MTU found by probing the underlay (the largest IP packet a container can send
+    /// to this peer), once known; smaller than the overlay MTU where the path is.
+    #[serde(default)]
+    pub path_mtu: Option<u16>,
 }

@@ -67,7 +67,7 @@ use weft_mesh::{
     ConnMaker, ConnMakerConfig, GossipConfig, Instant, Mesh, MeshEvent, PeerName, PeerSummary,
     ShortId, TOPOLOGY_CHANNEL, Topology,
 };
-use weft_overlay::heartbeat::Heartbeat;
+use weft_overlay::heartbeat::{Heartbeat, PROBE_MIN_LEN, Probe};
 use weft_overlay::{ForwardingTable, PeerEntry};
 use weft_wire::control::Message;
 
@@ -88,6 +88,13 @@ pub struct NodeConfig {
     pub down_after: Duration,
     /// Heartbeats in a row (each within two intervals of the last) that bring a down path back.
     pub up_after: u32,
+    /// Path MTU discovery: the largest inner frame (Ethernet header included) the overlay
+    /// sends, i.e. the overlay MTU + 14; 0 turns probing off. See [`PathMtu`].
+    pub pmtu_max_frame: u16,
+    /// How long a round of path MTU probes waits for its acknowledgements.
+    pub pmtu_round: Duration,
+    /// How often a settled path is probed again (to see it shrink or grow back).
+    pub pmtu_every: Duration,
     /// Topology gossip settings.
     pub gossip: GossipConfig,
     /// Which addresses to dial (targets, discovery, backoff, limit).
@@ -100,6 +107,9 @@ impl Default for NodeConfig {
             heartbeat_interval: Duration::from_millis(300),
             down_after: Duration::from_secs(2),
             up_after: 2,
+            pmtu_max_frame: 0,
+            pmtu_round: Duration::from_secs(1),
+            pmtu_every: Duration::from_secs(5),
             gossip: GossipConfig::default(),
             connmaker: ConnMakerConfig::default(),
         }
@@ -158,6 +168,14 @@ pub enum Action {
         ip: IpAddr,
         /// The connection.
         conn_uid: u64,
+    },
+    /// Data path: an inner frame longer than `max_frame` does not reach the neighbour at `ip`
+    /// (`None`: the full size does). The data path answers or fragments bigger ones.
+    SetPathMtu {
+        /// The neighbour's underlay address.
+        ip: IpAddr,
+        /// The largest inner frame (Ethernet header included) that arrives.
+        max_frame: Option<u16>,
     },
     /// Data path: the forwarding table changed; install [`Node::forwarding_table`] (now, or
     /// at the latest before the next frame is forwarded).
@@ -220,6 +238,9 @@ pub struct ConnView<'a> {
     pub carrier: bool,
     /// Heartbeats arrive (false once they stopped for [`NodeConfig::down_after`]).
     pub path_up: bool,
+    /// The path MTU found by probing (the largest IP packet a container can send over it),
+    /// once a probe came back.
+    pub path_mtu: Option<u16>,
 }
 
 /// Counters of a [`Node`].
@@ -261,6 +282,97 @@ struct Ready {
     path_up: bool,
     last_heard: Option<Instant>,
     streak: u32,
+    pmtu: PathMtu,
+}
+
+/// Path MTU discovery on one carrying connection, through the data path itself.
+///
+/// Weave's sleeve found out per link how big a datagram gets through; so does this. Probes are
+/// heartbeats padded to a size (a peer that knows no probes takes them for heartbeats); the
+/// receiver acknowledges each one that arrived whole with a small heartbeat back. A *round*
+/// sends a few sizes at once: a small one (is the path alive at all?), the largest size known
+/// to work (does it still?), and up to seven between that and the smallest size known to
+/// fail. After [`NodeConfig::pmtu_round`] the acknowledged sizes move the bounds; the next
+/// round follows at once until the bounds are within 8 bytes, then after
+/// [`NodeConfig::pmtu_every`] (when the upper bound is reset to the full size, so a path
+/// that grew is used again). A round with nothing acknowledged (the path is down, or the
+/// remote does not answer probes) changes nothing. The largest working size is handed to the
+/// data path whenever it changes ([`Action::SetPathMtu`]).
+#[derive(Debug, Default)]
+struct PathMtu {
+    /// Largest frame known to arrive (0: none yet).
+    lo: u16,
+    /// Smallest frame known not to arrive (the full size + 1 while none is).
+    hi: u16,
+    /// What the data path was told (`None`: no limit).
+    installed: Option<u16>,
+    /// The round under way: each size sent and whether it came back.
+    round: Vec<(u16, bool)>,
+    /// When the round under way ends.
+    round_ends: Option<Instant>,
+    /// When the next round starts.
+    next_round: Option<Instant>,
+}
+
+/// The smallest probe: a frame any path carries (a minimal IPv4 packet in Ethernet).
+const PMTU_FLOOR: u16 = 64;
+/// The search stops when the bounds are this close.
+const PMTU_PRECISION: u16 = 8;
+
+impl PathMtu {
+    /// The sizes of the next round, for a path whose full size is `max`.
+    fn plan(&mut self, max: u16) -> Vec<u16> {
+        let floor = PMTU_FLOOR.max(PROBE_MIN_LEN as u16).min(max);
+        if self.hi == 0 || self.hi > max + 1 {
+            self.hi = max + 1;
+        }
+        let top = self.hi - 1;
+        let mut sizes = vec![floor, top];
+        if self.lo > 0 {
+            sizes.push(self.lo);
+        }
+        let base = self.lo.max(floor);
+        if top > base {
+            let span = u32::from(top - base);
+            for k in 1..8u32 {
+                sizes.push(base + (span * k / 8) as u16);
+            }
+        }
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
+    }
+
+    /// The round is over: move the bounds. Returns whether the search is settled.
+    fn conclude(&mut self) -> bool {
+        let round = std::mem::take(&mut self.round);
+        let Some(good) = round.iter().filter(|(_, ok)| *ok).map(|(n, _)| *n).max() else {
+            return true; // Nothing came back: nothing learnt, try again later.
+        };
+        let lost_above = |bound: u16| {
+            round
+                .iter()
+                .filter(|(n, ok)| !ok && *n > bound)
+                .map(|(n, _)| *n)
+                .min()
+        };
+        if self.lo > good {
+            // What worked no longer does: the path shrank.
+            self.lo = good;
+            self.hi = lost_above(good).unwrap_or(self.hi);
+        } else {
+            self.lo = good;
+            if let Some(bad) = lost_above(good) {
+                self.hi = self.hi.min(bad);
+            }
+        }
+        self.hi <= self.lo.saturating_add(PMTU_PRECISION)
+    }
+
+    /// The limit for the data path, for a path whose full size is `max`.
+    fn limit(&self, max: u16) -> Option<u16> {
+        (self.lo > 0 && self.lo < max).then_some(self.lo)
+    }
 }
 
 /// One weft host's protocol state. See the crate documentation.
@@ -400,6 +512,7 @@ impl Node {
             path_up: false,
             last_heard: None,
             streak: 0,
+            pmtu: PathMtu::default(),
         });
         if let Some(&old) = self.carriers.get(&peer) {
             let old_uid = self.ready(old).map_or(u64::MAX, |r| r.conn_uid);
@@ -427,6 +540,10 @@ impl Node {
     /// installed, so it is sealed like traffic), later ones with everyone's at the tick.
     fn start_heartbeats(&mut self, now: Instant, id: ConnId) {
         self.push_heartbeat(id);
+        if let Some(r) = self.ready_mut(id) {
+            // The first round of path MTU probes goes once the connection is established.
+            r.pmtu.next_round = Some(now);
+        }
         if self.tick_at.is_none() {
             self.tick_at = Some(now + self.config.heartbeat_interval);
         }
@@ -456,6 +573,22 @@ impl Node {
             self.stats.stray_heartbeats += 1;
             return;
         };
+        match heartbeat.probe {
+            Some(Probe::Probe(len)) => {
+                // Answer through the data path, the way the probe came.
+                self.push_probe(id, Probe::Ack(len));
+            }
+            Some(Probe::Ack(len)) => {
+                if let Some(r) = self.ready_mut(id) {
+                    for (size, ok) in &mut r.pmtu.round {
+                        if *size == len {
+                            *ok = true;
+                        }
+                    }
+                }
+            }
+            None => {}
+        }
         let interval = self.config.heartbeat_interval;
         let up_after = self.config.up_after.max(1);
         let Some(r) = self.ready_mut(id) else { return };
@@ -534,6 +667,12 @@ impl Node {
             ip: ready.remote.data_addr.ip(),
             conn_uid: ready.conn_uid,
         });
+        if ready.pmtu.installed.is_some() {
+            self.actions.push_back(Action::SetPathMtu {
+                ip: ready.remote.data_addr.ip(),
+                max_frame: None,
+            });
+        }
         self.mesh.connection_down(now, peer);
         // Hand the peer to another ready connection to it (the smallest UID), if any.
         let next = self
@@ -582,6 +721,7 @@ impl Node {
             }
             any = true;
             self.push_heartbeat(id);
+            self.pmtu_step(now, id);
             let Some(r) = self.conns.get_mut(&id).and_then(|c| c.ready.as_mut()) else {
                 continue;
             };
@@ -600,8 +740,60 @@ impl Node {
         self.tick_at = any.then_some(now + interval);
     }
 
+    /// Path MTU discovery on carrying connection `id` (at a tick): end the round under way,
+    /// start the next one when due. See [`PathMtu`].
+    fn pmtu_step(&mut self, now: Instant, id: ConnId) {
+        let max = self.config.pmtu_max_frame;
+        let (round, every) = (self.config.pmtu_round, self.config.pmtu_every);
+        if max == 0 {
+            return;
+        }
+        let Some(r) = self.ready_mut(id).filter(|r| r.established) else {
+            return;
+        };
+        let ip = r.remote.data_addr.ip();
+        let p = &mut r.pmtu;
+        let mut install = None;
+        if p.round_ends.is_some_and(|t| t <= now) {
+            p.round_ends = None;
+            if p.conclude() {
+                p.hi = 0; // The next round looks up to the full size again.
+                p.next_round = Some(now + every);
+            } else {
+                p.next_round = Some(now);
+            }
+            let limit = p.limit(max);
+            if limit != p.installed {
+                p.installed = limit;
+                install = Some(limit);
+            }
+        }
+        let mut sizes = Vec::new();
+        if p.round_ends.is_none() && p.next_round.is_some_and(|t| t <= now) {
+            sizes = p.plan(max);
+            p.round = sizes.iter().map(|&n| (n, false)).collect();
+            p.round_ends = Some(now + round);
+            p.next_round = None;
+        }
+        if let Some(max_frame) = install {
+            self.actions.push_back(Action::SetPathMtu { ip, max_frame });
+        }
+        for n in sizes {
+            self.push_probe(id, Probe::Probe(n));
+        }
+    }
+
     /// Queue connection `id`'s data-path heartbeat.
     fn push_heartbeat(&mut self, id: ConnId) {
+        self.push_heartbeat_frame(id, None);
+    }
+
+    /// Queue a path MTU probe (or acknowledgement) on connection `id`.
+    fn push_probe(&mut self, id: ConnId, probe: Probe) {
+        self.push_heartbeat_frame(id, Some(probe));
+    }
+
+    fn push_heartbeat_frame(&mut self, id: ConnId, probe: Option<Probe>) {
         let topo = self.mesh.topology();
         let src = topo.local().short_id.get();
         let Some(r) = self.conns.get(&id).and_then(|c| c.ready.as_ref()) else {
@@ -614,6 +806,7 @@ impl Node {
             heartbeat: Heartbeat {
                 conn_uid: r.conn_uid,
                 sender: self.name.get(),
+                probe,
             },
         });
     }
@@ -697,6 +890,9 @@ impl Node {
                 conn_uid: r.map(|r| r.conn_uid),
                 carrier: r.is_some_and(|r| self.carriers.get(&r.remote.name) == Some(&id)),
                 path_up: r.is_some_and(|r| r.path_up),
+                path_mtu: r
+                    .filter(|r| r.pmtu.lo > 0)
+                    .map(|r| r.pmtu.lo.saturating_sub(14)),
             }
         })
     }

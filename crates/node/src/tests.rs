@@ -1,7 +1,7 @@
 //! Unit tests of [`Node`]: a few nodes wired together in memory (control messages and
 //! heartbeats delivered at once, unless a link is blocked or a heartbeat is lost).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -56,6 +56,8 @@ struct Net {
     blocked: HashSet<(usize, usize)>,
     /// Probability a heartbeat is lost.
     loss: f64,
+    /// Pairs whose path carries frames of at most this many bytes.
+    max_frame: HashMap<(usize, usize), usize>,
     rng: u64,
     next_id: u64,
     /// Actions of kinds the tests look at, per node.
@@ -72,6 +74,7 @@ impl Net {
             links: Vec::new(),
             blocked: HashSet::new(),
             loss: 0.0,
+            max_frame: HashMap::new(),
             rng: 0x9e37_79b9_7f4a_7c15,
             next_id: 1,
             log: vec![Vec::new(); n],
@@ -183,13 +186,21 @@ impl Net {
                     return;
                 };
                 let lost = self.loss > 0.0 && self.random() < self.loss;
-                if !lost && !self.blocked.contains(&(h.min(t), h.max(t))) {
+                let pair = (h.min(t), h.max(t));
+                let too_big = self
+                    .max_frame
+                    .get(&pair)
+                    .is_some_and(|&m| heartbeat.frame_len() > m);
+                if !lost && !too_big && !self.blocked.contains(&pair) {
                     self.nodes[t].handle_heartbeat(now, heartbeat);
                 }
             }
             Action::SetLink { conn_uid, .. } => self.log[h].push(format!("link {conn_uid}")),
             Action::RemoveLink { conn_uid, .. } => {
                 self.log[h].push(format!("unlink {conn_uid}"));
+            }
+            Action::SetPathMtu { max_frame, .. } => {
+                self.log[h].push(format!("pmtu {max_frame:?}"));
             }
             Action::TableChanged => self.tables[h] = Some(self.nodes[h].forwarding_table()),
             Action::Gossip {
@@ -376,6 +387,7 @@ fn established_only_after_heartbeat_and_ack() {
         Heartbeat {
             conn_uid: 8,
             sender: name(1).get(),
+            probe: None,
         },
     );
     let acked = std::iter::from_fn(|| one_way.nodes[0].poll_action()).any(|a| {
@@ -393,6 +405,7 @@ fn established_only_after_heartbeat_and_ack() {
         Heartbeat {
             conn_uid: 99,
             sender: name(0).get(),
+            probe: None,
         },
     );
     one_way.nodes[1].handle_heartbeat(
@@ -400,6 +413,7 @@ fn established_only_after_heartbeat_and_ack() {
         Heartbeat {
             conn_uid: 8,
             sender: name(1).get(),
+            probe: None,
         },
     );
     assert_eq!(one_way.nodes[1].stats().stray_heartbeats, 2);
@@ -490,4 +504,84 @@ fn gossip_goes_to_registered_channels_only() {
     net.nodes[1].handle_gossip(now, id, TOPOLOGY_CHANNEL, vec![0xff]);
     net.pump();
     assert_eq!(net.nodes[1].stats().gossip_errors, 2);
+}
+
+/// Two nodes probing their path up to 1390-byte frames (MTU 1376).
+fn probing_pair() -> Net {
+    let mut net = Net::new(2);
+    let now = net.now;
+    for (i, n) in net.nodes.iter_mut().enumerate() {
+        let local = n.mesh().topology().local().clone();
+        let config = NodeConfig {
+            pmtu_max_frame: 1390,
+            ..NodeConfig::default()
+        };
+        *n = Node::new(local, config, i as u64 + 7, now);
+    }
+    net.connect(0, 1, 5);
+    net
+}
+
+fn path_mtu(net: &Net, h: usize) -> Option<u16> {
+    net.nodes[h].connections().find_map(|c| c.path_mtu)
+}
+
+#[test]
+fn path_mtu_is_found_by_probing_and_follows_the_path() {
+    let mut net = probing_pair();
+    // A full-size path: found, and nothing installed (no limit).
+    let t = net.run_until(Duration::from_secs(5), |n| path_mtu(n, 0) == Some(1376));
+    assert!(
+        t.is_some(),
+        "full path MTU not found: {:?}",
+        path_mtu(&net, 0)
+    );
+    assert!(net.log[0].iter().all(|l| !l.starts_with("pmtu")));
+
+    // The underlay now carries only 700-byte IP packets: 663-byte inner frames (700 less IP,
+    // UDP and VXLAN headers). Within one re-probe period plus a few rounds, both ends know
+    // it to within 8 bytes and told their data path.
+    net.max_frame.insert((0, 1), 663);
+    let t = net.run_until(Duration::from_secs(12), |n| {
+        (0..2).all(|h| path_mtu(n, h).is_some_and(|m| (641..=649).contains(&m)))
+    });
+    assert!(
+        t.is_some(),
+        "reduced MTU not found: {:?}",
+        path_mtu(&net, 0)
+    );
+    let installed = net.log[0]
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("pmtu"))
+        .cloned();
+    let want = format!("pmtu Some({})", path_mtu(&net, 0).unwrap() + 14);
+    assert_eq!(installed, Some(want));
+    // The connection never went down for it: small heartbeats kept flowing.
+    assert_eq!(net.nodes[0].stats().paths_down, 0);
+
+    // Settled: probing costs a round per period, and the estimate does not wander.
+    let before = path_mtu(&net, 0);
+    net.run(Duration::from_secs(20));
+    assert_eq!(path_mtu(&net, 0), before);
+
+    // The limit is lifted: the full size is used again, and the data path told so.
+    net.max_frame.clear();
+    let t = net.run_until(Duration::from_secs(12), |n| {
+        (0..2).all(|h| path_mtu(n, h) == Some(1376))
+    });
+    assert!(
+        t.is_some(),
+        "full MTU not restored: {:?}",
+        path_mtu(&net, 0)
+    );
+    assert_eq!(
+        net.log[0].iter().rev().find(|l| l.starts_with("pmtu")),
+        Some(&"pmtu None".to_owned())
+    );
+
+    // A path that loses everything (down) teaches nothing: the estimate stays.
+    net.blocked.insert((0, 1));
+    net.run(Duration::from_secs(8));
+    assert_eq!(path_mtu(&net, 0), Some(1376));
 }

@@ -812,6 +812,7 @@ mod tests {
         let hb = Heartbeat {
             conn_uid: 42,
             sender: NAME_A,
+            probe: None,
         };
         let n = a.emit_heartbeat(2, hb, &mut buf);
         assert_eq!(
@@ -824,6 +825,7 @@ mod tests {
         let forged = Heartbeat {
             conn_uid: 42,
             sender: NAME_B,
+            probe: None,
         };
         let n = a.emit_heartbeat(2, forged, &mut buf);
         assert_eq!(

@@ -4,9 +4,21 @@
 //! Layout of the inner frame: an Ethernet header whose destination and source are both
 //! `00:00:00:00:00:00` and whose EtherType is `0x0000` (no real frame looks like that), then the
 //! connection UID (u64, big-endian), then the sender's peer name (u64, big-endian).
+//!
+//! Path MTU probes are heartbeats too (so a peer that does not know them still takes them for
+//! one): after the sender, a kind byte ([`PROBE`] or [`PROBE_ACK`]) and a u16 (big-endian):
+//! for a probe its own length, padded with zeros to that length; for an acknowledgement the
+//! length of the probe that arrived.
 
 /// Length of a heartbeat frame (without the VXLAN header).
 pub const FRAME_LEN: usize = 14 + 8 + 8;
+
+/// Kind byte of a path MTU probe.
+pub const PROBE: u8 = 1;
+/// Kind byte of a probe's acknowledgement.
+pub const PROBE_ACK: u8 = 2;
+/// Length of a probe acknowledgement frame, and the smallest probe.
+pub const PROBE_MIN_LEN: usize = FRAME_LEN + 3;
 
 /// A parsed heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +27,17 @@ pub struct Heartbeat {
     pub conn_uid: u64,
     /// The peer name of the sender.
     pub sender: u64,
+    /// A path MTU probe or its acknowledgement, if it is one.
+    pub probe: Option<Probe>,
+}
+
+/// The path MTU part of a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// A probe: this heartbeat's frame is this long (the receiver checks it arrived whole).
+    Probe(u16),
+    /// A probe of this length (the whole inner frame) arrived.
+    Ack(u16),
 }
 
 /// True when an inner frame has the heartbeat's reserved header (zero MACs and EtherType).
@@ -30,18 +53,54 @@ impl Heartbeat {
         }
         let conn_uid = u64::from_be_bytes(frame[14..22].try_into().ok()?);
         let sender = u64::from_be_bytes(frame[22..30].try_into().ok()?);
-        Some(Self { conn_uid, sender })
+        let probe = match frame.get(FRAME_LEN..PROBE_MIN_LEN) {
+            Some(&[kind, hi, lo]) => {
+                let n = u16::from_be_bytes([hi, lo]);
+                match kind {
+                    // A probe that did not arrive whole is no probe (nor a heartbeat).
+                    PROBE if usize::from(n) != frame.len() => return None,
+                    PROBE => Some(Probe::Probe(n)),
+                    PROBE_ACK => Some(Probe::Ack(n)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        Some(Self {
+            conn_uid,
+            sender,
+            probe,
+        })
     }
 
-    /// Write the heartbeat frame into `out`; returns the length written.
+    /// The length of this heartbeat's frame: a probe's own length, else the fixed one.
+    pub fn frame_len(&self) -> usize {
+        match self.probe {
+            None => FRAME_LEN,
+            Some(Probe::Ack(_)) => PROBE_MIN_LEN,
+            Some(Probe::Probe(n)) => usize::from(n).max(PROBE_MIN_LEN),
+        }
+    }
+
+    /// Write the heartbeat frame into `out` (a probe padded with zeros to its length);
+    /// returns the length written.
     ///
     /// # Panics
-    /// If `out` is shorter than [`FRAME_LEN`].
+    /// If `out` is shorter than [`Heartbeat::frame_len`].
     pub fn emit(&self, out: &mut [u8]) -> usize {
+        let len = self.frame_len();
         out[..14].fill(0);
         out[14..22].copy_from_slice(&self.conn_uid.to_be_bytes());
         out[22..30].copy_from_slice(&self.sender.to_be_bytes());
-        FRAME_LEN
+        let (kind, n) = match self.probe {
+            None => return FRAME_LEN,
+            Some(Probe::Probe(_)) => (PROBE, len as u16),
+            Some(Probe::Ack(n)) => (PROBE_ACK, n),
+        };
+        out[FRAME_LEN] = kind;
+        out[FRAME_LEN + 1..PROBE_MIN_LEN].copy_from_slice(&n.to_be_bytes());
+        out[PROBE_MIN_LEN..len].fill(0);
+        len
     }
 }
 
@@ -54,6 +113,7 @@ mod tests {
         let hb = Heartbeat {
             conn_uid: 0x0102_0304_0506_0708,
             sender: 0x00aa_bbcc_ddee_ff00,
+            probe: None,
         };
         let mut buf = [0xffu8; 40];
         let n = hb.emit(&mut buf);
@@ -63,5 +123,38 @@ mod tests {
         }
         buf[0] = 1;
         assert_eq!(Heartbeat::parse(&buf[..n]), None);
+    }
+
+    #[test]
+    fn probes_are_padded_heartbeats_and_must_arrive_whole() {
+        let probe = Heartbeat {
+            conn_uid: 9,
+            sender: 7,
+            probe: Some(Probe::Probe(1000)),
+        };
+        let mut buf = [0xffu8; 1100];
+        let n = probe.emit(&mut buf);
+        assert_eq!(n, 1000);
+        assert!(buf[PROBE_MIN_LEN..n].iter().all(|&b| b == 0));
+        assert_eq!(Heartbeat::parse(&buf[..n]), Some(probe));
+        // Cut short (or grown) on the way: not taken.
+        assert_eq!(Heartbeat::parse(&buf[..n - 1]), None);
+        assert_eq!(Heartbeat::parse(&buf[..n + 1]), None);
+        // A peer that knows no probes still reads the heartbeat in it.
+        assert!(is_heartbeat(&buf[..n]));
+
+        let ack = Heartbeat {
+            probe: Some(Probe::Ack(1000)),
+            ..probe
+        };
+        let n = ack.emit(&mut buf);
+        assert_eq!(n, PROBE_MIN_LEN);
+        assert_eq!(Heartbeat::parse(&buf[..n]), Some(ack));
+        // An unknown kind is a plain heartbeat.
+        buf[FRAME_LEN] = 9;
+        assert_eq!(
+            Heartbeat::parse(&buf[..n]),
+            Some(Heartbeat { probe: None, ..ack })
+        );
     }
 }

@@ -879,13 +879,16 @@ impl Sim {
                 dst,
                 heartbeat,
             } => {
-                let mut buf = [0u8; 64];
+                let mut buf = vec![0u8; 8 + heartbeat.frame_len()];
                 let n = weft_overlay::emit_heartbeat_datagram(src, dst, heartbeat, &mut buf);
-                self.send_datagram(h, to, buf[..n].to_vec());
+                buf.truncate(n);
+                self.send_datagram(h, to, buf);
             }
             // Links are in the clear in the simulator; no channel but topology is registered.
+            // Path MTU probing is off in the simulator (its paths carry any size).
             Action::SetLink { .. }
             | Action::RemoveLink { .. }
+            | Action::SetPathMtu { .. }
             | Action::Gossip { .. }
             | Action::NeighbourUp(_)
             | Action::PeersChanged
