@@ -89,7 +89,8 @@ pub struct NodeConfig {
     /// Heartbeats in a row (each within two intervals of the last) that bring a down path back.
     pub up_after: u32,
     /// Path MTU discovery: the largest inner frame (Ethernet header included) the overlay
-    /// sends, i.e. the overlay MTU + 14; 0 turns probing off. The rounds are described in the crate source (`PathMtu`).
+    /// sends, i.e. the overlay MTU + 14; 0 turns probing off. How the rounds go is described
+    /// at `PathMtu` in the source.
     pub pmtu_max_frame: u16,
     /// How long a round of path MTU probes waits for its acknowledgements.
     pub pmtu_round: Duration,
