@@ -109,7 +109,7 @@ impl Default for NodeConfig {
             down_after: Duration::from_secs(2),
             up_after: 2,
             pmtu_max_frame: 0,
-            pmtu_round: Duration::from_secs(1),
+            pmtu_round: Duration::from_millis(500),
             pmtu_every: Duration::from_secs(5),
             gossip: GossipConfig::default(),
             connmaker: ConnMakerConfig::default(),
@@ -299,6 +299,12 @@ struct Ready {
 /// that grew is used again). A round with nothing acknowledged (the path is down, or the
 /// remote does not answer probes) changes nothing. The largest working size is handed to the
 /// data path whenever it changes ([`Action::SetPathMtu`]).
+///
+/// Lost probes must not shrink a good path (containers keep a lowered path MTU for minutes):
+/// the two sizes that matter most (the largest known to work, the top of the search) go twice
+/// per round, and a result smaller than what the data path has is only taken when the next
+/// round, at once, says the same. Under 5 % random loss a false shrink needs four probes of
+/// one size lost in a row.
 #[derive(Debug, Default)]
 struct PathMtu {
     /// Largest frame known to arrive (0: none yet).
@@ -313,6 +319,8 @@ struct PathMtu {
     round_ends: Option<Instant>,
     /// When the next round starts.
     next_round: Option<Instant>,
+    /// The last round pointed at a smaller path than the data path has; this one confirms.
+    confirming: bool,
 }
 
 /// The smallest probe: a frame any path carries (a minimal IPv4 packet in Ethernet).
@@ -757,29 +765,47 @@ impl Node {
         let mut install = None;
         if p.round_ends.is_some_and(|t| t <= now) {
             p.round_ends = None;
-            if p.conclude() {
-                p.hi = 0; // The next round looks up to the full size again.
-                p.next_round = Some(now + every);
-            } else {
-                p.next_round = Some(now);
-            }
+            let before = (p.lo, p.hi);
+            let settled = p.conclude();
             let limit = p.limit(max);
-            if limit != p.installed {
-                p.installed = limit;
-                install = Some(limit);
+            let smaller = limit.unwrap_or(max) < p.installed.unwrap_or(max);
+            if smaller && !p.confirming {
+                // Ask again before believing it.
+                p.confirming = true;
+                (p.lo, p.hi) = before;
+                p.next_round = Some(now);
+            } else {
+                p.confirming = false;
+                if settled {
+                    p.hi = 0; // The next round looks up to the full size again.
+                    p.next_round = Some(now + every);
+                } else {
+                    p.next_round = Some(now);
+                }
+                if limit != p.installed {
+                    p.installed = limit;
+                    install = Some(limit);
+                }
             }
         }
-        let mut sizes = Vec::new();
+        let mut probes = Vec::new();
         if p.round_ends.is_none() && p.next_round.is_some_and(|t| t <= now) {
-            sizes = p.plan(max);
+            let sizes = p.plan(max);
             p.round = sizes.iter().map(|&n| (n, false)).collect();
             p.round_ends = Some(now + round);
             p.next_round = None;
+            let (lo, top) = (p.lo, p.hi.saturating_sub(1));
+            for n in sizes {
+                probes.push(n);
+                if n == lo || n == top {
+                    probes.push(n);
+                }
+            }
         }
         if let Some(max_frame) = install {
             self.actions.push_back(Action::SetPathMtu { ip, max_frame });
         }
-        for n in sizes {
+        for n in probes {
             self.push_probe(id, Probe::Probe(n));
         }
     }

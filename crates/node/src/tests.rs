@@ -585,3 +585,27 @@ fn path_mtu_is_found_by_probing_and_follows_the_path() {
     net.run(Duration::from_secs(8));
     assert_eq!(path_mtu(&net, 0), Some(1376));
 }
+
+#[test]
+fn random_loss_never_shrinks_the_path_mtu() {
+    let mut net = probing_pair();
+    let t = net.run_until(Duration::from_secs(5), |n| {
+        (0..2).all(|h| path_mtu(n, h) == Some(1376))
+    });
+    assert!(t.is_some());
+    // Five minutes of 5 % loss on every heartbeat and probe: some probes are lost, yet no
+    // smaller path MTU is ever handed to the data path.
+    net.loss = 0.05;
+    net.run(Duration::from_secs(300));
+    for h in 0..2 {
+        assert!(
+            net.log[h].iter().all(|l| !l.starts_with("pmtu")),
+            "node {h}: {:?}",
+            net.log[h]
+                .iter()
+                .filter(|l| l.starts_with("pmtu"))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(path_mtu(&net, h), Some(1376));
+    }
+}
