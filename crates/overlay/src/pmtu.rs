@@ -305,6 +305,7 @@ mod tests {
     use weft_wire::icmpv4::{Message, Unreachable};
 
     use super::*;
+    use crate::offload::{GsoType, Segmenter, VnetHdr, tcp_checksum_valid};
 
     const SRC_MAC: Address = Address([0x02, 0, 0, 0, 0, 0x01]);
     const DST_MAC: Address = Address([0x02, 0, 0, 0, 0, 0x02]);
@@ -595,6 +596,64 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// A TCP super-frame as a TAP with TSO hands it over: `data` bytes after a 20-byte TCP
+    /// header (sequence number 0x01020304), and its vnet header for segments of 1000 bytes.
+    fn tcp_superframe(data: &[u8], df: bool) -> (Vec<u8>, VnetHdr) {
+        let mut tcp = vec![0u8; 20];
+        tcp[..4].copy_from_slice(&[0x9c, 0x40, 0x14, 0x51]);
+        tcp[4..8].copy_from_slice(&[1, 2, 3, 4]);
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x18;
+        tcp.extend_from_slice(data);
+        let f = frame(Protocol::Tcp, &tcp, &[], df, false, 0);
+        let hdr = VnetHdr {
+            gso_type: GsoType::TcpV4,
+            gso_size: 1000,
+            hdr_len: 54,
+            ..VnetHdr::NONE
+        };
+        (f, hdr)
+    }
+
+    #[test]
+    fn df_superframe_gets_one_frag_needed_quoting_its_start() {
+        let (f, hdr) = tcp_superframe(&pattern(3000), true);
+        let seg = Segmenter::new(hdr, &f).unwrap();
+        assert!(!fits(seg.segment_len_max(), Some(650)));
+        assert_eq!(oversize(&f), Oversize::FragNeeded);
+        let mut out = [0u8; FRAG_NEEDED_MAX_LEN];
+        let n = frag_needed(&f, 650, &mut out).unwrap();
+        let ip = ipv4::Packet::new_checked(&out[ETH_HLEN..n]).unwrap();
+        let icmp = icmpv4::Packet::new_checked(ip.payload()).unwrap();
+        let quote = icmp.payload();
+        // The IP header and the TCP ports and sequence number: what the sender's kernel needs
+        // to find the connection and check the segment is in flight.
+        assert_eq!(quote.len(), 28);
+        assert_eq!(quote[20..28], [0x9c, 0x40, 0x14, 0x51, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn non_df_superframe_segments_are_each_fragmented() {
+        let data = pattern(3000);
+        let (f, hdr) = tcp_superframe(&data, false);
+        assert_eq!(oversize(&f), Oversize::Fragment);
+        let mut seg = Segmenter::new(hdr, &f).unwrap();
+        assert_eq!(seg.remaining(), 3);
+        let mut buf = vec![0u8; seg.segment_len_max()];
+        let mut stream = Vec::new();
+        while let Some(n) = seg.next_into(&mut buf) {
+            let segment = &buf[..n];
+            let pieces = fragments(segment, 650);
+            assert_eq!(pieces.len(), 2);
+            let tcp = reassemble(&pieces, 0);
+            // The reassembled segment is the one the segmenter wrote, checksum and all.
+            assert_eq!(tcp, segment[ETH_HLEN + 20..]);
+            assert_eq!(tcp_checksum_valid(segment), Ok(true));
+            stream.extend_from_slice(&tcp[20..]);
+        }
+        assert_eq!(stream, data);
     }
 
     proptest! {
