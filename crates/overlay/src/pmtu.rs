@@ -144,8 +144,8 @@ fn may_answer(frame: &[u8], ip: &ipv4::Packet<&[u8]>) -> bool {
 
 /// Writes into `out` the Ethernet frame carrying an ICMP "fragmentation needed" (type 3, code 4)
 /// for `frame`, an IPv4 packet with DF set that does not fit a path of `max_frame`: from the
-/// original's destination (MAC and IP) to its source, next-hop MTU `max_frame - 14`, quoting the
-/// original's IP header and first 8 payload bytes. Returns its length, or `None` when
+/// original's destination (MAC and IP) to its source, with the original's DSCP, next-hop MTU
+/// `max_frame - 14`, quoting the original's IP header and first 8 payload bytes. Returns its length, or `None` when
 /// [`oversize`] would not say [`Oversize::FragNeeded`] for `frame`.
 ///
 /// # Panics
@@ -181,7 +181,11 @@ pub fn frag_needed(frame: &[u8], max_frame: u16, out: &mut [u8]) -> Option<usize
     let icmp_start = ip_start + ip_repr.buffer_len();
     let end = icmp_start + icmp.buffer_len();
     eth.emit(&mut ethernet::Frame::new_unchecked(&mut out[..ip_start]));
-    ip_repr.emit(&mut ipv4::Packet::new_unchecked(&mut out[ip_start..end]));
+    let mut ip_out = ipv4::Packet::new_unchecked(&mut out[ip_start..end]);
+    ip_repr.emit(&mut ip_out);
+    // The original's traffic class, as Weave's sleeve kept it (ECN not: an error is not ECT).
+    ip_out.set_dscp(ip.dscp());
+    ip_out.fill_checksum();
     icmp.emit(&mut icmpv4::Packet::new_unchecked(
         &mut out[icmp_start..end],
     ));
@@ -411,7 +415,10 @@ mod tests {
     #[test]
     fn df_frame_gets_frag_needed() {
         let payload = pattern(1400);
-        let f = frame(Protocol::Udp, &payload, &[], true, false, 0);
+        let mut f = frame(Protocol::Udp, &payload, &[], true, false, 0);
+        let mut ip = ipv4::Packet::new_unchecked(&mut f[ETH_HLEN..]);
+        ip.set_dscp(46);
+        ip.fill_checksum();
         assert_eq!(oversize(&f), Oversize::FragNeeded);
         let mut out = [0u8; FRAG_NEEDED_MAX_LEN];
         let n = frag_needed(&f, 650, &mut out).unwrap();
@@ -427,6 +434,7 @@ mod tests {
         assert_eq!(ip_repr.src_addr, DST_IP);
         assert_eq!(ip_repr.dst_addr, SRC_IP);
         assert_eq!(ip_repr.protocol, Protocol::Icmp);
+        assert_eq!(ip.dscp(), 46);
         assert_eq!(usize::from(ip.total_len()), n - ETH_HLEN);
         let icmp = icmpv4::Packet::new_checked(ip.payload()).unwrap();
         assert_eq!(icmp.msg_type(), Message::DstUnreachable);
