@@ -24,9 +24,17 @@
 //! at a time (sealing adds the same 24 bytes to each segment of a GSO run, so runs stay
 //! equal-sized). Relayed datagrams are opened and sealed again for the next hop. Datagrams that
 //! fail authentication or replay checks never reach the engine; they are counted.
+//!
+//! **Path MTU**: the control plane tells the thread, per neighbour, the longest inner frame the
+//! underlay path takes ([`DpCommand::SetPathMtu`]). A TAP read whose segments are longer goes
+//! the way [`weft_overlay::pmtu`] says: an IPv4 packet with DF is answered with an ICMP
+//! "fragmentation needed" written back to the TAP (once per read, the read dropped), one
+//! without DF is sent as IPv4 fragments, one datagram each, anything else is dropped. Reads
+//! within the limit, and relayed datagrams, are untouched.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::thread::JoinHandle;
@@ -36,6 +44,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use weft_mesh::Instant;
 use weft_overlay::heartbeat::Heartbeat;
 use weft_overlay::offload::{Coalescer, Push, Segmenter, VNET_HDR_LEN, VnetHdr};
+use weft_overlay::pmtu::{self, FRAG_NEEDED_MAX_LEN, Fragmenter, Oversize};
 use weft_overlay::{
     Counters, DatagramDecision, Engine, EngineConfig, ForwardingTable, Relay, TapDecision,
     emit_vxlan_header,
@@ -74,7 +83,7 @@ pub enum DpCommand {
     /// these keys, or in the clear when `None`.
     SetLink {
         /// The neighbour's underlay address.
-        ip: std::net::IpAddr,
+        ip: IpAddr,
         /// The connection that agreed the keys.
         conn_uid: u64,
         /// The keys; `None`: in the clear.
@@ -83,16 +92,17 @@ pub enum DpCommand {
     /// Connection `conn_uid` to the neighbour at `ip` ended.
     RemoveLink {
         /// The neighbour's underlay address.
-        ip: std::net::IpAddr,
+        ip: IpAddr,
         /// The connection that ended.
         conn_uid: u64,
     },
-    /// Inner frames longer than `max_frame` do not reach the neighbour at `ip` (`None`: no
-    /// limit).
+    /// From now on, an inner Ethernet frame (a segment, Ethernet header included, VXLAN header
+    /// and crypto overhead excluded) longer than `max_frame` does not fit the path to the
+    /// neighbour at underlay address `ip`; `None`: no limit known.
     SetPathMtu {
         /// The neighbour's underlay address.
-        ip: std::net::IpAddr,
-        /// The largest inner frame, Ethernet header included.
+        ip: IpAddr,
+        /// The longest inner frame that fits; `None`: no limit.
         max_frame: Option<u16>,
     },
     /// Send this VXLAN datagram (a heartbeat), sealed if the link says so.
@@ -199,6 +209,10 @@ struct DriverCounters {
     /// Datagrams from addresses without a link (with a password set), which the engine would
     /// have counted as from an unknown peer.
     udp_rx_dropped_unknown: u64,
+    pmtu_frag_needed_sent: u64,
+    pmtu_frames_fragmented: u64,
+    pmtu_fragments_sent: u64,
+    pmtu_dropped: u64,
 }
 
 struct DataPlane {
@@ -226,6 +240,13 @@ struct DataPlane {
     links: Links,
     /// Per-neighbour traffic (for the topology page and `weft_link_*` metrics).
     traffic: LinkTraffic,
+    /// Per-neighbour path limits: the longest inner frame the underlay path takes, for the
+    /// neighbours whose path is known to be smaller than the overlay's frames.
+    path_mtu: HashMap<IpAddr, u16>,
+    /// One segment of a read to be fragmented.
+    frag_buf: Vec<u8>,
+    /// An ICMP "fragmentation needed" frame on its way to the TAP.
+    icmp_buf: [u8; FRAG_NEEDED_MAX_LEN],
 }
 
 impl DataPlane {
@@ -260,6 +281,9 @@ impl DataPlane {
             counters: DriverCounters::default(),
             links: Links::new(false),
             traffic: LinkTraffic::default(),
+            path_mtu: HashMap::new(),
+            frag_buf: vec![0; SLOT],
+            icmp_buf: [0; FRAG_NEEDED_MAX_LEN],
         }
     }
 
@@ -276,6 +300,10 @@ impl DataPlane {
             udp_rx_dropped_auth: d.udp_rx_dropped_auth,
             udp_rx_dropped_replay: d.udp_rx_dropped_replay,
             udp_tx_dropped_crypto: d.udp_tx_dropped_crypto,
+            pmtu_frag_needed_sent: d.pmtu_frag_needed_sent,
+            pmtu_frames_fragmented: d.pmtu_frames_fragmented,
+            pmtu_fragments_sent: d.pmtu_fragments_sent,
+            pmtu_dropped: d.pmtu_dropped,
             // Datagrams refused by the crypto never reached the engine.
             udp_rx_datagrams: self.engine.counters().udp_rx_datagrams
                 + d.udp_rx_dropped_auth
@@ -315,8 +343,14 @@ impl DataPlane {
                         self.links.set(ip, conn_uid, keys.as_deref());
                     }
                     Ok(DpCommand::RemoveLink { ip, conn_uid }) => self.links.remove(ip, conn_uid),
-                    // PLACEHOLDER until the data-plane half lands (branch pmtu-dp).
-                    Ok(DpCommand::SetPathMtu { .. }) => {}
+                    Ok(DpCommand::SetPathMtu { ip, max_frame }) => match max_frame {
+                        Some(max) => {
+                            self.path_mtu.insert(ip, max);
+                        }
+                        None => {
+                            self.path_mtu.remove(&ip);
+                        }
+                    },
                     Ok(DpCommand::Send { to, datagram }) => {
                         let mut tx = Tx {
                             udp: &self.udp,
@@ -412,18 +446,57 @@ impl DataPlane {
             }
             let src = self.engine.local_short_id();
             let wire = frame.len() + segments as usize * VXLAN_HLEN;
+            let seg_len = seg.segment_len_max();
+            // The smallest limit of a path this read needs a "fragmentation needed" for.
+            let mut frag_needed: Option<u16> = None;
+            let mut limited = Limited {
+                frame,
+                scratch: &mut self.frag_buf,
+                counters: &mut self.counters,
+                traffic: &mut self.traffic,
+                frag_needed: &mut frag_needed,
+            };
             match decision {
                 TapDecision::Unicast { dst, via } => {
-                    self.traffic.sent(via.addr.ip(), wire, segments as usize);
-                    tx.frame(seg, via.addr, src, dst);
+                    match over_limit(&self.path_mtu, via.addr.ip(), seg_len) {
+                        None => {
+                            limited.traffic.sent(via.addr.ip(), wire, segments as usize);
+                            tx.frame(seg, via.addr, src, dst);
+                        }
+                        Some(max) => limited.send(&mut tx, seg, via.addr, src, dst, max),
+                    }
                 }
                 TapDecision::Flood => {
                     for peer in self.engine.flood_targets() {
-                        self.traffic.sent(peer.addr.ip(), wire, segments as usize);
-                        tx.frame(seg.clone(), peer.addr, src, peer.short_id);
+                        let to = peer.addr;
+                        match over_limit(&self.path_mtu, to.ip(), seg_len) {
+                            None => {
+                                limited.traffic.sent(to.ip(), wire, segments as usize);
+                                tx.frame(seg.clone(), to, src, peer.short_id);
+                            }
+                            Some(max) => {
+                                limited.send(&mut tx, seg.clone(), to, src, peer.short_id, max);
+                            }
+                        }
                     }
                 }
                 TapDecision::Drop | TapDecision::Local => {}
+            }
+            if let Some(max) = frag_needed {
+                match pmtu::frag_needed(frame, max, &mut self.icmp_buf) {
+                    Some(n) => {
+                        let icmp = &self.icmp_buf[..n];
+                        let written = if self.vnet {
+                            self.tap.send_vectored(&PLAIN_VNET_HDR, icmp)
+                        } else {
+                            self.tap.send(icmp)
+                        };
+                        if write_ok(written, 1, &mut self.counters) {
+                            self.counters.pmtu_frag_needed_sent += 1;
+                        }
+                    }
+                    None => self.counters.pmtu_dropped += 1,
+                }
             }
         }
         tx.flush_all();
@@ -545,6 +618,78 @@ impl DataPlane {
         self.engine.count_sent(std::mem::take(&mut self.sent));
         self.engine
             .count_delivered(std::mem::take(&mut self.delivered));
+    }
+}
+
+/// The limit of the path to `ip` if a segment of `len` bytes does not fit it. One map lookup,
+/// none while no path is limited.
+fn over_limit(limits: &HashMap<IpAddr, u16>, ip: IpAddr, len: usize) -> Option<u16> {
+    if limits.is_empty() {
+        return None;
+    }
+    let max = *limits.get(&ip)?;
+    (!pmtu::fits(len, Some(max))).then_some(max)
+}
+
+/// The slow path for one TAP read whose segments do not fit the path to a neighbour.
+struct Limited<'a> {
+    /// The frame as read (a super-frame for TSO), after the vnet header.
+    frame: &'a [u8],
+    /// Room for one segment ([`SLOT`] bytes, at least `segment_len_max`).
+    scratch: &'a mut [u8],
+    counters: &'a mut DriverCounters,
+    traffic: &'a mut LinkTraffic,
+    /// Set (to the smallest such limit) when the read is to be answered with an ICMP
+    /// "fragmentation needed"; the caller writes it once the read has gone to every target.
+    frag_needed: &'a mut Option<u16>,
+}
+
+impl Limited<'_> {
+    /// Handle `seg` (of `self.frame`) for `to`, whose path takes frames of at most `max` bytes.
+    fn send(
+        &mut self,
+        tx: &mut Tx<'_>,
+        mut seg: Segmenter<'_>,
+        to: SocketAddr,
+        src: u16,
+        dst: u16,
+        max: u16,
+    ) {
+        match pmtu::oversize(self.frame) {
+            Oversize::FragNeeded => {
+                *self.frag_needed = Some(self.frag_needed.map_or(max, |m| m.min(max)));
+            }
+            Oversize::Drop => self.counters.pmtu_dropped += 1,
+            Oversize::Fragment => {
+                if tx.links.sender(to.ip()).is_err() {
+                    tx.dropped += seg.remaining() as u64;
+                    return;
+                }
+                // Each segment (a non-DF TCP super-frame has several) is cut on its own.
+                while let Some(n) = seg.next_into(self.scratch) {
+                    let mut cut = match Fragmenter::new(&self.scratch[..n], max) {
+                        Ok(cut) => cut,
+                        Err(e) => {
+                            tracing::trace!("data plane: frame not fragmented: {e}");
+                            self.counters.pmtu_dropped += 1;
+                            continue;
+                        }
+                    };
+                    self.counters.pmtu_frames_fragmented += 1;
+                    for _ in 0..cut.remaining() {
+                        let mut len = 0;
+                        tx.single(to, |buf| {
+                            let h = emit_vxlan_header(src, dst, buf);
+                            // A fragment is never longer than its segment, which fits a slot.
+                            len = h + cut.next_into(&mut buf[h..]).unwrap_or(0);
+                            len
+                        });
+                        self.counters.pmtu_fragments_sent += 1;
+                        self.traffic.sent(to.ip(), len, 1);
+                    }
+                }
+            }
+        }
     }
 }
 

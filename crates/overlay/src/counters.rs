@@ -52,11 +52,21 @@ pub struct Counters {
     pub udp_rx_dropped_replay: u64,
     /// Datagrams not sent because they could not be sealed (no key for the peer yet).
     pub udp_tx_dropped_crypto: u64,
+    /// ICMP "fragmentation needed" messages written to the TAP for IPv4 packets with DF set that
+    /// do not fit the path to their neighbour (one per TAP read; the packet is dropped).
+    pub pmtu_frag_needed_sent: u64,
+    /// IPv4 packets without DF fragmented to fit the path to their neighbour.
+    pub pmtu_frames_fragmented: u64,
+    /// Fragments sent for those packets (each its own datagram).
+    pub pmtu_fragments_sent: u64,
+    /// Frames dropped because they do not fit the path to their neighbour and could be neither
+    /// answered nor fragmented (not IPv4, a DF packet no ICMP error may answer, a path too small).
+    pub pmtu_dropped: u64,
 }
 
 impl Counters {
     /// Every counter with its Prometheus-style name and help text, for exporters.
-    pub fn fields(&self) -> [(&'static str, &'static str, u64); 22] {
+    pub fn fields(&self) -> [(&'static str, &'static str, u64); 26] {
         [
             (
                 "tap_rx_frames",
@@ -163,6 +173,26 @@ impl Counters {
                 "udp_tx_dropped_crypto",
                 "Datagrams not sent because they could not be sealed.",
                 self.udp_tx_dropped_crypto,
+            ),
+            (
+                "pmtu_frag_needed_sent",
+                "ICMP fragmentation-needed messages sent to local containers for DF packets too big for the path.",
+                self.pmtu_frag_needed_sent,
+            ),
+            (
+                "pmtu_frames_fragmented",
+                "IPv4 packets fragmented to fit the path to a neighbour.",
+                self.pmtu_frames_fragmented,
+            ),
+            (
+                "pmtu_fragments_sent",
+                "IPv4 fragments sent for packets too big for the path.",
+                self.pmtu_fragments_sent,
+            ),
+            (
+                "pmtu_dropped",
+                "Frames too big for the path to a neighbour that could be neither answered nor fragmented.",
+                self.pmtu_dropped,
             ),
         ]
     }

@@ -18,6 +18,7 @@ pub mod heartbeat;
 pub mod links;
 mod mac_table;
 pub mod offload;
+pub mod pmtu;
 
 pub use counters::Counters;
 pub use engine::{

@@ -1,0 +1,693 @@
+//! Layer: pure logic. What the send side does with a frame longer than the path to a neighbour
+//! allows, as Weave's sleeve did: answer an IPv4 packet that forbids fragmentation with an ICMP
+//! "fragmentation needed" to its sender, fragment an IPv4 packet that allows it, drop the rest.
+//!
+//! The control plane probes each neighbour's underlay path and tells the data plane the longest
+//! inner Ethernet frame that fits it (`max_frame`: Ethernet header included, VXLAN header and
+//! crypto overhead excluded). A frame (or each segment of a TAP super-frame) within that length
+//! is sent as always. For one that is longer, [`oversize`] says which of three things to do:
+//!
+//! - [`Oversize::FragNeeded`]: IPv4 with DF set. [`frag_needed`] writes an Ethernet frame holding
+//!   an ICMP destination-unreachable, code 4, back to the sender: Ethernet and IP addresses
+//!   swapped, next-hop MTU `max_frame - 14` (RFC 1191), the original's IP header and first 8
+//!   payload bytes quoted (RFC 792). The driver writes it to the TAP and drops the frame; the
+//!   container's kernel lowers its path MTU and sends smaller packets. A TCP super-frame gets one
+//!   message for the whole read.
+//! - [`Oversize::Fragment`]: IPv4 without DF, an existing fragment included. The [`Fragmenter`]
+//!   cuts it into IPv4 fragments that each fit (RFC 791: offsets in 8-byte units, MF on all but
+//!   the last, the original's MF kept on the last, the identification kept, the header checksum
+//!   recomputed); the receiving container reassembles them.
+//! - [`Oversize::Drop`]: anything else (ARP, IPv6, 802.1Q-tagged, other EtherTypes, unreadable
+//!   IPv4), and DF packets that must not be answered with an ICMP error (see [`oversize`]). The
+//!   driver counts it.
+//!
+//! Nothing here allocates: [`frag_needed`] and [`Fragmenter::next_into`] write into caller
+//! buffers.
+//!
+//! **IP options** are copied into every fragment (RFC 791 would keep the options without the
+//! "copied" flag in the first fragment only). Containers practically never send options; a
+//! receiver ignores the ones it does not know.
+
+use thiserror::Error;
+use weft_wire::ethernet::{self, EtherType};
+use weft_wire::icmpv4;
+use weft_wire::ipv4::{self, Protocol};
+
+/// Length of the Ethernet header in front of every frame this module handles.
+pub const ETH_HLEN: usize = ethernet::HEADER_LEN;
+
+/// The longest frame [`frag_needed`] writes: Ethernet, IPv4 and ICMP headers, and a quoted IP
+/// header of up to 60 bytes with 8 payload bytes.
+pub const FRAG_NEEDED_MAX_LEN: usize =
+    ETH_HLEN + ipv4::HEADER_LEN + icmpv4::HEADER_LEN + MAX_IP_HLEN + QUOTED_PAYLOAD;
+
+/// The longest IPv4 header (IHL 15).
+const MAX_IP_HLEN: usize = 60;
+/// Payload bytes of the original datagram an ICMP error quotes (RFC 792).
+const QUOTED_PAYLOAD: usize = 8;
+/// TTL of the ICMP messages written back to the TAP.
+const ICMP_TTL: u8 = 64;
+/// The largest fragment offset, in bytes (13 bits of 8-byte units).
+const MAX_FRAG_OFFSET: usize = 0x1fff * 8;
+
+/// Whether a frame of `len` bytes fits a path whose limit is `max_frame` (`None`: no limit).
+pub fn fits(len: usize, max_frame: Option<u16>) -> bool {
+    max_frame.is_none_or(|max| len <= usize::from(max))
+}
+
+/// What to do with a frame that does not fit the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Oversize {
+    /// IPv4 with DF set: answer with [`frag_needed`] and drop the frame.
+    FragNeeded,
+    /// IPv4 without DF: send it as fragments cut by the [`Fragmenter`].
+    Fragment,
+    /// Drop it (and count it).
+    Drop,
+}
+
+/// Why a frame cannot be fragmented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum FragmentError {
+    /// Not an Ethernet II frame carrying a readable IPv4 packet with a correct header checksum.
+    #[error("not a valid IPv4 packet")]
+    NotIpv4,
+    /// The packet has DF set.
+    #[error("the packet must not be fragmented (DF)")]
+    DontFragment,
+    /// The limit leaves no room for the header and 8 bytes of payload.
+    #[error("the path is too small for any fragment")]
+    TooSmall,
+    /// The fragment offsets would not fit the 13-bit field.
+    #[error("fragment offset out of range")]
+    OffsetRange,
+}
+
+/// The IPv4 packet of an Ethernet II frame, checked (lengths, version 4), or `None`.
+fn ipv4_of(frame: &[u8]) -> Option<ipv4::Packet<&[u8]>> {
+    if ethernet::ethertype_of(frame)? != EtherType::Ipv4 {
+        return None;
+    }
+    let ip = ipv4::Packet::new_checked(frame.get(ETH_HLEN..)?).ok()?;
+    (ip.version() == 4).then_some(ip)
+}
+
+/// Decides what to do with `frame`, an Ethernet frame longer than the path allows.
+///
+/// A DF packet is answered only when an ICMP error about it is allowed (RFC 1122 §3.2.2): its
+/// source MAC and IP are unicast, its destination MAC and IP are not broadcast or multicast, it
+/// is not a non-first fragment and not itself an ICMP error. Otherwise it is dropped.
+pub fn oversize(frame: &[u8]) -> Oversize {
+    let Some(ip) = ipv4_of(frame) else {
+        return Oversize::Drop;
+    };
+    if !ip.dont_frag() {
+        return Oversize::Fragment;
+    }
+    if may_answer(frame, &ip) {
+        Oversize::FragNeeded
+    } else {
+        Oversize::Drop
+    }
+}
+
+/// Whether an ICMP error may be sent about `ip`, the packet of `frame`.
+fn may_answer(frame: &[u8], ip: &ipv4::Packet<&[u8]>) -> bool {
+    let (Some(src_mac), Some(dst_mac)) = (ethernet::src_of(frame), ethernet::dst_of(frame)) else {
+        return false;
+    };
+    if !src_mac.is_unicast() || src_mac.is_zero() || !dst_mac.is_unicast() || dst_mac.is_zero() {
+        return false;
+    }
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    if src.is_unspecified()
+        || src.is_broadcast()
+        || src.is_multicast()
+        || dst.is_broadcast()
+        || dst.is_multicast()
+    {
+        return false;
+    }
+    if ip.frag_offset() != 0 {
+        return false;
+    }
+    if ip.protocol() == Protocol::Icmp {
+        // Only query messages (echo and the like) may be answered with an error; an empty or
+        // error message may not.
+        return matches!(
+            ip.payload().first(),
+            Some(0 | 8 | 13 | 14 | 15 | 16 | 17 | 18)
+        );
+    }
+    true
+}
+
+/// Writes into `out` the Ethernet frame carrying an ICMP "fragmentation needed" (type 3, code 4)
+/// for `frame`, an IPv4 packet with DF set that does not fit a path of `max_frame`: from the
+/// original's destination (MAC and IP) to its source, with the original's DSCP, next-hop MTU
+/// `max_frame - 14`, quoting the original's IP header and first 8 payload bytes. Returns its length, or `None` when
+/// [`oversize`] would not say [`Oversize::FragNeeded`] for `frame`.
+///
+/// # Panics
+/// If `out` is shorter than [`FRAG_NEEDED_MAX_LEN`].
+pub fn frag_needed(frame: &[u8], max_frame: u16, out: &mut [u8]) -> Option<usize> {
+    assert!(
+        out.len() >= FRAG_NEEDED_MAX_LEN,
+        "frag-needed buffer shorter than FRAG_NEEDED_MAX_LEN"
+    );
+    let ip = ipv4_of(frame)?;
+    if !ip.dont_frag() || !may_answer(frame, &ip) {
+        return None;
+    }
+    let eth_in = ethernet::Frame::new_checked(frame).ok()?;
+    let mtu = max_frame.saturating_sub(ETH_HLEN as u16);
+    // Quote from the IP packet as the sender built it (Ethernet padding excluded).
+    let original = &frame[ETH_HLEN..ETH_HLEN + usize::from(ip.total_len())];
+    let icmp = icmpv4::Repr::frag_needed(mtu, original);
+    let ip_repr = ipv4::Repr {
+        src_addr: ip.dst_addr(),
+        dst_addr: ip.src_addr(),
+        protocol: Protocol::Icmp,
+        payload_len: icmp.buffer_len(),
+        ttl: ICMP_TTL,
+        dont_frag: false,
+    };
+    let eth = ethernet::Repr {
+        src_addr: eth_in.dst_addr(),
+        dst_addr: eth_in.src_addr(),
+        ethertype: EtherType::Ipv4,
+    };
+    let ip_start = ETH_HLEN;
+    let icmp_start = ip_start + ip_repr.buffer_len();
+    let end = icmp_start + icmp.buffer_len();
+    eth.emit(&mut ethernet::Frame::new_unchecked(&mut out[..ip_start]));
+    let mut ip_out = ipv4::Packet::new_unchecked(&mut out[ip_start..end]);
+    ip_repr.emit(&mut ip_out);
+    // The original's traffic class, as Weave's sleeve kept it (ECN not: an error is not ECT).
+    ip_out.set_dscp(ip.dscp());
+    ip_out.fill_checksum();
+    icmp.emit(&mut icmpv4::Packet::new_unchecked(
+        &mut out[icmp_start..end],
+    ));
+    Some(end)
+}
+
+/// Cuts an IPv4 packet without DF (in an Ethernet frame) into fragments of at most `max_frame`
+/// bytes each, Ethernet header included, written one at a time into caller buffers.
+///
+/// Every fragment carries the original Ethernet header and IP header (options included), with
+/// the total length, MF flag, fragment offset and header checksum rewritten. An existing
+/// fragment is cut the same way: offsets continue from its own, and its MF is kept on the last
+/// piece. Ethernet padding after the IP packet is not sent.
+#[derive(Debug, Clone)]
+pub struct Fragmenter<'a> {
+    frame: &'a [u8],
+    /// End of the IP header in `frame`.
+    hdr_end: usize,
+    /// End of the IP packet in `frame`.
+    end: usize,
+    /// Offset in `frame` of the next piece of payload.
+    next: usize,
+    /// Payload bytes per fragment but the last (a multiple of 8).
+    chunk: usize,
+    /// The original's fragment offset, in bytes.
+    offset0: usize,
+    /// The original's MF flag.
+    more0: bool,
+    remaining: usize,
+}
+
+impl<'a> Fragmenter<'a> {
+    /// Checks `frame` (Ethernet II, IPv4, DF clear, header checksum correct) and prepares the
+    /// cut for fragments of at most `max_frame` bytes.
+    pub fn new(frame: &'a [u8], max_frame: u16) -> Result<Self, FragmentError> {
+        let ip = ipv4_of(frame).ok_or(FragmentError::NotIpv4)?;
+        if !ip.verify_checksum() {
+            return Err(FragmentError::NotIpv4);
+        }
+        if ip.dont_frag() {
+            return Err(FragmentError::DontFragment);
+        }
+        let hdr_end = ETH_HLEN + usize::from(ip.header_len());
+        let end = ETH_HLEN + usize::from(ip.total_len());
+        let room = usize::from(max_frame).saturating_sub(hdr_end);
+        let chunk = room & !7;
+        if chunk < 8 {
+            return Err(FragmentError::TooSmall);
+        }
+        let payload = end - hdr_end;
+        let offset0 = usize::from(ip.frag_offset());
+        // The last piece starts below offset0 + payload; its offset must fit the field.
+        let last_start = offset0 + payload.saturating_sub(1) / chunk * chunk;
+        if last_start > MAX_FRAG_OFFSET {
+            return Err(FragmentError::OffsetRange);
+        }
+        Ok(Self {
+            frame,
+            hdr_end,
+            end,
+            next: hdr_end,
+            chunk,
+            offset0,
+            more0: ip.more_frags(),
+            // A header-only packet still goes out, as one piece.
+            remaining: payload.div_ceil(chunk).max(1),
+        })
+    }
+
+    /// The length of the longest fragment [`next_into`](Self::next_into) writes: the size `out`
+    /// needs. Never more than the `max_frame` given to [`new`](Self::new).
+    pub fn fragment_len_max(&self) -> usize {
+        self.hdr_end + self.chunk.min(self.end - self.hdr_end)
+    }
+
+    /// How many fragments are still to come.
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    /// Writes the next fragment (Ethernet frame) into `out`; returns its length, `None` when
+    /// done.
+    ///
+    /// # Panics
+    /// If `out` is shorter than the fragment (size it with
+    /// [`fragment_len_max`](Self::fragment_len_max)).
+    pub fn next_into(&mut self, out: &mut [u8]) -> Option<usize> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let piece = self.chunk.min(self.end - self.next);
+        let hdr_end = self.hdr_end;
+        let len = hdr_end + piece;
+        assert!(
+            out.len() >= len,
+            "fragment buffer shorter than fragment_len_max"
+        );
+        out[..hdr_end].copy_from_slice(&self.frame[..hdr_end]);
+        out[hdr_end..len].copy_from_slice(&self.frame[self.next..self.next + piece]);
+        let last = self.remaining == 1;
+        let offset = self.offset0 + (self.next - hdr_end);
+        let mut ip = ipv4::Packet::new_unchecked(&mut out[ETH_HLEN..len]);
+        // Both fit 16 bits: `len - ETH_HLEN` is at most the original's total length, and `new`
+        // checked the offsets against the 13-bit field.
+        ip.set_total_len((len - ETH_HLEN) as u16);
+        ip.set_more_frags(!last || self.more0);
+        ip.set_frag_offset(offset as u16);
+        ip.fill_checksum();
+        self.next += piece;
+        self.remaining -= 1;
+        Some(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use proptest::prelude::*;
+    use weft_wire::ethernet::Address;
+    use weft_wire::icmpv4::{Message, Unreachable};
+
+    use super::*;
+    use crate::offload::{GsoType, Segmenter, VnetHdr, tcp_checksum_valid};
+
+    const SRC_MAC: Address = Address([0x02, 0, 0, 0, 0, 0x01]);
+    const DST_MAC: Address = Address([0x02, 0, 0, 0, 0, 0x02]);
+    const SRC_IP: Ipv4Addr = Ipv4Addr::new(10, 32, 0, 1);
+    const DST_IP: Ipv4Addr = Ipv4Addr::new(10, 40, 0, 2);
+
+    /// An Ethernet/IPv4 frame with `payload` (of protocol `proto`), ident 0x1234, options
+    /// `options` (a multiple of 4 bytes), and the given DF / MF / offset (bytes).
+    fn frame(
+        proto: Protocol,
+        payload: &[u8],
+        options: &[u8],
+        df: bool,
+        mf: bool,
+        offset: u16,
+    ) -> Vec<u8> {
+        let ihl = ipv4::HEADER_LEN + options.len();
+        let mut f = vec![0u8; ETH_HLEN + ihl + payload.len()];
+        ethernet::Repr {
+            src_addr: SRC_MAC,
+            dst_addr: DST_MAC,
+            ethertype: EtherType::Ipv4,
+        }
+        .emit(&mut ethernet::Frame::new_unchecked(&mut f[..]));
+        let mut ip = ipv4::Packet::new_unchecked(&mut f[ETH_HLEN..]);
+        ip.set_version(4);
+        ip.set_header_len(ihl as u8);
+        ip.set_total_len((ihl + payload.len()) as u16);
+        ip.set_ident(0x1234);
+        ip.clear_flags();
+        ip.set_dont_frag(df);
+        ip.set_more_frags(mf);
+        ip.set_frag_offset(offset);
+        ip.set_ttl(63);
+        ip.set_protocol(proto);
+        ip.set_src_addr(SRC_IP);
+        ip.set_dst_addr(DST_IP);
+        f[ETH_HLEN + ipv4::HEADER_LEN..ETH_HLEN + ihl].copy_from_slice(options);
+        f[ETH_HLEN + ihl..].copy_from_slice(payload);
+        ipv4::Packet::new_unchecked(&mut f[ETH_HLEN..]).fill_checksum();
+        f
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// Cuts `f` for `max` and checks every fragment as a receiver would; returns
+    /// (offset, MF, payload) of each.
+    fn fragments(f: &[u8], max: u16) -> Vec<(usize, bool, Vec<u8>)> {
+        let mut cut = Fragmenter::new(f, max).unwrap();
+        let count = cut.remaining();
+        assert!(cut.fragment_len_max() <= usize::from(max));
+        let mut buf = vec![0u8; cut.fragment_len_max()];
+        let mut out = Vec::new();
+        let orig = ipv4::Packet::new_checked(&f[ETH_HLEN..]).unwrap();
+        while let Some(n) = cut.next_into(&mut buf) {
+            let frag = &buf[..n];
+            assert!(n <= usize::from(max), "fragment of {n} bytes over {max}");
+            assert_eq!(frag[..ETH_HLEN], f[..ETH_HLEN], "Ethernet header kept");
+            let ip = ipv4::Packet::new_checked(&frag[ETH_HLEN..]).unwrap();
+            assert_eq!(usize::from(ip.total_len()), n - ETH_HLEN);
+            assert!(ip.verify_checksum());
+            assert!(!ip.dont_frag());
+            assert_eq!(ip.ident(), orig.ident());
+            assert_eq!(ip.src_addr(), orig.src_addr());
+            assert_eq!(ip.dst_addr(), orig.dst_addr());
+            assert_eq!(ip.protocol(), orig.protocol());
+            assert_eq!(ip.ttl(), orig.ttl());
+            assert_eq!(ip.options(), orig.options());
+            assert_eq!(ip.frag_offset() % 8, 0);
+            out.push((
+                usize::from(ip.frag_offset()),
+                ip.more_frags(),
+                ip.payload().to_vec(),
+            ));
+        }
+        assert_eq!(out.len(), count);
+        assert_eq!(cut.remaining(), 0);
+        out
+    }
+
+    /// Reassembles pieces as a receiver would (contiguous, MF on all but the last).
+    fn reassemble(pieces: &[(usize, bool, Vec<u8>)], start: usize) -> Vec<u8> {
+        let mut data = Vec::new();
+        for (i, (offset, more, payload)) in pieces.iter().enumerate() {
+            assert_eq!(*offset, start + data.len(), "piece {i} contiguous");
+            if i + 1 < pieces.len() {
+                assert!(more, "MF on piece {i}");
+            }
+            data.extend_from_slice(payload);
+        }
+        data
+    }
+
+    #[test]
+    fn small_frames_fit_untouched() {
+        assert!(fits(1514, None));
+        assert!(fits(650, Some(650)));
+        assert!(!fits(651, Some(650)));
+    }
+
+    #[test]
+    fn df_frame_gets_frag_needed() {
+        let payload = pattern(1400);
+        let mut f = frame(Protocol::Udp, &payload, &[], true, false, 0);
+        let mut ip = ipv4::Packet::new_unchecked(&mut f[ETH_HLEN..]);
+        ip.set_dscp(46);
+        ip.fill_checksum();
+        assert_eq!(oversize(&f), Oversize::FragNeeded);
+        let mut out = [0u8; FRAG_NEEDED_MAX_LEN];
+        let n = frag_needed(&f, 650, &mut out).unwrap();
+        let reply = &out[..n];
+        assert_eq!(n, ETH_HLEN + 20 + 8 + 20 + 8);
+
+        let eth = ethernet::Frame::new_checked(reply).unwrap();
+        assert_eq!(eth.src_addr(), DST_MAC);
+        assert_eq!(eth.dst_addr(), SRC_MAC);
+        assert_eq!(eth.ethertype(), EtherType::Ipv4);
+        let ip = ipv4::Packet::new_checked(eth.payload()).unwrap();
+        let ip_repr = ipv4::Repr::parse(&ip).unwrap();
+        assert_eq!(ip_repr.src_addr, DST_IP);
+        assert_eq!(ip_repr.dst_addr, SRC_IP);
+        assert_eq!(ip_repr.protocol, Protocol::Icmp);
+        assert_eq!(ip.dscp(), 46);
+        assert_eq!(usize::from(ip.total_len()), n - ETH_HLEN);
+        let icmp = icmpv4::Packet::new_checked(ip.payload()).unwrap();
+        assert_eq!(icmp.msg_type(), Message::DstUnreachable);
+        assert_eq!(icmp.msg_code(), 4);
+        assert!(icmp.verify_checksum());
+        assert_eq!(
+            icmpv4::Repr::parse(&icmp).unwrap(),
+            icmpv4::Repr::DstUnreachable {
+                reason: Unreachable::FragRequired,
+                next_hop_mtu: 636,
+                // RFC 792: the original IP header and its first 8 payload bytes.
+                data: &f[ETH_HLEN..ETH_HLEN + 28],
+            }
+        );
+    }
+
+    #[test]
+    fn frag_needed_quotes_options() {
+        let f = frame(Protocol::Tcp, &pattern(2000), &[1, 1, 1, 0], true, false, 0);
+        let mut out = [0u8; FRAG_NEEDED_MAX_LEN];
+        let n = frag_needed(&f, 1000, &mut out).unwrap();
+        let ip = ipv4::Packet::new_checked(&out[ETH_HLEN..n]).unwrap();
+        let icmp = icmpv4::Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum());
+        assert_eq!(icmp.next_hop_mtu(), 986);
+        assert_eq!(icmp.payload(), &f[ETH_HLEN..ETH_HLEN + 24 + 8]);
+    }
+
+    #[test]
+    fn no_icmp_error_where_forbidden() {
+        let big = pattern(1400);
+        let mut out = [0u8; FRAG_NEEDED_MAX_LEN];
+        let mut cases = Vec::new();
+        // An ICMP error (destination unreachable) is not answered with another one.
+        let mut unreachable = big.clone();
+        unreachable[0] = 3;
+        cases.push(frame(Protocol::Icmp, &unreachable, &[], true, false, 0));
+        // Broadcast destination MAC, multicast destination IP, unspecified source IP.
+        let mut f = frame(Protocol::Udp, &big, &[], true, false, 0);
+        f[..6].fill(0xff);
+        cases.push(f);
+        let mut f = frame(Protocol::Udp, &big, &[], true, false, 0);
+        let mut ip = ipv4::Packet::new_unchecked(&mut f[ETH_HLEN..]);
+        ip.set_dst_addr(Ipv4Addr::new(224, 0, 0, 251));
+        ip.fill_checksum();
+        cases.push(f);
+        let mut f = frame(Protocol::Udp, &big, &[], true, false, 0);
+        let mut ip = ipv4::Packet::new_unchecked(&mut f[ETH_HLEN..]);
+        ip.set_src_addr(Ipv4Addr::UNSPECIFIED);
+        ip.fill_checksum();
+        cases.push(f);
+        for (i, f) in cases.iter().enumerate() {
+            assert_eq!(oversize(f), Oversize::Drop, "case {i}");
+            assert_eq!(frag_needed(f, 650, &mut out), None, "case {i}");
+        }
+        // An echo request is answered.
+        let mut echo = big.clone();
+        echo[0] = 8;
+        let f = frame(Protocol::Icmp, &echo, &[], true, false, 0);
+        assert_eq!(oversize(&f), Oversize::FragNeeded);
+        assert!(frag_needed(&f, 650, &mut out).is_some());
+    }
+
+    #[test]
+    fn non_df_frame_fragments_and_reassembles() {
+        let payload = pattern(3000);
+        let f = frame(Protocol::Udp, &payload, &[], false, false, 0);
+        assert_eq!(oversize(&f), Oversize::Fragment);
+        // 650 - 34 = 616 bytes of room, a multiple of 8: 616 per fragment.
+        let pieces = fragments(&f, 650);
+        assert_eq!(pieces.len(), 5);
+        assert!(pieces[..4].iter().all(|p| p.2.len() == 616));
+        assert_eq!(pieces[4].2.len(), 3000 - 4 * 616);
+        assert!(!pieces.last().unwrap().1, "no MF on the last fragment");
+        assert_eq!(reassemble(&pieces, 0), payload);
+    }
+
+    #[test]
+    fn room_is_rounded_down_to_eight() {
+        let payload = pattern(100);
+        let f = frame(Protocol::Udp, &payload, &[1, 1, 1, 0], false, false, 0);
+        // 14 + 24 + 45 = 83: 45 bytes of room, 40 used.
+        let pieces = fragments(&f, 83);
+        assert_eq!(
+            pieces.iter().map(|p| p.2.len()).collect::<Vec<_>>(),
+            [40, 40, 20]
+        );
+        assert_eq!(reassemble(&pieces, 0), payload);
+    }
+
+    #[test]
+    fn existing_fragment_is_fragmented_again() {
+        // A middle fragment: offset 1480, MF set. Its pieces continue from 1480 and all keep MF.
+        let payload = pattern(1480);
+        let f = frame(Protocol::Udp, &payload, &[], false, true, 1480);
+        assert_eq!(oversize(&f), Oversize::Fragment);
+        let pieces = fragments(&f, 600);
+        assert!(pieces.iter().all(|p| p.1), "MF kept on every piece");
+        assert_eq!(pieces[0].0, 1480);
+        assert_eq!(reassemble(&pieces, 1480), payload);
+        // The last fragment of a datagram: MF only on the new pieces before the last.
+        let f = frame(Protocol::Udp, &payload, &[], false, false, 2960);
+        let pieces = fragments(&f, 600);
+        assert!(!pieces.last().unwrap().1);
+        assert_eq!(reassemble(&pieces, 2960), payload);
+    }
+
+    #[test]
+    fn padding_is_not_sent() {
+        let mut f = frame(Protocol::Udp, &pattern(1000), &[], false, false, 0);
+        f.extend_from_slice(&[0xee; 30]);
+        let pieces = fragments(&f, 600);
+        assert_eq!(reassemble(&pieces, 0), pattern(1000));
+    }
+
+    #[test]
+    fn fragmenter_refusals() {
+        let f = frame(Protocol::Udp, &pattern(1000), &[], true, false, 0);
+        assert_eq!(
+            Fragmenter::new(&f, 600).unwrap_err(),
+            FragmentError::DontFragment
+        );
+        let f = frame(Protocol::Udp, &pattern(1000), &[], false, false, 0);
+        // 14 + 20 + 7: no room for 8 bytes.
+        assert_eq!(
+            Fragmenter::new(&f, 41).unwrap_err(),
+            FragmentError::TooSmall
+        );
+        assert!(Fragmenter::new(&f, 42).is_ok());
+        let mut bad = f.clone();
+        bad[ETH_HLEN + 10] ^= 0xff;
+        assert_eq!(
+            Fragmenter::new(&bad, 600).unwrap_err(),
+            FragmentError::NotIpv4
+        );
+        // Offsets past the 13-bit field.
+        let f = frame(Protocol::Udp, &pattern(1000), &[], false, true, 65000);
+        assert_eq!(
+            Fragmenter::new(&f, 300).unwrap_err(),
+            FragmentError::OffsetRange
+        );
+    }
+
+    #[test]
+    fn non_ip_too_big_is_dropped() {
+        let mut arp = vec![0u8; 1500];
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        let mut ipv6 = vec![0u8; 1500];
+        ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        ipv6[14] = 0x60;
+        let mut vlan = frame(Protocol::Udp, &pattern(1400), &[], false, false, 0);
+        vlan[12..14].copy_from_slice(&[0x81, 0x00]);
+        let mut v6_in_v4 = frame(Protocol::Udp, &pattern(1400), &[], false, false, 0);
+        v6_in_v4[ETH_HLEN] = 0x65;
+        for (name, f) in [
+            ("arp", arp),
+            ("ipv6", ipv6),
+            ("vlan", vlan),
+            ("bad version", v6_in_v4),
+            ("runt", vec![0u8; 10]),
+        ] {
+            assert_eq!(oversize(&f), Oversize::Drop, "{name}");
+            assert!(Fragmenter::new(&f, 600).is_err(), "{name}");
+            assert_eq!(
+                frag_needed(&f, 600, &mut [0u8; FRAG_NEEDED_MAX_LEN]),
+                None,
+                "{name}"
+            );
+        }
+    }
+
+    /// A TCP super-frame as a TAP with TSO hands it over: `data` bytes after a 20-byte TCP
+    /// header (sequence number 0x01020304), and its vnet header for segments of 1000 bytes.
+    fn tcp_superframe(data: &[u8], df: bool) -> (Vec<u8>, VnetHdr) {
+        let mut tcp = vec![0u8; 20];
+        tcp[..4].copy_from_slice(&[0x9c, 0x40, 0x14, 0x51]);
+        tcp[4..8].copy_from_slice(&[1, 2, 3, 4]);
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x18;
+        tcp.extend_from_slice(data);
+        let f = frame(Protocol::Tcp, &tcp, &[], df, false, 0);
+        let hdr = VnetHdr {
+            gso_type: GsoType::TcpV4,
+            gso_size: 1000,
+            hdr_len: 54,
+            ..VnetHdr::NONE
+        };
+        (f, hdr)
+    }
+
+    #[test]
+    fn df_superframe_gets_one_frag_needed_quoting_its_start() {
+        let (f, hdr) = tcp_superframe(&pattern(3000), true);
+        let seg = Segmenter::new(hdr, &f).unwrap();
+        assert!(!fits(seg.segment_len_max(), Some(650)));
+        assert_eq!(oversize(&f), Oversize::FragNeeded);
+        let mut out = [0u8; FRAG_NEEDED_MAX_LEN];
+        let n = frag_needed(&f, 650, &mut out).unwrap();
+        let ip = ipv4::Packet::new_checked(&out[ETH_HLEN..n]).unwrap();
+        let icmp = icmpv4::Packet::new_checked(ip.payload()).unwrap();
+        let quote = icmp.payload();
+        // The IP header and the TCP ports and sequence number: what the sender's kernel needs
+        // to find the connection and check the segment is in flight.
+        assert_eq!(quote.len(), 28);
+        assert_eq!(quote[20..28], [0x9c, 0x40, 0x14, 0x51, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn non_df_superframe_segments_are_each_fragmented() {
+        let data = pattern(3000);
+        let (f, hdr) = tcp_superframe(&data, false);
+        assert_eq!(oversize(&f), Oversize::Fragment);
+        let mut seg = Segmenter::new(hdr, &f).unwrap();
+        assert_eq!(seg.remaining(), 3);
+        let mut buf = vec![0u8; seg.segment_len_max()];
+        let mut stream = Vec::new();
+        while let Some(n) = seg.next_into(&mut buf) {
+            let segment = &buf[..n];
+            let pieces = fragments(segment, 650);
+            assert_eq!(pieces.len(), 2);
+            let tcp = reassemble(&pieces, 0);
+            // The reassembled segment is the one the segmenter wrote, checksum and all.
+            assert_eq!(tcp, segment[ETH_HLEN + 20..]);
+            assert_eq!(tcp_checksum_valid(segment), Ok(true));
+            stream.extend_from_slice(&tcp[20..]);
+        }
+        assert_eq!(stream, data);
+    }
+
+    proptest! {
+        #[test]
+        fn any_cut_reassembles(
+            len in 0usize..9000,
+            max in 42u16..9100,
+            opts in 0usize..10,
+            offset in 0u16..4000,
+            mf: bool,
+        ) {
+            let options = vec![1u8; opts * 4];
+            let payload = pattern(len);
+            let offset = offset * 8;
+            let f = frame(Protocol::Udp, &payload, &options, false, mf, offset);
+            match Fragmenter::new(&f, max) {
+                Ok(_) => {
+                    let pieces = fragments(&f, max);
+                    prop_assert_eq!(pieces.last().unwrap().1, mf);
+                    prop_assert_eq!(reassemble(&pieces, usize::from(offset)), payload);
+                }
+                Err(FragmentError::TooSmall) => {
+                    prop_assert!(usize::from(max) < ETH_HLEN + 20 + options.len() + 8);
+                }
+                Err(e) => prop_assert!(false, "unexpected {e}"),
+            }
+        }
+    }
+}
