@@ -110,7 +110,7 @@ impl Default for NodeConfig {
             up_after: 2,
             pmtu_max_frame: 0,
             pmtu_round: Duration::from_millis(500),
-            pmtu_every: Duration::from_secs(5),
+            pmtu_every: Duration::from_secs(3),
             gossip: GossipConfig::default(),
             connmaker: ConnMakerConfig::default(),
         }
@@ -292,9 +292,10 @@ struct Ready {
 /// heartbeats padded to a size (a peer that knows no probes takes them for heartbeats); the
 /// receiver acknowledges each one that arrived whole with a small heartbeat back. A *round*
 /// sends a few sizes at once: a small one (is the path alive at all?), the largest size known
-/// to work (does it still?), and up to seven between that and the smallest size known to
+/// to work (does it still?), and up to fifteen between that and the smallest size known to
 /// fail. After [`NodeConfig::pmtu_round`] the acknowledged sizes move the bounds; the next
-/// round follows at once until the bounds are within 8 bytes, then after
+/// round follows at once until the bounds are within 8 bytes (only then is the result used),
+/// then after
 /// [`NodeConfig::pmtu_every`] (when the upper bound is reset to the full size, so a path
 /// that grew is used again). A round with nothing acknowledged (the path is down, or the
 /// remote does not answer probes) changes nothing. The largest working size is handed to the
@@ -302,9 +303,9 @@ struct Ready {
 ///
 /// Lost probes must not shrink a good path (containers keep a lowered path MTU for minutes):
 /// the two sizes that matter most (the largest known to work, the top of the search) go twice
-/// per round, and a result smaller than what the data path has is only taken when the next
-/// round, at once, says the same. Under 5 % random loss a false shrink needs four probes of
-/// one size lost in a row.
+/// per round; a lost probe of the working size only starts a search, which finds the same
+/// size again; and a settled result smaller than what the data path has is only taken when
+/// the next round, at once, says the same.
 #[derive(Debug, Default)]
 struct PathMtu {
     /// Largest frame known to arrive (0: none yet).
@@ -321,10 +322,15 @@ struct PathMtu {
     next_round: Option<Instant>,
     /// The last round pointed at a smaller path than the data path has; this one confirms.
     confirming: bool,
+    /// The largest working size as of the last settled search (0: none yet).
+    settled: u16,
 }
 
 /// The smallest probe: a frame any path carries (a minimal IPv4 packet in Ethernet).
 const PMTU_FLOOR: u16 = 64;
+/// A round cuts the search interval into this many parts (a 1390-byte path is found to 8
+/// bytes in two rounds after the first).
+const PMTU_STEPS: u32 = 16;
 /// The search stops when the bounds are this close.
 const PMTU_PRECISION: u16 = 8;
 
@@ -343,8 +349,8 @@ impl PathMtu {
         let base = self.lo.max(floor);
         if top > base {
             let span = u32::from(top - base);
-            for k in 1..8u32 {
-                sizes.push(base + (span * k / 8) as u16);
+            for k in 1..PMTU_STEPS {
+                sizes.push(base + (span * k / PMTU_STEPS) as u16);
             }
         }
         sizes.sort_unstable();
@@ -766,25 +772,26 @@ impl Node {
         if p.round_ends.is_some_and(|t| t <= now) {
             p.round_ends = None;
             let before = (p.lo, p.hi);
-            let settled = p.conclude();
-            let limit = p.limit(max);
-            let smaller = limit.unwrap_or(max) < p.installed.unwrap_or(max);
-            if smaller && !p.confirming {
-                // Ask again before believing it.
-                p.confirming = true;
-                (p.lo, p.hi) = before;
+            if !p.conclude() {
+                // Still searching: the data path keeps what it has meanwhile.
                 p.next_round = Some(now);
             } else {
-                p.confirming = false;
-                if settled {
+                let limit = p.limit(max);
+                let smaller = limit.unwrap_or(max) < p.installed.unwrap_or(max);
+                if smaller && !p.confirming {
+                    // Ask again before believing it.
+                    p.confirming = true;
+                    (p.lo, p.hi) = before;
+                    p.next_round = Some(now);
+                } else {
+                    p.confirming = false;
+                    p.settled = p.lo;
                     p.hi = 0; // The next round looks up to the full size again.
                     p.next_round = Some(now + every);
-                } else {
-                    p.next_round = Some(now);
-                }
-                if limit != p.installed {
-                    p.installed = limit;
-                    install = Some(limit);
+                    if limit != p.installed {
+                        p.installed = limit;
+                        install = Some(limit);
+                    }
                 }
             }
         }
@@ -918,8 +925,8 @@ impl Node {
                 carrier: r.is_some_and(|r| self.carriers.get(&r.remote.name) == Some(&id)),
                 path_up: r.is_some_and(|r| r.path_up),
                 path_mtu: r
-                    .filter(|r| r.pmtu.lo > 0)
-                    .map(|r| r.pmtu.lo.saturating_sub(14)),
+                    .filter(|r| r.pmtu.settled > 0)
+                    .map(|r| r.pmtu.settled.saturating_sub(14)),
             }
         })
     }

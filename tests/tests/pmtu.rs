@@ -1,0 +1,206 @@
+//! Integration test (root, network namespaces): path MTU discovery on the userspace path
+//! (issue 14).
+//!
+//! Two hosts, one container each, the overlay MTU the default 1376. Then the underlay between
+//! the hosts is made to carry only UDP datagrams of less than 700 bytes (an iptables length
+//! match inside both host namespaces on weft's data port, each host's underlay device cutting
+//! GSO batches first), as a tunnel or a misconfigured link would. A user checks that:
+//! - within 10 s, `ping -s 10000` between the containers gets through (weft fragments what has
+//!   no DF bit and answers DF packets with ICMP "fragmentation needed", as Weave's sleeve did),
+//!   and a 20 MiB TCP transfer arrives intact;
+//! - `weave status connections` shows the connection's reduced MTU (`mtu=`), and the JSON
+//!   status its `path_mtu`;
+//! - once the limit is lifted, the status shows the full MTU again and, with the container's
+//!   learnt path MTU flushed, a full-size DF ping goes through.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use weft_tests::mesh::transfer_intact;
+use weft_tests::net::{Container, UNDERLAY_DEV};
+use weft_tests::{Host, run_test, wait_until};
+
+/// The largest IP packet on the underlay, plus one: iptables drops UDP packets this long or
+/// longer on the data port.
+const LIMIT: u32 = 700;
+/// IP + UDP + VXLAN headers around an inner frame, and the inner Ethernet header.
+const OUTER: u32 = 20 + 8 + 8;
+const ETH: u32 = 14;
+/// The container MTU the limit allows: 700 - 1 - 36 - 14 = 649.
+const REDUCED: u32 = LIMIT - 1 - OUTER - ETH;
+const FULL: u32 = 1376;
+
+/// Adds (`-A`) or deletes (`-D`) the length limit on host `h` (its incoming datagrams; both
+/// hosts get it, so both directions are limited).
+///
+/// Netfilter sees a UDP GSO batch as one large packet (on the sender's OUTPUT and, since veth
+/// passes GSO packets through whole, on the receiver's INPUT), so a length rule would drop whole
+/// batches of small datagrams, which no real path does: [`per_packet`] makes the underlay
+/// devices cut batches into single datagrams first.
+fn limit(h: &Host, op: &str) -> Result<()> {
+    let len = format!("{LIMIT}:65535");
+    h.exec(&[
+        "iptables", "-w", op, "INPUT", "-p", "udp", "--dport", "6784", "-m", "length", "--length",
+        &len, "-j", "DROP",
+    ])?
+    .ok()
+    .with_context(|| format!("iptables {op} INPUT on host {}", h.n()))?;
+    Ok(())
+}
+
+/// Makes host `h`'s underlay device segment every GSO batch before it leaves (see [`limit`]).
+fn per_packet(h: &Host) -> Result<()> {
+    h.exec(&[
+        "ip",
+        "link",
+        "set",
+        "dev",
+        UNDERLAY_DEV,
+        "gso_max_segs",
+        "1",
+    ])?
+    .ok()
+    .with_context(|| format!("gso_max_segs on host {}", h.n()))?;
+    Ok(())
+}
+
+/// The `mtu=` of the first established connection in `weave status connections`.
+fn status_mtu(h: &Host) -> Result<u32> {
+    let text = h.weft_ok(&["status", "connections"])?;
+    let line = text
+        .lines()
+        .find(|l| l.contains("established"))
+        .with_context(|| format!("no established connection:\n{text}"))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("mtu="))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no mtu= in {line:?}"))
+}
+
+/// `path_mtu` of the connection in the JSON status.
+fn json_path_mtu(h: &Host) -> Result<Option<u64>> {
+    let v = h.status_json()?;
+    Ok(v["connections"]
+        .as_array()
+        .and_then(|cs| cs.iter().find_map(|c| c["path_mtu"].as_u64())))
+}
+
+/// One `ping -c 1 -s size` (extra args before the address); true if answered.
+fn ping_size(from: &Container, to: &Container, size: u32, extra: &[&str]) -> Result<bool> {
+    let mut args = vec![
+        "ping".to_owned(),
+        "-n".into(),
+        "-c".into(),
+        "1".into(),
+        "-W".into(),
+        "1".into(),
+        "-s".into(),
+        size.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args.push(to.ip().to_string());
+    Ok(from.exec(&args)?.success())
+}
+
+#[test]
+fn a_narrow_underlay_path_is_discovered_and_used() {
+    run_test("pmtu", |net| {
+        let p = net.pair()?;
+        let (h1, h2, c1, c2) = (&p.h1, &p.h2, &p.c1, &p.c2);
+        wait_until(
+            "both ends to know the full path MTU",
+            Duration::from_secs(10),
+            Duration::from_millis(200),
+            || {
+                for h in [h1, h2] {
+                    let m = status_mtu(h)?;
+                    ensure!(m == FULL, "host {}: mtu={m}", h.n());
+                }
+                Ok(())
+            },
+        )?;
+        ensure!(
+            ping_size(c1, c2, 10000, &[])?,
+            "a 10000-byte ping fails before any limit"
+        );
+
+        for h in [h1, h2] {
+            per_packet(h)?;
+            limit(h, "-A")?;
+        }
+        let t0 = Instant::now();
+        // Big pings until one is answered (the first ones may be lost while weft finds out).
+        let through = wait_until(
+            "a 10000-byte ping through the narrow path",
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || {
+                ensure!(ping_size(c1, c2, 10000, &[])?, "no answer");
+                Ok(t0.elapsed())
+            },
+        )?;
+        eprintln!("narrow path: 10000-byte ping answered {through:.1?} after the limit");
+        ensure!(
+            through <= Duration::from_secs(10),
+            "the 10000-byte ping got through only after {through:.1?}"
+        );
+        for h in [h1, h2] {
+            let m = status_mtu(h)?;
+            eprintln!("host {}: status says mtu={m}", h.n());
+            ensure!(
+                (REDUCED - 8..=REDUCED).contains(&m),
+                "host {}: status says mtu={m}, the path carries {REDUCED}",
+                h.n()
+            );
+            ensure!(
+                json_path_mtu(h)? == Some(u64::from(m)),
+                "host {}: JSON path_mtu {:?} differs from mtu={m}",
+                h.n(),
+                json_path_mtu(h)?
+            );
+        }
+        // TCP (DF set by the container) learns the path MTU from weft's ICMP and gets through.
+        let took = transfer_intact(net, c1, c2, 20)?;
+        eprintln!("narrow path: 20 MiB intact in {took:.1?}");
+        ensure!(
+            h1.settled_counter("pmtu_frag_needed_sent")? > 0,
+            "no ICMP fragmentation-needed was sent to the container"
+        );
+        // Pings in both directions, several sizes, all answered now.
+        for size in [600, 1400, 4000, 10000] {
+            ensure!(ping_size(c1, c2, size, &[])?, "c1 -> c2, {size} bytes");
+            ensure!(ping_size(c2, c1, size, &[])?, "c2 -> c1, {size} bytes");
+        }
+
+        for h in [h1, h2] {
+            limit(h, "-D")?;
+        }
+        let t1 = Instant::now();
+        wait_until(
+            "the full path MTU to come back",
+            Duration::from_secs(20),
+            Duration::from_millis(200),
+            || {
+                for h in [h1, h2] {
+                    let m = status_mtu(h)?;
+                    ensure!(m == FULL, "host {}: mtu={m}", h.n());
+                }
+                Ok(())
+            },
+        )?;
+        eprintln!("limit lifted: full MTU again after {:.1?}", t1.elapsed());
+        // The container keeps what it learnt for minutes; flushed, it sends full size again,
+        // with DF, and that goes through.
+        for c in [c1, c2] {
+            c.exec(&["ip", "route", "flush", "cache"])?
+                .ok()
+                .context("flushing the container's route cache")?;
+        }
+        let full_payload = FULL - 28;
+        ensure!(
+            ping_size(c1, c2, full_payload, &["-M", "do"])?,
+            "a full-size DF ping ({full_payload} bytes) fails after the limit was lifted"
+        );
+        Ok(())
+    });
+}
