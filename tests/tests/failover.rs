@@ -8,7 +8,7 @@
 //!   the direct path back within 3 s.
 //! - 5 % random loss on every host's input from the underlay (iptables `statistic`, this
 //!   kernel has no netem) for 60 s changes no route: no path goes down, no host's path to
-//!   another ever changes.
+//!   another ever changes, and no link's path MTU shrinks.
 //! - The reroute time, measured as the longest run of lost pings, over ten cuts: the median
 //!   is printed for the report and every one of them is within 3 s.
 
@@ -245,6 +245,16 @@ fn five_percent_loss_for_a_minute_changes_no_route() {
         for h in &hosts {
             let down = h.counter("data_paths_down")?;
             ensure!(down == 0, "host {} took a path down {down} times", h.n());
+            // Lost path MTU probes did not shrink any link's MTU either.
+            let conns = h.weft_ok(&["status", "connections"])?;
+            ensure!(
+                conns
+                    .lines()
+                    .filter(|l| l.contains("established"))
+                    .all(|l| l.contains("mtu=1376")),
+                "host {}: a link's MTU changed under 5 % loss:\n{conns}",
+                h.n()
+            );
         }
         // The loss was real: about 10 % of round trips lost (5 % each way), not none.
         ensure!(
