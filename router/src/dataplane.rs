@@ -522,8 +522,8 @@ impl DataPlane {
             dropped: 0,
         };
         for round in 0..UDP_BUDGET {
-            // The socket is blocking (the control plane shares it): receive again only if
-            // something is queued.
+            // The socket is blocking (a full send buffer makes sends wait rather than drop):
+            // receive again only if something is queued.
             if round > 0 && !readable_now(&self.udp) {
                 break;
             }
