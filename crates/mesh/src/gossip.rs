@@ -430,8 +430,8 @@ impl Mesh {
         records: &[Record],
     ) -> Result<(), GossipError> {
         let held: Vec<(u64, u64)> = records.iter().map(|r| self.held(r.name)).collect();
-        let links_before: Vec<BTreeSet<(PeerName, bool)>> =
-            records.iter().map(|r| self.links_of(r.name)).collect();
+        let links_before: Vec<Vec<PeerName>> =
+            records.iter().map(|r| self.remotes_of(r.name)).collect();
         let merged = match self.topology.merge_records(records) {
             Ok(m) => m,
             Err(e) => {
@@ -439,8 +439,11 @@ impl Mesh {
                 return Err(e.into());
             }
         };
+        let mut want_names = merged.want.clone();
+        want_names.sort_unstable();
+        let wanted = |name: &PeerName| want_names.binary_search(name).is_ok();
         if let Some(nb) = self.neighbours.get_mut(&from) {
-            for r in records.iter().filter(|r| !merged.want.contains(&r.name)) {
+            for r in records.iter().filter(|r| !wanted(&r.name)) {
                 nb.learn(r.name, r.version, r.uid);
             }
         }
@@ -455,7 +458,7 @@ impl Mesh {
         // (we are behind its base), or the full record (anything else).
         let mut wants = Vec::new();
         for (r, &ours) in records.iter().zip(&held) {
-            if !merged.want.contains(&r.name) {
+            if !wanted(&r.name) {
                 continue;
             }
             if ours.1 == r.uid && ours.0 > 0 && ours.0 < r.base {
@@ -480,19 +483,19 @@ impl Mesh {
             self.pending.insert(*name, origin);
         }
         for (r, before) in records.iter().zip(links_before) {
-            if r.name == local || !merged.new.contains(&r.name) {
+            if r.name == local || merged.new.binary_search(&r.name).is_err() {
                 continue;
             }
             // A link that reappears established at once is a path that came back (a new
             // connection first shows up unestablished); its other end needs this record to
             // route over it again.
-            let back = self
-                .links_of(r.name)
-                .into_iter()
-                .filter(|&(remote, established)| {
-                    established && !before.iter().any(|&(b, _)| b == remote)
-                })
-                .map(|(remote, _)| remote);
+            let back: Vec<PeerName> = self.topology.peer(r.name).map_or_else(Vec::new, |p| {
+                p.connections
+                    .iter()
+                    .filter(|c| c.established && before.binary_search(&c.remote).is_err())
+                    .map(|c| c.remote)
+                    .collect()
+            });
             self.touched.entry(r.name).or_default().extend(back);
         }
         self.schedule_batch(now);
@@ -695,13 +698,10 @@ impl Mesh {
         }
     }
 
-    /// `name`'s connections as (remote, established), empty if unknown.
-    fn links_of(&self, name: PeerName) -> BTreeSet<(PeerName, bool)> {
-        self.topology.peer(name).map_or_else(BTreeSet::new, |p| {
-            p.connections
-                .iter()
-                .map(|c| (c.remote, c.established))
-                .collect()
+    /// The remotes of `name`'s connections, in name order; empty if unknown.
+    fn remotes_of(&self, name: PeerName) -> Vec<PeerName> {
+        self.topology.peer(name).map_or_else(Vec::new, |p| {
+            p.connections.iter().map(|c| c.remote).collect()
         })
     }
 
@@ -796,10 +796,15 @@ impl Mesh {
                 if how == Relay::Skip {
                     continue;
                 }
-                match self.topology.record_since(name, nb.base(name)) {
-                    Some(r) if !r.is_full() && how == Relay::Push => deltas.push(r),
-                    Some(_) => announce.push((name, p.version)),
-                    None => {}
+                // `nb` lacks this version, so there is always something to send: a delta
+                // if one can be built from what it holds, else an announcement.
+                let base = nb.base(name);
+                let delta = (how == Relay::Push && self.topology.has_delta_since(name, base))
+                    .then(|| self.topology.record_since(name, base))
+                    .flatten();
+                match delta {
+                    Some(r) => deltas.push(r),
+                    None => announce.push((name, p.version)),
                 }
             }
             if !deltas.is_empty() {

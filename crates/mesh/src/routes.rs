@@ -12,15 +12,16 @@
 //!   peer other than S has exactly one parent, so when views agree every reachable peer gets a
 //!   broadcast exactly once.
 //!
-//! The unicast table is computed eagerly by [`Routes::compute`] (one BFS). Broadcast trees are
-//! computed lazily, one BFS per source on first use, and cached in the (immutable) [`Routes`]
-//! value, which stays `Send + Sync` so a data-plane thread can share a snapshot.
+//! The unicast table is computed eagerly by [`Routes::compute`] (one BFS). Our children in
+//! every source's broadcast tree are computed lazily, all at once on first use (one
+//! bit-parallel BFS per 64 sources), and cached in the (immutable) [`Routes`] value, which
+//! stays `Send + Sync` so a data-plane thread can share a snapshot.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use crate::identity::{PeerName, ShortId};
-use crate::topology::Topology;
+use crate::topology::{PeerSummary, Topology};
 
 /// Marks "no parent" in a BFS parent array.
 const NONE: u32 = u32::MAX;
@@ -38,31 +39,27 @@ pub struct Routes {
     parent: Vec<u32>,
     /// First hop toward each peer (`NONE` if unreachable or us).
     first_hop: Vec<u32>,
-    /// Lazily computed: our children in each source's broadcast tree.
-    children: Vec<OnceLock<Vec<PeerName>>>,
+    /// Lazily computed (all sources at once, on first use): our children in each source's
+    /// broadcast tree, indexed like `names`.
+    children: OnceLock<Vec<Vec<PeerName>>>,
     by_short_id: BTreeMap<ShortId, PeerName>,
 }
 
 impl Routes {
     /// Computes the unicast routes (eagerly) and prepares the broadcast trees (lazily).
     pub fn compute(topology: &Topology) -> Self {
-        let names: Vec<PeerName> = topology.peers().map(|p| p.name).collect();
-        let index: BTreeMap<PeerName, u32> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (*n, i as u32))
-            .collect();
+        let peers: Vec<&PeerSummary> = topology.peers().collect();
+        let names: Vec<PeerName> = peers.iter().map(|p| p.name).collect();
         let mut adjacency = vec![Vec::new(); names.len()];
-        for (i, p) in topology.peers().enumerate() {
+        for (i, p) in peers.iter().enumerate() {
             for c in p.connections.iter().filter(|c| c.established) {
-                let Some(&j) = index.get(&c.remote) else {
+                // Peers come in name order, so `names` is sorted.
+                let Ok(j) = names.binary_search(&c.remote) else {
                     continue;
                 };
-                let Some(remote) = topology.peer(c.remote) else {
-                    continue;
-                };
+                let j = j as u32;
                 // Connection lists are sorted by remote name (the topology keeps them so).
-                let conns = &remote.connections;
+                let conns = &peers[j as usize].connections;
                 let start = conns.partition_point(|rc| rc.remote < p.name);
                 let symmetric = conns[start..]
                     .iter()
@@ -79,7 +76,7 @@ impl Routes {
         }
         let local = topology.local_name();
         // Invariant: the topology always contains the local peer.
-        let local_idx = index[&local];
+        let local_idx = names.binary_search(&local).unwrap_or(0) as u32;
         let parent = bfs(&adjacency, local_idx);
         let mut first_hop = vec![NONE; names.len()];
         // Walk each reachable peer up to the child of the root; cheap enough for our sizes
@@ -102,7 +99,7 @@ impl Routes {
         }
         Self {
             local,
-            children: (0..names.len()).map(|_| OnceLock::new()).collect(),
+            children: OnceLock::new(),
             names,
             short_ids,
             adjacency,
@@ -126,19 +123,92 @@ impl Routes {
         let Some(s) = self.index(source) else {
             return &[];
         };
-        self.children[s].get_or_init(|| {
-            let Some(l) = self.index(self.local) else {
-                return Vec::new();
-            };
-            let parent = bfs(&self.adjacency, s as u32);
-            if s != l && parent[l] == NONE {
-                return Vec::new();
+        &self.children.get_or_init(|| self.all_children())[s]
+    }
+
+    /// Our children in every source's tree, by source index.
+    ///
+    /// In the BFS tree rooted at source S, a peer's parent is its smallest-named neighbour one
+    /// level closer to S (levels are processed in name order and a peer takes the first parent
+    /// that reaches it). So our neighbour `v` is our child iff `d(S, v) = d(S, us) + 1` and no
+    /// neighbour of `v` named below us is at `d(S, us)`. That needs only distances from every
+    /// source, found by one bit-parallel BFS per 64 sources (the graph is undirected) instead
+    /// of one BFS per source.
+    fn all_children(&self) -> Vec<Vec<PeerName>> {
+        const INF: u32 = u32::MAX;
+        let n = self.names.len();
+        let mut out = vec![Vec::new(); n];
+        let Some(l) = self.index(self.local) else {
+            return out;
+        };
+        let adj = &self.adjacency;
+        let mut dist = vec![INF; n * 64];
+        let mut visited = vec![0u64; n];
+        let mut frontier = vec![0u64; n];
+        let mut next = vec![0u64; n];
+        for first in (0..n).step_by(64) {
+            let batch = first..(first + 64).min(n);
+            dist.fill(INF);
+            visited.fill(0);
+            frontier.fill(0);
+            for s in batch.clone() {
+                let bit = 1u64 << (s - first);
+                visited[s] |= bit;
+                frontier[s] |= bit;
+                dist[s * 64 + (s - first)] = 0;
             }
-            (0..self.names.len())
-                .filter(|&v| parent[v] == l as u32)
-                .map(|v| self.names[v])
-                .collect()
-        })
+            let mut level = 0;
+            loop {
+                level += 1;
+                let mut any = false;
+                for x in 0..n {
+                    let mut reached = 0u64;
+                    for &y in &adj[x] {
+                        reached |= frontier[y as usize];
+                    }
+                    reached &= !visited[x];
+                    next[x] = reached;
+                    if reached != 0 {
+                        any = true;
+                        visited[x] |= reached;
+                        let mut bits = reached;
+                        while bits != 0 {
+                            let i = bits.trailing_zeros() as usize;
+                            dist[x * 64 + i] = level;
+                            bits &= bits - 1;
+                        }
+                    }
+                }
+                if !any {
+                    break;
+                }
+                std::mem::swap(&mut frontier, &mut next);
+            }
+            for s in batch {
+                let i = s - first;
+                let d = |x: u32| dist[x as usize * 64 + i];
+                if s == l {
+                    out[s] = adj[l].iter().map(|&v| self.names[v as usize]).collect();
+                    continue;
+                }
+                let dl = d(l as u32);
+                if dl == INF {
+                    continue;
+                }
+                out[s] = adj[l]
+                    .iter()
+                    .filter(|&&v| d(v) == dl + 1)
+                    .filter(|&&v| {
+                        !adj[v as usize]
+                            .iter()
+                            .take_while(|&&u| (u as usize) < l)
+                            .any(|&u| d(u) == dl)
+                    })
+                    .map(|&v| self.names[v as usize])
+                    .collect();
+            }
+        }
+        out
     }
 
     /// Every peer we can reach (ourselves excluded), in name order.
@@ -352,8 +422,61 @@ mod tests {
         out.into_values().collect()
     }
 
+    /// Our children in `source`'s tree by the definition: a BFS from `source`, then the peers
+    /// whose parent we are.
+    fn children_by_bfs(r: &Routes, source: PeerName) -> Vec<PeerName> {
+        let (Some(s), Some(l)) = (r.index(source), r.index(r.local)) else {
+            return Vec::new();
+        };
+        let parent = bfs(&r.adjacency, s as u32);
+        if s != l && parent[l] == NONE {
+            return Vec::new();
+        }
+        (0..r.names.len())
+            .filter(|&v| parent[v] == l as u32)
+            .map(|v| r.names[v])
+            .collect()
+    }
+
+    /// More than 64 peers (several bit-parallel batches), a long chain with shortcuts: the
+    /// children computed for all sources at once are those of one BFS per source.
+    #[test]
+    fn all_sources_children_match_one_bfs_per_source() {
+        let n = 150u64;
+        let mut edges: Vec<(u64, u64)> = (1..n).map(|i| (i, i + 1)).collect();
+        edges.extend((1..n / 3).map(|i| (i, 3 * i)));
+        edges.extend((1..n / 7).map(|i| (i * 7, n - i)));
+        for p in [1, 2, 40, 64, 65, 100, 150] {
+            let r = Routes::compute(&view(p, n, &edges));
+            for s in 1..=n {
+                assert_eq!(
+                    r.broadcast_children(name(s)),
+                    children_by_bfs(&r, name(s)).as_slice(),
+                    "local {p}, source {s}"
+                );
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// On random graphs, the children computed for all sources at once are those of one
+        /// BFS per source.
+        #[test]
+        fn children_match_bfs(n in 2u64..90, raw in proptest::collection::vec((1u64..90, 1u64..90), 0..300)) {
+            let edges: Vec<(u64, u64)> = raw.into_iter()
+                .map(|(a, b)| (1 + (a - 1) % n, 1 + (b - 1) % n))
+                .filter(|(a, b)| a != b)
+                .collect();
+            for p in [1, n / 2 + 1, n] {
+                let r = Routes::compute(&view(p, n, &edges));
+                for s in 1..=n {
+                    let want = children_by_bfs(&r, name(s));
+                    prop_assert_eq!(r.broadcast_children(name(s)), want.as_slice());
+                }
+            }
+        }
 
         /// On random graphs (connected or not), a flood from every source reaches every peer
         /// of its component exactly once and nobody else; unicast next hops lead to the
