@@ -74,6 +74,10 @@ pub const MAX_PAYLOAD: usize = 512 * 1024;
 /// answer normally arrives within a round trip on the ordered connection).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Above this many records at once, who-lists-whom questions are answered from one pass over
+/// the topology rather than a lookup each.
+const LISTING_MIN: usize = 16;
+
 /// Most entries one digest or want message may carry; more is refused as invalid input.
 pub const MAX_DIGEST: usize = 16 * 1024;
 
@@ -708,8 +712,19 @@ impl Mesh {
     /// Whether we forward `origin`'s record to neighbour `to` (see the module docs): the
     /// origin sends its own to everyone; relays skip the origin's own neighbours and, two hops
     /// out, leave the receiver to the origin's smallest-named neighbour connected to it.
-    fn relay(&self, origin: PeerName, to: PeerName) -> Relay {
+    ///
+    /// `listing_to`, if given, is [`Mesh::listing`] of `to` (saves a lookup per question
+    /// when many records are relayed at once).
+    fn relay(&self, origin: PeerName, to: PeerName, listing_to: Option<&[PeerName]>) -> Relay {
         let local = self.topology.local_name();
+        // Whether peer `m`'s record lists a connection to `to`.
+        let lists_to = |m: PeerName| match listing_to {
+            Some(l) => l.binary_search(&m).is_ok(),
+            None => self
+                .topology
+                .peer(m)
+                .is_some_and(|m| m.connection(to).is_some()),
+        };
         if origin == local {
             return Relay::Push;
         }
@@ -724,13 +739,7 @@ impl Mesh {
                 .connections
                 .iter()
                 .take_while(|c| c.remote < local)
-                .any(|c| {
-                    c.remote != to
-                        && self
-                            .topology
-                            .peer(c.remote)
-                            .is_some_and(|m| m.connection(to).is_some())
-                });
+                .any(|c| c.remote != to && lists_to(c.remote));
             return if touched && o.connection(local).is_some() && !smaller_relay {
                 Relay::Push
             } else {
@@ -741,11 +750,7 @@ impl Mesh {
             o.connections
                 .iter()
                 .take_while(|c| below.is_none_or(|b| c.remote < b))
-                .any(|c| {
-                    self.topology
-                        .peer(c.remote)
-                        .is_some_and(|m| m.connection(to).is_some())
-                })
+                .any(|c| lists_to(c.remote))
         };
         if o.connection(local).is_none() {
             // Two or more hops from the origin: peers two hops out are left to the origin's
@@ -780,6 +785,8 @@ impl Mesh {
             let Some(nb) = self.neighbours.get(&to) else {
                 continue;
             };
+            // One pass over the topology beats a lookup per relay question for big batches.
+            let listing = (pending.len() > LISTING_MIN).then(|| self.listing(to));
             let mut deltas = Vec::new();
             let mut announce = Vec::new();
             for (&name, from) in &pending {
@@ -792,7 +799,7 @@ impl Mesh {
                 if p.version == 0 || nb.has(p) {
                     continue;
                 }
-                let how = self.relay(name, to);
+                let how = self.relay(name, to, listing.as_deref());
                 if how == Relay::Skip {
                     continue;
                 }
@@ -848,6 +855,7 @@ impl Mesh {
             }
         }
         let local = self.topology.local_name();
+        let listing = (entries.len() > LISTING_MIN).then(|| self.listing(local));
         let mut wants = Vec::new();
         for &(n, v, u) in &entries {
             if n == local {
@@ -862,7 +870,7 @@ impl Mesh {
             if v <= ours.0 || self.outstanding(now, n) {
                 continue;
             }
-            if !reply && ours.0 > 0 && self.within_two_hops(n) {
+            if !reply && ours.0 > 0 && self.within_two_hops(n, listing.as_deref()) {
                 // We hold an older version and are close enough to the origin that the origin
                 // or one of its neighbours pushes changes to us: the delta is most likely on
                 // its way. Ask only if it has not come by then.
@@ -890,16 +898,29 @@ impl Mesh {
 
     /// Whether, as far as we know, we are a neighbour of `origin` or of one of its
     /// neighbours (so its changes are pushed to us rather than announced).
-    fn within_two_hops(&self, origin: PeerName) -> bool {
+    ///
+    /// `listing_local`, if given, is [`Mesh::listing`] of ourselves.
+    fn within_two_hops(&self, origin: PeerName, listing_local: Option<&[PeerName]>) -> bool {
         let local = self.topology.local_name();
+        let lists_local = |m: PeerName| match listing_local {
+            Some(l) => l.binary_search(&m).is_ok(),
+            None => self
+                .topology
+                .peer(m)
+                .is_some_and(|m| m.connection(local).is_some()),
+        };
         self.topology.peer(origin).is_some_and(|o| {
-            o.connection(local).is_some()
-                || o.connections.iter().any(|c| {
-                    self.topology
-                        .peer(c.remote)
-                        .is_some_and(|m| m.connection(local).is_some())
-                })
+            lists_local(origin) || o.connections.iter().any(|c| lists_local(c.remote))
         })
+    }
+
+    /// The known peers whose record lists a connection to `to`, in name order.
+    fn listing(&self, to: PeerName) -> Vec<PeerName> {
+        self.topology
+            .peers()
+            .filter(|p| p.connection(to).is_some())
+            .map(|p| p.name)
+            .collect()
     }
 
     /// (version, uid) of our gossiped record of `name`; (0, 0) if none.
