@@ -504,7 +504,20 @@ impl Mesh {
         }
         self.schedule_batch(now);
         self.topology_changed(now);
-        self.resolve_short_id_collision(now);
+        // We hold no smaller-named peer with our short id before this merge (we would have
+        // moved), unless no free id existed: only the merged records can collide.
+        let ours = self.topology.local();
+        let collides = self.topology.len() > usize::from(ShortId::MAX)
+            || merged.new.iter().any(|n| {
+                *n < ours.name
+                    && self
+                        .topology
+                        .peer(*n)
+                        .is_some_and(|p| p.short_id == ours.short_id)
+            });
+        if collides {
+            self.resolve_short_id_collision(now);
+        }
         Ok(())
     }
 
@@ -785,8 +798,9 @@ impl Mesh {
             let Some(nb) = self.neighbours.get(&to) else {
                 continue;
             };
-            // One pass over the topology beats a lookup per relay question for big batches.
-            let listing = (pending.len() > LISTING_MIN).then(|| self.listing(to));
+            // One pass over the topology beats a lookup per relay question for big batches
+            // (built on first use).
+            let mut listing: Option<Vec<PeerName>> = None;
             let mut deltas = Vec::new();
             let mut announce = Vec::new();
             for (&name, from) in &pending {
@@ -798,6 +812,9 @@ impl Mesh {
                 };
                 if p.version == 0 || nb.has(p) {
                     continue;
+                }
+                if listing.is_none() && pending.len() > LISTING_MIN {
+                    listing = Some(self.listing(to));
                 }
                 let how = self.relay(name, to, listing.as_deref());
                 if how == Relay::Skip {
@@ -855,7 +872,8 @@ impl Mesh {
             }
         }
         let local = self.topology.local_name();
-        let listing = (entries.len() > LISTING_MIN).then(|| self.listing(local));
+        // Built on first use, for long lists only.
+        let mut listing: Option<Vec<PeerName>> = None;
         let mut wants = Vec::new();
         for &(n, v, u) in &entries {
             if n == local {
@@ -870,7 +888,12 @@ impl Mesh {
             if v <= ours.0 || self.outstanding(now, n) {
                 continue;
             }
-            if !reply && ours.0 > 0 && self.within_two_hops(n, listing.as_deref()) {
+            if !reply && ours.0 > 0 && {
+                if listing.is_none() && entries.len() > LISTING_MIN {
+                    listing = Some(self.listing(local));
+                }
+                self.within_two_hops(n, listing.as_deref())
+            } {
                 // We hold an older version and are close enough to the origin that the origin
                 // or one of its neighbours pushes changes to us: the delta is most likely on
                 // its way. Ask only if it has not come by then.
