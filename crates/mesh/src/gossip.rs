@@ -544,7 +544,7 @@ impl Mesh {
         }
         if self.routes_at.is_some_and(|t| t <= now) {
             self.routes_at = None;
-            self.routes = Routes::compute(&self.topology);
+            self.routes = self.routes.update(&self.topology);
             self.events.push_back(MeshEvent::TopologyChanged);
         }
         if self.lagging.first_key_value().is_some() {

@@ -43,6 +43,8 @@ pub struct Routes {
     /// broadcast tree, indexed like `names`.
     children: OnceLock<Vec<Vec<PeerName>>>,
     by_short_id: BTreeMap<ShortId, PeerName>,
+    /// (version, uid) of each peer's record these routes were computed from.
+    records: Vec<(u64, u64)>,
 }
 
 impl Routes {
@@ -50,30 +52,56 @@ impl Routes {
     pub fn compute(topology: &Topology) -> Self {
         let peers: Vec<&PeerSummary> = topology.peers().collect();
         let names: Vec<PeerName> = peers.iter().map(|p| p.name).collect();
-        let mut adjacency = vec![Vec::new(); names.len()];
-        for (i, p) in peers.iter().enumerate() {
-            for c in p.connections.iter().filter(|c| c.established) {
-                // Peers come in name order, so `names` is sorted.
-                let Ok(j) = names.binary_search(&c.remote) else {
-                    continue;
-                };
-                let j = j as u32;
-                // Connection lists are sorted by remote name (the topology keeps them so).
-                let conns = &peers[j as usize].connections;
-                let start = conns.partition_point(|rc| rc.remote < p.name);
-                let symmetric = conns[start..]
-                    .iter()
-                    .take_while(|rc| rc.remote == p.name)
-                    .any(|rc| rc.established);
-                if symmetric {
-                    adjacency[i].push(j);
+        let adjacency = (0..peers.len()).map(|i| links(&peers, &names, i)).collect();
+        Self::finish(topology, &peers, names, adjacency)
+    }
+
+    /// The routes of `topology`, which these routes were computed from an earlier version
+    /// of: the same result as [`Routes::compute`], but when the set of peers is unchanged
+    /// only the links of peers whose record changed (by version and incarnation) are read
+    /// again.
+    pub fn update(&self, topology: &Topology) -> Self {
+        let peers: Vec<&PeerSummary> = topology.peers().collect();
+        let same_peers = self.local == topology.local_name()
+            && peers.len() == self.names.len()
+            && peers.iter().zip(&self.names).all(|(p, n)| p.name == *n);
+        if !same_peers {
+            return Self::compute(topology);
+        }
+        let changed: Vec<usize> = (0..peers.len())
+            .filter(|&i| (peers[i].version, peers[i].uid) != self.records[i])
+            .collect();
+        // A link depends only on the records of its two ends: links of unchanged peers to
+        // unchanged peers stay; every link touching a changed peer is read again.
+        let mut adjacency = self.adjacency.clone();
+        for &i in &changed {
+            for j in std::mem::take(&mut adjacency[i]) {
+                let row = &mut adjacency[j as usize];
+                if let Ok(k) = row.binary_search(&(i as u32)) {
+                    row.remove(k);
                 }
             }
         }
-        for list in &mut adjacency {
-            list.sort_unstable();
-            list.dedup();
+        for &i in &changed {
+            let row = links(&peers, &self.names, i);
+            for &j in &row {
+                let other = &mut adjacency[j as usize];
+                if let Err(k) = other.binary_search(&(i as u32)) {
+                    other.insert(k, i as u32);
+                }
+            }
+            adjacency[i] = row;
         }
+        Self::finish(topology, &peers, self.names.clone(), adjacency)
+    }
+
+    /// Unicast routes and the rest, from the links.
+    fn finish(
+        topology: &Topology,
+        peers: &[&PeerSummary],
+        names: Vec<PeerName>,
+        adjacency: Vec<Vec<u32>>,
+    ) -> Self {
         let local = topology.local_name();
         // Invariant: the topology always contains the local peer.
         let local_idx = names.binary_search(&local).unwrap_or(0) as u32;
@@ -92,8 +120,9 @@ impl Routes {
             first_hop[v] = u;
         }
         let mut by_short_id = BTreeMap::new();
-        let short_ids: Vec<ShortId> = topology.peers().map(|p| p.short_id).collect();
-        for p in topology.peers() {
+        let short_ids: Vec<ShortId> = peers.iter().map(|p| p.short_id).collect();
+        let records = peers.iter().map(|p| (p.version, p.uid)).collect();
+        for p in peers {
             // On a collision the smaller name keeps the id (the larger one is about to move).
             by_short_id.entry(p.short_id).or_insert(p.name);
         }
@@ -106,6 +135,7 @@ impl Routes {
             parent,
             first_hop,
             by_short_id,
+            records,
         }
     }
 
@@ -263,6 +293,31 @@ impl Routes {
     fn index(&self, name: PeerName) -> Option<usize> {
         self.names.binary_search(&name).ok()
     }
+}
+
+/// Peer `i`'s established-and-symmetric links, in index (= name) order. `peers` is in name
+/// order and `names` are their names.
+fn links(peers: &[&PeerSummary], names: &[PeerName], i: usize) -> Vec<u32> {
+    let p = peers[i];
+    let mut row = Vec::new();
+    for c in p.connections.iter().filter(|c| c.established) {
+        let Ok(j) = names.binary_search(&c.remote) else {
+            continue;
+        };
+        // Connection lists are sorted by remote name (the topology keeps them so).
+        let conns = &peers[j].connections;
+        let start = conns.partition_point(|rc| rc.remote < p.name);
+        let symmetric = conns[start..]
+            .iter()
+            .take_while(|rc| rc.remote == p.name)
+            .any(|rc| rc.established);
+        if symmetric {
+            row.push(j as u32);
+        }
+    }
+    row.sort_unstable();
+    row.dedup();
+    row
 }
 
 /// BFS from `root`; levels in index (= name) order; returns each node's parent (`NONE` for the
@@ -458,8 +513,75 @@ mod tests {
         }
     }
 
+    /// A view like [`view`] whose records carry a version derived from their content (as
+    /// gossip guarantees: the same version of a record is the same record).
+    fn versioned_view(local: u64, n: u64, edges: &[(u64, u64)], down: &[u64]) -> Topology {
+        let record = |p: u64| {
+            let mut conns: Vec<u64> = edges
+                .iter()
+                .filter_map(|&(a, b)| (a == p).then_some(b).or((b == p).then_some(a)))
+                .collect();
+            conns.sort_unstable();
+            conns.dedup();
+            let mut s = summary(p, p * 10, 1, &conns);
+            for c in &mut s.connections {
+                // Peers in `down` report their links to smaller peers as not established.
+                c.established = !(down.contains(&p) && c.remote.get() < p);
+            }
+            s.version = 1 + s.connections.iter().fold(0u64, |h, c| {
+                h.wrapping_mul(31)
+                    .wrapping_add(c.remote.get() * 2 + u64::from(c.established))
+            }) % 1_000_000;
+            s
+        };
+        let mut t = Topology::new(record(local));
+        let others: Vec<PeerSummary> = (1..=n).filter(|&p| p != local).map(record).collect();
+        t.merge(&others).unwrap();
+        t
+    }
+
+    fn same(a: &Routes, b: &Routes) -> bool {
+        a.local == b.local
+            && a.names == b.names
+            && a.short_ids == b.short_ids
+            && a.adjacency == b.adjacency
+            && a.parent == b.parent
+            && a.first_hop == b.first_hop
+            && a.by_short_id == b.by_short_id
+            && a.records == b.records
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Routes updated from the previous ones as the topology changes (links coming and
+        /// going, going down, peers appearing) equal routes computed from scratch.
+        #[test]
+        fn update_matches_compute(
+            n in 2u64..40,
+            steps in proptest::collection::vec(
+                (proptest::collection::vec((1u64..40, 1u64..40), 0..80),
+                 proptest::collection::vec(1u64..40, 0..6),
+                 0u64..40),
+                1..8)
+        ) {
+            let mut prev: Option<Routes> = None;
+            for (raw, down, grow) in steps {
+                // Some steps know fewer peers (the set of names changes too).
+                let m = if grow % 3 == 0 { n.min(grow.max(2)) } else { n };
+                let edges: Vec<(u64, u64)> = raw.into_iter()
+                    .map(|(a, b)| (1 + (a - 1) % m, 1 + (b - 1) % m))
+                    .filter(|(a, b)| a != b)
+                    .collect();
+                let t = versioned_view(1, m, &edges, &down);
+                let fresh = Routes::compute(&t);
+                if let Some(p) = &prev {
+                    let updated = p.update(&t);
+                    prop_assert!(same(&updated, &fresh));
+                }
+                prev = Some(fresh);
+            }
+        }
 
         /// On random graphs, the children computed for all sources at once are those of one
         /// BFS per source.
