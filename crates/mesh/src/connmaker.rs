@@ -17,7 +17,7 @@
 //! - Connect-to-self and name collisions are permanent: never retried.
 //! - [`ConnMakerConfig::conn_limit`] caps current connections plus dials in flight.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -104,6 +104,202 @@ pub struct ConnMaker {
     limited: bool,
     /// Connections that ended (Weave's `TerminationCount`).
     terminations: u64,
+    /// What discovery has read from the topology so far.
+    discovery: Discovery,
+}
+
+/// The addresses discovery found, kept up to date record by record.
+#[derive(Debug, Default)]
+struct Discovery {
+    /// Per known peer (not us): the (version, uid) of its record we read, and its connections
+    /// to peers other than us with their dial addresses.
+    peers: BTreeMap<PeerName, ReadRecord>,
+    /// Per remote name: the (reporter, address) entries that name it, whether the remote is
+    /// known or not (an entry counts only while its remote is a known peer).
+    by_remote: HashMap<PeerName, Vec<(PeerName, SocketAddr)>>,
+    /// Per address: how many entries whose remote is known report it (> 0: discovered).
+    counts: HashMap<SocketAddr, u32>,
+}
+
+#[derive(Debug)]
+struct ReadRecord {
+    version: u64,
+    uid: u64,
+    /// The record's connections to peers other than us, in remote-name order.
+    entries: Vec<Entry>,
+}
+
+/// One connection of a record as discovery read it.
+#[derive(Debug)]
+struct Entry {
+    remote: PeerName,
+    address: String,
+    outbound: bool,
+    /// Where to dial for it; `None` if the address does not parse.
+    target: Option<SocketAddr>,
+}
+
+impl Discovery {
+    /// Brings the counts up to date with `topology`; pushes every address whose count may
+    /// have crossed zero onto `changed`.
+    fn sync(
+        &mut self,
+        topology: &Topology,
+        local: PeerName,
+        port: u16,
+        changed: &mut Vec<SocketAddr>,
+    ) {
+        // One merge pass over two name-ordered lists: peers gone, peers new or changed.
+        let mut gone = Vec::new();
+        let mut fresh = Vec::new();
+        let mut read = self.peers.iter().peekable();
+        for p in topology.peers().filter(|p| p.name != local) {
+            while let Some((&n, _)) = read.next_if(|(n, _)| **n < p.name) {
+                gone.push(n);
+            }
+            match read.next_if(|(n, _)| **n == p.name) {
+                Some((_, r)) if (r.version, r.uid) == (p.version, p.uid) => {}
+                Some(_) => fresh.push((p, true)),
+                None => fresh.push((p, false)),
+            }
+        }
+        gone.extend(read.map(|(n, _)| *n));
+        // Peers that went away: their entries go, and entries naming them stop counting.
+        for name in gone {
+            if let Some(r) = self.peers.remove(&name) {
+                self.drop_entries(name, &r.entries, changed);
+            }
+            for addr in self.addrs_naming(name) {
+                self.count(addr, false, changed);
+            }
+        }
+        // New peers count from now on as remotes of entries already read.
+        for &(p, _) in fresh.iter().filter(|(_, old)| !old) {
+            for addr in self.addrs_naming(p.name) {
+                self.count(addr, true, changed);
+            }
+            self.peers.insert(
+                p.name,
+                ReadRecord {
+                    version: 0,
+                    uid: 0,
+                    entries: Vec::new(),
+                },
+            );
+        }
+        for (p, _) in fresh {
+            let mut old = self
+                .peers
+                .insert(
+                    p.name,
+                    ReadRecord {
+                        version: p.version,
+                        uid: p.uid,
+                        entries: Vec::new(),
+                    },
+                )
+                .map(|r| r.entries)
+                .unwrap_or_default()
+                .into_iter()
+                .peekable();
+            // Both lists are in remote-name order: keep unchanged entries as read (no
+            // parsing), drop the others, read the new ones.
+            let mut entries = Vec::with_capacity(p.connections.len());
+            let mut dropped = Vec::new();
+            let mut added = Vec::new();
+            for c in p.connections.iter().filter(|c| c.remote != local) {
+                while let Some(e) = old.next_if(|e| e.remote < c.remote) {
+                    dropped.push(e);
+                }
+                if let Some(e) = old.next_if(|e| e.remote == c.remote) {
+                    if e.address == c.address && e.outbound == c.outbound {
+                        entries.push(e);
+                        continue;
+                    }
+                    dropped.push(e);
+                }
+                let target = c.address.parse::<SocketAddr>().ok().map(|addr| {
+                    if c.outbound {
+                        addr
+                    } else {
+                        SocketAddr::new(addr.ip(), port)
+                    }
+                });
+                let e = Entry {
+                    remote: c.remote,
+                    address: c.address.clone(),
+                    outbound: c.outbound,
+                    target,
+                };
+                if let Some(addr) = target {
+                    added.push((c.remote, addr));
+                }
+                entries.push(e);
+            }
+            dropped.extend(old);
+            self.drop_entries(p.name, &dropped, changed);
+            for (remote, addr) in added {
+                self.by_remote
+                    .entry(remote)
+                    .or_default()
+                    .push((p.name, addr));
+                if self.peers.contains_key(&remote) {
+                    self.count(addr, true, changed);
+                }
+            }
+            if let Some(r) = self.peers.get_mut(&p.name) {
+                r.entries = entries;
+            }
+        }
+    }
+
+    /// The addresses of the entries that name `remote`.
+    fn addrs_naming(&self, remote: PeerName) -> Vec<SocketAddr> {
+        self.by_remote
+            .get(&remote)
+            .map_or_else(Vec::new, |l| l.iter().map(|&(_, a)| a).collect())
+    }
+
+    /// Forgets `reporter`'s `entries` (those of remotes still known stop counting).
+    fn drop_entries(
+        &mut self,
+        reporter: PeerName,
+        entries: &[Entry],
+        changed: &mut Vec<SocketAddr>,
+    ) {
+        for e in entries {
+            let (remote, Some(addr)) = (e.remote, e.target) else {
+                continue;
+            };
+            if let Some(list) = self.by_remote.get_mut(&remote) {
+                if let Some(i) = list.iter().position(|&e| e == (reporter, addr)) {
+                    list.swap_remove(i);
+                }
+                if list.is_empty() {
+                    self.by_remote.remove(&remote);
+                }
+            }
+            if self.peers.contains_key(&remote) {
+                self.count(addr, false, changed);
+            }
+        }
+    }
+
+    fn count(&mut self, addr: SocketAddr, up: bool, changed: &mut Vec<SocketAddr>) {
+        let c = self.counts.entry(addr).or_insert(0);
+        if up {
+            *c += 1;
+            if *c == 1 {
+                changed.push(addr);
+            }
+        } else {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.counts.remove(&addr);
+                changed.push(addr);
+            }
+        }
+    }
 }
 
 impl ConnMaker {
@@ -116,6 +312,7 @@ impl ConnMaker {
             connections: BTreeMap::new(),
             limited: false,
             terminations: 0,
+            discovery: Discovery::default(),
         }
     }
 
@@ -168,44 +365,36 @@ impl ConnMaker {
     /// reports to another known peer (not us), its outbound address as is, or for an inbound
     /// one the remote IP with our control port. Discovered targets no longer reported (and not
     /// connected or being dialled) are dropped. With discovery off, nothing is discovered.
+    ///
+    /// Incremental: only the records that changed since the last call (by version and
+    /// incarnation) are read again, so a call costs one pass over the peer names plus the
+    /// changed records' connections.
     pub fn update_from_topology(&mut self, _now: Instant, topology: &Topology) {
         let local = topology.local_name();
-        let mut found = Vec::new();
+        let mut changed: Vec<SocketAddr> = Vec::new();
         if self.config.discovery {
-            for p in topology.peers().filter(|p| p.name != local) {
-                for c in &p.connections {
-                    if c.remote == local || topology.peer(c.remote).is_none() {
-                        continue;
-                    }
-                    let Ok(addr) = c.address.parse::<SocketAddr>() else {
-                        continue;
-                    };
-                    let addr = if c.outbound {
-                        addr
-                    } else {
-                        SocketAddr::new(addr.ip(), self.config.port)
-                    };
-                    found.push(addr);
-                }
-            }
+            self.discovery
+                .sync(topology, local, self.config.port, &mut changed);
         }
-        found.sort_unstable();
-        found.dedup();
-        for t in self.targets.values_mut() {
-            t.discovered = false;
-        }
+        changed.sort_unstable();
+        changed.dedup();
         let start = self.config.backoff_start;
-        for addr in found {
-            self.targets
-                .entry(addr)
-                .or_insert_with(|| Target {
-                    direct: false,
-                    discovered: true,
-                    state: TargetState::Idle,
-                    interval: start,
-                    last_dial: None,
-                })
-                .discovered = true;
+        for addr in changed {
+            let found = self.discovery.counts.get(&addr).is_some_and(|&c| c > 0);
+            if found {
+                self.targets
+                    .entry(addr)
+                    .or_insert_with(|| Target {
+                        direct: false,
+                        discovered: true,
+                        state: TargetState::Idle,
+                        interval: start,
+                        last_dial: None,
+                    })
+                    .discovered = true;
+            } else if let Some(t) = self.targets.get_mut(&addr) {
+                t.discovered = false;
+            }
         }
         self.targets.retain(|_, t| {
             t.direct
@@ -273,14 +462,14 @@ impl ConnMaker {
         let mut count = current_connections + in_flight;
         let mut dial = Vec::new();
         self.limited = false;
-        let connected_ips: Vec<IpAddr> = self.connections.keys().map(|a| a.ip()).collect();
+        let connected_ips = self.connected_ips();
         for (addr, t) in &mut self.targets {
             let due = match &t.state {
                 TargetState::Idle => true,
                 TargetState::Retrying { next, .. } => *next <= now,
                 _ => false,
             };
-            if !due || connected_ips.contains(&addr.ip()) {
+            if !due || connected_ips.binary_search(&addr.ip()).is_ok() {
                 continue;
             }
             if self.config.conn_limit > 0 && count >= self.config.conn_limit {
@@ -299,9 +488,10 @@ impl ConnMaker {
     /// targets wait); `None` if nothing is scheduled. Call it also after any other input.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let connected_ips = self.connected_ips();
         self.targets
             .iter()
-            .filter(|(addr, _)| !self.connections.keys().any(|c| c.ip() == addr.ip()))
+            .filter(|(addr, _)| connected_ips.binary_search(&addr.ip()).is_err())
             .filter_map(|(_, t)| match &t.state {
                 TargetState::Idle if !self.limited => Some(Instant::ZERO),
                 TargetState::Retrying { next, .. } => Some(*next),
@@ -336,6 +526,14 @@ impl ConnMaker {
     /// Live connections the driver reported, by remote address.
     pub fn connections(&self) -> impl Iterator<Item = (SocketAddr, PeerName)> + '_ {
         self.connections.iter().map(|(a, p)| (*a, *p))
+    }
+
+    /// The IPs we have a connection with, sorted.
+    fn connected_ips(&self) -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> = self.connections.keys().map(SocketAddr::ip).collect();
+        ips.sort_unstable();
+        ips.dedup();
+        ips
     }
 
     fn retry_later(
@@ -541,6 +739,58 @@ mod tests {
         off.update_from_topology(t(0), &topo);
         assert_eq!(off.direct_targets(), vec![addr("192.0.2.2:6783")]);
         assert_eq!(off.poll_dial(t(0), 0), vec![addr("192.0.2.2:6783")]);
+    }
+
+    /// A record's content as a function of (peer, version), as gossip guarantees: a few
+    /// connections to peers 1..=9 at one of a few addresses, either direction.
+    fn record(peer: u64, version: u64) -> PeerSummary {
+        let mut x = peer * 7919 + version * 104_729;
+        let mut conns = Vec::new();
+        for remote in (1..=9).filter(|&r| r != peer) {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            if (x >> 33) % 3 == 0 {
+                let host = 1 + (x >> 40) % 4;
+                let port = [6783, 7000, 5555][((x >> 50) % 3) as usize];
+                let bad = (x >> 60) % 8 == 0;
+                let address = if bad {
+                    "not an address".to_owned()
+                } else {
+                    format!("192.0.2.{host}:{port}")
+                };
+                conns.push(ConnSummary {
+                    remote: name(remote),
+                    address,
+                    outbound: (x >> 45) % 2 == 0,
+                    established: true,
+                });
+            }
+        }
+        let mut s = summary(peer, 100 + peer, version, &[]);
+        s.connections = conns;
+        s
+    }
+
+    proptest::proptest! {
+        /// Reading the topology change by change finds the same targets as reading each
+        /// state from scratch: peers appearing, changing, going away, and remotes becoming
+        /// known or unknown.
+        #[test]
+        fn incremental_discovery_matches_a_fresh_read(
+            steps in proptest::collection::vec(
+                proptest::collection::btree_map(2u64..=9, 1u64..=4, 0..8), 1..12)
+        ) {
+            let mut c = cm(true, 0);
+            for (i, peers) in steps.iter().enumerate() {
+                let mut topo = Topology::new(with_conns(1, vec![]));
+                let records: Vec<PeerSummary> =
+                    peers.iter().map(|(&p, &v)| record(p, v)).collect();
+                topo.merge(&records).unwrap();
+                c.update_from_topology(t(i as u64), &topo);
+                let mut fresh = cm(true, 0);
+                fresh.update_from_topology(t(i as u64), &topo);
+                proptest::prop_assert_eq!(c.targets(), fresh.targets(), "step {}", i);
+            }
+        }
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub const MAX_PAYLOAD: usize = 512 * 1024;
 /// answer normally arrives within a round trip on the ordered connection).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Above this many records at once, who-lists-whom questions are answered from one pass over
+/// the topology rather than a lookup each.
+const LISTING_MIN: usize = 16;
+
 /// Most entries one digest or want message may carry; more is refused as invalid input.
 pub const MAX_DIGEST: usize = 16 * 1024;
 
@@ -430,8 +434,8 @@ impl Mesh {
         records: &[Record],
     ) -> Result<(), GossipError> {
         let held: Vec<(u64, u64)> = records.iter().map(|r| self.held(r.name)).collect();
-        let links_before: Vec<BTreeSet<(PeerName, bool)>> =
-            records.iter().map(|r| self.links_of(r.name)).collect();
+        let links_before: Vec<Vec<PeerName>> =
+            records.iter().map(|r| self.remotes_of(r.name)).collect();
         let merged = match self.topology.merge_records(records) {
             Ok(m) => m,
             Err(e) => {
@@ -439,8 +443,11 @@ impl Mesh {
                 return Err(e.into());
             }
         };
+        let mut want_names = merged.want.clone();
+        want_names.sort_unstable();
+        let wanted = |name: &PeerName| want_names.binary_search(name).is_ok();
         if let Some(nb) = self.neighbours.get_mut(&from) {
-            for r in records.iter().filter(|r| !merged.want.contains(&r.name)) {
+            for r in records.iter().filter(|r| !wanted(&r.name)) {
                 nb.learn(r.name, r.version, r.uid);
             }
         }
@@ -455,7 +462,7 @@ impl Mesh {
         // (we are behind its base), or the full record (anything else).
         let mut wants = Vec::new();
         for (r, &ours) in records.iter().zip(&held) {
-            if !merged.want.contains(&r.name) {
+            if !wanted(&r.name) {
                 continue;
             }
             if ours.1 == r.uid && ours.0 > 0 && ours.0 < r.base {
@@ -480,24 +487,37 @@ impl Mesh {
             self.pending.insert(*name, origin);
         }
         for (r, before) in records.iter().zip(links_before) {
-            if r.name == local || !merged.new.contains(&r.name) {
+            if r.name == local || merged.new.binary_search(&r.name).is_err() {
                 continue;
             }
             // A link that reappears established at once is a path that came back (a new
             // connection first shows up unestablished); its other end needs this record to
             // route over it again.
-            let back = self
-                .links_of(r.name)
-                .into_iter()
-                .filter(|&(remote, established)| {
-                    established && !before.iter().any(|&(b, _)| b == remote)
-                })
-                .map(|(remote, _)| remote);
+            let back: Vec<PeerName> = self.topology.peer(r.name).map_or_else(Vec::new, |p| {
+                p.connections
+                    .iter()
+                    .filter(|c| c.established && before.binary_search(&c.remote).is_err())
+                    .map(|c| c.remote)
+                    .collect()
+            });
             self.touched.entry(r.name).or_default().extend(back);
         }
         self.schedule_batch(now);
         self.topology_changed(now);
-        self.resolve_short_id_collision(now);
+        // We hold no smaller-named peer with our short id before this merge (we would have
+        // moved), unless no free id existed: only the merged records can collide.
+        let ours = self.topology.local();
+        let collides = self.topology.len() > usize::from(ShortId::MAX)
+            || merged.new.iter().any(|n| {
+                *n < ours.name
+                    && self
+                        .topology
+                        .peer(*n)
+                        .is_some_and(|p| p.short_id == ours.short_id)
+            });
+        if collides {
+            self.resolve_short_id_collision(now);
+        }
         Ok(())
     }
 
@@ -524,7 +544,7 @@ impl Mesh {
         }
         if self.routes_at.is_some_and(|t| t <= now) {
             self.routes_at = None;
-            self.routes = Routes::compute(&self.topology);
+            self.routes = self.routes.update(&self.topology);
             self.events.push_back(MeshEvent::TopologyChanged);
         }
         if self.lagging.first_key_value().is_some() {
@@ -695,21 +715,29 @@ impl Mesh {
         }
     }
 
-    /// `name`'s connections as (remote, established), empty if unknown.
-    fn links_of(&self, name: PeerName) -> BTreeSet<(PeerName, bool)> {
-        self.topology.peer(name).map_or_else(BTreeSet::new, |p| {
-            p.connections
-                .iter()
-                .map(|c| (c.remote, c.established))
-                .collect()
+    /// The remotes of `name`'s connections, in name order; empty if unknown.
+    fn remotes_of(&self, name: PeerName) -> Vec<PeerName> {
+        self.topology.peer(name).map_or_else(Vec::new, |p| {
+            p.connections.iter().map(|c| c.remote).collect()
         })
     }
 
     /// Whether we forward `origin`'s record to neighbour `to` (see the module docs): the
     /// origin sends its own to everyone; relays skip the origin's own neighbours and, two hops
     /// out, leave the receiver to the origin's smallest-named neighbour connected to it.
-    fn relay(&self, origin: PeerName, to: PeerName) -> Relay {
+    ///
+    /// `listing_to`, if given, is [`Mesh::listing`] of `to` (saves a lookup per question
+    /// when many records are relayed at once).
+    fn relay(&self, origin: PeerName, to: PeerName, listing_to: Option<&[PeerName]>) -> Relay {
         let local = self.topology.local_name();
+        // Whether peer `m`'s record lists a connection to `to`.
+        let lists_to = |m: PeerName| match listing_to {
+            Some(l) => l.binary_search(&m).is_ok(),
+            None => self
+                .topology
+                .peer(m)
+                .is_some_and(|m| m.connection(to).is_some()),
+        };
         if origin == local {
             return Relay::Push;
         }
@@ -724,13 +752,7 @@ impl Mesh {
                 .connections
                 .iter()
                 .take_while(|c| c.remote < local)
-                .any(|c| {
-                    c.remote != to
-                        && self
-                            .topology
-                            .peer(c.remote)
-                            .is_some_and(|m| m.connection(to).is_some())
-                });
+                .any(|c| c.remote != to && lists_to(c.remote));
             return if touched && o.connection(local).is_some() && !smaller_relay {
                 Relay::Push
             } else {
@@ -741,11 +763,7 @@ impl Mesh {
             o.connections
                 .iter()
                 .take_while(|c| below.is_none_or(|b| c.remote < b))
-                .any(|c| {
-                    self.topology
-                        .peer(c.remote)
-                        .is_some_and(|m| m.connection(to).is_some())
-                })
+                .any(|c| lists_to(c.remote))
         };
         if o.connection(local).is_none() {
             // Two or more hops from the origin: peers two hops out are left to the origin's
@@ -780,6 +798,9 @@ impl Mesh {
             let Some(nb) = self.neighbours.get(&to) else {
                 continue;
             };
+            // One pass over the topology beats a lookup per relay question for big batches
+            // (built on first use).
+            let mut listing: Option<Vec<PeerName>> = None;
             let mut deltas = Vec::new();
             let mut announce = Vec::new();
             for (&name, from) in &pending {
@@ -792,14 +813,22 @@ impl Mesh {
                 if p.version == 0 || nb.has(p) {
                     continue;
                 }
-                let how = self.relay(name, to);
+                if listing.is_none() && pending.len() > LISTING_MIN {
+                    listing = Some(self.listing(to));
+                }
+                let how = self.relay(name, to, listing.as_deref());
                 if how == Relay::Skip {
                     continue;
                 }
-                match self.topology.record_since(name, nb.base(name)) {
-                    Some(r) if !r.is_full() && how == Relay::Push => deltas.push(r),
-                    Some(_) => announce.push((name, p.version)),
-                    None => {}
+                // `nb` lacks this version, so there is always something to send: a delta
+                // if one can be built from what it holds, else an announcement.
+                let base = nb.base(name);
+                let delta = (how == Relay::Push && self.topology.has_delta_since(name, base))
+                    .then(|| self.topology.record_since(name, base))
+                    .flatten();
+                match delta {
+                    Some(r) => deltas.push(r),
+                    None => announce.push((name, p.version)),
                 }
             }
             if !deltas.is_empty() {
@@ -843,6 +872,8 @@ impl Mesh {
             }
         }
         let local = self.topology.local_name();
+        // Built on first use, for long lists only.
+        let mut listing: Option<Vec<PeerName>> = None;
         let mut wants = Vec::new();
         for &(n, v, u) in &entries {
             if n == local {
@@ -857,7 +888,12 @@ impl Mesh {
             if v <= ours.0 || self.outstanding(now, n) {
                 continue;
             }
-            if !reply && ours.0 > 0 && self.within_two_hops(n) {
+            if !reply && ours.0 > 0 && {
+                if listing.is_none() && entries.len() > LISTING_MIN {
+                    listing = Some(self.listing(local));
+                }
+                self.within_two_hops(n, listing.as_deref())
+            } {
                 // We hold an older version and are close enough to the origin that the origin
                 // or one of its neighbours pushes changes to us: the delta is most likely on
                 // its way. Ask only if it has not come by then.
@@ -885,16 +921,29 @@ impl Mesh {
 
     /// Whether, as far as we know, we are a neighbour of `origin` or of one of its
     /// neighbours (so its changes are pushed to us rather than announced).
-    fn within_two_hops(&self, origin: PeerName) -> bool {
+    ///
+    /// `listing_local`, if given, is [`Mesh::listing`] of ourselves.
+    fn within_two_hops(&self, origin: PeerName, listing_local: Option<&[PeerName]>) -> bool {
         let local = self.topology.local_name();
+        let lists_local = |m: PeerName| match listing_local {
+            Some(l) => l.binary_search(&m).is_ok(),
+            None => self
+                .topology
+                .peer(m)
+                .is_some_and(|m| m.connection(local).is_some()),
+        };
         self.topology.peer(origin).is_some_and(|o| {
-            o.connection(local).is_some()
-                || o.connections.iter().any(|c| {
-                    self.topology
-                        .peer(c.remote)
-                        .is_some_and(|m| m.connection(local).is_some())
-                })
+            lists_local(origin) || o.connections.iter().any(|c| lists_local(c.remote))
         })
+    }
+
+    /// The known peers whose record lists a connection to `to`, in name order.
+    fn listing(&self, to: PeerName) -> Vec<PeerName> {
+        self.topology
+            .peers()
+            .filter(|p| p.connection(to).is_some())
+            .map(|p| p.name)
+            .collect()
     }
 
     /// (version, uid) of our gossiped record of `name`; (0, 0) if none.

@@ -12,15 +12,16 @@
 //!   peer other than S has exactly one parent, so when views agree every reachable peer gets a
 //!   broadcast exactly once.
 //!
-//! The unicast table is computed eagerly by [`Routes::compute`] (one BFS). Broadcast trees are
-//! computed lazily, one BFS per source on first use, and cached in the (immutable) [`Routes`]
-//! value, which stays `Send + Sync` so a data-plane thread can share a snapshot.
+//! The unicast table is computed eagerly by [`Routes::compute`] (one BFS). Our children in
+//! every source's broadcast tree are computed lazily, all at once on first use (one
+//! bit-parallel BFS per 64 sources), and cached in the (immutable) [`Routes`] value, which
+//! stays `Send + Sync` so a data-plane thread can share a snapshot.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use crate::identity::{PeerName, ShortId};
-use crate::topology::Topology;
+use crate::topology::{PeerSummary, Topology};
 
 /// Marks "no parent" in a BFS parent array.
 const NONE: u32 = u32::MAX;
@@ -38,48 +39,72 @@ pub struct Routes {
     parent: Vec<u32>,
     /// First hop toward each peer (`NONE` if unreachable or us).
     first_hop: Vec<u32>,
-    /// Lazily computed: our children in each source's broadcast tree.
-    children: Vec<OnceLock<Vec<PeerName>>>,
+    /// Lazily computed (all sources at once, on first use): our children in each source's
+    /// broadcast tree, indexed like `names`.
+    children: OnceLock<Vec<Vec<PeerName>>>,
     by_short_id: BTreeMap<ShortId, PeerName>,
+    /// (version, uid) of each peer's record these routes were computed from.
+    records: Vec<(u64, u64)>,
 }
 
 impl Routes {
     /// Computes the unicast routes (eagerly) and prepares the broadcast trees (lazily).
     pub fn compute(topology: &Topology) -> Self {
-        let names: Vec<PeerName> = topology.peers().map(|p| p.name).collect();
-        let index: BTreeMap<PeerName, u32> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (*n, i as u32))
+        let peers: Vec<&PeerSummary> = topology.peers().collect();
+        let names: Vec<PeerName> = peers.iter().map(|p| p.name).collect();
+        let adjacency = (0..peers.len()).map(|i| links(&peers, &names, i)).collect();
+        Self::finish(topology, &peers, names, adjacency)
+    }
+
+    /// The routes of `topology`, which these routes were computed from an earlier version
+    /// of: the same result as [`Routes::compute`], but when the set of peers is unchanged
+    /// only the links of peers whose record changed (by version and incarnation) are read
+    /// again.
+    pub fn update(&self, topology: &Topology) -> Self {
+        let peers: Vec<&PeerSummary> = topology.peers().collect();
+        let same_peers = self.local == topology.local_name()
+            && peers.len() == self.names.len()
+            && peers.iter().zip(&self.names).all(|(p, n)| p.name == *n);
+        if !same_peers {
+            return Self::compute(topology);
+        }
+        let changed: Vec<usize> = (0..peers.len())
+            .filter(|&i| (peers[i].version, peers[i].uid) != self.records[i])
             .collect();
-        let mut adjacency = vec![Vec::new(); names.len()];
-        for (i, p) in topology.peers().enumerate() {
-            for c in p.connections.iter().filter(|c| c.established) {
-                let Some(&j) = index.get(&c.remote) else {
-                    continue;
-                };
-                let Some(remote) = topology.peer(c.remote) else {
-                    continue;
-                };
-                // Connection lists are sorted by remote name (the topology keeps them so).
-                let conns = &remote.connections;
-                let start = conns.partition_point(|rc| rc.remote < p.name);
-                let symmetric = conns[start..]
-                    .iter()
-                    .take_while(|rc| rc.remote == p.name)
-                    .any(|rc| rc.established);
-                if symmetric {
-                    adjacency[i].push(j);
+        // A link depends only on the records of its two ends: links of unchanged peers to
+        // unchanged peers stay; every link touching a changed peer is read again.
+        let mut adjacency = self.adjacency.clone();
+        for &i in &changed {
+            for j in std::mem::take(&mut adjacency[i]) {
+                let row = &mut adjacency[j as usize];
+                if let Ok(k) = row.binary_search(&(i as u32)) {
+                    row.remove(k);
                 }
             }
         }
-        for list in &mut adjacency {
-            list.sort_unstable();
-            list.dedup();
+        for &i in &changed {
+            let row = links(&peers, &self.names, i);
+            for &j in &row {
+                let other = &mut adjacency[j as usize];
+                if let Err(k) = other.binary_search(&(i as u32)) {
+                    other.insert(k, i as u32);
+                }
+            }
+            adjacency[i] = row;
         }
+        Self::finish(topology, &peers, self.names.clone(), adjacency)
+    }
+
+    /// Unicast routes and the rest, from the links.
+    fn finish(
+        topology: &Topology,
+        peers: &[&PeerSummary],
+        names: Vec<PeerName>,
+        adjacency: Vec<Vec<u32>>,
+    ) -> Self {
         let local = topology.local_name();
         // Invariant: the topology always contains the local peer.
-        let local_idx = index[&local];
+        let local_idx = names.binary_search(&local).unwrap_or(0) as u32;
         let parent = bfs(&adjacency, local_idx);
         let mut first_hop = vec![NONE; names.len()];
         // Walk each reachable peer up to the child of the root; cheap enough for our sizes
@@ -95,20 +120,22 @@ impl Routes {
             first_hop[v] = u;
         }
         let mut by_short_id = BTreeMap::new();
-        let short_ids: Vec<ShortId> = topology.peers().map(|p| p.short_id).collect();
-        for p in topology.peers() {
+        let short_ids: Vec<ShortId> = peers.iter().map(|p| p.short_id).collect();
+        let records = peers.iter().map(|p| (p.version, p.uid)).collect();
+        for p in peers {
             // On a collision the smaller name keeps the id (the larger one is about to move).
             by_short_id.entry(p.short_id).or_insert(p.name);
         }
         Self {
             local,
-            children: (0..names.len()).map(|_| OnceLock::new()).collect(),
+            children: OnceLock::new(),
             names,
             short_ids,
             adjacency,
             parent,
             first_hop,
             by_short_id,
+            records,
         }
     }
 
@@ -126,19 +153,92 @@ impl Routes {
         let Some(s) = self.index(source) else {
             return &[];
         };
-        self.children[s].get_or_init(|| {
-            let Some(l) = self.index(self.local) else {
-                return Vec::new();
-            };
-            let parent = bfs(&self.adjacency, s as u32);
-            if s != l && parent[l] == NONE {
-                return Vec::new();
+        &self.children.get_or_init(|| self.all_children())[s]
+    }
+
+    /// Our children in every source's tree, by source index.
+    ///
+    /// In the BFS tree rooted at source S, a peer's parent is its smallest-named neighbour one
+    /// level closer to S (levels are processed in name order and a peer takes the first parent
+    /// that reaches it). So our neighbour `v` is our child iff `d(S, v) = d(S, us) + 1` and no
+    /// neighbour of `v` named below us is at `d(S, us)`. That needs only distances from every
+    /// source, found by one bit-parallel BFS per 64 sources (the graph is undirected) instead
+    /// of one BFS per source.
+    fn all_children(&self) -> Vec<Vec<PeerName>> {
+        const INF: u32 = u32::MAX;
+        let n = self.names.len();
+        let mut out = vec![Vec::new(); n];
+        let Some(l) = self.index(self.local) else {
+            return out;
+        };
+        let adj = &self.adjacency;
+        let mut dist = vec![INF; n * 64];
+        let mut visited = vec![0u64; n];
+        let mut frontier = vec![0u64; n];
+        let mut next = vec![0u64; n];
+        for first in (0..n).step_by(64) {
+            let batch = first..(first + 64).min(n);
+            dist.fill(INF);
+            visited.fill(0);
+            frontier.fill(0);
+            for s in batch.clone() {
+                let bit = 1u64 << (s - first);
+                visited[s] |= bit;
+                frontier[s] |= bit;
+                dist[s * 64 + (s - first)] = 0;
             }
-            (0..self.names.len())
-                .filter(|&v| parent[v] == l as u32)
-                .map(|v| self.names[v])
-                .collect()
-        })
+            let mut level = 0;
+            loop {
+                level += 1;
+                let mut any = false;
+                for x in 0..n {
+                    let mut reached = 0u64;
+                    for &y in &adj[x] {
+                        reached |= frontier[y as usize];
+                    }
+                    reached &= !visited[x];
+                    next[x] = reached;
+                    if reached != 0 {
+                        any = true;
+                        visited[x] |= reached;
+                        let mut bits = reached;
+                        while bits != 0 {
+                            let i = bits.trailing_zeros() as usize;
+                            dist[x * 64 + i] = level;
+                            bits &= bits - 1;
+                        }
+                    }
+                }
+                if !any {
+                    break;
+                }
+                std::mem::swap(&mut frontier, &mut next);
+            }
+            for s in batch {
+                let i = s - first;
+                let d = |x: u32| dist[x as usize * 64 + i];
+                if s == l {
+                    out[s] = adj[l].iter().map(|&v| self.names[v as usize]).collect();
+                    continue;
+                }
+                let dl = d(l as u32);
+                if dl == INF {
+                    continue;
+                }
+                out[s] = adj[l]
+                    .iter()
+                    .filter(|&&v| d(v) == dl + 1)
+                    .filter(|&&v| {
+                        !adj[v as usize]
+                            .iter()
+                            .take_while(|&&u| (u as usize) < l)
+                            .any(|&u| d(u) == dl)
+                    })
+                    .map(|&v| self.names[v as usize])
+                    .collect();
+            }
+        }
+        out
     }
 
     /// Every peer we can reach (ourselves excluded), in name order.
@@ -193,6 +293,31 @@ impl Routes {
     fn index(&self, name: PeerName) -> Option<usize> {
         self.names.binary_search(&name).ok()
     }
+}
+
+/// Peer `i`'s established-and-symmetric links, in index (= name) order. `peers` is in name
+/// order and `names` are their names.
+fn links(peers: &[&PeerSummary], names: &[PeerName], i: usize) -> Vec<u32> {
+    let p = peers[i];
+    let mut row = Vec::new();
+    for c in p.connections.iter().filter(|c| c.established) {
+        let Ok(j) = names.binary_search(&c.remote) else {
+            continue;
+        };
+        // Connection lists are sorted by remote name (the topology keeps them so).
+        let conns = &peers[j].connections;
+        let start = conns.partition_point(|rc| rc.remote < p.name);
+        let symmetric = conns[start..]
+            .iter()
+            .take_while(|rc| rc.remote == p.name)
+            .any(|rc| rc.established);
+        if symmetric {
+            row.push(j as u32);
+        }
+    }
+    row.sort_unstable();
+    row.dedup();
+    row
 }
 
 /// BFS from `root`; levels in index (= name) order; returns each node's parent (`NONE` for the
@@ -352,8 +477,128 @@ mod tests {
         out.into_values().collect()
     }
 
+    /// Our children in `source`'s tree by the definition: a BFS from `source`, then the peers
+    /// whose parent we are.
+    fn children_by_bfs(r: &Routes, source: PeerName) -> Vec<PeerName> {
+        let (Some(s), Some(l)) = (r.index(source), r.index(r.local)) else {
+            return Vec::new();
+        };
+        let parent = bfs(&r.adjacency, s as u32);
+        if s != l && parent[l] == NONE {
+            return Vec::new();
+        }
+        (0..r.names.len())
+            .filter(|&v| parent[v] == l as u32)
+            .map(|v| r.names[v])
+            .collect()
+    }
+
+    /// More than 64 peers (several bit-parallel batches), a long chain with shortcuts: the
+    /// children computed for all sources at once are those of one BFS per source.
+    #[test]
+    fn all_sources_children_match_one_bfs_per_source() {
+        let n = 150u64;
+        let mut edges: Vec<(u64, u64)> = (1..n).map(|i| (i, i + 1)).collect();
+        edges.extend((1..n / 3).map(|i| (i, 3 * i)));
+        edges.extend((1..n / 7).map(|i| (i * 7, n - i)));
+        for p in [1, 2, 40, 64, 65, 100, 150] {
+            let r = Routes::compute(&view(p, n, &edges));
+            for s in 1..=n {
+                assert_eq!(
+                    r.broadcast_children(name(s)),
+                    children_by_bfs(&r, name(s)).as_slice(),
+                    "local {p}, source {s}"
+                );
+            }
+        }
+    }
+
+    /// A view like [`view`] whose records carry a version derived from their content (as
+    /// gossip guarantees: the same version of a record is the same record).
+    fn versioned_view(local: u64, n: u64, edges: &[(u64, u64)], down: &[u64]) -> Topology {
+        let record = |p: u64| {
+            let mut conns: Vec<u64> = edges
+                .iter()
+                .filter_map(|&(a, b)| (a == p).then_some(b).or((b == p).then_some(a)))
+                .collect();
+            conns.sort_unstable();
+            conns.dedup();
+            let mut s = summary(p, p * 10, 1, &conns);
+            for c in &mut s.connections {
+                // Peers in `down` report their links to smaller peers as not established.
+                c.established = !(down.contains(&p) && c.remote.get() < p);
+            }
+            s.version = 1 + s.connections.iter().fold(0u64, |h, c| {
+                h.wrapping_mul(31)
+                    .wrapping_add(c.remote.get() * 2 + u64::from(c.established))
+            }) % 1_000_000;
+            s
+        };
+        let mut t = Topology::new(record(local));
+        let others: Vec<PeerSummary> = (1..=n).filter(|&p| p != local).map(record).collect();
+        t.merge(&others).unwrap();
+        t
+    }
+
+    fn same(a: &Routes, b: &Routes) -> bool {
+        a.local == b.local
+            && a.names == b.names
+            && a.short_ids == b.short_ids
+            && a.adjacency == b.adjacency
+            && a.parent == b.parent
+            && a.first_hop == b.first_hop
+            && a.by_short_id == b.by_short_id
+            && a.records == b.records
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Routes updated from the previous ones as the topology changes (links coming and
+        /// going, going down, peers appearing) equal routes computed from scratch.
+        #[test]
+        fn update_matches_compute(
+            n in 2u64..40,
+            steps in proptest::collection::vec(
+                (proptest::collection::vec((1u64..40, 1u64..40), 0..80),
+                 proptest::collection::vec(1u64..40, 0..6),
+                 0u64..40),
+                1..8)
+        ) {
+            let mut prev: Option<Routes> = None;
+            for (raw, down, grow) in steps {
+                // Some steps know fewer peers (the set of names changes too).
+                let m = if grow % 3 == 0 { n.min(grow.max(2)) } else { n };
+                let edges: Vec<(u64, u64)> = raw.into_iter()
+                    .map(|(a, b)| (1 + (a - 1) % m, 1 + (b - 1) % m))
+                    .filter(|(a, b)| a != b)
+                    .collect();
+                let t = versioned_view(1, m, &edges, &down);
+                let fresh = Routes::compute(&t);
+                if let Some(p) = &prev {
+                    let updated = p.update(&t);
+                    prop_assert!(same(&updated, &fresh));
+                }
+                prev = Some(fresh);
+            }
+        }
+
+        /// On random graphs, the children computed for all sources at once are those of one
+        /// BFS per source.
+        #[test]
+        fn children_match_bfs(n in 2u64..90, raw in proptest::collection::vec((1u64..90, 1u64..90), 0..300)) {
+            let edges: Vec<(u64, u64)> = raw.into_iter()
+                .map(|(a, b)| (1 + (a - 1) % n, 1 + (b - 1) % n))
+                .filter(|(a, b)| a != b)
+                .collect();
+            for p in [1, n / 2 + 1, n] {
+                let r = Routes::compute(&view(p, n, &edges));
+                for s in 1..=n {
+                    let want = children_by_bfs(&r, name(s));
+                    prop_assert_eq!(r.broadcast_children(name(s)), want.as_slice());
+                }
+            }
+        }
 
         /// On random graphs (connected or not), a flood from every source reaches every peer
         /// of its component exactly once and nobody else; unicast next hops lead to the

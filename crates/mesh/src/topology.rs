@@ -497,6 +497,18 @@ impl Topology {
         })
     }
 
+    /// Whether [`record_since`](Self::record_since) would give a delta (not the full record,
+    /// not `None`) for a holder of `name`'s record at `base`, without building it.
+    pub fn has_delta_since(&self, name: PeerName, base: Option<(u64, u64)>) -> bool {
+        let Some(p) = self.peers.get(&name).filter(|p| p.version > 0) else {
+            return false;
+        };
+        let Some(h) = self.history.get(&name) else {
+            return false;
+        };
+        matches!(base, Some((v, uid)) if uid == p.uid && v < p.version && v >= h.floor && v > 0)
+    }
+
     /// Records a placeholder for a peer we just completed a handshake with but have no
     /// summary for yet (version 0: any gossiped summary replaces it). Returns whether it was
     /// added.
