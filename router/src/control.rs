@@ -410,12 +410,8 @@ impl Control {
                     heartbeat,
                 } => {
                     // Always through the data plane: sealed like traffic, lost like traffic.
-                    let mut buf = vec![0u8; 8 + heartbeat.frame_len()];
-                    let n = weft_overlay::emit_heartbeat_datagram(src, dst, heartbeat, &mut buf);
-                    let _ = self.shared.dataplane.send(DpCommand::Send {
-                        to,
-                        datagram: buf[..n].to_vec(),
-                    });
+                    let datagram = weft_overlay::heartbeat_datagram(src, dst, heartbeat);
+                    let _ = self.shared.dataplane.send(DpCommand::Send { to, datagram });
                 }
                 Action::Gossip {
                     channel,

@@ -77,6 +77,22 @@ fn status_mtu(h: &Host) -> Result<u32> {
         .with_context(|| format!("no mtu= in {line:?}"))
 }
 
+/// Waits up to `secs` until every host's status shows the full MTU.
+fn wait_full_mtu(hosts: &[&Host], what: &str, secs: u64) -> Result<()> {
+    wait_until(
+        what,
+        Duration::from_secs(secs),
+        Duration::from_millis(200),
+        || {
+            for h in hosts {
+                let m = status_mtu(h)?;
+                ensure!(m == FULL, "host {}: mtu={m}", h.n());
+            }
+            Ok(())
+        },
+    )
+}
+
 /// `path_mtu` of the connection in the JSON status.
 fn json_path_mtu(h: &Host) -> Result<Option<u64>> {
     let v = h.status_json()?;
@@ -107,18 +123,7 @@ fn a_narrow_underlay_path_is_discovered_and_used() {
     run_test("pmtu", |net| {
         let p = net.pair()?;
         let (h1, h2, c1, c2) = (&p.h1, &p.h2, &p.c1, &p.c2);
-        wait_until(
-            "both ends to know the full path MTU",
-            Duration::from_secs(10),
-            Duration::from_millis(200),
-            || {
-                for h in [h1, h2] {
-                    let m = status_mtu(h)?;
-                    ensure!(m == FULL, "host {}: mtu={m}", h.n());
-                }
-                Ok(())
-            },
-        )?;
+        wait_full_mtu(&[h1, h2], "both ends to know the full path MTU", 10)?;
         ensure!(
             ping_size(c1, c2, 10000, &[])?,
             "a 10000-byte ping fails before any limit"
@@ -176,18 +181,7 @@ fn a_narrow_underlay_path_is_discovered_and_used() {
             limit(h, "-D")?;
         }
         let t1 = Instant::now();
-        wait_until(
-            "the full path MTU to come back",
-            Duration::from_secs(20),
-            Duration::from_millis(200),
-            || {
-                for h in [h1, h2] {
-                    let m = status_mtu(h)?;
-                    ensure!(m == FULL, "host {}: mtu={m}", h.n());
-                }
-                Ok(())
-            },
-        )?;
+        wait_full_mtu(&[h1, h2], "the full path MTU to come back", 20)?;
         eprintln!("limit lifted: full MTU again after {:.1?}", t1.elapsed());
         // The container keeps what it learnt for minutes; flushed, it sends full size again,
         // with DF, and that goes through.

@@ -479,7 +479,7 @@ pub fn emit_vxlan_header(src_short_id: u16, dst_short_id: u16, out: &mut [u8]) -
 ///
 /// # Panics
 /// If `out` is shorter than `8 + heartbeat::FRAME_LEN`.
-pub fn emit_heartbeat_datagram(
+fn emit_heartbeat_datagram(
     src_short_id: u16,
     dst_short_id: u16,
     hb: Heartbeat,
@@ -487,6 +487,15 @@ pub fn emit_heartbeat_datagram(
 ) -> usize {
     let n = emit_vxlan_header(src_short_id, dst_short_id, out);
     n + hb.emit(&mut out[n..])
+}
+
+/// A whole heartbeat (or probe) datagram from `src_short_id` to `dst_short_id`, as the node
+/// asks the data path to send it.
+pub fn heartbeat_datagram(src_short_id: u16, dst_short_id: u16, hb: Heartbeat) -> Vec<u8> {
+    let mut buf = vec![0u8; vxlan::HEADER_LEN + hb.frame_len()];
+    let n = emit_heartbeat_datagram(src_short_id, dst_short_id, hb, &mut buf);
+    buf.truncate(n);
+    buf
 }
 
 /// Destination and source MAC of an Ethernet frame, if it has a whole header.

@@ -23,7 +23,7 @@ pub mod pmtu;
 pub use counters::Counters;
 pub use engine::{
     DatagramDecision, Engine, EngineConfig, ForwardingTable, PeerEntry, Relay, TapDecision,
-    emit_heartbeat_datagram, emit_vxlan_header,
+    emit_vxlan_header, heartbeat_datagram,
 };
 pub use mac_table::{Learned, MacTable, Owner};
 pub use weft_mesh::Instant;

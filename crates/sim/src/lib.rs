@@ -879,10 +879,8 @@ impl Sim {
                 dst,
                 heartbeat,
             } => {
-                let mut buf = vec![0u8; 8 + heartbeat.frame_len()];
-                let n = weft_overlay::emit_heartbeat_datagram(src, dst, heartbeat, &mut buf);
-                buf.truncate(n);
-                self.send_datagram(h, to, buf);
+                let datagram = weft_overlay::heartbeat_datagram(src, dst, heartbeat);
+                self.send_datagram(h, to, datagram);
             }
             // Links are in the clear in the simulator; no channel but topology is registered.
             // Path MTU probing is off in the simulator (its paths carry any size).
