@@ -446,11 +446,14 @@ impl DataPlane {
             }
             let src = self.engine.local_short_id();
             let wire = frame.len() + segments as usize * VXLAN_HLEN;
-            let seg_len = seg.segment_len_max();
             // The smallest limit of a path this read needs a "fragmentation needed" for.
             let mut frag_needed: Option<u16> = None;
             let mut limited = Limited {
                 frame,
+                seg_len: seg.segment_len_max(),
+                wire,
+                segments: segments as usize,
+                limits: &self.path_mtu,
                 scratch: &mut self.frag_buf,
                 counters: &mut self.counters,
                 traffic: &mut self.traffic,
@@ -458,26 +461,11 @@ impl DataPlane {
             };
             match decision {
                 TapDecision::Unicast { dst, via } => {
-                    match over_limit(&self.path_mtu, via.addr.ip(), seg_len) {
-                        None => {
-                            limited.traffic.sent(via.addr.ip(), wire, segments as usize);
-                            tx.frame(seg, via.addr, src, dst);
-                        }
-                        Some(max) => limited.send(&mut tx, seg, via.addr, src, dst, max),
-                    }
+                    limited.forward(&mut tx, seg, via.addr, src, dst)
                 }
                 TapDecision::Flood => {
                     for peer in self.engine.flood_targets() {
-                        let to = peer.addr;
-                        match over_limit(&self.path_mtu, to.ip(), seg_len) {
-                            None => {
-                                limited.traffic.sent(to.ip(), wire, segments as usize);
-                                tx.frame(seg.clone(), to, src, peer.short_id);
-                            }
-                            Some(max) => {
-                                limited.send(&mut tx, seg.clone(), to, src, peer.short_id, max);
-                            }
-                        }
+                        limited.forward(&mut tx, seg.clone(), peer.addr, src, peer.short_id);
                     }
                 }
                 TapDecision::Drop | TapDecision::Local => {}
@@ -631,10 +619,18 @@ fn over_limit(limits: &HashMap<IpAddr, u16>, ip: IpAddr, len: usize) -> Option<u
     (!pmtu::fits(len, Some(max))).then_some(max)
 }
 
-/// The slow path for one TAP read whose segments do not fit the path to a neighbour.
+/// One TAP read on its way to its targets: as it is, or, for a neighbour whose path it does
+/// not fit, by the slow path.
 struct Limited<'a> {
     /// The frame as read (a super-frame for TSO), after the vnet header.
     frame: &'a [u8],
+    /// Its longest segment.
+    seg_len: usize,
+    /// Bytes it puts on the wire per target, and its segments (for the link traffic).
+    wire: usize,
+    segments: usize,
+    /// The path limits ([`DataPlane::path_mtu`]).
+    limits: &'a HashMap<IpAddr, u16>,
     /// Room for one segment ([`SLOT`] bytes, at least `segment_len_max`).
     scratch: &'a mut [u8],
     counters: &'a mut DriverCounters,
@@ -645,6 +641,17 @@ struct Limited<'a> {
 }
 
 impl Limited<'_> {
+    /// Send `seg` (of `self.frame`) to `to` in datagrams from `src` to `dst`.
+    fn forward(&mut self, tx: &mut Tx<'_>, seg: Segmenter<'_>, to: SocketAddr, src: u16, dst: u16) {
+        match over_limit(self.limits, to.ip(), self.seg_len) {
+            None => {
+                self.traffic.sent(to.ip(), self.wire, self.segments);
+                tx.frame(seg, to, src, dst);
+            }
+            Some(max) => self.send(tx, seg, to, src, dst, max),
+        }
+    }
+
     /// Handle `seg` (of `self.frame`) for `to`, whose path takes frames of at most `max` bytes.
     fn send(
         &mut self,

@@ -500,7 +500,9 @@ impl Mesh {
                     .map(|c| c.remote)
                     .collect()
             });
-            self.touched.entry(r.name).or_default().extend(back);
+            if !back.is_empty() {
+                self.touched.entry(r.name).or_default().extend(back);
+            }
         }
         self.schedule_batch(now);
         self.topology_changed(now);

@@ -312,8 +312,6 @@ struct PathMtu {
     lo: u16,
     /// Smallest frame known not to arrive (the full size + 1 while none is).
     hi: u16,
-    /// What the data path was told (`None`: no limit).
-    installed: Option<u16>,
     /// The round under way: each size sent and whether it came back.
     round: Vec<(u16, bool)>,
     /// When the round under way ends.
@@ -322,8 +320,15 @@ struct PathMtu {
     next_round: Option<Instant>,
     /// The last round pointed at a smaller path than the data path has; this one confirms.
     confirming: bool,
-    /// The largest working size as of the last settled search (0: none yet).
+    /// The largest working size as of the last settled search (0: none yet); the data path
+    /// was told [`limit_for`] it.
     settled: u16,
+}
+
+/// The limit for the data path when frames of `size` bytes are the largest that arrive on a
+/// path whose full size is `max` (`None`: no limit, or nothing known).
+fn limit_for(size: u16, max: u16) -> Option<u16> {
+    (size > 0 && size < max).then_some(size)
 }
 
 /// The smallest probe: a frame any path carries (a minimal IPv4 packet in Ethernet).
@@ -382,11 +387,6 @@ impl PathMtu {
             }
         }
         self.hi <= self.lo.saturating_add(PMTU_PRECISION)
-    }
-
-    /// The limit for the data path, for a path whose full size is `max`.
-    fn limit(&self, max: u16) -> Option<u16> {
-        (self.lo > 0 && self.lo < max).then_some(self.lo)
     }
 }
 
@@ -682,7 +682,7 @@ impl Node {
             ip: ready.remote.data_addr.ip(),
             conn_uid: ready.conn_uid,
         });
-        if ready.pmtu.installed.is_some() {
+        if limit_for(ready.pmtu.settled, self.config.pmtu_max_frame).is_some() {
             self.actions.push_back(Action::SetPathMtu {
                 ip: ready.remote.data_addr.ip(),
                 max_frame: None,
@@ -776,8 +776,9 @@ impl Node {
                 // Still searching: the data path keeps what it has meanwhile.
                 p.next_round = Some(now);
             } else {
-                let limit = p.limit(max);
-                let smaller = limit.unwrap_or(max) < p.installed.unwrap_or(max);
+                let limit = limit_for(p.lo, max);
+                let installed = limit_for(p.settled, max);
+                let smaller = limit.unwrap_or(max) < installed.unwrap_or(max);
                 if smaller && !p.confirming {
                     // Ask again before believing it.
                     p.confirming = true;
@@ -788,8 +789,7 @@ impl Node {
                     p.settled = p.lo;
                     p.hi = 0; // The next round looks up to the full size again.
                     p.next_round = Some(now + every);
-                    if limit != p.installed {
-                        p.installed = limit;
+                    if limit != installed {
                         install = Some(limit);
                     }
                 }
