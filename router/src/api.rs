@@ -359,7 +359,6 @@ pub fn build_report(shared: &Shared) -> StatusReport {
     let info = &shared.info;
     let proxy = proxy_listen(&shared.run_dir);
     let view = shared.view();
-    let state = shared.lock();
     let topo = &view.topology;
     let routes = &view.routes;
     let local = topo.local_name();
@@ -479,12 +478,13 @@ pub fn build_report(shared: &Shared) -> StatusReport {
             path_mtu: None,
         });
     }
-    let mut counters: BTreeMap<String, u64> = state
-        .counters
-        .fields()
-        .iter()
-        .map(|(name, _, v)| ((*name).to_owned(), *v))
-        .collect();
+    let (mut counters, links) = {
+        let published = shared.published();
+        let counters: BTreeMap<String, u64> = (published.counters.fields().iter())
+            .map(|(name, _, v)| ((*name).to_owned(), *v))
+            .collect();
+        (counters, link_reports(&published.link_traffic, &view))
+    };
     counters.insert(
         "control_handshake_failures".into(),
         view.stats.handshake_failures,
@@ -497,10 +497,14 @@ pub fn build_report(shared: &Shared) -> StatusReport {
     counters.insert("gossip_bytes_received".into(), g.bytes_received);
     counters.insert("gossip_messages_sent".into(), g.messages_sent);
     counters.insert("gossip_messages_received".into(), g.messages_received);
-    if let Some((dns_counters, _)) = crate::dns::metrics(&state) {
+    let dns = shared.dns();
+    if let Some((dns_counters, _)) = crate::dns::metrics(&dns) {
         counters.extend(dns_counters.into_iter().map(|(k, v)| (k.to_owned(), v)));
-        counters.insert("dns_gossip_errors".into(), state.dns_errors);
+        counters.insert("dns_gossip_errors".into(), dns.dns_errors);
     }
+    let dns_report = crate::dns::status(&dns);
+    drop(dns);
+    let ipam = (shared.ipam().ipam.as_ref()).map(|drv| ipam_report(&drv.ipam.status()));
     StatusReport {
         name: info.name.clone(),
         nickname: info.nickname.clone(),
@@ -545,25 +549,21 @@ pub fn build_report(shared: &Shared) -> StatusReport {
                     .collect(),
             })
             .collect(),
-        ipam: state
-            .ipam
-            .as_ref()
-            .map(|drv| ipam_report(&drv.ipam.status())),
-        dns: crate::dns::status(&state),
+        ipam,
+        dns: dns_report,
         proxy,
         kernel_features: info.kernel_features.clone(),
-        links: link_reports(&state, &view),
+        links,
     }
 }
 
 /// Traffic per neighbour, named by the connection at its address (or the topology).
 fn link_reports(
-    state: &crate::state::State,
+    traffic: &crate::traffic::LinkTraffic,
     view: &crate::state::NodeView,
 ) -> Vec<crate::traffic::LinkReport> {
     let topo = &view.topology;
-    let mut links: Vec<crate::traffic::LinkReport> = state
-        .link_traffic
+    let mut links: Vec<crate::traffic::LinkReport> = traffic
         .iter()
         .map(|(ip, counters)| {
             let conn = view

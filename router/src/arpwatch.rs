@@ -95,7 +95,7 @@ pub async fn run(shared: Arc<Shared>, bridge: String) {
                 macs.len(),
                 macs.join(", ")
             );
-            let mut state = shared.lock();
+            let mut state = shared.ipam();
             match state.ipam.as_mut() {
                 Some(drv) => {
                     drv.ipam.report_conflict(now, c.addr, detail);

@@ -29,7 +29,7 @@ use weft_node::{Action, ConnId, Node, Remote};
 use weft_wire::control::Message;
 
 use crate::dataplane::{Clock, DpCommand, DpEvent};
-use crate::state::{ConnCommand, ConnState, ConnView, NodeView, RoutesView, Shared, State};
+use crate::state::{ConnCommand, ConnState, ConnView, IpamState, NodeView, RoutesView, Shared};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -254,16 +254,13 @@ impl Control {
                 self.shared.set_view(view(&node, &tasks));
             }
             let deadline = {
-                let state = self.shared.lock();
-                let ipam_timeout = state.ipam.as_ref().and_then(|d| d.ipam.poll_timeout());
-                [
-                    node.poll_timeout(),
-                    ipam_timeout,
-                    crate::dns::poll_timeout(&state),
-                ]
-                .into_iter()
-                .flatten()
-                .min()
+                let ipam_timeout =
+                    (self.shared.ipam().ipam.as_ref()).and_then(|d| d.ipam.poll_timeout());
+                let dns_timeout = crate::dns::poll_timeout(&self.shared.dns());
+                [node.poll_timeout(), ipam_timeout, dns_timeout]
+                    .into_iter()
+                    .flatten()
+                    .min()
             };
             let sleep = async {
                 match deadline {
@@ -420,19 +417,18 @@ impl Control {
                 } => self.on_channel_gossip(node, now, channel, from, &payload),
                 Action::NeighbourUp(peer) => {
                     // DNS hook (issue 11): the new neighbour gets our whole name table.
-                    crate::dns::neighbour_up(&mut self.shared.lock(), peer);
+                    crate::dns::neighbour_up(&self.shared.dns(), peer);
                 }
                 Action::PeersChanged => {
                     let known: Vec<PeerName> =
                         node.mesh().topology().peers().map(|p| p.name).collect();
                     let reachable: Vec<PeerName> = node.mesh().routes().reachable().collect();
-                    let mut state = self.shared.lock();
-                    if let Some(drv) = state.ipam.as_mut() {
+                    if let Some(drv) = self.shared.ipam().ipam.as_mut() {
                         drv.ipam.peers_changed(now, &known, &reachable);
                         drv.ipam
                             .set_quorum_hint(node.connmaker().direct_targets().len() + 1);
                     }
-                    crate::dns::peers_changed(&mut state, now, &known, &reachable);
+                    crate::dns::peers_changed(&self.shared.dns(), now, &known, &reachable);
                 }
                 Action::PersistShortId(id) => {
                     tracing::warn!(
@@ -458,22 +454,18 @@ impl Control {
     /// IPAM's and DNS's timers and output.
     fn poll_channels(&self, node: &mut Node, now: Instant) {
         let neighbours = node.neighbours();
-        let out = {
-            let mut state = self.shared.lock();
-            let routes = node.mesh().routes();
-            let mut out = Vec::new();
-            if let Some(drv) = state.ipam.as_mut() {
-                drv.ipam.handle_timeout(now);
-                for (to, p) in drv.drain(&neighbours, routes) {
-                    out.push((crate::ipam::IPAM_CHANNEL, to, p));
-                }
+        let routes = node.mesh().routes();
+        let mut out = Vec::new();
+        if let Some(drv) = self.shared.ipam().ipam.as_mut() {
+            drv.ipam.handle_timeout(now);
+            for (to, p) in drv.drain(&neighbours, routes) {
+                out.push((crate::ipam::IPAM_CHANNEL, to, p));
             }
-            // DNS hook (issue 11): timers, gossip out, own entries kept on disk.
-            for (to, p) in crate::dns::poll(&mut state, now, &neighbours, routes) {
-                out.push((crate::dns::DNS_CHANNEL, to, p));
-            }
-            out
-        };
+        }
+        // DNS hook (issue 11): timers, gossip out, own entries kept on disk.
+        for (to, p) in crate::dns::poll(&mut self.shared.dns(), now, &neighbours, routes) {
+            out.push((crate::dns::DNS_CHANNEL, to, p));
+        }
         for (channel, to, payload) in out {
             node.send_gossip(channel, to, payload);
         }
@@ -490,22 +482,27 @@ impl Control {
     ) {
         let neighbours = node.neighbours();
         let routes = node.mesh().routes();
-        let forward = {
-            let mut state = self.shared.lock();
-            if channel == crate::ipam::IPAM_CHANNEL {
-                on_ipam_envelope(&mut state, now, from, bytes, &neighbours, routes)
-            } else if channel == crate::dns::DNS_CHANNEL {
-                match crate::dns::on_envelope(&mut state, now, from, bytes, &neighbours, routes) {
-                    Ok(forward) => forward,
-                    Err(e) => {
-                        state.dns_errors += 1;
-                        tracing::warn!("DNS gossip from {from}: {e}");
-                        Vec::new()
-                    }
+        let forward = if channel == crate::ipam::IPAM_CHANNEL {
+            on_ipam_envelope(
+                &mut self.shared.ipam(),
+                now,
+                from,
+                bytes,
+                &neighbours,
+                routes,
+            )
+        } else if channel == crate::dns::DNS_CHANNEL {
+            let mut dns = self.shared.dns();
+            match crate::dns::on_envelope(&mut dns, now, from, bytes, &neighbours, routes) {
+                Ok(forward) => forward,
+                Err(e) => {
+                    dns.dns_errors += 1;
+                    tracing::warn!("DNS gossip from {from}: {e}");
+                    Vec::new()
                 }
-            } else {
-                Vec::new()
             }
+        } else {
+            Vec::new()
         };
         for (to, payload) in forward {
             node.send_gossip(channel, to, payload);
@@ -696,18 +693,17 @@ impl Control {
 /// An IPAM envelope from neighbour `from`: deliver it (or only relay it, with IPAM off here);
 /// returns what to pass on.
 fn on_ipam_envelope(
-    state: &mut State,
+    state: &mut IpamState,
     now: Instant,
     from: PeerName,
     bytes: &[u8],
     neighbours: &[PeerName],
     routes: &weft_mesh::Routes,
 ) -> Vec<(PeerName, Vec<u8>)> {
-    let State {
+    let IpamState {
         ipam,
         ipam_errors,
         ipam_relay,
-        ..
     } = state;
     let Some(drv) = ipam.as_mut() else {
         // IPAM off here: relay only (broadcasts flood on, unicasts follow the routes).

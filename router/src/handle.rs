@@ -79,13 +79,13 @@ impl Handle {
 
     /// Whether IPAM is enabled on this router.
     pub fn ipam_enabled(&self) -> bool {
-        self.shared.lock().ipam.is_some()
+        self.shared.ipam().ipam.is_some()
     }
 
     /// The subnet `net:default` allocates in (`None`: IPAM is disabled).
     pub fn default_subnet(&self) -> Option<Ipv4Net> {
         self.shared
-            .lock()
+            .ipam()
             .ipam
             .as_ref()
             .map(|d| d.ipam.status().default_subnet)
@@ -93,7 +93,7 @@ impl Handle {
 
     /// Every allocation on this peer by ident (`None`: IPAM is disabled).
     pub fn owned(&self) -> Option<BTreeMap<String, Vec<Ipv4Net>>> {
-        self.shared.lock().ipam.as_ref().map(|d| d.ipam.owned())
+        self.shared.ipam().ipam.as_ref().map(|d| d.ipam.owned())
     }
 
     /// Docker reported that container `id` died: its addresses are kept for a restart (see
@@ -118,7 +118,7 @@ impl Handle {
 
     /// weaveDNS, when it runs.
     fn dns(&self) -> Option<Arc<crate::dns::DnsService>> {
-        self.shared.lock().dns.as_ref().map(|d| d.service.clone())
+        self.shared.dns().dns.as_ref().map(|d| d.service.clone())
     }
 
     /// weaveDNS's domain (`weave.local.`), when DNS runs.
@@ -156,7 +156,7 @@ impl Handle {
         f: impl FnOnce(&mut weft_ipam::Ipam, weft_mesh::Instant) -> T,
     ) -> Option<T> {
         let out = {
-            let mut state = self.shared.lock();
+            let mut state = self.shared.ipam();
             let now = self.shared.clock.now();
             state.ipam.as_mut().map(|drv| f(&mut drv.ipam, now))
         };
@@ -202,7 +202,7 @@ impl IpamAccess for Handle {
     async fn lookup(&self, ident: &str) -> anyhow::Result<Option<Vec<Ipv4Net>>> {
         Ok(self
             .shared
-            .lock()
+            .ipam()
             .ipam
             .as_ref()
             .map(|d| d.ipam.lookup(ident)))

@@ -9,7 +9,7 @@
 //!
 //! The state machine holds back every answer and every message that depends on a change until
 //! the change is stored ([`Ipam::poll_commit`] / [`Ipam::stored`]). The [`persister`] task does
-//! the storing, outside the state lock: it takes the commit, writes the snapshot to
+//! the storing, outside IPAM's lock: it takes the commit, writes the snapshot to
 //! `ipam.json.tmp`, fsyncs it, moves the current `ipam.json` to `ipam.json.prev` (so the
 //! previous good state is always beside the current one), renames the new file into place and
 //! fsyncs the directory; only then does the state machine release what waited. While one write
@@ -298,14 +298,14 @@ pub fn open(ipam: &mut Ipam, files: &StateFiles, recover: bool) -> anyhow::Resul
     }
 }
 
-/// Stores what IPAM wants stored, one commit at a time, outside the state lock; wakes the
+/// Stores what IPAM wants stored, one commit at a time, outside IPAM's lock; wakes the
 /// control loop to hand out what each store released. Runs for the router's lifetime.
 pub async fn persister(shared: Arc<Shared>, wanted: Arc<Notify>) {
     loop {
         wanted.notified().await;
         loop {
             let commit = {
-                let mut state = shared.lock();
+                let mut state = shared.ipam();
                 match state.ipam.as_mut() {
                     Some(drv) => drv.ipam.poll_commit().map(|c| (c, drv.files.clone())),
                     None => None,
@@ -318,7 +318,7 @@ pub async fn persister(shared: Arc<Shared>, wanted: Arc<Notify>) {
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             {
-                let mut state = shared.lock();
+                let mut state = shared.ipam();
                 let now = shared.clock.now();
                 if let Some(drv) = state.ipam.as_mut() {
                     let was_failing = drv.ipam.status().store_error;
@@ -433,7 +433,7 @@ struct CancelOnDrop<'a> {
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         if !self.done {
-            let mut state = self.shared.lock();
+            let mut state = self.shared.ipam();
             if let Some(drv) = state.ipam.as_mut() {
                 drv.pending.remove(&self.id);
                 drv.ipam.cancel(self.id);
@@ -446,11 +446,14 @@ impl Drop for CancelOnDrop<'_> {
 /// then wait for its outcome: it arrives once the change is stored.
 async fn request<T>(
     shared: &Shared,
-    start: impl FnOnce(&mut crate::state::State, weft_mesh::Instant) -> Result<(RequestId, T), Refusal>,
+    start: impl FnOnce(
+        &mut crate::state::IpamState,
+        weft_mesh::Instant,
+    ) -> Result<(RequestId, T), Refusal>,
 ) -> Result<(Outcome, T), Refusal> {
     let (tx, rx) = oneshot::channel();
     let (id, extra) = {
-        let mut state = shared.lock();
+        let mut state = shared.ipam();
         let now = shared.clock.now();
         if state.ipam.is_none() {
             return Err(no_ipam());
@@ -558,7 +561,7 @@ async fn claim(
 }
 
 async fn lookup(State(shared): State<Arc<Shared>>, UrlPath(id): UrlPath<String>) -> Response {
-    let state = shared.lock();
+    let state = shared.ipam();
     let Some(drv) = state.ipam.as_ref() else {
         return no_ipam().into_response();
     };
@@ -573,7 +576,7 @@ async fn lookup_in(
         Ok(n) => n.trunc(),
         Err(r) => return r.into_response(),
     };
-    let state = shared.lock();
+    let state = shared.ipam();
     let Some(drv) = state.ipam.as_ref() else {
         return no_ipam().into_response();
     };
@@ -587,7 +590,7 @@ async fn lookup_in(
 }
 
 async fn list(State(shared): State<Arc<Shared>>) -> Response {
-    let state = shared.lock();
+    let state = shared.ipam();
     let Some(drv) = state.ipam.as_ref() else {
         return no_ipam().into_response();
     };
@@ -646,7 +649,7 @@ async fn release_one(
 /// a ring.
 async fn ring(State(shared): State<Arc<Shared>>) -> Response {
     {
-        let mut state = shared.lock();
+        let mut state = shared.ipam();
         let now = shared.clock.now();
         let Some(drv) = state.ipam.as_mut() else {
             return no_ipam().into_response();
@@ -656,7 +659,7 @@ async fn ring(State(shared): State<Arc<Shared>>) -> Response {
     shared.wake.notify_one();
     loop {
         {
-            let state = shared.lock();
+            let state = shared.ipam();
             if let Some(drv) = state.ipam.as_ref() {
                 if !drv.ipam.ring().is_empty() {
                     return (StatusCode::OK, format!("{}\n", drv.ipam.status().state))
@@ -670,7 +673,7 @@ async fn ring(State(shared): State<Arc<Shared>>) -> Response {
 
 /// `GET /ipam`: the ring entry by entry, the store's health, orphans and duplicates (JSON).
 async fn detail(State(shared): State<Arc<Shared>>) -> Response {
-    let state = shared.lock();
+    let state = shared.ipam();
     let Some(drv) = state.ipam.as_ref() else {
         return no_ipam().into_response();
     };
@@ -738,7 +741,7 @@ pub fn health_lines(r: &crate::state::IpamReport) -> String {
 
 /// The store's and the duplicate finder's metrics (Prometheus text).
 pub fn metrics(shared: &Shared) -> String {
-    let state = shared.lock();
+    let state = shared.ipam();
     let Some(drv) = state.ipam.as_ref() else {
         return String::new();
     };
@@ -834,16 +837,18 @@ async fn rmpeer(
         if force {
             tracing::warn!("rmpeer --force: took over {n} addresses of {peer}");
         }
-        let sync = drv.ipam.sync();
+        Ok((drv.ipam.sync(), (n, peer)))
+    })
+    .await;
+    if let Ok((_, (_, peer))) = &started {
         // The peer's weaveDNS names go too, here and on every peer.
-        let reachable = view.routes.path(peer).is_some();
-        let names = crate::dns::forget_peer(state, now, peer, reachable);
+        let reachable = view.routes.path(*peer).is_some();
+        let now = shared.clock.now();
+        let names = crate::dns::forget_peer(&shared.dns(), now, *peer, reachable);
         if names > 0 {
             tracing::info!("rmpeer {peer}: dropped its {names} DNS entries");
         }
-        Ok((sync, (n, peer)))
-    })
-    .await;
+    }
     match started {
         Ok((Ok(_), (n, peer))) => {
             (StatusCode::OK, format!("{n} IPs taken over from {peer}\n")).into_response()

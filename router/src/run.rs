@@ -18,7 +18,7 @@ use weft_wire::control::{PROTOCOL_MAX, PROTOCOL_MIN};
 use crate::config::{Config, parse_peer};
 use crate::control::Control;
 use crate::dataplane::{self, Clock, DpCommand};
-use crate::state::{RouterInfo, Shared, State};
+use crate::state::{DnsState, IpamState, RouterInfo, Shared};
 use crate::{api, identity};
 
 /// Run the router until `shutdown` completes.
@@ -191,13 +191,15 @@ pub async fn run_with(
     };
     let dns_service = dns.as_ref().map(|d| d.service.clone());
     let commit_wanted = ipam.as_ref().map(|d| d.commit_wanted.clone());
-    let mut state = State::new();
-    if ipam.is_none() {
+    let ipam_state = IpamState {
         // IPAM off here, but other peers' IPAM messages may need to cross this peer.
-        state.ipam_relay = Some(weft_mesh::ChannelRouter::new(id.name, uid));
-    }
-    state.ipam = ipam;
-    state.dns = dns;
+        ipam_relay: ipam
+            .is_none()
+            .then(|| weft_mesh::ChannelRouter::new(id.name, uid)),
+        ipam,
+        ipam_errors: 0,
+    };
+    let dns_state = DnsState { dns, dns_errors: 0 };
     let shared = Arc::new(Shared {
         info: RouterInfo {
             name: id.name.to_string(),
@@ -219,7 +221,9 @@ pub async fn run_with(
                 .collect(),
             kernel_features,
         },
-        state: Mutex::new(state),
+        ipam: Mutex::new(ipam_state),
+        dns: Mutex::new(dns_state),
+        published: Mutex::default(),
         view: Mutex::new(Arc::new(crate::control::empty_view(&node))),
         node: node_tx,
         dataplane: dp_tx.clone(),
@@ -232,7 +236,7 @@ pub async fn run_with(
     let publish = {
         let shared = shared.clone();
         move |c: &weft_overlay::Counters, t: &crate::traffic::LinkTraffic| {
-            let mut st = shared.lock();
+            let mut st = shared.published();
             st.counters = *c;
             st.link_traffic.clone_from(t);
         }

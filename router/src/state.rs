@@ -116,45 +116,34 @@ pub struct NodeView {
     pub gossip: GossipStats,
 }
 
-/// The mutable part of the router's state the control task shares with the API (the
-/// node itself is not here: the control task owns it).
-#[derive(Debug)]
-pub struct State {
-    /// Last copy of the data-plane counters.
-    pub counters: Counters,
-    /// Last copy of the data plane's per-link traffic.
-    pub link_traffic: crate::traffic::LinkTraffic,
+/// IPAM's part of the router, shared by the node task (gossip, timers), the API handlers
+/// (requests) and the persister. Its own lock: nothing else waits while IPAM works.
+#[derive(Debug, Default)]
+pub struct IpamState {
     /// IPAM, unless disabled with `--ipalloc-range ""`.
     pub ipam: Option<crate::ipam::IpamDriver>,
     /// IPAM messages refused as malformed or invalid.
     pub ipam_errors: u64,
-    /// weaveDNS, unless disabled with `--no-dns`.
-    pub dns: Option<crate::dns::DnsDriver>,
-    /// DNS gossip refused as malformed or invalid.
-    pub dns_errors: u64,
     /// With IPAM off: still floods and routes other peers' IPAM messages across this peer.
     pub ipam_relay: Option<weft_mesh::ChannelRouter>,
 }
 
-impl State {
-    /// A fresh state.
-    pub fn new() -> Self {
-        Self {
-            counters: Counters::default(),
-            link_traffic: crate::traffic::LinkTraffic::default(),
-            ipam: None,
-            ipam_errors: 0,
-            dns: None,
-            dns_errors: 0,
-            ipam_relay: None,
-        }
-    }
+/// weaveDNS's part of the router, shared by the node task and the API handlers. Its own lock.
+#[derive(Debug, Default)]
+pub struct DnsState {
+    /// weaveDNS, unless disabled with `--no-dns`.
+    pub dns: Option<crate::dns::DnsDriver>,
+    /// DNS gossip refused as malformed or invalid.
+    pub dns_errors: u64,
 }
 
-impl Default for State {
-    fn default() -> Self {
-        Self::new()
-    }
+/// What the data-plane thread publishes every 200 ms for the API to read.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Last copy of the data-plane counters.
+    pub counters: Counters,
+    /// Last copy of the data plane's per-link traffic.
+    pub link_traffic: crate::traffic::LinkTraffic,
 }
 
 /// Everything the tasks share.
@@ -162,8 +151,12 @@ impl Default for State {
 pub struct Shared {
     /// Static facts about this router.
     pub info: RouterInfo,
-    /// The mutable state.
-    pub state: Mutex<State>,
+    /// IPAM (its own lock; never held together with another of these locks).
+    pub ipam: Mutex<IpamState>,
+    /// weaveDNS (its own lock; never held together with another of these locks).
+    pub dns: Mutex<DnsState>,
+    /// The data plane's latest counters.
+    pub published: Mutex<Published>,
     /// The node's latest snapshot.
     pub view: Mutex<Arc<NodeView>>,
     /// Input for the control task that owns the node.
@@ -183,10 +176,21 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Lock the state. A poisoned lock means a task panicked while holding it; the state is
-    /// still the best information there is, so keep serving it.
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Lock IPAM. A poisoned lock means a task panicked while holding it; the state is still
+    /// the best information there is, so keep serving it. Take one of these locks at a time
+    /// (the node itself is behind none: the control task owns it).
+    pub fn ipam(&self) -> std::sync::MutexGuard<'_, IpamState> {
+        self.ipam.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lock weaveDNS (see [`Shared::ipam`]).
+    pub fn dns(&self) -> std::sync::MutexGuard<'_, DnsState> {
+        self.dns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lock the data plane's published counters (see [`Shared::ipam`]).
+    pub fn published(&self) -> std::sync::MutexGuard<'_, Published> {
+        self.published.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The node's latest snapshot.

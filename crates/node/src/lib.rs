@@ -54,7 +54,8 @@
 //!
 //! **Ownership in the router.** One task owns the `Node`; connection tasks and the data plane
 //! send it messages, and the HTTP API reads snapshots it publishes, so nothing on the control
-//! path takes a global lock.
+//! path takes a global lock. IPAM and DNS keep their own locks, each taken alone and briefly
+//! (the node task hands them their channel's gossip; the API hands them requests).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

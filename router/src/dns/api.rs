@@ -44,7 +44,7 @@ impl IntoResponse for Refusal {
 
 fn service(shared: &Shared) -> Result<Arc<DnsService>, Refusal> {
     shared
-        .lock()
+        .dns()
         .dns
         .as_ref()
         .map(|d| d.service.clone())

@@ -7,8 +7,8 @@
 //!
 //! The control plane reaches it through a handful of hooks ([`poll`], [`poll_timeout`],
 //! [`on_envelope`], [`neighbour_up`], [`peers_changed`], [`forget_peer`]), called where IPAM's
-//! are: the only places it touches the shared router state. Queries never take the router's
-//! state lock, only the names' own.
+//! are: the only places they take DNS's own lock in the router ([`crate::state::DnsState`]).
+//! Queries never take that lock, only the names' own.
 
 pub mod api;
 pub mod client;
@@ -24,7 +24,7 @@ use weft_dns::{Names, Now, Outgoing, Responder};
 use weft_mesh::{ChannelRouter, Instant, PeerName, Routes};
 
 use crate::dataplane::Clock;
-use crate::state::{DnsEntryReport, DnsReport, State};
+use crate::state::{DnsEntryReport, DnsReport, DnsState};
 
 /// The gossip channel DNS entries travel on.
 pub const DNS_CHANNEL: u8 = 2;
@@ -210,7 +210,7 @@ pub fn wall(mono: Instant) -> Now {
 /// Runs the timers, keeps the own entries on disk when they changed, and returns the gossip
 /// to send: (neighbour, encoded envelope).
 pub fn poll(
-    state: &mut State,
+    state: &mut DnsState,
     now: Instant,
     neighbours: &[PeerName],
     routes: &Routes,
@@ -235,7 +235,7 @@ pub fn poll(
 }
 
 /// When [`poll`] wants to run next.
-pub fn poll_timeout(state: &State) -> Option<Instant> {
+pub fn poll_timeout(state: &DnsState) -> Option<Instant> {
     state
         .dns
         .as_ref()
@@ -245,7 +245,7 @@ pub fn poll_timeout(state: &State) -> Option<Instant> {
 /// An envelope arrived on [`DNS_CHANNEL`] from neighbour `from`: deliver it, and return what
 /// to pass on. `Err` is a message for the log (the caller counts it).
 pub fn on_envelope(
-    state: &mut State,
+    state: &mut DnsState,
     now: Instant,
     from: PeerName,
     bytes: &[u8],
@@ -273,14 +273,14 @@ pub fn on_envelope(
 }
 
 /// A connection to `peer` is ready: it gets our whole state.
-pub fn neighbour_up(state: &mut State, peer: PeerName) {
+pub fn neighbour_up(state: &DnsState, peer: PeerName) {
     if let Some(drv) = state.dns.as_ref() {
         drv.service.names().neighbour_up(peer);
     }
 }
 
 /// The topology changed.
-pub fn peers_changed(state: &mut State, now: Instant, known: &[PeerName], reachable: &[PeerName]) {
+pub fn peers_changed(state: &DnsState, now: Instant, known: &[PeerName], reachable: &[PeerName]) {
     if let Some(drv) = state.dns.as_ref() {
         drv.service
             .names()
@@ -290,7 +290,7 @@ pub fn peers_changed(state: &mut State, now: Instant, known: &[PeerName], reacha
 
 /// `rmpeer`: drop `peer`'s entries here and everywhere. Returns how many were dropped here
 /// (none while the peer is reachable: it is not dead).
-pub fn forget_peer(state: &mut State, now: Instant, peer: PeerName, reachable: bool) -> usize {
+pub fn forget_peer(state: &DnsState, now: Instant, peer: PeerName, reachable: bool) -> usize {
     if reachable {
         return 0;
     }
@@ -315,7 +315,7 @@ fn persist(file: &Path, entries: &[weft_dns::Entry]) {
 // ---- status and report ----
 
 /// The `DNS` section of the report, if DNS runs.
-pub fn status(state: &State) -> Option<DnsReport> {
+pub fn status(state: &DnsState) -> Option<DnsReport> {
     let svc = state.dns.as_ref()?.service.clone();
     let entries = svc
         .names()
@@ -347,7 +347,7 @@ pub fn status(state: &State) -> Option<DnsReport> {
 }
 
 /// Counters and the `weave_dns_entries` gauge (this peer's live entries), if DNS runs.
-pub fn metrics(state: &State) -> Option<(Vec<(&'static str, u64)>, usize)> {
+pub fn metrics(state: &DnsState) -> Option<(Vec<(&'static str, u64)>, usize)> {
     let svc = &state.dns.as_ref()?.service;
     let names = svc.names();
     Some((
