@@ -3,9 +3,11 @@
 //! namespace topology (two hosts on an underlay bridge, one container each).
 //!
 //! Each round builds a fresh topology per target (the order rotates every round), waits for a
-//! first ping, then measures iperf3 TCP with 1 and 4 streams and a 20 x 0.2 s ping while holding
+//! first ping, then measures iperf3 TCP with 1 and 4 streams, a 20 x 0.2 s ping, pings every
+//! 50 ms while one TCP stream runs (latency under load: median and p90), and 64-byte UDP
+//! offered at a fixed packet rate (the share lost), each while holding
 //! `flock /tmp/netbench.lock` (the lock every benchmark on this machine takes). The table shows
-//! medians over rounds with the min–max spread and weft's ratio to the other two; `--out` gets
+//! medians over rounds with the min–max spread and weft's ratio to the others; `--out` gets
 //! every record as JSON.
 
 use std::fs;
@@ -49,6 +51,15 @@ struct Args {
     /// Seconds of unmeasured TCP before the measured runs (0 = none).
     #[arg(long, default_value_t = 2)]
     warmup: u32,
+    /// Interval of the pings sent during a TCP stream (seconds; 0 = skip that test).
+    #[arg(long, default_value_t = 0.05)]
+    loaded_ping_interval: f64,
+    /// Packets per second of the small-packet UDP test (0 = skip it).
+    #[arg(long, default_value_t = 200_000)]
+    udp_pps: u64,
+    /// UDP payload length of the small-packet test (bytes).
+    #[arg(long, default_value_t = 64)]
+    udp_len: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +113,10 @@ struct Record {
     retransmits: Option<u64>,
     rtts_ms: Option<Vec<f64>>,
     rtt_ms_median: Option<f64>,
+    rtt_ms_p90: Option<f64>,
+    /// Small-packet UDP: packets per second offered (as sent) and the share lost (percent).
+    udp_pps_sent: Option<f64>,
+    udp_loss_pct: Option<f64>,
     tunnel_cpu_s: Option<f64>,
     cpu_s_per_gb: Option<f64>,
     wall_s: f64,
@@ -120,6 +135,9 @@ impl Record {
             retransmits: None,
             rtts_ms: None,
             rtt_ms_median: None,
+            rtt_ms_p90: None,
+            udp_pps_sent: None,
+            udp_loss_pct: None,
             tunnel_cpu_s: None,
             cpu_s_per_gb: None,
             wall_s: 0.0,
@@ -525,7 +543,7 @@ fn measure(
             out.push(r);
             std::thread::sleep(Duration::from_secs(1));
         }
-        let _lock = BenchLock::take(&args.lock, "netbench")?;
+        let lock = BenchLock::take(&args.lock, "netbench")?;
         let t0 = Instant::now();
         let p = s.client.ping(s.server.ip(), args.pings, 0.2)?;
         let mut r = Record::new(target, round, "ping");
@@ -537,6 +555,16 @@ fn measure(
         }
         r.rtts_ms = Some(p.rtts_ms);
         out.push(r);
+        drop(lock);
+        if args.loaded_ping_interval > 0.0 {
+            let _lock = BenchLock::take(&args.lock, "netbench")?;
+            out.push(loaded_ping(args, target, round, s)?);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        if args.udp_pps > 0 {
+            let _lock = BenchLock::take(&args.lock, "netbench")?;
+            out.push(small_udp(args, target, round, s)?);
+        }
         for pid in &s.tunnel_pids {
             if !cmd::pid_alive(*pid) {
                 bail!("tunnel process {pid} died during the measurements");
@@ -547,6 +575,91 @@ fn measure(
     let _ = server.kill();
     let _ = server.wait();
     res
+}
+
+/// Pings every `--loaded-ping-interval` while one TCP stream runs (from its second second to
+/// one second before its end): what interactive traffic feels behind bulk data.
+fn loaded_ping(args: &Args, target: Target, round: u32, s: &Setup) -> Result<Record> {
+    let secs = args.duration.max(4);
+    let count = ((f64::from(secs) - 2.0) / args.loaded_ping_interval).max(1.0) as u32;
+    let t0 = Instant::now();
+    let (stream, pings) = std::thread::scope(|scope| {
+        let stream = scope.spawn(|| iperf(s, secs, 1));
+        std::thread::sleep(Duration::from_secs(1));
+        let pings = s
+            .client
+            .ping(s.server.ip(), count, args.loaded_ping_interval);
+        (stream.join(), pings)
+    });
+    let stream = stream.map_err(|_| anyhow!("the iperf3 thread panicked"))??;
+    let p = pings?;
+    let mut r = Record::new(target, round, "ping_loaded");
+    r.mtu = Some(s.mtu);
+    r.wall_s = t0.elapsed().as_secs_f64();
+    r.gbps = stream["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9);
+    r.rtt_ms_median = median(&p.rtts_ms);
+    r.rtt_ms_p90 = percentile(&p.rtts_ms, 0.9);
+    if r.rtt_ms_median.is_none() {
+        bail!(
+            "ping under load: no replies ({}/{})",
+            p.received,
+            p.transmitted
+        );
+    }
+    // Pings lost behind the stream count as the slowest answers.
+    r.reason = (p.received < p.transmitted).then(|| {
+        format!(
+            "{} of {} pings lost",
+            p.transmitted - p.received,
+            p.transmitted
+        )
+    });
+    r.rtts_ms = Some(p.rtts_ms);
+    Ok(r)
+}
+
+/// `q`-quantile (nearest rank) of `xs`.
+fn percentile(xs: &[f64], q: f64) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
+
+/// `--udp-len`-byte UDP datagrams offered at `--udp-pps` for `--duration` seconds: the share
+/// the server did not receive.
+fn small_udp(args: &Args, target: Target, round: u32, s: &Setup) -> Result<Record> {
+    let bits = args.udp_pps * u64::from(args.udp_len) * 8;
+    let t0 = Instant::now();
+    let o = Cmd::new("ip")
+        .args(["netns", "exec", s.client.ns(), "iperf3", "-c"])
+        .arg(s.server.ip().to_string())
+        .args(["-p", IPERF_PORT, "--connect-timeout", "5000", "-J", "-u"])
+        .args(["-l", &args.udp_len.to_string(), "-b", &bits.to_string()])
+        .args(["-t", &args.duration.to_string()])
+        .timeout(Duration::from_secs(u64::from(args.duration) + 30))
+        .run()?;
+    let v: Value =
+        serde_json::from_str(&o.stdout).map_err(|e| anyhow!("iperf3 -J output: {e}; {o}"))?;
+    let sum = &v["end"]["sum"];
+    let (Some(packets), Some(lost), Some(secs)) = (
+        sum["packets"].as_u64(),
+        sum["lost_packets"].as_u64(),
+        sum["seconds"].as_f64(),
+    ) else {
+        bail!("iperf3 -u failed: {} ({o})", v["error"]);
+    };
+    let mut r = Record::new(target, round, "udp_small");
+    r.mtu = Some(s.mtu);
+    r.wall_s = t0.elapsed().as_secs_f64();
+    r.udp_pps_sent = (secs > 0.0).then(|| packets as f64 / secs);
+    r.udp_loss_pct = (packets > 0).then(|| lost as f64 * 100.0 / packets as f64);
+    Ok(r)
 }
 
 fn iperf(s: &Setup, secs: u32, streams: u32) -> Result<Value> {
@@ -575,6 +688,23 @@ fn log_record(r: &Record) {
             r.target,
             r.rtt_ms_median.unwrap_or(f64::NAN)
         ),
+        "ping_loaded" => eprintln!(
+            "netbench:   {} ping during a TCP stream ({:.3} Gbit/s): median {:.3} ms, p90 {:.3} ms{}",
+            r.target,
+            r.gbps.unwrap_or(f64::NAN),
+            r.rtt_ms_median.unwrap_or(f64::NAN),
+            r.rtt_ms_p90.unwrap_or(f64::NAN),
+            r.reason
+                .as_deref()
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default()
+        ),
+        "udp_small" => eprintln!(
+            "netbench:   {} UDP small packets: {:.0} pps sent, {:.2} % lost",
+            r.target,
+            r.udp_pps_sent.unwrap_or(f64::NAN),
+            r.udp_loss_pct.unwrap_or(f64::NAN)
+        ),
         _ => eprintln!(
             "netbench:   {} {} {:.3} Gbit/s{}",
             r.target,
@@ -590,15 +720,25 @@ fn log_record(r: &Record) {
 fn values(records: &[Record], target: Target, test: &str) -> Vec<f64> {
     records
         .iter()
-        .filter(|r| r.target == target.name() && r.test == test)
-        .filter_map(|r| {
-            if test == "ping" {
-                r.rtt_ms_median
-            } else {
-                r.gbps
-            }
+        .filter(|r| r.target == target.name() && r.test == record_test(test))
+        .filter_map(|r| match test {
+            "ping" | "ping_loaded" => r.rtt_ms_median,
+            "ping_loaded_p90" => r.rtt_ms_p90,
+            "udp_loss" => r.udp_loss_pct,
+            "udp_pps" => r.udp_pps_sent,
+            _ => r.gbps,
         })
         .collect()
+}
+
+/// The record a table column reads: `ping_loaded_p90` is a figure of the `ping_loaded`
+/// records, `udp_loss` and `udp_pps` of the `udp_small` ones.
+fn record_test(column: &str) -> &str {
+    match column {
+        "ping_loaded_p90" => "ping_loaded",
+        "udp_loss" | "udp_pps" => "udp_small",
+        other => other,
+    }
 }
 
 fn stat(xs: &[f64]) -> Option<(f64, f64, f64)> {
@@ -640,6 +780,10 @@ fn summary_json(targets: &[Target], records: &[Record]) -> Value {
                 "tcp1_gbps": s("tcp1"),
                 "tcp4_gbps": s("tcp4"),
                 "ping_ms": s("ping"),
+                "ping_loaded_ms": s("ping_loaded"),
+                "ping_loaded_p90_ms": s("ping_loaded_p90"),
+                "udp_small_pps_sent": s("udp_pps"),
+                "udp_small_loss_pct": s("udp_loss"),
                 "tunnel_cpu_s_per_gb": cpu_per_gb(records, t),
                 "mtu": records.iter().find(|r| r.target == t.name()).and_then(|r| r.mtu),
             }),
@@ -670,6 +814,21 @@ fn render_table(targets: &[Target], records: &[Record], args: &Args) -> String {
             cpu_per_gb(records, t).map_or("–".to_owned(), |c| format!("{c:.1}")),
         );
     }
+    s += &format!(
+        "\n| target | ping during 1 TCP stream: median ms | p90 ms | UDP {} B offered at {} pps: sent pps | lost % |\n\
+         |---|--:|--:|--:|--:|\n",
+        args.udp_len, args.udp_pps
+    );
+    for &t in targets {
+        s += &format!(
+            "| {} | {} | {} | {} | {} |\n",
+            t.name(),
+            cell(&values(records, t, "ping_loaded"), 3),
+            cell(&values(records, t, "ping_loaded_p90"), 3),
+            cell(&values(records, t, "udp_pps"), 0),
+            cell(&values(records, t, "udp_loss"), 2),
+        );
+    }
     if targets.contains(&Target::Weft) {
         let others: Vec<Target> = targets
             .iter()
@@ -677,7 +836,8 @@ fn render_table(targets: &[Target], records: &[Record], args: &Args) -> String {
             .filter(|t| *t != Target::Weft)
             .collect();
         if !others.is_empty() {
-            s += "\n| weft ÷ | TCP 1 stream | TCP 4 streams | ping RTT |\n|---|--:|--:|--:|\n";
+            s += "\n| weft ÷ | TCP 1 stream | TCP 4 streams | ping RTT | ping under load p90 |\n\
+                  |---|--:|--:|--:|--:|\n";
             for o in others {
                 let ratio = |test: &str| {
                     let w = median(&values(records, Target::Weft, test));
@@ -688,11 +848,12 @@ fn render_table(targets: &[Target], records: &[Record], args: &Args) -> String {
                     }
                 };
                 s += &format!(
-                    "| {} | {} | {} | {} |\n",
+                    "| {} | {} | {} | {} | {} |\n",
                     o.name(),
                     ratio("tcp1"),
                     ratio("tcp4"),
-                    ratio("ping")
+                    ratio("ping"),
+                    ratio("ping_loaded_p90")
                 );
             }
         }
