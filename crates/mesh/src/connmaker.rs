@@ -486,14 +486,21 @@ impl ConnMaker {
 
     /// When [`poll_dial`](Self::poll_dial) should be called next (a retry falls due, or idle
     /// targets wait); `None` if nothing is scheduled. Call it also after any other input.
+    ///
+    /// At the connection limit nothing is scheduled: a target falling due could not be dialled
+    /// anyway, and what frees a slot (a connection or dial ending) is an input, after which the
+    /// driver calls [`poll_dial`](Self::poll_dial) again.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.limited {
+            return None;
+        }
         let connected_ips = self.connected_ips();
         self.targets
             .iter()
             .filter(|(addr, _)| connected_ips.binary_search(&addr.ip()).is_err())
             .filter_map(|(_, t)| match &t.state {
-                TargetState::Idle if !self.limited => Some(Instant::ZERO),
+                TargetState::Idle => Some(Instant::ZERO),
                 TargetState::Retrying { next, .. } => Some(*next),
                 _ => None,
             })
@@ -668,6 +675,15 @@ mod tests {
         assert_eq!(c.poll_dial(t(0), 1).len(), 0, "dials in flight count");
         c.dial_failed(t(1), targets[0], "x".into());
         assert_eq!(c.poll_dial(t(1), 1), vec![targets[2]]);
+        // At the limit with targets due (idle, or retries falling due): no wake-ups at all;
+        // the dial that ends frees a slot and is an input.
+        c.dial_failed(t(2), targets[1], "refused".into());
+        assert_eq!(c.poll_dial(t(2), 1), vec![targets[3]]);
+        assert_eq!(c.poll_timeout(), None, "limited: no busy wake-ups");
+        assert_eq!(c.poll_dial(t(10_000), 1), vec![], "retries due, still limited");
+        assert_eq!(c.poll_timeout(), None, "limited: no busy wake-ups for due retries");
+        c.dial_failed(t(10_001), targets[3], "refused".into());
+        assert_eq!(c.poll_dial(t(10_001), 1).len(), 1, "a freed slot is used");
         let mut unlimited = cm(true, 0);
         unlimited.add_targets(t(0), &targets);
         assert_eq!(unlimited.poll_dial(t(0), 1000).len(), 5);
