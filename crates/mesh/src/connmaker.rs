@@ -680,8 +680,16 @@ mod tests {
         c.dial_failed(t(2), targets[1], "refused".into());
         assert_eq!(c.poll_dial(t(2), 1), vec![targets[3]]);
         assert_eq!(c.poll_timeout(), None, "limited: no busy wake-ups");
-        assert_eq!(c.poll_dial(t(10_000), 1), vec![], "retries due, still limited");
-        assert_eq!(c.poll_timeout(), None, "limited: no busy wake-ups for due retries");
+        assert_eq!(
+            c.poll_dial(t(10_000), 1),
+            vec![],
+            "retries due, still limited"
+        );
+        assert_eq!(
+            c.poll_timeout(),
+            None,
+            "limited: no busy wake-ups for due retries"
+        );
         c.dial_failed(t(10_001), targets[3], "refused".into());
         assert_eq!(c.poll_dial(t(10_001), 1).len(), 1, "a freed slot is used");
         let mut unlimited = cm(true, 0);

@@ -96,7 +96,10 @@ fn main() {
         dup0 = dup;
         hs0 = hs;
         if sim.all_routable() && sim.views_agree() {
-            println!("converged by {t}; full state {} B", sim.mesh(0).full_state_size());
+            println!(
+                "converged by {t}; full state {} B",
+                sim.mesh(0).full_state_size()
+            );
             break;
         }
     }

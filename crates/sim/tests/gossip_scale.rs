@@ -216,6 +216,7 @@ fn partition_then_heal_redundancy() {
         |s| s.full_mesh() && converged(s),
         max,
     );
+    check(&whole, 3.0);
     // The healing alone: what was sent from the heal on.
     let bytes = whole.bytes - before_heal;
     let row = Row {
