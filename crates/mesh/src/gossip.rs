@@ -279,6 +279,9 @@ pub struct Mesh {
     /// Records a neighbour holds a newer version of than we do, and when to ask for them if
     /// no delta brought us up to date by then.
     lagging: BTreeMap<PeerName, Instant>,
+    /// The earliest time in `lagging` (or earlier: removals do not move it), so that
+    /// `poll_timeout`, called after every input, does not scan `lagging`.
+    lagging_at: Option<Instant>,
     outgoing: VecDeque<(PeerName, Vec<u8>)>,
     events: VecDeque<MeshEvent>,
     stats: GossipStats,
@@ -303,6 +306,7 @@ impl Mesh {
             summary_at: None,
             requested: BTreeMap::new(),
             lagging: BTreeMap::new(),
+            lagging_at: None,
             outgoing: VecDeque::new(),
             events: VecDeque::new(),
             stats: GossipStats::default(),
@@ -551,7 +555,7 @@ impl Mesh {
             self.routes = self.routes.update(&self.topology);
             self.events.push_back(MeshEvent::TopologyChanged);
         }
-        if self.lagging.first_key_value().is_some() {
+        if self.lagging_at.is_some_and(|t| t <= now) {
             let due: Vec<PeerName> = self
                 .lagging
                 .iter()
@@ -564,6 +568,7 @@ impl Mesh {
                     self.request_from_best(now, name);
                 }
             }
+            self.lagging_at = self.lagging.values().min().copied();
         }
         if self.summary_at.is_some_and(|t| t <= now) {
             self.summary_at = None;
@@ -580,7 +585,7 @@ impl Mesh {
     /// When [`handle_timeout`](Self::handle_timeout) is due next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let lagging = self.lagging.values().min().copied();
+        let lagging = self.lagging_at;
         [
             self.batch_at,
             self.gc_at,
@@ -901,9 +906,11 @@ impl Mesh {
                 // We hold an older version and are close enough to the origin that the origin
                 // or one of its neighbours pushes changes to us: the delta is most likely on
                 // its way. Ask only if it has not come by then.
-                self.lagging
+                let at = *self
+                    .lagging
                     .entry(n)
                     .or_insert(now + self.config.pull_delay);
+                self.lagging_at = Some(self.lagging_at.map_or(at, |t| t.min(at)));
                 continue;
             }
             wants.push((n, ours.0, ours.1));
