@@ -45,7 +45,7 @@ fn main() {
     let mut dup0 = 0;
     let mut hs0 = 0;
     while t < Instant::from_duration(Duration::from_secs(max_s)) {
-        t = t + step;
+        t += step;
         sim.run_until(t);
         let s = sim.stats();
         let g = sim.gossip_totals();
