@@ -129,14 +129,25 @@ struct ReadRecord {
     entries: Vec<Entry>,
 }
 
-/// One connection of a record as discovery read it.
+/// One connection of a record as discovery read it: the remote and a fingerprint of how it
+/// was reported (address and direction), to see whether a newer version of the record changed
+/// it. Where to dial for it is in [`Discovery::by_remote`] (absent if the address did not
+/// parse). Kept this small on purpose: a node holds one per connection in the mesh (30 000
+/// for 1000 peers of 30 connections).
 #[derive(Debug)]
 struct Entry {
     remote: PeerName,
-    address: String,
-    outbound: bool,
-    /// Where to dial for it; `None` if the address does not parse.
-    target: Option<SocketAddr>,
+    fingerprint: u64,
+}
+
+/// A 64-bit fingerprint of a reported connection's address and direction. Two different
+/// reports colliding (odds 2^-64 per change) would leave the older dial address in use.
+fn fingerprint(address: &str, outbound: bool) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    address.hash(&mut h);
+    outbound.hash(&mut h);
+    h.finish()
 }
 
 impl Discovery {
@@ -211,8 +222,9 @@ impl Discovery {
                 while let Some(e) = old.next_if(|e| e.remote < c.remote) {
                     dropped.push(e);
                 }
+                let print = fingerprint(&c.address, c.outbound);
                 if let Some(e) = old.next_if(|e| e.remote == c.remote) {
-                    if e.address == c.address && e.outbound == c.outbound {
+                    if e.fingerprint == print {
                         entries.push(e);
                         continue;
                     }
@@ -225,16 +237,13 @@ impl Discovery {
                         SocketAddr::new(addr.ip(), port)
                     }
                 });
-                let e = Entry {
-                    remote: c.remote,
-                    address: c.address.clone(),
-                    outbound: c.outbound,
-                    target,
-                };
                 if let Some(addr) = target {
                     added.push((c.remote, addr));
                 }
-                entries.push(e);
+                entries.push(Entry {
+                    remote: c.remote,
+                    fingerprint: print,
+                });
             }
             dropped.extend(old);
             self.drop_entries(p.name, &dropped, changed);
@@ -268,16 +277,18 @@ impl Discovery {
         changed: &mut Vec<SocketAddr>,
     ) {
         for e in entries {
-            let (remote, Some(addr)) = (e.remote, e.target) else {
+            let remote = e.remote;
+            // A record lists one connection per remote: its dial address is the one entry of
+            // `reporter` naming `remote` (none if the address did not parse).
+            let Some(list) = self.by_remote.get_mut(&remote) else {
                 continue;
             };
-            if let Some(list) = self.by_remote.get_mut(&remote) {
-                if let Some(i) = list.iter().position(|&e| e == (reporter, addr)) {
-                    list.swap_remove(i);
-                }
-                if list.is_empty() {
-                    self.by_remote.remove(&remote);
-                }
+            let Some(i) = list.iter().position(|&(r, _)| r == reporter) else {
+                continue;
+            };
+            let (_, addr) = list.swap_remove(i);
+            if list.is_empty() {
+                self.by_remote.remove(&remote);
             }
             if self.peers.contains_key(&remote) {
                 self.count(addr, false, changed);
@@ -486,14 +497,21 @@ impl ConnMaker {
 
     /// When [`poll_dial`](Self::poll_dial) should be called next (a retry falls due, or idle
     /// targets wait); `None` if nothing is scheduled. Call it also after any other input.
+    ///
+    /// At the connection limit nothing is scheduled: a target falling due could not be dialled
+    /// anyway, and what frees a slot (a connection or dial ending) is an input, after which the
+    /// driver calls [`poll_dial`](Self::poll_dial) again.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.limited {
+            return None;
+        }
         let connected_ips = self.connected_ips();
         self.targets
             .iter()
             .filter(|(addr, _)| connected_ips.binary_search(&addr.ip()).is_err())
             .filter_map(|(_, t)| match &t.state {
-                TargetState::Idle if !self.limited => Some(Instant::ZERO),
+                TargetState::Idle => Some(Instant::ZERO),
                 TargetState::Retrying { next, .. } => Some(*next),
                 _ => None,
             })
@@ -668,6 +686,23 @@ mod tests {
         assert_eq!(c.poll_dial(t(0), 1).len(), 0, "dials in flight count");
         c.dial_failed(t(1), targets[0], "x".into());
         assert_eq!(c.poll_dial(t(1), 1), vec![targets[2]]);
+        // At the limit with targets due (idle, or retries falling due): no wake-ups at all;
+        // the dial that ends frees a slot and is an input.
+        c.dial_failed(t(2), targets[1], "refused".into());
+        assert_eq!(c.poll_dial(t(2), 1), vec![targets[3]]);
+        assert_eq!(c.poll_timeout(), None, "limited: no busy wake-ups");
+        assert_eq!(
+            c.poll_dial(t(10_000), 1),
+            vec![],
+            "retries due, still limited"
+        );
+        assert_eq!(
+            c.poll_timeout(),
+            None,
+            "limited: no busy wake-ups for due retries"
+        );
+        c.dial_failed(t(10_001), targets[3], "refused".into());
+        assert_eq!(c.poll_dial(t(10_001), 1).len(), 1, "a freed slot is used");
         let mut unlimited = cm(true, 0);
         unlimited.add_targets(t(0), &targets);
         assert_eq!(unlimited.poll_dial(t(0), 1000).len(), 5);

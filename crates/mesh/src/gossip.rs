@@ -25,10 +25,12 @@
 //!   relay only: the origin's neighbour with the smallest name that the receiver is connected
 //!   to. Peers farther out, which several relays may reach, get an announcement (name and
 //!   version) and pull the record once. When views agree, every peer gets every change about
-//!   once. One exception: when a link reappears established (a path that was down came back),
-//!   that relay also pushes the record to the link's other end, since the origin's own push
-//!   may sit in TCP retransmission backoff on that very link, and the other end routes over
-//!   it only once it holds the record.
+//!   once. One addition: when a link reappears established (a path that was down came back),
+//!   that relay also announces the record's new version to the link's other end, since the
+//!   origin's own push may sit in TCP retransmission backoff on that very link, and the other
+//!   end routes over it only once it holds the record. The announcement costs a few bytes;
+//!   the other end pulls the record only if the origin's push has not come after
+//!   [`GossipConfig::pull_delay`].
 //! - **Pulls.** A peer asks ([`TopologyGossip::Want`]) for a record it lacks from the first
 //!   neighbour that shows it, and asks nobody else while that request is out
 //!   ([`REQUEST_TIMEOUT`]). A newer version of a record it holds is asked for at once if it
@@ -264,7 +266,7 @@ pub struct Mesh {
     /// back (reappeared established). The origin's own push to such a remote may be stuck (a
     /// path that was down is exactly the one whose TCP connection sits in retransmission
     /// backoff), and the remote routes over the link only once it holds this record, so one
-    /// relay pushes it too.
+    /// relay announces it too (the remote pulls it if the push does not come).
     touched: BTreeMap<PeerName, BTreeSet<PeerName>>,
     batch_at: Option<Instant>,
     gc_at: Option<Instant>,
@@ -277,6 +279,9 @@ pub struct Mesh {
     /// Records a neighbour holds a newer version of than we do, and when to ask for them if
     /// no delta brought us up to date by then.
     lagging: BTreeMap<PeerName, Instant>,
+    /// The earliest time in `lagging` (or earlier: removals do not move it), so that
+    /// `poll_timeout`, called after every input, does not scan `lagging`.
+    lagging_at: Option<Instant>,
     outgoing: VecDeque<(PeerName, Vec<u8>)>,
     events: VecDeque<MeshEvent>,
     stats: GossipStats,
@@ -301,6 +306,7 @@ impl Mesh {
             summary_at: None,
             requested: BTreeMap::new(),
             lagging: BTreeMap::new(),
+            lagging_at: None,
             outgoing: VecDeque::new(),
             events: VecDeque::new(),
             stats: GossipStats::default(),
@@ -549,7 +555,7 @@ impl Mesh {
             self.routes = self.routes.update(&self.topology);
             self.events.push_back(MeshEvent::TopologyChanged);
         }
-        if self.lagging.first_key_value().is_some() {
+        if self.lagging_at.is_some_and(|t| t <= now) {
             let due: Vec<PeerName> = self
                 .lagging
                 .iter()
@@ -562,6 +568,7 @@ impl Mesh {
                     self.request_from_best(now, name);
                 }
             }
+            self.lagging_at = self.lagging.values().min().copied();
         }
         if self.summary_at.is_some_and(|t| t <= now) {
             self.summary_at = None;
@@ -578,7 +585,7 @@ impl Mesh {
     /// When [`handle_timeout`](Self::handle_timeout) is due next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let lagging = self.lagging.values().min().copied();
+        let lagging = self.lagging_at;
         [
             self.batch_at,
             self.gc_at,
@@ -748,7 +755,7 @@ impl Mesh {
         };
         if o.connection(to).is_some() {
             // The origin reaches `to` directly, unless this change is about that very link:
-            // then the smallest-named peer connected to both pushes it as well.
+            // then the smallest-named peer connected to both announces it as well.
             let touched = self.touched.get(&origin).is_some_and(|t| t.contains(&to));
             let smaller_relay = o
                 .connections
@@ -756,7 +763,7 @@ impl Mesh {
                 .take_while(|c| c.remote < local)
                 .any(|c| c.remote != to && lists_to(c.remote));
             return if touched && o.connection(local).is_some() && !smaller_relay {
-                Relay::Push
+                Relay::Announce
             } else {
                 Relay::Skip
             };
@@ -899,9 +906,11 @@ impl Mesh {
                 // We hold an older version and are close enough to the origin that the origin
                 // or one of its neighbours pushes changes to us: the delta is most likely on
                 // its way. Ask only if it has not come by then.
-                self.lagging
+                let at = *self
+                    .lagging
                     .entry(n)
                     .or_insert(now + self.config.pull_delay);
+                self.lagging_at = Some(self.lagging_at.map_or(at, |t| t.min(at)));
                 continue;
             }
             wants.push((n, ours.0, ours.1));
@@ -1388,13 +1397,13 @@ mod tests {
     }
 
     #[test]
-    fn a_link_that_comes_back_is_relayed_to_its_other_end() {
+    fn a_link_that_comes_back_is_announced_to_its_other_end() {
         // 1, 2, 3 fully connected, and 4 connected to all. When 2's link to 3 comes back
         // (reappears established after 2 had taken it out), 2's own push to 3 may sit in TCP
         // backoff on that very link, and 3 routes over the link only once it holds 2's
-        // record: so the smallest-named peer connected to both (1) pushes 2's record to 3 as
-        // well, and 4 leaves it to 1. A new link (first seen unestablished) reaches 3 from 2
-        // alone.
+        // record: so the smallest-named peer connected to both (1) announces 2's new version
+        // to 3 (name and version, not the record: 3 pulls it only if 2's push does not come),
+        // and 4 leaves it to 1. A new link (first seen unestablished) reaches 3 from 2 alone.
         let world = |v2: u64, conns2: &[u64]| {
             vec![
                 summary(1, 10, 1, &[2, 3, 4]),
@@ -1403,11 +1412,11 @@ mod tests {
                 summary(4, 40, 1, &[1, 2, 3]),
             ]
         };
-        let sent_to = |m: &mut Mesh, at: u64, record: PeerSummary| -> Vec<PeerName> {
+        let sent = |m: &mut Mesh, at: u64, record: PeerSummary| {
             m.handle_gossip(t(at), name(2), &records(vec![record]))
                 .unwrap();
             m.handle_timeout(t(at + 100));
-            drain(m).into_iter().map(|(to, _)| to).collect()
+            drain(m)
         };
         for (local, others, relays) in [(1, [2, 3, 4], true), (4, [1, 2, 3], false)] {
             let mut m = mesh(local);
@@ -1420,17 +1429,94 @@ mod tests {
             m.handle_timeout(t(100));
             drain(&mut m);
             // Without the link, 3 is two hops from 2 and the usual relay rule applies.
-            sent_to(&mut m, 200, summary(2, 20, 2, &[1, 4]));
-            let to = sent_to(&mut m, 400, summary(2, 20, 3, &[1, 3, 4]));
-            assert_eq!(
-                to.contains(&name(3)),
-                relays,
-                "seen from {local}, 2-3 back: {to:?}"
-            );
+            sent(&mut m, 200, summary(2, 20, 2, &[1, 4]));
+            let to_3: Vec<TopologyGossip> = sent(&mut m, 400, summary(2, 20, 3, &[1, 3, 4]))
+                .into_iter()
+                .filter(|(to, _)| *to == name(3))
+                .map(|(_, msg)| msg)
+                .collect();
+            let announced = vec![TopologyGossip::Digest {
+                entries: vec![(name(2), 3)],
+                reply: false,
+            }];
+            if relays {
+                assert_eq!(to_3, announced, "seen from {local}, 2-3 back");
+            } else {
+                assert_eq!(to_3, vec![], "seen from {local}, 2-3 back");
+            }
             let mut new_link = summary(2, 20, 4, &[1, 3, 4, 5]);
             new_link.connections[3].established = false;
-            let to = sent_to(&mut m, 600, new_link);
-            assert!(!to.contains(&name(3)), "seen from {local}, 2-5 new: {to:?}");
+            let to = sent(&mut m, 600, new_link);
+            assert!(
+                to.iter().all(|(to, _)| *to != name(3)),
+                "seen from {local}, 2-5 new: {to:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_other_end_of_a_link_that_came_back_pulls_it_unless_the_push_comes() {
+        // We are 3, connected to 1, 2 and 4; 2 took its link to us out (v2). 1 announces that
+        // 2 is at v3 (the link is back): we ask 1 for it after the pull delay, unless 2's own
+        // delta arrives first.
+        for push_comes in [false, true] {
+            let mut m = mesh(3);
+            for r in [1, 2, 4] {
+                up(&mut m, t(0), r);
+                m.connection_established(t(0), name(r));
+            }
+            m.handle_gossip(
+                t(0),
+                name(1),
+                &records(vec![
+                    summary(1, 10, 1, &[2, 3, 4]),
+                    summary(2, 20, 2, &[1, 4]),
+                    summary(4, 40, 1, &[1, 2, 3]),
+                ]),
+            )
+            .unwrap();
+            m.handle_timeout(t(100));
+            drain(&mut m);
+            m.handle_gossip(t(200), name(1), &digest(&[(2, 3)], false))
+                .unwrap();
+            m.handle_timeout(t(300));
+            assert_eq!(drain(&mut m), vec![], "no pull before the delay");
+            if push_comes {
+                let delta = Record {
+                    name: name(2),
+                    uid: 20,
+                    version: 3,
+                    base: 2,
+                    ident: None,
+                    changes: vec![Change::Add {
+                        remote: name(3),
+                        address: "192.0.2.3:6783".into(),
+                        outbound: true,
+                        established: true,
+                    }],
+                };
+                m.handle_gossip(
+                    t(400),
+                    name(2),
+                    &encode(&TopologyGossip::Records(vec![delta])),
+                )
+                .unwrap();
+            }
+            let pull_at = 200 + GossipConfig::default().pull_delay.as_millis() as u64;
+            m.handle_timeout(t(pull_at));
+            let wants: Vec<_> = drain(&mut m)
+                .into_iter()
+                .filter(|(_, msg)| matches!(msg, TopologyGossip::Want(_)))
+                .collect();
+            if push_comes {
+                assert_eq!(wants, vec![]);
+                assert_eq!(m.topology().peer(name(2)).unwrap().version, 3);
+            } else {
+                assert_eq!(
+                    wants,
+                    vec![(name(1), TopologyGossip::Want(vec![(name(2), 2, 20)]))]
+                );
+            }
         }
     }
 

@@ -108,8 +108,16 @@ pub struct SimStats {
     pub events: u64,
     /// Dials started.
     pub dials: u64,
+    /// Dials refused by the accepting host (at its connection limit).
+    pub dials_refused: u64,
+    /// Dials that found nobody (cut link, unknown address).
+    pub dials_failed: u64,
+    /// Control connections opened (TCP up; one per dial that got through).
+    pub connections_opened: u64,
     /// Control connections whose handshake completed (counted per end).
     pub connections_ready: u64,
+    /// Control connection ends closed (counted per end).
+    pub connections_closed: u64,
     /// Control-stream bytes sent (all messages, counted per end).
     pub control_bytes: u64,
     /// Datagrams sent on the data path.
@@ -755,6 +763,7 @@ impl Sim {
         let now = self.now;
         let target = self.by_ip.get(&addr.ip()).copied();
         let Some(t) = target.filter(|&t| self.link_up(h, t)) else {
+            self.stats.dials_failed += 1;
             self.hosts[h]
                 .node
                 .handle_dial_failed(now, addr, "connection timed out".into());
@@ -763,6 +772,7 @@ impl Sim {
         };
         let limit = self.config.connmaker.conn_limit;
         if limit > 0 && self.hosts[t].node.connection_count() >= limit {
+            self.stats.dials_refused += 1;
             self.hosts[h].node.handle_dial_failed(
                 now,
                 addr,
@@ -771,6 +781,7 @@ impl Sim {
             self.service(h);
             return;
         }
+        self.stats.connections_opened += 1;
         let (kh, kt) = (self.next_key, self.next_key + 1);
         self.next_key += 2;
         let port = self.hosts[h].next_port;
@@ -954,6 +965,7 @@ impl Sim {
     }
 
     fn conn_closed(&mut self, h: usize, key: u64, reason: CloseReason) {
+        self.stats.connections_closed += 1;
         let now = self.now;
         let host = &mut self.hosts[h];
         let Some(c) = host.conns.remove(&key) else {
