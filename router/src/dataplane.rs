@@ -19,11 +19,23 @@
 //! segments of one TCP flow into a super-frame written with one TAP write. The coalescer is
 //! emptied at the end of every receive batch, so no frame waits across a `poll`.
 //!
-//! **Encryption** (with a password): each neighbour's [`Links`] entry seals every datagram sent
-//! to it and opens every datagram received from it, in place in the batch buffers, one segment
-//! at a time (sealing adds the same 24 bytes to each segment of a GSO run, so runs stay
-//! equal-sized). Relayed datagrams are opened and sealed again for the next hop. Datagrams that
-//! fail authentication or replay checks never reach the engine; they are counted.
+//! **Per neighbour**, everything lives in the engine's record of it (a [`LinkId`]): its
+//! encryption link, its path limit and its traffic. A received slot's sender is looked up once
+//! ([`Engine::link_at`], one hash for a whole GRO run) and every datagram in it is handed to
+//! [`Engine::on_received`] with that id; a send finds its neighbour's record from the table
+//! entry it goes to ([`Engine::link_to`], an array index).
+//!
+//! **Encryption** (with a password): the engine seals every datagram sent to a neighbour and
+//! opens every datagram received from it, in place in the batch buffers, one segment at a time
+//! (sealing adds the same 24 bytes to each segment of a GSO run, so runs stay equal-sized).
+//! Relayed datagrams are opened and sealed again for the next hop. Datagrams that fail
+//! authentication or replay checks are counted and go no further.
+//!
+//! **The socket** is non-blocking. A full send queue does not block inside `sendmsg`: the batch
+//! waits (`poll` for `POLLOUT`, at most [`SEND_WAIT`] at a time, as long as room keeps coming)
+//! and goes on where it stopped; what is left after a wait that brought no room is dropped and
+//! counted (`udp_tx_dropped_queue_full`), as are datagrams the kernel refuses
+//! (`udp_tx_dropped_error`). Receiving stops when nothing more is queued.
 //!
 //! **Path MTU**: the control plane tells the thread, per neighbour, the longest inner frame the
 //! underlay path takes ([`DpCommand::SetPathMtu`]). A TAP read whose segments are longer goes
@@ -32,7 +44,6 @@
 //! without DF is sent as IPv4 fragments, one datagram each, anything else is dropped. Reads
 //! within the limit, and relayed datagrams, are untouched.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
@@ -46,17 +57,17 @@ use weft_overlay::heartbeat::Heartbeat;
 use weft_overlay::offload::{Coalescer, Push, Segmenter, VNET_HDR_LEN, VnetHdr};
 use weft_overlay::pmtu::{self, FRAG_NEEDED_MAX_LEN, Fragmenter, Oversize};
 use weft_overlay::{
-    Counters, DatagramDecision, Engine, EngineConfig, ForwardingTable, Relay, TapDecision,
-    emit_vxlan_header,
+    Counters, DatagramDecision, Engine, EngineConfig, ForwardingTable, LinkId, PeerEntry, Relay,
+    TapDecision, emit_vxlan_header,
 };
 use weft_sys::tap::{MAX_VNET_FRAME, Tap};
 use weft_sys::udp::{
-    BATCH, BatchUdp, GRO_BUF_SIZE, GSO_MAX_SEGMENTS, GsoBatch, RecvBatch, SendBatch,
+    BATCH, BatchUdp, Flushed, GRO_BUF_SIZE, GSO_MAX_SEGMENTS, GsoBatch, RecvBatch, SendBatch,
 };
 use weft_wire::vxlan::HEADER_LEN as VXLAN_HLEN;
 
 use crate::traffic::LinkTraffic;
-use weft_overlay::links::{self, Links, Refused};
+use weft_overlay::links::{self, MAX_OVERHEAD};
 
 /// Reads from the TAP per wake-up before the socket gets a turn (a read may be a 64 KiB
 /// super-frame, so this is also a bound of about 4 MiB).
@@ -73,6 +84,9 @@ const PLAIN_VNET_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 /// How often MAC entries are aged.
 const EXPIRE_EVERY: Duration = Duration::from_secs(10);
+/// The longest one wait for room in a full send queue; a wait that brings none drops the rest
+/// of the batch.
+pub const SEND_WAIT: Duration = Duration::from_millis(20);
 
 /// A command from the control plane.
 #[derive(Debug)]
@@ -171,6 +185,7 @@ pub fn spawn(
     publish: impl FnMut(&Counters, &LinkTraffic) + Send + 'static,
 ) -> io::Result<JoinHandle<()>> {
     tap.set_nonblocking(true)?;
+    udp.set_nonblocking(true)?;
     let gro = match udp.set_gro(true) {
         Ok(on) => on,
         Err(e) => {
@@ -187,8 +202,12 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("weft-dataplane".into())
         .spawn(move || {
-            let mut dp = DataPlane::new(tap, udp, Engine::new(config), clock, events, gro);
-            dp.links = Links::new(encrypted);
+            let engine = if encrypted {
+                Engine::with_sealing(config)
+            } else {
+                Engine::new(config)
+            };
+            let mut dp = DataPlane::new(tap, udp, engine, clock, events, gro);
             dp.run(&commands, publish);
         })
 }
@@ -203,12 +222,9 @@ struct DriverCounters {
     tap_tx_superframes: u64,
     tap_tx_coalesced: u64,
     tap_tx_dropped: u64,
-    udp_rx_dropped_auth: u64,
-    udp_rx_dropped_replay: u64,
     udp_tx_dropped_crypto: u64,
-    /// Datagrams from addresses without a link (with a password set), which the engine would
-    /// have counted as from an unknown peer.
-    udp_rx_dropped_unknown: u64,
+    udp_tx_dropped_queue_full: u64,
+    udp_tx_dropped_error: u64,
     pmtu_frag_needed_sent: u64,
     pmtu_frames_fragmented: u64,
     pmtu_fragments_sent: u64,
@@ -236,13 +252,9 @@ struct DataPlane {
     /// Frames written to the TAP since the engine's counter was last updated.
     delivered: u64,
     counters: DriverCounters,
-    /// Per-neighbour encryption.
-    links: Links,
-    /// Per-neighbour traffic (for the topology page and `weft_link_*` metrics).
+    /// The engine's per-neighbour traffic as last published (for the topology page and
+    /// `weft_link_*` metrics).
     traffic: LinkTraffic,
-    /// Per-neighbour path limits: the longest inner frame the underlay path takes, for the
-    /// neighbours whose path is known to be smaller than the overlay's frames.
-    path_mtu: HashMap<IpAddr, u16>,
     /// One segment of a read to be fragmented.
     frag_buf: Vec<u8>,
     /// An ICMP "fragmentation needed" frame on its way to the TAP.
@@ -279,9 +291,7 @@ impl DataPlane {
             sent: 0,
             delivered: 0,
             counters: DriverCounters::default(),
-            links: Links::new(false),
             traffic: LinkTraffic::default(),
-            path_mtu: HashMap::new(),
             frag_buf: vec![0; SLOT],
             icmp_buf: [0; FRAG_NEEDED_MAX_LEN],
         }
@@ -297,22 +307,23 @@ impl DataPlane {
             tap_tx_superframes: d.tap_tx_superframes,
             tap_tx_coalesced: d.tap_tx_coalesced,
             tap_tx_dropped: d.tap_tx_dropped,
-            udp_rx_dropped_auth: d.udp_rx_dropped_auth,
-            udp_rx_dropped_replay: d.udp_rx_dropped_replay,
             udp_tx_dropped_crypto: d.udp_tx_dropped_crypto,
+            udp_tx_dropped_queue_full: d.udp_tx_dropped_queue_full,
+            udp_tx_dropped_error: d.udp_tx_dropped_error,
             pmtu_frag_needed_sent: d.pmtu_frag_needed_sent,
             pmtu_frames_fragmented: d.pmtu_frames_fragmented,
             pmtu_fragments_sent: d.pmtu_fragments_sent,
             pmtu_dropped: d.pmtu_dropped,
-            // Datagrams refused by the crypto never reached the engine.
-            udp_rx_datagrams: self.engine.counters().udp_rx_datagrams
-                + d.udp_rx_dropped_auth
-                + d.udp_rx_dropped_replay
-                + d.udp_rx_dropped_unknown,
-            udp_rx_dropped_unknown_peer: self.engine.counters().udp_rx_dropped_unknown_peer
-                + d.udp_rx_dropped_unknown,
             ..*self.engine.counters()
         }
+    }
+
+    /// Publish the counters and the per-neighbour traffic.
+    fn publish(&mut self, publish: &mut impl FnMut(&Counters, &LinkTraffic)) {
+        for (ip, t) in self.engine.link_traffic() {
+            self.traffic.set(ip, t);
+        }
+        publish(&self.counters(), &self.traffic);
     }
 
     fn run(
@@ -340,32 +351,23 @@ impl DataPlane {
                 match commands.try_recv() {
                     Ok(DpCommand::SetTable(table)) => self.engine.set_table(*table),
                     Ok(DpCommand::SetLink { ip, conn_uid, keys }) => {
-                        self.links.set(ip, conn_uid, keys.as_deref());
+                        self.engine.set_link(ip, conn_uid, keys.as_deref());
                     }
-                    Ok(DpCommand::RemoveLink { ip, conn_uid }) => self.links.remove(ip, conn_uid),
-                    Ok(DpCommand::SetPathMtu { ip, max_frame }) => match max_frame {
-                        Some(max) => {
-                            self.path_mtu.insert(ip, max);
-                        }
-                        None => {
-                            self.path_mtu.remove(&ip);
-                        }
-                    },
+                    Ok(DpCommand::RemoveLink { ip, conn_uid }) => {
+                        self.engine.remove_link(ip, conn_uid);
+                    }
+                    Ok(DpCommand::SetPathMtu { ip, max_frame }) => {
+                        self.engine.set_path_mtu(ip, max_frame);
+                    }
                     Ok(DpCommand::Send { to, datagram }) => {
-                        let mut tx = Tx {
-                            udp: &self.udp,
-                            send: &mut self.send,
-                            gso: &mut self.gso,
-                            sent: &mut self.sent,
-                            links: &mut self.links,
-                            dropped: 0,
-                        };
-                        tx.datagram(to, &datagram);
-                        tx.flush_all();
-                        self.counters.udp_tx_dropped_crypto += tx.dropped;
+                        let mut tx =
+                            Tx::new(&self.udp, &mut self.send, &mut self.gso, &mut self.engine);
+                        let link = tx.engine.link_at(to.ip());
+                        tx.datagram(to, link, &datagram);
+                        tx.finish(&mut self.counters, &mut self.sent);
                     }
                     Ok(DpCommand::Shutdown) | Err(TryRecvError::Disconnected) => {
-                        publish(&self.counters(), &self.traffic);
+                        self.publish(&mut publish);
                         return;
                     }
                     Err(TryRecvError::Empty) => break,
@@ -383,7 +385,7 @@ impl DataPlane {
                 last_expire = now;
             }
             if now.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
-                publish(&self.counters(), &self.traffic);
+                self.publish(&mut publish);
                 last_publish = now;
             }
         }
@@ -391,14 +393,7 @@ impl DataPlane {
 
     /// Frames from the local bridge go out to peers.
     fn tap_to_peers(&mut self, now: Instant) {
-        let mut tx = Tx {
-            udp: &self.udp,
-            send: &mut self.send,
-            gso: &mut self.gso,
-            sent: &mut self.sent,
-            links: &mut self.links,
-            dropped: 0,
-        };
+        let mut tx = Tx::new(&self.udp, &mut self.send, &mut self.gso, &mut self.engine);
         for _ in 0..TAP_BUDGET {
             let n = match self.tap.recv(&mut self.tap_buf) {
                 Ok(n) => n,
@@ -423,12 +418,12 @@ impl DataPlane {
             };
             // One decision for the whole read: every segment of a super-frame carries its
             // Ethernet header.
-            let decision = self.engine.on_tap_frame(frame, now);
+            let decision = tx.engine.on_tap_frame(frame, now);
             if matches!(decision, TapDecision::Drop | TapDecision::Local) {
                 continue;
             }
             let seg = match Segmenter::new(hdr, frame) {
-                Ok(seg) if seg.segment_len_max() + VXLAN_HLEN + Links::MAX_OVERHEAD <= SLOT => seg,
+                Ok(seg) if seg.segment_len_max() + VXLAN_HLEN + MAX_OVERHEAD <= SLOT => seg,
                 Ok(_) => {
                     self.counters.tap_rx_offload_dropped += 1;
                     continue;
@@ -444,7 +439,6 @@ impl DataPlane {
                 self.counters.tap_rx_superframes += 1;
                 self.counters.tap_rx_segments += segments;
             }
-            let src = self.engine.local_short_id();
             let wire = frame.len() + segments as usize * VXLAN_HLEN;
             // The smallest limit of a path this read needs a "fragmentation needed" for.
             let mut frag_needed: Option<u16> = None;
@@ -453,19 +447,17 @@ impl DataPlane {
                 seg_len: seg.segment_len_max(),
                 wire,
                 segments: segments as usize,
-                limits: &self.path_mtu,
                 scratch: &mut self.frag_buf,
                 counters: &mut self.counters,
-                traffic: &mut self.traffic,
                 frag_needed: &mut frag_needed,
             };
             match decision {
-                TapDecision::Unicast { dst, via } => {
-                    limited.forward(&mut tx, seg, via.addr, src, dst)
-                }
+                TapDecision::Unicast { dst, via } => limited.forward(&mut tx, seg, via, dst),
                 TapDecision::Flood => {
-                    for peer in self.engine.flood_targets() {
-                        limited.forward(&mut tx, seg.clone(), peer.addr, src, peer.short_id);
+                    // By index: sending borrows the engine (the targets do not change).
+                    for i in 0..tx.engine.flood_targets().len() {
+                        let peer = tx.engine.flood_targets()[i];
+                        limited.forward(&mut tx, seg.clone(), peer, peer.short_id);
                     }
                 }
                 TapDecision::Drop | TapDecision::Local => {}
@@ -487,8 +479,7 @@ impl DataPlane {
                 }
             }
         }
-        tx.flush_all();
-        self.counters.udp_tx_dropped_crypto += tx.dropped;
+        tx.finish(&mut self.counters, &mut self.sent);
         self.engine.count_sent(std::mem::take(&mut self.sent));
     }
 
@@ -501,20 +492,9 @@ impl DataPlane {
             delivered: &mut self.delivered,
             counters: &mut self.counters,
         };
-        let mut tx = Tx {
-            udp: &self.udp,
-            send: &mut self.send,
-            gso: &mut self.gso,
-            sent: &mut self.sent,
-            links: &mut self.links,
-            dropped: 0,
-        };
-        for round in 0..UDP_BUDGET {
-            // The socket is blocking (a full send buffer makes sends wait rather than drop):
-            // receive again only if something is queued.
-            if round > 0 && !readable_now(&self.udp) {
-                break;
-            }
+        let mut tx = Tx::new(&self.udp, &mut self.send, &mut self.gso, &mut self.engine);
+        for _ in 0..UDP_BUDGET {
+            // The socket is non-blocking: this takes what is queued, or nothing.
             let count = match self.udp.recv_batch(&mut self.recv) {
                 Ok(n) => n,
                 Err(e)
@@ -540,10 +520,10 @@ impl DataPlane {
                 // A truncated slot's last datagram is cut off; the ones before it are whole.
                 let whole = total - usize::from(self.recv.truncated(i));
                 if whole < total {
-                    self.engine.count_truncated();
+                    tx.engine.count_truncated();
                 }
-                self.traffic
-                    .received(from.ip(), self.recv.datagram(i).len(), whole);
+                // The sender, once for the whole slot (a GRO slot is a run from one sender).
+                let link = tx.engine.link_at(from.ip());
                 let slot = self.recv.datagram_mut(i);
                 // The same split as `segments`: runs of `stride` bytes, the last one shorter.
                 let stride = if stride == 0 {
@@ -551,42 +531,28 @@ impl DataPlane {
                 } else {
                     stride
                 };
-                for sealed in slot.chunks_mut(stride).take(whole) {
-                    let datagram = match tx.links.open(from.ip(), sealed) {
-                        Ok(range) => &sealed[range],
-                        Err(Refused::Unknown) => {
-                            rx.counters.udp_rx_dropped_unknown += 1;
-                            continue;
-                        }
-                        Err(Refused::Auth) => {
-                            rx.counters.udp_rx_dropped_auth += 1;
-                            continue;
-                        }
-                        Err(Refused::Replay) => {
-                            rx.counters.udp_rx_dropped_replay += 1;
-                            continue;
-                        }
-                    };
-                    match self.engine.on_datagram(datagram, from, now) {
+                for buf in slot.chunks_mut(stride).take(whole) {
+                    let received = tx.engine.on_received(link, buf, now);
+                    match received.decision {
                         DatagramDecision::Drop => {}
                         DatagramDecision::Heartbeat { src, heartbeat } => {
                             let _ = self.events.send(DpEvent::Heartbeat { src, heartbeat });
                         }
                         DatagramDecision::Forward { deliver, relay } => {
                             if let Some(range) = deliver {
-                                rx.deliver(&datagram[range]);
+                                rx.deliver(&buf[range]);
                             }
+                            let datagram = &buf[received.plain];
                             match relay {
                                 Relay::None => {}
-                                Relay::Next(next) => {
-                                    self.traffic.sent(next.addr.ip(), datagram.len(), 1);
-                                    tx.datagram(next.addr, datagram);
-                                }
+                                Relay::Next(next) => tx.relay(next, datagram),
                                 Relay::Tree { source } => {
                                     let inner = &datagram[VXLAN_HLEN..];
-                                    for child in self.engine.table().broadcast_children(source) {
-                                        self.traffic.sent(child.addr.ip(), datagram.len(), 1);
-                                        tx.encap(child.addr, source, child.short_id, inner);
+                                    let children = tx.engine.table().broadcast_children(source);
+                                    // By index: sending borrows the engine.
+                                    for j in 0..children.len() {
+                                        let child = tx.engine.table().broadcast_children(source)[j];
+                                        tx.relay_copy(child, source, inner);
                                     }
                                 }
                             }
@@ -600,22 +566,16 @@ impl DataPlane {
                 break;
             }
         }
-        tx.flush_all();
-        let dropped = tx.dropped;
-        self.counters.udp_tx_dropped_crypto += dropped;
+        tx.finish(&mut self.counters, &mut self.sent);
         self.engine.count_sent(std::mem::take(&mut self.sent));
         self.engine
             .count_delivered(std::mem::take(&mut self.delivered));
     }
 }
 
-/// The limit of the path to `ip` if a segment of `len` bytes does not fit it. One map lookup,
-/// none while no path is limited.
-fn over_limit(limits: &HashMap<IpAddr, u16>, ip: IpAddr, len: usize) -> Option<u16> {
-    if limits.is_empty() {
-        return None;
-    }
-    let max = *limits.get(&ip)?;
+/// The limit of the path of `link` if a segment of `len` bytes does not fit it.
+fn over_limit(engine: &Engine, link: Option<LinkId>, len: usize) -> Option<u16> {
+    let max = engine.path_mtu(link?)?;
     (!pmtu::fits(len, Some(max))).then_some(max)
 }
 
@@ -629,35 +589,38 @@ struct Limited<'a> {
     /// Bytes it puts on the wire per target, and its segments (for the link traffic).
     wire: usize,
     segments: usize,
-    /// The path limits ([`DataPlane::path_mtu`]).
-    limits: &'a HashMap<IpAddr, u16>,
     /// Room for one segment ([`SLOT`] bytes, at least `segment_len_max`).
     scratch: &'a mut [u8],
     counters: &'a mut DriverCounters,
-    traffic: &'a mut LinkTraffic,
     /// Set (to the smallest such limit) when the read is to be answered with an ICMP
     /// "fragmentation needed"; the caller writes it once the read has gone to every target.
     frag_needed: &'a mut Option<u16>,
 }
 
 impl Limited<'_> {
-    /// Send `seg` (of `self.frame`) to `to` in datagrams from `src` to `dst`.
-    fn forward(&mut self, tx: &mut Tx<'_>, seg: Segmenter<'_>, to: SocketAddr, src: u16, dst: u16) {
-        match over_limit(self.limits, to.ip(), self.seg_len) {
+    /// Send `seg` (of `self.frame`) to the neighbour `peer` in datagrams for `dst`.
+    fn forward(&mut self, tx: &mut Tx<'_>, seg: Segmenter<'_>, peer: PeerEntry, dst: u16) {
+        let link = tx.engine.link_to(&peer);
+        let src = tx.engine.local_short_id();
+        match over_limit(tx.engine, link, self.seg_len) {
             None => {
-                self.traffic.sent(to.ip(), self.wire, self.segments);
-                tx.frame(seg, to, src, dst);
+                if let Some(l) = link {
+                    tx.engine.count_link_tx(l, self.wire, self.segments);
+                }
+                tx.frame(seg, peer.addr, link, src, dst);
             }
-            Some(max) => self.send(tx, seg, to, src, dst, max),
+            Some(max) => self.send(tx, seg, peer.addr, link, src, dst, max),
         }
     }
 
     /// Handle `seg` (of `self.frame`) for `to`, whose path takes frames of at most `max` bytes.
+    #[allow(clippy::too_many_arguments)]
     fn send(
         &mut self,
         tx: &mut Tx<'_>,
         mut seg: Segmenter<'_>,
         to: SocketAddr,
+        link: Option<LinkId>,
         src: u16,
         dst: u16,
         max: u16,
@@ -668,8 +631,8 @@ impl Limited<'_> {
             }
             Oversize::Drop => self.counters.pmtu_dropped += 1,
             Oversize::Fragment => {
-                if tx.links.sender(to.ip()).is_err() {
-                    tx.dropped += seg.remaining() as u64;
+                if tx.engine.sender(link).is_err() {
+                    tx.unsealable += seg.remaining() as u64;
                     return;
                 }
                 // Each segment (a non-DF TCP super-frame has several) is cut on its own.
@@ -685,14 +648,16 @@ impl Limited<'_> {
                     self.counters.pmtu_frames_fragmented += 1;
                     for _ in 0..cut.remaining() {
                         let mut len = 0;
-                        tx.single(to, |buf| {
+                        tx.single(to, link, |buf| {
                             let h = emit_vxlan_header(src, dst, buf);
                             // A fragment is never longer than its segment, which fits a slot.
                             len = h + cut.next_into(&mut buf[h..]).unwrap_or(0);
                             len
                         });
                         self.counters.pmtu_fragments_sent += 1;
-                        self.traffic.sent(to.ip(), len, 1);
+                        if let Some(l) = link {
+                            tx.engine.count_link_tx(l, len, 1);
+                        }
                     }
                 }
             }
@@ -700,37 +665,68 @@ impl Limited<'_> {
     }
 }
 
-/// Whether `udp` has something to receive right now.
-fn readable_now(udp: &BatchUdp) -> bool {
-    let mut ready = [false];
-    matches!(
-        weft_sys::poll::wait_readable(&[udp.as_fd()], Some(Duration::ZERO), &mut ready),
-        Ok(n) if n > 0
-    ) && ready[0]
-}
-
 /// The send side, borrowed from the [`DataPlane`] for one pass: single datagrams go into
 /// `send`, segment runs into `gso`; before one path takes a datagram the other is flushed, so
-/// datagrams leave in order.
+/// datagrams leave in order. The engine seals them for the neighbour's link.
 struct Tx<'a> {
     udp: &'a BatchUdp,
     send: &'a mut SendBatch,
     gso: &'a mut GsoBatch,
-    sent: &'a mut u64,
-    links: &'a mut Links,
+    engine: &'a mut Engine,
+    /// Datagrams sent.
+    sent: u64,
     /// Datagrams not sent because the neighbour has no keys (yet).
-    dropped: u64,
+    unsealable: u64,
+    /// Datagrams dropped because the send queue stayed full.
+    queue_full: u64,
+    /// Datagrams the kernel refused.
+    failed: u64,
 }
 
-impl Tx<'_> {
-    /// Send what `seg` yields, each segment in a VXLAN datagram from `src` to `dst`, to `to`.
-    fn frame(&mut self, mut seg: Segmenter<'_>, to: SocketAddr, src: u16, dst: u16) {
-        if self.links.sender(to.ip()).is_err() {
-            self.dropped += seg.remaining() as u64;
+impl<'a> Tx<'a> {
+    fn new(
+        udp: &'a BatchUdp,
+        send: &'a mut SendBatch,
+        gso: &'a mut GsoBatch,
+        engine: &'a mut Engine,
+    ) -> Self {
+        Self {
+            udp,
+            send,
+            gso,
+            engine,
+            sent: 0,
+            unsealable: 0,
+            queue_full: 0,
+            failed: 0,
+        }
+    }
+
+    /// Flush everything and add up what happened.
+    fn finish(mut self, counters: &mut DriverCounters, sent: &mut u64) {
+        self.flush_all();
+        *sent += self.sent;
+        counters.udp_tx_dropped_crypto += self.unsealable;
+        counters.udp_tx_dropped_queue_full += self.queue_full;
+        counters.udp_tx_dropped_error += self.failed;
+    }
+
+    /// Send what `seg` yields, each segment in a VXLAN datagram from `src` to `dst`, to `to`
+    /// (the neighbour `link`).
+    fn frame(
+        &mut self,
+        mut seg: Segmenter<'_>,
+        to: SocketAddr,
+        link: Option<LinkId>,
+        src: u16,
+        dst: u16,
+    ) {
+        if self.engine.sender(link).is_err() {
+            self.unsealable += seg.remaining() as u64;
             return;
         }
         if seg.remaining() <= 1 {
-            self.single(to, |buf| {
+            self.single(to, link, |buf| {
                 let h = emit_vxlan_header(src, dst, buf);
                 // The caller checked segment_len_max() + VXLAN_HLEN <= SLOT.
                 h + seg.next_into(&mut buf[h..]).unwrap_or(0)
@@ -739,7 +735,7 @@ impl Tx<'_> {
         }
         self.flush_send();
         while seg.remaining() > 0 {
-            let sealer = self.links.sender(to.ip()).ok().flatten();
+            let sealer = self.engine.sender(link).ok().flatten();
             let pushed = self.gso.push_with(to, |buf| {
                 links::build(sealer, buf, |buf| {
                     let h = emit_vxlan_header(src, dst, buf);
@@ -753,40 +749,53 @@ impl Tx<'_> {
         }
     }
 
-    /// Queue a frame in a VXLAN datagram from `src` to `dst`, sent to `to`.
-    fn encap(&mut self, to: SocketAddr, src: u16, dst: u16, frame: &[u8]) {
-        if frame.len() + VXLAN_HLEN + Links::MAX_OVERHEAD > SLOT {
+    /// Relay a whole plain datagram, unchanged, to the neighbour `next`.
+    fn relay(&mut self, next: PeerEntry, datagram: &[u8]) {
+        let link = self.engine.link_to(&next);
+        if let Some(l) = link {
+            self.engine.count_link_tx(l, datagram.len(), 1);
+        }
+        self.datagram(next.addr, link, datagram);
+    }
+
+    /// Relay a copy of a flooded frame from `source` to the broadcast child `child`.
+    fn relay_copy(&mut self, child: PeerEntry, source: u16, frame: &[u8]) {
+        let link = self.engine.link_to(&child);
+        if let Some(l) = link {
+            self.engine.count_link_tx(l, frame.len() + VXLAN_HLEN, 1);
+        }
+        if frame.len() + VXLAN_HLEN + MAX_OVERHEAD > SLOT {
             return;
         }
-        self.single(to, |buf| {
-            let h = emit_vxlan_header(src, dst, buf);
+        self.single(child.addr, link, |buf| {
+            let h = emit_vxlan_header(source, child.short_id, buf);
             buf[h..h + frame.len()].copy_from_slice(frame);
             h + frame.len()
         });
     }
 
-    /// Queue a whole datagram, unchanged, for `to`.
-    fn datagram(&mut self, to: SocketAddr, datagram: &[u8]) {
-        if datagram.len() + Links::MAX_OVERHEAD > SLOT {
+    /// Queue a whole datagram, unchanged, for `to` (the neighbour `link`, if it is one).
+    fn datagram(&mut self, to: SocketAddr, link: Option<LinkId>, datagram: &[u8]) {
+        if datagram.len() + MAX_OVERHEAD > SLOT {
             return;
         }
-        self.single(to, |buf| {
+        self.single(to, link, |buf| {
             buf[..datagram.len()].copy_from_slice(datagram);
             datagram.len()
         });
     }
 
     /// Queue one datagram written by `f` in the `sendmmsg` batch.
-    fn single(&mut self, to: SocketAddr, f: impl FnOnce(&mut [u8]) -> usize) {
-        if self.links.sender(to.ip()).is_err() {
-            self.dropped += 1;
+    fn single(&mut self, to: SocketAddr, link: Option<LinkId>, f: impl FnOnce(&mut [u8]) -> usize) {
+        if self.engine.sender(link).is_err() {
+            self.unsealable += 1;
             return;
         }
         self.flush_gso();
         if self.send.is_full() {
             self.flush_send();
         }
-        let sealer = self.links.sender(to.ip()).ok().flatten();
+        let sealer = self.engine.sender(link).ok().flatten();
         self.send.push_with(to, |buf| links::build(sealer, buf, f));
     }
 
@@ -794,22 +803,22 @@ impl Tx<'_> {
         if self.send.is_empty() {
             return;
         }
-        match self.udp.send_batch(self.send) {
-            Ok(n) => *self.sent += n as u64,
-            Err(e) => tracing::debug!("data plane: send failed: {e}"),
-        }
-        self.send.clear();
+        let done = self.udp.flush_batch(self.send, SEND_WAIT);
+        self.count(done);
     }
 
     fn flush_gso(&mut self) {
-        // A datagram set aside by the batch (longer than the run) becomes the next run, so
-        // loop until nothing is held.
-        while !self.gso.is_empty() {
-            match self.udp.send_gso_batch(self.gso) {
-                Ok(n) => *self.sent += n as u64,
-                Err(e) => tracing::debug!("data plane: GSO send failed: {e}"),
-            }
+        if self.gso.is_empty() {
+            return;
         }
+        let done = self.udp.flush_gso_batch(self.gso, SEND_WAIT);
+        self.count(done);
+    }
+
+    fn count(&mut self, done: Flushed) {
+        self.sent += done.sent as u64;
+        self.queue_full += done.dropped_full as u64;
+        self.failed += done.failed as u64;
     }
 
     fn flush_all(&mut self) {

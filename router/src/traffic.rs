@@ -2,10 +2,10 @@
 //! from each neighbour (by underlay address), for the topology page's link rates and the
 //! `weft_link_*` metrics.
 //!
-//! The data plane counts into its own [`LinkTraffic`] (a map lookup per run of datagrams to
-//! one neighbour, no allocation once the neighbour is known) and hands a copy over with its
-//! counters a few times a second. Bytes are UDP payload bytes (VXLAN header and frame,
-//! without the sealing overhead); relayed datagrams count on both of the relay's links.
+//! The forwarding engine counts in each neighbour's record ([`weft_overlay::LinkTraffic`]);
+//! the data plane copies them into its [`LinkTraffic`] and hands that over with its counters a
+//! few times a second. Bytes are UDP payload bytes (VXLAN header and frame; sent bytes without
+//! the sealing overhead); relayed datagrams count on both of the relay's links.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -32,18 +32,17 @@ pub struct LinkTraffic {
 }
 
 impl LinkTraffic {
-    /// `datagrams` datagrams of `bytes` bytes in all went to `to`.
-    pub fn sent(&mut self, to: IpAddr, bytes: usize, datagrams: usize) {
-        let c = self.links.entry(to).or_default();
-        c.tx_bytes += bytes as u64;
-        c.tx_datagrams += datagrams as u64;
-    }
-
-    /// `datagrams` datagrams of `bytes` bytes in all came from `from`.
-    pub fn received(&mut self, from: IpAddr, bytes: usize, datagrams: usize) {
-        let c = self.links.entry(from).or_default();
-        c.rx_bytes += bytes as u64;
-        c.rx_datagrams += datagrams as u64;
+    /// The neighbour at `ip` has exchanged `t` so far (the engine's count).
+    pub fn set(&mut self, ip: IpAddr, t: weft_overlay::LinkTraffic) {
+        self.links.insert(
+            ip,
+            LinkCounters {
+                tx_bytes: t.tx_bytes,
+                tx_datagrams: t.tx_datagrams,
+                rx_bytes: t.rx_bytes,
+                rx_datagrams: t.rx_datagrams,
+            },
+        );
     }
 
     /// The counters of the neighbour at `ip` (zero if nothing was exchanged).
@@ -82,9 +81,22 @@ mod tests {
         let a: IpAddr = [192, 0, 2, 11].into();
         let b: IpAddr = [192, 0, 2, 12].into();
         let mut t = LinkTraffic::default();
-        t.sent(a, 1000, 2);
-        t.sent(a, 500, 1);
-        t.received(b, 64, 1);
+        t.set(
+            a,
+            weft_overlay::LinkTraffic {
+                tx_bytes: 1500,
+                tx_datagrams: 3,
+                ..Default::default()
+            },
+        );
+        t.set(
+            b,
+            weft_overlay::LinkTraffic {
+                rx_bytes: 64,
+                rx_datagrams: 1,
+                ..Default::default()
+            },
+        );
         assert_eq!(
             t.get(a),
             LinkCounters {

@@ -73,7 +73,8 @@ fn every_metric_the_alerts_use_is_served() {
         ensure!(wanted.len() >= 4, "found only {wanted:?} in the rules");
         // What WeftDropsRising's name pattern is meant to match, each one checked here.
         let pattern = "weft_(udp_rx_dropped_(auth|replay|malformed|unknown_peer)|\
-                       udp_tx_dropped_crypto|tap_tx_dropped|tap_rx_offload_dropped)_total";
+                       udp_tx_dropped_(crypto|queue_full|error)|tap_tx_dropped|\
+                       tap_rx_offload_dropped)_total";
         ensure!(
             rules.contains(pattern),
             "the drop alert's pattern changed: update this test"
@@ -84,6 +85,8 @@ fn every_metric_the_alerts_use_is_served() {
             "weft_udp_rx_dropped_malformed_total",
             "weft_udp_rx_dropped_unknown_peer_total",
             "weft_udp_tx_dropped_crypto_total",
+            "weft_udp_tx_dropped_queue_full_total",
+            "weft_udp_tx_dropped_error_total",
             "weft_tap_tx_dropped_total",
             "weft_tap_rx_offload_dropped_total",
         ] {

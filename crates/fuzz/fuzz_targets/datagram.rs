@@ -1,13 +1,19 @@
-//! Fuzz the forwarding engine's two entry points: datagrams from the underlay and frames from
-//! the local bridge. Whatever the bytes, the engine must not panic, must deliver only a range
-//! inside the datagram, and must count every datagram it drops.
+//! Fuzz the forwarding engine's entry points: datagrams from the underlay (in the clear, and
+//! through a neighbour's record with a password: opened in place) and frames from the local
+//! bridge. Whatever the bytes, the engine must not panic, must deliver only a range inside the
+//! datagram, and must count every datagram it drops.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::net::SocketAddr;
+use weft_crypto::Cipher;
+use weft_crypto::handshake::DataKeys;
 use weft_overlay::{DatagramDecision, Engine, EngineConfig, ForwardingTable, Instant, MacTable, PeerEntry};
 
 fuzz_target!(|data: &[u8]| {
-    let mut engine = Engine::new(EngineConfig { local_short_id: 2, mac_max_age: MacTable::DEFAULT_MAX_AGE });
+    let config = EngineConfig { local_short_id: 2, mac_max_age: MacTable::DEFAULT_MAX_AGE };
+    // Bit 7 of the first byte: a password is set (peer 1's link sealed, peer 3's in the clear).
+    let sealed = data.first().is_some_and(|b| b & 0x80 != 0);
+    let mut engine = if sealed { Engine::with_sealing(config) } else { Engine::new(config) };
     let peer: SocketAddr = "192.0.2.1:6784".parse().unwrap();
     let mut table = ForwardingTable::new(2);
     table.add_neighbour(PeerEntry { short_id: 1, name: 0x0200_0000_0001, addr: peer });
@@ -19,10 +25,19 @@ fuzz_target!(|data: &[u8]| {
     table.set_children(1, &[3]);
     table.set_children(2, &[1, 3]);
     engine.set_table(table);
+    if sealed {
+        let keys = DataKeys::from_raw(Cipher::ChaCha20Poly1305, [2; 32], [1; 32]);
+        engine.set_link(peer.ip(), 7, Some(&keys));
+        engine.set_link("192.0.2.3".parse().unwrap(), 8, None);
+    }
     // The first byte picks the sender address and the split between the two inputs.
     let Some((&sel, rest)) = data.split_first() else { return };
-    let from = if sel & 1 == 0 { peer } else { "192.0.2.9:6784".parse().unwrap() };
-    let split = usize::from(sel >> 1).min(rest.len());
+    let from = match sel & 3 {
+        0 => peer,
+        1 => "192.0.2.3:6784".parse().unwrap(),
+        _ => "192.0.2.9:6784".parse().unwrap(),
+    };
+    let split = usize::from((sel >> 2) & 0x1f).min(rest.len());
     let (frame, datagram) = rest.split_at(split);
     let now = Instant::from_millis(u64::from(sel) * 1000);
     let before = *engine.counters();
@@ -33,11 +48,40 @@ fuzz_target!(|data: &[u8]| {
                 assert!(range.len() >= 14);
             }
         }
-        DatagramDecision::Heartbeat { src, .. } => assert_eq!(src, 1),
+        DatagramDecision::Heartbeat { src, .. } => assert!(src == 1 || src == 3),
         DatagramDecision::Drop => {
             let after = engine.counters();
             let dropped = |c: &weft_overlay::Counters| {
-                c.udp_rx_dropped_malformed + c.udp_rx_dropped_unknown_peer + c.udp_rx_dropped_other
+                c.udp_rx_dropped_malformed
+                    + c.udp_rx_dropped_unknown_peer
+                    + c.udp_rx_dropped_other
+                    + c.udp_rx_dropped_auth
+            };
+            assert_eq!(dropped(after), dropped(&before) + 1, "a dropped datagram is counted");
+        }
+    }
+    // The data plane's path: the sender looked up once, the datagram opened in place.
+    let link = engine.link_at(from.ip());
+    let mut buf = datagram.to_vec();
+    let before = *engine.counters();
+    let received = engine.on_received(link, &mut buf, now);
+    assert!(received.plain.start <= received.plain.end && received.plain.end <= buf.len());
+    match received.decision {
+        DatagramDecision::Forward { deliver, .. } => {
+            if let Some(range) = deliver {
+                assert!(range.start >= received.plain.start && range.end <= received.plain.end);
+                assert!(range.len() >= 14);
+            }
+        }
+        DatagramDecision::Heartbeat { src, .. } => assert!(src == 1 || src == 3),
+        DatagramDecision::Drop => {
+            let after = engine.counters();
+            let dropped = |c: &weft_overlay::Counters| {
+                c.udp_rx_dropped_malformed
+                    + c.udp_rx_dropped_unknown_peer
+                    + c.udp_rx_dropped_other
+                    + c.udp_rx_dropped_auth
+                    + c.udp_rx_dropped_replay
             };
             assert_eq!(dropped(after), dropped(&before) + 1, "a dropped datagram is counted");
         }

@@ -52,6 +52,11 @@ pub struct Counters {
     pub udp_rx_dropped_replay: u64,
     /// Datagrams not sent because they could not be sealed (no key for the peer yet).
     pub udp_tx_dropped_crypto: u64,
+    /// Datagrams dropped because the UDP socket's send queue stayed full for a whole wait for
+    /// room (the underlay does not drain it).
+    pub udp_tx_dropped_queue_full: u64,
+    /// Datagrams the kernel refused to send (destination unreachable, no route, ...).
+    pub udp_tx_dropped_error: u64,
     /// ICMP "fragmentation needed" messages written to the TAP for IPv4 packets with DF set that
     /// do not fit the path to their neighbour (one per TAP read; the packet is dropped).
     pub pmtu_frag_needed_sent: u64,
@@ -66,7 +71,7 @@ pub struct Counters {
 
 impl Counters {
     /// Every counter with its Prometheus-style name and help text, for exporters.
-    pub fn fields(&self) -> [(&'static str, &'static str, u64); 26] {
+    pub fn fields(&self) -> [(&'static str, &'static str, u64); 28] {
         [
             (
                 "tap_rx_frames",
@@ -173,6 +178,16 @@ impl Counters {
                 "udp_tx_dropped_crypto",
                 "Datagrams not sent because they could not be sealed.",
                 self.udp_tx_dropped_crypto,
+            ),
+            (
+                "udp_tx_dropped_queue_full",
+                "Datagrams dropped because the UDP send queue stayed full.",
+                self.udp_tx_dropped_queue_full,
+            ),
+            (
+                "udp_tx_dropped_error",
+                "Datagrams the kernel refused to send (unreachable, no route).",
+                self.udp_tx_dropped_error,
             ),
             (
                 "pmtu_frag_needed_sent",

@@ -14,10 +14,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::time::Duration;
 
+use weft_crypto::data::TxSession;
+use weft_crypto::handshake::DataKeys;
 use weft_mesh::Instant;
 use weft_wire::vxlan;
 
 use crate::heartbeat::{self, Heartbeat};
+use crate::links::{Link, NoLink, Refused};
+use crate::neighbours::{LinkId, LinkTraffic, Neighbours};
 use crate::{Counters, MacTable, Owner};
 
 /// Number of distinct short ids (12 bits).
@@ -236,29 +240,56 @@ pub enum DatagramDecision {
     },
 }
 
+/// A received datagram after [`Engine::on_received`]: where the plain VXLAN datagram is in the
+/// buffer (after opening it in place), and what to do with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The plain datagram (header and frame) within the buffer: what a relay sends on.
+    pub plain: Range<usize>,
+    /// The decision; a range it delivers is a range of the whole buffer.
+    pub decision: DatagramDecision,
+}
+
 /// The forwarding engine. One per data-plane thread; the control plane replaces its
-/// [`ForwardingTable`] when the topology changes.
+/// [`ForwardingTable`] when the topology changes, and installs each neighbour's encryption
+/// link and path limit. Everything kept per neighbour is in one record (see [`LinkId`]).
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
     macs: MacTable,
     table: ForwardingTable,
     counters: Counters,
+    /// A password is set: neighbours without a link get nothing and are heard from not at all.
+    sealing_required: bool,
+    neighbours: Neighbours,
 }
 
 impl Engine {
-    /// A new engine with no peers and an empty MAC table.
+    /// A new engine with no peers and an empty MAC table, without a password (every datagram
+    /// in the clear).
     pub fn new(config: EngineConfig) -> Self {
         Self {
             config,
             macs: MacTable::new(config.mac_max_age),
             table: ForwardingTable::new(config.local_short_id),
             counters: Counters::default(),
+            sealing_required: false,
+            neighbours: Neighbours::new(SHORT_IDS),
+        }
+    }
+
+    /// A new engine for a router with a password: a neighbour's datagrams are sent and accepted
+    /// only once [`set_link`](Self::set_link) said how (sealed, or in the clear when trusted).
+    pub fn with_sealing(config: EngineConfig) -> Self {
+        Self {
+            sealing_required: true,
+            ..Self::new(config)
         }
     }
 
     /// Install a new routing snapshot. MAC entries of peers it no longer knows are forgotten.
     /// The table's local short id becomes ours (it changes when a short-id collision is resolved).
+    /// Every neighbour in it gets a record (see [`link_to`](Self::link_to)).
     pub fn set_table(&mut self, table: ForwardingTable) {
         self.config.local_short_id = table.local();
         let gone: Vec<u16> = self
@@ -272,7 +303,96 @@ impl Engine {
         for id in gone {
             self.macs.forget_peer(id);
         }
+        self.neighbours.clear_table();
+        for n in &table.neighbour_list {
+            let ip = n.addr.ip();
+            let id = self.neighbours.ensure(ip);
+            self.neighbours.set_short(slot(n.short_id), id);
+            // Two neighbours at one address: the one the table finds by address receives.
+            self.neighbours.get_mut(id).peer = table.neighbour_at(ip);
+        }
         self.table = table;
+    }
+
+    /// Protect traffic with the neighbour at `ip` as connection `conn_uid` agreed: sealed with
+    /// `keys`, or in the clear when `None`. A sealed link replacing another connection's keeps
+    /// opening that connection's datagrams still in flight, until the new keys opened one.
+    pub fn set_link(&mut self, ip: IpAddr, conn_uid: u64, keys: Option<&DataKeys>) {
+        let id = self.neighbours.ensure(ip);
+        let r = self.neighbours.get_mut(id);
+        r.link = Some(Link::new(conn_uid, keys, r.link.take()));
+    }
+
+    /// Connection `conn_uid` to the neighbour at `ip` ended: its link goes (not a newer
+    /// connection's).
+    pub fn remove_link(&mut self, ip: IpAddr, conn_uid: u64) {
+        let Some(id) = self.neighbours.at(ip) else {
+            return;
+        };
+        let r = self.neighbours.get_mut(id);
+        if r.link.as_ref().is_some_and(|l| l.conn_uid() == conn_uid) {
+            r.link = None;
+        }
+    }
+
+    /// From now on an inner frame longer than `max_frame` does not fit the path to the
+    /// neighbour at `ip`; `None`: no limit known.
+    pub fn set_path_mtu(&mut self, ip: IpAddr, max_frame: Option<u16>) {
+        match max_frame {
+            Some(_) => {
+                let id = self.neighbours.ensure(ip);
+                self.neighbours.get_mut(id).max_frame = max_frame;
+            }
+            None => {
+                if let Some(id) = self.neighbours.at(ip) {
+                    self.neighbours.get_mut(id).max_frame = None;
+                }
+            }
+        }
+    }
+
+    /// The record of the neighbour at `ip` (one hash): look a received datagram's sender up
+    /// once with this, then pass the id to [`on_received`](Self::on_received) for each datagram
+    /// from it. `None`: no neighbour the control plane named.
+    pub fn link_at(&self, ip: IpAddr) -> Option<LinkId> {
+        self.neighbours.at(ip)
+    }
+
+    /// The record of `peer`, an entry of the current table (a next hop, a flood target, a
+    /// broadcast child): an array index by its short id, no hash.
+    pub fn link_to(&self, peer: &PeerEntry) -> Option<LinkId> {
+        self.neighbours.by_short(slot(peer.short_id))
+    }
+
+    /// The longest inner frame the path of `link` takes, if limited.
+    pub fn path_mtu(&self, link: LinkId) -> Option<u16> {
+        self.neighbours.get(link).max_frame
+    }
+
+    /// How to send to `link`: `Err` if it must not be sent (a password is set and the
+    /// neighbour has no link yet, or no record), `Ok(None)` in the clear, `Ok(Some)` sealed
+    /// with this session (pass it to [`links::build`](crate::links::build)).
+    pub fn sender(&mut self, link: Option<LinkId>) -> Result<Option<&mut TxSession>, NoLink> {
+        if !self.sealing_required {
+            return Ok(None);
+        }
+        let link = link.ok_or(NoLink)?;
+        match self.neighbours.get_mut(link).link.as_mut() {
+            Some(l) => Ok(l.sender()),
+            None => Err(NoLink),
+        }
+    }
+
+    /// Count `datagrams` datagrams of `bytes` bytes in all sent to `link`.
+    pub fn count_link_tx(&mut self, link: LinkId, bytes: usize, datagrams: usize) {
+        let t = &mut self.neighbours.get_mut(link).traffic;
+        t.tx_bytes += bytes as u64;
+        t.tx_datagrams += datagrams as u64;
+    }
+
+    /// Every neighbour's traffic, by underlay address (for reports).
+    pub fn link_traffic(&self) -> impl Iterator<Item = (IpAddr, LinkTraffic)> + '_ {
+        self.neighbours.iter().map(|r| (r.ip, r.traffic))
     }
 
     /// The current routing snapshot.
@@ -364,7 +484,10 @@ impl Engine {
         }
     }
 
-    /// Decide what to do with a datagram received on the data port from `from`.
+    /// Decide what to do with a datagram in the clear received on the data port from `from`
+    /// (looks the sender up by address; see [`on_received`](Self::on_received) for the data
+    /// plane's path, which also opens sealed datagrams). With a password, only a neighbour
+    /// whose link is in the clear may send one.
     ///
     /// A datagram is accepted only from the address of a neighbour (anyone on the underlay can
     /// forge a VNI, not as easily the address of a connected peer); heartbeats only from the
@@ -373,6 +496,96 @@ impl Engine {
         &mut self,
         datagram: &[u8],
         from: SocketAddr,
+        now: Instant,
+    ) -> DatagramDecision {
+        let link = self.neighbours.at(from.ip());
+        if self.sealing_required {
+            let refused = match link.and_then(|l| self.neighbours.get(l).link.as_ref()) {
+                None => Some(Refused::Unknown),
+                Some(l) if l.is_sealed() => Some(Refused::Auth),
+                Some(_) => None,
+            };
+            if let Some(why) = refused {
+                self.count_refused(why);
+                return DatagramDecision::Drop;
+            }
+        }
+        let sender = link.and_then(|l| self.neighbours.get(l).peer);
+        self.decide(datagram, sender, now)
+    }
+
+    /// Take a datagram received from the neighbour `from` (found with
+    /// [`link_at`](Self::link_at); `None`: from an address no neighbour has): count it on the
+    /// neighbour's link, open it in place if the link is sealed, and decide what to do with it.
+    /// Datagrams that fail authentication or replay checks, or come from an address without
+    /// a link when a password is set, are counted and dropped.
+    pub fn on_received(
+        &mut self,
+        from: Option<LinkId>,
+        datagram: &mut [u8],
+        now: Instant,
+    ) -> Received {
+        let drop = |plain| Received {
+            plain,
+            decision: DatagramDecision::Drop,
+        };
+        let Some(id) = from else {
+            if self.sealing_required {
+                self.count_refused(Refused::Unknown);
+                return drop(0..0);
+            }
+            return Received {
+                plain: 0..datagram.len(),
+                decision: self.decide(datagram, None, now),
+            };
+        };
+        let sealing_required = self.sealing_required;
+        let (r, scratch) = self.neighbours.get_mut_with_scratch(id);
+        r.traffic.rx_bytes += datagram.len() as u64;
+        r.traffic.rx_datagrams += 1;
+        let sender = r.peer;
+        let opened = match (&mut r.link, sealing_required) {
+            (_, false) => Ok(0..datagram.len()),
+            (None, true) => Err(Refused::Unknown),
+            (Some(link), true) => link.open(datagram, scratch),
+        };
+        let plain = match opened {
+            Ok(plain) => plain,
+            Err(why) => {
+                self.count_refused(why);
+                return drop(0..0);
+            }
+        };
+        let decision = match self.decide(&datagram[plain.clone()], sender, now) {
+            DatagramDecision::Forward {
+                deliver: Some(d),
+                relay,
+            } => DatagramDecision::Forward {
+                deliver: Some(d.start + plain.start..d.end + plain.start),
+                relay,
+            },
+            other => other,
+        };
+        Received { plain, decision }
+    }
+
+    /// Count a received datagram refused before the engine looked at it.
+    fn count_refused(&mut self, why: Refused) {
+        let c = &mut self.counters;
+        c.udp_rx_datagrams += 1;
+        match why {
+            Refused::Unknown => c.udp_rx_dropped_unknown_peer += 1,
+            Refused::Auth => c.udp_rx_dropped_auth += 1,
+            Refused::Replay => c.udp_rx_dropped_replay += 1,
+        }
+    }
+
+    /// Decide what to do with a plain datagram from the neighbour `sender` (`None`: no
+    /// neighbour of the current table).
+    fn decide(
+        &mut self,
+        datagram: &[u8],
+        sender: Option<PeerEntry>,
         now: Instant,
     ) -> DatagramDecision {
         self.counters.udp_rx_datagrams += 1;
@@ -387,7 +600,7 @@ impl Engine {
             self.counters.udp_rx_dropped_malformed += 1;
             return DatagramDecision::Drop;
         };
-        let Some(sender) = self.table.neighbour_at(from.ip()) else {
+        let Some(sender) = sender else {
             self.counters.udp_rx_dropped_unknown_peer += 1;
             return DatagramDecision::Drop;
         };
@@ -854,5 +1067,225 @@ mod tests {
         assert!(b.macs().is_empty());
         assert_eq!(b.on_tap_frame(&frame(CA, CB), now), TapDecision::Flood);
         assert!(b.flood_targets().is_empty());
+    }
+
+    fn keys(a: u8, b: u8) -> DataKeys {
+        DataKeys::from_raw(weft_crypto::Cipher::ChaCha20Poly1305, [a; 32], [b; 32])
+    }
+
+    /// A and B, directly connected, with a password; their links sealed as connection 7.
+    fn sealed_pair() -> (Engine, Engine) {
+        let cfg = |short| EngineConfig {
+            local_short_id: short,
+            mac_max_age: MacTable::DEFAULT_MAX_AGE,
+        };
+        let mut a = Engine::with_sealing(cfg(1));
+        a.set_table(ForwardingTable::direct(1, &[entry(2)]));
+        let mut b = Engine::with_sealing(cfg(2));
+        b.set_table(ForwardingTable::direct(2, &[entry(1)]));
+        a.set_link(from(2).ip(), 7, Some(&keys(1, 2)));
+        b.set_link(from(1).ip(), 7, Some(&keys(2, 1)));
+        (a, b)
+    }
+
+    /// What `e` puts on the wire for `frame` to its neighbour `to` (empty: not sent).
+    fn seal(e: &mut Engine, to: u16, frame: &[u8]) -> Vec<u8> {
+        let src = e.local_short_id();
+        let link = e.link_to(&entry(to));
+        let Ok(sealer) = e.sender(link) else {
+            return Vec::new();
+        };
+        let mut buf = vec![0u8; 256];
+        let n = crate::links::build(sealer, &mut buf, |b| {
+            let h = emit_vxlan_header(src, to, b);
+            b[h..h + frame.len()].copy_from_slice(frame);
+            h + frame.len()
+        });
+        buf.truncate(n);
+        buf
+    }
+
+    fn receive(e: &mut Engine, from_short: u16, datagram: &mut [u8]) -> Received {
+        let link = e.link_at(from(from_short).ip());
+        e.on_received(link, datagram, Instant::ZERO)
+    }
+
+    #[test]
+    fn sealed_datagrams_open_once_in_place() {
+        let (mut a, mut b) = sealed_pair();
+        let arp = frame([0xff; 6], CA);
+        let mut d = seal(&mut a, 2, &arp);
+        assert_eq!(d.len(), 8 + crate::links::MAX_OVERHEAD + arp.len());
+        assert!(!d.windows(arp.len()).any(|w| w == arp), "sealed");
+        let copy = d.clone();
+        let r = receive(&mut b, 1, &mut d);
+        let DatagramDecision::Forward {
+            deliver: Some(range),
+            relay: Relay::None,
+        } = r.decision.clone()
+        else {
+            panic!("not delivered: {r:?}")
+        };
+        assert_eq!(&d[range], &arp[..]);
+        assert_eq!(
+            &d[r.plain.clone()],
+            &encap(1, 2, &arp)[..],
+            "a plain datagram to relay"
+        );
+        // The same bytes again: a replay.
+        assert_eq!(
+            receive(&mut b, 1, &mut copy.clone()).decision,
+            DatagramDecision::Drop
+        );
+        // Tampered: refused.
+        let mut bad = seal(&mut a, 2, &arp);
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(
+            receive(&mut b, 1, &mut bad).decision,
+            DatagramDecision::Drop
+        );
+        // In the clear from a neighbour whose link is sealed: refused too.
+        let mut clear = encap(1, 2, &arp);
+        assert_eq!(
+            receive(&mut b, 1, &mut clear).decision,
+            DatagramDecision::Drop
+        );
+        let k = b.counters();
+        assert_eq!(
+            (
+                k.udp_rx_datagrams,
+                k.udp_rx_dropped_replay,
+                k.udp_rx_dropped_auth
+            ),
+            (4, 1, 2)
+        );
+        // Every datagram from A counted once on A's link, sealed bytes included.
+        let (ip, t) = b.link_traffic().next().unwrap();
+        assert_eq!(ip, from(1).ip());
+        assert_eq!(t.rx_datagrams, 4);
+        assert_eq!(
+            t.rx_bytes,
+            (copy.len() * 3 + clear.len()) as u64,
+            "the tampered one is as long as the others"
+        );
+    }
+
+    #[test]
+    fn without_a_link_nothing_is_sent_or_heard() {
+        let (mut a, mut b) = sealed_pair();
+        // C is a neighbour of B's table, but no keys were agreed with it yet.
+        let mut t = b.table().clone();
+        t.add_neighbour(entry(3));
+        b.set_table(t);
+        assert!(seal(&mut b, 3, &frame([0xff; 6], CB)).is_empty());
+        let c_link = b.link_to(&entry(3));
+        assert!(c_link.is_some(), "every table neighbour has a record");
+        assert!(b.sender(c_link).is_err());
+        let mut from_c = encap(3, 2, &frame([0xff; 6], CC));
+        assert_eq!(
+            receive(&mut b, 3, &mut from_c).decision,
+            DatagramDecision::Drop
+        );
+        // A stranger's address has no record at all.
+        let stranger: IpAddr = "192.0.2.66".parse().unwrap();
+        assert_eq!(b.link_at(stranger), None);
+        let mut d = seal(&mut a, 2, &frame([0xff; 6], CA));
+        assert_eq!(
+            b.on_received(None, &mut d, Instant::ZERO).decision,
+            DatagramDecision::Drop
+        );
+        assert_eq!(b.counters().udp_rx_dropped_unknown_peer, 2);
+        assert_eq!(b.counters().udp_rx_datagrams, 2);
+        // A trusted (plain) link: clear both ways.
+        b.set_link(from(3).ip(), 9, None);
+        assert_eq!(
+            seal(&mut b, 3, &frame([0xff; 6], CB)),
+            encap(2, 3, &frame([0xff; 6], CB))
+        );
+        assert!(delivered(&receive(&mut b, 3, &mut from_c.clone()).decision));
+        // The plain entry point takes only plain links when a password is set.
+        assert!(delivered(&b.on_datagram(&from_c, from(3), Instant::ZERO)));
+        let clear_from_a = encap(1, 2, &frame([0xff; 6], CA));
+        assert_eq!(
+            b.on_datagram(&clear_from_a, from(1), Instant::ZERO),
+            DatagramDecision::Drop
+        );
+        assert_eq!(b.counters().udp_rx_dropped_auth, 1);
+    }
+
+    #[test]
+    fn a_new_connection_takes_over_the_link() {
+        let (mut a, mut b) = sealed_pair();
+        let a_ip = from(1).ip();
+        // Sealed under connection 7, still in flight when connection 8 replaces the keys.
+        let mut late = seal(&mut a, 2, &frame([0xff; 6], CA));
+        b.set_link(a_ip, 8, Some(&keys(4, 3)));
+        a.set_link(from(2).ip(), 8, Some(&keys(3, 4)));
+        assert!(delivered(&receive(&mut b, 1, &mut late).decision));
+        let mut new = seal(&mut a, 2, &frame(CB, CA));
+        assert!(delivered(&receive(&mut b, 1, &mut new).decision));
+        // Once the new keys opened one, the old ones are gone.
+        let mut older = {
+            let (mut a7, _) = sealed_pair();
+            for _ in 0..5 {
+                seal(&mut a7, 2, &frame([0xff; 6], CA));
+            }
+            seal(&mut a7, 2, &frame([0xff; 6], CA))
+        };
+        assert_eq!(
+            receive(&mut b, 1, &mut older).decision,
+            DatagramDecision::Drop
+        );
+        // Removing the stale connection's link leaves the newer one.
+        b.remove_link(a_ip, 7);
+        assert!(b.sender(b.link_at(a_ip)).unwrap().is_some());
+        b.remove_link(a_ip, 8);
+        assert!(b.sender(b.link_at(a_ip)).is_err());
+    }
+
+    #[test]
+    fn one_record_per_neighbour_across_tables() {
+        let (_, mut b, _) = line();
+        let a_link = b.link_at(from(1).ip()).unwrap();
+        let c_link = b.link_at(from(3).ip()).unwrap();
+        assert_ne!(a_link, c_link);
+        // Sends find the same record from the table entry, without the address.
+        assert_eq!(b.link_to(&b.table().next_hop(1).unwrap()), Some(a_link));
+        assert_eq!(b.link_to(&b.table().broadcast_children(1)[0]), Some(c_link));
+        // Path limits live in the record, by address.
+        assert_eq!(b.path_mtu(c_link), None);
+        b.set_path_mtu(from(3).ip(), Some(1400));
+        assert_eq!(b.path_mtu(c_link), Some(1400));
+        b.set_path_mtu(from(3).ip(), None);
+        assert_eq!(b.path_mtu(c_link), None);
+        b.count_link_tx(c_link, 100, 2);
+        // C leaves the table: its datagrams are refused, its record (and traffic) stays, and
+        // comes back under the same id.
+        b.set_table(ForwardingTable::direct(2, &[entry(1)]));
+        assert_eq!(b.link_to(&entry(3)), None);
+        let mut d = encap(3, 2, &frame([0xff; 6], CC));
+        assert_eq!(receive(&mut b, 3, &mut d).decision, DatagramDecision::Drop);
+        assert_eq!(b.counters().udp_rx_dropped_unknown_peer, 1);
+        let traffic: Vec<_> = b.link_traffic().collect();
+        assert_eq!(traffic.len(), 2);
+        assert!(traffic.contains(&(
+            from(3).ip(),
+            LinkTraffic {
+                tx_bytes: 100,
+                tx_datagrams: 2,
+                rx_bytes: d.len() as u64,
+                rx_datagrams: 1,
+            }
+        )));
+        b.set_table(ForwardingTable::direct(2, &[entry(1), entry(3)]));
+        assert_eq!(b.link_to(&entry(3)), Some(c_link));
+        // A limit for an address no table named yet makes its record.
+        let d_ip: IpAddr = "192.0.2.4".parse().unwrap();
+        b.set_path_mtu(d_ip, Some(1200));
+        assert_eq!(b.link_at(d_ip).and_then(|l| b.path_mtu(l)), Some(1200));
+        // Without a password every neighbour is sent to in the clear.
+        assert_eq!(b.sender(Some(a_link)).map(|s| s.is_none()), Ok(true));
+        assert_eq!(b.sender(None).map(|s| s.is_none()), Ok(true));
     }
 }

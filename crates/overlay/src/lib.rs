@@ -17,13 +17,15 @@ mod engine;
 pub mod heartbeat;
 pub mod links;
 mod mac_table;
+mod neighbours;
 pub mod offload;
 pub mod pmtu;
 
 pub use counters::Counters;
 pub use engine::{
-    DatagramDecision, Engine, EngineConfig, ForwardingTable, PeerEntry, Relay, TapDecision,
-    emit_vxlan_header, heartbeat_datagram,
+    DatagramDecision, Engine, EngineConfig, ForwardingTable, PeerEntry, Received, Relay,
+    TapDecision, emit_vxlan_header, heartbeat_datagram,
 };
 pub use mac_table::{Learned, MacTable, Owner};
+pub use neighbours::{LinkId, LinkTraffic};
 pub use weft_mesh::Instant;

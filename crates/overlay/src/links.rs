@@ -1,27 +1,29 @@
-//! Layer: pure logic. The forwarding engine's per-neighbour encryption state: which
-//! neighbours' datagrams are sealed (and with which [`TxSession`]/[`RxSession`]), which may
-//! travel in the clear (trusted subnets, or no password at all), and opening/sealing datagrams
-//! in the data plane's own buffers without copying the payload. The control plane installs
-//! and removes links only through the node's `SetLink`/`RemoveLink` actions.
+//! Layer: pure logic. One neighbour's encryption state, kept in the engine's per-neighbour
+//! record (see [`Engine::set_link`](crate::Engine::set_link)): whether its datagrams are sealed
+//! (and with which [`TxSession`]/[`RxSession`]) or travel in the clear (trusted subnets, or no
+//! password at all), and opening/sealing datagrams in the data plane's own buffers without
+//! copying the payload. The control plane installs and removes links only through the node's
+//! `SetLink`/`RemoveLink` actions.
 //!
 //! A sealed datagram is `[VXLAN header][counter][ciphertext][tag]` (see
 //! [`weft_crypto::data`]); the VXLAN header stays in the clear as associated data. After
 //! opening, the header is moved next to the plaintext so the engine sees an ordinary VXLAN
 //! datagram.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::ops::Range;
 
 use weft_crypto::data::{COUNTER_LEN, OVERHEAD, OpenError, RxSession, TxSession};
 use weft_crypto::handshake::DataKeys;
 use weft_wire::vxlan::HEADER_LEN as VXLAN_HLEN;
 
+/// Extra bytes a datagram to anyone may need (the sealing overhead).
+pub const MAX_OVERHEAD: usize = OVERHEAD;
+
 /// How traffic with one neighbour is protected.
-// One per neighbour, looked up per datagram: kept inline rather than boxed.
+// One per neighbour, used per datagram: kept inline rather than boxed.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-enum Link {
+pub(crate) enum Link {
     /// In the clear (both sides trust each other).
     Plain { conn_uid: u64 },
     /// Sealed.
@@ -50,88 +52,75 @@ pub enum Refused {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NoLink;
 
-/// Every neighbour's link, by underlay address.
-#[derive(Debug, Default)]
-pub struct Links {
-    /// A password is set: neighbours without a link get nothing and are heard from not at all.
-    required: bool,
-    links: HashMap<IpAddr, Link>,
-    /// A copy of a datagram while it is tried under the new keys (a failed open may have
-    /// overwritten it), so the old keys can try it too.
-    scratch: Vec<u8>,
-}
-
-impl Links {
-    /// Links for a router with (`required`) or without a password.
-    pub fn new(required: bool) -> Self {
-        Self {
-            required,
-            links: HashMap::new(),
-            scratch: Vec::new(),
-        }
-    }
-
-    /// Install the link of connection `conn_uid` to the neighbour at `ip`: sealed with `keys`,
-    /// or in the clear when `keys` is `None`.
-    pub fn set(&mut self, ip: IpAddr, conn_uid: u64, keys: Option<&DataKeys>) {
-        let old_rx = match self.links.remove(&ip) {
-            Some(Link::Sealed {
+impl Link {
+    /// The link of connection `conn_uid`: sealed with `keys`, or in the clear when `None`.
+    /// `previous` is the link it replaces: if that was another connection's sealed link, its
+    /// receiving session stays usable until the new keys opened a datagram.
+    pub(crate) fn new(conn_uid: u64, keys: Option<&DataKeys>, previous: Option<Self>) -> Self {
+        let old_rx = match previous {
+            Some(Self::Sealed {
                 conn_uid: old, rx, ..
             }) if old != conn_uid => Some(rx),
             _ => None,
         };
-        let link = match keys {
+        match keys {
             Some(k) => {
                 let (tx, rx) = k.sessions();
-                Link::Sealed {
+                Self::Sealed {
                     conn_uid,
                     tx,
                     rx,
                     old_rx,
                 }
             }
-            None => Link::Plain { conn_uid },
-        };
-        self.links.insert(ip, link);
-    }
-
-    /// Remove the link of connection `conn_uid` (not a newer connection's).
-    pub fn remove(&mut self, ip: IpAddr, conn_uid: u64) {
-        let current = match self.links.get(&ip) {
-            Some(Link::Plain { conn_uid: c } | Link::Sealed { conn_uid: c, .. }) => *c,
-            None => return,
-        };
-        if current == conn_uid {
-            self.links.remove(&ip);
+            None => Self::Plain { conn_uid },
         }
     }
 
-    /// Extra bytes a datagram to anyone may need.
-    pub const MAX_OVERHEAD: usize = OVERHEAD;
-
-    /// Open a received datagram from `ip` in place; returns the range of `datagram` that holds
-    /// the plain VXLAN datagram (header and frame).
-    pub fn open(&mut self, ip: IpAddr, datagram: &mut [u8]) -> Result<Range<usize>, Refused> {
-        if !self.required {
-            return Ok(0..datagram.len());
+    /// The connection that agreed this link.
+    pub(crate) fn conn_uid(&self) -> u64 {
+        match self {
+            Self::Plain { conn_uid } | Self::Sealed { conn_uid, .. } => *conn_uid,
         }
-        let (rx, old_rx) = match self.links.get_mut(&ip) {
-            Some(Link::Plain { .. }) => return Ok(0..datagram.len()),
-            Some(Link::Sealed { rx, old_rx, .. }) => (rx, old_rx),
-            None => return Err(Refused::Unknown),
+    }
+
+    /// Whether datagrams are sealed.
+    pub(crate) fn is_sealed(&self) -> bool {
+        matches!(self, Self::Sealed { .. })
+    }
+
+    /// The session to seal with; `None`: in the clear.
+    pub(crate) fn sender(&mut self) -> Option<&mut TxSession> {
+        match self {
+            Self::Plain { .. } => None,
+            Self::Sealed { tx, .. } => Some(tx),
+        }
+    }
+
+    /// Open a received datagram in place; returns the range of `datagram` that holds the plain
+    /// VXLAN datagram (header and frame). `scratch` keeps a copy while the new keys are tried,
+    /// so the old ones can try it too (it grows to the longest datagram once, then is reused).
+    pub(crate) fn open(
+        &mut self,
+        datagram: &mut [u8],
+        scratch: &mut Vec<u8>,
+    ) -> Result<Range<usize>, Refused> {
+        let (rx, old_rx) = match self {
+            Self::Plain { .. } => return Ok(0..datagram.len()),
+            Self::Sealed { rx, old_rx, .. } => (rx, old_rx),
         };
         let opened = match old_rx {
             None => rx.open(datagram, VXLAN_HLEN),
             Some(old) => {
-                self.scratch.clear();
-                self.scratch.extend_from_slice(datagram);
+                scratch.clear();
+                scratch.extend_from_slice(datagram);
                 match rx.open(datagram, VXLAN_HLEN) {
                     Ok(r) => {
                         *old_rx = None;
                         Ok(r)
                     }
                     Err(OpenError::Auth) => {
-                        datagram.copy_from_slice(&self.scratch);
+                        datagram.copy_from_slice(scratch);
                         old.open(datagram, VXLAN_HLEN)
                     }
                     Err(e) => Err(e),
@@ -146,19 +135,6 @@ impl Links {
             }
             Err(OpenError::Replay) => Err(Refused::Replay),
             Err(OpenError::Auth | OpenError::Truncated) => Err(Refused::Auth),
-        }
-    }
-
-    /// How to send to `ip`: `Err` if it must not be sent (a password is set and the neighbour
-    /// has no link yet), `Ok(None)` in the clear, `Ok(Some)` sealed with this session.
-    pub fn sender(&mut self, ip: IpAddr) -> Result<Option<&mut TxSession>, NoLink> {
-        if !self.required {
-            return Ok(None);
-        }
-        match self.links.get_mut(&ip) {
-            Some(Link::Plain { .. }) => Ok(None),
-            Some(Link::Sealed { tx, .. }) => Ok(Some(tx)),
-            None => Err(NoLink),
         }
     }
 }
@@ -185,65 +161,4 @@ pub fn build(
     }
     buf.copy_within(COUNTER_LEN..COUNTER_LEN + VXLAN_HLEN, 0);
     tx.seal(buf, VXLAN_HLEN, n - VXLAN_HLEN).unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use weft_crypto::Cipher;
-
-    fn keys(a: u8, b: u8) -> DataKeys {
-        DataKeys::from_raw(Cipher::ChaCha20Poly1305, [a; 32], [b; 32])
-    }
-
-    fn datagram(links: &mut Links, ip: IpAddr, frame: &[u8]) -> Vec<u8> {
-        let mut buf = vec![0u8; 256];
-        let tx = links.sender(ip).unwrap();
-        let n = build(tx, &mut buf, |b| {
-            b[..8].copy_from_slice(b"VXLANHDR");
-            b[8..8 + frame.len()].copy_from_slice(frame);
-            8 + frame.len()
-        });
-        buf.truncate(n);
-        buf
-    }
-
-    #[test]
-    fn seal_open_replay_and_plain_links() {
-        let ip: IpAddr = "192.0.2.2".parse().unwrap();
-        let other: IpAddr = "192.0.2.3".parse().unwrap();
-        let mut a = Links::new(true);
-        let mut b = Links::new(true);
-        a.set(ip, 7, Some(&keys(1, 2)));
-        b.set(ip, 7, Some(&keys(2, 1)));
-        let mut d = datagram(&mut a, ip, b"frame with marker");
-        assert_eq!(d.len(), 8 + OVERHEAD + 17);
-        assert!(!d.windows(6).any(|w| w == b"marker"));
-        let copy = d.clone();
-        let r = b.open(ip, &mut d).unwrap();
-        assert_eq!(&d[r.clone()][..8], b"VXLANHDR");
-        assert_eq!(&d[r][8..], b"frame with marker");
-        assert_eq!(b.open(ip, &mut copy.clone()), Err(Refused::Replay));
-        // Unknown sender, and no link to send to: refused when a password is set.
-        assert_eq!(b.open(other, &mut copy.clone()), Err(Refused::Unknown));
-        assert!(a.sender(other).is_err());
-        // A plain (trusted) link passes datagrams unchanged both ways.
-        a.set(other, 9, None);
-        let d = datagram(&mut a, other, b"clear");
-        assert_eq!(&d[8..], b"clear");
-        // A newer connection replaces the keys; the old one's datagrams in flight still open.
-        let mut late = datagram(&mut a, ip, b"late");
-        b.set(ip, 8, Some(&keys(4, 3)));
-        assert!(b.open(ip, &mut late).is_ok());
-        // Removing a stale connection's link does not remove the newer one.
-        b.remove(ip, 7);
-        assert!(b.sender(ip).unwrap().is_some());
-        b.remove(ip, 8);
-        assert!(b.sender(ip).is_err());
-        // Without a password everything is in the clear.
-        let mut open = Links::new(false);
-        assert!(open.sender(ip).unwrap().is_none());
-        let mut d = b"anything".to_vec();
-        assert_eq!(open.open(ip, &mut d), Ok(0..8));
-    }
 }

@@ -1,7 +1,8 @@
-//! Layer: OS. `poll(2)` for readability over a few descriptors.
+//! Layer: OS. `poll(2)` for readability over a few descriptors, or writability of one.
 //!
 //! Owns nothing but the system call: the router's blocking threads use it to wait on a TAP
-//! queue and a UDP socket (or a wake-up pipe) at once, with a timeout for periodic work.
+//! queue and a UDP socket (or a wake-up pipe) at once, with a timeout for periodic work, and
+//! the data plane to wait for room in a non-blocking socket's send queue.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -18,6 +19,24 @@ const STACK_FDS: usize = 8;
 /// with the remaining time.
 pub fn wait_readable(
     fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+    ready: &mut [bool],
+) -> io::Result<usize> {
+    wait(fds, libc::POLLIN, timeout, ready)
+}
+
+/// Waits until `fd` is writable (for a socket: its send queue has room again), or `timeout`
+/// passes. Returns whether it is writable (an error or hang-up condition counts, so that the
+/// next write reports it). `EINTR` is retried with the remaining time.
+pub fn wait_writable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    let mut ready = [false];
+    wait(&[fd], libc::POLLOUT, Some(timeout), &mut ready)?;
+    Ok(ready[0])
+}
+
+fn wait(
+    fds: &[BorrowedFd<'_>],
+    events: libc::c_short,
     timeout: Option<Duration>,
     ready: &mut [bool],
 ) -> io::Result<usize> {
@@ -48,7 +67,7 @@ pub fn wait_readable(
     };
     for (p, fd) in pfds.iter_mut().zip(fds) {
         p.fd = fd.as_raw_fd();
-        p.events = libc::POLLIN;
+        p.events = events;
     }
     let deadline = timeout.map(|t| Instant::now() + t);
     let n = loop {
@@ -68,7 +87,7 @@ pub fn wait_readable(
         }
     };
     for (r, p) in ready.iter_mut().zip(pfds.iter()) {
-        *r = p.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0;
+        *r = p.revents & (events | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0;
     }
     // poll returned n >= 0 here.
     Ok(n as usize)
@@ -112,6 +131,8 @@ mod tests {
         let n = wait_readable(&[a.as_fd(), c.as_fd()], None, &mut ready).unwrap();
         assert_eq!(n, 1);
         assert_eq!(ready, [true, false]);
+        // A socket with an empty send queue is writable at once.
+        assert!(wait_writable(a.as_fd(), Duration::from_millis(10)).unwrap());
         let mut short = [false; 1];
         assert!(wait_readable(&[a.as_fd(), c.as_fd()], None, &mut short).is_err());
     }

@@ -584,16 +584,139 @@ impl BatchUdp {
     /// [`send_batch`](Self::send_batch), also reporting the skipped datagrams.
     pub fn send_batch_report(&self, batch: &SendBatch) -> io::Result<SendReport> {
         let mut report = SendReport::default();
-        let fd = self.sock.as_raw_fd();
         let mut next = 0;
-        while next < batch.count {
-            let chunk = (batch.count - next).min(BATCH);
+        match self.send_slots(batch, &mut next, &mut report) {
+            Ok(()) => Ok(report),
+            Err(e)
+                if e.raw_os_error() == Some(libc::EAGAIN)
+                    && (report.sent > 0 || report.failed > 0) =>
+            {
+                Ok(report)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends all of `batch` on a non-blocking socket and [`clear`](SendBatch::clear)s it. When
+    /// the send queue is full, waits (`poll` for `POLLOUT`) up to `wait` for room and goes on,
+    /// as often as the room comes back; what is left when a whole wait brought no room is
+    /// dropped and counted in [`Flushed::dropped_full`]. Datagrams whose send fails (their
+    /// destination unreachable, ...), and the rest of the batch after an error about the socket
+    /// itself, are counted in [`Flushed::failed`].
+    pub fn flush_batch(&self, batch: &mut SendBatch, wait: Duration) -> Flushed {
+        let mut report = SendReport::default();
+        let mut next = 0;
+        let mut out = Flushed::default();
+        let mut stalls = 0;
+        loop {
+            let before = next;
+            match self.send_slots(batch, &mut next, &mut report) {
+                Ok(()) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    if !self.wait_for_room(wait, next > before, &mut stalls) {
+                        out.dropped_full = batch.count - next;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "udp send failed");
+                    out.failed += batch.count - next;
+                    break;
+                }
+            }
+        }
+        out.sent = report.sent;
+        out.failed += report.failed;
+        batch.clear();
+        out
+    }
+
+    /// Sends the run held by `batch` (and then a datagram it set aside, see [`GsoBatch`]) on a
+    /// non-blocking socket, waiting for room like [`flush_batch`](Self::flush_batch), and
+    /// leaves the batch empty.
+    pub fn flush_gso_batch(&self, batch: &mut GsoBatch, wait: Duration) -> Flushed {
+        let mut out = Flushed::default();
+        while let Some(dest) = batch.dest() {
+            let seg = batch.segment_size();
+            let segments = batch.segments();
+            let len = batch.data().len();
+            let mut done = 0;
+            let mut stalls = 0;
+            let lost = loop {
+                let before = done;
+                match self.send_gso(dest, &batch.data()[done..], seg) {
+                    Ok(n) => {
+                        done += n;
+                        if done >= len {
+                            break None;
+                        }
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                    Err(e) => {
+                        tracing::debug!(%dest, error = %e, "udp GSO send failed");
+                        break Some(Lost::Failed);
+                    }
+                }
+                if !self.wait_for_room(wait, done > before, &mut stalls) {
+                    break Some(Lost::Full);
+                }
+            };
+            // A partial send ends on a segment boundary.
+            let sent = if done >= len {
+                segments
+            } else {
+                done / seg.max(1)
+            };
+            out.sent += sent;
+            match lost {
+                None => {}
+                Some(Lost::Full) => out.dropped_full += segments - sent,
+                Some(Lost::Failed) => out.failed += segments - sent,
+            }
+            batch.clear();
+        }
+        out
+    }
+
+    /// After a send found the queue full: wait up to `wait` for room. `false`: no room came,
+    /// or the queue said it had room three times in a row without anything going out.
+    fn wait_for_room(&self, wait: Duration, progress: bool, stalls: &mut u32) -> bool {
+        if progress {
+            *stalls = 0;
+        } else {
+            *stalls += 1;
+            if *stalls > 2 {
+                return false;
+            }
+        }
+        match crate::poll::wait_writable(self.as_fd(), wait) {
+            Ok(room) => room,
+            Err(e) => {
+                tracing::debug!(error = %e, "poll for POLLOUT failed");
+                false
+            }
+        }
+    }
+
+    /// `sendmmsg` slots `*next..` of `batch`, advancing `*next` past every datagram sent or
+    /// skipped (counted in `report`). Stops with `EAGAIN` when the send queue is full, with
+    /// another error about the socket itself.
+    fn send_slots(
+        &self,
+        batch: &SendBatch,
+        next: &mut usize,
+        report: &mut SendReport,
+    ) -> io::Result<()> {
+        let fd = self.sock.as_raw_fd();
+        while *next < batch.count {
+            let start = *next;
+            let chunk = (batch.count - start).min(BATCH);
             // SAFETY: mmsghdr and iovec are plain C structs; all-zero is a valid value.
             let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
             // SAFETY: as above.
             let mut iovs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
             for j in 0..chunk {
-                let slot = next + j;
+                let slot = start + j;
                 let data = batch.datagram(slot);
                 // sendmmsg never writes through iov_base or msg_name; the *mut casts only
                 // satisfy the C struct types.
@@ -612,7 +735,7 @@ impl BatchUdp {
             if r > 0 {
                 // 0 < r <= chunk.
                 report.sent += r as usize;
-                next += r as usize;
+                *next += r as usize;
                 continue;
             }
             let err = if r == 0 {
@@ -622,23 +745,34 @@ impl BatchUdp {
             };
             match send_error_class(&err) {
                 SendErrorClass::Retry => {}
-                SendErrorClass::Stop => {
-                    if report.sent == 0 && report.failed == 0 {
-                        return Err(err);
-                    }
-                    break;
-                }
-                SendErrorClass::Fatal => return Err(err),
+                SendErrorClass::Stop | SendErrorClass::Fatal => return Err(err),
                 SendErrorClass::SkipDatagram => {
-                    tracing::trace!(dest = ?batch.dest(next), error = %err, "udp send failed");
+                    tracing::trace!(dest = ?batch.dest(start), error = %err, "udp send failed");
                     report.failed += 1;
                     report.last_error = Some(err);
-                    next += 1;
+                    *next += 1;
                 }
             }
         }
-        Ok(report)
+        Ok(())
     }
+}
+
+/// Why the rest of a GSO run was not sent.
+enum Lost {
+    Full,
+    Failed,
+}
+
+/// Outcome of [`BatchUdp::flush_batch`] and [`BatchUdp::flush_gso_batch`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    /// Datagrams the kernel accepted.
+    pub sent: usize,
+    /// Datagrams dropped because the send queue stayed full for a whole wait.
+    pub dropped_full: usize,
+    /// Datagrams dropped because sending them failed.
+    pub failed: usize,
 }
 
 /// What to do after `sendmmsg` failed on the first datagram of a chunk.
@@ -1252,6 +1386,83 @@ mod tests {
         ] {
             assert_eq!(send_error_class(&e(n)), SendErrorClass::SkipDatagram);
         }
+    }
+
+    /// A non-blocking socket's flushes send everything queued, count a datagram the kernel
+    /// refuses, and leave the batches empty. (Loopback needs no privileges.)
+    #[test]
+    fn nonblocking_flushes() {
+        let Ok(rx) = BatchUdp::bind("127.0.0.1:0".parse().unwrap()) else {
+            eprintln!("no IPv4 loopback here; skipping");
+            return;
+        };
+        let tx = BatchUdp::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        tx.set_nonblocking(true).unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut sb = SendBatch::new(100, 64);
+        for i in 0..100u8 {
+            // The broadcast address without SO_BROADCAST: refused (EACCES).
+            let dest = if i == 40 {
+                "255.255.255.255:9".parse().unwrap()
+            } else {
+                to
+            };
+            assert!(sb.push(dest, &[i; 10]));
+        }
+        let wait = Duration::from_millis(20);
+        let done = tx.flush_batch(&mut sb, wait);
+        assert_eq!(
+            done,
+            Flushed {
+                sent: 99,
+                dropped_full: 0,
+                failed: 1
+            }
+        );
+        assert!(sb.is_empty());
+        let mut gso = GsoBatch::new(tx.max_gso_segments(), 64);
+        for i in 0..8u8 {
+            assert!(gso.push_with(to, |b| {
+                b[..32].fill(100 + i);
+                32
+            }));
+        }
+        // Longer than the run: set aside, sent as the next run by the same flush.
+        assert!(gso.push_with(to, |b| {
+            b[..48].fill(200);
+            48
+        }));
+        let done = tx.flush_gso_batch(&mut gso, wait);
+        assert_eq!(done.sent, 9);
+        assert_eq!((done.dropped_full, done.failed), (0, 0));
+        assert!(gso.is_empty() && gso.dest().is_none());
+        let mut rb = RecvBatch::new(128, 64);
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while seen.len() < 108 && std::time::Instant::now() < deadline {
+            match rx.recv_batch(&mut rb) {
+                Ok(n) => {
+                    for i in 0..n {
+                        let stride = rb.stride(i).max(1);
+                        seen.extend(rb.datagram(i).chunks(stride).map(|d| d[0]));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let mut want: Vec<u8> = (0..100u8).filter(|&i| i != 40).collect();
+        want.extend(100..108u8);
+        want.push(200);
+        assert_eq!(seen, want, "all sent, in order");
+        assert_eq!(
+            rx.recv_batch(&mut rb).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "a non-blocking receive with nothing queued returns at once"
+        );
     }
 
     /// Loopback in the current namespace needs no privileges.
