@@ -74,7 +74,7 @@ fn every_metric_the_alerts_use_is_served() {
         // What WeftDropsRising's name pattern is meant to match, each one checked here.
         let pattern = "weft_(udp_rx_dropped_(auth|replay|malformed|unknown_peer)|\
                        udp_tx_dropped_(crypto|queue_full|error)|tap_tx_dropped|\
-                       tap_rx_offload_dropped)_total";
+                       tap_rx_offload_dropped|pmtu_dropped)_total";
         ensure!(
             rules.contains(pattern),
             "the drop alert's pattern changed: update this test"
@@ -89,6 +89,7 @@ fn every_metric_the_alerts_use_is_served() {
             "weft_udp_tx_dropped_error_total",
             "weft_tap_tx_dropped_total",
             "weft_tap_rx_offload_dropped_total",
+            "weft_pmtu_dropped_total",
         ] {
             wanted.push(n.to_owned());
         }
