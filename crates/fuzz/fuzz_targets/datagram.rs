@@ -5,9 +5,10 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::net::SocketAddr;
+use std::ops::Range;
 use weft_crypto::Cipher;
 use weft_crypto::handshake::DataKeys;
-use weft_overlay::{DatagramDecision, Engine, EngineConfig, ForwardingTable, Instant, MacTable, PeerEntry};
+use weft_overlay::{Counters, DatagramDecision, Engine, EngineConfig, ForwardingTable, Instant, MacTable, PeerEntry};
 
 fuzz_target!(|data: &[u8]| {
     let config = EngineConfig { local_short_id: 2, mac_max_age: MacTable::DEFAULT_MAX_AGE };
@@ -41,51 +42,39 @@ fuzz_target!(|data: &[u8]| {
     let (frame, datagram) = rest.split_at(split);
     let now = Instant::from_millis(u64::from(sel) * 1000);
     let before = *engine.counters();
-    match engine.on_datagram(datagram, from, now) {
-        DatagramDecision::Forward { deliver, .. } => {
-            if let Some(range) = deliver {
-                assert!(range.start <= range.end && range.end <= datagram.len());
-                assert!(range.len() >= 14);
-            }
-        }
-        DatagramDecision::Heartbeat { src, .. } => assert!(src == 1 || src == 3),
-        DatagramDecision::Drop => {
-            let after = engine.counters();
-            let dropped = |c: &weft_overlay::Counters| {
-                c.udp_rx_dropped_malformed
-                    + c.udp_rx_dropped_unknown_peer
-                    + c.udp_rx_dropped_other
-                    + c.udp_rx_dropped_auth
-            };
-            assert_eq!(dropped(after), dropped(&before) + 1, "a dropped datagram is counted");
-        }
-    }
+    let decision = engine.on_datagram(datagram, from, now);
+    check(&decision, 0..datagram.len(), &before, engine.counters());
     // The data plane's path: the sender looked up once, the datagram opened in place.
     let link = engine.link_at(from.ip());
     let mut buf = datagram.to_vec();
     let before = *engine.counters();
     let received = engine.on_received(link, &mut buf, now);
     assert!(received.plain.start <= received.plain.end && received.plain.end <= buf.len());
-    match received.decision {
+    check(&received.decision, received.plain.clone(), &before, engine.counters());
+    let _ = engine.on_tap_frame(frame, now);
+    engine.expire(now);
+});
+
+/// A decision about a datagram whose plain part is `plain`: a delivered frame lies inside it,
+/// a heartbeat names a neighbour, a drop is counted exactly once.
+fn check(decision: &DatagramDecision, plain: Range<usize>, before: &Counters, after: &Counters) {
+    match decision {
         DatagramDecision::Forward { deliver, .. } => {
             if let Some(range) = deliver {
-                assert!(range.start >= received.plain.start && range.end <= received.plain.end);
+                assert!(range.start >= plain.start && range.end <= plain.end);
                 assert!(range.len() >= 14);
             }
         }
-        DatagramDecision::Heartbeat { src, .. } => assert!(src == 1 || src == 3),
+        DatagramDecision::Heartbeat { src, .. } => assert!(*src == 1 || *src == 3),
         DatagramDecision::Drop => {
-            let after = engine.counters();
-            let dropped = |c: &weft_overlay::Counters| {
+            let dropped = |c: &Counters| {
                 c.udp_rx_dropped_malformed
                     + c.udp_rx_dropped_unknown_peer
                     + c.udp_rx_dropped_other
                     + c.udp_rx_dropped_auth
                     + c.udp_rx_dropped_replay
             };
-            assert_eq!(dropped(after), dropped(&before) + 1, "a dropped datagram is counted");
+            assert_eq!(dropped(after), dropped(before) + 1, "a dropped datagram is counted");
         }
     }
-    let _ = engine.on_tap_frame(frame, now);
-    engine.expire(now);
-});
+}
