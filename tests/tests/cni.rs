@@ -172,6 +172,17 @@ fn weave_net_with_weft_ipam_on_two_hosts() {
 
         ping(&p1, &a2)?;
         ping(&p2, &a1)?;
+        // hairpinMode: the pod's bridge port sends frames back out where they came from (a pod
+        // reaching itself through a service address); the only such port on h1.
+        let ports = weft_tests::cmd::ns_sh(
+            h1.ns(),
+            "ip -d link show master weave",
+            Duration::from_secs(10),
+        )?;
+        ensure!(
+            ports.matches("hairpin on").count() == 1,
+            "one hairpin port expected: {ports}"
+        );
         // The pod reaches its host through the exposed bridge.
         ping(&p1, &gw)?;
 

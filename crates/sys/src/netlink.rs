@@ -486,11 +486,12 @@ impl Netlink {
     }
 
     /// Turns hairpin mode of bridge port `index` on or off (`ip link set dev X type
-    /// bridge_slave hairpin on`).
+    /// bridge_slave hairpin on`). Sent as RTM_NEWLINK, as `ip` does: RTM_SETLINK ignores the
+    /// port attributes (and answers success).
     pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<(), Error> {
         self.handle
             .link()
-            .set(LinkBridgePort::new(index).hairpin(on).build())
+            .change(LinkBridgePort::new(index).hairpin(on).build())
             .execute()
             .await
             .ctx("set hairpin mode", ifx(index))
