@@ -17,9 +17,13 @@
 //!   cuts it into IPv4 fragments that each fit (RFC 791: offsets in 8-byte units, MF on all but
 //!   the last, the original's MF kept on the last, the identification kept, the header checksum
 //!   recomputed); the receiving container reassembles them.
-//! - [`Oversize::Drop`]: anything else (ARP, IPv6, 802.1Q-tagged, other EtherTypes, unreadable
-//!   IPv4), and DF packets that must not be answered with an ICMP error (see [`oversize`]). The
-//!   driver counts it.
+//! - [`Oversize::FragNeeded`] too for IPv6, which no router fragments: [`frag_needed`] writes an
+//!   ICMPv6 "Packet Too Big" (RFC 4443 §3.2) with the MTU `max_frame - 14`, quoting as much of
+//!   the packet as fits in 1280 bytes, from the original's destination to its source; the
+//!   container's kernel then fragments at the source (RFC 8200 §5).
+//! - [`Oversize::Drop`]: anything else (ARP, 802.1Q-tagged, other EtherTypes, unreadable IP),
+//!   and packets that must not be answered with an ICMP error (see [`oversize`]). The driver
+//!   counts it.
 //!
 //! Nothing here allocates: [`frag_needed`] and [`Fragmenter::next_into`] write into caller
 //! buffers.
@@ -30,16 +34,19 @@
 
 use thiserror::Error;
 use weft_wire::ethernet::{self, EtherType};
-use weft_wire::icmpv4;
 use weft_wire::ipv4::{self, Protocol};
+use weft_wire::{icmpv4, icmpv6, ipv6};
 
 /// Length of the Ethernet header in front of every frame this module handles.
 pub const ETH_HLEN: usize = ethernet::HEADER_LEN;
 
-/// The longest frame [`frag_needed`] writes: Ethernet, IPv4 and ICMP headers, and a quoted IP
-/// header of up to 60 bytes with 8 payload bytes.
-pub const FRAG_NEEDED_MAX_LEN: usize =
-    ETH_HLEN + ipv4::HEADER_LEN + icmpv4::HEADER_LEN + MAX_IP_HLEN + QUOTED_PAYLOAD;
+/// The longest frame [`frag_needed`] writes: an ICMPv6 "Packet Too Big" of the IPv6 minimum
+/// MTU in Ethernet (the IPv4 message, at most 14 + 20 + 8 + 60 + 8 bytes, is shorter).
+pub const FRAG_NEEDED_MAX_LEN: usize = ETH_HLEN + ipv6::MIN_MTU;
+const _: () = assert!(
+    ETH_HLEN + ipv4::HEADER_LEN + icmpv4::HEADER_LEN + MAX_IP_HLEN + QUOTED_PAYLOAD
+        <= FRAG_NEEDED_MAX_LEN
+);
 
 /// The longest IPv4 header (IHL 15).
 const MAX_IP_HLEN: usize = 60;
@@ -98,6 +105,13 @@ fn ipv4_of(frame: &[u8]) -> Option<ipv4::Packet<&[u8]>> {
 /// source MAC and IP are unicast, its destination MAC and IP are not broadcast or multicast, it
 /// is not a non-first fragment and not itself an ICMP error. Otherwise it is dropped.
 pub fn oversize(frame: &[u8]) -> Oversize {
+    if let Some(ip) = ipv6_of(frame) {
+        return if may_answer_v6(frame, &ip) {
+            Oversize::FragNeeded
+        } else {
+            Oversize::Drop
+        };
+    }
     let Some(ip) = ipv4_of(frame) else {
         return Oversize::Drop;
     };
@@ -111,12 +125,72 @@ pub fn oversize(frame: &[u8]) -> Oversize {
     }
 }
 
-/// Whether an ICMP error may be sent about `ip`, the packet of `frame`.
-fn may_answer(frame: &[u8], ip: &ipv4::Packet<&[u8]>) -> bool {
-    let (Some(src_mac), Some(dst_mac)) = (ethernet::src_of(frame), ethernet::dst_of(frame)) else {
+/// The IPv6 packet of an Ethernet II frame, checked (lengths, version 6), or `None`.
+fn ipv6_of(frame: &[u8]) -> Option<ipv6::Packet<&[u8]>> {
+    if ethernet::ethertype_of(frame)? != EtherType::Ipv6 {
+        return None;
+    }
+    ipv6::Packet::new_checked(frame.get(ETH_HLEN..)?).ok()
+}
+
+/// Whether both MACs of `frame` are unicast and set (an error goes back to one host).
+fn unicast_macs(frame: &[u8]) -> bool {
+    let (Some(src), Some(dst)) = (ethernet::src_of(frame), ethernet::dst_of(frame)) else {
         return false;
     };
-    if !src_mac.is_unicast() || src_mac.is_zero() || !dst_mac.is_unicast() || dst_mac.is_zero() {
+    src.is_unicast() && !src.is_zero() && dst.is_unicast() && !dst.is_zero()
+}
+
+/// Whether an ICMPv6 error may be sent about `ip`, the packet of `frame` (RFC 4443 §2.4 e):
+/// unicast MACs, a unicast source, a unicast destination (the answer comes from it), and not
+/// itself an ICMPv6 error. Extension headers are walked to find the upper layer; a non-first
+/// fragment hides it and may be answered.
+fn may_answer_v6(frame: &[u8], ip: &ipv6::Packet<&[u8]>) -> bool {
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    if !unicast_macs(frame) || src.is_unspecified() || src.is_multicast() || dst.is_multicast() {
+        return false;
+    }
+    let mut next = ip.next_header();
+    let mut rest = ip.payload();
+    // At most a few extension headers: a packet stacking more is dropped, not answered.
+    for _ in 0..8 {
+        match next {
+            ipv6::NEXT_HEADER_ICMPV6 => {
+                return icmpv6::msg_type_of(rest).is_some_and(|t| !icmpv6::is_error(t));
+            }
+            // Hop-by-hop options, routing, destination options: (length + 1) × 8 bytes.
+            0 | 43 | 60 => {
+                let (Some(&n), Some(&len)) = (rest.first(), rest.get(1)) else {
+                    return false;
+                };
+                let skip = (usize::from(len) + 1) * 8;
+                let Some(after) = rest.get(skip..) else {
+                    return false;
+                };
+                (next, rest) = (n, after);
+            }
+            // Fragment: 8 bytes; past the first fragment the upper layer is not here.
+            44 => {
+                let (Some(&n), Some(off)) = (rest.first(), rest.get(2..4)) else {
+                    return false;
+                };
+                if u16::from_be_bytes([off[0], off[1]]) >> 3 != 0 {
+                    return true;
+                }
+                let Some(after) = rest.get(8..) else {
+                    return false;
+                };
+                (next, rest) = (n, after);
+            }
+            _ => return true,
+        }
+    }
+    false
+}
+
+/// Whether an ICMP error may be sent about `ip`, the packet of `frame`.
+fn may_answer(frame: &[u8], ip: &ipv4::Packet<&[u8]>) -> bool {
+    if !unicast_macs(frame) {
         return false;
     }
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
@@ -155,6 +229,9 @@ pub fn frag_needed(frame: &[u8], max_frame: u16, out: &mut [u8]) -> Option<usize
         out.len() >= FRAG_NEEDED_MAX_LEN,
         "frag-needed buffer shorter than FRAG_NEEDED_MAX_LEN"
     );
+    if let Some(ip) = ipv6_of(frame) {
+        return packet_too_big(frame, &ip, max_frame, out);
+    }
     let ip = ipv4_of(frame)?;
     if !ip.dont_frag() || !may_answer(frame, &ip) {
         return None;
@@ -189,6 +266,44 @@ pub fn frag_needed(frame: &[u8], max_frame: u16, out: &mut [u8]) -> Option<usize
     icmp.emit(&mut icmpv4::Packet::new_unchecked(
         &mut out[icmp_start..end],
     ));
+    Some(end)
+}
+
+/// [`frag_needed`] for IPv6: an ICMPv6 "Packet Too Big" for `ip`, the packet of `frame`.
+fn packet_too_big(
+    frame: &[u8],
+    ip: &ipv6::Packet<&[u8]>,
+    max_frame: u16,
+    out: &mut [u8],
+) -> Option<usize> {
+    if !may_answer_v6(frame, ip) {
+        return None;
+    }
+    let eth_in = ethernet::Frame::new_checked(frame).ok()?;
+    let msg = icmpv6::PacketTooBig {
+        mtu: u32::from(max_frame.saturating_sub(ETH_HLEN as u16)),
+        invoking: ip.packet(),
+    };
+    let (src, dst) = (ip.dst_addr(), ip.src_addr());
+    let ip_repr = ipv6::Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: ipv6::NEXT_HEADER_ICMPV6,
+        // The original's DSCP (not its ECN: an error is not ECN-capable), as for IPv4.
+        traffic_class: ip.traffic_class() & 0xfc,
+        payload_len: msg.buffer_len() as u16,
+        hop_limit: ICMP_TTL,
+    };
+    let eth = ethernet::Repr {
+        src_addr: eth_in.dst_addr(),
+        dst_addr: eth_in.src_addr(),
+        ethertype: EtherType::Ipv6,
+    };
+    let icmp_start = ETH_HLEN + ip_repr.buffer_len();
+    let end = icmp_start + msg.buffer_len();
+    eth.emit(&mut ethernet::Frame::new_unchecked(&mut out[..ETH_HLEN]));
+    ip_repr.emit(&mut out[ETH_HLEN..icmp_start]);
+    msg.emit(src, dst, &mut out[icmp_start..end]);
     Some(end)
 }
 
@@ -591,7 +706,7 @@ mod tests {
         v6_in_v4[ETH_HLEN] = 0x65;
         for (name, f) in [
             ("arp", arp),
-            ("ipv6", ipv6),
+            ("ipv6 from nowhere (zero MACs, unspecified source)", ipv6),
             ("vlan", vlan),
             ("bad version", v6_in_v4),
             ("runt", vec![0u8; 10]),
@@ -603,6 +718,113 @@ mod tests {
                 None,
                 "{name}"
             );
+        }
+    }
+
+    /// An Ethernet frame with an IPv6 packet from fd00::1 to `dst` (unicast MACs), next header
+    /// `next`, traffic class 0xb9, `payload` after the fixed header.
+    fn frame_v6(dst: &str, next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; ETH_HLEN + ipv6::HEADER_LEN + payload.len()];
+        f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        ipv6::Repr {
+            src_addr: "fd00::1".parse().unwrap(),
+            dst_addr: dst.parse().unwrap(),
+            next_header: next,
+            traffic_class: 0xb9,
+            payload_len: payload.len() as u16,
+            hop_limit: 64,
+        }
+        .emit(&mut f[ETH_HLEN..]);
+        f[ETH_HLEN + ipv6::HEADER_LEN..].copy_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn ipv6_too_big_gets_packet_too_big() {
+        let f = frame_v6("fd00::2", 17, &pattern(2000));
+        assert_eq!(oversize(&f), Oversize::FragNeeded);
+        let mut out = [0u8; FRAG_NEEDED_MAX_LEN];
+        let n = frag_needed(&f, 663, &mut out).expect("answered");
+        assert_eq!(
+            n,
+            ETH_HLEN + ipv6::MIN_MTU,
+            "quotes as much as fits in 1280 bytes"
+        );
+        let out = &out[..n];
+        assert_eq!(&out[0..6], &f[6..12], "back to the sender's MAC");
+        assert_eq!(&out[6..12], &f[0..6]);
+        assert_eq!(&out[12..14], &[0x86, 0xdd]);
+        let ip = ipv6::Packet::new_checked(&out[ETH_HLEN..]).unwrap();
+        assert_eq!(
+            ip.src_addr(),
+            "fd00::2".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            ip.dst_addr(),
+            "fd00::1".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        assert_eq!(ip.next_header(), ipv6::NEXT_HEADER_ICMPV6);
+        assert_eq!(ip.traffic_class(), 0xb8, "DSCP kept, ECN not");
+        let icmp = ip.payload();
+        assert_eq!(icmp[0], icmpv6::PACKET_TOO_BIG);
+        assert_eq!(
+            u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
+            649
+        );
+        assert_eq!(&icmp[8..], &f[ETH_HLEN..ETH_HLEN + icmp.len() - 8]);
+        let sum = ipv4::checksum::combine(&[
+            ipv6::pseudo_header_sum(ip.src_addr(), ip.dst_addr(), 58, icmp.len() as u32),
+            ipv4::checksum::data(icmp),
+        ]);
+        assert_eq!(sum, 0xffff, "checksum");
+    }
+
+    #[test]
+    fn no_icmpv6_error_where_forbidden() {
+        let echo = [128u8, 0, 0, 0, 0, 1, 0, 1];
+        let error = [1u8, 4, 0, 0, 0, 0, 0, 0];
+        // An ICMPv6 error behind a hop-by-hop header (8 bytes, next header 58).
+        let mut hbh_error = vec![58u8, 0, 0, 0, 0, 0, 0, 0];
+        hbh_error.extend_from_slice(&error);
+        // A non-first fragment (offset 8) of anything: the upper layer is not visible.
+        let later_fragment = [17u8, 0, 0, 8, 0, 0, 0, 1];
+        let mut multicast_mac = frame_v6("fd00::2", 17, &pattern(2000));
+        multicast_mac[0] = 0x33;
+        for (name, f, answered) in [
+            ("echo request", frame_v6("fd00::2", 58, &echo), true),
+            ("ICMPv6 error", frame_v6("fd00::2", 58, &error), false),
+            (
+                "ICMPv6 error behind hop-by-hop",
+                frame_v6("fd00::2", 0, &hbh_error),
+                false,
+            ),
+            (
+                "later fragment",
+                frame_v6("fd00::2", 44, &later_fragment),
+                true,
+            ),
+            (
+                "multicast destination",
+                frame_v6("ff02::1", 17, &pattern(100)),
+                false,
+            ),
+            ("multicast MAC", multicast_mac, false),
+            (
+                "truncated extension header",
+                frame_v6("fd00::2", 60, &[17u8, 9]),
+                false,
+            ),
+        ] {
+            let want = if answered {
+                Oversize::FragNeeded
+            } else {
+                Oversize::Drop
+            };
+            assert_eq!(oversize(&f), want, "{name}");
+            let written = frag_needed(&f, 600, &mut [0u8; FRAG_NEEDED_MAX_LEN]).is_some();
+            assert_eq!(written, answered, "{name}");
         }
     }
 
