@@ -681,6 +681,9 @@ struct Tx<'a> {
     queue_full: u64,
     /// Datagrams the kernel refused.
     failed: u64,
+    /// Relayed frames too big for the next link: (frag-needed sent, fragmented, fragments
+    /// sent, dropped), added to the `pmtu_*` counters.
+    relay_pmtu: [u64; 4],
 }
 
 impl<'a> Tx<'a> {
@@ -699,6 +702,7 @@ impl<'a> Tx<'a> {
             unsealable: 0,
             queue_full: 0,
             failed: 0,
+            relay_pmtu: [0; 4],
         }
     }
 
@@ -709,6 +713,11 @@ impl<'a> Tx<'a> {
         counters.udp_tx_dropped_crypto += self.unsealable;
         counters.udp_tx_dropped_queue_full += self.queue_full;
         counters.udp_tx_dropped_error += self.failed;
+        let [needed, fragmented, fragments, dropped] = self.relay_pmtu;
+        counters.pmtu_frag_needed_sent += needed;
+        counters.pmtu_frames_fragmented += fragmented;
+        counters.pmtu_fragments_sent += fragments;
+        counters.pmtu_dropped += dropped;
     }
 
     /// Send what `seg` yields, each segment in a VXLAN datagram from `src` to `dst`, to `to`
@@ -752,15 +761,86 @@ impl<'a> Tx<'a> {
     /// Relay a whole plain datagram, unchanged, to the neighbour `next`.
     fn relay(&mut self, next: PeerEntry, datagram: &[u8]) {
         let link = self.engine.link_to(&next);
+        if let (Some(max), Some((vni, frame))) = (
+            over_limit(self.engine, link, datagram.len().saturating_sub(VXLAN_HLEN)),
+            weft_wire::vxlan::parse_header(datagram),
+        ) {
+            let (src, dst) = weft_wire::vxlan::split_vni(vni);
+            self.relay_oversize(next, link, src, dst, frame, max);
+            return;
+        }
         if let Some(l) = link {
             self.engine.count_link_tx(l, datagram.len(), 1);
         }
         self.datagram(next.addr, link, datagram);
     }
 
+    /// A frame from peer `src` to `dst` that this host relays is too big for the path to the
+    /// neighbour `next` (frames of at most `max` bytes): as for the host's own frames, a DF
+    /// IPv4 (or any IPv6) packet is answered with an ICMP "fragmentation needed" (or "Packet
+    /// Too Big"), sent back towards `src` as if from `dst` (so `src` learns nothing wrong about
+    /// where `dst`'s MACs are); other IPv4 is fragmented here; the rest is dropped and counted.
+    fn relay_oversize(
+        &mut self,
+        next: PeerEntry,
+        link: Option<LinkId>,
+        src: u16,
+        dst: u16,
+        frame: &[u8],
+        max: u16,
+    ) {
+        match pmtu::oversize(frame) {
+            Oversize::FragNeeded => {
+                let mut icmp = [0u8; FRAG_NEEDED_MAX_LEN];
+                let (Some(n), Some(back)) = (
+                    pmtu::frag_needed(frame, max, &mut icmp),
+                    self.engine.table().next_hop(src),
+                ) else {
+                    self.relay_pmtu[3] += 1;
+                    return;
+                };
+                let back_link = self.engine.link_to(&back);
+                if let Some(l) = back_link {
+                    self.engine.count_link_tx(l, VXLAN_HLEN + n, 1);
+                }
+                self.single(back.addr, back_link, |buf| {
+                    let h = emit_vxlan_header(dst, src, buf);
+                    buf[h..h + n].copy_from_slice(&icmp[..n]);
+                    h + n
+                });
+                self.relay_pmtu[0] += 1;
+            }
+            Oversize::Fragment => {
+                let Ok(mut cut) = Fragmenter::new(frame, max) else {
+                    self.relay_pmtu[3] += 1;
+                    return;
+                };
+                self.relay_pmtu[1] += 1;
+                for _ in 0..cut.remaining() {
+                    let mut len = 0;
+                    self.single(next.addr, link, |buf| {
+                        let h = emit_vxlan_header(src, dst, buf);
+                        // A fragment is never longer than the frame, which fitted a slot.
+                        len = h + cut.next_into(&mut buf[h..]).unwrap_or(0);
+                        len
+                    });
+                    self.relay_pmtu[2] += 1;
+                    if let Some(l) = link {
+                        self.engine.count_link_tx(l, len, 1);
+                    }
+                }
+            }
+            Oversize::Drop => self.relay_pmtu[3] += 1,
+        }
+    }
+
     /// Relay a copy of a flooded frame from `source` to the broadcast child `child`.
     fn relay_copy(&mut self, child: PeerEntry, source: u16, frame: &[u8]) {
         let link = self.engine.link_to(&child);
+        if let Some(max) = over_limit(self.engine, link, frame.len()) {
+            self.relay_oversize(child, link, source, child.short_id, frame, max);
+            return;
+        }
         if let Some(l) = link {
             self.engine.count_link_tx(l, frame.len() + VXLAN_HLEN, 1);
         }

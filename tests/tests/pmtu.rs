@@ -12,6 +12,9 @@
 //!   status its `path_mtu`;
 //! - once the limit is lifted, the status shows the full MTU again and, with the container's
 //!   learnt path MTU flushed, a full-size DF ping goes through;
+//! - a relay whose next link is the narrow one answers for it: A–B–C with A↔C blocked and only
+//!   B↔C narrow, containers on A and C still exchange 10000-byte pings and 20 MiB over TCP
+//!   (B fragments, or sends the ICMP back to A's container as if from C's);
 //! - IPv6 between the containers (which no router fragments) over a path narrower than the
 //!   overlay but within IPv6's minimum: a 3000-byte `ping -6` gets through (weft answers with
 //!   ICMPv6 "Packet Too Big", the container's kernel fragments at the source) and the
@@ -47,13 +50,23 @@ fn limit(h: &Host, op: &str) -> Result<()> {
 
 /// [`limit`] at `at` bytes.
 fn limit_at(h: &Host, op: &str, at: u32) -> Result<()> {
+    limit_rule(h, op, at, None)
+}
+
+/// [`limit`] at `at` bytes, for datagrams from `from` only (all when `None`).
+fn limit_rule(h: &Host, op: &str, at: u32, from: Option<&Host>) -> Result<()> {
     let len = format!("{at}:65535");
-    h.exec(&[
-        "iptables", "-w", op, "INPUT", "-p", "udp", "--dport", "6784", "-m", "length", "--length",
-        &len, "-j", "DROP",
-    ])?
-    .ok()
-    .with_context(|| format!("iptables {op} INPUT on host {}", h.n()))?;
+    let mut args = vec![
+        "iptables", "-w", op, "INPUT", "-p", "udp", "--dport", "6784",
+    ];
+    let src = from.map(|f| f.addr().to_string());
+    if let Some(src) = &src {
+        args.extend_from_slice(&["-s", src.as_str()]);
+    }
+    args.extend_from_slice(&["-m", "length", "--length", &len, "-j", "DROP"]);
+    h.exec(&args)?
+        .ok()
+        .with_context(|| format!("iptables {op} INPUT on host {}", h.n()))?;
     Ok(())
 }
 
@@ -307,6 +320,69 @@ fn ipv6_learns_a_narrow_path_from_packet_too_big() {
             (reduced - 8..=reduced).contains(&mtu),
             "the container learnt mtu {mtu}, the path carries {reduced}"
         );
+        Ok(())
+    });
+}
+
+#[test]
+fn a_relay_answers_for_its_narrower_next_link() {
+    run_test("pmtur", |net| {
+        let (a, b, c) = (net.host(1)?, net.host(2)?, net.host(3)?);
+        weft_tests::mesh::block_underlay(&a, &c)?;
+        a.launch(&[])?;
+        b.launch(&[&a])?;
+        c.launch(&[&b])?;
+        weft_tests::mesh::wait_established_with(&a, &b, Duration::from_secs(20))?;
+        weft_tests::mesh::wait_established_with(&c, &b, Duration::from_secs(20))?;
+        let ca = a.container("ca", "10.32.0.1/12")?;
+        let cc = c.container("cc", "10.32.0.3/12")?;
+        ca.wait_ping(cc.ip(), Duration::from_secs(30))?;
+        // Only B–C narrows; A–B keeps the full size, so A sends B frames that B cannot pass on.
+        for (h, other) in [(&b, &c), (&c, &b)] {
+            per_packet(h)?;
+            limit_rule(h, "-A", LIMIT, Some(other))?;
+        }
+        let c_addr = c.addr().to_string();
+        wait_until(
+            "B to find its narrower path to C",
+            Duration::from_secs(15),
+            Duration::from_millis(200),
+            || {
+                let text = b.weft_ok(&["status", "connections"])?;
+                let line = text
+                    .lines()
+                    .find(|l| l.contains(&c_addr) && l.contains("established"))
+                    .with_context(|| format!("no connection to C:\n{text}"))?;
+                ensure!(
+                    line.contains(&format!("mtu={}", REDUCED))
+                        || (REDUCED - 8..REDUCED).any(|m| line.contains(&format!("mtu={m}"))),
+                    "{line}"
+                );
+                Ok(())
+            },
+        )?;
+        ensure!(status_mtu(&a)? == FULL, "A–B narrowed too");
+        let t0 = Instant::now();
+        wait_until(
+            "a 10000-byte ping from A's container to C's through B",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                ensure!(ping_size(&ca, &cc, 10000, &[])?, "no answer");
+                Ok(())
+            },
+        )?;
+        eprintln!(
+            "relayed narrow path: 10000-byte ping answered after {:.1?}",
+            t0.elapsed()
+        );
+        let took = transfer_intact(net, &ca, &cc, 20)?;
+        eprintln!("relayed narrow path: 20 MiB intact in {took:.1?}");
+        for counter in ["pmtu_fragments_sent", "pmtu_frag_needed_sent"] {
+            let n = b.settled_counter(counter)?;
+            eprintln!("B: {counter} = {n}");
+            ensure!(n > 0, "B's {counter} is 0");
+        }
         Ok(())
     });
 }
