@@ -28,9 +28,9 @@
 //! Nothing here allocates: [`frag_needed`] and [`Fragmenter::next_into`] write into caller
 //! buffers.
 //!
-//! **IP options** are copied into every fragment (RFC 791 would keep the options without the
-//! "copied" flag in the first fragment only). Containers practically never send options; a
-//! receiver ignores the ones it does not know.
+//! **IP options** go whole into the first fragment and, into the others, only those with the
+//! "copied" flag (RFC 791 §3.2: security, source routes); a malformed option list is not copied
+//! past the first fragment at all.
 
 use thiserror::Error;
 use weft_wire::ethernet::{self, EtherType};
@@ -330,6 +330,41 @@ pub struct Fragmenter<'a> {
     /// The original's MF flag.
     more0: bool,
     remaining: usize,
+    /// The options of every fragment but the first: those with the "copied" flag, padded to
+    /// a multiple of 4 bytes with end-of-list.
+    later_opts: [u8; MAX_IP_HLEN - ipv4::HEADER_LEN],
+    later_opts_len: usize,
+}
+
+/// The options of `opts` (an IPv4 header's) that RFC 791 copies into every fragment, padded
+/// with end-of-list to a multiple of 4, in `out`; returns their length. Malformed lists give
+/// none.
+fn copied_options(opts: &[u8], out: &mut [u8; MAX_IP_HLEN - ipv4::HEADER_LEN]) -> usize {
+    let mut len = 0;
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            0 => break,  // end of list
+            1 => i += 1, // no-operation: not copied
+            kind => {
+                let Some(&olen) = opts.get(i + 1) else {
+                    return 0;
+                };
+                let olen = usize::from(olen);
+                if olen < 2 || i + olen > opts.len() {
+                    return 0;
+                }
+                if kind & 0x80 != 0 {
+                    out[len..len + olen].copy_from_slice(&opts[i..i + olen]);
+                    len += olen;
+                }
+                i += olen;
+            }
+        }
+    }
+    let padded = len.div_ceil(4) * 4;
+    out[len..padded].fill(0);
+    padded
 }
 
 impl<'a> Fragmenter<'a> {
@@ -357,6 +392,8 @@ impl<'a> Fragmenter<'a> {
         if last_start > MAX_FRAG_OFFSET {
             return Err(FragmentError::OffsetRange);
         }
+        let mut later_opts = [0u8; MAX_IP_HLEN - ipv4::HEADER_LEN];
+        let later_opts_len = copied_options(ip.options(), &mut later_opts);
         Ok(Self {
             frame,
             hdr_end,
@@ -367,6 +404,8 @@ impl<'a> Fragmenter<'a> {
             more0: ip.more_frags(),
             // A header-only packet still goes out, as one piece.
             remaining: payload.div_ceil(chunk).max(1),
+            later_opts,
+            later_opts_len,
         })
     }
 
@@ -392,17 +431,30 @@ impl<'a> Fragmenter<'a> {
             return None;
         }
         let piece = self.chunk.min(self.end - self.next);
-        let hdr_end = self.hdr_end;
+        let offset = self.offset0 + (self.next - self.hdr_end);
+        // The first fragment of the datagram keeps every option, the others the copied ones.
+        let hdr_end = if offset == 0 {
+            self.hdr_end
+        } else {
+            ETH_HLEN + ipv4::HEADER_LEN + self.later_opts_len
+        };
         let len = hdr_end + piece;
         assert!(
             out.len() >= len,
             "fragment buffer shorter than fragment_len_max"
         );
-        out[..hdr_end].copy_from_slice(&self.frame[..hdr_end]);
+        let fixed = ETH_HLEN + ipv4::HEADER_LEN;
+        out[..fixed].copy_from_slice(&self.frame[..fixed]);
+        if offset == 0 {
+            out[fixed..hdr_end].copy_from_slice(&self.frame[fixed..hdr_end]);
+        } else {
+            out[fixed..hdr_end].copy_from_slice(&self.later_opts[..self.later_opts_len]);
+        }
         out[hdr_end..len].copy_from_slice(&self.frame[self.next..self.next + piece]);
         let last = self.remaining == 1;
-        let offset = self.offset0 + (self.next - hdr_end);
         let mut ip = ipv4::Packet::new_unchecked(&mut out[ETH_HLEN..len]);
+        // At most 60: the copied options are a subset of the original's.
+        ip.set_header_len((hdr_end - ETH_HLEN) as u8);
         // Both fit 16 bits: `len - ETH_HLEN` is at most the original's total length, and `new`
         // checked the offsets against the 13-bit field.
         ip.set_total_len((len - ETH_HLEN) as u16);
@@ -494,7 +546,17 @@ mod tests {
             assert_eq!(ip.dst_addr(), orig.dst_addr());
             assert_eq!(ip.protocol(), orig.protocol());
             assert_eq!(ip.ttl(), orig.ttl());
-            assert_eq!(ip.options(), orig.options());
+            if ip.frag_offset() == 0 {
+                assert_eq!(ip.options(), orig.options());
+            } else {
+                let mut copied = [0u8; MAX_IP_HLEN - ipv4::HEADER_LEN];
+                let n = copied_options(orig.options(), &mut copied);
+                assert_eq!(
+                    ip.options(),
+                    &copied[..n],
+                    "only copied options after the first"
+                );
+            }
             assert_eq!(ip.frag_offset() % 8, 0);
             out.push((
                 usize::from(ip.frag_offset()),
@@ -624,6 +686,38 @@ mod tests {
         assert!(pieces[..4].iter().all(|p| p.2.len() == 616));
         assert_eq!(pieces[4].2.len(), 3000 - 4 * 616);
         assert!(!pieces.last().unwrap().1, "no MF on the last fragment");
+        assert_eq!(reassemble(&pieces, 0), payload);
+    }
+
+    #[test]
+    fn later_fragments_carry_only_copied_options() {
+        // Record route (7, not copied, 7 bytes), a NOP, loose source route (131, copied, 7
+        // bytes), end of list: 16 bytes of options.
+        let opts = [7, 7, 4, 0, 0, 0, 0, 1, 131, 7, 4, 10, 0, 0, 9, 0];
+        let payload = pattern(2000);
+        let f = frame(Protocol::Udp, &payload, &opts, false, false, 0);
+        let mut cut = Fragmenter::new(&f, 600).unwrap();
+        let mut buf = vec![0u8; cut.fragment_len_max()];
+        let mut headers = Vec::new();
+        while let Some(n) = cut.next_into(&mut buf) {
+            let ip = ipv4::Packet::new_checked(&buf[ETH_HLEN..n]).unwrap();
+            assert!(ip.verify_checksum());
+            headers.push((ip.frag_offset(), ip.options().to_vec()));
+        }
+        assert_eq!(headers[0], (0, opts.to_vec()), "the first keeps them all");
+        for (offset, o) in &headers[1..] {
+            assert!(*offset > 0);
+            assert_eq!(
+                o,
+                &[131, 7, 4, 10, 0, 0, 9, 0],
+                "the source route only, padded"
+            );
+        }
+        assert_eq!(reassemble(&fragments(&f, 600), 0), payload);
+        // A malformed list (an option running past the header) is not copied at all.
+        let bad = [131, 12, 4, 10, 0, 0, 9, 0];
+        let f = frame(Protocol::Udp, &payload, &bad, false, false, 0);
+        let pieces = fragments(&f, 600);
         assert_eq!(reassemble(&pieces, 0), payload);
     }
 
