@@ -190,6 +190,63 @@ pub enum TopologyError {
     BadRecord(PeerName),
 }
 
+/// A small map by peer name kept as a sorted vector with exact capacity: a topology holds
+/// one or two per known peer, each with about as many entries as the peer has connections,
+/// so a tree's nodes and a vector's doubling would cost more than the entries themselves.
+#[derive(Clone, Debug)]
+struct NameMap<V>(Vec<(PeerName, V)>);
+
+impl<V> Default for NameMap<V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<V: Copy> NameMap<V> {
+    fn get(&self, k: &PeerName) -> Option<&V> {
+        self.0
+            .binary_search_by_key(k, |e| e.0)
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    /// The value of `k`, inserted as `v` first if absent.
+    fn get_or_insert(&mut self, k: PeerName, v: V) -> &mut V {
+        let i = match self.0.binary_search_by_key(&k, |e| e.0) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (k, v));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    fn insert(&mut self, k: PeerName, v: V) {
+        *self.get_or_insert(k, v) = v;
+    }
+
+    fn remove(&mut self, k: &PeerName) {
+        if let Ok(i) = self.0.binary_search_by_key(k, |e| e.0) {
+            self.0.remove(i);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&PeerName, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl<V> FromIterator<(PeerName, V)> for NameMap<V> {
+    /// From entries in name order.
+    fn from_iter<I: IntoIterator<Item = (PeerName, V)>>(iter: I) -> Self {
+        let mut v: Vec<(PeerName, V)> = iter.into_iter().collect();
+        v.shrink_to_fit();
+        Self(v)
+    }
+}
+
 /// Per peer: which versions changed what, so deltas can be built.
 #[derive(Clone, Debug, Default)]
 struct History {
@@ -202,9 +259,9 @@ struct History {
     ident: u64,
     /// Per present connection: (version its entry was added or replaced, version it last
     /// changed).
-    entries: BTreeMap<PeerName, (u64, u64)>,
+    entries: NameMap<(u64, u64)>,
     /// Removed connections and the version they went away at.
-    removed: BTreeMap<PeerName, u64>,
+    removed: NameMap<u64>,
 }
 
 impl History {
@@ -217,7 +274,7 @@ impl History {
                 .iter()
                 .map(|c| (c.remote, (p.version, p.version)))
                 .collect(),
-            removed: BTreeMap::new(),
+            removed: NameMap::default(),
             gap: None,
         }
     }
@@ -241,7 +298,7 @@ impl History {
         if old.nickname != new.nickname || old.short_id != new.short_id {
             self.ident = v;
         }
-        let mut entries = BTreeMap::new();
+        let mut entries = Vec::with_capacity(new.connections.len());
         for c in &new.connections {
             let was = self.entries.get(&c.remote).copied();
             let stamp = match (old.connection(c.remote), was) {
@@ -253,7 +310,7 @@ impl History {
                 }
                 _ => (v, v),
             };
-            entries.insert(c.remote, stamp);
+            entries.push((c.remote, stamp));
             self.removed.remove(&c.remote);
         }
         for o in &old.connections {
@@ -261,7 +318,7 @@ impl History {
                 self.removed.insert(o.remote, v);
             }
         }
-        self.entries = entries;
+        self.entries = NameMap(entries);
         self
     }
 }
@@ -316,7 +373,7 @@ impl Topology {
             match old.binary_search_by_key(&c.remote, |o| o.remote) {
                 Ok(i) if old[i] == *c => {}
                 Ok(i) if old[i].address == c.address && old[i].outbound == c.outbound => {
-                    h.entries.entry(c.remote).or_insert((v, v)).1 = v;
+                    h.entries.get_or_insert(c.remote, (v, v)).1 = v;
                 }
                 _ => {
                     h.entries.insert(c.remote, (v, v));
@@ -477,14 +534,19 @@ impl Topology {
                     };
                     match at {
                         Ok(i) => p.connections[i] = entry,
-                        Err(i) => p.connections.insert(i, entry),
+                        Err(i) => {
+                            // Exact capacity: 1000 peers' records of ~30 connections, in every
+                            // node, would waste a third of their memory on doubling.
+                            p.connections.reserve_exact(1);
+                            p.connections.insert(i, entry);
+                        }
                     }
                     h.entries.insert(remote, (v, v));
                     h.removed.remove(&remote);
                 }
                 (Change::Up(_) | Change::Down(_), Ok(i)) => {
                     p.connections[i].established = matches!(c, Change::Up(_));
-                    h.entries.entry(remote).or_insert((v, v)).1 = v;
+                    h.entries.get_or_insert(remote, (v, v)).1 = v;
                 }
                 (Change::Remove(_), Ok(i)) => {
                     p.connections.remove(i);
@@ -531,7 +593,7 @@ impl Topology {
                 });
             }
         }
-        for (&remote, &at) in &h.removed {
+        for (&remote, &at) in h.removed.iter() {
             if at > b && p.connection(remote).is_none() {
                 changes.push(Change::Remove(remote));
             }
