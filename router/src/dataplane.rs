@@ -646,19 +646,7 @@ impl Limited<'_> {
                         }
                     };
                     self.counters.pmtu_frames_fragmented += 1;
-                    for _ in 0..cut.remaining() {
-                        let mut len = 0;
-                        tx.single(to, link, |buf| {
-                            let h = emit_vxlan_header(src, dst, buf);
-                            // A fragment is never longer than its segment, which fits a slot.
-                            len = h + cut.next_into(&mut buf[h..]).unwrap_or(0);
-                            len
-                        });
-                        self.counters.pmtu_fragments_sent += 1;
-                        if let Some(l) = link {
-                            tx.engine.count_link_tx(l, len, 1);
-                        }
-                    }
+                    self.counters.pmtu_fragments_sent += tx.fragments(&mut cut, to, link, src, dst);
                 }
             }
         }
@@ -681,9 +669,17 @@ struct Tx<'a> {
     queue_full: u64,
     /// Datagrams the kernel refused.
     failed: u64,
-    /// Relayed frames too big for the next link: (frag-needed sent, fragmented, fragments
-    /// sent, dropped), added to the `pmtu_*` counters.
-    relay_pmtu: [u64; 4],
+    /// Relayed frames too big for the next link, added to the `pmtu_*` counters.
+    relay_pmtu: RelayPmtu,
+}
+
+/// What [`Tx::relay_oversize`] did, for the `pmtu_*` counters.
+#[derive(Debug, Default)]
+struct RelayPmtu {
+    frag_needed_sent: u64,
+    frames_fragmented: u64,
+    fragments_sent: u64,
+    dropped: u64,
 }
 
 impl<'a> Tx<'a> {
@@ -702,7 +698,7 @@ impl<'a> Tx<'a> {
             unsealable: 0,
             queue_full: 0,
             failed: 0,
-            relay_pmtu: [0; 4],
+            relay_pmtu: RelayPmtu::default(),
         }
     }
 
@@ -713,11 +709,11 @@ impl<'a> Tx<'a> {
         counters.udp_tx_dropped_crypto += self.unsealable;
         counters.udp_tx_dropped_queue_full += self.queue_full;
         counters.udp_tx_dropped_error += self.failed;
-        let [needed, fragmented, fragments, dropped] = self.relay_pmtu;
-        counters.pmtu_frag_needed_sent += needed;
-        counters.pmtu_frames_fragmented += fragmented;
-        counters.pmtu_fragments_sent += fragments;
-        counters.pmtu_dropped += dropped;
+        let r = &self.relay_pmtu;
+        counters.pmtu_frag_needed_sent += r.frag_needed_sent;
+        counters.pmtu_frames_fragmented += r.frames_fragmented;
+        counters.pmtu_fragments_sent += r.fragments_sent;
+        counters.pmtu_dropped += r.dropped;
     }
 
     /// Send what `seg` yields, each segment in a VXLAN datagram from `src` to `dst`, to `to`
@@ -796,7 +792,7 @@ impl<'a> Tx<'a> {
                     pmtu::frag_needed(frame, max, &mut icmp),
                     self.engine.table().next_hop(src),
                 ) else {
-                    self.relay_pmtu[3] += 1;
+                    self.relay_pmtu.dropped += 1;
                     return;
                 };
                 let back_link = self.engine.link_to(&back);
@@ -808,30 +804,45 @@ impl<'a> Tx<'a> {
                     buf[h..h + n].copy_from_slice(&icmp[..n]);
                     h + n
                 });
-                self.relay_pmtu[0] += 1;
+                self.relay_pmtu.frag_needed_sent += 1;
             }
             Oversize::Fragment => {
                 let Ok(mut cut) = Fragmenter::new(frame, max) else {
-                    self.relay_pmtu[3] += 1;
+                    self.relay_pmtu.dropped += 1;
                     return;
                 };
-                self.relay_pmtu[1] += 1;
-                for _ in 0..cut.remaining() {
-                    let mut len = 0;
-                    self.single(next.addr, link, |buf| {
-                        let h = emit_vxlan_header(src, dst, buf);
-                        // A fragment is never longer than the frame, which fitted a slot.
-                        len = h + cut.next_into(&mut buf[h..]).unwrap_or(0);
-                        len
-                    });
-                    self.relay_pmtu[2] += 1;
-                    if let Some(l) = link {
-                        self.engine.count_link_tx(l, len, 1);
-                    }
-                }
+                self.relay_pmtu.frames_fragmented += 1;
+                self.relay_pmtu.fragments_sent +=
+                    self.fragments(&mut cut, next.addr, link, src, dst);
             }
-            Oversize::Drop => self.relay_pmtu[3] += 1,
+            Oversize::Drop => self.relay_pmtu.dropped += 1,
         }
+    }
+
+    /// Send every piece `cut` yields to `to` (the neighbour `link`), each in a VXLAN datagram
+    /// from `src` to `dst`; returns how many.
+    fn fragments(
+        &mut self,
+        cut: &mut Fragmenter<'_>,
+        to: SocketAddr,
+        link: Option<LinkId>,
+        src: u16,
+        dst: u16,
+    ) -> u64 {
+        let pieces = cut.remaining();
+        for _ in 0..pieces {
+            let mut len = 0;
+            self.single(to, link, |buf| {
+                let h = emit_vxlan_header(src, dst, buf);
+                // A fragment is never longer than what is cut, which fits a slot.
+                len = h + cut.next_into(&mut buf[h..]).unwrap_or(0);
+                len
+            });
+            if let Some(l) = link {
+                self.engine.count_link_tx(l, len, 1);
+            }
+        }
+        pieces as u64
     }
 
     /// Relay a copy of a flooded frame from `source` to the broadcast child `child`.

@@ -1579,7 +1579,7 @@ mod tests {
         m.handle_gossip(
             t(200),
             name(6),
-            &encode(&TopologyGossip::Records(vec![delta])),
+            &encode(&TopologyGossip::Records(vec![delta.clone()])),
         )
         .unwrap();
         m.handle_timeout(t(300));
@@ -1618,14 +1618,6 @@ mod tests {
         );
         far.handle_gossip(t(400), name(7), &digest(&[(2, 3)], false))
             .unwrap();
-        let delta = Record {
-            name: name(2),
-            uid: 20,
-            version: 2,
-            base: 1,
-            ident: None,
-            changes: vec![Change::Down(name(1))],
-        };
         far.handle_gossip(
             t(450),
             name(7),

@@ -1088,6 +1088,24 @@ pub(crate) mod tests {
         );
     }
 
+    /// One to four random changes to `origin`'s connections (drop, add, flip established).
+    fn random_change(rng: &mut crate::rng::Rng, origin: &mut Topology) {
+        let mut conns = origin.local().connections.clone();
+        for _ in 0..=rng.below(3) {
+            let r = 2 + rng.below(12);
+            match rng.below(3) {
+                0 => conns.retain(|c| c.remote != name(r)),
+                1 => conns.push(conn(r, rng.below(2) == 0)),
+                _ => conns.iter_mut().for_each(|c| {
+                    if c.remote == name(r) {
+                        c.established = !c.established;
+                    }
+                }),
+            }
+        }
+        origin.set_local_connections(conns);
+    }
+
     #[test]
     fn random_changes_through_deltas_match_the_origin() {
         // An origin changes its connections at random; holders at random older versions catch
@@ -1096,20 +1114,7 @@ pub(crate) mod tests {
         let mut origin = Topology::new(summary(1, 10, 1, &[]));
         let mut holders: Vec<Topology> = vec![holder_at(&origin)];
         for _ in 0..300 {
-            let mut conns = origin.local().connections.clone();
-            for _ in 0..=rng.below(3) {
-                let r = 2 + rng.below(12);
-                match rng.below(3) {
-                    0 => conns.retain(|c| c.remote != name(r)),
-                    1 => conns.push(conn(r, rng.below(2) == 0)),
-                    _ => conns.iter_mut().for_each(|c| {
-                        if c.remote == name(r) {
-                            c.established = !c.established;
-                        }
-                    }),
-                }
-            }
-            origin.set_local_connections(conns);
+            random_change(&mut rng, &mut origin);
             if rng.below(4) == 0 {
                 holders.push(holder_at(&origin));
             }
@@ -1134,20 +1139,7 @@ pub(crate) mod tests {
         let mut holders: Vec<Topology> = vec![holder_at(&origin)];
         let mut deltas = 0;
         for _ in 0..400 {
-            let mut conns = origin.local().connections.clone();
-            for _ in 0..=rng.below(3) {
-                let r = 2 + rng.below(12);
-                match rng.below(3) {
-                    0 => conns.retain(|c| c.remote != name(r)),
-                    1 => conns.push(conn(r, rng.below(2) == 0)),
-                    _ => conns.iter_mut().for_each(|c| {
-                        if c.remote == name(r) {
-                            c.established = !c.established;
-                        }
-                    }),
-                }
-            }
-            origin.set_local_connections(conns);
+            random_change(&mut rng, &mut origin);
             if rng.below(4) == 0 {
                 holders.push(holder_at(&origin));
             }
