@@ -18,7 +18,8 @@
 //! - [`ConnMakerConfig::conn_limit`] caps current connections plus dials in flight.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
+use std::ops::Bound;
 use std::time::Duration;
 
 use crate::identity::PeerName;
@@ -496,24 +497,42 @@ impl ConnMaker {
         let mut count = current_connections + in_flight;
         let mut dial = Vec::new();
         self.limited = false;
-        let connected_ips = self.connected_ips();
-        for (addr, t) in &mut self.targets {
-            let due = match &t.state {
-                TargetState::Idle => true,
-                TargetState::Retrying { next, .. } => *next <= now,
-                _ => false,
-            };
-            if !due || connected_ips.binary_search(&addr.ip()).is_ok() {
-                continue;
+        // Start at a random target, as Weave's walk of a Go map does: in address order every
+        // node would dial the same lowest addresses first, filling them while peers with room
+        // wait behind refused dials. The walk goes from the pivot to the end, then from the
+        // start up to the pivot.
+        let n = self.targets.len();
+        let i = if n > 1 {
+            self.rng.below(n as u64) as usize
+        } else {
+            0
+        };
+        let Some(&pivot) = self.targets.keys().nth(i) else {
+            return dial; // No targets.
+        };
+        let halves = [
+            (Bound::Included(pivot), Bound::Unbounded),
+            (Bound::Unbounded, Bound::Excluded(pivot)),
+        ];
+        'walk: for half in halves {
+            for (addr, t) in self.targets.range_mut(half) {
+                let due = match &t.state {
+                    TargetState::Idle => true,
+                    TargetState::Retrying { next, .. } => *next <= now,
+                    _ => false,
+                };
+                if !due || ip_connected(&self.connections, addr.ip()) {
+                    continue;
+                }
+                if self.config.conn_limit > 0 && count >= self.config.conn_limit {
+                    self.limited = true;
+                    break 'walk;
+                }
+                t.state = TargetState::Connecting;
+                t.last_dial = Some(now);
+                count += 1;
+                dial.push(*addr);
             }
-            if self.config.conn_limit > 0 && count >= self.config.conn_limit {
-                self.limited = true;
-                break;
-            }
-            t.state = TargetState::Connecting;
-            t.last_dial = Some(now);
-            count += 1;
-            dial.push(*addr);
         }
         dial
     }
@@ -529,10 +548,9 @@ impl ConnMaker {
         if self.limited {
             return None;
         }
-        let connected_ips = self.connected_ips();
         self.targets
             .iter()
-            .filter(|(addr, _)| connected_ips.binary_search(&addr.ip()).is_err())
+            .filter(|(addr, _)| !ip_connected(&self.connections, addr.ip()))
             .filter_map(|(_, t)| match &t.state {
                 TargetState::Idle => Some(Instant::ZERO),
                 TargetState::Retrying { next, .. } => Some(*next),
@@ -569,14 +587,6 @@ impl ConnMaker {
         self.connections.iter().map(|(a, p)| (*a, *p))
     }
 
-    /// The IPs we have a connection with, sorted.
-    fn connected_ips(&self) -> Vec<IpAddr> {
-        let mut ips: Vec<IpAddr> = self.connections.keys().map(SocketAddr::ip).collect();
-        ips.sort_unstable();
-        ips.dedup();
-        ips
-    }
-
     fn retry_later(
         rng: &mut Rng,
         config: &ConnMakerConfig,
@@ -590,6 +600,18 @@ impl ConnMaker {
         t.state = TargetState::Retrying { error, next };
         t.interval = i.mul_f64(1.5).min(config.backoff_max);
     }
+}
+
+/// Whether `connections` (by remote address) holds one with `ip`, on any port.
+fn ip_connected(connections: &BTreeMap<SocketAddr, PeerName>, ip: IpAddr) -> bool {
+    let (first, last) = match ip {
+        IpAddr::V4(v4) => (SocketAddr::from((v4, 0)), SocketAddr::from((v4, u16::MAX))),
+        IpAddr::V6(v6) => (
+            SocketAddr::V6(SocketAddrV6::new(v6, 0, 0, 0)),
+            SocketAddr::V6(SocketAddrV6::new(v6, u16::MAX, u32::MAX, u32::MAX)),
+        ),
+    };
+    connections.range(first..=last).next().is_some()
 }
 
 #[cfg(test)]
@@ -695,6 +717,29 @@ mod tests {
         assert_eq!(c.poll_dial(t(0), 1), vec![addr("192.0.2.2:6783")]);
         c.disconnected(t(1), addr("192.0.2.1:40000"), None, false);
         assert_eq!(c.poll_dial(t(1), 0), vec![a]);
+        // The same for IPv6, whatever the port, flow label or scope of the connection.
+        let v6 = addr("[2001:db8::1]:6783");
+        let mut c = cm(true, 0);
+        c.connected(addr("[2001:db8::1%7]:40000"), name(2));
+        c.add_targets(t(0), &[v6, addr("[2001:db8::2]:6783")]);
+        assert_eq!(c.poll_dial(t(0), 1), vec![addr("[2001:db8::2]:6783")]);
+        assert_eq!(c.poll_timeout(), None, "the suspended target is not due");
+        c.disconnected(t(1), addr("[2001:db8::1%7]:40000"), None, false);
+        assert_eq!(c.poll_dial(t(1), 0), vec![v6]);
+    }
+
+    fn sorted(mut v: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        v.sort_unstable();
+        v
+    }
+
+    /// Targets being dialled (what the driver has in flight).
+    fn in_flight(c: &ConnMaker) -> Vec<SocketAddr> {
+        c.targets()
+            .into_iter()
+            .filter(|(_, _, s)| *s == TargetState::Connecting)
+            .map(|(a, _, _)| a)
+            .collect()
     }
 
     #[test]
@@ -704,15 +749,26 @@ mod tests {
             .map(|i| addr(&format!("192.0.2.{i}:6783")))
             .collect();
         c.add_targets(t(0), &targets);
-        assert_eq!(c.poll_dial(t(0), 1).len(), 2);
+        // One connection up, limit 3: two dials, of two different targets.
+        let first = c.poll_dial(t(0), 1);
+        assert_eq!(first.len(), 2);
+        assert_ne!(first[0], first[1]);
+        assert!(first.iter().all(|a| targets.contains(a)));
+        assert_eq!(sorted(first.clone()), in_flight(&c));
         assert_eq!(c.poll_timeout(), None, "limited: no busy wake-ups");
         assert_eq!(c.poll_dial(t(0), 1).len(), 0, "dials in flight count");
-        c.dial_failed(t(1), targets[0], "x".into());
-        assert_eq!(c.poll_dial(t(1), 1), vec![targets[2]]);
+        // A failed dial frees a slot for a target not tried yet (the failed one backs off).
+        c.dial_failed(t(1), first[0], "x".into());
+        let second = c.poll_dial(t(1), 1);
+        assert_eq!(second.len(), 1);
+        assert!(!first.contains(&second[0]));
         // At the limit with targets due (idle, or retries falling due): no wake-ups at all;
         // the dial that ends frees a slot and is an input.
-        c.dial_failed(t(2), targets[1], "refused".into());
-        assert_eq!(c.poll_dial(t(2), 1), vec![targets[3]]);
+        c.dial_failed(t(2), first[1], "refused".into());
+        let third = c.poll_dial(t(2), 1);
+        assert_eq!(third.len(), 1);
+        assert!(!first.contains(&third[0]) && third[0] != second[0]);
+        assert_eq!(in_flight(&c), sorted(vec![second[0], third[0]]));
         assert_eq!(c.poll_timeout(), None, "limited: no busy wake-ups");
         assert_eq!(
             c.poll_dial(t(10_000), 1),
@@ -724,11 +780,53 @@ mod tests {
             None,
             "limited: no busy wake-ups for due retries"
         );
-        c.dial_failed(t(10_001), targets[3], "refused".into());
-        assert_eq!(c.poll_dial(t(10_001), 1).len(), 1, "a freed slot is used");
+        c.dial_failed(t(10_001), third[0], "refused".into());
+        let fourth = c.poll_dial(t(10_001), 1);
+        assert_eq!(fourth.len(), 1, "a freed slot is used");
+        assert_ne!(fourth[0], second[0], "still in flight");
+        assert_eq!(in_flight(&c).len(), 2, "limit 3 with one connection up");
+        // Without a limit every target is dialled, each once.
         let mut unlimited = cm(true, 0);
         unlimited.add_targets(t(0), &targets);
-        assert_eq!(unlimited.poll_dial(t(0), 1000).len(), 5);
+        assert_eq!(sorted(unlimited.poll_dial(t(0), 1000)), targets);
+        assert_eq!(unlimited.poll_dial(t(0), 1000), vec![]);
+    }
+
+    /// Nodes do not all dial the lowest addresses first (which would fill those peers up
+    /// while others with room wait): where the walk starts depends on the seed.
+    #[test]
+    fn dial_order_varies_with_the_seed() {
+        let targets: Vec<SocketAddr> = (1..=5)
+            .map(|i| addr(&format!("192.0.2.{i}:6783")))
+            .collect();
+        let mut first = BTreeMap::new();
+        let mut orders = std::collections::BTreeSet::new();
+        for seed in 0..100 {
+            let config = ConnMakerConfig {
+                conn_limit: 1,
+                ..ConnMakerConfig::default()
+            };
+            let mut c = ConnMaker::new(config.clone(), seed);
+            c.add_targets(t(0), &targets);
+            let dial = c.poll_dial(t(0), 0);
+            assert_eq!(dial.len(), 1, "limit 1");
+            *first.entry(dial[0]).or_insert(0) += 1;
+            let mut all = ConnMaker::new(
+                ConnMakerConfig {
+                    conn_limit: 0,
+                    ..config
+                },
+                seed,
+            );
+            all.add_targets(t(0), &targets);
+            let order = all.poll_dial(t(0), 0);
+            assert_eq!(sorted(order.clone()), targets);
+            orders.insert(order);
+        }
+        // Every target is dialled first by some node, none by most of them.
+        assert_eq!(first.keys().copied().collect::<Vec<_>>(), targets);
+        assert!(first.values().all(|&n| n < 50), "{first:?}");
+        assert!(orders.len() > 1, "every seed dials in the same order");
     }
 
     fn with_conns(n: u64, conns: Vec<ConnSummary>) -> PeerSummary {
@@ -857,7 +955,7 @@ mod tests {
         let b = addr("192.0.2.2:6783");
         let mut c = cm(false, 0);
         c.add_targets(t(0), &[a, b]);
-        assert_eq!(c.poll_dial(t(0), 0), vec![a, b]);
+        assert_eq!(sorted(c.poll_dial(t(0), 0)), vec![a, b]);
         c.dial_failed(t(0), a, "x".into());
         c.connected(b, name(2));
         c.forget_targets(&[a, b]);
