@@ -368,6 +368,9 @@ impl Sim {
         if let Some(key) = carrier {
             if let Some(c) = self.hosts[a].conns.get_mut(&key) {
                 c.conn.close(CloseReason::Local);
+                // The close is an input to that connection: service it now (its FIN goes out
+                // and the node learns the connection is gone), not at its next timer.
+                self.touched.push(key);
             }
             self.service(a);
         }

@@ -186,6 +186,34 @@ fn twelve_peer_chain_without_discovery_stays_a_chain_but_routes_multi_hop() {
     assert!(sim.engine(5).counters().relayed_datagrams > 0);
 }
 
+/// `Sim::disconnect` is a close the node hears of at once (as when it detects the link is
+/// down): its record drops the connection right away, and the other end's within a one-way
+/// latency (the FIN), not at some later timer of the connection.
+#[test]
+fn disconnect_closes_at_once_at_both_ends() {
+    let mut sim = chain(3, 4, false);
+    assert!(sim.drive_until(converged, secs(30)).is_some());
+    sim.run_until(sim.now() + Duration::from_secs(10));
+    let (n0, n1) = (sim.name(0), sim.name(1));
+    let lists = |s: &Sim, h: usize, remote| {
+        s.mesh(h)
+            .topology()
+            .local()
+            .connections
+            .iter()
+            .any(|c| c.remote == remote)
+    };
+    let v1 = sim.mesh(1).topology().local().version;
+    sim.disconnect(1, 0);
+    assert_eq!(sim.connected_peers(1), vec![2]);
+    assert!(!lists(&sim, 1, n0));
+    assert!(sim.mesh(1).topology().local().version > v1);
+    // Latencies are at most 20 ms one way.
+    sim.run_until(sim.now() + Duration::from_millis(25));
+    assert_eq!(sim.connected_peers(0), Vec::<usize>::new());
+    assert!(!lists(&sim, 0, n1));
+}
+
 #[test]
 fn same_seed_same_run_other_seed_other_run() {
     let run = |seed| {
