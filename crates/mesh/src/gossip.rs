@@ -38,7 +38,14 @@
 //!   within [`GossipConfig::pull_delay`]: a record still changing (a peer making its
 //!   connections) is announced at every version, and one pull after the delay brings all of
 //!   them as one delta. Closer to the origin, it is asked for only if no delta brought it
-//!   after [`GossipConfig::pull_delay`].
+//!   after [`GossipConfig::pull_delay`], except when no delta is coming: we are close only
+//!   through a link of the origin that the link's other end no longer reports (the link went
+//!   down; the origin's new record, which we are about to learn, has it gone too, and the
+//!   relays no longer count us as close), or the announcement is from the peer that would
+//!   push it to us (the origin, or one of its neighbours when we are not one: it did not know
+//!   which version we hold, so it could not build a delta) about a record that had not
+//!   changed for the pull delay (a lone change, such as a link going down, is asked for at
+//!   once; a record in the middle of a burst of changes is still left to one later pull).
 //! - **Repair, then silence.** A delta a receiver cannot apply (it holds too old a version, or
 //!   none) is answered with [`TopologyGossip::Want`]; the sender sends the full record. Once
 //!   our topology has not changed for [`GossipConfig::settle_delay`], we send each neighbour a
@@ -286,6 +293,9 @@ pub struct Mesh {
     /// origin); entries older than the pull delay are dropped as lagging records are asked
     /// for.
     pulled: BTreeMap<PeerName, Instant>,
+    /// When we last took a new version of a peer's record, for records that changed within
+    /// the pull delay (older entries are dropped at each batch).
+    changed: BTreeMap<PeerName, Instant>,
     /// The earliest time in `lagging` (or earlier: removals do not move it), so that
     /// `poll_timeout`, called after every input, does not scan `lagging`.
     lagging_at: Option<Instant>,
@@ -314,6 +324,7 @@ impl Mesh {
             requested: BTreeMap::new(),
             lagging: BTreeMap::new(),
             pulled: BTreeMap::new(),
+            changed: BTreeMap::new(),
             lagging_at: None,
             outgoing: VecDeque::new(),
             events: VecDeque::new(),
@@ -507,6 +518,9 @@ impl Mesh {
         for name in &merged.new {
             let origin = (*name != local).then_some(from);
             self.pending.insert(*name, origin);
+            if origin.is_some() {
+                self.changed.insert(*name, now);
+            }
         }
         for (r, before) in records.iter().zip(links_before) {
             if r.name == local || merged.new.binary_search(&r.name).is_err() {
@@ -551,6 +565,8 @@ impl Mesh {
         if self.batch_at.is_some_and(|t| t <= now) {
             self.batch_at = None;
             self.flush_pending();
+            let delay = self.config.pull_delay;
+            self.changed.retain(|_, t| *t + delay > now);
         }
         if self.gc_at.is_some_and(|t| t <= now) {
             self.gc_at = None;
@@ -561,6 +577,7 @@ impl Mesh {
                     self.requested.remove(name);
                     self.lagging.remove(name);
                     self.pulled.remove(name);
+                    self.changed.remove(name);
                     self.events.push_back(MeshEvent::PeerRemoved(*name));
                 }
                 self.routes_at = Some(now);
@@ -919,11 +936,21 @@ impl Mesh {
             if !reply && ours.0 > 0 {
                 // We hold an older version. Close to the origin, the origin or one of its
                 // neighbours pushes changes to us: the delta is most likely on its way, ask
-                // only if it has not come after the pull delay. Farther out, ask at once,
-                // but not again within the pull delay: a record still changing (a peer
-                // making its connections) is announced at every version, and one pull then
+                // only if it has not come after the pull delay. But an announcement from the
+                // very peer that would push to us (the origin, or a neighbour of an origin we
+                // are not connected to) means it had no delta for us (it did not know which
+                // version we hold): nothing is on its way. For a lone change (the record had
+                // not changed for the pull delay) that counts as far; a record in a burst of
+                // changes (a peer making its connections) is still left to one pull after
+                // the delay. Farther out, ask at once, but not again within the pull delay:
+                // a record still changing is announced at every version, and one pull then
                 // brings them all as one delta instead of one delta per version.
-                let near = {
+                let at_once = self.pusher(n, from)
+                    && self
+                        .changed
+                        .get(&n)
+                        .is_none_or(|&t| t + self.config.pull_delay <= now);
+                let near = !at_once && {
                     if listing.is_none() && entries.len() > LISTING_MIN {
                         listing = Some(self.listing(local));
                     }
@@ -959,6 +986,18 @@ impl Mesh {
         }
     }
 
+    /// Whether `from` is the peer that pushes `origin`'s changes to us, as far as we know:
+    /// the origin itself, or one of its neighbours when we are not one (see [`Mesh::relay`]).
+    /// Our own neighbours we know exactly; the origin's, as of the record we hold.
+    fn pusher(&self, origin: PeerName, from: PeerName) -> bool {
+        from == origin
+            || (!self.neighbours.contains_key(&origin)
+                && self
+                    .topology
+                    .peer(origin)
+                    .is_some_and(|o| o.connection(from).is_some()))
+    }
+
     /// Whether, as far as we know, we are a neighbour of `origin` or of one of its
     /// neighbours (so its changes are pushed to us rather than announced).
     ///
@@ -972,9 +1011,20 @@ impl Mesh {
                 .peer(m)
                 .is_some_and(|m| m.connection(local).is_some()),
         };
-        self.topology.peer(origin).is_some_and(|o| {
-            lists_local(origin) || o.connections.iter().any(|c| lists_local(c.remote))
-        })
+        // The origin pushes to its neighbours, which we know exactly. A link of the origin
+        // counts only while both ends report it: a link that just went down is still in the
+        // origin's record we hold (that is what we are about to learn), but no longer in the
+        // other end's, and nobody pushes to us through it.
+        self.neighbours.contains_key(&origin)
+            || self.topology.peer(origin).is_some_and(|o| {
+                o.connections.iter().any(|c| {
+                    lists_local(c.remote)
+                        && self
+                            .topology
+                            .peer(c.remote)
+                            .is_some_and(|m| m.connection(origin).is_some())
+                })
+            })
     }
 
     /// The known peers whose record lists a connection to `to`, in name order.
@@ -1545,6 +1595,91 @@ mod tests {
                     wants,
                     vec![(name(1), TopologyGossip::Want(vec![(name(2), 2, 20)]))]
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn near_the_origin_an_announcement_is_pulled_at_once_when_no_push_is_coming() {
+        let wants = |m: &mut Mesh| -> Vec<_> {
+            drain(m)
+                .into_iter()
+                .filter(|(_, msg)| matches!(msg, TopologyGossip::Want(_)))
+                .collect()
+        };
+        let delay = GossipConfig::default().pull_delay.as_millis() as u64;
+        // We are 5, connected to 1 and 6; 2 (the origin) is connected to 1 and 3. 1 pushes
+        // 2's changes to us; an announcement from it means it had no delta for us (it did not
+        // know which version we hold). For a lone change (2's record had not changed for the
+        // pull delay) we ask it at once. The same announcement from 6 (not a neighbour of 2)
+        // may run ahead of 1's push, and in a burst of changes (2's record changed within the
+        // pull delay) one pull later brings them all: then we wait the pull delay.
+        for (from, quiet, at_once) in [(1, true, true), (6, true, false), (1, false, false)] {
+            let mut m = mesh(5);
+            up(&mut m, t(0), 1);
+            up(&mut m, t(0), 6);
+            m.handle_gossip(
+                t(0),
+                name(1),
+                &records(vec![
+                    summary(1, 10, 1, &[2, 5]),
+                    summary(2, 20, 1, &[1, 3]),
+                    summary(3, 30, 1, &[2]),
+                    summary(6, 60, 1, &[3, 5]),
+                ]),
+            )
+            .unwrap();
+            m.handle_timeout(t(100));
+            drain(&mut m);
+            // 2's record last changed at 0 (when we took it).
+            let at = if quiet { delay } else { delay - 1 };
+            m.handle_gossip(t(at), name(from), &digest(&[(2, 2)], false))
+                .unwrap();
+            let asked = vec![(name(from), TopologyGossip::Want(vec![(name(2), 1, 20)]))];
+            let case = format!("from {from}, quiet {quiet}");
+            if at_once {
+                assert_eq!(wants(&mut m), asked, "{case}");
+            } else {
+                assert_eq!(wants(&mut m), vec![], "{case}: not before the delay");
+                m.handle_timeout(t(at + delay));
+                assert_eq!(wants(&mut m), asked, "{case}: after the delay");
+            }
+        }
+        // We are 5, connected to 3 and 6; 2 is connected to 3 and 7, 7 to 6. The link 2-3
+        // goes down: 3's record without it has reached us, 2's has not. We were two hops
+        // from 2 only through that link: nobody pushes 2's new record to us, so 6's
+        // announcement of it is pulled at once. While 3 still reports the link, we wait.
+        for (link_down, at_once) in [(true, true), (false, false)] {
+            let mut m = mesh(5);
+            up(&mut m, t(0), 3);
+            up(&mut m, t(0), 6);
+            m.handle_gossip(
+                t(0),
+                name(3),
+                &records(vec![
+                    summary(2, 20, 1, &[3, 7]),
+                    summary(3, 30, 1, &[2, 5]),
+                    summary(6, 60, 1, &[5, 7]),
+                    summary(7, 70, 1, &[2, 6]),
+                ]),
+            )
+            .unwrap();
+            m.handle_timeout(t(100));
+            drain(&mut m);
+            if link_down {
+                m.handle_gossip(t(150), name(3), &records(vec![summary(3, 30, 2, &[5])]))
+                    .unwrap();
+                drain(&mut m);
+            }
+            m.handle_gossip(t(200), name(6), &digest(&[(2, 2)], false))
+                .unwrap();
+            let asked = vec![(name(6), TopologyGossip::Want(vec![(name(2), 1, 20)]))];
+            if at_once {
+                assert_eq!(wants(&mut m), asked, "link down");
+            } else {
+                assert_eq!(wants(&mut m), vec![], "link up: not before the delay");
+                m.handle_timeout(t(200 + delay));
+                assert_eq!(wants(&mut m), asked, "link up: after the delay");
             }
         }
     }
