@@ -646,19 +646,7 @@ impl Limited<'_> {
                         }
                     };
                     self.counters.pmtu_frames_fragmented += 1;
-                    for _ in 0..cut.remaining() {
-                        let mut len = 0;
-                        tx.single(to, link, |buf| {
-                            let h = emit_vxlan_header(src, dst, buf);
-                            // A fragment is never longer than its segment, which fits a slot.
-                            len = h + cut.next_into(&mut buf[h..]).unwrap_or(0);
-                            len
-                        });
-                        self.counters.pmtu_fragments_sent += 1;
-                        if let Some(l) = link {
-                            tx.engine.count_link_tx(l, len, 1);
-                        }
-                    }
+                    self.counters.pmtu_fragments_sent += tx.fragments(&mut cut, to, link, src, dst);
                 }
             }
         }
@@ -681,6 +669,17 @@ struct Tx<'a> {
     queue_full: u64,
     /// Datagrams the kernel refused.
     failed: u64,
+    /// Relayed frames too big for the next link, added to the `pmtu_*` counters.
+    relay_pmtu: RelayPmtu,
+}
+
+/// What [`Tx::relay_oversize`] did, for the `pmtu_*` counters.
+#[derive(Debug, Default)]
+struct RelayPmtu {
+    frag_needed_sent: u64,
+    frames_fragmented: u64,
+    fragments_sent: u64,
+    dropped: u64,
 }
 
 impl<'a> Tx<'a> {
@@ -699,6 +698,7 @@ impl<'a> Tx<'a> {
             unsealable: 0,
             queue_full: 0,
             failed: 0,
+            relay_pmtu: RelayPmtu::default(),
         }
     }
 
@@ -709,6 +709,11 @@ impl<'a> Tx<'a> {
         counters.udp_tx_dropped_crypto += self.unsealable;
         counters.udp_tx_dropped_queue_full += self.queue_full;
         counters.udp_tx_dropped_error += self.failed;
+        let r = &self.relay_pmtu;
+        counters.pmtu_frag_needed_sent += r.frag_needed_sent;
+        counters.pmtu_frames_fragmented += r.frames_fragmented;
+        counters.pmtu_fragments_sent += r.fragments_sent;
+        counters.pmtu_dropped += r.dropped;
     }
 
     /// Send what `seg` yields, each segment in a VXLAN datagram from `src` to `dst`, to `to`
@@ -752,15 +757,101 @@ impl<'a> Tx<'a> {
     /// Relay a whole plain datagram, unchanged, to the neighbour `next`.
     fn relay(&mut self, next: PeerEntry, datagram: &[u8]) {
         let link = self.engine.link_to(&next);
+        if let (Some(max), Some((vni, frame))) = (
+            over_limit(self.engine, link, datagram.len().saturating_sub(VXLAN_HLEN)),
+            weft_wire::vxlan::parse_header(datagram),
+        ) {
+            let (src, dst) = weft_wire::vxlan::split_vni(vni);
+            self.relay_oversize(next, link, src, dst, frame, max);
+            return;
+        }
         if let Some(l) = link {
             self.engine.count_link_tx(l, datagram.len(), 1);
         }
         self.datagram(next.addr, link, datagram);
     }
 
+    /// A frame from peer `src` to `dst` that this host relays is too big for the path to the
+    /// neighbour `next` (frames of at most `max` bytes): as for the host's own frames, a DF
+    /// IPv4 (or any IPv6) packet is answered with an ICMP "fragmentation needed" (or "Packet
+    /// Too Big"), sent back towards `src` as if from `dst` (so `src` learns nothing wrong about
+    /// where `dst`'s MACs are); other IPv4 is fragmented here; the rest is dropped and counted.
+    fn relay_oversize(
+        &mut self,
+        next: PeerEntry,
+        link: Option<LinkId>,
+        src: u16,
+        dst: u16,
+        frame: &[u8],
+        max: u16,
+    ) {
+        match pmtu::oversize(frame) {
+            Oversize::FragNeeded => {
+                let mut icmp = [0u8; FRAG_NEEDED_MAX_LEN];
+                let (Some(n), Some(back)) = (
+                    pmtu::frag_needed(frame, max, &mut icmp),
+                    self.engine.table().next_hop(src),
+                ) else {
+                    self.relay_pmtu.dropped += 1;
+                    return;
+                };
+                let back_link = self.engine.link_to(&back);
+                if let Some(l) = back_link {
+                    self.engine.count_link_tx(l, VXLAN_HLEN + n, 1);
+                }
+                self.single(back.addr, back_link, |buf| {
+                    let h = emit_vxlan_header(dst, src, buf);
+                    buf[h..h + n].copy_from_slice(&icmp[..n]);
+                    h + n
+                });
+                self.relay_pmtu.frag_needed_sent += 1;
+            }
+            Oversize::Fragment => {
+                let Ok(mut cut) = Fragmenter::new(frame, max) else {
+                    self.relay_pmtu.dropped += 1;
+                    return;
+                };
+                self.relay_pmtu.frames_fragmented += 1;
+                self.relay_pmtu.fragments_sent +=
+                    self.fragments(&mut cut, next.addr, link, src, dst);
+            }
+            Oversize::Drop => self.relay_pmtu.dropped += 1,
+        }
+    }
+
+    /// Send every piece `cut` yields to `to` (the neighbour `link`), each in a VXLAN datagram
+    /// from `src` to `dst`; returns how many.
+    fn fragments(
+        &mut self,
+        cut: &mut Fragmenter<'_>,
+        to: SocketAddr,
+        link: Option<LinkId>,
+        src: u16,
+        dst: u16,
+    ) -> u64 {
+        let pieces = cut.remaining();
+        for _ in 0..pieces {
+            let mut len = 0;
+            self.single(to, link, |buf| {
+                let h = emit_vxlan_header(src, dst, buf);
+                // A fragment is never longer than what is cut, which fits a slot.
+                len = h + cut.next_into(&mut buf[h..]).unwrap_or(0);
+                len
+            });
+            if let Some(l) = link {
+                self.engine.count_link_tx(l, len, 1);
+            }
+        }
+        pieces as u64
+    }
+
     /// Relay a copy of a flooded frame from `source` to the broadcast child `child`.
     fn relay_copy(&mut self, child: PeerEntry, source: u16, frame: &[u8]) {
         let link = self.engine.link_to(&child);
+        if let Some(max) = over_limit(self.engine, link, frame.len()) {
+            self.relay_oversize(child, link, source, child.short_id, frame, max);
+            return;
+        }
         if let Some(l) = link {
             self.engine.count_link_tx(l, frame.len() + VXLAN_HLEN, 1);
         }

@@ -11,7 +11,14 @@
 //! - `weave status connections` shows the connection's reduced MTU (`mtu=`), and the JSON
 //!   status its `path_mtu`;
 //! - once the limit is lifted, the status shows the full MTU again and, with the container's
-//!   learnt path MTU flushed, a full-size DF ping goes through.
+//!   learnt path MTU flushed, a full-size DF ping goes through;
+//! - a relay whose next link is the narrow one answers for it: A–B–C with A↔C blocked and only
+//!   B↔C narrow, containers on A and C still exchange 10000-byte pings and 20 MiB over TCP
+//!   (B fragments, or sends the ICMP back to A's container as if from C's);
+//! - IPv6 between the containers (which no router fragments) over a path narrower than the
+//!   overlay but within IPv6's minimum: a 3000-byte `ping -6` gets through (weft answers with
+//!   ICMPv6 "Packet Too Big", the container's kernel fragments at the source) and the
+//!   container's route to the other shows the path's MTU.
 
 use std::time::{Duration, Instant};
 
@@ -38,13 +45,28 @@ const FULL: u32 = 1376;
 /// batches of small datagrams, which no real path does: [`per_packet`] makes the underlay
 /// devices cut batches into single datagrams first.
 fn limit(h: &Host, op: &str) -> Result<()> {
-    let len = format!("{LIMIT}:65535");
-    h.exec(&[
-        "iptables", "-w", op, "INPUT", "-p", "udp", "--dport", "6784", "-m", "length", "--length",
-        &len, "-j", "DROP",
-    ])?
-    .ok()
-    .with_context(|| format!("iptables {op} INPUT on host {}", h.n()))?;
+    limit_at(h, op, LIMIT)
+}
+
+/// [`limit`] at `at` bytes.
+fn limit_at(h: &Host, op: &str, at: u32) -> Result<()> {
+    limit_rule(h, op, at, None)
+}
+
+/// [`limit`] at `at` bytes, for datagrams from `from` only (all when `None`).
+fn limit_rule(h: &Host, op: &str, at: u32, from: Option<&Host>) -> Result<()> {
+    let len = format!("{at}:65535");
+    let mut args = vec![
+        "iptables", "-w", op, "INPUT", "-p", "udp", "--dport", "6784",
+    ];
+    let src = from.map(|f| f.addr().to_string());
+    if let Some(src) = &src {
+        args.extend_from_slice(&["-s", src.as_str()]);
+    }
+    args.extend_from_slice(&["-m", "length", "--length", &len, "-j", "DROP"]);
+    h.exec(&args)?
+        .ok()
+        .with_context(|| format!("iptables {op} INPUT on host {}", h.n()))?;
     Ok(())
 }
 
@@ -195,6 +217,172 @@ fn a_narrow_underlay_path_is_discovered_and_used() {
             ping_size(c1, c2, full_payload, &["-M", "do"])?,
             "a full-size DF ping ({full_payload} bytes) fails after the limit was lifted"
         );
+        Ok(())
+    });
+}
+
+/// The underlay limit for the IPv6 case: inner frames up to 1303 bytes, a container MTU of
+/// 1289, above IPv6's minimum of 1280.
+const LIMIT_V6: u32 = 1340;
+
+#[test]
+fn ipv6_learns_a_narrow_path_from_packet_too_big() {
+    run_test("pmtu6", |net| {
+        let p = net.pair()?;
+        let (h1, h2, c1, c2) = (&p.h1, &p.h2, &p.c1, &p.c2);
+        for (c, a) in [(c1, "fd00:77::1/64"), (c2, "fd00:77::2/64")] {
+            // The test harness makes namespaces with IPv6 off; this test wants it on ethwe.
+            c.exec(&["sysctl", "-qw", "net.ipv6.conf.ethwe.disable_ipv6=0"])?
+                .ok()
+                .context("enabling IPv6 on ethwe")?;
+            c.exec(&["ip", "-6", "addr", "add", a, "dev", "ethwe", "nodad"])?
+                .ok()
+                .context("adding an IPv6 address")?;
+        }
+        let ping6 = |size: u32| -> Result<bool> {
+            let size = size.to_string();
+            Ok(c1
+                .exec(&[
+                    "ping",
+                    "-6",
+                    "-n",
+                    "-c",
+                    "1",
+                    "-W",
+                    "1",
+                    "-s",
+                    &size,
+                    "fd00:77::2",
+                ])?
+                .success())
+        };
+        wait_until(
+            "IPv6 between the containers",
+            Duration::from_secs(10),
+            Duration::from_millis(200),
+            || {
+                ensure!(ping6(56)?, "no answer");
+                Ok(())
+            },
+        )?;
+        wait_full_mtu(&[h1, h2], "both ends to know the full path MTU", 10)?;
+        for h in [h1, h2] {
+            per_packet(h)?;
+            limit_at(h, "-A", LIMIT_V6)?;
+        }
+        let reduced = LIMIT_V6 - 1 - OUTER - ETH;
+        wait_until(
+            "both ends to find the narrower path",
+            Duration::from_secs(15),
+            Duration::from_millis(200),
+            || {
+                for h in [h1, h2] {
+                    let m = status_mtu(h)?;
+                    ensure!(
+                        (reduced - 8..=reduced).contains(&m),
+                        "host {}: mtu={m}",
+                        h.n()
+                    );
+                }
+                Ok(())
+            },
+        )?;
+        let t0 = Instant::now();
+        wait_until(
+            "a 3000-byte IPv6 ping through the narrow path",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                ensure!(ping6(3000)?, "no answer");
+                Ok(())
+            },
+        )?;
+        eprintln!(
+            "IPv6: 3000-byte ping answered {:.1?} after the path was known",
+            t0.elapsed()
+        );
+        ensure!(
+            h1.settled_counter("pmtu_frag_needed_sent")? > 0,
+            "no Packet Too Big was sent to the container"
+        );
+        let route = c1
+            .exec(&["ip", "-6", "route", "get", "fd00:77::2"])?
+            .ok()?
+            .stdout;
+        let mtu = route
+            .split_whitespace()
+            .skip_while(|w| *w != "mtu")
+            .nth(1)
+            .and_then(|m| m.parse::<u32>().ok())
+            .with_context(|| format!("no learnt mtu in {route:?}"))?;
+        eprintln!("IPv6: the container's route says mtu {mtu}");
+        ensure!(
+            (reduced - 8..=reduced).contains(&mtu),
+            "the container learnt mtu {mtu}, the path carries {reduced}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn a_relay_answers_for_its_narrower_next_link() {
+    run_test("pmtur", |net| {
+        let (a, b, c) = (net.host(1)?, net.host(2)?, net.host(3)?);
+        weft_tests::mesh::block_underlay(&a, &c)?;
+        a.launch(&[])?;
+        b.launch(&[&a])?;
+        c.launch(&[&b])?;
+        weft_tests::mesh::wait_established_with(&a, &b, Duration::from_secs(20))?;
+        weft_tests::mesh::wait_established_with(&c, &b, Duration::from_secs(20))?;
+        let ca = a.container("ca", "10.32.0.1/12")?;
+        let cc = c.container("cc", "10.32.0.3/12")?;
+        ca.wait_ping(cc.ip(), Duration::from_secs(30))?;
+        // Only B–C narrows; A–B keeps the full size, so A sends B frames that B cannot pass on.
+        for (h, other) in [(&b, &c), (&c, &b)] {
+            per_packet(h)?;
+            limit_rule(h, "-A", LIMIT, Some(other))?;
+        }
+        let c_addr = c.addr().to_string();
+        wait_until(
+            "B to find its narrower path to C",
+            Duration::from_secs(15),
+            Duration::from_millis(200),
+            || {
+                let text = b.weft_ok(&["status", "connections"])?;
+                let line = text
+                    .lines()
+                    .find(|l| l.contains(&c_addr) && l.contains("established"))
+                    .with_context(|| format!("no connection to C:\n{text}"))?;
+                ensure!(
+                    line.contains(&format!("mtu={}", REDUCED))
+                        || (REDUCED - 8..REDUCED).any(|m| line.contains(&format!("mtu={m}"))),
+                    "{line}"
+                );
+                Ok(())
+            },
+        )?;
+        ensure!(status_mtu(&a)? == FULL, "A–B narrowed too");
+        let t0 = Instant::now();
+        wait_until(
+            "a 10000-byte ping from A's container to C's through B",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                ensure!(ping_size(&ca, &cc, 10000, &[])?, "no answer");
+                Ok(())
+            },
+        )?;
+        eprintln!(
+            "relayed narrow path: 10000-byte ping answered after {:.1?}",
+            t0.elapsed()
+        );
+        let took = transfer_intact(net, &ca, &cc, 20)?;
+        eprintln!("relayed narrow path: 20 MiB intact in {took:.1?}");
+        for counter in ["pmtu_fragments_sent", "pmtu_frag_needed_sent"] {
+            let n = b.settled_counter(counter)?;
+            eprintln!("B: {counter} = {n}");
+            ensure!(n > 0, "B's {counter} is 0");
+        }
         Ok(())
     });
 }

@@ -702,7 +702,11 @@ impl Connection {
         control::encode_frame(msg, &mut scratch);
         let body = scratch.get(control::FRAME_HEADER_LEN..).unwrap_or_default();
         let sealed = sealer.seal_frame(body, &mut self.outgoing);
-        self.scratch = scratch;
+        // Keep the room for the next frame, unless a big one made it big: a node has one
+        // per connection.
+        if scratch.capacity() <= 64 * 1024 {
+            self.scratch = scratch;
+        }
         if sealed.is_err() {
             self.close_with(CloseReason::KeysExhausted);
         }

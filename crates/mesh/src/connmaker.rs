@@ -116,7 +116,7 @@ struct Discovery {
     peers: BTreeMap<PeerName, ReadRecord>,
     /// Per remote name: the (reporter, address) entries that name it, whether the remote is
     /// known or not (an entry counts only while its remote is a known peer).
-    by_remote: HashMap<PeerName, Vec<(PeerName, SocketAddr)>>,
+    by_remote: HashMap<PeerName, Vec<(PeerName, DialAddr)>>,
     /// Per address: how many entries whose remote is known report it (> 0: discovered).
     counts: HashMap<SocketAddr, u32>,
 }
@@ -138,6 +138,30 @@ struct ReadRecord {
 struct Entry {
     remote: PeerName,
     fingerprint: u64,
+}
+
+/// A dial address as discovery keeps it: 16 bytes for IPv4 (half a `SocketAddr`), which
+/// matters at one per connection in the mesh, per node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum DialAddr {
+    V4([u8; 4], u16),
+    Other(Box<SocketAddr>),
+}
+
+impl DialAddr {
+    fn new(a: SocketAddr) -> Self {
+        match a {
+            SocketAddr::V4(v4) => Self::V4(v4.ip().octets(), v4.port()),
+            other => Self::Other(Box::new(other)),
+        }
+    }
+
+    fn get(&self) -> SocketAddr {
+        match self {
+            Self::V4(ip, port) => SocketAddr::from((*ip, *port)),
+            Self::Other(a) => **a,
+        }
+    }
 }
 
 /// A 64-bit fingerprint of a reported connection's address and direction. Two different
@@ -248,10 +272,9 @@ impl Discovery {
             dropped.extend(old);
             self.drop_entries(p.name, &dropped, changed);
             for (remote, addr) in added {
-                self.by_remote
-                    .entry(remote)
-                    .or_default()
-                    .push((p.name, addr));
+                let list = self.by_remote.entry(remote).or_default();
+                list.reserve_exact(1); // One list per known peer, per node: no doubling.
+                list.push((p.name, DialAddr::new(addr)));
                 if self.peers.contains_key(&remote) {
                     self.count(addr, true, changed);
                 }
@@ -266,7 +289,7 @@ impl Discovery {
     fn addrs_naming(&self, remote: PeerName) -> Vec<SocketAddr> {
         self.by_remote
             .get(&remote)
-            .map_or_else(Vec::new, |l| l.iter().map(|&(_, a)| a).collect())
+            .map_or_else(Vec::new, |l| l.iter().map(|(_, a)| a.get()).collect())
     }
 
     /// Forgets `reporter`'s `entries` (those of remotes still known stop counting).
@@ -283,10 +306,10 @@ impl Discovery {
             let Some(list) = self.by_remote.get_mut(&remote) else {
                 continue;
             };
-            let Some(i) = list.iter().position(|&(r, _)| r == reporter) else {
+            let Some(i) = list.iter().position(|(r, _)| *r == reporter) else {
                 continue;
             };
-            let (_, addr) = list.swap_remove(i);
+            let addr = list.swap_remove(i).1.get();
             if list.is_empty() {
                 self.by_remote.remove(&remote);
             }

@@ -34,8 +34,11 @@
 //! - **Pulls.** A peer asks ([`TopologyGossip::Want`]) for a record it lacks from the first
 //!   neighbour that shows it, and asks nobody else while that request is out
 //!   ([`REQUEST_TIMEOUT`]). A newer version of a record it holds is asked for at once if it
-//!   is more than two hops from the record's origin (nobody pushes to it), else only if no
-//!   delta brought it after [`GossipConfig::pull_delay`].
+//!   is more than two hops from the record's origin (nobody pushes to it), but not again
+//!   within [`GossipConfig::pull_delay`]: a record still changing (a peer making its
+//!   connections) is announced at every version, and one pull after the delay brings all of
+//!   them as one delta. Closer to the origin, it is asked for only if no delta brought it
+//!   after [`GossipConfig::pull_delay`].
 //! - **Repair, then silence.** A delta a receiver cannot apply (it holds too old a version, or
 //!   none) is answered with [`TopologyGossip::Want`]; the sender sends the full record. Once
 //!   our topology has not changed for [`GossipConfig::settle_delay`], we send each neighbour a
@@ -279,6 +282,10 @@ pub struct Mesh {
     /// Records a neighbour holds a newer version of than we do, and when to ask for them if
     /// no delta brought us up to date by then.
     lagging: BTreeMap<PeerName, Instant>,
+    /// When we last asked, at once, for a newer version of a record we hold (far from its
+    /// origin); entries older than the pull delay are dropped as lagging records are asked
+    /// for.
+    pulled: BTreeMap<PeerName, Instant>,
     /// The earliest time in `lagging` (or earlier: removals do not move it), so that
     /// `poll_timeout`, called after every input, does not scan `lagging`.
     lagging_at: Option<Instant>,
@@ -306,6 +313,7 @@ impl Mesh {
             summary_at: None,
             requested: BTreeMap::new(),
             lagging: BTreeMap::new(),
+            pulled: BTreeMap::new(),
             lagging_at: None,
             outgoing: VecDeque::new(),
             events: VecDeque::new(),
@@ -479,9 +487,17 @@ impl Mesh {
             self.requested.insert(r.name, Request { from, at: now });
         }
         self.send_wants(from, wants);
-        // A newer version may have been announced while we waited for an answer.
+        // A newer version may have been announced while we waited for an answer: ask for it,
+        // but not again within the pull delay of asking (see `handle_digest`).
         for name in answered {
-            self.request_from_best(now, name);
+            let recent = self.pulled.get(&name).map(|&t| t + self.config.pull_delay);
+            match recent.filter(|&t| t > now) {
+                Some(at) => {
+                    let at = *self.lagging.entry(name).or_insert(at);
+                    self.lagging_at = Some(self.lagging_at.map_or(at, |t| t.min(at)));
+                }
+                None => self.request_from_best(now, name),
+            }
         }
         if merged.new.is_empty() {
             return Ok(());
@@ -544,6 +560,7 @@ impl Mesh {
                     self.pending.remove(name);
                     self.requested.remove(name);
                     self.lagging.remove(name);
+                    self.pulled.remove(name);
                     self.events.push_back(MeshEvent::PeerRemoved(*name));
                 }
                 self.routes_at = Some(now);
@@ -569,6 +586,8 @@ impl Mesh {
                 }
             }
             self.lagging_at = self.lagging.values().min().copied();
+            let delay = self.config.pull_delay;
+            self.pulled.retain(|_, t| *t + delay > now);
         }
         if self.summary_at.is_some_and(|t| t <= now) {
             self.summary_at = None;
@@ -897,21 +916,31 @@ impl Mesh {
             if v <= ours.0 || self.outstanding(now, n) {
                 continue;
             }
-            if !reply && ours.0 > 0 && {
-                if listing.is_none() && entries.len() > LISTING_MIN {
-                    listing = Some(self.listing(local));
+            if !reply && ours.0 > 0 {
+                // We hold an older version. Close to the origin, the origin or one of its
+                // neighbours pushes changes to us: the delta is most likely on its way, ask
+                // only if it has not come after the pull delay. Farther out, ask at once,
+                // but not again within the pull delay: a record still changing (a peer
+                // making its connections) is announced at every version, and one pull then
+                // brings them all as one delta instead of one delta per version.
+                let near = {
+                    if listing.is_none() && entries.len() > LISTING_MIN {
+                        listing = Some(self.listing(local));
+                    }
+                    self.within_two_hops(n, listing.as_deref())
+                };
+                let recent = self.pulled.get(&n).map(|&t| t + self.config.pull_delay);
+                let later = if near {
+                    Some(now + self.config.pull_delay)
+                } else {
+                    recent.filter(|&t| t > now)
+                };
+                if let Some(at) = later {
+                    let at = *self.lagging.entry(n).or_insert(at);
+                    self.lagging_at = Some(self.lagging_at.map_or(at, |t| t.min(at)));
+                    continue;
                 }
-                self.within_two_hops(n, listing.as_deref())
-            } {
-                // We hold an older version and are close enough to the origin that the origin
-                // or one of its neighbours pushes changes to us: the delta is most likely on
-                // its way. Ask only if it has not come by then.
-                let at = *self
-                    .lagging
-                    .entry(n)
-                    .or_insert(now + self.config.pull_delay);
-                self.lagging_at = Some(self.lagging_at.map_or(at, |t| t.min(at)));
-                continue;
+                self.pulled.insert(n, now);
             }
             wants.push((n, ours.0, ours.1));
             self.requested.insert(n, Request { from, at: now });
@@ -1521,7 +1550,7 @@ mod tests {
     }
 
     #[test]
-    fn far_from_the_origin_changes_are_announced_and_pulled_at_once() {
+    fn far_from_the_origin_changes_are_announced_and_pulled_at_most_once_per_delay() {
         // 2 - 1 - 6 - 7 - 8: we are 7, three hops from 2; 8 is four.
         let world = vec![
             summary(1, 10, 1, &[2, 6]),
@@ -1550,7 +1579,7 @@ mod tests {
         m.handle_gossip(
             t(200),
             name(6),
-            &encode(&TopologyGossip::Records(vec![delta])),
+            &encode(&TopologyGossip::Records(vec![delta.clone()])),
         )
         .unwrap();
         m.handle_timeout(t(300));
@@ -1565,7 +1594,9 @@ mod tests {
                 }
             )]
         );
-        // 8 (four hops from 2, nobody pushes to it) asks at once.
+        // 8 (four hops from 2, nobody pushes to it) asks at once; a newer version announced
+        // meanwhile is asked for once the pull delay since the first ask has passed (all
+        // versions since in one delta), not as soon as the first answer is in.
         let mut far = mesh(8);
         up(&mut far, t(0), 7);
         let mut world = world;
@@ -1573,11 +1604,42 @@ mod tests {
         world.retain(|p| p.name != name(8));
         far.handle_gossip(t(0), name(7), &records(world)).unwrap();
         drain(&mut far);
+        let wants = |m: &mut Mesh| -> Vec<_> {
+            drain(m)
+                .into_iter()
+                .filter(|(_, msg)| matches!(msg, TopologyGossip::Want(_)))
+                .collect()
+        };
         far.handle_gossip(t(300), name(7), &digest(&[(2, 2)], false))
             .unwrap();
         assert_eq!(
-            drain(&mut far),
+            wants(&mut far),
             vec![(name(7), TopologyGossip::Want(vec![(name(2), 1, 20)]))]
+        );
+        far.handle_gossip(t(400), name(7), &digest(&[(2, 3)], false))
+            .unwrap();
+        far.handle_gossip(
+            t(450),
+            name(7),
+            &encode(&TopologyGossip::Records(vec![delta])),
+        )
+        .unwrap();
+        assert_eq!(far.topology().peer(name(2)).unwrap().version, 2);
+        assert_eq!(wants(&mut far), vec![], "not again at once");
+        let pull_at = 300 + GossipConfig::default().pull_delay.as_millis() as u64;
+        far.handle_timeout(t(pull_at - 1));
+        assert_eq!(wants(&mut far), vec![], "not before the delay");
+        far.handle_timeout(t(pull_at));
+        assert_eq!(
+            wants(&mut far),
+            vec![(name(7), TopologyGossip::Want(vec![(name(2), 2, 20)]))]
+        );
+        // A record it does not hold at all is asked for at once.
+        far.handle_gossip(t(900), name(7), &digest(&[(9, 4)], false))
+            .unwrap();
+        assert_eq!(
+            wants(&mut far),
+            vec![(name(7), TopologyGossip::Want(vec![(name(9), 0, 0)]))]
         );
     }
 

@@ -190,18 +190,78 @@ pub enum TopologyError {
     BadRecord(PeerName),
 }
 
+/// A small map by peer name kept as a sorted vector with exact capacity: a topology holds
+/// one or two per known peer, each with about as many entries as the peer has connections,
+/// so a tree's nodes and a vector's doubling would cost more than the entries themselves.
+#[derive(Clone, Debug)]
+struct NameMap<V>(Vec<(PeerName, V)>);
+
+impl<V> Default for NameMap<V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<V: Copy> NameMap<V> {
+    fn get(&self, k: &PeerName) -> Option<&V> {
+        self.0
+            .binary_search_by_key(k, |e| e.0)
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    /// The value of `k`, inserted as `v` first if absent.
+    fn get_or_insert(&mut self, k: PeerName, v: V) -> &mut V {
+        let i = match self.0.binary_search_by_key(&k, |e| e.0) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (k, v));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    fn insert(&mut self, k: PeerName, v: V) {
+        *self.get_or_insert(k, v) = v;
+    }
+
+    fn remove(&mut self, k: &PeerName) {
+        if let Ok(i) = self.0.binary_search_by_key(k, |e| e.0) {
+            self.0.remove(i);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&PeerName, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl<V> FromIterator<(PeerName, V)> for NameMap<V> {
+    /// From entries in name order.
+    fn from_iter<I: IntoIterator<Item = (PeerName, V)>>(iter: I) -> Self {
+        let mut v: Vec<(PeerName, V)> = iter.into_iter().collect();
+        v.shrink_to_fit();
+        Self(v)
+    }
+}
+
 /// Per peer: which versions changed what, so deltas can be built.
 #[derive(Clone, Debug, Default)]
 struct History {
-    /// Deltas can be built from any base at or above this version.
+    /// Deltas can be built from any base at or above this version (except inside `gap`).
     floor: u64,
+    /// Bases strictly between these versions are not served (full record instead): we went
+    /// from the first to the second by a full record, so we never saw the versions between.
+    gap: Option<(u64, u64)>,
     /// Version at which the nickname or short id last changed.
     ident: u64,
     /// Per present connection: (version its entry was added or replaced, version it last
     /// changed).
-    entries: BTreeMap<PeerName, (u64, u64)>,
+    entries: NameMap<(u64, u64)>,
     /// Removed connections and the version they went away at.
-    removed: BTreeMap<PeerName, u64>,
+    removed: NameMap<u64>,
 }
 
 impl History {
@@ -214,8 +274,52 @@ impl History {
                 .iter()
                 .map(|c| (c.remote, (p.version, p.version)))
                 .collect(),
-            removed: BTreeMap::new(),
+            removed: NameMap::default(),
+            gap: None,
         }
+    }
+
+    /// Whether deltas can be built from `base`.
+    fn serves(&self, base: u64) -> bool {
+        base >= self.floor && self.gap.is_none_or(|(lo, hi)| base <= lo || base >= hi)
+    }
+
+    /// The history after a full record `new` replaced our older version `old` of the same
+    /// incarnation: the differences between the two are stamped with `new`'s version, the
+    /// rest keeps its stamps, so holders of versions we saw still get deltas (only the
+    /// versions in between, which we never saw, get the full record).
+    fn rebased(mut self, old: &PeerSummary, new: &PeerSummary) -> Self {
+        let v = new.version;
+        if let Some((_, hi)) = self.gap {
+            // One gap is kept: the older one's bases and those below it are given up.
+            self.floor = self.floor.max(hi);
+        }
+        self.gap = Some((old.version, v));
+        if old.nickname != new.nickname || old.short_id != new.short_id {
+            self.ident = v;
+        }
+        let mut entries = Vec::with_capacity(new.connections.len());
+        for c in &new.connections {
+            let was = self.entries.get(&c.remote).copied();
+            let stamp = match (old.connection(c.remote), was) {
+                (Some(o), Some(w)) if o == c => w,
+                (Some(o), Some((added, _)))
+                    if o.address == c.address && o.outbound == c.outbound =>
+                {
+                    (added, v)
+                }
+                _ => (v, v),
+            };
+            entries.push((c.remote, stamp));
+            self.removed.remove(&c.remote);
+        }
+        for o in &old.connections {
+            if new.connection(o.remote).is_none() {
+                self.removed.insert(o.remote, v);
+            }
+        }
+        self.entries = NameMap(entries);
+        self
     }
 }
 
@@ -269,7 +373,7 @@ impl Topology {
             match old.binary_search_by_key(&c.remote, |o| o.remote) {
                 Ok(i) if old[i] == *c => {}
                 Ok(i) if old[i].address == c.address && old[i].outbound == c.outbound => {
-                    h.entries.entry(c.remote).or_insert((v, v)).1 = v;
+                    h.entries.get_or_insert(c.remote, (v, v)).1 = v;
                 }
                 _ => {
                     h.entries.insert(c.remote, (v, v));
@@ -363,7 +467,13 @@ impl Topology {
                     }
                 }
                 p.connections.sort_by_key(|c| c.remote);
-                self.history.insert(r.name, History::full(&p));
+                // Over an older version of the same incarnation, keep what our history knows
+                // (holders of the versions we saw still get deltas from us).
+                let h = match (old, self.history.remove(&r.name)) {
+                    (Some(o), Some(h)) if o.uid == r.uid && o.version > 0 => h.rebased(o, &p),
+                    _ => History::full(&p),
+                };
+                self.history.insert(r.name, h);
                 self.peers.insert(r.name, p);
                 merged.new.push(r.name);
                 continue;
@@ -424,14 +534,19 @@ impl Topology {
                     };
                     match at {
                         Ok(i) => p.connections[i] = entry,
-                        Err(i) => p.connections.insert(i, entry),
+                        Err(i) => {
+                            // Exact capacity: 1000 peers' records of ~30 connections, in every
+                            // node, would waste a third of their memory on doubling.
+                            p.connections.reserve_exact(1);
+                            p.connections.insert(i, entry);
+                        }
                     }
                     h.entries.insert(remote, (v, v));
                     h.removed.remove(&remote);
                 }
                 (Change::Up(_) | Change::Down(_), Ok(i)) => {
                     p.connections[i].established = matches!(c, Change::Up(_));
-                    h.entries.entry(remote).or_insert((v, v)).1 = v;
+                    h.entries.get_or_insert(remote, (v, v)).1 = v;
                 }
                 (Change::Remove(_), Ok(i)) => {
                     p.connections.remove(i);
@@ -455,7 +570,7 @@ impl Topology {
         let h = self.history.get(&name)?;
         let b = match base {
             Some((v, uid)) if uid == p.uid && v >= p.version => return None,
-            Some((v, uid)) if uid == p.uid && v >= h.floor && v > 0 => v,
+            Some((v, uid)) if uid == p.uid && h.serves(v) && v > 0 => v,
             _ => return Some(Record::full(p)),
         };
         let mut changes = Vec::new();
@@ -478,7 +593,7 @@ impl Topology {
                 });
             }
         }
-        for (&remote, &at) in &h.removed {
+        for (&remote, &at) in h.removed.iter() {
             if at > b && p.connection(remote).is_none() {
                 changes.push(Change::Remove(remote));
             }
@@ -506,7 +621,7 @@ impl Topology {
         let Some(h) = self.history.get(&name) else {
             return false;
         };
-        matches!(base, Some((v, uid)) if uid == p.uid && v < p.version && v >= h.floor && v > 0)
+        matches!(base, Some((v, uid)) if uid == p.uid && v < p.version && h.serves(v) && v > 0)
     }
 
     /// Records a placeholder for a peer we just completed a handshake with but have no
@@ -939,6 +1054,59 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_full_record_over_an_older_version_keeps_serving_deltas_from_it() {
+        let mut origin = Topology::new(summary(1, 10, 1, &[]));
+        origin.set_local_connections(vec![conn(2, false), conn(3, false), conn(5, false)]); // v2
+        let mut relay = holder_at(&origin);
+        let mut low = holder_at(&origin);
+        origin.set_local_connections(vec![conn(2, true), conn(3, false), conn(5, false)]); // v3
+        let mut mid = holder_at(&origin);
+        origin.set_local_connections(vec![conn(2, true), conn(4, false), conn(5, false)]); // v4
+        // The relay, at v2, is sent v4 in full (its sender could not build a delta).
+        relay
+            .merge_records(&[Record::full(origin.local())])
+            .unwrap();
+        assert_eq!(relay.peer(name(1)), Some(origin.local()));
+        // A holder of v2, which the relay saw, still gets a delta: 2 up, 3 gone, 4 new.
+        let d = relay.record_since(name(1), Some((2, 10))).unwrap();
+        assert!(!d.is_full(), "{d:?}");
+        assert_eq!(d.changes.len(), 3, "{d:?}");
+        low.merge_records(&[d]).unwrap();
+        assert_eq!(low.peer(name(1)), Some(origin.local()));
+        // v3 the relay never saw: the full record.
+        let r = relay.record_since(name(1), Some((3, 10))).unwrap();
+        assert!(r.is_full());
+        mid.merge_records(&[r]).unwrap();
+        assert_eq!(mid.peer(name(1)), Some(origin.local()));
+        // Another incarnation's full record starts a new history.
+        let mut restarted = summary(1, 11, 9, &[2]);
+        restarted.connections[0].established = true;
+        relay.merge(&[restarted.clone()]).unwrap();
+        assert_eq!(
+            relay.record_since(name(1), Some((4, 10))),
+            Some(Record::full(&restarted))
+        );
+    }
+
+    /// One to four random changes to `origin`'s connections (drop, add, flip established).
+    fn random_change(rng: &mut crate::rng::Rng, origin: &mut Topology) {
+        let mut conns = origin.local().connections.clone();
+        for _ in 0..=rng.below(3) {
+            let r = 2 + rng.below(12);
+            match rng.below(3) {
+                0 => conns.retain(|c| c.remote != name(r)),
+                1 => conns.push(conn(r, rng.below(2) == 0)),
+                _ => conns.iter_mut().for_each(|c| {
+                    if c.remote == name(r) {
+                        c.established = !c.established;
+                    }
+                }),
+            }
+        }
+        origin.set_local_connections(conns);
+    }
+
+    #[test]
     fn random_changes_through_deltas_match_the_origin() {
         // An origin changes its connections at random; holders at random older versions catch
         // up by delta and end with exactly the origin's record.
@@ -946,20 +1114,7 @@ pub(crate) mod tests {
         let mut origin = Topology::new(summary(1, 10, 1, &[]));
         let mut holders: Vec<Topology> = vec![holder_at(&origin)];
         for _ in 0..300 {
-            let mut conns = origin.local().connections.clone();
-            for _ in 0..=rng.below(3) {
-                let r = 2 + rng.below(12);
-                match rng.below(3) {
-                    0 => conns.retain(|c| c.remote != name(r)),
-                    1 => conns.push(conn(r, rng.below(2) == 0)),
-                    _ => conns.iter_mut().for_each(|c| {
-                        if c.remote == name(r) {
-                            c.established = !c.established;
-                        }
-                    }),
-                }
-            }
-            origin.set_local_connections(conns);
+            random_change(&mut rng, &mut origin);
             if rng.below(4) == 0 {
                 holders.push(holder_at(&origin));
             }
@@ -972,6 +1127,45 @@ pub(crate) mod tests {
             }
             assert_eq!(h.peer(name(1)), Some(origin.local()));
         }
+    }
+
+    #[test]
+    fn random_changes_through_a_relay_fed_full_records_match_the_origin() {
+        // As above, but holders catch up from a relay that is itself brought up to date
+        // sometimes by delta, sometimes by a full record over what it held.
+        let mut rng = crate::rng::Rng::new(11);
+        let mut origin = Topology::new(summary(1, 10, 1, &[]));
+        let mut relay = holder_at(&origin);
+        let mut holders: Vec<Topology> = vec![holder_at(&origin)];
+        let mut deltas = 0;
+        for _ in 0..400 {
+            random_change(&mut rng, &mut origin);
+            if rng.below(4) == 0 {
+                holders.push(holder_at(&origin));
+            }
+            if rng.below(2) == 0 {
+                let held = relay.peer(name(1)).map(|p| (p.version, p.uid));
+                let r = if rng.below(3) == 0 {
+                    Some(Record::full(origin.local()))
+                } else {
+                    origin.record_since(name(1), held)
+                };
+                if let Some(r) = r {
+                    relay.merge_records(&[r]).unwrap();
+                }
+            }
+            let i = rng.below(holders.len() as u64) as usize;
+            let h = &mut holders[i];
+            let held = h.peer(name(1)).map(|p| (p.version, p.uid));
+            if held.is_some_and(|(v, _)| v >= relay.peer(name(1)).unwrap().version) {
+                continue;
+            }
+            let r = relay.record_since(name(1), held).unwrap();
+            deltas += u32::from(!r.is_full());
+            h.merge_records(&[r]).unwrap();
+            assert_eq!(h.peer(name(1)), relay.peer(name(1)));
+        }
+        assert!(deltas > 50, "{deltas} deltas");
     }
 
     #[test]

@@ -306,7 +306,9 @@ struct Ready {
 /// the two sizes that matter most (the largest known to work, the top of the search) go twice
 /// per round; a lost probe of the working size only starts a search, which finds the same
 /// size again; and a settled result smaller than what the data path has is only taken when
-/// the next round, at once, says the same.
+/// the next round, at once, says the same while the size in use, probed again (three times), does
+/// not come back either. (Without that last probe, losing both full-size probes of one round
+/// was enough: the rounds after it search below the lost size and find it one byte smaller.)
 #[derive(Debug, Default)]
 struct PathMtu {
     /// Largest frame known to arrive (0: none yet).
@@ -352,6 +354,9 @@ impl PathMtu {
         if self.lo > 0 {
             sizes.push(self.lo);
         }
+        if self.confirming {
+            sizes.push(self.in_use(max));
+        }
         let base = self.lo.max(floor);
         if top > base {
             let span = u32::from(top - base);
@@ -362,6 +367,11 @@ impl PathMtu {
         sizes.sort_unstable();
         sizes.dedup();
         sizes
+    }
+
+    /// The largest frame the data path sends now on a path whose full size is `max`.
+    fn in_use(&self, max: u16) -> u16 {
+        limit_for(self.settled, max).unwrap_or(max)
     }
 
     /// The round is over: move the bounds. Returns whether the search is settled.
@@ -803,9 +813,13 @@ impl Node {
             p.round_ends = Some(now + round);
             p.next_round = None;
             let (lo, top) = (p.lo, p.hi.saturating_sub(1));
+            let in_use = p.confirming.then(|| p.in_use(max));
             for n in sizes {
                 probes.push(n);
-                if n == lo || n == top {
+                if n == lo || n == top || Some(n) == in_use {
+                    probes.push(n);
+                }
+                if Some(n) == in_use {
                     probes.push(n);
                 }
             }

@@ -17,29 +17,36 @@
 //!   cuts it into IPv4 fragments that each fit (RFC 791: offsets in 8-byte units, MF on all but
 //!   the last, the original's MF kept on the last, the identification kept, the header checksum
 //!   recomputed); the receiving container reassembles them.
-//! - [`Oversize::Drop`]: anything else (ARP, IPv6, 802.1Q-tagged, other EtherTypes, unreadable
-//!   IPv4), and DF packets that must not be answered with an ICMP error (see [`oversize`]). The
-//!   driver counts it.
+//! - [`Oversize::FragNeeded`] too for IPv6, which no router fragments: [`frag_needed`] writes an
+//!   ICMPv6 "Packet Too Big" (RFC 4443 §3.2) with the MTU `max_frame - 14`, quoting as much of
+//!   the packet as fits in 1280 bytes, from the original's destination to its source; the
+//!   container's kernel then fragments at the source (RFC 8200 §5).
+//! - [`Oversize::Drop`]: anything else (ARP, 802.1Q-tagged, other EtherTypes, unreadable IP),
+//!   and packets that must not be answered with an ICMP error (see [`oversize`]). The driver
+//!   counts it.
 //!
 //! Nothing here allocates: [`frag_needed`] and [`Fragmenter::next_into`] write into caller
 //! buffers.
 //!
-//! **IP options** are copied into every fragment (RFC 791 would keep the options without the
-//! "copied" flag in the first fragment only). Containers practically never send options; a
-//! receiver ignores the ones it does not know.
+//! **IP options** go whole into the first fragment and, into the others, only those with the
+//! "copied" flag (RFC 791 §3.2: security, source routes); a malformed option list is not copied
+//! past the first fragment at all.
 
 use thiserror::Error;
 use weft_wire::ethernet::{self, EtherType};
-use weft_wire::icmpv4;
 use weft_wire::ipv4::{self, Protocol};
+use weft_wire::{icmpv4, icmpv6, ipv6};
 
 /// Length of the Ethernet header in front of every frame this module handles.
 pub const ETH_HLEN: usize = ethernet::HEADER_LEN;
 
-/// The longest frame [`frag_needed`] writes: Ethernet, IPv4 and ICMP headers, and a quoted IP
-/// header of up to 60 bytes with 8 payload bytes.
-pub const FRAG_NEEDED_MAX_LEN: usize =
-    ETH_HLEN + ipv4::HEADER_LEN + icmpv4::HEADER_LEN + MAX_IP_HLEN + QUOTED_PAYLOAD;
+/// The longest frame [`frag_needed`] writes: an ICMPv6 "Packet Too Big" of the IPv6 minimum
+/// MTU in Ethernet (the IPv4 message, at most 14 + 20 + 8 + 60 + 8 bytes, is shorter).
+pub const FRAG_NEEDED_MAX_LEN: usize = ETH_HLEN + ipv6::MIN_MTU;
+const _: () = assert!(
+    ETH_HLEN + ipv4::HEADER_LEN + icmpv4::HEADER_LEN + MAX_IP_HLEN + QUOTED_PAYLOAD
+        <= FRAG_NEEDED_MAX_LEN
+);
 
 /// The longest IPv4 header (IHL 15).
 const MAX_IP_HLEN: usize = 60;
@@ -98,6 +105,13 @@ fn ipv4_of(frame: &[u8]) -> Option<ipv4::Packet<&[u8]>> {
 /// source MAC and IP are unicast, its destination MAC and IP are not broadcast or multicast, it
 /// is not a non-first fragment and not itself an ICMP error. Otherwise it is dropped.
 pub fn oversize(frame: &[u8]) -> Oversize {
+    if let Some(ip) = ipv6_of(frame) {
+        return if may_answer_v6(frame, &ip) {
+            Oversize::FragNeeded
+        } else {
+            Oversize::Drop
+        };
+    }
     let Some(ip) = ipv4_of(frame) else {
         return Oversize::Drop;
     };
@@ -111,12 +125,72 @@ pub fn oversize(frame: &[u8]) -> Oversize {
     }
 }
 
-/// Whether an ICMP error may be sent about `ip`, the packet of `frame`.
-fn may_answer(frame: &[u8], ip: &ipv4::Packet<&[u8]>) -> bool {
-    let (Some(src_mac), Some(dst_mac)) = (ethernet::src_of(frame), ethernet::dst_of(frame)) else {
+/// The IPv6 packet of an Ethernet II frame, checked (lengths, version 6), or `None`.
+fn ipv6_of(frame: &[u8]) -> Option<ipv6::Packet<&[u8]>> {
+    if ethernet::ethertype_of(frame)? != EtherType::Ipv6 {
+        return None;
+    }
+    ipv6::Packet::new_checked(frame.get(ETH_HLEN..)?).ok()
+}
+
+/// Whether both MACs of `frame` are unicast and set (an error goes back to one host).
+fn unicast_macs(frame: &[u8]) -> bool {
+    let (Some(src), Some(dst)) = (ethernet::src_of(frame), ethernet::dst_of(frame)) else {
         return false;
     };
-    if !src_mac.is_unicast() || src_mac.is_zero() || !dst_mac.is_unicast() || dst_mac.is_zero() {
+    src.is_unicast() && !src.is_zero() && dst.is_unicast() && !dst.is_zero()
+}
+
+/// Whether an ICMPv6 error may be sent about `ip`, the packet of `frame` (RFC 4443 §2.4 e):
+/// unicast MACs, a unicast source, a unicast destination (the answer comes from it), and not
+/// itself an ICMPv6 error. Extension headers are walked to find the upper layer; a non-first
+/// fragment hides it and may be answered.
+fn may_answer_v6(frame: &[u8], ip: &ipv6::Packet<&[u8]>) -> bool {
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    if !unicast_macs(frame) || src.is_unspecified() || src.is_multicast() || dst.is_multicast() {
+        return false;
+    }
+    let mut next = ip.next_header();
+    let mut rest = ip.payload();
+    // At most a few extension headers: a packet stacking more is dropped, not answered.
+    for _ in 0..8 {
+        match next {
+            ipv6::NEXT_HEADER_ICMPV6 => {
+                return icmpv6::msg_type_of(rest).is_some_and(|t| !icmpv6::is_error(t));
+            }
+            // Hop-by-hop options, routing, destination options: (length + 1) × 8 bytes.
+            0 | 43 | 60 => {
+                let (Some(&n), Some(&len)) = (rest.first(), rest.get(1)) else {
+                    return false;
+                };
+                let skip = (usize::from(len) + 1) * 8;
+                let Some(after) = rest.get(skip..) else {
+                    return false;
+                };
+                (next, rest) = (n, after);
+            }
+            // Fragment: 8 bytes; past the first fragment the upper layer is not here.
+            44 => {
+                let (Some(&n), Some(off)) = (rest.first(), rest.get(2..4)) else {
+                    return false;
+                };
+                if u16::from_be_bytes([off[0], off[1]]) >> 3 != 0 {
+                    return true;
+                }
+                let Some(after) = rest.get(8..) else {
+                    return false;
+                };
+                (next, rest) = (n, after);
+            }
+            _ => return true,
+        }
+    }
+    false
+}
+
+/// Whether an ICMP error may be sent about `ip`, the packet of `frame`.
+fn may_answer(frame: &[u8], ip: &ipv4::Packet<&[u8]>) -> bool {
+    if !unicast_macs(frame) {
         return false;
     }
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
@@ -155,6 +229,9 @@ pub fn frag_needed(frame: &[u8], max_frame: u16, out: &mut [u8]) -> Option<usize
         out.len() >= FRAG_NEEDED_MAX_LEN,
         "frag-needed buffer shorter than FRAG_NEEDED_MAX_LEN"
     );
+    if let Some(ip) = ipv6_of(frame) {
+        return packet_too_big(frame, &ip, max_frame, out);
+    }
     let ip = ipv4_of(frame)?;
     if !ip.dont_frag() || !may_answer(frame, &ip) {
         return None;
@@ -192,6 +269,44 @@ pub fn frag_needed(frame: &[u8], max_frame: u16, out: &mut [u8]) -> Option<usize
     Some(end)
 }
 
+/// [`frag_needed`] for IPv6: an ICMPv6 "Packet Too Big" for `ip`, the packet of `frame`.
+fn packet_too_big(
+    frame: &[u8],
+    ip: &ipv6::Packet<&[u8]>,
+    max_frame: u16,
+    out: &mut [u8],
+) -> Option<usize> {
+    if !may_answer_v6(frame, ip) {
+        return None;
+    }
+    let eth_in = ethernet::Frame::new_checked(frame).ok()?;
+    let msg = icmpv6::PacketTooBig {
+        mtu: u32::from(max_frame.saturating_sub(ETH_HLEN as u16)),
+        invoking: ip.packet(),
+    };
+    let (src, dst) = (ip.dst_addr(), ip.src_addr());
+    let ip_repr = ipv6::Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: ipv6::NEXT_HEADER_ICMPV6,
+        // The original's DSCP (not its ECN: an error is not ECN-capable), as for IPv4.
+        traffic_class: ip.traffic_class() & 0xfc,
+        payload_len: msg.buffer_len() as u16,
+        hop_limit: ICMP_TTL,
+    };
+    let eth = ethernet::Repr {
+        src_addr: eth_in.dst_addr(),
+        dst_addr: eth_in.src_addr(),
+        ethertype: EtherType::Ipv6,
+    };
+    let icmp_start = ETH_HLEN + ip_repr.buffer_len();
+    let end = icmp_start + msg.buffer_len();
+    eth.emit(&mut ethernet::Frame::new_unchecked(&mut out[..ETH_HLEN]));
+    ip_repr.emit(&mut out[ETH_HLEN..icmp_start]);
+    msg.emit(src, dst, &mut out[icmp_start..end]);
+    Some(end)
+}
+
 /// Cuts an IPv4 packet without DF (in an Ethernet frame) into fragments of at most `max_frame`
 /// bytes each, Ethernet header included, written one at a time into caller buffers.
 ///
@@ -215,6 +330,41 @@ pub struct Fragmenter<'a> {
     /// The original's MF flag.
     more0: bool,
     remaining: usize,
+    /// The options of every fragment but the first: those with the "copied" flag, padded to
+    /// a multiple of 4 bytes with end-of-list.
+    later_opts: [u8; MAX_IP_HLEN - ipv4::HEADER_LEN],
+    later_opts_len: usize,
+}
+
+/// The options of `opts` (an IPv4 header's) that RFC 791 copies into every fragment, padded
+/// with end-of-list to a multiple of 4, in `out`; returns their length. Malformed lists give
+/// none.
+fn copied_options(opts: &[u8], out: &mut [u8; MAX_IP_HLEN - ipv4::HEADER_LEN]) -> usize {
+    let mut len = 0;
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            0 => break,  // end of list
+            1 => i += 1, // no-operation: not copied
+            kind => {
+                let Some(&olen) = opts.get(i + 1) else {
+                    return 0;
+                };
+                let olen = usize::from(olen);
+                if olen < 2 || i + olen > opts.len() {
+                    return 0;
+                }
+                if kind & 0x80 != 0 {
+                    out[len..len + olen].copy_from_slice(&opts[i..i + olen]);
+                    len += olen;
+                }
+                i += olen;
+            }
+        }
+    }
+    let padded = len.div_ceil(4) * 4;
+    out[len..padded].fill(0);
+    padded
 }
 
 impl<'a> Fragmenter<'a> {
@@ -242,6 +392,8 @@ impl<'a> Fragmenter<'a> {
         if last_start > MAX_FRAG_OFFSET {
             return Err(FragmentError::OffsetRange);
         }
+        let mut later_opts = [0u8; MAX_IP_HLEN - ipv4::HEADER_LEN];
+        let later_opts_len = copied_options(ip.options(), &mut later_opts);
         Ok(Self {
             frame,
             hdr_end,
@@ -252,6 +404,8 @@ impl<'a> Fragmenter<'a> {
             more0: ip.more_frags(),
             // A header-only packet still goes out, as one piece.
             remaining: payload.div_ceil(chunk).max(1),
+            later_opts,
+            later_opts_len,
         })
     }
 
@@ -277,17 +431,30 @@ impl<'a> Fragmenter<'a> {
             return None;
         }
         let piece = self.chunk.min(self.end - self.next);
-        let hdr_end = self.hdr_end;
+        let offset = self.offset0 + (self.next - self.hdr_end);
+        // The first fragment of the datagram keeps every option, the others the copied ones.
+        let hdr_end = if offset == 0 {
+            self.hdr_end
+        } else {
+            ETH_HLEN + ipv4::HEADER_LEN + self.later_opts_len
+        };
         let len = hdr_end + piece;
         assert!(
             out.len() >= len,
             "fragment buffer shorter than fragment_len_max"
         );
-        out[..hdr_end].copy_from_slice(&self.frame[..hdr_end]);
+        let fixed = ETH_HLEN + ipv4::HEADER_LEN;
+        out[..fixed].copy_from_slice(&self.frame[..fixed]);
+        if offset == 0 {
+            out[fixed..hdr_end].copy_from_slice(&self.frame[fixed..hdr_end]);
+        } else {
+            out[fixed..hdr_end].copy_from_slice(&self.later_opts[..self.later_opts_len]);
+        }
         out[hdr_end..len].copy_from_slice(&self.frame[self.next..self.next + piece]);
         let last = self.remaining == 1;
-        let offset = self.offset0 + (self.next - hdr_end);
         let mut ip = ipv4::Packet::new_unchecked(&mut out[ETH_HLEN..len]);
+        // At most 60: the copied options are a subset of the original's.
+        ip.set_header_len((hdr_end - ETH_HLEN) as u8);
         // Both fit 16 bits: `len - ETH_HLEN` is at most the original's total length, and `new`
         // checked the offsets against the 13-bit field.
         ip.set_total_len((len - ETH_HLEN) as u16);
@@ -379,7 +546,17 @@ mod tests {
             assert_eq!(ip.dst_addr(), orig.dst_addr());
             assert_eq!(ip.protocol(), orig.protocol());
             assert_eq!(ip.ttl(), orig.ttl());
-            assert_eq!(ip.options(), orig.options());
+            if ip.frag_offset() == 0 {
+                assert_eq!(ip.options(), orig.options());
+            } else {
+                let mut copied = [0u8; MAX_IP_HLEN - ipv4::HEADER_LEN];
+                let n = copied_options(orig.options(), &mut copied);
+                assert_eq!(
+                    ip.options(),
+                    &copied[..n],
+                    "only copied options after the first"
+                );
+            }
             assert_eq!(ip.frag_offset() % 8, 0);
             out.push((
                 usize::from(ip.frag_offset()),
@@ -513,6 +690,38 @@ mod tests {
     }
 
     #[test]
+    fn later_fragments_carry_only_copied_options() {
+        // Record route (7, not copied, 7 bytes), a NOP, loose source route (131, copied, 7
+        // bytes), end of list: 16 bytes of options.
+        let opts = [7, 7, 4, 0, 0, 0, 0, 1, 131, 7, 4, 10, 0, 0, 9, 0];
+        let payload = pattern(2000);
+        let f = frame(Protocol::Udp, &payload, &opts, false, false, 0);
+        let mut cut = Fragmenter::new(&f, 600).unwrap();
+        let mut buf = vec![0u8; cut.fragment_len_max()];
+        let mut headers = Vec::new();
+        while let Some(n) = cut.next_into(&mut buf) {
+            let ip = ipv4::Packet::new_checked(&buf[ETH_HLEN..n]).unwrap();
+            assert!(ip.verify_checksum());
+            headers.push((ip.frag_offset(), ip.options().to_vec()));
+        }
+        assert_eq!(headers[0], (0, opts.to_vec()), "the first keeps them all");
+        for (offset, o) in &headers[1..] {
+            assert!(*offset > 0);
+            assert_eq!(
+                o,
+                &[131, 7, 4, 10, 0, 0, 9, 0],
+                "the source route only, padded"
+            );
+        }
+        assert_eq!(reassemble(&fragments(&f, 600), 0), payload);
+        // A malformed list (an option running past the header) is not copied at all.
+        let bad = [131, 12, 4, 10, 0, 0, 9, 0];
+        let f = frame(Protocol::Udp, &payload, &bad, false, false, 0);
+        let pieces = fragments(&f, 600);
+        assert_eq!(reassemble(&pieces, 0), payload);
+    }
+
+    #[test]
     fn room_is_rounded_down_to_eight() {
         let payload = pattern(100);
         let f = frame(Protocol::Udp, &payload, &[1, 1, 1, 0], false, false, 0);
@@ -591,7 +800,7 @@ mod tests {
         v6_in_v4[ETH_HLEN] = 0x65;
         for (name, f) in [
             ("arp", arp),
-            ("ipv6", ipv6),
+            ("ipv6 from nowhere (zero MACs, unspecified source)", ipv6),
             ("vlan", vlan),
             ("bad version", v6_in_v4),
             ("runt", vec![0u8; 10]),
@@ -603,6 +812,113 @@ mod tests {
                 None,
                 "{name}"
             );
+        }
+    }
+
+    /// An Ethernet frame with an IPv6 packet from fd00::1 to `dst` (unicast MACs), next header
+    /// `next`, traffic class 0xb9, `payload` after the fixed header.
+    fn frame_v6(dst: &str, next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; ETH_HLEN + ipv6::HEADER_LEN + payload.len()];
+        f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        ipv6::Repr {
+            src_addr: "fd00::1".parse().unwrap(),
+            dst_addr: dst.parse().unwrap(),
+            next_header: next,
+            traffic_class: 0xb9,
+            payload_len: payload.len() as u16,
+            hop_limit: 64,
+        }
+        .emit(&mut f[ETH_HLEN..]);
+        f[ETH_HLEN + ipv6::HEADER_LEN..].copy_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn ipv6_too_big_gets_packet_too_big() {
+        let f = frame_v6("fd00::2", 17, &pattern(2000));
+        assert_eq!(oversize(&f), Oversize::FragNeeded);
+        let mut out = [0u8; FRAG_NEEDED_MAX_LEN];
+        let n = frag_needed(&f, 663, &mut out).expect("answered");
+        assert_eq!(
+            n,
+            ETH_HLEN + ipv6::MIN_MTU,
+            "quotes as much as fits in 1280 bytes"
+        );
+        let out = &out[..n];
+        assert_eq!(&out[0..6], &f[6..12], "back to the sender's MAC");
+        assert_eq!(&out[6..12], &f[0..6]);
+        assert_eq!(&out[12..14], &[0x86, 0xdd]);
+        let ip = ipv6::Packet::new_checked(&out[ETH_HLEN..]).unwrap();
+        assert_eq!(
+            ip.src_addr(),
+            "fd00::2".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            ip.dst_addr(),
+            "fd00::1".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        assert_eq!(ip.next_header(), ipv6::NEXT_HEADER_ICMPV6);
+        assert_eq!(ip.traffic_class(), 0xb8, "DSCP kept, ECN not");
+        let icmp = ip.payload();
+        assert_eq!(icmp[0], icmpv6::PACKET_TOO_BIG);
+        assert_eq!(
+            u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
+            649
+        );
+        assert_eq!(&icmp[8..], &f[ETH_HLEN..ETH_HLEN + icmp.len() - 8]);
+        let sum = ipv4::checksum::combine(&[
+            ipv6::pseudo_header_sum(ip.src_addr(), ip.dst_addr(), 58, icmp.len() as u32),
+            ipv4::checksum::data(icmp),
+        ]);
+        assert_eq!(sum, 0xffff, "checksum");
+    }
+
+    #[test]
+    fn no_icmpv6_error_where_forbidden() {
+        let echo = [128u8, 0, 0, 0, 0, 1, 0, 1];
+        let error = [1u8, 4, 0, 0, 0, 0, 0, 0];
+        // An ICMPv6 error behind a hop-by-hop header (8 bytes, next header 58).
+        let mut hbh_error = vec![58u8, 0, 0, 0, 0, 0, 0, 0];
+        hbh_error.extend_from_slice(&error);
+        // A non-first fragment (offset 8) of anything: the upper layer is not visible.
+        let later_fragment = [17u8, 0, 0, 8, 0, 0, 0, 1];
+        let mut multicast_mac = frame_v6("fd00::2", 17, &pattern(2000));
+        multicast_mac[0] = 0x33;
+        for (name, f, answered) in [
+            ("echo request", frame_v6("fd00::2", 58, &echo), true),
+            ("ICMPv6 error", frame_v6("fd00::2", 58, &error), false),
+            (
+                "ICMPv6 error behind hop-by-hop",
+                frame_v6("fd00::2", 0, &hbh_error),
+                false,
+            ),
+            (
+                "later fragment",
+                frame_v6("fd00::2", 44, &later_fragment),
+                true,
+            ),
+            (
+                "multicast destination",
+                frame_v6("ff02::1", 17, &pattern(100)),
+                false,
+            ),
+            ("multicast MAC", multicast_mac, false),
+            (
+                "truncated extension header",
+                frame_v6("fd00::2", 60, &[17u8, 9]),
+                false,
+            ),
+        ] {
+            let want = if answered {
+                Oversize::FragNeeded
+            } else {
+                Oversize::Drop
+            };
+            assert_eq!(oversize(&f), want, "{name}");
+            let written = frag_needed(&f, 600, &mut [0u8; FRAG_NEEDED_MAX_LEN]).is_some();
+            assert_eq!(written, answered, "{name}");
         }
     }
 

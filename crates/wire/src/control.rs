@@ -200,6 +200,9 @@ pub enum FrameError {
     Malformed,
 }
 
+/// A decoder's buffer, once emptied, keeps at most this much room for the next frames.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
 /// Incremental decoder: push bytes as they arrive, pop whole messages.
 ///
 /// The decoder never panics and never buffers more than one frame's worth of bytes beyond
@@ -266,6 +269,12 @@ impl FrameDecoder {
         match postcard::take_from_bytes::<Message>(body) {
             Ok((msg, [])) => {
                 self.start = body_start + len;
+                if self.start == self.buf.len() && self.buf.capacity() > KEEP_CAPACITY {
+                    // All consumed: give a big frame's room back rather than hold it for the
+                    // connection's life (a node has a decoder per connection).
+                    self.buf = Vec::new();
+                    self.start = 0;
+                }
                 Ok(Some(msg))
             }
             // Trailing bytes inside the frame are as bad as a short frame.
@@ -338,6 +347,34 @@ mod tests {
             out.push(m);
         }
         Ok(out)
+    }
+
+    #[test]
+    fn a_big_frame_does_not_keep_its_room_once_decoded() {
+        let big = Message::Gossip {
+            channel: 0,
+            payload: vec![7; 300 * 1024],
+        };
+        let mut bytes = Vec::new();
+        encode_frame(&big, &mut bytes);
+        encode_frame(&Message::Heartbeat, &mut bytes);
+        let mut dec = FrameDecoder::new();
+        for piece in bytes.chunks(1460) {
+            dec.push(piece);
+        }
+        assert_eq!(decode_all(&mut dec), Ok(vec![big, Message::Heartbeat]));
+        assert!(
+            dec.buf.capacity() <= KEEP_CAPACITY,
+            "{}",
+            dec.buf.capacity()
+        );
+        // Small frames still decode, in pieces.
+        let mut bytes = Vec::new();
+        encode_frame(&Message::Heartbeat, &mut bytes);
+        dec.push(&bytes[..3]);
+        assert_eq!(dec.next(), Ok(None));
+        dec.push(&bytes[3..]);
+        assert_eq!(decode_all(&mut dec), Ok(vec![Message::Heartbeat]));
     }
 
     #[test]

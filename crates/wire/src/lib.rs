@@ -15,7 +15,9 @@ pub mod arp;
 pub mod control;
 pub mod ethernet;
 pub mod icmpv4;
+pub mod icmpv6;
 pub mod ipv4;
+pub mod ipv6;
 pub mod udp;
 pub mod vxlan;
 
