@@ -412,10 +412,19 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         } else if rec.state == ConnState::Established && !rec.path_up {
             "data path down (no heartbeats)".to_owned()
         } else {
-            String::new()
+            // Why a connection that could use the kernel fast path does not (nothing when
+            // this router runs without one, as Weave with --no-fastdp prints nothing).
+            rec.fastdp_reason
+                .filter(|r| *r != weft_node::FASTDP_OFF_HERE)
+                .unwrap_or_default()
+                .to_owned()
         };
-        // Past the handshake the data plane runs over weft's userspace path.
-        let overlay = if rec.remote.is_some() { "sleeve" } else { "" };
+        // Past the handshake: the kernel fast path, or weft's userspace path.
+        let overlay = match (&rec.remote, rec.fastdp) {
+            (None, _) => "",
+            (Some(_), true) => "fastdp",
+            (Some(_), false) => "sleeve",
+        };
         connections.push(ConnectionReport {
             address: rec.address.to_string(),
             outbound: rec.outbound,

@@ -60,6 +60,10 @@ pub struct ConnView {
     pub path_up: bool,
     /// The path MTU probing found (largest IP packet), once known.
     pub path_mtu: Option<u16>,
+    /// Its traffic crosses the kernel fast path.
+    pub fastdp: bool,
+    /// Why it does not (see [`weft_node::ConnView::fastdp_reason`]).
+    pub fastdp_reason: Option<&'static str>,
     /// How the connection is protected, once its handshake completed.
     pub protection: Option<weft_mesh::Protection>,
 }
@@ -163,6 +167,8 @@ pub struct Shared {
     pub node: mpsc::UnboundedSender<NodeInput>,
     /// Commands to the data-plane thread.
     pub dataplane: std::sync::mpsc::Sender<DpCommand>,
+    /// Commands to the kernel fast path (`None`: off).
+    pub fastdp: Option<mpsc::UnboundedSender<crate::fastdp::FastCmd>>,
     /// Wakes the control loop after IPAM or DNS got input.
     pub wake: tokio::sync::Notify,
     /// Where the target list is kept.

@@ -105,7 +105,7 @@ fn every_weave_2_8_1_launch_flag_parses() {
         ensure!(mtu == 1400, "ethwe MTU {mtu}");
         // Flags without effect are noted, at a level --log-level=warning shows; info is not.
         let log = h.log();
-        for flag in ["--no-restart", "--no-fastdp", "--token"] {
+        for flag in ["--no-restart", "--token"] {
             ensure!(
                 log.lines()
                     .any(|l| l.contains(" WARN ") && l.contains(flag)),

@@ -334,18 +334,18 @@ impl Netlink {
         name: &str,
         vni: u32,
         port: u16,
-        local: Ipv4Addr,
+        local: Option<Ipv4Addr>,
     ) -> Result<u32, Error> {
+        let mut link = LinkVxlan::new(name, vni)
+            .port(port)
+            .learning(false)
+            .df(netlink_packet_route::link::VxlanDf::Set);
+        if let Some(local) = local {
+            link = link.local(local);
+        }
         self.handle
             .link()
-            .add(
-                LinkVxlan::new(name, vni)
-                    .port(port)
-                    .local(local)
-                    .learning(false)
-                    .df(netlink_packet_route::link::VxlanDf::Set)
-                    .build(),
-            )
+            .add(link.build())
             .execute()
             .await
             .ctx("create vxlan", name)?;
@@ -410,6 +410,51 @@ impl Netlink {
             .execute()
             .await
             .ctx("set port isolation", ifx(index))
+    }
+
+    /// Makes interface `index` a fast-path port of bridge `master`: enslaved, `isolated` (it
+    /// exchanges frames only with the bridge's non-isolated ports, the containers', so a frame
+    /// from one peer never goes on to another), and no flooding of unknown unicast to it
+    /// (those go through the userspace path, so no frame crosses both). Broadcast and
+    /// multicast are flooded to it as to any port.
+    pub async fn set_fastdp_port(&self, index: u32, master: u32) -> Result<(), Error> {
+        self.set_master(index, master).await?;
+        self.handle
+            .link()
+            .change(
+                LinkBridgePort::new(index)
+                    .isolated(true)
+                    .flood(false)
+                    .build(),
+            )
+            .execute()
+            .await
+            .ctx("set fast-path port flags", ifx(index))
+    }
+
+    /// Releases interface `index` from its bridge (its learned entries go with it).
+    pub async fn set_nomaster(&self, index: u32) -> Result<(), Error> {
+        self.set(
+            "release from bridge",
+            index,
+            LinkUnspec::new_with_index(index).nocontroller(),
+        )
+        .await
+    }
+
+    /// Points the bridge's entry for `mac` at its port `index` (`bridge fdb replace MAC dev
+    /// PORT master`, a learned-like entry that ages and moves like one).
+    pub async fn set_bridge_fdb(&self, index: u32, mac: [u8; 6]) -> Result<(), Error> {
+        use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
+        self.handle
+            .neighbours()
+            .add_bridge(index, &mac)
+            .flags(NeighbourFlags::Controller)
+            .state(NeighbourState::Reachable)
+            .replace()
+            .execute()
+            .await
+            .ctx("point a MAC at a bridge port", ifx(index))
     }
 
     /// Creates veth pair `name`/`peer`; returns both indices.
@@ -772,11 +817,10 @@ mod tests {
                 let br = nl.ensure_bridge("weave", 1376, None).await.unwrap();
                 let local = Ipv4Addr::new(192, 0, 2, 1);
                 let dev = nl
-                    .add_vxlan_peer("vxwe-002", 2 | 1 << 12, 6784, local)
+                    .add_vxlan_peer("vxwe-002", 2 | 1 << 12, 6784, Some(local))
                     .await
                     .unwrap();
-                nl.set_master(dev, br).await.unwrap();
-                nl.set_isolated(dev, true).await.unwrap();
+                nl.set_fastdp_port(dev, br).await.unwrap();
                 nl.add_vxlan_default(dev, Ipv4Addr::new(192, 0, 2, 2), 1 | 2 << 12)
                     .await
                     .unwrap();
@@ -808,6 +852,8 @@ mod tests {
             "df set ",
             "master weave ",
             "isolated on ",
+            "flood off ",
+            "mcast_flood on ",
         ] {
             assert!(link.contains(want), "{want:?} not in {link}");
         }

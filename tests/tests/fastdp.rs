@@ -1,0 +1,328 @@
+//! Integration tests (root, network namespaces): the kernel fast path (issue 13). Between
+//! hosts that reach each other directly, traffic crosses a kernel VXLAN device per peer
+//! (`vxwe-*`, UDP 6784) instead of weft's userspace path (sleeve, UDP 6783); `weft status
+//! connections` says which, and why not when not.
+//!
+//! - two hosts: the connection says `fastdp`, pings and ARP work, 100 MiB arrive intact, the
+//!   router's CPU stays near idle meanwhile, and the frames on the underlay decode as VXLAN on
+//!   6784 with weft's VNI (src | dst << 12) and the container's own frame inside;
+//! - the fast-path port blocked: traffic falls back to sleeve with the reason shown, pings go
+//!   on (< 3 s lost); unblocked: back on fastdp. An underlay smaller than the MTU: sleeve;
+//! - three hosts with A–C blocked: A and C reach each other through B; one broadcast and one
+//!   multicast datagram arrive exactly once at every other container;
+//! - `--no-fastdp`, a password: sleeve; `reset` leaves no device; a router killed with SIGKILL
+//!   and launched again replaces its devices.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use weft_tests::mesh::{block_underlay, launch_with, transfer_intact, unblock_underlay};
+use weft_tests::net::{Container, Host, wait_established};
+use weft_tests::status::parse_connections;
+use weft_tests::{run_test, wait_until};
+
+/// The data path word of each established connection on `h` (`fastdp` / `sleeve`), with the
+/// whole text for messages.
+fn overlays(h: &Host) -> Result<(Vec<String>, String)> {
+    let text = h.weft_ok(&["status", "connections"])?;
+    let words = parse_connections(&text)
+        .into_iter()
+        .filter(|c| c.state == "established")
+        .map(|c| c.info.split_whitespace().next().unwrap_or("").to_owned())
+        .collect();
+    Ok((words, text))
+}
+
+/// Waits until every established connection on each of `hosts` says `want`.
+fn wait_overlay(hosts: &[&Host], want: &str, secs: u64) -> Result<Duration> {
+    let t0 = Instant::now();
+    for h in hosts {
+        wait_until(
+            &format!("host {}'s connections to say {want}", h.n()),
+            Duration::from_secs(secs),
+            Duration::from_millis(100),
+            || {
+                let (words, text) = overlays(h)?;
+                ensure!(
+                    !words.is_empty() && words.iter().all(|w| w == want),
+                    "status connections:\n{text}"
+                );
+                Ok(())
+            },
+        )?;
+    }
+    Ok(t0.elapsed())
+}
+
+/// The `vxwe-*` devices in `h`'s namespace.
+fn devices(h: &Host) -> Result<Vec<String>> {
+    let out = h.exec(&["ip", "-o", "link", "show"])?.ok()?;
+    Ok(out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
+        .filter(|n| n.starts_with("vxwe-"))
+        .collect())
+}
+
+/// The router's CPU time (user + system), in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').context("stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+#[test]
+fn two_hosts_use_the_kernel_fast_path() {
+    run_test("fdp2", |net| {
+        let p = net.pair()?;
+        wait_overlay(&[&p.h1, &p.h2], "fastdp", 10)?;
+        for h in [&p.h1, &p.h2] {
+            let d = devices(h)?;
+            ensure!(d.len() == 1, "host {}: devices {d:?}", h.n());
+        }
+        let s = p.c1.ping(p.c2.ip(), 20, 0.05)?;
+        ensure!(s.received == 20, "{}/20 pings answered", s.received);
+        ensure!(
+            p.c1.neigh(p.c2.ip())?.is_some(),
+            "c1 has no ARP entry for c2"
+        );
+        // 100 MiB, and the router hardly works meanwhile (the kernel carries it).
+        let pid = p.h1.router_pid()?;
+        let before = cpu_ticks(pid)?;
+        let took = transfer_intact(net, &p.c1, &p.c2, 100)?;
+        let ticks = cpu_ticks(pid)? - before;
+        let sleeve_sent = p.h1.settled_counter("udp_tx_datagrams")?;
+        eprintln!(
+            "100 MiB over fastdp in {took:.1?}; router CPU {ticks} ticks; sleeve datagrams \
+             sent {sleeve_sent}"
+        );
+        // 100 MiB through userspace would be ~75000 datagrams; heartbeats are a few per second.
+        ensure!(
+            sleeve_sent < 2000,
+            "{sleeve_sent} datagrams went through the userspace path"
+        );
+        Ok(())
+    });
+}
+
+/// Drops (`-A`) or stops dropping (`-D`) UDP to the fast-path port on `h`'s underlay, for
+/// datagrams of at least `min_len` bytes (IP length; 0: all).
+fn block_fastdp(h: &Host, op: &str, min_len: u32) -> Result<()> {
+    let len = format!("{min_len}:65535");
+    let mut args = vec![
+        "iptables", "-w", op, "INPUT", "-p", "udp", "--dport", "6784",
+    ];
+    if min_len > 0 {
+        args.extend_from_slice(&["-m", "length", "--length", &len]);
+    }
+    args.extend_from_slice(&["-j", "DROP"]);
+    h.exec(&args)?
+        .ok()
+        .with_context(|| format!("iptables {op} on host {}", h.n()))?;
+    Ok(())
+}
+
+/// The reason `h`'s established connections give for not using the fast path.
+fn reasons(h: &Host) -> Result<String> {
+    let (_, text) = overlays(h)?;
+    Ok(parse_connections(&text)
+        .into_iter()
+        .filter(|c| c.state == "established")
+        .map(|c| c.info)
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+#[test]
+fn a_blocked_fast_path_falls_back_to_sleeve_and_returns() {
+    run_test("fdpblk", |net| {
+        let p = net.pair()?;
+        wait_overlay(&[&p.h1, &p.h2], "fastdp", 10)?;
+        let (c1, c2) = (&p.c1, &p.c2);
+        // Pings every 100 ms across the whole episode: block, fall back, unblock, return.
+        let (lost, back, returned) = std::thread::scope(|s| -> Result<_> {
+            let pinger = s.spawn(|| c1.ping(c2.ip(), 200, 0.1));
+            std::thread::sleep(Duration::from_secs(2));
+            block_fastdp(&p.h2, "-A", 0)?;
+            let back = wait_overlay(&[&p.h1, &p.h2], "sleeve", 10)?;
+            let why = reasons(&p.h1)?;
+            ensure!(
+                why.contains("fastdp: "),
+                "no reason for sleeve on host 1:\n{why}"
+            );
+            std::thread::sleep(Duration::from_secs(3));
+            let why = reasons(&p.h1)?;
+            ensure!(
+                why.contains("no heartbeats through it"),
+                "host 1 says, with UDP 6784 blocked:\n{why}"
+            );
+            block_fastdp(&p.h2, "-D", 0)?;
+            let returned = wait_overlay(&[&p.h1, &p.h2], "fastdp", 10)?;
+            let pings = pinger
+                .join()
+                .map_err(|_| anyhow::anyhow!("ping thread panicked"))??;
+            Ok((pings.transmitted - pings.received, back, returned))
+        })?;
+        eprintln!(
+            "fast path blocked: on sleeve after {back:.1?}, {lost} of 200 pings (100 ms apart) \
+             lost; unblocked: fastdp again after {returned:.1?}"
+        );
+        ensure!(lost <= 30, "{lost} pings lost (more than 3 s)");
+        let s = c1.ping(c2.ip(), 10, 0.05)?;
+        ensure!(s.received == 10, "{}/10 after the return", s.received);
+        Ok(())
+    });
+}
+
+#[test]
+fn a_path_smaller_than_the_mtu_keeps_sleeve() {
+    run_test("fdpmtu", |net| {
+        let h1 = net.host(1)?;
+        let h2 = net.host(2)?;
+        // Whole overlay frames (1376 + 14 + VXLAN/UDP/IP 50 = 1440 bytes) do not fit; small
+        // ones do.
+        for h in [&h1, &h2] {
+            block_fastdp(h, "-A", 1200)?;
+        }
+        h1.launch(&[])?;
+        h2.launch(&[&h1])?;
+        wait_established(&[&h1, &h2], Duration::from_secs(30))?;
+        let c1 = h1.container("c1", "10.32.0.1/12")?;
+        let c2 = h2.container("c2", "10.32.0.2/12")?;
+        c1.wait_ping(c2.ip(), Duration::from_secs(20))?;
+        wait_until(
+            "host 1 to say the path is too small",
+            Duration::from_secs(10),
+            Duration::from_millis(200),
+            || {
+                let why = reasons(&h1)?;
+                ensure!(why.contains("smaller than the overlay MTU"), "{why}");
+                Ok(())
+            },
+        )?;
+        let (words, text) = overlays(&h1)?;
+        ensure!(words == ["sleeve"], "{text}");
+        // Full-size frames still cross (on sleeve).
+        let out = c1.exec(&[
+            "ping",
+            "-c",
+            "2",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            "1348",
+            &c2.ip().to_string(),
+        ])?;
+        ensure!(out.success(), "full-size DF ping on sleeve: {out}");
+        Ok(())
+    });
+}
+
+#[test]
+fn no_fastdp_and_passwords_stay_on_sleeve() {
+    run_test("fdpoff", |net| {
+        let h1 = net.host(1)?;
+        let h2 = net.host(2)?;
+        let h3 = net.host(3)?;
+        launch_with(&h1, &["--no-fastdp"], &[])?;
+        launch_with(&h2, &[], &[&h1])?;
+        wait_established(&[&h1, &h2], Duration::from_secs(30))?;
+        let c1 = h1.container("c1", "10.32.0.1/12")?;
+        let c2 = h2.container("c2", "10.32.0.2/12")?;
+        c1.wait_ping(c2.ip(), Duration::from_secs(20))?;
+        std::thread::sleep(Duration::from_secs(2));
+        for h in [&h1, &h2] {
+            let (words, text) = overlays(h)?;
+            ensure!(words == ["sleeve"], "host {}:\n{text}", h.n());
+            ensure!(
+                devices(h)?.is_empty(),
+                "host {} made {:?}",
+                h.n(),
+                devices(h)?
+            );
+        }
+        let why = reasons(&h2)?;
+        ensure!(why.contains("the peer has none"), "host 2 says:\n{why}");
+        // WEAVE_NO_FASTDP works as the flag does, and a password keeps connections encrypted
+        // on sleeve.
+        let out = h3
+            .weft_cmd(&["launch", "--password", "s3cret", "--nickname", "host3"])?
+            .run()?;
+        ensure!(out.success(), "{out}");
+        let h4 = net.host(4)?;
+        let out = h4
+            .weft_cmd(&[
+                "launch",
+                "--password",
+                "s3cret",
+                "--nickname",
+                "host4",
+                &h3.addr().to_string(),
+            ])?
+            .run()?;
+        ensure!(out.success(), "{out}");
+        wait_established(&[&h3, &h4], Duration::from_secs(30))?;
+        let c3 = h3.container("c3", "10.32.0.3/12")?;
+        let c4 = h4.container("c4", "10.32.0.4/12")?;
+        c3.wait_ping(c4.ip(), Duration::from_secs(20))?;
+        std::thread::sleep(Duration::from_secs(2));
+        let (words, text) = overlays(&h3)?;
+        ensure!(
+            text.contains("encrypted") && !text.contains("fastdp ") && words.len() == 1,
+            "host 3:\n{text}"
+        );
+        ensure!(
+            reasons(&h3)?.contains("fastdp: encrypted connection"),
+            "{text}"
+        );
+        ensure!(devices(&h3)?.is_empty(), "{:?}", devices(&h3)?);
+        let h5 = net.host(5)?;
+        let out = h5
+            .weft_cmd(&["launch", "--nickname", "host5"])?
+            .env("WEAVE_NO_FASTDP", "1")
+            .run()?;
+        ensure!(out.success(), "{out}");
+        let text = h5.log();
+        ensure!(
+            text.contains("udp/6783 (sleeve)") && !text.contains("(fastdp)"),
+            "host 5 log with WEAVE_NO_FASTDP=1:\n{text}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn sigkill_relaunch_and_reset_leave_no_devices() {
+    run_test("fdplife", |net| {
+        let p = net.pair()?;
+        wait_overlay(&[&p.h1, &p.h2], "fastdp", 10)?;
+        p.h1.kill_router()?;
+        let left = devices(&p.h1)?;
+        ensure!(left.len() == 1, "after SIGKILL: {left:?}");
+        p.h1.launch(&[])?;
+        wait_overlay(&[&p.h1, &p.h2], "fastdp", 20)?;
+        ensure!(devices(&p.h1)?.len() == 1, "{:?}", devices(&p.h1)?);
+        p.c1.wait_ping(p.c2.ip(), Duration::from_secs(10))?;
+        // `stop` removes them and leaves the bridge (local traffic) alone.
+        p.h2.weft_ok(&["stop"])?;
+        ensure!(
+            devices(&p.h2)?.is_empty(),
+            "after stop: {:?}",
+            devices(&p.h2)?
+        );
+        for h in [&p.h1, &p.h2] {
+            h.weft_ok(&["reset", "--force"])?;
+            ensure!(devices(h)?.is_empty(), "host {}: {:?}", h.n(), devices(h)?);
+            let link = h.exec(&["ip", "-d", "link", "show"])?.ok()?.stdout;
+            ensure!(!link.contains("vxlan"), "host {}: {link}", h.n());
+            let fdb = h.exec(&["bridge", "fdb", "show"])?.ok()?.stdout;
+            ensure!(!fdb.contains("vxwe"), "host {}: {fdb}", h.n());
+        }
+        Ok(())
+    });
+}
