@@ -326,3 +326,146 @@ fn sigkill_relaunch_and_reset_leave_no_devices() {
         Ok(())
     });
 }
+
+/// Listens in `c` for UDP datagrams on port 9999 (also as a member of 239.9.9.9) until 3 s
+/// pass without one (at most 20 s); prints each payload with how often it arrived. Writes
+/// "ready" to stderr once listening.
+const LISTENER: &str = r#"
+import socket, struct, sys, time, json, collections
+ip = sys.argv[1]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", 9999))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+             socket.inet_aton("239.9.9.9") + socket.inet_aton(ip))
+print("ready", file=sys.stderr, flush=True)
+counts = collections.Counter()
+start = last = time.time()
+s.settimeout(0.2)
+while time.time() - start < 20 and (not counts or time.time() - last < 3):
+    try:
+        data, _ = s.recvfrom(2048)
+    except socket.timeout:
+        continue
+    counts[data.decode()] += 1
+    last = time.time()
+print(json.dumps(counts))
+"#;
+
+/// Sends 5 broadcast and 5 multicast datagrams from `c`, 100 ms apart.
+const SENDER: &str = r#"
+import socket, sys, time
+ip = sys.argv[1]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(ip))
+for i in range(5):
+    s.sendto(b"b%d" % i, ("10.47.255.255", 9999))
+    s.sendto(b"m%d" % i, ("239.9.9.9", 9999))
+    time.sleep(0.1)
+"#;
+
+#[test]
+fn three_hosts_relay_and_flood_exactly_once() {
+    run_test("fdp3", |net| {
+        let hosts: Vec<Host> = (1..=3).map(|k| net.host(k)).collect::<Result<_>>()?;
+        let (a, b, c) = (&hosts[0], &hosts[1], &hosts[2]);
+        // A and C never reach each other directly.
+        block_underlay(a, c)?;
+        a.launch(&[])?;
+        b.launch(&[a])?;
+        c.launch(&[a, b])?;
+        wait_overlay(&[a, b, c], "fastdp", 30)?;
+        for (h, n) in [(a, 1), (b, 2), (c, 1)] {
+            let (words, text) = overlays(h)?;
+            ensure!(words.len() == n, "host {}:\n{text}", h.n());
+        }
+        let ctrs: Vec<Container> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| h.container(&format!("c{}", i + 1), &format!("10.32.0.{}/12", i + 1)))
+            .collect::<Result<_>>()?;
+        // A's and C's containers reach each other through B (relayed in userspace).
+        ctrs[0].wait_ping(ctrs[2].ip(), Duration::from_secs(20))?;
+        let s = ctrs[0].ping(ctrs[2].ip(), 10, 0.05)?;
+        ensure!(s.received == 10, "{}/10 A -> C through B", s.received);
+        let relayed = b.settled_counter("relayed_datagrams")?;
+        ensure!(relayed > 0, "B relayed nothing");
+        // One broadcast and one multicast stream from A's container: every other container
+        // gets each datagram exactly once (B's through the kernel, C's relayed by B).
+        let dir = net.dir();
+        let mut listeners = Vec::new();
+        for ct in &ctrs[1..] {
+            let out = dir.join(format!("listen-{}.out", ct.name()));
+            let err = dir.join(format!("listen-{}.err", ct.name()));
+            let child = weft_tests::Cmd::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    ct.ns(),
+                    "python3",
+                    "-c",
+                    LISTENER,
+                    &ct.ip().to_string(),
+                ])
+                .spawn_to(&out, &err)?;
+            listeners.push((ct.name().to_owned(), child, out, err));
+        }
+        let result = (|| -> Result<()> {
+            for (name, _, _, err) in &listeners {
+                wait_until(
+                    &format!("the listener in {name}"),
+                    Duration::from_secs(10),
+                    Duration::from_millis(50),
+                    || {
+                        ensure!(std::fs::read_to_string(err)?.contains("ready"), "not yet");
+                        Ok(())
+                    },
+                )?;
+            }
+            // Let the IGMP joins reach every bridge first.
+            std::thread::sleep(Duration::from_secs(1));
+            let out = ctrs[0].exec(&["python3", "-c", SENDER, &ctrs[0].ip().to_string()])?;
+            ensure!(out.success(), "sender: {out}");
+            for (name, child, out, err) in &mut listeners {
+                wait_until(
+                    &format!("the listener in {name} to finish"),
+                    Duration::from_secs(30),
+                    Duration::from_millis(100),
+                    || child.try_wait()?.context("running"),
+                )?;
+                let text = std::fs::read_to_string(&*out)?;
+                let counts: std::collections::BTreeMap<String, u64> =
+                    serde_json::from_str(text.trim()).with_context(|| {
+                        format!(
+                            "{name}: {text} / {}",
+                            std::fs::read_to_string(&*err).unwrap_or_default()
+                        )
+                    })?;
+                eprintln!("{name} received {counts:?}");
+                for kind in ["b", "m"] {
+                    for i in 0..5 {
+                        let key = format!("{kind}{i}");
+                        let n = counts.get(&key).copied().unwrap_or(0);
+                        if n != 1 {
+                            bail!("{name} got {key} {n} times: {counts:?}");
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })();
+        for (_, child, _, _) in &mut listeners {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        result?;
+        let skipped = b.settled_counter("fastdp_floods_skipped")?;
+        ensure!(
+            skipped > 0,
+            "B never skipped a sleeve copy of A's broadcasts"
+        );
+        unblock_underlay(a, c)?;
+        Ok(())
+    });
+}
