@@ -159,15 +159,19 @@ struct Device {
     reader: tokio::task::JoinHandle<()>,
 }
 
-/// Starts the fast-path task; heartbeats it receives go to `events`. Returns its input.
-pub fn start(
+/// How often the devices' counters are read.
+const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Starts the fast-path task on commands from `rx`; heartbeats it receives go to `events`,
+/// its devices' counters to `shared` (about once a second).
+pub fn spawn(
     nl: Netlink,
     config: FastConfig,
     events: mpsc::UnboundedSender<DpEvent>,
-) -> mpsc::UnboundedSender<FastCmd> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(nl, config, events, rx));
-    tx
+    rx: mpsc::UnboundedReceiver<FastCmd>,
+    shared: Arc<crate::state::Shared>,
+) {
+    tokio::spawn(run(nl, config, events, rx, shared));
 }
 
 async fn run(
@@ -175,10 +179,21 @@ async fn run(
     config: FastConfig,
     events: mpsc::UnboundedSender<DpEvent>,
     mut rx: mpsc::UnboundedReceiver<FastCmd>,
+    shared: Arc<crate::state::Shared>,
 ) {
     let mut devices: HashMap<PeerName, Device> = HashMap::new();
     let mut frame = vec![0u8; config.mtu as usize + 14];
-    while let Some(cmd) = rx.recv().await {
+    let mut stats_tick = tokio::time::interval(STATS_EVERY);
+    stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let cmd = tokio::select! {
+            cmd = rx.recv() => cmd,
+            _ = stats_tick.tick() => {
+                publish_stats(&nl, &devices, &shared).await;
+                continue;
+            }
+        };
+        let Some(cmd) = cmd else { break };
         match cmd {
             FastCmd::Set {
                 peer,
@@ -235,6 +250,23 @@ async fn run(
     for (_, d) in devices.drain() {
         remove(&nl, d).await;
     }
+}
+
+/// Reads every device's counters into `shared` (a removed device's vanish with it).
+async fn publish_stats(
+    nl: &Netlink,
+    devices: &HashMap<PeerName, Device>,
+    shared: &crate::state::Shared,
+) {
+    let mut now = HashMap::new();
+    for d in devices.values() {
+        if let Ok(Some(l)) = nl.link(d.index).await
+            && let Some(s) = l.stats
+        {
+            now.insert(d.key.2.ip(), s);
+        }
+    }
+    shared.published().fastdp_traffic = now;
 }
 
 async fn remove(nl: &Netlink, d: Device) {

@@ -212,22 +212,11 @@ pub async fn run_with(
         ipam_errors: 0,
     };
     let dns_state = DnsState { dns, dns_errors: 0 };
-    let fastdp = if fastdp_on {
-        Some(crate::fastdp::start(
-            Netlink::new().context("opening netlink for the fast path")?,
-            crate::fastdp::FastConfig {
-                bridge,
-                port: config.fastdp_port,
-                mtu: config.mtu,
-                local: match config.host {
-                    std::net::IpAddr::V4(a) if !a.is_unspecified() => Some(a),
-                    _ => None,
-                },
-            },
-            ev_tx.clone(),
-        ))
+    let (fastdp, fastdp_rx) = if fastdp_on {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Some(tx), Some(rx))
     } else {
-        None
+        (None, None)
     };
     let shared = Arc::new(Shared {
         info: RouterInfo {
@@ -263,6 +252,23 @@ pub async fn run_with(
         run_dir: config.run_dir.clone(),
         clock,
     });
+    if let Some(rx) = fastdp_rx {
+        crate::fastdp::spawn(
+            Netlink::new().context("opening netlink for the fast path")?,
+            crate::fastdp::FastConfig {
+                bridge,
+                port: config.fastdp_port,
+                mtu: config.mtu,
+                local: match config.host {
+                    std::net::IpAddr::V4(a) if !a.is_unspecified() => Some(a),
+                    _ => None,
+                },
+            },
+            ev_tx.clone(),
+            rx,
+            shared.clone(),
+        );
+    }
     let publish = {
         let shared = shared.clone();
         move |c: &weft_overlay::Counters, t: &crate::traffic::LinkTraffic| {

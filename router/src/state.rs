@@ -148,6 +148,9 @@ pub struct Published {
     pub counters: Counters,
     /// Last copy of the data plane's per-link traffic.
     pub link_traffic: crate::traffic::LinkTraffic,
+    /// What each neighbour's kernel fast-path device carried (by the neighbour's underlay
+    /// address), as of its last reading (about once a second).
+    pub fastdp_traffic: std::collections::HashMap<std::net::IpAddr, weft_sys::netlink::LinkStats>,
 }
 
 /// Everything the tasks share.

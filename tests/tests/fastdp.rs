@@ -104,6 +104,28 @@ fn two_hosts_use_the_kernel_fast_path() {
             sleeve_sent < 2000,
             "{sleeve_sent} datagrams went through the userspace path"
         );
+        // The fast path's counters saw it (read from the device about once a second).
+        wait_until(
+            "the fast path's counters to show 100 MiB sent",
+            Duration::from_secs(5),
+            Duration::from_millis(200),
+            || {
+                let sent = p.h1.counter("fastdp_tx_bytes")?;
+                ensure!(sent >= 100 << 20, "fastdp_tx_bytes {sent}");
+                Ok(())
+            },
+        )?;
+        // Per link too (the topology page's rates and weft_link_* come from these).
+        let v = p.h1.status_json()?;
+        let h2 = p.h2.addr().to_string();
+        let link = v["links"]
+            .as_array()
+            .and_then(|l| l.iter().find(|l| l["address"] == h2.as_str()))
+            .with_context(|| format!("no link to {h2} in {}", v["links"]))?;
+        ensure!(
+            link["tx_bytes"].as_u64().is_some_and(|b| b >= 100 << 20),
+            "link to host 2: {link}"
+        );
         Ok(())
     });
 }

@@ -732,6 +732,25 @@ pub struct LinkSummary {
     pub bridge_port_forwarding: Option<bool>,
     /// The link's kind (`IFLA_INFO_KIND`: "bridge", "veth", "dummy", ...), if it has one.
     pub kind: Option<String>,
+    /// Its counters (`IFLA_STATS64`), if the kernel sent them.
+    pub stats: Option<LinkStats>,
+}
+
+/// What an interface carried since it was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkStats {
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets dropped on receive.
+    pub rx_dropped: u64,
+    /// Packets dropped on send.
+    pub tx_dropped: u64,
 }
 
 impl LinkSummary {
@@ -752,6 +771,16 @@ impl LinkSummary {
                 LinkAttribute::Controller(c) => s.master = Some(c),
                 LinkAttribute::Link(l) => s.peer_index = Some(l),
                 LinkAttribute::LinkNetNsId(_) => s.peer_in_other_netns = true,
+                LinkAttribute::Stats64(st) => {
+                    s.stats = Some(LinkStats {
+                        rx_packets: st.rx_packets,
+                        tx_packets: st.tx_packets,
+                        rx_bytes: st.rx_bytes,
+                        tx_bytes: st.tx_bytes,
+                        rx_dropped: st.rx_dropped,
+                        tx_dropped: st.tx_dropped,
+                    });
+                }
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Kind(kind) = &info {
