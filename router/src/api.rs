@@ -547,6 +547,7 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         protocol: format!("weft {}..{}", info.protocol_min, info.protocol_max),
         port: info.port,
         data_port: info.data_port,
+        fastdp_port: info.fastdp_port,
         mtu: info.mtu,
         encryption: info.encryption,
         peers,

@@ -226,6 +226,7 @@ pub async fn run_with(
             uid,
             port: config.port,
             data_port: config.data_port,
+            fastdp_port: config.fastdp_port,
             mtu: config.mtu,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol_min: PROTOCOL_MIN,

@@ -226,8 +226,10 @@ pub struct RouterInfo {
     pub uid: u64,
     /// TCP control port.
     pub port: u16,
-    /// UDP data port.
+    /// UDP data port (sleeve).
     pub data_port: u16,
+    /// UDP port of the kernel fast path (0: off).
+    pub fastdp_port: u16,
     /// Overlay MTU.
     pub mtu: u32,
     /// weft's version.
@@ -266,8 +268,10 @@ pub struct StatusReport {
     pub protocol: String,
     /// TCP control port.
     pub port: u16,
-    /// UDP data port.
+    /// UDP data port (sleeve).
     pub data_port: u16,
+    /// UDP port of the kernel fast path (0: off).
+    pub fastdp_port: u16,
     /// Overlay MTU.
     pub mtu: u32,
     /// Whether a password is set (connections are encrypted).

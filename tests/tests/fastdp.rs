@@ -82,6 +82,12 @@ fn two_hosts_use_the_kernel_fast_path() {
         for h in [&p.h1, &p.h2] {
             let d = devices(h)?;
             ensure!(d.len() == 1, "host {}: devices {d:?}", h.n());
+            let status = h.weft_ok(&["status"])?;
+            ensure!(
+                status.contains("DataPath: fastdp (kernel VXLAN per peer, udp/6784), sleeve"),
+                "host {}: weft status:\n{status}",
+                h.n()
+            );
         }
         let s = p.c1.ping(p.c2.ip(), 20, 0.05)?;
         ensure!(s.received == 20, "{}/20 pings answered", s.received);
@@ -268,6 +274,11 @@ fn no_fastdp_and_passwords_stay_on_sleeve() {
                 devices(h)?
             );
         }
+        let status = h1.weft_ok(&["status"])?;
+        ensure!(
+            status.contains("DataPath: sleeve"),
+            "host 1 (--no-fastdp): weft status:\n{status}"
+        );
         let why = reasons(&h2)?;
         ensure!(why.contains("the peer has none"), "host 2 says:\n{why}");
         // WEAVE_NO_FASTDP works as the flag does, and a password keeps connections encrypted
