@@ -10,6 +10,8 @@
 //!   on (< 3 s lost); unblocked: back on fastdp. An underlay smaller than the MTU: sleeve;
 //! - three hosts with A–C blocked: A and C reach each other through B; one broadcast and one
 //!   multicast datagram arrive exactly once at every other container;
+//! - a mixed host (sleeve to a `--no-fastdp` peer, fastdp to another): everyone reaches
+//!   everyone, floods from each of the three arrive exactly once;
 //! - `--no-fastdp`, a password: sleeve; `reset` leaves no device; a router killed with SIGKILL
 //!   and launched again replaces its devices.
 
@@ -426,79 +428,147 @@ fn three_hosts_relay_and_flood_exactly_once() {
         ensure!(relayed > 0, "B relayed nothing");
         // One broadcast and one multicast stream from A's container: every other container
         // gets each datagram exactly once (B's through the kernel, C's relayed by B).
-        let dir = net.dir();
-        let mut listeners = Vec::new();
-        for ct in &ctrs[1..] {
-            let out = dir.join(format!("listen-{}.out", ct.name()));
-            let err = dir.join(format!("listen-{}.err", ct.name()));
-            let child = weft_tests::Cmd::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    ct.ns(),
-                    "python3",
-                    "-c",
-                    LISTENER,
-                    &ct.ip().to_string(),
-                ])
-                .spawn_to(&out, &err)?;
-            listeners.push((ct.name().to_owned(), child, out, err));
-        }
-        let result = (|| -> Result<()> {
-            for (name, _, _, err) in &listeners {
-                wait_until(
-                    &format!("the listener in {name}"),
-                    Duration::from_secs(10),
-                    Duration::from_millis(50),
-                    || {
-                        ensure!(std::fs::read_to_string(err)?.contains("ready"), "not yet");
-                        Ok(())
-                    },
-                )?;
-            }
-            // Let the IGMP joins reach every bridge first.
-            std::thread::sleep(Duration::from_secs(1));
-            let out = ctrs[0].exec(&["python3", "-c", SENDER, &ctrs[0].ip().to_string()])?;
-            ensure!(out.success(), "sender: {out}");
-            for (name, child, out, err) in &mut listeners {
-                wait_until(
-                    &format!("the listener in {name} to finish"),
-                    Duration::from_secs(30),
-                    Duration::from_millis(100),
-                    || child.try_wait()?.context("running"),
-                )?;
-                let text = std::fs::read_to_string(&*out)?;
-                let counts: std::collections::BTreeMap<String, u64> =
-                    serde_json::from_str(text.trim()).with_context(|| {
-                        format!(
-                            "{name}: {text} / {}",
-                            std::fs::read_to_string(&*err).unwrap_or_default()
-                        )
-                    })?;
-                eprintln!("{name} received {counts:?}");
-                for kind in ["b", "m"] {
-                    for i in 0..5 {
-                        let key = format!("{kind}{i}");
-                        let n = counts.get(&key).copied().unwrap_or(0);
-                        if n != 1 {
-                            bail!("{name} got {key} {n} times: {counts:?}");
-                        }
-                    }
-                }
-            }
-            Ok(())
-        })();
-        for (_, child, _, _) in &mut listeners {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        result?;
+        floods_exactly_once(net, &ctrs[0], &[&ctrs[1], &ctrs[2]])?;
         let skipped = b.settled_counter("fastdp_floods_skipped")?;
         ensure!(
             skipped > 0,
             "B never skipped a sleeve copy of A's broadcasts"
         );
         unblock_underlay(a, c)?;
+        Ok(())
+    });
+}
+
+/// Runs the listener in each of `receivers`, the sender in `from`, and checks every datagram
+/// arrived exactly once everywhere.
+fn floods_exactly_once(
+    net: &weft_tests::TestNet,
+    from: &Container,
+    receivers: &[&Container],
+) -> Result<()> {
+    let dir = net.dir();
+    let mut listeners = Vec::new();
+    for ct in receivers {
+        let out = dir.join(format!("listen-{}-{}.out", from.name(), ct.name()));
+        let err = dir.join(format!("listen-{}-{}.err", from.name(), ct.name()));
+        let child = weft_tests::Cmd::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ct.ns(),
+                "python3",
+                "-c",
+                LISTENER,
+                &ct.ip().to_string(),
+            ])
+            .spawn_to(&out, &err)?;
+        listeners.push((ct.name().to_owned(), child, out, err));
+    }
+    let result = (|| -> Result<()> {
+        for (name, _, _, err) in &listeners {
+            wait_until(
+                &format!("the listener in {name}"),
+                Duration::from_secs(10),
+                Duration::from_millis(50),
+                || {
+                    ensure!(std::fs::read_to_string(err)?.contains("ready"), "not yet");
+                    Ok(())
+                },
+            )?;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let out = from.exec(&["python3", "-c", SENDER, &from.ip().to_string()])?;
+        ensure!(out.success(), "sender: {out}");
+        for (name, child, out, err) in &mut listeners {
+            wait_until(
+                &format!("the listener in {name} to finish"),
+                Duration::from_secs(30),
+                Duration::from_millis(100),
+                || child.try_wait()?.context("running"),
+            )?;
+            let text = std::fs::read_to_string(&*out)?;
+            let counts: std::collections::BTreeMap<String, u64> = serde_json::from_str(text.trim())
+                .with_context(|| {
+                    format!(
+                        "{name}: {text} / {}",
+                        std::fs::read_to_string(&*err).unwrap_or_default()
+                    )
+                })?;
+            eprintln!("{} -> {name}: {counts:?}", from.name());
+            for kind in ["b", "m"] {
+                for i in 0..5 {
+                    let key = format!("{kind}{i}");
+                    let n = counts.get(&key).copied().unwrap_or(0);
+                    if n != 1 {
+                        bail!(
+                            "{name} got {key} {n} times from {}: {counts:?}",
+                            from.name()
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    })();
+    for (_, child, _, _) in &mut listeners {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    result
+}
+
+#[test]
+fn a_host_with_fastdp_and_sleeve_connections_at_once() {
+    run_test("fdpmix", |net| {
+        let hosts: Vec<Host> = (1..=3).map(|k| net.host(k)).collect::<Result<_>>()?;
+        let (a, b, c) = (&hosts[0], &hosts[1], &hosts[2]);
+        // A has no fast path: B's link to A is sleeve, B's link to C fastdp.
+        launch_with(a, &["--no-fastdp"], &[])?;
+        launch_with(b, &[], &[a])?;
+        launch_with(c, &[], &[a, b])?;
+        wait_established(&[a, b, c], Duration::from_secs(30))?;
+        let c_addr = c.addr().to_string();
+        wait_until(
+            "B: sleeve to A, fastdp to C",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                let text = b.weft_ok(&["status", "connections"])?;
+                let conns = parse_connections(&text);
+                let word = |ip: &str| {
+                    conns
+                        .iter()
+                        .find(|l| l.address.starts_with(&format!("{ip}:")))
+                        .map(|l| l.info.split_whitespace().next().unwrap_or("").to_owned())
+                };
+                ensure!(
+                    word(&a.addr().to_string()).as_deref() == Some("sleeve")
+                        && word(&c_addr).as_deref() == Some("fastdp"),
+                    "{text}"
+                );
+                Ok(())
+            },
+        )?;
+        let ctrs: Vec<Container> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| h.container(&format!("c{}", i + 1), &format!("10.32.0.{}/12", i + 1)))
+            .collect::<Result<_>>()?;
+        for (x, y) in [(0, 1), (1, 2), (0, 2)] {
+            ctrs[x].wait_ping(ctrs[y].ip(), Duration::from_secs(20))?;
+            let s = ctrs[y].ping(ctrs[x].ip(), 5, 0.05)?;
+            ensure!(
+                s.received == 5,
+                "c{} -> c{}: {}/5",
+                y + 1,
+                x + 1,
+                s.received
+            );
+        }
+        // Broadcast and multicast exactly once from the mixed host and from each side.
+        floods_exactly_once(net, &ctrs[1], &[&ctrs[0], &ctrs[2]])?;
+        floods_exactly_once(net, &ctrs[0], &[&ctrs[1], &ctrs[2]])?;
+        floods_exactly_once(net, &ctrs[2], &[&ctrs[0], &ctrs[1]])?;
         Ok(())
     });
 }
