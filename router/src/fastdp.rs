@@ -339,6 +339,9 @@ async fn create(
         .add_vxlan_peer(&name, vni_in, config.port, config.local)
         .await?;
     let made = async {
+        // Up, unenslaved (probing), the device would autoconfigure IPv6 and send its own
+        // solicitations to the peer's bridge.
+        weft_sys::plumb::disable_ipv6(&name);
         nl.set_mtu(index, config.mtu).await?;
         nl.add_vxlan_default(index, dst, vni_out).await?;
         nl.set_up(index).await?;

@@ -572,3 +572,48 @@ fn a_host_with_fastdp_and_sleeve_connections_at_once() {
         Ok(())
     });
 }
+
+#[test]
+fn a_mac_that_moves_to_another_host_is_followed() {
+    run_test("fdpmove", |net| {
+        let hosts: Vec<Host> = (1..=3).map(|k| net.host(k)).collect::<Result<_>>()?;
+        let (a, b, c) = (&hosts[0], &hosts[1], &hosts[2]);
+        // Addresses outside IPAM's range, so the moved workload may keep its address.
+        let range = ["--ipalloc-range", "10.40.0.0/16"];
+        launch_with(a, &range, &[])?;
+        launch_with(b, &range, &[a])?;
+        launch_with(c, &range, &[a, b])?;
+        wait_overlay(&[a, b, c], "fastdp", 30)?;
+        let c1 = a.container("c1", "10.32.0.1/12")?;
+        let moving = b.container("c2", "10.32.0.2/12")?;
+        c1.wait_ping(moving.ip(), Duration::from_secs(20))?;
+        let mac = moving.mac()?;
+        // The workload moves to host 3 keeping its MAC and address (a migrated VM, a
+        // container restored elsewhere): the old end goes, a new one with the same MAC comes.
+        weft_tests::cmd::ip(["netns", "del", moving.ns()])?;
+        let moved = c.container("c2moved", "10.32.0.2/12")?;
+        let set = moved.exec(&["ip", "link", "set", "dev", "ethwe", "address", &mac])?;
+        ensure!(set.success(), "setting ethwe's MAC: {set}");
+        ensure!(moved.mac()? == mac, "MAC not moved");
+        // Its first frame (an ARP request for c1) teaches host 1's bridge the new port; c1's
+        // ARP entry for 10.32.0.2 still names the same MAC.
+        let t0 = Instant::now();
+        moved.wait_ping(c1.ip(), Duration::from_secs(10))?;
+        c1.wait_ping(moved.ip(), Duration::from_secs(10))?;
+        eprintln!("moved MAC reachable again after {:.1?}", t0.elapsed());
+        let s = c1.ping(moved.ip(), 10, 0.05)?;
+        ensure!(s.received == 10, "{}/10 to the moved MAC", s.received);
+        // Host 1's bridge has the MAC behind the fast path port to host 3 now.
+        let fdb = a
+            .exec(&["bridge", "fdb", "show", "br", "weave"])?
+            .ok()?
+            .stdout;
+        let want = format!("vxwe-{:03x}", c.short_id()?);
+        ensure!(
+            fdb.lines()
+                .any(|l| l.starts_with(&mac) && l.contains(&want)),
+            "host 1's bridge does not have {mac} on {want}:\n{fdb}"
+        );
+        Ok(())
+    });
+}
