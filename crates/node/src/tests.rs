@@ -100,6 +100,15 @@ impl Net {
         (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Gives every node `config` (before any connection).
+    fn configure(&mut self, config: &NodeConfig) {
+        let now = self.now;
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            let local = n.mesh().topology().local().clone();
+            *n = Node::new(local, config.clone(), i as u64 + 7, now);
+        }
+    }
+
     /// Opens a connection from `a` to `b` (both ends register it); returns its index.
     fn open(&mut self, a: usize, b: usize) -> usize {
         let (ia, ib) = (ConnId(self.next_id), ConnId(self.next_id + 1));
@@ -542,15 +551,10 @@ fn gossip_goes_to_registered_channels_only() {
 /// Two nodes probing their path up to 1390-byte frames (MTU 1376).
 fn probing_pair() -> Net {
     let mut net = Net::new(2);
-    let now = net.now;
-    for (i, n) in net.nodes.iter_mut().enumerate() {
-        let local = n.mesh().topology().local().clone();
-        let config = NodeConfig {
-            pmtu_max_frame: 1390,
-            ..NodeConfig::default()
-        };
-        *n = Node::new(local, config, i as u64 + 7, now);
-    }
+    net.configure(&NodeConfig {
+        pmtu_max_frame: 1390,
+        ..NodeConfig::default()
+    });
     net.connect(0, 1, 5);
     net
 }
@@ -670,18 +674,18 @@ fn one_round_losing_the_full_size_shrinks_nothing() {
 /// Two nodes with fast paths (overlay frames of 1390 bytes), connected.
 fn fast_pair() -> Net {
     let mut net = Net::new(2);
-    let now = net.now;
-    for (i, n) in net.nodes.iter_mut().enumerate() {
-        let local = n.mesh().topology().local().clone();
-        let config = NodeConfig {
-            pmtu_max_frame: 1390,
-            fastdp: true,
-            ..NodeConfig::default()
-        };
-        *n = Node::new(local, config, i as u64 + 7, now);
-    }
+    net.configure(&fast_config());
     net.connect(0, 1, 5);
     net
+}
+
+/// Fast paths on, overlay frames of 1390 bytes.
+fn fast_config() -> NodeConfig {
+    NodeConfig {
+        pmtu_max_frame: 1390,
+        fastdp: true,
+        ..NodeConfig::default()
+    }
 }
 
 fn fastdp(net: &Net, h: usize) -> (bool, Option<&'static str>) {
@@ -744,16 +748,7 @@ fn traffic_moves_onto_the_fast_path_and_off_it_when_its_heartbeats_stop() {
 fn a_path_smaller_than_the_mtu_keeps_traffic_on_sleeve() {
     let mut net = Net::new(2);
     net.fast_max_frame.insert((0, 1), 1389);
-    let now = net.now;
-    for (i, n) in net.nodes.iter_mut().enumerate() {
-        let local = n.mesh().topology().local().clone();
-        let config = NodeConfig {
-            pmtu_max_frame: 1390,
-            fastdp: true,
-            ..NodeConfig::default()
-        };
-        *n = Node::new(local, config, i as u64 + 7, now);
-    }
+    net.configure(&fast_config());
     net.connect(0, 1, 5);
     net.run(Duration::from_secs(5));
     assert_eq!(fastdp(&net, 0), (false, Some(FAST_TOO_SMALL)));
