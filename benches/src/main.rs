@@ -36,8 +36,8 @@ struct Args {
     /// Pings (0.2 s apart) for the RTT median.
     #[arg(long, default_value_t = 20)]
     pings: u32,
-    /// Comma-separated targets out of weft, weft-enc, kvxlan, veth.
-    #[arg(long, default_value = "weft,weft-enc,kvxlan,veth")]
+    /// Comma-separated targets out of weft, weft-fastdp, weft-enc, kvxlan, veth.
+    #[arg(long, default_value = "weft,weft-fastdp,weft-enc,kvxlan,veth")]
     targets: String,
     /// JSON output file (default `bench-results/netbench-<unix time>.json`).
     #[arg(long)]
@@ -64,7 +64,10 @@ struct Args {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
+    /// weft's userspace path (launched with --no-fastdp).
     Weft,
+    /// weft's kernel fast path (a VXLAN device per peer, the default).
+    WeftFastdp,
     /// weft with a password: every datagram sealed.
     WeftEnc,
     Kvxlan,
@@ -75,16 +78,20 @@ impl Target {
     fn parse(s: &str) -> Result<Self> {
         match s.trim() {
             "weft" => Ok(Self::Weft),
+            "weft-fastdp" => Ok(Self::WeftFastdp),
             "weft-enc" => Ok(Self::WeftEnc),
             "kvxlan" => Ok(Self::Kvxlan),
             "veth" => Ok(Self::Veth),
-            other => bail!("unknown target {other:?} (known: weft, weft-enc, kvxlan, veth)"),
+            other => {
+                bail!("unknown target {other:?} (known: weft, weft-fastdp, weft-enc, kvxlan, veth)")
+            }
         }
     }
 
     fn name(self) -> &'static str {
         match self {
             Self::Weft => "weft",
+            Self::WeftFastdp => "weft-fastdp",
             Self::WeftEnc => "weft-enc",
             Self::Kvxlan => "kvxlan",
             Self::Veth => "veth",
@@ -93,7 +100,8 @@ impl Target {
 
     fn desc(self) -> &'static str {
         match self {
-            Self::Weft => "weft router (userspace, VXLAN over UDP 6784), bridged",
+            Self::Weft => "weft router, userspace path (--no-fastdp; VXLAN over UDP 6783), bridged",
+            Self::WeftFastdp => "weft router, kernel fast path (VXLAN device per peer, UDP 6784)",
             Self::WeftEnc => "weft router with --password (every datagram sealed, AEAD per hop)",
             Self::Kvxlan => "kernel VXLAN VNI 42, UDP 4789, bridged, static FDB",
             Self::Veth => "bare underlay, routed, no encapsulation (physical limit)",
@@ -181,7 +189,10 @@ fn run(args: &Args) -> Result<()> {
             .run_ok()
             .with_context(|| format!("missing tool {tool} (run .ci/install)"))?;
     }
-    let weft_bin = if targets.contains(&Target::Weft) || targets.contains(&Target::WeftEnc) {
+    let weft_bin = if targets
+        .iter()
+        .any(|t| matches!(t, Target::Weft | Target::WeftFastdp | Target::WeftEnc))
+    {
         Some(locate_weft(args.weft_bin.as_deref(), "netbench")?)
     } else {
         None
@@ -263,7 +274,7 @@ fn measure_target(
 ) -> Result<Vec<Record>> {
     let setup = build(target, weft_bin.map(Path::to_path_buf))?;
     let res = measure(args, target, round, &setup, clk_tck);
-    if res.is_err() && matches!(target, Target::Weft | Target::WeftEnc) {
+    if res.is_err() && matches!(target, Target::Weft | Target::WeftFastdp | Target::WeftEnc) {
         eprintln!("{}", setup.net.logs_report(30));
     }
     drop(setup);
@@ -273,11 +284,39 @@ fn measure_target(
 fn build(target: Target, weft_bin: Option<PathBuf>) -> Result<Setup> {
     let net = TestNet::with_weft_bin(&format!("nb{}", &target.name()[..2]), weft_bin)?;
     let (client, server, mtu, tunnel_pids) = match target {
-        Target::Weft => {
-            let p = net.pair()?;
-            let mtu = p.c1.mtu()?;
-            let pids = vec![p.h1.router_pid()?, p.h2.router_pid()?];
-            (p.c1, p.c2, mtu, pids)
+        Target::Weft | Target::WeftFastdp => {
+            let h1 = net.host(1)?;
+            let h2 = net.host(2)?;
+            let opts: &[&str] = if target == Target::Weft {
+                &["--no-fastdp"]
+            } else {
+                &[]
+            };
+            weft_tests::mesh::launch_with(&h1, opts, &[])?;
+            weft_tests::mesh::launch_with(&h2, opts, &[&h1])?;
+            weft_tests::wait_established(&[&h1, &h2], Duration::from_secs(30))?;
+            let want = if target == Target::Weft {
+                "sleeve"
+            } else {
+                "fastdp"
+            };
+            for h in [&h1, &h2] {
+                wait_until(
+                    &format!("host {}'s connection on {want}", h.n()),
+                    Duration::from_secs(15),
+                    Duration::from_millis(100),
+                    || {
+                        let text = h.weft_ok(&["status", "connections"])?;
+                        anyhow::ensure!(text.contains(&format!(" {want} ")), "{text}");
+                        Ok(())
+                    },
+                )?;
+            }
+            let c1 = h1.container("c1", "10.32.0.1/12")?;
+            let c2 = h2.container("c2", "10.32.0.2/12")?;
+            let mtu = c1.mtu()?;
+            let pids = vec![h1.router_pid()?, h2.router_pid()?];
+            (c1, c2, mtu, pids)
         }
         Target::WeftEnc => {
             let h1 = net.host(1)?;
@@ -857,6 +896,26 @@ fn render_table(targets: &[Target], records: &[Record], args: &Args) -> String {
                 );
             }
         }
+    }
+    // Issue 13's goals: the fast path against the kernel's own VXLAN (≥ 0.95× throughput,
+    // RTT ≤ 1.1×, p90 under load ≤ 1.5×).
+    if targets.contains(&Target::WeftFastdp) && targets.contains(&Target::Kvxlan) {
+        let ratio = |test: &str| {
+            let w = median(&values(records, Target::WeftFastdp, test));
+            let x = median(&values(records, Target::Kvxlan, test));
+            match (w, x) {
+                (Some(w), Some(x)) if x > 0.0 => format!("{:.2}×", w / x),
+                _ => "–".to_owned(),
+            }
+        };
+        s += &format!(
+            "\n| weft-fastdp ÷ kvxlan | TCP 1 stream | TCP 4 streams | ping RTT | ping under load p90 |\n\
+             |---|--:|--:|--:|--:|\n| | {} | {} | {} | {} |\n",
+            ratio("tcp1"),
+            ratio("tcp4"),
+            ratio("ping"),
+            ratio("ping_loaded_p90")
+        );
     }
     let errors: Vec<String> = records
         .iter()

@@ -887,9 +887,14 @@ fn router_config(global: &Global, spec: &RouterSpec) -> anyhow::Result<weft_rout
             .host
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
         port,
-        data_port: port
-            .checked_add(1)
-            .context("--port 65535 leaves no data port")?,
+        // Weave's ports: sleeve on the control port's number (UDP), fastdp on the next.
+        data_port: port,
+        fastdp_port: if a.no_fastdp {
+            0
+        } else {
+            port.checked_add(1)
+                .context("--port 65535 leaves no fast-path port (or give --no-fastdp)")?
+        },
         http_addr: global.http_addr,
         mtu: a.mtu.unwrap_or(DEFAULT_MTU),
         state_dir: global.state_dir.clone(),

@@ -126,7 +126,7 @@ pub(crate) struct RouterArgs {
     /// without them.
     #[arg(long, env = "WEFT_DISABLE_FEATURES", value_name = "FEATURES")]
     pub(crate) disable_features: Option<String>,
-    /// Weave's switch to its userspace path only (weft has no kernel path; noted).
+    /// Use only the userspace data path ("sleeve"), never the kernel fast path (Weave's flag).
     #[arg(long, env = "WEAVE_NO_FASTDP", action = ArgAction::Set, num_args = 0..=1,
           require_equals = true, default_missing_value = "true", default_value = "false",
           value_parser = BoolishValueParser::new())]
@@ -504,14 +504,9 @@ pub(crate) fn notes(router: Option<&RouterArgs>, common: &CommonArgs) -> Vec<Str
     let flag = |on: bool, name: &str, why: &str| on.then(|| format!("{name}: {why}; noted"));
     let noted = [
         flag(
-            r.no_fastdp,
-            "--no-fastdp / WEAVE_NO_FASTDP",
-            "weft has only its userspace data path",
-        ),
-        flag(
             r.no_bridged_fastdp,
             "--no-bridged-fastdp",
-            "weft has no kernel datapath",
+            "weft's fast path is always bridged",
         ),
         flag(
             r.token.is_some() || r.peer_discovery_url.is_some() || r.advertise_address.is_some(),
@@ -950,6 +945,8 @@ pub(crate) fn reset(global: &Global, args: ResetArgs) -> anyhow::Result<ExitCode
         if let Some(tap) = nl.link_index(TAP).await? {
             nl.delete_link(tap).await?;
         }
+        // The kernel fast path's devices (a killed router leaves them).
+        weft_router::fastdp::remove_leftovers(&nl).await?;
         // Container ends whose bridge went first.
         for (index, name) in nl.links().await? {
             if name.starts_with(weft_sys::plumb::HOST_PREFIX) {

@@ -412,10 +412,19 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         } else if rec.state == ConnState::Established && !rec.path_up {
             "data path down (no heartbeats)".to_owned()
         } else {
-            String::new()
+            // Why a connection that could use the kernel fast path does not (nothing when
+            // this router runs without one, as Weave with --no-fastdp prints nothing).
+            rec.fastdp_reason
+                .filter(|r| *r != weft_node::FASTDP_OFF_HERE)
+                .unwrap_or_default()
+                .to_owned()
         };
-        // Past the handshake the data plane runs over weft's userspace path.
-        let overlay = if rec.remote.is_some() { "sleeve" } else { "" };
+        // Past the handshake: the kernel fast path, or weft's userspace path.
+        let overlay = match (&rec.remote, rec.fastdp) {
+            (None, _) => "",
+            (Some(_), true) => "fastdp",
+            (Some(_), false) => "sleeve",
+        };
         connections.push(ConnectionReport {
             address: rec.address.to_string(),
             outbound: rec.outbound,
@@ -483,7 +492,29 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         let counters: BTreeMap<String, u64> = (published.counters.fields().iter())
             .map(|(name, _, v)| ((*name).to_owned(), *v))
             .collect();
-        (counters, link_reports(&published.link_traffic, &view))
+        let mut counters = counters;
+        let mut traffic = published.link_traffic.clone();
+        let mut fast = weft_sys::netlink::LinkStats::default();
+        for (ip, s) in &published.fastdp_traffic {
+            traffic.add_fastdp(*ip, s);
+            fast.rx_packets += s.rx_packets;
+            fast.tx_packets += s.tx_packets;
+            fast.rx_bytes += s.rx_bytes;
+            fast.tx_bytes += s.tx_bytes;
+            fast.rx_dropped += s.rx_dropped;
+            fast.tx_dropped += s.tx_dropped;
+        }
+        for (name, v) in [
+            ("fastdp_rx_packets", fast.rx_packets),
+            ("fastdp_tx_packets", fast.tx_packets),
+            ("fastdp_rx_bytes", fast.rx_bytes),
+            ("fastdp_tx_bytes", fast.tx_bytes),
+            ("fastdp_rx_dropped", fast.rx_dropped),
+            ("fastdp_tx_dropped", fast.tx_dropped),
+        ] {
+            counters.insert(name.to_owned(), v);
+        }
+        (counters, link_reports(&traffic, &view))
     };
     counters.insert(
         "control_handshake_failures".into(),
@@ -492,6 +523,8 @@ pub fn build_report(shared: &Shared) -> StatusReport {
     counters.insert("gossip_errors".into(), view.stats.gossip_errors);
     counters.insert("data_paths_down".into(), view.stats.paths_down);
     counters.insert("data_paths_up".into(), view.stats.paths_up);
+    counters.insert("fastdp_switches_up".into(), view.stats.fastdp_up);
+    counters.insert("fastdp_switches_down".into(), view.stats.fastdp_down);
     let g = view.gossip;
     counters.insert("gossip_bytes_sent".into(), g.bytes_sent);
     counters.insert("gossip_bytes_received".into(), g.bytes_received);
@@ -514,6 +547,7 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         protocol: format!("weft {}..{}", info.protocol_min, info.protocol_max),
         port: info.port,
         data_port: info.data_port,
+        fastdp_port: info.fastdp_port,
         mtu: info.mtu,
         encryption: info.encryption,
         peers,

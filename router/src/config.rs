@@ -64,8 +64,11 @@ pub struct Config {
     pub host: IpAddr,
     /// TCP control port.
     pub port: u16,
-    /// UDP data port (VXLAN).
+    /// UDP data port of the userspace path, "sleeve" (VXLAN; Weave's 6783/udp).
     pub data_port: u16,
+    /// UDP port of the kernel fast path (VXLAN; Weave's 6784/udp); 0: no fast path
+    /// (`--no-fastdp`).
+    pub fastdp_port: u16,
     /// HTTP API address.
     pub http_addr: SocketAddr,
     /// Overlay MTU for the bridge and every container interface.
@@ -157,7 +160,8 @@ impl Default for Config {
             nickname: String::from("weft"),
             host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port: DEFAULT_PORT,
-            data_port: DEFAULT_PORT + 1,
+            data_port: DEFAULT_PORT,
+            fastdp_port: DEFAULT_PORT + 1,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 6784)),
             mtu: DEFAULT_MTU,
             state_dir: PathBuf::from("/var/lib/weft"),

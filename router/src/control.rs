@@ -282,6 +282,12 @@ impl Control {
                     Some(DpEvent::Heartbeat { heartbeat, .. }) => {
                         node.handle_heartbeat(self.clock.now(), heartbeat);
                     }
+                    Some(DpEvent::FastHeartbeat { from, heartbeat }) => {
+                        node.handle_fast_heartbeat(self.clock.now(), from, heartbeat);
+                    }
+                    Some(DpEvent::FastMac { remote, mac }) => {
+                        self.fastdp(crate::fastdp::FastCmd::PointMac { remote, mac });
+                    }
                     None => events_open = false,
                 },
                 _ = sleep => {}
@@ -410,6 +416,22 @@ impl Control {
                     let datagram = weft_overlay::heartbeat_datagram(src, dst, heartbeat);
                     let _ = self.shared.dataplane.send(DpCommand::Send { to, datagram });
                 }
+                Action::FastPath {
+                    peer,
+                    local,
+                    remote,
+                    addr,
+                    mode,
+                } => self.fastdp(crate::fastdp::FastCmd::Set {
+                    peer,
+                    local,
+                    remote,
+                    addr,
+                    mode,
+                }),
+                Action::FastHeartbeat { peer, heartbeat } => {
+                    self.fastdp(crate::fastdp::FastCmd::Send { peer, heartbeat });
+                }
                 Action::Gossip {
                     channel,
                     from,
@@ -449,6 +471,13 @@ impl Control {
             let _ = self.shared.dataplane.send(DpCommand::SetTable(table));
         }
         any
+    }
+
+    /// Hand `cmd` to the kernel fast path (the node only asks for one when it is on).
+    fn fastdp(&self, cmd: crate::fastdp::FastCmd) {
+        if let Some(tx) = &self.shared.fastdp {
+            let _ = tx.send(cmd);
+        }
     }
 
     /// IPAM's and DNS's timers and output.
@@ -610,6 +639,8 @@ impl Control {
                                 uid: remote.uid.0,
                                 short_id: remote.short_id,
                                 data_addr: SocketAddr::new(address.ip(), remote.data_port),
+                                fastdp_addr: (remote.fastdp_port != 0)
+                                    .then(|| SocketAddr::new(address.ip(), remote.fastdp_port)),
                             },
                             conn_uid,
                             keys: conn.take_data_keys(),
@@ -773,6 +804,8 @@ fn view(node: &Node, tasks: &BTreeMap<ConnId, ConnTask>) -> NodeView {
             carrier: c.carrier,
             path_up: c.path_up,
             path_mtu: c.path_mtu,
+            fastdp: c.fastdp,
+            fastdp_reason: c.fastdp_reason,
             protection: tasks.get(&c.id).and_then(|t| t.protection),
         })
         .collect();

@@ -140,6 +140,22 @@ pub enum DpEvent {
         /// Its content.
         heartbeat: Heartbeat,
     },
+    /// A heartbeat arrived through the kernel fast path ([`crate::fastdp`]).
+    FastHeartbeat {
+        /// The neighbour whose device it came in on.
+        from: weft_mesh::PeerName,
+        /// Its content.
+        heartbeat: Heartbeat,
+    },
+    /// A unicast frame from a fast-path neighbour came over sleeve: point the bridge's entry
+    /// for its source MAC at the neighbour's fast-path port
+    /// ([`weft_overlay::Engine::take_fastdp_hints`]).
+    FastMac {
+        /// The neighbour's short id.
+        remote: u16,
+        /// The MAC.
+        mac: [u8; 6],
+    },
 }
 
 /// The clock the data plane and the control plane share: time since the router started,
@@ -541,6 +557,9 @@ impl DataPlane {
                         DatagramDecision::Forward { deliver, relay } => {
                             if let Some(range) = deliver {
                                 rx.deliver(&buf[range]);
+                                for (remote, mac) in tx.engine.take_fastdp_hints() {
+                                    let _ = self.events.send(DpEvent::FastMac { remote, mac });
+                                }
                             }
                             let datagram = &buf[received.plain];
                             match relay {

@@ -37,6 +37,7 @@ pub mod control;
 pub mod dataplane;
 pub mod dns;
 pub mod expose;
+pub mod fastdp;
 pub mod features;
 pub mod gate;
 pub mod guard;

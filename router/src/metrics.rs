@@ -204,6 +204,18 @@ fn weft(r: &StatusReport, out: &mut String) {
                     "Direct data paths taken out of the routes (no heartbeats for 3 s)."
                 }
                 "data_paths_up" => "Direct data paths back in the routes (heartbeats again).",
+                "fastdp_switches_up" => {
+                    "Connections whose traffic moved onto the kernel fast path."
+                }
+                "fastdp_switches_down" => {
+                    "Connections whose traffic fell back from the kernel fast path to sleeve."
+                }
+                "fastdp_rx_packets" => "Frames received through the kernel fast path.",
+                "fastdp_tx_packets" => "Frames sent through the kernel fast path.",
+                "fastdp_rx_bytes" => "Bytes of frames received through the kernel fast path.",
+                "fastdp_tx_bytes" => "Bytes of frames sent through the kernel fast path.",
+                "fastdp_rx_dropped" => "Frames the kernel fast path's devices dropped on receive.",
+                "fastdp_tx_dropped" => "Frames the kernel fast path's devices dropped on send.",
                 "gossip_bytes_sent" => "Gossip bytes sent.",
                 "gossip_bytes_received" => "Gossip bytes received.",
                 "gossip_messages_sent" => "Gossip messages sent.",

@@ -96,6 +96,8 @@ pub struct RouterStatus {
     pub TrustedSubnets: Vec<String>,
     /// weft's own: what the kernel offers the data plane and what it uses.
     pub KernelFeatures: Vec<KernelFeature>,
+    /// weft's own: the kernel fast path's UDP port (0: `--no-fastdp`).
+    pub FastdpPort: u16,
 }
 
 /// weft's own: one kernel feature (see [`crate::features`]).
@@ -416,7 +418,12 @@ pub fn weave_status(r: &StatusReport) -> WeaveStatus {
             .collect(),
         TerminationCount: r.terminations,
         Targets: r.targets.iter().map(|t| target_text(t, r.port)).collect(),
-        OverlayDiagnostics: BTreeMap::from([("sleeve".to_owned(), None)]),
+        OverlayDiagnostics: if r.fastdp_port != 0 {
+            BTreeMap::from([("fastdp".to_owned(), None), ("sleeve".to_owned(), None)])
+        } else {
+            BTreeMap::from([("sleeve".to_owned(), None)])
+        },
+        FastdpPort: r.fastdp_port,
         TrustedSubnets: r.trusted_subnets.clone(),
         KernelFeatures: r
             .kernel_features
@@ -642,9 +649,14 @@ pub fn render_status(w: &WeaveStatus) -> String {
     if !r.KernelFeatures.is_empty() {
         // weft's own line: the data path and the kernel features it uses or goes without.
         let features = r.KernelFeatures.iter().map(|f| (f.Name.as_str(), f.Used));
+        let fast = if r.FastdpPort != 0 {
+            format!("fastdp (kernel VXLAN per peer, udp/{}), ", r.FastdpPort)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "       DataPath: {}",
+            "       DataPath: {fast}{}",
             crate::features::summary(features)
         );
     }
@@ -796,7 +808,8 @@ mod tests {
             version: "0.1.0".into(),
             protocol: "weft 1..2".into(),
             port: 6783,
-            data_port: 6784,
+            data_port: 6783,
+            fastdp_port: 6784,
             mtu: 1376,
             encryption: false,
             peers: vec![

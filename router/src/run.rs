@@ -75,6 +75,17 @@ pub async fn run_with(
     nl.set_up(tap_index).await?;
     // The bridge's MTU follows its smallest port; set it again now the TAP is in.
     nl.set_mtu(bridge, config.mtu).await?;
+    // The kernel fast path (crate::fastdp): a killed router's devices go first; with it, the
+    // TAP is an isolated port (frames the kernel path delivered never reach userspace).
+    let fastdp_on = config.fastdp_port != 0;
+    match crate::fastdp::remove_leftovers(&nl).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("removed {n} fast-path devices left by an earlier router"),
+        Err(e) => tracing::warn!("removing old fast-path devices: {e:#}"),
+    }
+    nl.set_isolated(tap_index, fastdp_on)
+        .await
+        .context("setting the TAP's bridge port isolation")?;
     // Weave's FORWARD rules for the bridge: with bridged traffic handed to iptables (Docker
     // turns `bridge-nf-call-iptables` on) and Docker's FORWARD policy DROP, containers on the
     // bridge would otherwise reach each other by ARP only.
@@ -136,6 +147,7 @@ pub async fn run_with(
         },
         // Probe each link's path up to a whole overlay frame.
         pmtu_max_frame: u16::try_from(config.mtu + 14).unwrap_or(u16::MAX),
+        fastdp: fastdp_on,
         ..NodeConfig::default()
     };
     let mut node = Node::new(summary, node_config, uid, Instant::ZERO);
@@ -200,6 +212,12 @@ pub async fn run_with(
         ipam_errors: 0,
     };
     let dns_state = DnsState { dns, dns_errors: 0 };
+    let (fastdp, fastdp_rx) = if fastdp_on {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
     let shared = Arc::new(Shared {
         info: RouterInfo {
             name: id.name.to_string(),
@@ -208,6 +226,7 @@ pub async fn run_with(
             uid,
             port: config.port,
             data_port: config.data_port,
+            fastdp_port: config.fastdp_port,
             mtu: config.mtu,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol_min: PROTOCOL_MIN,
@@ -227,12 +246,30 @@ pub async fn run_with(
         view: Mutex::new(Arc::new(crate::control::empty_view(&node))),
         node: node_tx,
         dataplane: dp_tx.clone(),
+        fastdp,
         wake: tokio::sync::Notify::new(),
         targets_file,
         state_dir: config.state_dir.clone(),
         run_dir: config.run_dir.clone(),
         clock,
     });
+    if let Some(rx) = fastdp_rx {
+        crate::fastdp::spawn(
+            Netlink::new().context("opening netlink for the fast path")?,
+            crate::fastdp::FastConfig {
+                bridge,
+                port: config.fastdp_port,
+                mtu: config.mtu,
+                local: match config.host {
+                    std::net::IpAddr::V4(a) if !a.is_unspecified() => Some(a),
+                    _ => None,
+                },
+            },
+            ev_tx.clone(),
+            rx,
+            shared.clone(),
+        );
+    }
     let publish = {
         let shared = shared.clone();
         move |c: &weft_overlay::Counters, t: &crate::traffic::LinkTraffic| {
@@ -263,6 +300,7 @@ pub async fn run_with(
         short_id: id.short_id,
         uid: PeerUid(uid),
         data_port: config.data_port,
+        fastdp_port: config.fastdp_port,
     };
     let control = Arc::new(Control::new(
         shared.clone(),
@@ -300,12 +338,17 @@ pub async fn run_with(
     identity::write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())
         .with_context(|| format!("writing {}", pid_file.display()))?;
     tracing::info!(
-        "weft router {}({}) short id {} listening on tcp/{} udp/{}, API on http://{}",
+        "weft router {}({}) short id {} listening on tcp/{} udp/{} (sleeve){}, API on http://{}",
         id.name,
         config.nickname,
         id.short_id.get(),
         config.port,
         config.data_port,
+        if fastdp_on {
+            format!(" udp/{} (fastdp)", config.fastdp_port)
+        } else {
+            String::new()
+        },
         config.http_addr
     );
 
@@ -322,6 +365,13 @@ pub async fn run_with(
     tasks.abort_all();
     if let Some(t) = dns_task {
         t.abort();
+    }
+    if let Some(fast) = &shared.fastdp {
+        // Its devices go: nothing would program them any more.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if fast.send(crate::fastdp::FastCmd::Shutdown(tx)).is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), rx).await;
+        }
     }
     let _ = dp_tx.send(DpCommand::Shutdown);
     let _ = tokio::task::spawn_blocking(move || dp.join()).await;

@@ -60,6 +60,10 @@ pub struct ConnView {
     pub path_up: bool,
     /// The path MTU probing found (largest IP packet), once known.
     pub path_mtu: Option<u16>,
+    /// Its traffic crosses the kernel fast path.
+    pub fastdp: bool,
+    /// Why it does not (see [`weft_node::ConnView::fastdp_reason`]).
+    pub fastdp_reason: Option<&'static str>,
     /// How the connection is protected, once its handshake completed.
     pub protection: Option<weft_mesh::Protection>,
 }
@@ -144,6 +148,9 @@ pub struct Published {
     pub counters: Counters,
     /// Last copy of the data plane's per-link traffic.
     pub link_traffic: crate::traffic::LinkTraffic,
+    /// What each neighbour's kernel fast-path device carried (by the neighbour's underlay
+    /// address), as of its last reading (about once a second).
+    pub fastdp_traffic: std::collections::HashMap<std::net::IpAddr, weft_sys::netlink::LinkStats>,
 }
 
 /// Everything the tasks share.
@@ -163,6 +170,8 @@ pub struct Shared {
     pub node: mpsc::UnboundedSender<NodeInput>,
     /// Commands to the data-plane thread.
     pub dataplane: std::sync::mpsc::Sender<DpCommand>,
+    /// Commands to the kernel fast path (`None`: off).
+    pub fastdp: Option<mpsc::UnboundedSender<crate::fastdp::FastCmd>>,
     /// Wakes the control loop after IPAM or DNS got input.
     pub wake: tokio::sync::Notify,
     /// Where the target list is kept.
@@ -217,8 +226,10 @@ pub struct RouterInfo {
     pub uid: u64,
     /// TCP control port.
     pub port: u16,
-    /// UDP data port.
+    /// UDP data port (sleeve).
     pub data_port: u16,
+    /// UDP port of the kernel fast path (0: off).
+    pub fastdp_port: u16,
     /// Overlay MTU.
     pub mtu: u32,
     /// weft's version.
@@ -257,8 +268,10 @@ pub struct StatusReport {
     pub protocol: String,
     /// TCP control port.
     pub port: u16,
-    /// UDP data port.
+    /// UDP data port (sleeve).
     pub data_port: u16,
+    /// UDP port of the kernel fast path (0: off).
+    pub fastdp_port: u16,
     /// Overlay MTU.
     pub mtu: u32,
     /// Whether a password is set (connections are encrypted).

@@ -5,7 +5,8 @@
 //! The forwarding engine counts in each neighbour's record ([`weft_overlay::LinkTraffic`]);
 //! the data plane copies them into its [`LinkTraffic`] and hands that over with its counters a
 //! few times a second. Bytes are UDP payload bytes (VXLAN header and frame; sent bytes without
-//! the sealing overhead); relayed datagrams count on both of the relay's links.
+//! the sealing overhead); relayed datagrams count on both of the relay's links. A link on the
+//! kernel fast path adds its device's counters ([`LinkTraffic::add_fastdp`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -43,6 +44,16 @@ impl LinkTraffic {
                 rx_datagrams: t.rx_datagrams,
             },
         );
+    }
+
+    /// Adds what the kernel fast path's device for the neighbour at `ip` carried (frames as
+    /// they entered and left the device, so bytes without the VXLAN/UDP/IP headers).
+    pub fn add_fastdp(&mut self, ip: IpAddr, s: &weft_sys::netlink::LinkStats) {
+        let c = self.links.entry(ip).or_default();
+        c.tx_bytes += s.tx_bytes;
+        c.tx_datagrams += s.tx_packets;
+        c.rx_bytes += s.rx_bytes;
+        c.rx_datagrams += s.rx_packets;
     }
 
     /// The counters of the neighbour at `ip` (zero if nothing was exchanged).

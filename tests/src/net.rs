@@ -401,9 +401,14 @@ impl Host {
         self.launch_args(&args)
     }
 
-    /// `weft launch ARGS` (peers and options as given).
+    /// `weft launch ARGS` (peers and options as given). With `WEFT_TEST_NO_FASTDP=1` in the
+    /// environment, `--no-fastdp` is added: `.ci/run` runs the core namespace tests a second
+    /// time that way, so both data paths pass them.
     pub fn launch_args(&self, args: &[&str]) -> Result<()> {
         let mut v = vec!["launch"];
+        if no_fastdp_pass() {
+            v.push("--no-fastdp");
+        }
         v.extend_from_slice(args);
         self.weft_ok(&v)
             .with_context(|| format!("weft launch on host {}", self.n))?;
@@ -903,6 +908,12 @@ impl TestNet {
         }
         Ok((hosts, ctrs))
     }
+}
+
+/// True in the pass of the namespace tests that runs every router with `--no-fastdp`
+/// (`WEFT_TEST_NO_FASTDP=1`).
+pub fn no_fastdp_pass() -> bool {
+    std::env::var("WEFT_TEST_NO_FASTDP").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// Waits until every host's `weft status connections` lists exactly `hosts.len() - 1`

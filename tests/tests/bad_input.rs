@@ -1,5 +1,5 @@
 //! Integration tests (root, network namespaces): hostile input from a host on the underlay that
-//! runs no weft. Garbage, truncated, oversized and spoofed datagrams to UDP 6784 and broken or
+//! runs no weft. Garbage, truncated, oversized and spoofed datagrams to UDP 6783 (sleeve) and broken or
 //! half-finished handshakes on TCP 6783 must be dropped and counted, never crash the router,
 //! and never stop forwarding between the real hosts.
 
@@ -18,7 +18,7 @@ udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sent = {}
 def send(kind, data):
     try:
-        udp.sendto(data, (target, 6784))
+        udp.sendto(data, (target, 6783))
         sent[kind] = sent.get(kind, 0) + 1
     except OSError as e:
         sent[kind + '_error'] = str(e)

@@ -106,7 +106,9 @@ fn blocked_udp_keeps_connection_pending_until_unblocked() {
         let h2 = net.host(2)?;
         // Host 2 drops every datagram to the data port: host 1's heartbeats never arrive,
         // host 2's do (so host 1 acknowledges them, host 2 never can).
-        let rule = ["INPUT", "-p", "udp", "--dport", "6784", "-j", "DROP"];
+        // Sleeve's port: the connection is established by its heartbeats (the kernel fast
+        // path on 6784 is only tried on an established connection).
+        let rule = ["INPUT", "-p", "udp", "--dport", "6783", "-j", "DROP"];
         let iptables = |op: &str| -> Result<()> {
             let mut args = vec!["iptables", "-w", op];
             args.extend_from_slice(&rule);
@@ -134,7 +136,7 @@ fn blocked_udp_keeps_connection_pending_until_unblocked() {
                 let (st, text) = conn_states(h)?;
                 ensure!(
                     st == ["pending"],
-                    "host {} left `pending` after {:.1?} with UDP 6784 blocked:\n{text}",
+                    "host {} left `pending` after {:.1?} with UDP 6783 blocked:\n{text}",
                     h.n(),
                     start.elapsed()
                 );
@@ -357,9 +359,10 @@ fn probe_rows(text: &str) -> usize {
 }
 
 impl Capture {
-    /// Starts tshark in `ns` on `dev` (UDP 6784 decoded as VXLAN) and waits until it captures:
+    /// Starts tshark in `ns` on `dev` (the data port decoded as VXLAN: 6784, the kernel fast
+    /// path, or 6783, sleeve, in the `--no-fastdp` pass) and waits until it captures:
     /// "Capturing on" can come before packets are seen (under load), so probe datagrams go
-    /// from `ns` to `probe_to`:6784 until one shows in the output. The probe rows have no inner
+    /// from `ns` to `probe_to` on that port until one shows in the output. The probe rows have no inner
     /// fields.
     fn start(
         ns: &str,
@@ -370,6 +373,15 @@ impl Capture {
     ) -> Result<Self> {
         let out = dir.join("tshark.out");
         let err = dir.join("tshark.err");
+        let port = if weft_tests::net::no_fastdp_pass() {
+            6783
+        } else {
+            6784
+        };
+        let (filter, decode) = (
+            format!("udp port {port}"),
+            format!("udp.port=={port},vxlan"),
+        );
         let mut c = weft_tests::Cmd::new("ip").args([
             "netns",
             "exec",
@@ -380,9 +392,9 @@ impl Capture {
             "-i",
             dev,
             "-f",
-            "udp port 6784",
+            &filter,
             "-d",
-            "udp.port==6784,vxlan",
+            &decode,
             "-a",
             "duration:90",
             "-T",
@@ -396,7 +408,7 @@ impl Capture {
         let child = c.spawn_to(&out, &err)?;
         let probe = format!(
             "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\
-             .sendto(b'weft-capture-probe', ('{probe_to}', 6784))"
+             .sendto(b'weft-capture-probe', ('{probe_to}', {port}))"
         );
         let mut cap = Self {
             child,

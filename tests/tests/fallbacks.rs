@@ -1,7 +1,8 @@
 //! Integration test (root, network namespaces): every kernel-feature fallback of the data plane,
 //! forced, still carries traffic (issue 15).
 //!
-//! Two hosts, one container each. For each case the routers are launched with features ruled
+//! Two hosts, one container each, on the userspace path (`--no-fastdp`: the features are its).
+//! For each case the routers are launched with features ruled
 //! out, host 1 with `--disable-features`, host 2 with `WEFT_DISABLE_FEATURES` (both ways of
 //! asking), then, as a user would check:
 //! - `weft status` says the data path goes without them (`DataPath: ... without ...`), the JSON
@@ -36,8 +37,11 @@ const CASES: [(&str, bool); 7] = [
 const USERSPACE: [&str; 4] = ["tap-vnet-hdr", "tso", "udp-gso", "udp-gro"];
 
 fn launch(h: &Host, peers: &[&Host], disabled: &str, by_env: bool) -> Result<()> {
+    // These fallbacks are the userspace path's: traffic must take it, not the kernel fast
+    // path.
     let mut args: Vec<String> = vec![
         "launch".into(),
+        "--no-fastdp".into(),
         "--nickname".into(),
         format!("host{}", h.n()),
     ];

@@ -57,7 +57,16 @@ fn limit_at(h: &Host, op: &str, at: u32) -> Result<()> {
 fn limit_rule(h: &Host, op: &str, at: u32, from: Option<&Host>) -> Result<()> {
     let len = format!("{at}:65535");
     let mut args = vec![
-        "iptables", "-w", op, "INPUT", "-p", "udp", "--dport", "6784",
+        "iptables",
+        "-w",
+        op,
+        "INPUT",
+        "-p",
+        "udp",
+        "-m",
+        "multiport",
+        "--dports",
+        "6783,6784",
     ];
     let src = from.map(|f| f.addr().to_string());
     if let Some(src) = &src {

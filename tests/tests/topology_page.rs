@@ -7,7 +7,7 @@
 //! host 1 would, and the test checks, as that person would see it:
 //! - the response is HTML whose Content-Security-Policy allows nothing from elsewhere;
 //! - the drawing has the three peers (this one marked local) and the three links, all
-//!   `established` over `sleeve`; each peer shows its IPAM share (shares adding up to 100 %)
+//!   `established` over `fastdp` (the kernel fast path; its devices' counters give the rates); each peer shows its IPAM share (shares adding up to 100 %)
 //!   and its DNS entry count; host 1's links show traffic rates, non-zero on the busy one;
 //! - every peer is drawn inside the window, and the screenshot (a PNG of the window's size,
 //!   kept as `topology.png` in the test dir, or in `$WEFT_TEST_SCREENSHOT_DIR`) shows them;
@@ -176,7 +176,7 @@ fn the_page_draws_the_mesh_and_follows_a_cut_link() {
         ensure!((share - 100.0).abs() < 0.5, "IPAM shares add up to {share}");
         for l in dom["links"].as_array().context("links")? {
             if l["a"] == names[0].as_str() || l["b"] == names[0].as_str() {
-                ensure!(l["overlay"] == "sleeve", "{l}");
+                ensure!(l["overlay"] == "fastdp", "{l}");
                 ensure!(l["rate"].as_str().is_some_and(|r| r.contains('↓')), "{l}");
             }
         }

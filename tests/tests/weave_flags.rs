@@ -105,7 +105,7 @@ fn every_weave_2_8_1_launch_flag_parses() {
         ensure!(mtu == 1400, "ethwe MTU {mtu}");
         // Flags without effect are noted, at a level --log-level=warning shows; info is not.
         let log = h.log();
-        for flag in ["--no-restart", "--no-fastdp", "--token"] {
+        for flag in ["--no-restart", "--token"] {
             ensure!(
                 log.lines()
                     .any(|l| l.contains(" WARN ") && l.contains(flag)),
@@ -207,9 +207,15 @@ fn weave_environment_variables() {
         );
         ensure!(mtu == 1410, "WEAVE_MTU=1410 gave an ethwe MTU of {mtu}");
         let log = h.log();
-        for noted in ["WEAVE_NO_FASTDP", "CHECKPOINT_DISABLE"] {
-            ensure!(log.contains(noted), "{noted} not noted in the log:\n{log}");
-        }
+        ensure!(
+            log.contains("CHECKPOINT_DISABLE"),
+            "CHECKPOINT_DISABLE not noted in the log:\n{log}"
+        );
+        // WEAVE_NO_FASTDP took effect: the router listens on sleeve's port only.
+        ensure!(
+            log.contains("udp/6783 (sleeve)") && !log.contains("(fastdp)"),
+            "WEAVE_NO_FASTDP=1 left the fast path on:\n{log}"
+        );
         ensure!(!log.contains("s3cret"), "the password is in the log");
         // WEAVE_DEBUG traces what the command does, as Weave's `set -x`.
         let out = h.weft_cmd(&["status"])?.env("WEAVE_DEBUG", "1").run_ok()?;

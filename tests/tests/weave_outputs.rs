@@ -562,11 +562,11 @@ fn http_paths_status_listener_and_metrics() {
         let metrics = curl(&h1, &["http://127.0.0.1:6784/metrics"])?.1;
         for (name, want) in [
             (
-                r#"weave_connections{encryption="",state="established",type="sleeve"}"#,
+                r#"weave_connections{encryption="",state="established",type="fastdp"}"#,
                 Some("1"),
             ),
             (
-                r#"weave_connections{encryption="yes",state="established",type="sleeve"}"#,
+                r#"weave_connections{encryption="yes",state="established",type="fastdp"}"#,
                 Some("0"),
             ),
             (r#"weave_ips{state="local-used"}"#, Some("1")),

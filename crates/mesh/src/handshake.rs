@@ -41,6 +41,7 @@ pub fn local_features(local: &LocalPeer, conn_id: u64) -> Features {
         uid: local.uid.0,
         conn_id,
         data_port: local.data_port,
+        fastdp_port: local.fastdp_port,
     }
 }
 
@@ -64,6 +65,7 @@ pub fn check_features(local: &LocalPeer, features: &Features) -> Result<RemotePe
         short_id,
         uid,
         data_port: features.data_port,
+        fastdp_port: features.fastdp_port,
     })
 }
 
@@ -102,7 +104,8 @@ mod tests {
             nickname: "a".into(),
             short_id: ShortId::from_masked(1),
             uid: PeerUid(100),
-            data_port: 6784,
+            data_port: 6783,
+            fastdp_port: 6784,
         }
     }
 

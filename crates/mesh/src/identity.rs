@@ -225,6 +225,8 @@ pub struct LocalPeer {
     pub uid: PeerUid,
     /// UDP port we receive VXLAN traffic on.
     pub data_port: u16,
+    /// UDP port of our kernel fast path (0: none).
+    pub fastdp_port: u16,
 }
 
 /// What a remote peer announced about itself on a control connection (already validated).
@@ -240,6 +242,8 @@ pub struct RemotePeer {
     pub uid: PeerUid,
     /// UDP port the peer receives VXLAN traffic on.
     pub data_port: u16,
+    /// UDP port of the peer's kernel fast path (0: none).
+    pub fastdp_port: u16,
 }
 
 #[cfg(test)]

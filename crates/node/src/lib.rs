@@ -97,6 +97,9 @@ pub struct NodeConfig {
     pub pmtu_round: Duration,
     /// How often a settled path is probed again (to see it shrink or grow back).
     pub pmtu_every: Duration,
+    /// Use the kernel fast path with peers that offer one (unencrypted connections only); see
+    /// [`FastMode`].
+    pub fastdp: bool,
     /// Topology gossip settings.
     pub gossip: GossipConfig,
     /// Which addresses to dial (targets, discovery, backoff, limit).
@@ -112,6 +115,7 @@ impl Default for NodeConfig {
             pmtu_max_frame: 0,
             pmtu_round: Duration::from_millis(500),
             pmtu_every: Duration::from_secs(3),
+            fastdp: false,
             gossip: GossipConfig::default(),
             connmaker: ConnMakerConfig::default(),
         }
@@ -131,6 +135,32 @@ pub struct Remote {
     pub short_id: ShortId,
     /// Where its data path listens.
     pub data_addr: SocketAddr,
+    /// Where its kernel fast path listens, if it has one.
+    pub fastdp_addr: Option<SocketAddr>,
+}
+
+/// What the driver's kernel fast path does for one neighbour ([`Action::FastPath`]).
+///
+/// A connection may use the fast path when both ends have one, the connection is not
+/// encrypted (the kernel path carries frames in the clear) and [`NodeConfig::fastdp`] is on.
+/// Then the driver sets the path up for probing ([`FastMode::Probe`]: a device that can send
+/// and receive heartbeats but carries no traffic) and every heartbeat tick a full-size probe
+/// (an overlay-MTU frame) goes through it ([`Action::FastHeartbeat`]); the peer acknowledges
+/// each one that arrived whole, through the fast path too. After [`NodeConfig::up_after`]
+/// acknowledgements in a row, while the peer's own full-size probes arrive here, traffic moves
+/// onto it ([`FastMode::Use`]); when acknowledgements or the peer's probes stop for
+/// [`NodeConfig::down_after`] (the port was blocked, the path shrank below the MTU), traffic
+/// goes back to the userspace path ("sleeve") and probing goes on, so it returns by itself.
+/// The userspace path keeps its own heartbeats throughout: it carries relayed traffic and
+/// decides, as without a fast path, whether the peer is reachable directly at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastMode {
+    /// No fast path for this neighbour (remove what there is).
+    Off,
+    /// A fast path that carries probes only.
+    Probe,
+    /// A fast path that carries the traffic to and from this neighbour.
+    Use,
 }
 
 /// Something the driver must do.
@@ -178,6 +208,29 @@ pub enum Action {
         ip: IpAddr,
         /// The largest inner frame (Ethernet header included) that arrives.
         max_frame: Option<u16>,
+    },
+    /// Kernel fast path: set the path to neighbour `remote` (short id; its fast path listens
+    /// at `addr`) to `mode`; frames from us carry VNI `local | remote << 12`, frames from it
+    /// `remote | local << 12`. `local` may change (a short-id collision): the driver follows.
+    FastPath {
+        /// The neighbour.
+        peer: PeerName,
+        /// Our short id.
+        local: u16,
+        /// The neighbour's short id.
+        remote: u16,
+        /// Where its fast path listens.
+        addr: SocketAddr,
+        /// What to do.
+        mode: FastMode,
+    },
+    /// Kernel fast path: send this heartbeat (a probe or an acknowledgement) through the path
+    /// to neighbour `peer`.
+    FastHeartbeat {
+        /// The neighbour.
+        peer: PeerName,
+        /// The heartbeat.
+        heartbeat: Heartbeat,
     },
     /// Data path: the forwarding table changed; install [`Node::forwarding_table`] (now, or
     /// at the latest before the next frame is forwarded).
@@ -243,6 +296,10 @@ pub struct ConnView<'a> {
     /// The path MTU found by probing (the largest IP packet a container can send over it),
     /// once a probe came back.
     pub path_mtu: Option<u16>,
+    /// Traffic crosses the kernel fast path.
+    pub fastdp: bool,
+    /// Why it does not (`None` while it does, and before the handshake).
+    pub fastdp_reason: Option<&'static str>,
 }
 
 /// Counters of a [`Node`].
@@ -264,6 +321,10 @@ pub struct NodeStats {
     pub duplicates: u64,
     /// Peers handed to another connection when theirs closed.
     pub handovers: u64,
+    /// Connections whose traffic moved onto the kernel fast path.
+    pub fastdp_up: u64,
+    /// Connections whose traffic fell back from the fast path to the userspace path.
+    pub fastdp_down: u64,
 }
 
 #[derive(Debug)]
@@ -285,7 +346,43 @@ struct Ready {
     last_heard: Option<Instant>,
     streak: u32,
     pmtu: PathMtu,
+    fast: Fast,
 }
+
+/// The fast path of one carrying connection (see [`FastMode`]).
+#[derive(Debug)]
+struct Fast {
+    /// What the driver was told (`Off` also for a connection that may not use it).
+    mode: FastMode,
+    /// Why traffic does not use it.
+    reason: Option<&'static str>,
+    /// The connection may use a fast path (both ends have one, not encrypted, enabled here).
+    eligible: bool,
+    /// What the driver was last told: (our short id, its short id, mode).
+    told: Option<(u16, u16, FastMode)>,
+    /// When the last acknowledgement of our full-size probe came back.
+    last_ack: Option<Instant>,
+    /// Acknowledgements in a row (each within two intervals of the last).
+    acks: u32,
+    /// When the peer's last full-size probe arrived.
+    last_probe: Option<Instant>,
+    /// When the last acknowledgement of a small probe came back (the path works, if only
+    /// for small frames).
+    last_small_ack: Option<Instant>,
+    /// When probing started (or traffic left the fast path).
+    probing_since: Option<Instant>,
+}
+
+/// Why a connection does not use the fast path when this node has none
+/// ([`NodeConfig::fastdp`] off).
+pub const FASTDP_OFF_HERE: &str = "fastdp: off here";
+/// Why a fast-path-capable connection is not on it yet.
+const FAST_PROBING: &str = "fastdp: probing";
+/// Why traffic is not on the fast path after probing for a while: nothing comes back.
+const FAST_SILENT: &str = "fastdp: no heartbeats through it (its UDP port blocked?)";
+/// Why traffic is not on the fast path after probing for a while: small frames cross, whole
+/// overlay frames do not.
+const FAST_TOO_SMALL: &str = "fastdp: the path is smaller than the overlay MTU";
 
 /// Path MTU discovery on one carrying connection, through the data path itself.
 ///
@@ -539,7 +636,31 @@ impl Node {
             last_heard: None,
             streak: 0,
             pmtu: PathMtu::default(),
+            fast: Fast {
+                mode: FastMode::Off,
+                reason: None,
+                eligible: false,
+                told: None,
+                last_ack: None,
+                acks: 0,
+                last_probe: None,
+                last_small_ack: None,
+                probing_since: None,
+            },
         });
+        let fastdp = self.config.fastdp;
+        if let Some(r) = self.ready_mut(id) {
+            r.fast.reason = Some(if !fastdp {
+                FASTDP_OFF_HERE
+            } else if r.remote.fastdp_addr.is_none() {
+                "fastdp: the peer has none"
+            } else if r.keys.is_some() {
+                "fastdp: encrypted connection"
+            } else {
+                r.fast.eligible = true;
+                FAST_PROBING
+            });
+        }
         if let Some(&old) = self.carriers.get(&peer) {
             let old_uid = self.ready(old).map_or(u64::MAX, |r| r.conn_uid);
             self.stats.duplicates += 1;
@@ -642,6 +763,167 @@ impl Node {
         self.flush(now);
     }
 
+    /// The kernel fast path received a heartbeat (a probe or an acknowledgement) on the path
+    /// to neighbour `from` (the driver knows which device it came in on).
+    pub fn handle_fast_heartbeat(&mut self, now: Instant, from: PeerName, heartbeat: Heartbeat) {
+        let full = self.fast_frame();
+        let interval = self.config.heartbeat_interval;
+        let id = self.carriers.get(&from).copied().filter(|&id| {
+            self.ready(id).is_some_and(|r| {
+                r.fast.eligible
+                    && r.conn_uid == heartbeat.conn_uid
+                    && r.remote.name.get() == heartbeat.sender
+            })
+        });
+        let Some(id) = id else {
+            self.stats.stray_heartbeats += 1;
+            return;
+        };
+        match heartbeat.probe {
+            Some(Probe::Probe(len)) => {
+                if len == full
+                    && let Some(r) = self.ready_mut(id)
+                {
+                    r.fast.last_probe = Some(now);
+                }
+                self.push_fast(id, Probe::Ack(len));
+            }
+            Some(Probe::Ack(len)) if len < full => {
+                if let Some(r) = self.ready_mut(id) {
+                    r.fast.last_small_ack = Some(now);
+                }
+            }
+            Some(Probe::Ack(len)) if len == full => {
+                if let Some(r) = self.ready_mut(id) {
+                    let in_a_row = r
+                        .fast
+                        .last_ack
+                        .is_some_and(|p| now.saturating_duration_since(p) <= interval * 2);
+                    r.fast.acks = if in_a_row { r.fast.acks + 1 } else { 1 };
+                    r.fast.last_ack = Some(now);
+                }
+                self.fast_judge(now, id);
+            }
+            _ => {}
+        }
+        self.flush(now);
+    }
+
+    /// The size of a fast-path probe: a whole overlay-MTU frame.
+    fn fast_frame(&self) -> u16 {
+        self.config.pmtu_max_frame.max(PROBE_MIN_LEN as u16)
+    }
+
+    /// At a tick: the fast path's probe goes out, and its state is judged.
+    fn fast_step(&mut self, now: Instant, id: ConnId) {
+        if !self.ready(id).is_some_and(|r| r.fast.eligible) {
+            return;
+        }
+        let full = self.fast_frame();
+        self.push_fast(id, Probe::Probe(full));
+        // A small one too: when only it comes back, the path is too small, not blocked.
+        if self
+            .ready(id)
+            .is_some_and(|r| r.fast.mode == FastMode::Probe)
+        {
+            self.push_fast(id, Probe::Probe(PROBE_MIN_LEN as u16));
+        }
+        self.fast_judge(now, id);
+    }
+
+    /// Move connection `id`'s traffic onto the fast path or off it (see [`FastMode`]).
+    fn fast_judge(&mut self, now: Instant, id: ConnId) {
+        let (interval, down_after) = (self.config.heartbeat_interval, self.config.down_after);
+        let up_after = self.config.up_after.max(1);
+        let Some(r) = self.ready_mut(id) else { return };
+        let f = &mut r.fast;
+        let recent = |t: Option<Instant>, within: Duration| {
+            t.is_some_and(|t| now.saturating_duration_since(t) < within)
+        };
+        let next = match f.mode {
+            FastMode::Probe
+                if f.acks >= up_after
+                    && recent(f.last_ack, interval * 2)
+                    && recent(f.last_probe, interval * 2) =>
+            {
+                FastMode::Use
+            }
+            FastMode::Use
+                if !recent(f.last_ack, down_after) || !recent(f.last_probe, down_after) =>
+            {
+                FastMode::Probe
+            }
+            m => m,
+        };
+        if next == f.mode {
+            // Still probing after a while: say why, as far as the probes tell.
+            if f.mode == FastMode::Probe
+                && f.probing_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= down_after)
+            {
+                f.reason = Some(if recent(f.last_small_ack, down_after) {
+                    FAST_TOO_SMALL
+                } else {
+                    FAST_SILENT
+                });
+            }
+            return;
+        }
+        f.mode = next;
+        if next == FastMode::Use {
+            f.reason = None;
+            self.stats.fastdp_up += 1;
+        } else {
+            f.reason = Some(FAST_PROBING);
+            f.acks = 0;
+            f.probing_since = Some(now);
+            self.stats.fastdp_down += 1;
+        }
+        self.fast_tell(id);
+        self.table_dirty = true;
+    }
+
+    /// Tell the driver connection `id`'s fast path as it should be now, if that changed (its
+    /// mode, or a short id).
+    fn fast_tell(&mut self, id: ConnId) {
+        let topo = self.mesh.topology();
+        let local = topo.local().short_id.get();
+        let Some(r) = self.conns.get(&id).and_then(|c| c.ready.as_ref()) else {
+            return;
+        };
+        let (Some(addr), mode) = (r.remote.fastdp_addr, r.fast.mode) else {
+            return;
+        };
+        let want = (local, short_of(topo, &r.remote), mode);
+        if r.fast.told == Some(want) || (r.fast.told.is_none() && mode == FastMode::Off) {
+            return;
+        }
+        let peer = r.remote.name;
+        self.actions.push_back(Action::FastPath {
+            peer,
+            local: want.0,
+            remote: want.1,
+            addr,
+            mode,
+        });
+        if let Some(r) = self.ready_mut(id) {
+            r.fast.told = Some(want);
+        }
+    }
+
+    /// Queue a fast-path probe or acknowledgement on connection `id`.
+    fn push_fast(&mut self, id: ConnId, probe: Probe) {
+        let Some(r) = self.ready(id) else { return };
+        let heartbeat = Heartbeat {
+            conn_uid: r.conn_uid,
+            sender: self.name.get(),
+            probe: Some(probe),
+        };
+        let peer = r.remote.name;
+        self.actions
+            .push_back(Action::FastHeartbeat { peer, heartbeat });
+    }
+
     /// Gossip arrived on connection `id`.
     pub fn handle_gossip(&mut self, now: Instant, id: ConnId, channel: u8, payload: Vec<u8>) {
         let Some(from) = self.ready(id).map(|r| r.remote.name) else {
@@ -689,6 +971,21 @@ impl Node {
             return;
         }
         self.carriers.remove(&peer);
+        if let Some((local, remote, mode)) = ready.fast.told
+            && mode != FastMode::Off
+            && let Some(addr) = ready.remote.fastdp_addr
+        {
+            self.actions.push_back(Action::FastPath {
+                peer,
+                local,
+                remote,
+                addr,
+                mode: FastMode::Off,
+            });
+            if mode == FastMode::Use {
+                self.stats.fastdp_down += 1;
+            }
+        }
         self.actions.push_back(Action::RemoveLink {
             ip: ready.remote.data_addr.ip(),
             conn_uid: ready.conn_uid,
@@ -748,6 +1045,7 @@ impl Node {
             any = true;
             self.push_heartbeat(id);
             self.pmtu_step(now, id);
+            self.fast_step(now, id);
             let Some(r) = self.conns.get_mut(&id).and_then(|c| c.ready.as_mut()) else {
                 continue;
             };
@@ -942,6 +1240,8 @@ impl Node {
                 path_mtu: r
                     .filter(|r| r.pmtu.settled > 0)
                     .map(|r| r.pmtu.settled.saturating_sub(14)),
+                fastdp: r.is_some_and(|r| r.fast.mode == FastMode::Use),
+                fastdp_reason: r.and_then(|r| r.fast.reason),
             }
         })
     }
@@ -972,6 +1272,7 @@ impl Node {
             if r.established && r.path_up && routes.next_hop(peer).is_none() {
                 direct.push(short);
             }
+            table.set_fastdp(short, r.fast.mode == FastMode::Use);
         }
         for peer in topo.peers().filter(|p| p.name != self.name) {
             table.add_known(peer.short_id.get(), peer.name.get());
@@ -1028,6 +1329,13 @@ impl Node {
         // Keys first: the peer must not appear in a table before its link exists.
         self.actions
             .push_back(Action::SetLink { ip, conn_uid, keys });
+        if let Some(r) = self.ready_mut(id).filter(|r| r.fast.eligible) {
+            r.fast.mode = FastMode::Probe;
+            r.fast.reason = Some(FAST_PROBING);
+            r.fast.acks = 0;
+            r.fast.probing_since = Some(now);
+            self.fast_tell(id);
+        }
         self.start_heartbeats(now, id);
         self.announce(now, id);
     }
@@ -1075,6 +1383,10 @@ impl Node {
             }
         }
         if changed {
+            let carriers: Vec<ConnId> = self.carriers.values().copied().collect();
+            for id in carriers {
+                self.fast_tell(id);
+            }
             self.connmaker
                 .update_from_topology(now, self.mesh.topology());
             self.actions.push_back(Action::PeersChanged);

@@ -24,7 +24,8 @@ fn remote(i: usize) -> Remote {
         nickname: format!("n{i}"),
         uid: 100 + i as u64,
         short_id: ShortId::from_masked(10 + i as u16),
-        data_addr: SocketAddr::new(ip(i), 6784),
+        data_addr: SocketAddr::new(ip(i), 6783),
+        fastdp_addr: Some(SocketAddr::new(ip(i), 6784)),
     }
 }
 
@@ -60,6 +61,10 @@ struct Net {
     max_frame: HashMap<(usize, usize), usize>,
     /// Per node: how many of its next probes of this many bytes are lost, (bytes, count).
     lose_probes: HashMap<usize, (usize, usize)>,
+    /// Pairs whose kernel fast path carries nothing.
+    fast_blocked: HashSet<(usize, usize)>,
+    /// Pairs whose kernel fast path carries frames of at most this many bytes.
+    fast_max_frame: HashMap<(usize, usize), usize>,
     rng: u64,
     next_id: u64,
     /// Actions of kinds the tests look at, per node.
@@ -78,6 +83,8 @@ impl Net {
             loss: 0.0,
             max_frame: HashMap::new(),
             lose_probes: HashMap::new(),
+            fast_blocked: HashSet::new(),
+            fast_max_frame: HashMap::new(),
             rng: 0x9e37_79b9_7f4a_7c15,
             next_id: 1,
             log: vec![Vec::new(); n],
@@ -91,6 +98,15 @@ impl Net {
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
         (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Gives every node `config` (before any connection).
+    fn configure(&mut self, config: &NodeConfig) {
+        let now = self.now;
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            let local = n.mesh().topology().local().clone();
+            *n = Node::new(local, config.clone(), i as u64 + 7, now);
+        }
     }
 
     /// Opens a connection from `a` to `b` (both ends register it); returns its index.
@@ -204,6 +220,23 @@ impl Net {
                     self.nodes[t].handle_heartbeat(now, heartbeat);
                 }
             }
+            Action::FastHeartbeat { peer, heartbeat } => {
+                let Some(t) = (0..self.nodes.len()).find(|&t| name(t) == peer) else {
+                    return;
+                };
+                let lost = self.loss > 0.0 && self.random() < self.loss;
+                let pair = (h.min(t), h.max(t));
+                let too_big = self
+                    .fast_max_frame
+                    .get(&pair)
+                    .is_some_and(|&m| heartbeat.frame_len() > m);
+                if !lost && !too_big && !self.fast_blocked.contains(&pair) {
+                    self.nodes[t].handle_fast_heartbeat(now, name(h), heartbeat);
+                }
+            }
+            Action::FastPath {
+                remote, mode, addr, ..
+            } => self.log[h].push(format!("fast {remote} {} {mode:?}", addr.port())),
             Action::SetLink { conn_uid, .. } => self.log[h].push(format!("link {conn_uid}")),
             Action::RemoveLink { conn_uid, .. } => {
                 self.log[h].push(format!("unlink {conn_uid}"));
@@ -518,15 +551,10 @@ fn gossip_goes_to_registered_channels_only() {
 /// Two nodes probing their path up to 1390-byte frames (MTU 1376).
 fn probing_pair() -> Net {
     let mut net = Net::new(2);
-    let now = net.now;
-    for (i, n) in net.nodes.iter_mut().enumerate() {
-        let local = n.mesh().topology().local().clone();
-        let config = NodeConfig {
-            pmtu_max_frame: 1390,
-            ..NodeConfig::default()
-        };
-        *n = Node::new(local, config, i as u64 + 7, now);
-    }
+    net.configure(&NodeConfig {
+        pmtu_max_frame: 1390,
+        ..NodeConfig::default()
+    });
     net.connect(0, 1, 5);
     net
 }
@@ -641,4 +669,158 @@ fn one_round_losing_the_full_size_shrinks_nothing() {
             .collect::<Vec<_>>()
     );
     assert_eq!(path_mtu(&net, 0), Some(1376));
+}
+
+/// Two nodes with fast paths (overlay frames of 1390 bytes), connected.
+fn fast_pair() -> Net {
+    let mut net = Net::new(2);
+    net.configure(&fast_config());
+    net.connect(0, 1, 5);
+    net
+}
+
+/// Fast paths on, overlay frames of 1390 bytes.
+fn fast_config() -> NodeConfig {
+    NodeConfig {
+        pmtu_max_frame: 1390,
+        fastdp: true,
+        ..NodeConfig::default()
+    }
+}
+
+fn fastdp(net: &Net, h: usize) -> (bool, Option<&'static str>) {
+    let c = net.nodes[h].connections().find(|c| c.carrier).unwrap();
+    (c.fastdp, c.fastdp_reason)
+}
+
+fn table_fastdp(net: &Net, h: usize, peer: usize) -> bool {
+    net.tables[h]
+        .as_ref()
+        .is_some_and(|t| t.fastdp(10 + peer as u16))
+}
+
+#[test]
+fn traffic_moves_onto_the_fast_path_and_off_it_when_its_heartbeats_stop() {
+    let mut net = fast_pair();
+    // Probing first, with the device set up to carry probes only.
+    assert_eq!(fastdp(&net, 0), (false, Some(FAST_PROBING)));
+    assert!(
+        net.log[0].contains(&"fast 11 6784 Probe".to_owned()),
+        "{:?}",
+        net.log[0]
+    );
+    let up = net.run_until(Duration::from_secs(3), |n| {
+        fastdp(n, 0).0 && fastdp(n, 1).0 && table_fastdp(n, 0, 1) && table_fastdp(n, 1, 0)
+    });
+    let up = up.expect("both ends on the fast path");
+    assert!(up <= Duration::from_secs(1), "took {up:?}");
+    assert!(net.log[0].contains(&"fast 11 6784 Use".to_owned()));
+    assert_eq!(fastdp(&net, 1), (true, None));
+    // The fast path's port is blocked: both ends fall back; the userspace path stays up.
+    net.fast_blocked.insert((0, 1));
+    let down = net.run_until(Duration::from_secs(5), |n| {
+        !fastdp(n, 0).0 && !fastdp(n, 1).0 && !table_fastdp(n, 0, 1) && !table_fastdp(n, 1, 0)
+    });
+    let down = down.expect("back on sleeve");
+    assert!(
+        down >= Duration::from_millis(1700) && down <= Duration::from_millis(2700),
+        "fell back after {down:?} (down_after is 2 s)"
+    );
+    assert_eq!(fastdp(&net, 0), (false, Some(FAST_PROBING)));
+    // Still nothing after another down_after (and a tick): it says what it knows.
+    net.run(Duration::from_millis(2400));
+    assert_eq!(fastdp(&net, 0), (false, Some(FAST_SILENT)));
+    assert_eq!(
+        net.log[0].last().map(String::as_str),
+        Some("fast 11 6784 Probe")
+    );
+    assert_eq!(net.state(0, 1), Some(ConnState::Established));
+    assert!(net.nodes[0].connections().all(|c| c.path_up));
+    // Unblocked: probing brings it back by itself.
+    net.fast_blocked.clear();
+    let back = net.run_until(Duration::from_secs(3), |n| fastdp(n, 0).0 && fastdp(n, 1).0);
+    assert!(back.expect("back on fastdp") <= Duration::from_secs(1));
+    assert_eq!(net.nodes[0].stats().fastdp_up, 2);
+    assert_eq!(net.nodes[0].stats().fastdp_down, 1);
+}
+
+#[test]
+fn a_path_smaller_than_the_mtu_keeps_traffic_on_sleeve() {
+    let mut net = Net::new(2);
+    net.fast_max_frame.insert((0, 1), 1389);
+    net.configure(&fast_config());
+    net.connect(0, 1, 5);
+    net.run(Duration::from_secs(5));
+    assert_eq!(fastdp(&net, 0), (false, Some(FAST_TOO_SMALL)));
+    assert!(!table_fastdp(&net, 0, 1));
+    assert_eq!(net.state(0, 1), Some(ConnState::Established));
+}
+
+#[test]
+fn five_percent_loss_never_moves_traffic_off_the_fast_path() {
+    let mut net = fast_pair();
+    net.run(Duration::from_secs(2));
+    assert!(fastdp(&net, 0).0);
+    net.loss = 0.05;
+    net.run(Duration::from_secs(120));
+    assert_eq!(net.nodes[0].stats().fastdp_down, 0);
+    assert_eq!(net.nodes[1].stats().fastdp_down, 0);
+}
+
+#[test]
+fn who_may_not_use_the_fast_path_says_why() {
+    // Off here (the default configuration): no fast-path action at all.
+    let mut net = Net::new(2);
+    net.connect(0, 1, 5);
+    net.run(Duration::from_secs(2));
+    assert_eq!(fastdp(&net, 0), (false, Some("fastdp: off here")));
+    assert!(!net.log[0].iter().any(|l| l.starts_with("fast")));
+    // A peer without one, and an encrypted connection.
+    let mut net = fast_pair();
+    let l = net.open(0, 1);
+    let (here, id) = net.links[l].ends[0];
+    let mut bare = remote(1);
+    bare.fastdp_addr = None;
+    let now = net.now;
+    net.nodes[here].handle_closed(now, net.links[0].ends[0].1, "test".into(), false);
+    net.nodes[here].handle_ready(now, id, bare, 9, None);
+    net.pump();
+    assert_eq!(fastdp(&net, 0), (false, Some("fastdp: the peer has none")));
+    let keys = DataKeys::from_raw(weft_crypto::Cipher::ChaCha20Poly1305, [1; 32], [2; 32]);
+    let l = net.open(0, 1);
+    let (_, id) = net.links[l].ends[0];
+    let now = net.now;
+    net.nodes[0].handle_closed(now, net.links[1].ends[0].1, "test".into(), false);
+    net.nodes[0].handle_ready(now, id, remote(1), 11, Some(keys));
+    net.pump();
+    assert_eq!(
+        fastdp(&net, 0),
+        (false, Some("fastdp: encrypted connection"))
+    );
+}
+
+#[test]
+fn closing_the_connection_removes_its_fast_path() {
+    let mut net = fast_pair();
+    net.run(Duration::from_secs(2));
+    assert!(fastdp(&net, 0).0);
+    let (h, id) = net.links[0].ends[0];
+    net.act(
+        h,
+        Action::Close {
+            conn: id,
+            reason: "test",
+        },
+        net.now,
+    );
+    net.pump();
+    let at = |h: usize, what: &str| net.log[h].iter().position(|l| l == what);
+    // Removed before the link's keys go (nothing is sent through it in the meantime).
+    assert!(
+        at(0, "fast 11 6784 Off") < at(0, "unlink 5"),
+        "{:?}",
+        net.log[0]
+    );
+    assert!(at(0, "fast 11 6784 Off").is_some());
+    assert_eq!(net.log[1].iter().filter(|l| l.ends_with("Off")).count(), 1);
 }

@@ -30,6 +30,10 @@ pub struct Counters {
     pub flooded_frames: u64,
     /// MAC entries removed by ageing.
     pub macs_expired: u64,
+    /// Broadcast or multicast frames received over the userspace path from a neighbour whose
+    /// own bridge already sent them through the kernel fast path: passed on along the tree,
+    /// not delivered here a second time.
+    pub fastdp_floods_skipped: u64,
     /// Received datagrams passed on toward other peers (relays and broadcast-tree copies).
     pub relayed_datagrams: u64,
     /// TCP super-frames (TSO) read from the TAP and cut into segments by the driver.
@@ -71,7 +75,7 @@ pub struct Counters {
 
 impl Counters {
     /// Every counter with its Prometheus-style name and help text, for exporters.
-    pub fn fields(&self) -> [(&'static str, &'static str, u64); 28] {
+    pub fn fields(&self) -> [(&'static str, &'static str, u64); 29] {
         [
             (
                 "tap_rx_frames",
@@ -123,6 +127,11 @@ impl Counters {
                 "flooded_frames",
                 "Frames flooded to every peer.",
                 self.flooded_frames,
+            ),
+            (
+                "fastdp_floods_skipped",
+                "Broadcasts from a fast-path neighbour received over sleeve too: passed on, not delivered twice.",
+                self.fastdp_floods_skipped,
             ),
             (
                 "macs_expired",

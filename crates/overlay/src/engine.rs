@@ -68,6 +68,9 @@ pub struct ForwardingTable {
     next_hop: Vec<Option<PeerEntry>>,
     /// Source short id → the neighbours its broadcasts go on to from here.
     children: Vec<Vec<PeerEntry>>,
+    /// Neighbours whose frames also cross the kernel fast path (by short id): their bridge's
+    /// broadcasts reach ours through it.
+    fastdp: Vec<bool>,
 }
 
 impl ForwardingTable {
@@ -81,6 +84,7 @@ impl ForwardingTable {
             known: vec![None; SHORT_IDS],
             next_hop: vec![None; SHORT_IDS],
             children: vec![Vec::new(); SHORT_IDS],
+            fastdp: vec![false; SHORT_IDS],
         }
     }
 
@@ -175,6 +179,17 @@ impl ForwardingTable {
         self.known[slot(short_id)]
     }
 
+    /// Frames between us and neighbour `short_id` cross the kernel fast path too (its bridge
+    /// and ours exchange known unicast, broadcast and multicast directly).
+    pub fn set_fastdp(&mut self, short_id: u16, on: bool) {
+        self.fastdp[slot(short_id)] = on;
+    }
+
+    /// See [`ForwardingTable::set_fastdp`].
+    pub fn fastdp(&self, short_id: u16) -> bool {
+        self.fastdp[slot(short_id)]
+    }
+
     /// Where broadcasts from `source` go on to from here.
     pub fn broadcast_children(&self, source: u16) -> &[PeerEntry] {
         &self.children[slot(source)]
@@ -262,7 +277,16 @@ pub struct Engine {
     /// A password is set: neighbours without a link get nothing and are heard from not at all.
     sealing_required: bool,
     neighbours: Neighbours,
+    /// MACs of fast-path neighbours whose frames still came over the userspace path: the
+    /// driver tells the bridge they are behind the neighbour's fast-path port (see
+    /// [`Engine::take_fastdp_hints`]). With when each was last told, so it is told once a second
+    /// at most.
+    fastdp_hints: Vec<(u16, [u8; 6])>,
+    fastdp_told: HashMap<[u8; 6], Instant>,
 }
+
+/// How often one MAC is pointed at a fast-path port at most.
+const FASTDP_HINT_EVERY: Duration = Duration::from_secs(1);
 
 impl Engine {
     /// A new engine with no peers and an empty MAC table, without a password (every datagram
@@ -275,7 +299,18 @@ impl Engine {
             counters: Counters::default(),
             sealing_required: false,
             neighbours: Neighbours::new(SHORT_IDS),
+            fastdp_hints: Vec::new(),
+            fastdp_told: HashMap::new(),
         }
+    }
+
+    /// Unicast frames from fast-path neighbours that arrived over the userspace path since the
+    /// last call: (neighbour's short id, source MAC). Delivered through the TAP, they taught
+    /// the bridge that the MAC is behind the TAP, so its answers would keep taking the slow
+    /// path; the driver points the bridge at the neighbour's fast-path port instead (once
+    /// per MAC per second). The kernel path's own frames teach the bridge from then on.
+    pub fn take_fastdp_hints(&mut self) -> std::vec::Drain<'_, (u16, [u8; 6])> {
+        self.fastdp_hints.drain(..)
     }
 
     /// A new engine for a router with a password: a neighbour's datagrams are sent and accepted
@@ -642,19 +677,46 @@ impl Engine {
                 }
             };
         }
-        self.macs.learn(frame_src, Owner::Peer(src), now);
+        let group = frame_dst[0] & 1 == 1;
+        // A broadcast or multicast captured by a fast-path neighbour's own bridge reached ours
+        // through the kernel already (that bridge floods its fast-path ports); this copy only
+        // goes on along the tree. Unicast is never sent both ways.
+        let fast = src == sender.short_id && self.table.fastdp(src);
+        let twice = group && fast;
+        if !twice {
+            self.macs.learn(frame_src, Owner::Peer(src), now);
+        }
+        if fast && !group {
+            let due = self
+                .fastdp_told
+                .get(&frame_src)
+                .is_none_or(|&t| now.saturating_duration_since(t) >= FASTDP_HINT_EVERY);
+            if due {
+                if self.fastdp_told.len() >= 4096 {
+                    self.fastdp_told
+                        .retain(|_, t| now.saturating_duration_since(*t) < FASTDP_HINT_EVERY);
+                }
+                self.fastdp_told.insert(frame_src, now);
+                self.fastdp_hints.push((src, frame_src));
+            }
+        }
         // A flood (broadcast, multicast, or a destination that is not here) goes on along the
         // source's broadcast tree.
-        let goes_on =
-            frame_dst[0] & 1 == 1 || self.macs.lookup(&frame_dst, now) != Some(Owner::Local);
+        let goes_on = group || self.macs.lookup(&frame_dst, now) != Some(Owner::Local);
         let relay = if goes_on && !self.table.broadcast_children(src).is_empty() {
             self.counters.relayed_datagrams += 1;
             Relay::Tree { source: src }
         } else {
             Relay::None
         };
+        if twice {
+            self.counters.fastdp_floods_skipped += 1;
+            if matches!(relay, Relay::None) {
+                return DatagramDecision::Drop;
+            }
+        }
         DatagramDecision::Forward {
-            deliver: Some(inner),
+            deliver: (!twice).then_some(inner),
             relay,
         }
     }
@@ -875,6 +937,50 @@ mod tests {
             }
         );
         assert_eq!(a.counters().flooded_frames, 1);
+    }
+
+    /// A–B–C in a line, A–B on the kernel fast path: B's bridge already got A's broadcast
+    /// from the kernel, so the sleeve copy only goes on to C; C's own broadcasts, relayed by
+    /// B, and A's unicast still arrive at B's bridge exactly once.
+    #[test]
+    fn a_fastdp_neighbours_own_broadcast_is_passed_on_not_delivered_twice() {
+        let (_, mut b, _) = line();
+        let mut tb = b.table().clone();
+        tb.set_fastdp(1, true);
+        b.set_table(tb);
+        let now = Instant::ZERO;
+        let arp = encap(1, 2, &frame([0xff; 6], CA));
+        assert_eq!(
+            b.on_datagram(&arp, from(1), now),
+            DatagramDecision::Forward {
+                deliver: None,
+                relay: Relay::Tree { source: 1 }
+            }
+        );
+        assert_eq!(b.counters().fastdp_floods_skipped, 1);
+        // Without children in A's tree, nothing is left to do with it.
+        let mut tb = b.table().clone();
+        tb.set_children(1, &[]);
+        b.set_table(tb);
+        assert_eq!(b.on_datagram(&arp, from(1), now), DatagramDecision::Drop);
+        // C's broadcast relayed by A (as if A–C were direct) never crossed B's kernel path.
+        let from_c = encap(3, 2, &frame([0xff; 6], CC));
+        assert!(delivered(&b.on_datagram(&from_c, from(1), now)));
+        // Unicast from A is delivered: a bridge never sends one frame both ways. B's bridge
+        // learns CA behind the TAP from it, so the driver is told to point it at A's port,
+        // once a second at most.
+        let uni = encap(1, 2, &frame(CB, CA));
+        assert!(delivered(&b.on_datagram(&uni, from(1), now)));
+        assert!(delivered(&b.on_datagram(&uni, from(1), now)));
+        assert_eq!(b.counters().fastdp_floods_skipped, 2);
+        assert_eq!(b.take_fastdp_hints().collect::<Vec<_>>(), [(1, CA)]);
+        let later = now + Duration::from_secs(1);
+        assert!(delivered(&b.on_datagram(&uni, from(1), later)));
+        assert_eq!(b.take_fastdp_hints().collect::<Vec<_>>(), [(1, CA)]);
+        // Not for neighbours on the userspace path.
+        let from_c = encap(3, 2, &frame(CB, CC));
+        assert!(delivered(&b.on_datagram(&from_c, from(3), later)));
+        assert_eq!(b.take_fastdp_hints().count(), 0);
     }
 
     #[test]

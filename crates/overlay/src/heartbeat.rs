@@ -9,6 +9,15 @@
 //! one): after the sender, a kind byte ([`PROBE`] or [`PROBE_ACK`]) and a u16 (big-endian):
 //! for a probe its own length, padded with zeros to that length; for an acknowledgement the
 //! length of the probe that arrived.
+//!
+//! Through the kernel fast path (a VXLAN device per peer, attached to the bridge) the same
+//! frame goes with another Ethernet header: destination [`FASTDP_DST`] (an IEEE 802.1
+//! link-local group address, which a bridge never forwards but passes up the port it arrived
+//! on), the sending device's MAC as source (a bridge drops frames from an invalid source before
+//! anything else sees them), and EtherType [`FASTDP_ETHERTYPE`] (IEEE "local experimental"), so
+//! an `AF_PACKET` socket bound to that EtherType on the device receives exactly these.
+//! [`Heartbeat::emit_fastdp`] and [`Heartbeat::parse_fastdp`] write and read that form; the
+//! body and the lengths (a probe's length counts the whole frame) are the same.
 
 /// Length of a heartbeat frame (without the VXLAN header).
 pub const FRAME_LEN: usize = 14 + 8 + 8;
@@ -19,6 +28,12 @@ pub const PROBE: u8 = 1;
 pub const PROBE_ACK: u8 = 2;
 /// Length of a probe acknowledgement frame, and the smallest probe.
 pub const PROBE_MIN_LEN: usize = FRAME_LEN + 3;
+
+/// Destination MAC of a heartbeat through the kernel fast path (IEEE 802.1 reserved group
+/// address 0x0F: bridges never forward it).
+pub const FASTDP_DST: [u8; 6] = [0x01, 0x80, 0xc2, 0x00, 0x00, 0x0f];
+/// EtherType of a heartbeat through the kernel fast path (IEEE 802 local experimental 1).
+pub const FASTDP_ETHERTYPE: u16 = 0x88b5;
 
 /// A parsed heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +63,15 @@ pub fn is_heartbeat(frame: &[u8]) -> bool {
 impl Heartbeat {
     /// Parse a heartbeat frame; `None` if it is not one or is truncated.
     pub fn parse(frame: &[u8]) -> Option<Self> {
-        if !is_heartbeat(frame) || frame.len() < FRAME_LEN {
+        if !is_heartbeat(frame) {
+            return None;
+        }
+        Self::parse_body(frame)
+    }
+
+    /// The heartbeat in `frame` after its (already checked) Ethernet header.
+    fn parse_body(frame: &[u8]) -> Option<Self> {
+        if frame.len() < FRAME_LEN {
             return None;
         }
         let conn_uid = u64::from_be_bytes(frame[14..22].try_into().ok()?);
@@ -104,6 +127,32 @@ impl Heartbeat {
     }
 }
 
+impl Heartbeat {
+    /// Write the heartbeat as a fast-path frame from device MAC `src` into `out` (see the
+    /// module documentation); returns the length written.
+    ///
+    /// # Panics
+    /// If `out` is shorter than [`Heartbeat::frame_len`].
+    pub fn emit_fastdp(&self, src: [u8; 6], out: &mut [u8]) -> usize {
+        let n = self.emit(out);
+        out[..6].copy_from_slice(&FASTDP_DST);
+        out[6..12].copy_from_slice(&src);
+        out[12..14].copy_from_slice(&FASTDP_ETHERTYPE.to_be_bytes());
+        n
+    }
+
+    /// Parse a fast-path heartbeat frame; `None` if it is not one or is truncated.
+    pub fn parse_fastdp(frame: &[u8]) -> Option<Self> {
+        if frame.len() < FRAME_LEN
+            || frame[..6] != FASTDP_DST
+            || frame[12..14] != FASTDP_ETHERTYPE.to_be_bytes()
+        {
+            return None;
+        }
+        Self::parse_body(frame)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +205,39 @@ mod tests {
             Heartbeat::parse(&buf[..n]),
             Some(Heartbeat { probe: None, ..ack })
         );
+    }
+
+    #[test]
+    fn fastdp_frames_round_trip_and_are_told_apart() {
+        let src = [0x02, 1, 2, 3, 4, 5];
+        for probe in [None, Some(Probe::Ack(1390)), Some(Probe::Probe(1390))] {
+            let hb = Heartbeat {
+                conn_uid: 0xffff_0000_0000_0001,
+                sender: 7,
+                probe,
+            };
+            let mut buf = [0xeeu8; 1500];
+            let n = hb.emit_fastdp(src, &mut buf);
+            assert_eq!(n, hb.frame_len());
+            assert_eq!(&buf[..6], &FASTDP_DST);
+            assert_eq!(&buf[6..12], &src);
+            assert_eq!(Heartbeat::parse_fastdp(&buf[..n]), Some(hb));
+            // Not a sleeve heartbeat, and a sleeve heartbeat is not a fast-path one.
+            assert_eq!(Heartbeat::parse(&buf[..n]), None);
+            let m = hb.emit(&mut buf);
+            assert_eq!(Heartbeat::parse_fastdp(&buf[..m]), None);
+        }
+        // A probe cut short on the way is no heartbeat.
+        let probe = Heartbeat {
+            conn_uid: 1,
+            sender: 2,
+            probe: Some(Probe::Probe(1000)),
+        };
+        let mut buf = [0u8; 1000];
+        probe.emit_fastdp(src, &mut buf);
+        assert_eq!(Heartbeat::parse_fastdp(&buf[..999]), None);
+        for len in 0..FRAME_LEN {
+            assert_eq!(Heartbeat::parse_fastdp(&buf[..len]), None);
+        }
     }
 }

@@ -821,6 +821,7 @@ impl Sim {
             short_id: host.node.short_id(),
             uid: PeerUid(host.uid),
             data_port: DATA_PORT,
+            fastdp_port: 0,
         }
     }
 
@@ -898,7 +899,10 @@ impl Sim {
             }
             // Links are in the clear in the simulator; no channel but topology is registered.
             // Path MTU probing is off in the simulator (its paths carry any size).
+            // The simulator's hosts have no kernel fast path (NodeConfig::fastdp is off).
             Action::SetLink { .. }
+            | Action::FastPath { .. }
+            | Action::FastHeartbeat { .. }
             | Action::RemoveLink { .. }
             | Action::SetPathMtu { .. }
             | Action::Gossip { .. }
@@ -939,6 +943,7 @@ impl Sim {
                         uid: remote.uid.0,
                         short_id: remote.short_id,
                         data_addr: SocketAddr::new(self.hosts[t].ip, remote.data_port),
+                        fastdp_addr: None,
                     };
                     self.hosts[h]
                         .node

@@ -323,6 +323,140 @@ impl Netlink {
             })
     }
 
+    /// Creates a plain VXLAN device `name` for one peer (the kernel fast path's shape: one
+    /// device per fastdp peer, all sharing the kernel's UDP socket on `port`): it receives the
+    /// datagrams carrying `vni` (what that peer sends here), sourced from `local`, with the
+    /// outer DF bit set (a too-small underlay path fails the MTU probes instead of fragmenting)
+    /// and no learning (its forwarding database holds only what [`Netlink::add_vxlan_default`]
+    /// puts there). Returns its index.
+    pub async fn add_vxlan_peer(
+        &self,
+        name: &str,
+        vni: u32,
+        port: u16,
+        local: Option<Ipv4Addr>,
+    ) -> Result<u32, Error> {
+        let mut link = LinkVxlan::new(name, vni)
+            .port(port)
+            .learning(false)
+            .df(netlink_packet_route::link::VxlanDf::Set);
+        if let Some(local) = local {
+            link = link.local(local);
+        }
+        self.handle
+            .link()
+            .add(link.build())
+            .execute()
+            .await
+            .ctx("create vxlan", name)?;
+        self.link_index(name)
+            .await?
+            .ok_or_else(|| Error::NoSuchLink {
+                op: "create vxlan",
+                name: name.into(),
+            })
+    }
+
+    /// Points VXLAN device `index` at its peer (`bridge fdb append 00:00:00:00:00:00 dev X dst
+    /// REMOTE vni VNI self permanent`): every frame it sends goes to `remote` carrying `vni`,
+    /// which may differ from the device's own (receive) VNI. An existing default entry is
+    /// replaced (deleted first: the kernel refuses `NLM_F_REPLACE` for the all-zeros address).
+    pub async fn add_vxlan_default(
+        &self,
+        index: u32,
+        remote: Ipv4Addr,
+        vni: u32,
+    ) -> Result<(), Error> {
+        use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourFlags};
+        let target = || format!("{} dst {remote} vni {vni}", ifx(index));
+        for attempt in 0..2 {
+            let mut req = self
+                .handle
+                .neighbours()
+                .add_bridge(index, &[0; 6])
+                .destination(IpAddr::V4(remote))
+                .flags(NeighbourFlags::Own);
+            req.message_mut()
+                .attributes
+                .push(NeighbourAttribute::Vni(vni));
+            match req.execute().await {
+                Err(e) if attempt == 0 && errno_of(&e) == Some(libc::EEXIST) => {
+                    // The whole entry (every remote of it) goes: no destination given.
+                    let mut del = netlink_packet_route::neighbour::NeighbourMessage::default();
+                    del.header.family = netlink_packet_route::AddressFamily::Bridge;
+                    del.header.ifindex = index;
+                    del.header.flags = NeighbourFlags::Own;
+                    del.attributes
+                        .push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
+                    self.handle
+                        .neighbours()
+                        .del(del)
+                        .execute()
+                        .await
+                        .ctx("replace vxlan default entry", target())?;
+                }
+                r => return r.ctx("add vxlan default entry", target()),
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    /// Turns the `isolated` flag of bridge port `index` on or off: isolated ports exchange no
+    /// frames with each other, only with the bridge's other ports.
+    pub async fn set_isolated(&self, index: u32, on: bool) -> Result<(), Error> {
+        self.handle
+            .link()
+            .change(LinkBridgePort::new(index).isolated(on).build())
+            .execute()
+            .await
+            .ctx("set port isolation", ifx(index))
+    }
+
+    /// Makes interface `index` a fast-path port of bridge `master`: enslaved, `isolated` (it
+    /// exchanges frames only with the bridge's non-isolated ports, the containers', so a frame
+    /// from one peer never goes on to another), and no flooding of unknown unicast to it
+    /// (those go through the userspace path, so no frame crosses both). Broadcast and
+    /// multicast are flooded to it as to any port.
+    pub async fn set_fastdp_port(&self, index: u32, master: u32) -> Result<(), Error> {
+        self.set_master(index, master).await?;
+        self.handle
+            .link()
+            .change(
+                LinkBridgePort::new(index)
+                    .isolated(true)
+                    .flood(false)
+                    .build(),
+            )
+            .execute()
+            .await
+            .ctx("set fast-path port flags", ifx(index))
+    }
+
+    /// Releases interface `index` from its bridge (its learned entries go with it).
+    pub async fn set_nomaster(&self, index: u32) -> Result<(), Error> {
+        self.set(
+            "release from bridge",
+            index,
+            LinkUnspec::new_with_index(index).nocontroller(),
+        )
+        .await
+    }
+
+    /// Points the bridge's entry for `mac` at its port `index` (`bridge fdb replace MAC dev
+    /// PORT master`, a learned-like entry that ages and moves like one).
+    pub async fn set_bridge_fdb(&self, index: u32, mac: [u8; 6]) -> Result<(), Error> {
+        use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
+        self.handle
+            .neighbours()
+            .add_bridge(index, &mac)
+            .flags(NeighbourFlags::Controller)
+            .state(NeighbourState::Reachable)
+            .replace()
+            .execute()
+            .await
+            .ctx("point a MAC at a bridge port", ifx(index))
+    }
+
     /// Creates veth pair `name`/`peer`; returns both indices.
     pub async fn add_veth(&self, name: &str, peer: &str) -> Result<(u32, u32), Error> {
         let target = format!("{name}/{peer}");
@@ -598,6 +732,25 @@ pub struct LinkSummary {
     pub bridge_port_forwarding: Option<bool>,
     /// The link's kind (`IFLA_INFO_KIND`: "bridge", "veth", "dummy", ...), if it has one.
     pub kind: Option<String>,
+    /// Its counters (`IFLA_STATS64`), if the kernel sent them.
+    pub stats: Option<LinkStats>,
+}
+
+/// What an interface carried since it was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkStats {
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets dropped on receive.
+    pub rx_dropped: u64,
+    /// Packets dropped on send.
+    pub tx_dropped: u64,
 }
 
 impl LinkSummary {
@@ -618,6 +771,16 @@ impl LinkSummary {
                 LinkAttribute::Controller(c) => s.master = Some(c),
                 LinkAttribute::Link(l) => s.peer_index = Some(l),
                 LinkAttribute::LinkNetNsId(_) => s.peer_in_other_netns = true,
+                LinkAttribute::Stats64(st) => {
+                    s.stats = Some(LinkStats {
+                        rx_packets: st.rx_packets,
+                        tx_packets: st.tx_packets,
+                        rx_bytes: st.rx_bytes,
+                        tx_bytes: st.tx_bytes,
+                        rx_dropped: st.rx_dropped,
+                        tx_dropped: st.tx_dropped,
+                    });
+                }
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Kind(kind) = &info {
@@ -662,6 +825,76 @@ mod tests {
         assert!(s.starts_with("create veth vethwepl1/vethwepg1: "), "{s}");
         assert!(s.contains("File exists"), "{s}");
         assert_eq!(e.errno(), Some(libc::EEXIST));
+    }
+
+    /// The kernel fast path's device, built in a private network namespace: `ip -d link` and
+    /// `bridge fdb` show what `ip`/`bridge` users would check (receive VNI, port, no learning,
+    /// DF, isolated bridge port; the default entry's peer and send VNI).
+    #[test]
+    fn vxlan_peer_device_in_a_private_netns() {
+        if !nix::unistd::geteuid().is_root() {
+            panic!("needs root (CI runs the tests as root or through sudo)");
+        }
+        let out = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let nl = Netlink::new().unwrap();
+                let br = nl.ensure_bridge("weave", 1376, None).await.unwrap();
+                let local = Ipv4Addr::new(192, 0, 2, 1);
+                let dev = nl
+                    .add_vxlan_peer("vxwe-002", 2 | 1 << 12, 6784, Some(local))
+                    .await
+                    .unwrap();
+                nl.set_fastdp_port(dev, br).await.unwrap();
+                nl.add_vxlan_default(dev, Ipv4Addr::new(192, 0, 2, 2), 1 | 2 << 12)
+                    .await
+                    .unwrap();
+                // Replacing the entry (the peer moved) leaves one.
+                nl.add_vxlan_default(dev, Ipv4Addr::new(192, 0, 2, 3), 1 | 2 << 12)
+                    .await
+                    .unwrap();
+            });
+            let run = |args: &[&str]| {
+                let o = std::process::Command::new(args[0])
+                    .args(&args[1..])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            };
+            (
+                run(&["ip", "-d", "link", "show", "vxwe-002"]),
+                run(&["bridge", "fdb", "show", "dev", "vxwe-002"]),
+            )
+        })
+        .join()
+        .unwrap();
+        let (link, fdb) = out;
+        for want in [
+            "vxlan id 4098 ",
+            "local 192.0.2.1 ",
+            "dstport 6784 ",
+            "nolearning ",
+            "df set ",
+            "master weave ",
+            "isolated on ",
+            "flood off ",
+            "mcast_flood on ",
+        ] {
+            assert!(link.contains(want), "{want:?} not in {link}");
+        }
+        let defaults: Vec<&str> = fdb
+            .lines()
+            .filter(|l| l.starts_with("00:00:00:00:00:00"))
+            .collect();
+        assert_eq!(
+            defaults,
+            ["00:00:00:00:00:00 dst 192.0.2.3 vni 8193 self permanent"],
+            "{fdb}"
+        );
     }
 
     #[test]

@@ -1,22 +1,32 @@
-//! Layer: OS. An `AF_PACKET` socket for the ARP frames of one interface (the bridge): what it
-//! receives (broadcasts from every port, frames to its MAC) and sends (probes), whole Ethernet
-//! frames. Non-blocking; the caller polls its descriptor.
+//! Layer: OS. An `AF_PACKET` socket for the frames of one EtherType on one interface: the ARP
+//! frames of the bridge (what it receives: broadcasts from every port, frames to its MAC; what
+//! it sends: probes), or the fast path's heartbeats on a VXLAN device. Whole Ethernet frames.
+//! Non-blocking; the caller polls its descriptor.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// A raw socket bound to one interface for `ETH_P_ARP`.
+/// A raw socket bound to one interface for one EtherType.
 #[derive(Debug)]
-pub struct ArpSocket {
+pub struct PacketSocket {
     fd: OwnedFd,
     ifindex: libc::c_int,
+    ethertype: u16,
 }
 
-impl ArpSocket {
-    /// Opens it on interface `ifindex` (in the calling thread's namespace), non-blocking, not
-    /// seeing the frames the host itself sends.
+/// The bridge's ARP socket.
+pub type ArpSocket = PacketSocket;
+
+impl PacketSocket {
+    /// Opens an `ETH_P_ARP` socket on interface `ifindex` (see [`PacketSocket::open_ethertype`]).
     pub fn open(ifindex: u32) -> io::Result<Self> {
-        let proto = (libc::ETH_P_ARP as u16).to_be();
+        Self::open_ethertype(ifindex, libc::ETH_P_ARP as u16)
+    }
+
+    /// Opens it on interface `ifindex` (in the calling thread's namespace) for frames of
+    /// `ethertype`, non-blocking, not seeing the frames the host itself sends.
+    pub fn open_ethertype(ifindex: u32, ethertype: u16) -> io::Result<Self> {
+        let proto = ethertype.to_be();
         let ifindex = libc::c_int::try_from(ifindex)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
         // SAFETY: plain socket(2) call with constant arguments; the result is checked below.
@@ -57,7 +67,11 @@ impl ArpSocket {
                 size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
-        Ok(Self { fd, ifindex })
+        Ok(Self {
+            fd,
+            ifindex,
+            ethertype,
+        })
     }
 
     /// Reads one frame into `buf`; `WouldBlock` when there is none.
@@ -72,7 +86,7 @@ impl ArpSocket {
         // SAFETY: sockaddr_ll is plain integer data; all-zero is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as libc::c_ushort;
-        sll.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
+        sll.sll_protocol = self.ethertype.to_be();
         sll.sll_ifindex = self.ifindex;
         sll.sll_halen = 6;
         if let Some(dst) = frame.get(..6) {
@@ -93,20 +107,23 @@ impl ArpSocket {
     }
 }
 
-impl AsRawFd for ArpSocket {
+impl AsRawFd for PacketSocket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 }
 
-/// An [`ArpSocket`] registered with the tokio reactor.
+/// A [`PacketSocket`] registered with the tokio reactor.
 #[derive(Debug)]
-pub struct AsyncArpSocket(tokio::io::unix::AsyncFd<ArpSocket>);
+pub struct AsyncPacketSocket(tokio::io::unix::AsyncFd<PacketSocket>);
 
-impl AsyncArpSocket {
+/// The bridge's ARP socket, registered with the tokio reactor.
+pub type AsyncArpSocket = AsyncPacketSocket;
+
+impl AsyncPacketSocket {
     /// Registers `sock` (on a tokio runtime).
-    pub fn new(sock: ArpSocket) -> io::Result<Self> {
-        // SAFETY: `ArpSocket` owns its descriptor (an `OwnedFd`) for its whole lifetime, never
+    pub fn new(sock: PacketSocket) -> io::Result<Self> {
+        // SAFETY: `PacketSocket` owns its descriptor (an `OwnedFd`) for its whole lifetime, never
         // replaces it, and `as_raw_fd` always returns that same descriptor.
         let fd = unsafe { tokio::io::unix::AsyncFd::register(sock) }.map_err(io::Error::from)?;
         Ok(Self(fd))

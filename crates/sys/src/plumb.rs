@@ -107,6 +107,12 @@ fn write_sysctl(path: &str, value: &str) {
     }
 }
 
+/// No IPv6 on interface `ifname` (best effort): a bridge port or tunnel device that carries
+/// others' frames has no business sending its own router solicitations or MLD reports.
+pub fn disable_ipv6(ifname: &str) {
+    write_sysctl(&format!("net/ipv6/conf/{ifname}/disable_ipv6"), "1");
+}
+
 /// Weave's per-interface tuning: no IPv6 router advertisements, and quick ARP re-validation.
 fn tune_interface(ifname: &str, arp: bool) {
     write_sysctl(&format!("net/ipv6/conf/{ifname}/accept_ra"), "0");

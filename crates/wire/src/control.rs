@@ -30,10 +30,10 @@ pub const MAGIC: [u8; 4] = *b"weft";
 pub const HELLO_LEN: usize = 6;
 
 /// Lowest control-protocol version this build speaks.
-pub const PROTOCOL_MIN: u8 = 3;
+pub const PROTOCOL_MIN: u8 = 4;
 
 /// Highest control-protocol version this build speaks.
-pub const PROTOCOL_MAX: u8 = 3;
+pub const PROTOCOL_MAX: u8 = 4;
 
 /// Largest frame body (the postcard bytes, not counting the 4-byte length prefix) a peer may
 /// send. Longer frames are rejected by [`FrameDecoder`] before they are buffered.
@@ -138,8 +138,10 @@ pub struct Features {
     pub uid: u64,
     /// Random id of this connection on the sender's side; XORed with the other side's.
     pub conn_id: u64,
-    /// UDP port the sender receives VXLAN traffic on.
+    /// UDP port the sender receives VXLAN traffic on in userspace ("sleeve").
     pub data_port: u16,
+    /// UDP port of the sender's kernel fast path ("fastdp"); 0: it has none (protocol 4).
+    pub fastdp_port: u16,
 }
 
 /// Appends one frame to `out`: the `u32` big-endian body length, then the postcard bytes.
@@ -320,7 +322,8 @@ mod tests {
             short_id: 0xabc,
             uid: 0x1234_5678_9abc_def0,
             conn_id: u64::MAX,
-            data_port: 6784,
+            data_port: 6783,
+            fastdp_port: 6784,
         }
     }
 
@@ -380,7 +383,7 @@ mod tests {
     #[test]
     fn hello_round_trip() {
         let bytes = Hello::CURRENT.emit();
-        assert_eq!(&bytes, b"weft\x03\x03");
+        assert_eq!(&bytes, b"weft\x04\x04");
         assert_eq!(Hello::parse(&bytes), Ok(Hello::CURRENT));
         let h = Hello {
             min_version: 2,
@@ -402,7 +405,7 @@ mod tests {
             Err(HelloError::InvalidRange { min: 0, max: 2 })
         );
         // Trailing bytes are the caller's business.
-        assert_eq!(Hello::parse(b"weft\x03\x03rest"), Ok(Hello::CURRENT));
+        assert_eq!(Hello::parse(b"weft\x04\x04rest"), Ok(Hello::CURRENT));
     }
 
     #[test]

@@ -56,6 +56,7 @@ fn peer_stream(last: u8, uid: u64, conn_id: u64) -> Vec<u8> {
         uid,
         conn_id,
         data_port: p.data_port,
+        fastdp_port: p.fastdp_port,
     };
     control::encode_frame(&Message::Features(features), &mut bytes);
     bytes
@@ -336,6 +337,7 @@ fn send_rules() {
         uid: 0,
         conn_id: 0,
         data_port: 0,
+        fastdp_port: 0,
     };
     assert_eq!(
         pair.a.conn.send(now, &Message::Features(f)),
@@ -461,7 +463,7 @@ fn hello_is_queued_immediately_and_features_after_peer_hello() {
     let mut conn = lone(true);
     let mut out = Vec::new();
     assert!(conn.poll_transmit(&mut out));
-    assert_eq!(out, b"weft\x03\x03");
+    assert_eq!(out, b"weft\x04\x04");
     assert!(!conn.poll_transmit(&mut out));
     // The key hello follows the peer's hello, the features follow the peer's key hello.
     conn.handle_bytes(Instant::ZERO, &Hello::CURRENT.emit());
@@ -491,6 +493,7 @@ fn remote_name_wider_than_48_bits_is_rejected() {
         uid: 1,
         conn_id: 1,
         data_port: 1,
+        fastdp_port: 0,
     };
     control::encode_frame(&Message::Features(f), &mut bytes);
     conn.handle_bytes(Instant::ZERO, &bytes);

@@ -17,6 +17,7 @@ pub(super) fn peer(last: u8, uid: u64) -> LocalPeer {
         short_id: ShortId::from_masked(u16::from(last)),
         uid: PeerUid(uid),
         data_port: 6784,
+        fastdp_port: 0,
     }
 }
 
