@@ -60,6 +60,10 @@ struct Args {
     /// UDP payload length of the small-packet test (bytes).
     #[arg(long, default_value_t = 64)]
     udp_len: u32,
+    /// Overlay MTU for the weft targets (`--mtu`; default weft's 1376). 1450 gives them
+    /// kvxlan's, so a comparison measures the data path, not the frame size.
+    #[arg(long)]
+    weft_mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,7 +276,7 @@ fn measure_target(
     weft_bin: Option<&Path>,
     clk_tck: f64,
 ) -> Result<Vec<Record>> {
-    let setup = build(target, weft_bin.map(Path::to_path_buf))?;
+    let setup = build(target, weft_bin.map(Path::to_path_buf), args.weft_mtu)?;
     let res = measure(args, target, round, &setup, clk_tck);
     if res.is_err() && matches!(target, Target::Weft | Target::WeftFastdp | Target::WeftEnc) {
         eprintln!("{}", setup.net.logs_report(30));
@@ -281,19 +285,23 @@ fn measure_target(
     res
 }
 
-fn build(target: Target, weft_bin: Option<PathBuf>) -> Result<Setup> {
+fn build(target: Target, weft_bin: Option<PathBuf>, weft_mtu: Option<u32>) -> Result<Setup> {
+    let mtu_arg = weft_mtu.map(|m| m.to_string());
+    let mut mtu_opts: Vec<&str> = Vec::new();
+    if let Some(m) = &mtu_arg {
+        mtu_opts.extend(["--mtu", m.as_str()]);
+    }
     let net = TestNet::with_weft_bin(&format!("nb{}", &target.name()[..2]), weft_bin)?;
     let (client, server, mtu, tunnel_pids) = match target {
         Target::Weft | Target::WeftFastdp => {
             let h1 = net.host(1)?;
             let h2 = net.host(2)?;
-            let opts: &[&str] = if target == Target::Weft {
-                &["--no-fastdp"]
-            } else {
-                &[]
-            };
-            weft_tests::mesh::launch_with(&h1, opts, &[])?;
-            weft_tests::mesh::launch_with(&h2, opts, &[&h1])?;
+            let mut opts = mtu_opts.clone();
+            if target == Target::Weft {
+                opts.push("--no-fastdp");
+            }
+            weft_tests::mesh::launch_with(&h1, &opts, &[])?;
+            weft_tests::mesh::launch_with(&h2, &opts, &[&h1])?;
             weft_tests::wait_established(&[&h1, &h2], Duration::from_secs(30))?;
             let want = if target == Target::Weft {
                 "sleeve"
@@ -321,7 +329,8 @@ fn build(target: Target, weft_bin: Option<PathBuf>) -> Result<Setup> {
         Target::WeftEnc => {
             let h1 = net.host(1)?;
             let h2 = net.host(2)?;
-            let pw = ["--password", "netbench password"];
+            let mut pw = vec!["--password", "netbench password"];
+            pw.extend_from_slice(&mtu_opts);
             weft_tests::mesh::launch_with(&h1, &pw, &[])?;
             weft_tests::mesh::launch_with(&h2, &pw, &[&h1])?;
             weft_tests::wait_established(&[&h1, &h2], Duration::from_secs(30))?;
