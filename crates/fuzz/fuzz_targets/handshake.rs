@@ -23,7 +23,8 @@ fuzz_target!(|data: &[u8]| {
         nickname: "fuzz".into(),
         short_id: ShortId::from_masked(1),
         uid: PeerUid(7),
-        data_port: 6784,
+        data_port: 6783,
+        fastdp_port: 6784,
     };
     let mut now = Instant::ZERO;
     let mut conn = Connection::new(local, flags & 1 == 1, 0x5eed, now, ConnConfig::default());

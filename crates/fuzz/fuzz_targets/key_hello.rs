@@ -27,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
         nickname: "fuzz".into(),
         short_id: ShortId::from_masked(1),
         uid: PeerUid(7),
-        data_port: 6784,
+        data_port: 6783,
+        fastdp_port: 6784,
     };
     let config = ConnConfig {
         security: Security {
