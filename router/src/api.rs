@@ -497,12 +497,7 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         let mut fast = weft_sys::netlink::LinkStats::default();
         for (ip, s) in &published.fastdp_traffic {
             traffic.add_fastdp(*ip, s);
-            fast.rx_packets += s.rx_packets;
-            fast.tx_packets += s.tx_packets;
-            fast.rx_bytes += s.rx_bytes;
-            fast.tx_bytes += s.tx_bytes;
-            fast.rx_dropped += s.rx_dropped;
-            fast.tx_dropped += s.tx_dropped;
+            fast += *s;
         }
         for (name, v) in [
             ("fastdp_rx_packets", fast.rx_packets),

@@ -557,9 +557,6 @@ impl DataPlane {
                         DatagramDecision::Forward { deliver, relay } => {
                             if let Some(range) = deliver {
                                 rx.deliver(&buf[range]);
-                                for (remote, mac) in tx.engine.take_fastdp_hints() {
-                                    let _ = self.events.send(DpEvent::FastMac { remote, mac });
-                                }
                             }
                             let datagram = &buf[received.plain];
                             match relay {
@@ -581,6 +578,10 @@ impl DataPlane {
             }
             // Never hold frames across a poll wait.
             rx.flush();
+            // MACs to point at fast-path ports: once per batch, not per datagram.
+            for (remote, mac) in tx.engine.take_fastdp_hints() {
+                let _ = self.events.send(DpEvent::FastMac { remote, mac });
+            }
             if count < self.recv.capacity() {
                 break;
             }

@@ -736,7 +736,7 @@ pub struct LinkSummary {
     pub stats: Option<LinkStats>,
 }
 
-/// What an interface carried since it was created.
+/// What an interface carried since it was created (summed with `+=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LinkStats {
     /// Packets received.
@@ -751,6 +751,17 @@ pub struct LinkStats {
     pub rx_dropped: u64,
     /// Packets dropped on send.
     pub tx_dropped: u64,
+}
+
+impl std::ops::AddAssign for LinkStats {
+    fn add_assign(&mut self, o: Self) {
+        self.rx_packets += o.rx_packets;
+        self.tx_packets += o.tx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_bytes += o.tx_bytes;
+        self.rx_dropped += o.rx_dropped;
+        self.tx_dropped += o.tx_dropped;
+    }
 }
 
 impl LinkSummary {
