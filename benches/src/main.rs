@@ -36,8 +36,11 @@ struct Args {
     /// Pings (0.2 s apart) for the RTT median.
     #[arg(long, default_value_t = 20)]
     pings: u32,
-    /// Comma-separated targets out of weft, weft-fastdp, weft-enc, kvxlan, veth.
-    #[arg(long, default_value = "weft,weft-fastdp,weft-enc,kvxlan,veth")]
+    /// Comma-separated targets out of weft, weft-fastdp, weft-enc, kvxlan, kvxlan-fw, veth.
+    #[arg(
+        long,
+        default_value = "weft,weft-fastdp,weft-enc,kvxlan,kvxlan-fw,veth"
+    )]
     targets: String,
     /// JSON output file (default `bench-results/netbench-<unix time>.json`).
     #[arg(long)]
@@ -75,6 +78,9 @@ enum Target {
     /// weft with a password: every datagram sealed.
     WeftEnc,
     Kvxlan,
+    /// kvxlan on hosts with the firewall a weft host has: the FORWARD rules weft adds for its
+    /// bridge (Weave's, with a conntrack match), here for `kbr`.
+    KvxlanFw,
     Veth,
 }
 
@@ -85,9 +91,13 @@ impl Target {
             "weft-fastdp" => Ok(Self::WeftFastdp),
             "weft-enc" => Ok(Self::WeftEnc),
             "kvxlan" => Ok(Self::Kvxlan),
+            "kvxlan-fw" => Ok(Self::KvxlanFw),
             "veth" => Ok(Self::Veth),
             other => {
-                bail!("unknown target {other:?} (known: weft, weft-fastdp, weft-enc, kvxlan, veth)")
+                bail!(
+                    "unknown target {other:?} (known: weft, weft-fastdp, weft-enc, kvxlan, \
+                     kvxlan-fw, veth)"
+                )
             }
         }
     }
@@ -98,6 +108,7 @@ impl Target {
             Self::WeftFastdp => "weft-fastdp",
             Self::WeftEnc => "weft-enc",
             Self::Kvxlan => "kvxlan",
+            Self::KvxlanFw => "kvxlan-fw",
             Self::Veth => "veth",
         }
     }
@@ -108,6 +119,9 @@ impl Target {
             Self::WeftFastdp => "weft router, kernel fast path (VXLAN device per peer, UDP 6784)",
             Self::WeftEnc => "weft router with --password (every datagram sealed, AEAD per hop)",
             Self::Kvxlan => "kernel VXLAN VNI 42, UDP 4789, bridged, static FDB",
+            Self::KvxlanFw => {
+                "kvxlan with weft's FORWARD rules for the bridge (conntrack on, as on a weft host)"
+            }
             Self::Veth => "bare underlay, routed, no encapsulation (physical limit)",
         }
     }
@@ -340,11 +354,22 @@ fn build(target: Target, weft_bin: Option<PathBuf>, weft_mtu: Option<u32>) -> Re
             let pids = vec![h1.router_pid()?, h2.router_pid()?];
             (c1, c2, mtu, pids)
         }
-        Target::Kvxlan => {
+        Target::Kvxlan | Target::KvxlanFw => {
             let h1 = net.host(1)?;
             let h2 = net.host(2)?;
             let c1 = kvxlan_side(&net, &h1, &h2, 1)?;
             let c2 = kvxlan_side(&net, &h2, &h1, 2)?;
+            if target == Target::KvxlanFw {
+                for h in [&h1, &h2] {
+                    for rule in weft_sys::firewall::forward_rules("kbr") {
+                        Cmd::new("ip")
+                            .args(["netns", "exec", h.ns(), weft_sys::firewall::IPTABLES])
+                            .args(rule.args(weft_sys::firewall::Op::Add))
+                            .timeout(Duration::from_secs(10))
+                            .run_ok()?;
+                    }
+                }
+            }
             (c1, c2, 1450, vec![])
         }
         Target::Veth => {
@@ -907,24 +932,32 @@ fn render_table(targets: &[Target], records: &[Record], args: &Args) -> String {
         }
     }
     // Issue 13's goals: the fast path against the kernel's own VXLAN (≥ 0.95× throughput,
-    // RTT ≤ 1.1×, p90 under load ≤ 1.5×).
-    if targets.contains(&Target::WeftFastdp) && targets.contains(&Target::Kvxlan) {
-        let ratio = |test: &str| {
-            let w = median(&values(records, Target::WeftFastdp, test));
-            let x = median(&values(records, Target::Kvxlan, test));
-            match (w, x) {
-                (Some(w), Some(x)) if x > 0.0 => format!("{:.2}×", w / x),
-                _ => "–".to_owned(),
-            }
-        };
-        s += &format!(
-            "\n| weft-fastdp ÷ kvxlan | TCP 1 stream | TCP 4 streams | ping RTT | ping under load p90 |\n\
-             |---|--:|--:|--:|--:|\n| | {} | {} | {} | {} |\n",
-            ratio("tcp1"),
-            ratio("tcp4"),
-            ratio("ping"),
-            ratio("ping_loaded_p90")
-        );
+    // RTT ≤ 1.1×, p90 under load ≤ 1.5×), bare and on a host with weft's firewall.
+    let baselines: Vec<Target> = [Target::Kvxlan, Target::KvxlanFw]
+        .into_iter()
+        .filter(|t| targets.contains(t))
+        .collect();
+    if targets.contains(&Target::WeftFastdp) && !baselines.is_empty() {
+        s += "\n| weft-fastdp ÷ | TCP 1 stream | TCP 4 streams | ping RTT | ping under load p90 |\n\
+              |---|--:|--:|--:|--:|\n";
+        for b in baselines {
+            let ratio = |test: &str| {
+                let w = median(&values(records, Target::WeftFastdp, test));
+                let x = median(&values(records, b, test));
+                match (w, x) {
+                    (Some(w), Some(x)) if x > 0.0 => format!("{:.2}×", w / x),
+                    _ => "–".to_owned(),
+                }
+            };
+            s += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                b.name(),
+                ratio("tcp1"),
+                ratio("tcp4"),
+                ratio("ping"),
+                ratio("ping_loaded_p90")
+            );
+        }
     }
     let errors: Vec<String> = records
         .iter()
