@@ -73,6 +73,8 @@ struct Args {
 enum Target {
     /// weft's userspace path (launched with --no-fastdp).
     Weft,
+    /// The userspace path with its data-plane thread on SCHED_FIFO (`--datapath-priority 10`).
+    WeftRt,
     /// weft's kernel fast path (a VXLAN device per peer, the default).
     WeftFastdp,
     /// weft with a password: every datagram sealed.
@@ -88,6 +90,7 @@ impl Target {
     fn parse(s: &str) -> Result<Self> {
         match s.trim() {
             "weft" => Ok(Self::Weft),
+            "weft-rt" => Ok(Self::WeftRt),
             "weft-fastdp" => Ok(Self::WeftFastdp),
             "weft-enc" => Ok(Self::WeftEnc),
             "kvxlan" => Ok(Self::Kvxlan),
@@ -95,8 +98,8 @@ impl Target {
             "veth" => Ok(Self::Veth),
             other => {
                 bail!(
-                    "unknown target {other:?} (known: weft, weft-fastdp, weft-enc, kvxlan, \
-                     kvxlan-fw, veth)"
+                    "unknown target {other:?} (known: weft, weft-rt, weft-fastdp, weft-enc, \
+                     kvxlan, kvxlan-fw, veth)"
                 )
             }
         }
@@ -105,6 +108,7 @@ impl Target {
     fn name(self) -> &'static str {
         match self {
             Self::Weft => "weft",
+            Self::WeftRt => "weft-rt",
             Self::WeftFastdp => "weft-fastdp",
             Self::WeftEnc => "weft-enc",
             Self::Kvxlan => "kvxlan",
@@ -116,6 +120,7 @@ impl Target {
     fn desc(self) -> &'static str {
         match self {
             Self::Weft => "weft router, userspace path (--no-fastdp; VXLAN over UDP 6783), bridged",
+            Self::WeftRt => "weft's userspace path, data-plane thread SCHED_FIFO 10",
             Self::WeftFastdp => "weft router, kernel fast path (VXLAN device per peer, UDP 6784)",
             Self::WeftEnc => "weft router with --password (every datagram sealed, AEAD per hop)",
             Self::Kvxlan => "kernel VXLAN VNI 42, UDP 4789, bridged, static FDB",
@@ -207,10 +212,12 @@ fn run(args: &Args) -> Result<()> {
             .run_ok()
             .with_context(|| format!("missing tool {tool} (run .ci/install)"))?;
     }
-    let weft_bin = if targets
-        .iter()
-        .any(|t| matches!(t, Target::Weft | Target::WeftFastdp | Target::WeftEnc))
-    {
+    let weft_bin = if targets.iter().any(|t| {
+        matches!(
+            t,
+            Target::Weft | Target::WeftRt | Target::WeftFastdp | Target::WeftEnc
+        )
+    }) {
         Some(locate_weft(args.weft_bin.as_deref(), "netbench")?)
     } else {
         None
@@ -292,7 +299,12 @@ fn measure_target(
 ) -> Result<Vec<Record>> {
     let setup = build(target, weft_bin.map(Path::to_path_buf), args.weft_mtu)?;
     let res = measure(args, target, round, &setup, clk_tck);
-    if res.is_err() && matches!(target, Target::Weft | Target::WeftFastdp | Target::WeftEnc) {
+    if res.is_err()
+        && matches!(
+            target,
+            Target::Weft | Target::WeftRt | Target::WeftFastdp | Target::WeftEnc
+        )
+    {
         eprintln!("{}", setup.net.logs_report(30));
     }
     drop(setup);
@@ -307,21 +319,21 @@ fn build(target: Target, weft_bin: Option<PathBuf>, weft_mtu: Option<u32>) -> Re
     }
     let net = TestNet::with_weft_bin(&format!("nb{}", &target.name()[..2]), weft_bin)?;
     let (client, server, mtu, tunnel_pids) = match target {
-        Target::Weft | Target::WeftFastdp => {
+        Target::Weft | Target::WeftRt | Target::WeftFastdp => {
             let h1 = net.host(1)?;
             let h2 = net.host(2)?;
             let mut opts = mtu_opts.clone();
-            if target == Target::Weft {
+            let sleeve = target != Target::WeftFastdp;
+            if sleeve {
                 opts.push("--no-fastdp");
+            }
+            if target == Target::WeftRt {
+                opts.extend(["--datapath-priority", "10"]);
             }
             weft_tests::mesh::launch_with(&h1, &opts, &[])?;
             weft_tests::mesh::launch_with(&h2, &opts, &[&h1])?;
             weft_tests::wait_established(&[&h1, &h2], Duration::from_secs(30))?;
-            let want = if target == Target::Weft {
-                "sleeve"
-            } else {
-                "fastdp"
-            };
+            let want = if sleeve { "sleeve" } else { "fastdp" };
             for h in [&h1, &h2] {
                 wait_until(
                     &format!("host {}'s connection on {want}", h.n()),

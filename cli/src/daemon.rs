@@ -895,6 +895,7 @@ fn router_config(global: &Global, spec: &RouterSpec) -> anyhow::Result<weft_rout
             port.checked_add(1)
                 .context("--port 65535 leaves no fast-path port (or give --no-fastdp)")?
         },
+        datapath_priority: a.datapath_priority,
         http_addr: global.http_addr,
         mtu: a.mtu.unwrap_or(DEFAULT_MTU),
         state_dir: global.state_dir.clone(),

@@ -131,6 +131,13 @@ pub(crate) struct RouterArgs {
           require_equals = true, default_missing_value = "true", default_value = "false",
           value_parser = BoolishValueParser::new())]
     pub(crate) no_fastdp: bool,
+    /// Run the userspace data path's thread on the real-time scheduler (SCHED_FIFO) with this
+    /// priority, 1-99; 0 (the default): the ordinary scheduler. On hosts whose cores are busy,
+    /// packets through the userspace path then wait less for the router (latency under load),
+    /// at a cost in throughput when the router itself is the bottleneck. weft's own.
+    #[arg(long, env = "WEFT_DATAPATH_PRIORITY", default_value_t = 0,
+          value_parser = clap::value_parser!(u8).range(0..=99))]
+    pub(crate) datapath_priority: u8,
     /// Weave's non-bridged fast datapath (noted).
     #[arg(long, env = "WEAVE_NO_BRIDGED_FASTDP", action = ArgAction::Set, num_args = 0..=1,
           require_equals = true, default_missing_value = "true", default_value = "false",

@@ -69,6 +69,9 @@ pub struct Config {
     /// UDP port of the kernel fast path (VXLAN; Weave's 6784/udp); 0: no fast path
     /// (`--no-fastdp`).
     pub fastdp_port: u16,
+    /// `SCHED_FIFO` priority of the userspace data path's thread (`--datapath-priority`); 0:
+    /// the ordinary scheduler.
+    pub datapath_priority: u8,
     /// HTTP API address.
     pub http_addr: SocketAddr,
     /// Overlay MTU for the bridge and every container interface.
@@ -162,6 +165,7 @@ impl Default for Config {
             port: DEFAULT_PORT,
             data_port: DEFAULT_PORT,
             fastdp_port: DEFAULT_PORT + 1,
+            datapath_priority: 0,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 6784)),
             mtu: DEFAULT_MTU,
             state_dir: PathBuf::from("/var/lib/weft"),

@@ -199,6 +199,7 @@ pub fn spawn(
     commands: Receiver<DpCommand>,
     events: UnboundedSender<DpEvent>,
     publish: impl FnMut(&Counters, &LinkTraffic) + Send + 'static,
+    priority: u8,
 ) -> io::Result<JoinHandle<()>> {
     tap.set_nonblocking(true)?;
     udp.set_nonblocking(true)?;
@@ -218,6 +219,17 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("weft-dataplane".into())
         .spawn(move || {
+            if priority > 0 {
+                match weft_sys::sched::set_realtime(priority) {
+                    Ok(()) => {
+                        tracing::info!("data plane: real-time priority {priority} (SCHED_FIFO)")
+                    }
+                    Err(e) => tracing::warn!(
+                        "data plane: real-time priority {priority} refused ({e}); running on the \
+                         ordinary scheduler"
+                    ),
+                }
+            }
             let engine = if encrypted {
                 Engine::with_sealing(config)
             } else {

@@ -291,6 +291,7 @@ pub async fn run_with(
         dp_rx,
         ev_tx,
         publish,
+        config.datapath_priority,
     )
     .context("starting the data plane")?;
 

@@ -10,6 +10,9 @@
 //!   inside the container.
 //! - Learned MACs: once ARP has been answered, unicast frames go only to the owning peer (a
 //!   third host's underlay sees the flooded ARP request but none of the ICMP).
+//! - `--datapath-priority N` (or `WEFT_DATAPATH_PRIORITY`) puts the data-plane thread, and only
+//!   it, on SCHED_FIFO with priority N, as `chrt -p` shows; traffic still flows; a priority
+//!   outside 0-99 is refused before anything starts.
 
 use std::path::PathBuf;
 use std::process::Child;
@@ -603,6 +606,95 @@ fn learned_macs_keep_unicast_off_other_peers() {
         ensure!(
             arp_replies_12.is_empty(),
             "host 3 saw c2's unicast ARP reply to c1:\n{dump}"
+        );
+        Ok(())
+    });
+}
+
+/// `chrt -p` of every thread of `pid`: (thread name, what chrt says).
+fn thread_policies(pid: u32) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let tid = entry?.file_name().to_string_lossy().into_owned();
+        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")) else {
+            continue; // the thread ended
+        };
+        let chrt = cmd::Cmd::new("chrt").args(["-p", &tid]).run()?;
+        if chrt.success() {
+            out.push((comm.trim().to_owned(), chrt.stdout));
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn datapath_priority_puts_only_the_data_plane_on_sched_fifo() {
+    run_test("dprio", |net| {
+        let h1 = net.host(1)?;
+        let h2 = net.host(2)?;
+        // The userspace path: the thread this option is about carries the traffic.
+        h1.weft_ok(&["launch", "--no-fastdp", "--datapath-priority", "7"])?;
+        h2.weft_cmd(&["launch", "--no-fastdp", &h1.addr().to_string()])?
+            .env("WEFT_DATAPATH_PRIORITY", "3")
+            .run_ok()?;
+        weft_tests::wait_established(&[&h1, &h2], Duration::from_secs(30))?;
+        for (h, prio) in [(&h1, 7), (&h2, 3)] {
+            let threads = thread_policies(h.router_pid()?)?;
+            let dp: Vec<_> = threads
+                .iter()
+                .filter(|(name, _)| name == "weft-dataplane")
+                .collect();
+            ensure!(
+                dp.len() == 1,
+                "host {}: data-plane threads {threads:?}",
+                h.n()
+            );
+            let said = &dp[0].1;
+            ensure!(
+                said.contains("SCHED_FIFO") && said.contains(&format!("priority: {prio}")),
+                "host {}: chrt says of the data plane: {said} (ps: {})",
+                h.n(),
+                cmd::Cmd::new("ps")
+                    .args([
+                        "-L",
+                        "-o",
+                        "tid,comm,cls,rtprio",
+                        "-p",
+                        &h.router_pid()?.to_string()
+                    ])
+                    .run()?
+                    .stdout
+            );
+            let others: Vec<_> = threads
+                .iter()
+                .filter(|(name, said)| name != "weft-dataplane" && !said.contains("SCHED_OTHER"))
+                .collect();
+            ensure!(
+                others.is_empty(),
+                "host {}: other threads not ordinary: {others:?}",
+                h.n()
+            );
+        }
+        let c1 = h1.container("c1", "10.32.0.1/12")?;
+        let c2 = h2.container("c2", "10.32.0.2/12")?;
+        c1.wait_ping(c2.ip(), Duration::from_secs(20))?;
+        weft_tests::mesh::transfer_intact(net, &c1, &c2, 20)?;
+
+        // Without the option: the ordinary scheduler.
+        h2.weft_ok(&["stop"])?;
+        h2.weft_ok(&["launch", "--no-fastdp", &h1.addr().to_string()])?;
+        let threads = thread_policies(h2.router_pid()?)?;
+        ensure!(
+            threads
+                .iter()
+                .any(|(name, said)| name == "weft-dataplane" && said.contains("SCHED_OTHER")),
+            "host 2 relaunched without the option: {threads:?}"
+        );
+
+        let out = h1.weft(&["launch", "--datapath-priority", "100"])?;
+        ensure!(
+            !out.success() && out.stderr.contains("100"),
+            "priority 100 accepted: {out}"
         );
         Ok(())
     });

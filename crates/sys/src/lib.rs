@@ -23,6 +23,7 @@ pub mod packet;
 pub mod plumb;
 pub mod poll;
 pub mod probe;
+pub mod sched;
 pub mod sockdiag;
 pub mod tap;
 pub mod udp;
