@@ -802,6 +802,36 @@ fn log_record(r: &Record) {
     }
 }
 
+/// A table of `target`'s medians divided by each of `others`' (empty if there are none).
+fn ratio_table(records: &[Record], target: Target, others: &[Target]) -> String {
+    if others.is_empty() {
+        return String::new();
+    }
+    let mut s = format!(
+        "\n| {} ÷ | TCP 1 stream | TCP 4 streams | ping RTT | ping under load p90 |\n\
+         |---|--:|--:|--:|--:|\n",
+        target.name()
+    );
+    for &o in others {
+        let ratio = |test: &str| match (
+            median(&values(records, target, test)),
+            median(&values(records, o, test)),
+        ) {
+            (Some(w), Some(x)) if x > 0.0 => format!("{:.2}×", w / x),
+            _ => "–".to_owned(),
+        };
+        s += &format!(
+            "| {} | {} | {} | {} | {} |\n",
+            o.name(),
+            ratio("tcp1"),
+            ratio("tcp4"),
+            ratio("ping"),
+            ratio("ping_loaded_p90")
+        );
+    }
+    s
+}
+
 fn values(records: &[Record], target: Target, test: &str) -> Vec<f64> {
     records
         .iter()
@@ -920,56 +950,16 @@ fn render_table(targets: &[Target], records: &[Record], args: &Args) -> String {
             .copied()
             .filter(|t| *t != Target::Weft)
             .collect();
-        if !others.is_empty() {
-            s += "\n| weft ÷ | TCP 1 stream | TCP 4 streams | ping RTT | ping under load p90 |\n\
-                  |---|--:|--:|--:|--:|\n";
-            for o in others {
-                let ratio = |test: &str| {
-                    let w = median(&values(records, Target::Weft, test));
-                    let x = median(&values(records, o, test));
-                    match (w, x) {
-                        (Some(w), Some(x)) if x > 0.0 => format!("{:.2}×", w / x),
-                        _ => "–".to_owned(),
-                    }
-                };
-                s += &format!(
-                    "| {} | {} | {} | {} | {} |\n",
-                    o.name(),
-                    ratio("tcp1"),
-                    ratio("tcp4"),
-                    ratio("ping"),
-                    ratio("ping_loaded_p90")
-                );
-            }
-        }
+        s += &ratio_table(records, Target::Weft, &others);
     }
     // Issue 13's goals: the fast path against the kernel's own VXLAN (≥ 0.95× throughput,
     // RTT ≤ 1.1×, p90 under load ≤ 1.5×), bare and on a host with weft's firewall.
-    let baselines: Vec<Target> = [Target::Kvxlan, Target::KvxlanFw]
-        .into_iter()
-        .filter(|t| targets.contains(t))
-        .collect();
-    if targets.contains(&Target::WeftFastdp) && !baselines.is_empty() {
-        s += "\n| weft-fastdp ÷ | TCP 1 stream | TCP 4 streams | ping RTT | ping under load p90 |\n\
-              |---|--:|--:|--:|--:|\n";
-        for b in baselines {
-            let ratio = |test: &str| {
-                let w = median(&values(records, Target::WeftFastdp, test));
-                let x = median(&values(records, b, test));
-                match (w, x) {
-                    (Some(w), Some(x)) if x > 0.0 => format!("{:.2}×", w / x),
-                    _ => "–".to_owned(),
-                }
-            };
-            s += &format!(
-                "| {} | {} | {} | {} | {} |\n",
-                b.name(),
-                ratio("tcp1"),
-                ratio("tcp4"),
-                ratio("ping"),
-                ratio("ping_loaded_p90")
-            );
-        }
+    if targets.contains(&Target::WeftFastdp) {
+        let baselines: Vec<Target> = [Target::Kvxlan, Target::KvxlanFw]
+            .into_iter()
+            .filter(|t| targets.contains(t))
+            .collect();
+        s += &ratio_table(records, Target::WeftFastdp, &baselines);
     }
     let errors: Vec<String> = records
         .iter()
