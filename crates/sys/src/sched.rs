@@ -16,9 +16,10 @@ pub fn set_realtime(priority: u8) -> io::Result<()> {
             format!("real-time priority {priority} is outside 1-{MAX_REALTIME_PRIORITY}"),
         ));
     }
-    let param = libc::sched_param {
-        sched_priority: libc::c_int::from(priority),
-    };
+    // SAFETY: sched_param is plain integer data (musl's has more fields than glibc's); all-zero
+    // is a valid value.
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    param.sched_priority = libc::c_int::from(priority);
     // SAFETY: `param` is a valid sched_param that outlives the call; pid 0 names the calling
     // thread, and the kernel only reads the struct.
     let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
