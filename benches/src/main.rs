@@ -36,7 +36,8 @@ struct Args {
     /// Pings (0.2 s apart) for the RTT median.
     #[arg(long, default_value_t = 20)]
     pings: u32,
-    /// Comma-separated targets out of weft, weft-fastdp, weft-enc, kvxlan, kvxlan-fw, veth.
+    /// Comma-separated targets out of weft, weft-rt, weft-fastdp, weft-enc, kvxlan, kvxlan-fw,
+    /// veth (all but weft-rt by default).
     #[arg(
         long,
         default_value = "weft,weft-fastdp,weft-enc,kvxlan,kvxlan-fw,veth"
@@ -103,6 +104,14 @@ impl Target {
                 )
             }
         }
+    }
+
+    /// A target that runs weft routers.
+    fn is_weft(self) -> bool {
+        matches!(
+            self,
+            Self::Weft | Self::WeftRt | Self::WeftFastdp | Self::WeftEnc
+        )
     }
 
     fn name(self) -> &'static str {
@@ -212,12 +221,7 @@ fn run(args: &Args) -> Result<()> {
             .run_ok()
             .with_context(|| format!("missing tool {tool} (run .ci/install)"))?;
     }
-    let weft_bin = if targets.iter().any(|t| {
-        matches!(
-            t,
-            Target::Weft | Target::WeftRt | Target::WeftFastdp | Target::WeftEnc
-        )
-    }) {
+    let weft_bin = if targets.iter().any(|t| t.is_weft()) {
         Some(locate_weft(args.weft_bin.as_deref(), "netbench")?)
     } else {
         None
@@ -299,12 +303,7 @@ fn measure_target(
 ) -> Result<Vec<Record>> {
     let setup = build(target, weft_bin.map(Path::to_path_buf), args.weft_mtu)?;
     let res = measure(args, target, round, &setup, clk_tck);
-    if res.is_err()
-        && matches!(
-            target,
-            Target::Weft | Target::WeftRt | Target::WeftFastdp | Target::WeftEnc
-        )
-    {
+    if res.is_err() && target.is_weft() {
         eprintln!("{}", setup.net.logs_report(30));
     }
     drop(setup);

@@ -296,17 +296,13 @@ impl Neighbour {
         }
     }
 
-    fn get(&self, name: PeerName) -> Option<(u64, u64)> {
-        self.known.get(name)
-    }
-
     fn has(&self, p: &PeerSummary) -> bool {
-        self.get(p.name).is_some_and(|k| k >= (p.version, p.uid))
+        self.base(p.name).is_some_and(|k| k >= (p.version, p.uid))
     }
 
     /// What we may build a delta from: the version it holds of that incarnation.
     fn base(&self, name: PeerName) -> Option<(u64, u64)> {
-        self.get(name)
+        self.known.get(name)
     }
 }
 
@@ -1123,7 +1119,7 @@ impl Mesh {
         let best = self
             .neighbours
             .iter()
-            .filter_map(|(nb, n)| n.get(name).map(|k| (k, *nb)))
+            .filter_map(|(nb, n)| n.known.get(name).map(|k| (k, *nb)))
             .filter(|(k, _)| *k > ours)
             .max();
         if let Some((_, from)) = best {
