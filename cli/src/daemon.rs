@@ -896,6 +896,7 @@ fn router_config(global: &Global, spec: &RouterSpec) -> anyhow::Result<weft_rout
                 .context("--port 65535 leaves no fast-path port (or give --no-fastdp)")?
         },
         datapath_priority: a.datapath_priority,
+        datapath_threads: usize::from(a.datapath_threads),
         http_addr: global.http_addr,
         mtu: a.mtu.unwrap_or(DEFAULT_MTU),
         state_dir: global.state_dir.clone(),

@@ -138,6 +138,11 @@ pub(crate) struct RouterArgs {
     #[arg(long, env = "WEFT_DATAPATH_PRIORITY", default_value_t = 0,
           value_parser = clap::value_parser!(u8).range(0..=99))]
     pub(crate) datapath_priority: u8,
+    /// Threads for the userspace data path, each with its own TAP queue and UDP socket (flows
+    /// stay on one thread, so in order); 0 (the default): one per CPU, at most 8. weft's own.
+    #[arg(long, env = "WEFT_DATAPATH_THREADS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub(crate) datapath_threads: u16,
     /// Weave's non-bridged fast datapath (noted).
     #[arg(long, env = "WEAVE_NO_BRIDGED_FASTDP", action = ArgAction::Set, num_args = 0..=1,
           require_equals = true, default_missing_value = "true", default_value = "false",

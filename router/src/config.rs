@@ -72,6 +72,9 @@ pub struct Config {
     /// `SCHED_FIFO` priority of the userspace data path's thread (`--datapath-priority`); 0:
     /// the ordinary scheduler.
     pub datapath_priority: u8,
+    /// Userspace data-plane threads (`--datapath-threads`), each with its own TAP queue and
+    /// UDP socket; 0: one per CPU the router may run on, at most [`AUTO_THREADS_MAX`].
+    pub datapath_threads: usize,
     /// HTTP API address.
     pub http_addr: SocketAddr,
     /// Overlay MTU for the bridge and every container interface.
@@ -166,6 +169,7 @@ impl Default for Config {
             data_port: DEFAULT_PORT,
             fastdp_port: DEFAULT_PORT + 1,
             datapath_priority: 0,
+            datapath_threads: 0,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 6784)),
             mtu: DEFAULT_MTU,
             state_dir: PathBuf::from("/var/lib/weft"),
@@ -191,7 +195,23 @@ impl Default for Config {
     }
 }
 
+/// The most data-plane threads chosen by default (more can be asked for).
+pub const AUTO_THREADS_MAX: usize = 8;
+/// The most data-plane threads at all (streams are a byte, receivers accept 64).
+pub const THREADS_MAX: usize = 64;
+
 impl Config {
+    /// How many data-plane threads to run: [`Config::datapath_threads`], or for 0 the CPUs
+    /// this process may use (its affinity mask), at most [`AUTO_THREADS_MAX`].
+    pub fn datapath_threads(&self) -> usize {
+        match self.datapath_threads {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(AUTO_THREADS_MAX),
+            n => n.min(THREADS_MAX),
+        }
+    }
+
     /// The pid file of the daemon.
     pub fn pid_file(&self) -> PathBuf {
         self.run_dir.join("weft.pid")

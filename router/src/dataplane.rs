@@ -1,5 +1,17 @@
-//! Layer: driver. The data-plane thread: it owns the TAP queue, the UDP data socket and all
-//! packet buffers, and runs the forwarding engine over batches.
+//! Layer: driver. The data-plane threads: each owns one TAP queue, one UDP data socket and all
+//! its packet buffers, and runs its own forwarding engine over batches.
+//!
+//! **Threads** (`--datapath-threads N`): the TAP is multi-queue and the data port is `N`
+//! sockets bound to it with `SO_REUSEPORT`, one queue and one socket per thread. The kernel
+//! keeps a flow on one TAP queue, so on one thread; the thread writes its index, its *stream*,
+//! into every datagram's VXLAN header, and the receiving router's sockets are steered by that
+//! byte (stream mod its thread count, [`BatchUdp::bind_group`]), so a flow is received by one
+//! thread too, and written to one TAP queue: in order end to end. With a password each thread
+//! seals with its own stream's keys and counters ([`weft_crypto::data`]); every thread opens
+//! every stream. Everything the control plane says goes to every thread ([`Commands`]); each
+//! engine learns MAC addresses from its own share of the traffic and passes what it learned
+//! to the others ([`Engine::take_learned`]), and counters are summed when published. One
+//! thread is the single-threaded data plane of before: stream 0, no sharing.
 //!
 //! One wake-up of the loop: `poll` on both descriptors; drain control commands; read up to
 //! [`TAP_BUDGET`] frames from the TAP, encapsulating each into the send path; receive up to
@@ -47,7 +59,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, SendError, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -57,8 +69,8 @@ use weft_overlay::heartbeat::Heartbeat;
 use weft_overlay::offload::{Coalescer, Push, Segmenter, VNET_HDR_LEN, VnetHdr};
 use weft_overlay::pmtu::{self, FRAG_NEEDED_MAX_LEN, Fragmenter, Oversize};
 use weft_overlay::{
-    Counters, DatagramDecision, Engine, EngineConfig, ForwardingTable, LinkId, PeerEntry, Relay,
-    TapDecision, emit_vxlan_header,
+    Counters, DatagramDecision, Engine, EngineConfig, ForwardingTable, LinkId, Owner, PeerEntry,
+    Relay, TapDecision, emit_vxlan_header,
 };
 use weft_sys::tap::{MAX_VNET_FRAME, Tap};
 use weft_sys::udp::{
@@ -89,7 +101,7 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(10);
 pub const SEND_WAIT: Duration = Duration::from_millis(20);
 
 /// A command from the control plane.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum DpCommand {
     /// The topology changed: forward with this table from now on.
     SetTable(Box<ForwardingTable>),
@@ -119,16 +131,51 @@ pub enum DpCommand {
         /// The longest inner frame that fits; `None`: no limit.
         max_frame: Option<u16>,
     },
-    /// Send this VXLAN datagram (a heartbeat), sealed if the link says so.
+    /// Send this VXLAN datagram (a heartbeat), sealed if the link says so (by thread 0).
     Send {
         /// Where to.
         to: SocketAddr,
         /// The plain datagram.
         datagram: Vec<u8>,
     },
-    /// Stop the thread.
+    /// Stop the threads.
     Shutdown,
 }
+
+/// The control plane's line to the data-plane threads: a datagram to send goes to thread 0,
+/// everything else to every thread.
+#[derive(Debug, Clone)]
+pub struct Commands {
+    threads: Vec<Sender<DpCommand>>,
+}
+
+impl Commands {
+    /// Lines to `threads` data-plane threads (at least one), and each thread's end.
+    pub fn new(threads: usize) -> (Self, Vec<Receiver<DpCommand>>) {
+        let (threads, ends) = (0..threads.max(1))
+            .map(|_| std::sync::mpsc::channel())
+            .unzip();
+        (Self { threads }, ends)
+    }
+
+    /// Send `cmd` to the threads that take it.
+    pub fn send(&self, cmd: DpCommand) -> Result<(), SendError<DpCommand>> {
+        let (last, rest) = match cmd {
+            DpCommand::Send { .. } => (&self.threads[0], &[][..]),
+            _ => self
+                .threads
+                .split_last()
+                .unwrap_or_else(|| unreachable!("at least one thread")),
+        };
+        for t in rest {
+            t.send(cmd.clone())?;
+        }
+        last.send(cmd)
+    }
+}
+
+/// MAC addresses one thread's engine learned, for the others ([`Engine::take_learned`]).
+type LearnedMacs = Vec<([u8; 6], Owner)>;
 
 /// An event for the control plane.
 #[derive(Debug, Clone, Copy)]
@@ -184,60 +231,105 @@ impl Clock {
     }
 }
 
-/// Start the data-plane thread.
+/// One data-plane thread's TAP queue and UDP socket.
+pub struct Queue {
+    /// The TAP queue.
+    pub tap: Tap,
+    /// The socket (one of a [`BatchUdp::bind_group`]: its index is the thread's).
+    pub udp: BatchUdp,
+}
+
+/// Start one data-plane thread per queue; thread `i` gets `commands[i]` (see
+/// [`Commands::new`]) and publishes its counters as `publish(i, ..)`.
 ///
 /// If the TAP was opened with a vnet header ([`Tap::vnet_hdr`]), reads are taken apart with the
-/// [`Segmenter`] and deliveries coalesced; UDP GRO is switched on for the socket when the kernel
+/// [`Segmenter`] and deliveries coalesced; UDP GRO is switched on for the sockets when the kernel
 /// has it.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
-    tap: Tap,
-    udp: BatchUdp,
+    queues: Vec<Queue>,
     encrypted: bool,
     config: EngineConfig,
     clock: Clock,
-    commands: Receiver<DpCommand>,
+    commands: Vec<Receiver<DpCommand>>,
     events: UnboundedSender<DpEvent>,
-    publish: impl FnMut(&Counters, &LinkTraffic) + Send + 'static,
+    publish: impl Fn(usize, &Counters, &LinkTraffic) + Send + Clone + 'static,
     priority: u8,
-) -> io::Result<JoinHandle<()>> {
-    tap.set_nonblocking(true)?;
-    udp.set_nonblocking(true)?;
-    let gro = match udp.set_gro(true) {
-        Ok(on) => on,
-        Err(e) => {
-            tracing::warn!("data plane: enabling UDP GRO failed: {e}");
-            false
-        }
-    };
-    tracing::debug!(
-        vnet_hdr = tap.vnet_hdr(),
-        gro,
-        gso_segments = udp.max_gso_segments(),
-        "data plane offloads"
-    );
-    std::thread::Builder::new()
-        .name("weft-dataplane".into())
-        .spawn(move || {
-            if priority > 0 {
-                match weft_sys::sched::set_realtime(priority) {
-                    Ok(()) => {
-                        tracing::info!("data plane: real-time priority {priority} (SCHED_FIFO)")
-                    }
-                    Err(e) => tracing::warn!(
-                        "data plane: real-time priority {priority} refused ({e}); running on the \
-                         ordinary scheduler"
-                    ),
-                }
+) -> io::Result<Vec<JoinHandle<()>>> {
+    let n = queues.len();
+    let (mac_tx, mac_rx): (Vec<Sender<LearnedMacs>>, Vec<Receiver<LearnedMacs>>) =
+        (0..n).map(|_| std::sync::mpsc::channel()).unzip();
+    let mut handles = Vec::with_capacity(n);
+    for (i, ((q, commands), macs)) in queues.into_iter().zip(commands).zip(mac_rx).enumerate() {
+        let Queue { tap, udp } = q;
+        tap.set_nonblocking(true)?;
+        udp.set_nonblocking(true)?;
+        let gro = match udp.set_gro(true) {
+            Ok(on) => on,
+            Err(e) => {
+                tracing::warn!("data plane: enabling UDP GRO failed: {e}");
+                false
             }
-            let engine = if encrypted {
-                Engine::with_sealing(config)
-            } else {
-                Engine::new(config)
-            };
-            let mut dp = DataPlane::new(tap, udp, engine, clock, events, gro);
-            dp.run(&commands, publish);
-        })
+        };
+        if i == 0 {
+            tracing::debug!(
+                threads = n,
+                vnet_hdr = tap.vnet_hdr(),
+                gro,
+                gso_segments = udp.max_gso_segments(),
+                "data plane offloads"
+            );
+        }
+        let siblings = Siblings {
+            macs,
+            others: mac_tx
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(_, tx)| tx.clone())
+                .collect(),
+        };
+        let config = EngineConfig {
+            // At most 64 threads (the clamp of --datapath-threads), so this fits.
+            stream: u8::try_from(i).unwrap_or(u8::MAX),
+            share_macs: n > 1,
+            ..config
+        };
+        let events = events.clone();
+        let publish = publish.clone();
+        let handle = std::thread::Builder::new()
+            .name("weft-dataplane".into())
+            .spawn(move || {
+                if priority > 0 {
+                    match weft_sys::sched::set_realtime(priority) {
+                        Ok(()) => tracing::info!(
+                            "data plane {i}: real-time priority {priority} (SCHED_FIFO)"
+                        ),
+                        Err(e) => tracing::warn!(
+                            "data plane {i}: real-time priority {priority} refused ({e}); \
+                             running on the ordinary scheduler"
+                        ),
+                    }
+                }
+                let engine = if encrypted {
+                    Engine::with_sealing(config)
+                } else {
+                    Engine::new(config)
+                };
+                let mut dp = DataPlane::new(tap, udp, engine, clock, events, gro, siblings);
+                dp.run(&commands, |c: &Counters, t: &LinkTraffic| publish(i, c, t));
+            })?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+/// A thread's lines to the other data-plane threads.
+struct Siblings {
+    /// What the others learned.
+    macs: Receiver<LearnedMacs>,
+    /// To each other thread.
+    others: Vec<Sender<LearnedMacs>>,
 }
 
 /// What the driver counts itself (the offload counters of [`Counters`]), merged into the
@@ -287,6 +379,7 @@ struct DataPlane {
     frag_buf: Vec<u8>,
     /// An ICMP "fragmentation needed" frame on its way to the TAP.
     icmp_buf: [u8; FRAG_NEEDED_MAX_LEN],
+    siblings: Siblings,
 }
 
 impl DataPlane {
@@ -297,6 +390,7 @@ impl DataPlane {
         clock: Clock,
         events: UnboundedSender<DpEvent>,
         gro: bool,
+        siblings: Siblings,
     ) -> Self {
         let vnet = tap.vnet_hdr();
         let recv = if gro {
@@ -322,6 +416,7 @@ impl DataPlane {
             traffic: LinkTraffic::default(),
             frag_buf: vec![0; SLOT],
             icmp_buf: [0; FRAG_NEEDED_MAX_LEN],
+            siblings,
         }
     }
 
@@ -402,6 +497,9 @@ impl DataPlane {
                 }
             }
             let now = self.clock.now();
+            while let Ok(macs) = self.siblings.macs.try_recv() {
+                self.engine.import_macs(&macs, now);
+            }
             if ready[0] {
                 self.tap_to_peers(now);
             }
@@ -412,11 +510,32 @@ impl DataPlane {
                 self.engine.expire(now);
                 last_expire = now;
             }
+            self.share_learned();
             if now.saturating_duration_since(last_publish) >= PUBLISH_EVERY {
                 self.publish(&mut publish);
                 last_publish = now;
             }
         }
+    }
+
+    /// Pass what the engine learned on to the other threads (nothing with one thread).
+    fn share_learned(&mut self) {
+        if self.siblings.others.is_empty() {
+            return;
+        }
+        let learned: LearnedMacs = self.engine.take_learned().collect();
+        if learned.is_empty() {
+            return;
+        }
+        let (last, rest) = self
+            .siblings
+            .others
+            .split_last()
+            .unwrap_or_else(|| unreachable!("not empty"));
+        for other in rest {
+            let _ = other.send(learned.clone());
+        }
+        let _ = last.send(learned);
     }
 
     /// Frames from the local bridge go out to peers.
@@ -771,10 +890,11 @@ impl<'a> Tx<'a> {
             return;
         }
         self.flush_send();
+        let stream = self.engine.stream();
         while seg.remaining() > 0 {
             let sealer = self.engine.sender(link).ok().flatten();
             let pushed = self.gso.push_with(to, |buf| {
-                links::build(sealer, buf, |buf| {
+                links::build(sealer, stream, buf, |buf| {
                     let h = emit_vxlan_header(src, dst, buf);
                     h + seg.next_into(&mut buf[h..]).unwrap_or(0)
                 })
@@ -918,8 +1038,10 @@ impl<'a> Tx<'a> {
         if self.send.is_full() {
             self.flush_send();
         }
+        let stream = self.engine.stream();
         let sealer = self.engine.sender(link).ok().flatten();
-        self.send.push_with(to, |buf| links::build(sealer, buf, f));
+        self.send
+            .push_with(to, |buf| links::build(sealer, stream, buf, f));
     }
 
     fn flush_send(&mut self) {

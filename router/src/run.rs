@@ -65,7 +65,12 @@ pub async fn run_with(
     // Kernel features (issue 15): probed once; the TAP and the UDP socket below are opened
     // with what may be used.
     let features = crate::features::Features::detect(&config.disabled_features);
-    let tap = open_tap(&config.tap, features.tap_options())?;
+    let threads = config.datapath_threads();
+    let tap_options = TapOptions {
+        multi_queue: threads > 1,
+        ..features.tap_options()
+    };
+    let tap = open_tap(&config.tap, tap_options)?;
     let tap_index = nl
         .link_index(&config.tap)
         .await?
@@ -102,10 +107,25 @@ pub async fn run_with(
         Err(e) => tracing::warn!("adding the FORWARD rules: {e}"),
     }
 
-    let udp = BatchUdp::bind(SocketAddr::new(config.host, config.data_port))
-        .with_context(|| format!("binding UDP {}:{}", config.host, config.data_port))?;
-    features.apply_to_udp(&udp);
-    let kernel_features = features.report(tap.options());
+    // One socket per data-plane thread, steered by the stream byte of weft's VXLAN header.
+    let udp = BatchUdp::bind_group(
+        SocketAddr::new(config.host, config.data_port),
+        threads,
+        weft_wire::vxlan::STREAM_OFFSET as u32,
+    )
+    .with_context(|| format!("binding UDP {}:{}", config.host, config.data_port))?;
+    for u in &udp {
+        features.apply_to_udp(u);
+    }
+    let mut taps = vec![tap];
+    for i in 1..threads {
+        taps.push(
+            taps[0]
+                .open_queue()
+                .with_context(|| format!("opening queue {i} of TAP {}", config.tap))?,
+        );
+    }
+    let kernel_features = features.report(taps[0].options());
     crate::features::Features::log(&kernel_features);
     let listener = TcpListener::bind(SocketAddr::new(config.host, config.port))
         .await
@@ -116,7 +136,7 @@ pub async fn run_with(
     let read_only = api::bind_read_only(&config).await?;
 
     let clock = Clock::start();
-    let (dp_tx, dp_rx) = std::sync::mpsc::channel();
+    let (dp_tx, dp_rx) = dataplane::Commands::new(threads);
     let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
     let (node_tx, node_rx) = tokio::sync::mpsc::unbounded_channel();
     // Targets: the ones given, or with --resume the ones kept from the last run.
@@ -272,19 +292,23 @@ pub async fn run_with(
     }
     let publish = {
         let shared = shared.clone();
-        move |c: &weft_overlay::Counters, t: &crate::traffic::LinkTraffic| {
-            let mut st = shared.published();
-            st.counters = *c;
-            st.link_traffic.clone_from(t);
+        move |i: usize, c: &weft_overlay::Counters, t: &crate::traffic::LinkTraffic| {
+            shared.published().set_thread(i, c, t);
         }
     };
     let engine_config = EngineConfig {
         local_short_id: id.short_id.get(),
         mac_max_age: MacTable::DEFAULT_MAX_AGE,
+        stream: 0,
+        share_macs: false,
     };
+    let queues = taps
+        .into_iter()
+        .zip(udp)
+        .map(|(tap, udp)| dataplane::Queue { tap, udp })
+        .collect();
     let dp = dataplane::spawn(
-        tap,
-        udp.try_clone()?,
+        queues,
         security.psk.is_some(),
         engine_config,
         clock,
@@ -375,7 +399,12 @@ pub async fn run_with(
         }
     }
     let _ = dp_tx.send(DpCommand::Shutdown);
-    let _ = tokio::task::spawn_blocking(move || dp.join()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in dp {
+            let _ = t.join();
+        }
+    })
+    .await;
     let _ = std::fs::remove_file(&pid_file);
     Ok(())
 }
@@ -389,7 +418,7 @@ fn open_tap(name: &str, opts: TapOptions) -> anyhow::Result<Tap> {
         Err(e) if !opts.vnet_hdr => Err(e).with_context(|| format!("opening TAP {name}")),
         Err(e) => {
             tracing::warn!("opening TAP {name} with offloads failed ({e}); opening it without");
-            Tap::open(name, false).with_context(|| format!("opening TAP {name}"))
+            Tap::open(name, opts.multi_queue).with_context(|| format!("opening TAP {name}"))
         }
     }
 }

@@ -14,7 +14,6 @@ use weft_node::NodeStats;
 use weft_overlay::Counters;
 
 use crate::control::NodeInput;
-use crate::dataplane::DpCommand;
 
 /// What a connection task can be told to do.
 #[derive(Debug)]
@@ -151,6 +150,32 @@ pub struct Published {
     /// What each neighbour's kernel fast-path device carried (by the neighbour's underlay
     /// address), as of its last reading (about once a second).
     pub fastdp_traffic: std::collections::HashMap<std::net::IpAddr, weft_sys::netlink::LinkStats>,
+    /// Each data-plane thread's last counters and traffic, of which the two above are the sums.
+    threads: Vec<(Counters, crate::traffic::LinkTraffic)>,
+}
+
+impl Published {
+    /// Data-plane thread `i` counted `counters` and `traffic` so far.
+    pub fn set_thread(
+        &mut self,
+        i: usize,
+        counters: &Counters,
+        traffic: &crate::traffic::LinkTraffic,
+    ) {
+        if self.threads.len() <= i {
+            self.threads.resize_with(i + 1, Default::default);
+        }
+        self.threads[i].0 = *counters;
+        self.threads[i].1.clone_from(traffic);
+        let mut sum = Counters::default();
+        let mut links = crate::traffic::LinkTraffic::default();
+        for (c, t) in &self.threads {
+            sum.add(c);
+            links.add(t);
+        }
+        self.counters = sum;
+        self.link_traffic = links;
+    }
 }
 
 /// Everything the tasks share.
@@ -168,8 +193,8 @@ pub struct Shared {
     pub view: Mutex<Arc<NodeView>>,
     /// Input for the control task that owns the node.
     pub node: mpsc::UnboundedSender<NodeInput>,
-    /// Commands to the data-plane thread.
-    pub dataplane: std::sync::mpsc::Sender<DpCommand>,
+    /// Commands to the data-plane threads.
+    pub dataplane: crate::dataplane::Commands,
     /// Commands to the kernel fast path (`None`: off).
     pub fastdp: Option<mpsc::UnboundedSender<crate::fastdp::FastCmd>>,
     /// Wakes the control loop after IPAM or DNS got input.

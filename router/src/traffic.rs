@@ -56,6 +56,17 @@ impl LinkTraffic {
         c.rx_datagrams += s.rx_packets;
     }
 
+    /// Adds `other`'s counts (another data-plane thread's) to these.
+    pub fn add(&mut self, other: &LinkTraffic) {
+        for (ip, o) in other.iter() {
+            let c = self.links.entry(ip).or_default();
+            c.tx_bytes += o.tx_bytes;
+            c.tx_datagrams += o.tx_datagrams;
+            c.rx_bytes += o.rx_bytes;
+            c.rx_datagrams += o.rx_datagrams;
+        }
+    }
+
     /// The counters of the neighbour at `ip` (zero if nothing was exchanged).
     pub fn get(&self, ip: IpAddr) -> LinkCounters {
         self.links.get(&ip).copied().unwrap_or_default()

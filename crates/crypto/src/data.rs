@@ -16,6 +16,15 @@
 //!
 //! The receiver checks a [`ReplayWindow`] before opening (cheap, changes nothing) and records the
 //! counter only after the datagram authenticated, so forgeries cannot move the window.
+//!
+//! **Streams.** A router with several data-plane threads seals on each with its own
+//! [`TxSession`], one *stream* per thread, so no two threads ever share a counter. Stream `s`
+//! has its own key (`HKDF-Expand(connection key, "weft data stream" ‖ s)`; stream 0 uses the
+//! connection key itself, so a single-threaded sender is unchanged), hence its own counters,
+//! epochs and replay window. The stream travels in the clear header (weft writes it into the
+//! VXLAN header's last reserved byte), which is authenticated: a datagram whose stream was
+//! changed fails to open. One [`RxSession`] opens every stream of a connection and keeps each
+//! stream's state apart, created when its first datagram arrives; at most [`MAX_STREAMS`].
 
 use std::ops::Range;
 
@@ -30,6 +39,9 @@ pub const COUNTER_LEN: usize = 8;
 pub const OVERHEAD: usize = COUNTER_LEN + TAG_LEN;
 /// Datagrams per key: the key is ratcheted when the counter crosses a multiple of 2^EPOCH_BITS.
 pub const EPOCH_BITS: u32 = 24;
+/// Streams one receiving session accepts (0 to `MAX_STREAMS - 1`); a datagram of another
+/// stream fails authentication.
+pub const MAX_STREAMS: u8 = 64;
 
 /// Why a datagram could not be sealed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +68,15 @@ pub enum OpenError {
     Replay,
 }
 
+/// The key of stream `stream` under the connection's key `base` (stream 0: `base` itself).
+fn stream_key(base: &KeyBytes, stream: u8) -> KeyBytes {
+    if stream == 0 {
+        return base.clone();
+    }
+    let prk = hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, &base.0);
+    expand(&prk, &[b"weft data stream", &[stream]])
+}
+
 /// The AEAD key of `epoch` under the connection's key `base`.
 fn epoch_key(cipher: Cipher, base: &KeyBytes, epoch: u64) -> aead::LessSafeKey {
     let prk = hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, &base.0);
@@ -71,19 +92,28 @@ pub struct TxSession {
     cipher: Cipher,
     key: aead::LessSafeKey,
     bytes: KeyBytes,
+    stream: u8,
     epoch: u64,
     next: u64,
 }
 
 impl TxSession {
-    pub(crate) fn new(cipher: Cipher, key: &KeyBytes) -> Self {
+    /// The session sealing stream `stream` under the connection's sending key `key`.
+    pub(crate) fn new(cipher: Cipher, key: &KeyBytes, stream: u8) -> Self {
+        let bytes = stream_key(key, stream);
         Self {
             cipher,
-            key: epoch_key(cipher, key, 0),
-            bytes: key.clone(),
+            key: epoch_key(cipher, &bytes, 0),
+            bytes,
+            stream,
             epoch: 0,
             next: 0,
         }
+    }
+
+    /// The stream it seals (to be sent in the datagram's clear header).
+    pub fn stream(&self) -> u8 {
+        self.stream
     }
 
     /// Seals a datagram in place. `buf` holds the clear header in `[..header_len]` and the payload
@@ -138,10 +168,18 @@ impl TxSession {
     }
 }
 
-/// The receiving half of a data-plane session.
+/// The receiving half of a data-plane session: every stream of the connection.
 #[derive(Debug)]
 pub struct RxSession {
     cipher: Cipher,
+    bytes: KeyBytes,
+    /// Each stream heard from so far, by stream number (few: one per sending thread).
+    streams: Vec<(u8, StreamRx)>,
+}
+
+/// One stream's receiving state.
+#[derive(Debug)]
+struct StreamRx {
     epoch: u64,
     key: aead::LessSafeKey,
     bytes: KeyBytes,
@@ -155,26 +193,61 @@ impl RxSession {
     pub(crate) fn new(cipher: Cipher, key: &KeyBytes) -> Self {
         Self {
             cipher,
-            epoch: 0,
-            key: epoch_key(cipher, key, 0),
             bytes: key.clone(),
+            streams: vec![(0, StreamRx::new(cipher, key.clone()))],
+        }
+    }
+
+    /// Opens a sealed datagram of stream `stream` in place; returns where the plaintext
+    /// payload is in `datagram`. On error the session is unchanged (the window only moves for
+    /// authentic datagrams), but `datagram`'s bytes may have been overwritten.
+    pub fn open(
+        &mut self,
+        datagram: &mut [u8],
+        header_len: usize,
+        stream: u8,
+    ) -> Result<Range<usize>, OpenError> {
+        if datagram.len() < header_len + OVERHEAD {
+            return Err(OpenError::Truncated);
+        }
+        let state = match self.streams.iter().position(|(s, _)| *s == stream) {
+            Some(i) => &mut self.streams[i].1,
+            None if stream < MAX_STREAMS => {
+                let bytes = stream_key(&self.bytes, stream);
+                self.streams
+                    .push((stream, StreamRx::new(self.cipher, bytes)));
+                let last = self.streams.len() - 1;
+                &mut self.streams[last].1
+            }
+            None => return Err(OpenError::Auth),
+        };
+        state.open(self.cipher, datagram, header_len)
+    }
+
+    /// The cipher.
+    pub fn cipher(&self) -> Cipher {
+        self.cipher
+    }
+}
+
+impl StreamRx {
+    fn new(cipher: Cipher, bytes: KeyBytes) -> Self {
+        Self {
+            epoch: 0,
+            key: epoch_key(cipher, &bytes, 0),
+            bytes,
             previous: None,
             upcoming: None,
             window: ReplayWindow::new(),
         }
     }
 
-    /// Opens a sealed datagram in place; returns where the plaintext payload is in `datagram`.
-    /// On error the session is unchanged (the window only moves for authentic datagrams), but
-    /// `datagram`'s bytes may have been overwritten.
-    pub fn open(
+    fn open(
         &mut self,
+        cipher: Cipher,
         datagram: &mut [u8],
         header_len: usize,
     ) -> Result<Range<usize>, OpenError> {
-        if datagram.len() < header_len + OVERHEAD {
-            return Err(OpenError::Truncated);
-        }
         let (header, rest) = datagram.split_at_mut(header_len);
         let (ctr, sealed) = rest.split_at_mut(COUNTER_LEN);
         let mut c = [0u8; COUNTER_LEN];
@@ -189,7 +262,7 @@ impl RxSession {
         } else if epoch + 1 == self.epoch {
             self.previous.as_ref().ok_or(OpenError::Auth)?
         } else if epoch == self.epoch + 1 {
-            let (cipher, base, next) = (self.cipher, &self.bytes, self.epoch + 1);
+            let (base, next) = (&self.bytes, self.epoch + 1);
             self.upcoming
                 .get_or_insert_with(|| epoch_key(cipher, base, next))
         } else {
@@ -212,11 +285,6 @@ impl RxSession {
         let start = header_len + COUNTER_LEN;
         Ok(start..start + plain_len)
     }
-
-    /// The cipher.
-    pub fn cipher(&self) -> Cipher {
-        self.cipher
-    }
 }
 
 #[cfg(test)]
@@ -229,7 +297,7 @@ mod tests {
     fn sessions(cipher: Cipher) -> (TxSession, RxSession) {
         let a = DataKeys::from_raw(cipher, [1; 32], [2; 32]);
         let b = DataKeys::from_raw(cipher, [2; 32], [1; 32]);
-        (a.sessions().0, b.sessions().1)
+        (a.sessions(0).0, b.sessions(0).1)
     }
 
     fn seal(tx: &mut TxSession, payload: &[u8]) -> Vec<u8> {
@@ -242,7 +310,7 @@ mod tests {
     }
 
     fn open(rx: &mut RxSession, mut d: Vec<u8>) -> Result<Vec<u8>, OpenError> {
-        let r = rx.open(&mut d, H)?;
+        let r = rx.open(&mut d, H, 0)?;
         Ok(d[r].to_vec())
     }
 
@@ -326,12 +394,12 @@ mod tests {
         assert_eq!(open(&mut rx, d0.clone()).unwrap(), b"frame zero");
         assert_eq!(open(&mut rx, d0), Err(OpenError::Replay));
         let mut short = vec![0u8; H + OVERHEAD - 1];
-        assert_eq!(rx.open(&mut short, H), Err(OpenError::Truncated));
+        assert_eq!(rx.open(&mut short, H, 0), Err(OpenError::Truncated));
         // The other direction's key does not open it.
         let (_, mut wrong) = sessions(Cipher::Aes256Gcm);
         let (mut tx2, _) = {
             let k = DataKeys::from_raw(Cipher::Aes256Gcm, [2; 32], [1; 32]);
-            k.sessions()
+            k.sessions(0)
         };
         let d = seal(&mut tx2, b"x");
         assert_eq!(open(&mut wrong, d), Err(OpenError::Auth));
@@ -340,6 +408,46 @@ mod tests {
         let (_, mut chacha_rx) = sessions(Cipher::ChaCha20Poly1305);
         assert_eq!(
             open(&mut chacha_rx, seal(&mut aes_tx, b"y")),
+            Err(OpenError::Auth)
+        );
+    }
+
+    #[test]
+    fn streams_have_their_own_counters_keys_and_windows() {
+        let a = DataKeys::from_raw(Cipher::Aes256Gcm, [1; 32], [2; 32]);
+        let b = DataKeys::from_raw(Cipher::Aes256Gcm, [2; 32], [1; 32]);
+        let (mut tx0, _) = a.sessions(0);
+        let (mut tx1, _) = a.sessions(1);
+        let (mut tx5, _) = a.sessions(5);
+        assert_eq!((tx0.stream(), tx1.stream(), tx5.stream()), (0, 1, 5));
+        let (_, mut rx) = b.sessions(0);
+        let open_s = |rx: &mut RxSession, mut d: Vec<u8>, s: u8| {
+            let r = rx.open(&mut d, H, s)?;
+            Ok::<_, OpenError>(d[r].to_vec())
+        };
+        // Both streams start at counter 0, under different keys: the same plaintext seals
+        // differently, and each opens only as its own stream.
+        let d0 = seal(&mut tx0, b"same");
+        let d1 = seal(&mut tx1, b"same");
+        assert_eq!(d0[H..H + 8], d1[H..H + 8], "both counters start at 0");
+        assert_ne!(d0[H + 8..], d1[H + 8..]);
+        assert_eq!(open_s(&mut rx, d1.clone(), 0), Err(OpenError::Auth));
+        assert_eq!(open_s(&mut rx, d0.clone(), 1), Err(OpenError::Auth));
+        assert_eq!(open_s(&mut rx, d1.clone(), 1).unwrap(), b"same");
+        assert_eq!(open_s(&mut rx, d0.clone(), 0).unwrap(), b"same");
+        // Each stream has its own replay window: a replay is refused in its own stream, and
+        // stream 5 far ahead does not push stream 0's stragglers out.
+        assert_eq!(open_s(&mut rx, d1, 1), Err(OpenError::Replay));
+        tx5.skip_to(100_000);
+        assert!(open_s(&mut rx, seal(&mut tx5, b"five"), 5).is_ok());
+        let late = seal(&mut tx0, b"late");
+        let later = seal(&mut tx0, b"later");
+        assert_eq!(open_s(&mut rx, later, 0).unwrap(), b"later");
+        assert_eq!(open_s(&mut rx, late, 0).unwrap(), b"late");
+        // Streams beyond MAX_STREAMS are refused.
+        let (mut far, _) = a.sessions(MAX_STREAMS);
+        assert_eq!(
+            open_s(&mut rx, seal(&mut far, b"x"), MAX_STREAMS),
             Err(OpenError::Auth)
         );
     }

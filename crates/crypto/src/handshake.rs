@@ -293,10 +293,11 @@ impl DataKeys {
         self.cipher
     }
 
-    /// The sending and receiving sessions.
-    pub fn sessions(&self) -> (TxSession, RxSession) {
+    /// The sending session of stream `stream` (one per data-plane thread; see
+    /// [`crate::data`]) and the receiving session (every stream).
+    pub fn sessions(&self, stream: u8) -> (TxSession, RxSession) {
         (
-            TxSession::new(self.cipher, &self.tx),
+            TxSession::new(self.cipher, &self.tx, stream),
             RxSession::new(self.cipher, &self.rx),
         )
     }

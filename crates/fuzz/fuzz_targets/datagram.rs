@@ -11,7 +11,12 @@ use weft_crypto::handshake::DataKeys;
 use weft_overlay::{Counters, DatagramDecision, Engine, EngineConfig, ForwardingTable, Instant, MacTable, PeerEntry};
 
 fuzz_target!(|data: &[u8]| {
-    let config = EngineConfig { local_short_id: 2, mac_max_age: MacTable::DEFAULT_MAX_AGE };
+    let config = EngineConfig {
+        local_short_id: 2,
+        mac_max_age: MacTable::DEFAULT_MAX_AGE,
+        stream: 0,
+        share_macs: false,
+    };
     // Bit 7 of the first byte: a password is set (peer 1's link sealed, peer 3's in the clear).
     let sealed = data.first().is_some_and(|b| b & 0x80 != 0);
     let mut engine = if sealed { Engine::with_sealing(config) } else { Engine::new(config) };

@@ -74,6 +74,71 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Add `other`'s counts to these (one set of counters per data-plane thread, summed for
+    /// the router's).
+    pub fn add(&mut self, other: &Counters) {
+        let Counters {
+            tap_rx_frames,
+            tap_tx_frames,
+            tap_rx_dropped,
+            tap_rx_local,
+            udp_rx_datagrams,
+            udp_tx_datagrams,
+            udp_rx_dropped_malformed,
+            udp_rx_dropped_unknown_peer,
+            udp_rx_dropped_other,
+            heartbeats_rx,
+            flooded_frames,
+            macs_expired,
+            fastdp_floods_skipped,
+            relayed_datagrams,
+            tap_rx_superframes,
+            tap_rx_segments,
+            tap_rx_offload_dropped,
+            tap_tx_superframes,
+            tap_tx_coalesced,
+            tap_tx_dropped,
+            udp_rx_dropped_auth,
+            udp_rx_dropped_replay,
+            udp_tx_dropped_crypto,
+            udp_tx_dropped_queue_full,
+            udp_tx_dropped_error,
+            pmtu_frag_needed_sent,
+            pmtu_frames_fragmented,
+            pmtu_fragments_sent,
+            pmtu_dropped,
+        } = *other;
+        self.tap_rx_frames += tap_rx_frames;
+        self.tap_tx_frames += tap_tx_frames;
+        self.tap_rx_dropped += tap_rx_dropped;
+        self.tap_rx_local += tap_rx_local;
+        self.udp_rx_datagrams += udp_rx_datagrams;
+        self.udp_tx_datagrams += udp_tx_datagrams;
+        self.udp_rx_dropped_malformed += udp_rx_dropped_malformed;
+        self.udp_rx_dropped_unknown_peer += udp_rx_dropped_unknown_peer;
+        self.udp_rx_dropped_other += udp_rx_dropped_other;
+        self.heartbeats_rx += heartbeats_rx;
+        self.flooded_frames += flooded_frames;
+        self.macs_expired += macs_expired;
+        self.fastdp_floods_skipped += fastdp_floods_skipped;
+        self.relayed_datagrams += relayed_datagrams;
+        self.tap_rx_superframes += tap_rx_superframes;
+        self.tap_rx_segments += tap_rx_segments;
+        self.tap_rx_offload_dropped += tap_rx_offload_dropped;
+        self.tap_tx_superframes += tap_tx_superframes;
+        self.tap_tx_coalesced += tap_tx_coalesced;
+        self.tap_tx_dropped += tap_tx_dropped;
+        self.udp_rx_dropped_auth += udp_rx_dropped_auth;
+        self.udp_rx_dropped_replay += udp_rx_dropped_replay;
+        self.udp_tx_dropped_crypto += udp_tx_dropped_crypto;
+        self.udp_tx_dropped_queue_full += udp_tx_dropped_queue_full;
+        self.udp_tx_dropped_error += udp_tx_dropped_error;
+        self.pmtu_frag_needed_sent += pmtu_frag_needed_sent;
+        self.pmtu_frames_fragmented += pmtu_frames_fragmented;
+        self.pmtu_fragments_sent += pmtu_fragments_sent;
+        self.pmtu_dropped += pmtu_dropped;
+    }
+
     /// Every counter with its Prometheus-style name and help text, for exporters.
     pub fn fields(&self) -> [(&'static str, &'static str, u64); 29] {
         [
@@ -219,5 +284,33 @@ impl Counters {
                 self.pmtu_dropped,
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_sums_every_counter() {
+        let mut ones = Counters::default();
+        let n = ones.fields().len();
+        let mut sum = Counters::default();
+        for _ in 0..3 {
+            ones = Counters {
+                tap_rx_frames: 1,
+                pmtu_dropped: 2,
+                udp_rx_dropped_replay: 3,
+                ..ones
+            };
+            sum.add(&ones);
+        }
+        let f = sum.fields();
+        assert_eq!(f.len(), n);
+        let get = |name| f.iter().find(|(k, _, _)| *k == name).map(|x| x.2);
+        assert_eq!(get("tap_rx_frames"), Some(3));
+        assert_eq!(get("pmtu_dropped"), Some(6));
+        assert_eq!(get("udp_rx_dropped_replay"), Some(9));
+        assert_eq!(f.iter().map(|x| x.2).sum::<u64>(), 18);
     }
 }

@@ -22,7 +22,7 @@ use weft_wire::vxlan;
 use crate::heartbeat::{self, Heartbeat};
 use crate::links::{Link, NoLink, Refused};
 use crate::neighbours::{LinkId, LinkTraffic, Neighbours};
-use crate::{Counters, MacTable, Owner};
+use crate::{Counters, Learned, MacTable, Owner};
 
 /// Number of distinct short ids (12 bits).
 const SHORT_IDS: usize = 4096;
@@ -37,6 +37,13 @@ pub struct EngineConfig {
     pub local_short_id: u16,
     /// How long a MAC entry lives without traffic.
     pub mac_max_age: Duration,
+    /// This engine's stream: the index of the data-plane thread it runs on, written into every
+    /// datagram it sends (the VXLAN header's stream byte) and the stream it seals with (see
+    /// [`weft_crypto::data`]). 0 with one thread.
+    pub stream: u8,
+    /// Other engines (the other data-plane threads) share this host's MAC addresses: what
+    /// this one learns is kept for [`Engine::take_learned`]. Off with one thread.
+    pub share_macs: bool,
 }
 
 /// A directly connected peer the data plane can send to.
@@ -283,6 +290,10 @@ pub struct Engine {
     /// at most.
     fastdp_hints: Vec<(u16, [u8; 6])>,
     fastdp_told: HashMap<[u8; 6], Instant>,
+    /// With `share_macs`: addresses learned (new or moved) since [`Engine::take_learned`], and
+    /// at every [`Engine::expire`] those this engine's traffic refreshed since the last one.
+    learned: Vec<([u8; 6], Owner)>,
+    last_shared: Instant,
 }
 
 /// How often one MAC is pointed at a fast-path port at most.
@@ -301,6 +312,38 @@ impl Engine {
             neighbours: Neighbours::new(SHORT_IDS),
             fastdp_hints: Vec::new(),
             fastdp_told: HashMap::new(),
+            learned: Vec::new(),
+            last_shared: Instant::ZERO,
+        }
+    }
+
+    /// With [`EngineConfig::share_macs`]: the MAC addresses this engine learned since the last
+    /// call (new, or moved to another owner), and after each [`expire`](Self::expire) also
+    /// those its own traffic kept alive since the one before, for the other threads' engines
+    /// ([`import_macs`](Self::import_macs)): each thread sees only its share of the traffic,
+    /// but every thread must know where every address is.
+    pub fn take_learned(&mut self) -> std::vec::Drain<'_, ([u8; 6], Owner)> {
+        self.learned.drain(..)
+    }
+
+    /// Take in what another thread's engine learned ([`take_learned`](Self::take_learned)),
+    /// as seen at `now`; it is not passed on again.
+    pub fn import_macs(&mut self, macs: &[([u8; 6], Owner)], now: Instant) {
+        for &(mac, owner) in macs {
+            self.macs.import(mac, owner, now);
+        }
+    }
+
+    /// The stream this engine sends (see [`EngineConfig::stream`]).
+    pub fn stream(&self) -> u8 {
+        self.config.stream
+    }
+
+    /// Learn `mac` behind `owner` from this engine's own traffic.
+    fn learn(&mut self, mac: [u8; 6], owner: Owner, now: Instant) {
+        let learned = self.macs.learn(mac, owner, now);
+        if self.config.share_macs && learned != Learned::Refreshed {
+            self.learned.push((mac, owner));
         }
     }
 
@@ -355,7 +398,7 @@ impl Engine {
     pub fn set_link(&mut self, ip: IpAddr, conn_uid: u64, keys: Option<&DataKeys>) {
         let id = self.neighbours.ensure(ip);
         let r = self.neighbours.get_mut(id);
-        r.link = Some(Link::new(conn_uid, keys, r.link.take()));
+        r.link = Some(Link::new(conn_uid, keys, r.link.take(), self.config.stream));
     }
 
     /// Connection `conn_uid` to the neighbour at `ip` ended: its link goes (not a newer
@@ -471,9 +514,15 @@ impl Engine {
         &self.macs
     }
 
-    /// Age out MAC entries; call every few seconds.
+    /// Age out MAC entries; call every few seconds (well within the ageing time: with
+    /// [`EngineConfig::share_macs`] this is also when the addresses this engine's traffic keeps
+    /// alive are passed on, see [`take_learned`](Self::take_learned)).
     pub fn expire(&mut self, now: Instant) {
         self.counters.macs_expired += self.macs.expire(now) as u64;
+        if self.config.share_macs {
+            let since = std::mem::replace(&mut self.last_shared, now);
+            self.learned.extend(self.macs.seen_here_since(since));
+        }
     }
 
     /// Decide what to do with a frame captured from the local bridge.
@@ -494,7 +543,7 @@ impl Engine {
             return TapDecision::Drop;
         }
         if src[0] & 1 == 0 {
-            self.macs.learn(src, Owner::Local, now);
+            self.learn(src, Owner::Local, now);
         }
         if dst[0] & 1 == 1 {
             self.counters.flooded_frames += 1;
@@ -684,7 +733,7 @@ impl Engine {
         let fast = src == sender.short_id && self.table.fastdp(src);
         let twice = group && fast;
         if !twice {
-            self.macs.learn(frame_src, Owner::Peer(src), now);
+            self.learn(frame_src, Owner::Peer(src), now);
         }
         if fast && !group {
             let due = self
@@ -835,6 +884,8 @@ mod tests {
         let mut e = Engine::new(EngineConfig {
             local_short_id: short,
             mac_max_age: MacTable::DEFAULT_MAX_AGE,
+            stream: 0,
+            share_macs: false,
         });
         e.set_table(table);
         e
@@ -1184,6 +1235,8 @@ mod tests {
         let cfg = |short| EngineConfig {
             local_short_id: short,
             mac_max_age: MacTable::DEFAULT_MAX_AGE,
+            stream: 0,
+            share_macs: false,
         };
         let mut a = Engine::with_sealing(cfg(1));
         a.set_table(ForwardingTable::direct(1, &[entry(2)]));
@@ -1198,11 +1251,12 @@ mod tests {
     fn seal(e: &mut Engine, to: u16, frame: &[u8]) -> Vec<u8> {
         let src = e.local_short_id();
         let link = e.link_to(&entry(to));
+        let stream = e.stream();
         let Ok(sealer) = e.sender(link) else {
             return Vec::new();
         };
         let mut buf = vec![0u8; 256];
-        let n = crate::links::build(sealer, &mut buf, |b| {
+        let n = crate::links::build(sealer, stream, &mut buf, |b| {
             let h = emit_vxlan_header(src, to, b);
             b[h..h + frame.len()].copy_from_slice(frame);
             h + frame.len()
@@ -1214,6 +1268,109 @@ mod tests {
     fn receive(e: &mut Engine, from_short: u16, datagram: &mut [u8]) -> Received {
         let link = e.link_at(from(from_short).ip());
         e.on_received(link, datagram, Instant::ZERO)
+    }
+
+    #[test]
+    fn each_thread_seals_its_own_stream_and_the_receiver_opens_them_all() {
+        let (mut a0, mut b) = sealed_pair();
+        // A second data-plane thread of A: the same connection's keys, stream 1.
+        let mut a1 = Engine::with_sealing(EngineConfig {
+            local_short_id: 1,
+            mac_max_age: MacTable::DEFAULT_MAX_AGE,
+            stream: 1,
+            share_macs: true,
+        });
+        a1.set_table(ForwardingTable::direct(1, &[entry(2)]));
+        a1.set_link(from(2).ip(), 7, Some(&keys(1, 2)));
+        let arp = frame([0xff; 6], CA);
+        let d0 = seal(&mut a0, 2, &arp);
+        let d1 = seal(&mut a1, 2, &arp);
+        assert_eq!((vxlan::stream_of(&d0), vxlan::stream_of(&d1)), (0, 1));
+        assert_eq!(d0[8..16], d1[8..16], "both streams' counters start at 0");
+        for mut d in [d1.clone(), d0, d1.clone()] {
+            let _ = receive(&mut b, 1, &mut d);
+        }
+        assert_eq!(
+            b.counters().udp_rx_dropped_replay,
+            1,
+            "only the repeat: {b:?}"
+        );
+        assert_eq!(b.counters().udp_rx_dropped_auth, 0);
+        // The stream byte is authenticated: moved to another stream, it does not open.
+        let mut moved = seal(&mut a1, 2, &arp);
+        moved[vxlan::STREAM_OFFSET] = 0;
+        assert_eq!(
+            receive(&mut b, 1, &mut moved).decision,
+            DatagramDecision::Drop
+        );
+        assert_eq!(b.counters().udp_rx_dropped_auth, 1);
+        // In the clear, the stream byte is written too (the receiver steers by it).
+        let mut plain = engine(1, ForwardingTable::direct(1, &[entry(2)]));
+        plain.config.stream = 3;
+        let mut buf = [0u8; 64];
+        let n = crate::links::build(None, plain.stream(), &mut buf, |b| {
+            emit_vxlan_header(1, 2, b)
+        });
+        assert_eq!((n, vxlan::stream_of(&buf)), (8, 3));
+    }
+
+    #[test]
+    fn threads_share_what_they_learn_and_keep_it_alive() {
+        let share = |stream| {
+            let mut e = Engine::new(EngineConfig {
+                local_short_id: 2,
+                mac_max_age: Duration::from_secs(60),
+                stream,
+                share_macs: true,
+            });
+            e.set_table(ForwardingTable::direct(2, &[entry(1)]));
+            e
+        };
+        // B's thread 0 receives A's container's frame; B's thread 1 reads the reply from its
+        // TAP queue.
+        let (mut b0, mut b1) = (share(0), share(1));
+        let t0 = Instant::ZERO;
+        let mut d = encap(1, 2, &frame([0xff; 6], CA));
+        assert!(delivered(
+            &b0.on_received(b0.link_at(from(1).ip()), &mut d, t0)
+                .decision
+        ));
+        assert_eq!(b1.on_tap_frame(&frame(CA, CB), t0), TapDecision::Flood);
+        let learned: Vec<_> = b0.take_learned().collect();
+        assert_eq!(learned, [(CA, Owner::Peer(1))]);
+        b1.import_macs(&learned, t0);
+        assert!(matches!(
+            b1.on_tap_frame(&frame(CA, CB), t0),
+            TapDecision::Unicast { dst: 1, .. }
+        ));
+        // b1 learned CB (local) itself and passes it on; a refresh is not news.
+        assert_eq!(b1.take_learned().collect::<Vec<_>>(), [(CB, Owner::Local)]);
+        b1.on_tap_frame(&frame(CA, CB), t0 + Duration::from_secs(1));
+        assert_eq!(b1.take_learned().count(), 0);
+        // Traffic keeps reaching b0 only; at each expiry b0 passes on what it saw since the
+        // last, so b1's copy outlives the ageing time. b1 never passes back what it was told.
+        let mut now = t0;
+        for _ in 0..12 {
+            now = now + Duration::from_secs(10);
+            let mut d = encap(1, 2, &frame([0xff; 6], CA));
+            b0.on_received(b0.link_at(from(1).ip()), &mut d, now);
+            b0.expire(now);
+            b1.expire(now);
+            let told: Vec<_> = b0.take_learned().collect();
+            assert_eq!(told, [(CA, Owner::Peer(1))]);
+            b1.import_macs(&told, now);
+            assert!(b1.take_learned().all(|(mac, _)| mac != CA), "passed back");
+        }
+        assert!(matches!(
+            b1.on_tap_frame(&frame(CA, CB), now),
+            TapDecision::Unicast { dst: 1, .. }
+        ));
+        // Once A's container is silent, both threads forget it within the ageing time.
+        let later = now + Duration::from_secs(70);
+        b0.expire(later);
+        b1.expire(later);
+        assert_eq!(b0.take_learned().count(), 0);
+        assert_eq!(b1.on_tap_frame(&frame(CA, CB), later), TapDecision::Flood);
     }
 
     #[test]

@@ -56,7 +56,13 @@ impl Link {
     /// The link of connection `conn_uid`: sealed with `keys`, or in the clear when `None`.
     /// `previous` is the link it replaces: if that was another connection's sealed link, its
     /// receiving session stays usable until the new keys opened a datagram.
-    pub(crate) fn new(conn_uid: u64, keys: Option<&DataKeys>, previous: Option<Self>) -> Self {
+    /// It seals as stream `stream` (the engine's; see [`weft_crypto::data`]).
+    pub(crate) fn new(
+        conn_uid: u64,
+        keys: Option<&DataKeys>,
+        previous: Option<Self>,
+        stream: u8,
+    ) -> Self {
         let old_rx = match previous {
             Some(Self::Sealed {
                 conn_uid: old, rx, ..
@@ -65,7 +71,7 @@ impl Link {
         };
         match keys {
             Some(k) => {
-                let (tx, rx) = k.sessions();
+                let (tx, rx) = k.sessions(stream);
                 Self::Sealed {
                     conn_uid,
                     tx,
@@ -109,19 +115,20 @@ impl Link {
             Self::Plain { .. } => return Ok(0..datagram.len()),
             Self::Sealed { rx, old_rx, .. } => (rx, old_rx),
         };
+        let stream = weft_wire::vxlan::stream_of(datagram);
         let opened = match old_rx {
-            None => rx.open(datagram, VXLAN_HLEN),
+            None => rx.open(datagram, VXLAN_HLEN, stream),
             Some(old) => {
                 scratch.clear();
                 scratch.extend_from_slice(datagram);
-                match rx.open(datagram, VXLAN_HLEN) {
+                match rx.open(datagram, VXLAN_HLEN, stream) {
                     Ok(r) => {
                         *old_rx = None;
                         Ok(r)
                     }
                     Err(OpenError::Auth) => {
                         datagram.copy_from_slice(scratch);
-                        old.open(datagram, VXLAN_HLEN)
+                        old.open(datagram, VXLAN_HLEN, stream)
                     }
                     Err(e) => Err(e),
                 }
@@ -140,16 +147,24 @@ impl Link {
 }
 
 /// Write a datagram into `buf` with `f` (which writes a VXLAN header and payload at the start of
-/// the slice it gets and returns the length), sealing it with `tx` if given. Returns the
-/// datagram's length; 0 if it could not be sealed.
+/// the slice it gets and returns the length), put `stream` (the sending engine's, see
+/// [`EngineConfig::stream`](crate::EngineConfig::stream)) into its header, and seal it with
+/// `tx` (a session of that stream) if given. Returns the datagram's length; 0 if it could not
+/// be sealed.
 pub fn build(
     tx: Option<&mut TxSession>,
+    stream: u8,
     buf: &mut [u8],
     f: impl FnOnce(&mut [u8]) -> usize,
 ) -> usize {
     let Some(tx) = tx else {
-        return f(buf);
+        let n = f(buf);
+        if n >= VXLAN_HLEN {
+            buf[weft_wire::vxlan::STREAM_OFFSET] = stream;
+        }
+        return n;
     };
+    debug_assert_eq!(tx.stream(), stream, "sealing session of another stream");
     let Some(inner) = buf.len().checked_sub(OVERHEAD) else {
         return 0;
     };
@@ -160,5 +175,6 @@ pub fn build(
         return 0;
     }
     buf.copy_within(COUNTER_LEN..COUNTER_LEN + VXLAN_HLEN, 0);
+    buf[weft_wire::vxlan::STREAM_OFFSET] = stream;
     tx.seal(buf, VXLAN_HLEN, n - VXLAN_HLEN).unwrap_or(0)
 }

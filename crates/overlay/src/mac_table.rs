@@ -33,6 +33,9 @@ pub enum Learned {
 struct Entry {
     owner: Owner,
     last_seen: Instant,
+    /// When this table's own traffic last showed the address ([`MacTable::learn`]); `None` if
+    /// only a sibling table told it ([`MacTable::import`]).
+    seen_here: Option<Instant>,
 }
 
 /// MAC address → owner, with ageing driven by the caller's clock.
@@ -56,30 +59,56 @@ impl MacTable {
 
     /// Record that `mac` was seen as a source behind `owner` at `now`.
     pub fn learn(&mut self, mac: [u8; 6], owner: Owner, now: Instant) -> Learned {
+        let fresh = Entry {
+            owner,
+            last_seen: now,
+            seen_here: Some(now),
+        };
         match self.entries.get_mut(&mac) {
             Some(entry) if entry.owner == owner => {
                 entry.last_seen = now;
+                entry.seen_here = Some(now);
                 Learned::Refreshed
             }
             Some(entry) => {
                 let from = entry.owner;
-                *entry = Entry {
-                    owner,
-                    last_seen: now,
-                };
+                *entry = fresh;
                 Learned::Moved { from }
             }
             None => {
+                self.entries.insert(mac, fresh);
+                Learned::New
+            }
+        }
+    }
+
+    /// Record what a sibling table (another data-plane thread's) learned: `mac` was seen
+    /// behind `owner` at `now`. Unlike [`learn`](Self::learn) this does not count as seen
+    /// here, so it is never passed back ([`seen_here_since`](Self::seen_here_since)).
+    pub fn import(&mut self, mac: [u8; 6], owner: Owner, now: Instant) {
+        match self.entries.get_mut(&mac) {
+            Some(entry) if entry.owner == owner => {
+                entry.last_seen = entry.last_seen.max(now);
+            }
+            _ => {
                 self.entries.insert(
                     mac,
                     Entry {
                         owner,
                         last_seen: now,
+                        seen_here: None,
                     },
                 );
-                Learned::New
             }
         }
+    }
+
+    /// The addresses this table's own traffic showed at or after `since`, with their owners.
+    pub fn seen_here_since(&self, since: Instant) -> impl Iterator<Item = ([u8; 6], Owner)> + '_ {
+        self.entries
+            .iter()
+            .filter(move |(_, e)| e.seen_here.is_some_and(|t| t >= since))
+            .map(|(mac, e)| (*mac, e.owner))
     }
 
     /// The owner of `mac`, if it was seen within the ageing time.
@@ -149,6 +178,32 @@ mod tests {
         assert_eq!(t.expire(t0 + Duration::from_secs(14)), 0);
         assert_eq!(t.expire(t0 + Duration::from_secs(15)), 1);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn imported_entries_live_and_move_but_are_never_passed_back() {
+        let mut t = MacTable::new(Duration::from_secs(10));
+        let t0 = Instant::ZERO;
+        let s = |n| t0 + Duration::from_secs(n);
+        t.import(A, Owner::Peer(3), t0);
+        assert_eq!(t.lookup(&A, s(9)), Some(Owner::Peer(3)));
+        assert_eq!(t.seen_here_since(t0).count(), 0, "told, not seen");
+        // A newer import refreshes it, an older one does not age it back.
+        t.import(A, Owner::Peer(3), s(5));
+        t.import(A, Owner::Peer(3), s(1));
+        assert_eq!(t.lookup(&A, s(14)), Some(Owner::Peer(3)));
+        assert_eq!(t.lookup(&A, s(15)), None);
+        // Seen here: passed on from then.
+        t.learn(A, Owner::Peer(3), s(6));
+        assert_eq!(
+            t.seen_here_since(s(6)).collect::<Vec<_>>(),
+            [(A, Owner::Peer(3))]
+        );
+        assert_eq!(t.seen_here_since(s(7)).count(), 0);
+        // A move told by a sibling replaces the owner.
+        t.import(A, Owner::Local, s(8));
+        assert_eq!(t.lookup(&A, s(8)), Some(Owner::Local));
+        assert_eq!(t.seen_here_since(t0).count(), 0);
     }
 
     #[test]

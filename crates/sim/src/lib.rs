@@ -265,6 +265,8 @@ impl Sim {
             let engine = Engine::new(EngineConfig {
                 local_short_id: short_id.get(),
                 mac_max_age: Duration::from_secs(300),
+                stream: 0,
+                share_macs: false,
             });
             by_ip.insert(ip, i);
             by_name.insert(name, i);

@@ -133,11 +133,83 @@ fn setsockopt_int(
     .map(drop)
 }
 
+/// Attach to the reuseport group of `fd` the classic BPF program `return payload[at] % n`.
+fn attach_steering(fd: RawFd, at: u32, n: u32) -> io::Result<()> {
+    // Classic BPF opcodes (linux/bpf_common.h).
+    const LD_B_ABS: u16 = 0x00 | 0x10 | 0x20;
+    const ALU_MOD_K: u16 = 0x04 | 0x90 | 0x00;
+    const RET_A: u16 = 0x06 | 0x10;
+    let mut program = [
+        libc::sock_filter {
+            code: LD_B_ABS,
+            jt: 0,
+            jf: 0,
+            k: at,
+        },
+        libc::sock_filter {
+            code: ALU_MOD_K,
+            jt: 0,
+            jf: 0,
+            k: n,
+        },
+        libc::sock_filter {
+            code: RET_A,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points to `program`, which lives until the call returns (the kernel
+    // copies the program), and the length passed is `fprog`'s size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
 impl BatchUdp {
     /// Creates a UDP socket bound to `addr` (close-on-exec), with the options described on the type.
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+        Self::bind_with(addr, false)
+    }
+
+    /// `n` sockets bound to the same `addr` (`SO_REUSEPORT`), each as [`bind`](Self::bind)
+    /// makes it, for `n` threads. With `n > 1` the kernel gives a received datagram to socket
+    /// `payload[steer_at] % n` (a classic BPF program, `SO_ATTACH_REUSEPORT_CBPF`, reading the
+    /// byte at `steer_at` in the UDP payload; a payload too short for it goes to socket 0), so
+    /// the sender decides which thread receives. With port 0 the first socket picks the port
+    /// and the others join it.
+    pub fn bind_group(addr: SocketAddr, n: usize, steer_at: u32) -> io::Result<Vec<Self>> {
+        if n <= 1 {
+            return Ok(vec![Self::bind(addr)?]);
+        }
+        let n_u32 = u32::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let first = Self::bind_with(addr, true)?;
+        let addr = first.local_addr()?;
+        let mut group = vec![first];
+        for _ in 1..n {
+            group.push(Self::bind_with(addr, true)?);
+        }
+        attach_steering(group[0].sock.as_raw_fd(), steer_at, n_u32)?;
+        Ok(group)
+    }
+
+    fn bind_with(addr: SocketAddr, reuse_port: bool) -> io::Result<Self> {
         let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         sock.set_reuse_address(true)?;
+        if reuse_port {
+            setsockopt_int(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        }
         let fd = sock.as_raw_fd();
         if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, SOCKET_BUFFER).is_err() {
             sock.set_recv_buffer_size(SOCKET_BUFFER as usize)?;
@@ -1332,6 +1404,49 @@ impl SendBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_steers_each_datagram_by_its_byte() {
+        let group = BatchUdp::bind_group("127.0.0.1:0".parse().unwrap(), 3, 7).unwrap();
+        assert_eq!(group.len(), 3);
+        let port = group[0].local_addr().unwrap();
+        assert!(group.iter().all(|s| s.local_addr().unwrap() == port));
+        for s in &group {
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+        }
+        let sender = BatchUdp::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        // One source address and port for all: only the byte decides.
+        for b in 0u8..12 {
+            let mut d = [0u8; 16];
+            d[7] = b;
+            d[15] = b;
+            sender.send_to(&d, port).unwrap();
+        }
+        sender.send_to(&[1, 2, 3], port).unwrap();
+        for (i, s) in group.iter().enumerate() {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            while let Ok((n, _)) = s.recv_from(&mut buf) {
+                got.push(if n == 16 { buf[15] } else { 255 });
+                if got.len() == 5 {
+                    break;
+                }
+            }
+            let mut want: Vec<u8> = (0u8..12).filter(|b| usize::from(*b) % 3 == i).collect();
+            if i == 0 {
+                want.push(255); // too short: socket 0
+            }
+            assert_eq!(got, want, "socket {i}");
+        }
+        // One socket: an ordinary bind.
+        assert_eq!(
+            BatchUdp::bind_group("127.0.0.1:0".parse().unwrap(), 1, 7)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
 
     #[test]
     fn sockaddr_roundtrip() {

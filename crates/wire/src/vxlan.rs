@@ -24,7 +24,12 @@
 //! **The I flag.** RFC 7348 §5 says the I flag "MUST be set to 1 for a valid VXLAN Network ID"
 //! and that receivers ignore the other reserved bits. A header without the I flag has no VNI, so
 //! it is invalid here: [`Packet::new_checked`], [`Repr::parse`] and [`parse_header`] all reject
-//! it with [`Error`]. Reserved bits are ignored on receipt and written as zero.
+//! it with [`Error`]. Reserved bits are ignored on receipt and written as zero, except for one
+//! use weft makes of the last reserved byte between its own routers: the sender's **stream**
+//! ([`STREAM_OFFSET`], [`stream_of`], [`Packet::set_stream`]), the index of the data-plane
+//! thread that sent the datagram. A receiving router steers datagrams to its own threads by it
+//! and keeps one encryption stream per sending thread; stream 0 is what a single-threaded
+//! sender (and any other VXLAN implementation) writes.
 //!
 //! **Panic contract:** once [`Packet::new_checked`] (or [`Packet::check_len`]) has succeeded, no
 //! getter panics, whatever the bytes. Setters and [`Repr::emit`] panic only if the caller's
@@ -45,6 +50,10 @@ pub const FLAG_I: u8 = 0x08;
 
 /// The largest VNI: VNIs are 24 bits.
 pub const MAX_VNI: u32 = 0x00ff_ffff;
+
+/// Offset of the stream byte (the last reserved byte) in the header; also its offset in the
+/// UDP payload, where a socket filter reads it.
+pub const STREAM_OFFSET: usize = field::RESERVED2;
 
 /// The largest short id; short ids are 12 bits.
 const SHORT_ID_MASK: u16 = 0x0fff;
@@ -82,6 +91,12 @@ pub fn parse_header(buf: &[u8]) -> Option<(u32, &[u8])> {
     }
     let vni = u32::from_be_bytes([0, header[4], header[5], header[6]]);
     Some((vni, inner))
+}
+
+/// The sender's stream (see the module doc) of a datagram that starts with a VXLAN header;
+/// 0 if it is too short to have one.
+pub fn stream_of(buf: &[u8]) -> u8 {
+    buf.get(STREAM_OFFSET).copied().unwrap_or(0)
 }
 
 /// Writes a VXLAN header carrying `vni` (I flag set, reserved bits zero) into the first
@@ -165,6 +180,11 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn set_vni(&mut self, vni: u32) {
         let v = (vni & MAX_VNI).to_be_bytes();
         self.buffer.as_mut()[field::VNI].copy_from_slice(&v[1..]);
+    }
+
+    /// Sets the stream byte (the last reserved byte; see the module doc).
+    pub fn set_stream(&mut self, stream: u8) {
+        self.buffer.as_mut()[field::RESERVED2] = stream;
     }
 
     /// Zeroes both reserved fields.
@@ -266,6 +286,17 @@ mod tests {
         buf[8..].fill(0);
         assert_eq!(buf, PACKET_BYTES);
         assert_eq!(write_header(&mut [0u8; 7], 1), Err(Error));
+    }
+
+    #[test]
+    fn the_stream_byte_is_the_last_reserved_byte_and_ignored_by_parsing() {
+        let mut buf = PACKET_BYTES;
+        assert_eq!(stream_of(&buf), 0);
+        Packet::new_unchecked(&mut buf[..]).set_stream(3);
+        assert_eq!(buf[7], 3);
+        assert_eq!(stream_of(&buf), 3);
+        assert_eq!(parse_header(&buf), Some((0x123456, &PACKET_BYTES[8..])));
+        assert_eq!(stream_of(&buf[..7]), 0, "too short for a header");
     }
 
     #[test]

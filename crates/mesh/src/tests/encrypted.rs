@@ -49,12 +49,12 @@ fn same_password_reaches_ready_with_matching_data_keys() {
         let kb = p.b.conn.take_data_keys().unwrap();
         assert!(p.a.conn.take_data_keys().is_none(), "handed out once");
         // A's sending half is B's receiving half.
-        let (mut tx, _) = ka.sessions();
-        let (_, mut rx) = kb.sessions();
+        let (mut tx, _) = ka.sessions(0);
+        let (_, mut rx) = kb.sessions(0);
         let mut d = vec![0u8; 8 + 24 + 5];
         d[16..21].copy_from_slice(b"hello");
         let n = tx.seal(&mut d, 8, 5).unwrap();
-        let r = rx.open(&mut d[..n], 8).unwrap();
+        let r = rx.open(&mut d[..n], 8, 0).unwrap();
         assert_eq!(&d[r], b"hello");
         // Messages flow after Ready.
         p.a.conn
