@@ -36,8 +36,9 @@ struct Args {
     /// Pings (0.2 s apart) for the RTT median.
     #[arg(long, default_value_t = 20)]
     pings: u32,
-    /// Comma-separated targets out of weft, weft-rt, weft-fastdp, weft-enc, kvxlan, kvxlan-fw,
-    /// veth (all but weft-rt by default).
+    /// Comma-separated targets out of weft, weft-1t, weft-rt, weft-fastdp, weft-enc,
+    /// weft-enc-1t, kvxlan, kvxlan-fw, veth (all but weft-1t, weft-rt and weft-enc-1t by
+    /// default).
     #[arg(
         long,
         default_value = "weft,weft-fastdp,weft-enc,kvxlan,kvxlan-fw,veth"
@@ -74,12 +75,16 @@ struct Args {
 enum Target {
     /// weft's userspace path (launched with --no-fastdp).
     Weft,
-    /// The userspace path with its data-plane thread on SCHED_FIFO (`--datapath-priority 10`).
+    /// The userspace path on one data-plane thread (`--datapath-threads 1`).
+    Weft1t,
+    /// The userspace path with its data-plane threads on SCHED_FIFO (`--datapath-priority 10`).
     WeftRt,
     /// weft's kernel fast path (a VXLAN device per peer, the default).
     WeftFastdp,
     /// weft with a password: every datagram sealed.
     WeftEnc,
+    /// weft with a password on one data-plane thread.
+    WeftEnc1t,
     Kvxlan,
     /// kvxlan on hosts with the firewall a weft host has: the FORWARD rules weft adds for its
     /// bridge (Weave's, with a conntrack match), here for `kbr`.
@@ -91,15 +96,17 @@ impl Target {
     fn parse(s: &str) -> Result<Self> {
         match s.trim() {
             "weft" => Ok(Self::Weft),
+            "weft-1t" => Ok(Self::Weft1t),
             "weft-rt" => Ok(Self::WeftRt),
             "weft-fastdp" => Ok(Self::WeftFastdp),
             "weft-enc" => Ok(Self::WeftEnc),
+            "weft-enc-1t" => Ok(Self::WeftEnc1t),
             "kvxlan" => Ok(Self::Kvxlan),
             "kvxlan-fw" => Ok(Self::KvxlanFw),
             "veth" => Ok(Self::Veth),
             other => {
                 bail!(
-                    "unknown target {other:?} (known: weft, weft-rt, weft-fastdp, weft-enc, \
+                    "unknown target {other:?} (known: weft, weft-1t, weft-rt, weft-fastdp, weft-enc, weft-enc-1t, \
                      kvxlan, kvxlan-fw, veth)"
                 )
             }
@@ -110,16 +117,23 @@ impl Target {
     fn is_weft(self) -> bool {
         matches!(
             self,
-            Self::Weft | Self::WeftRt | Self::WeftFastdp | Self::WeftEnc
+            Self::Weft
+                | Self::Weft1t
+                | Self::WeftRt
+                | Self::WeftFastdp
+                | Self::WeftEnc
+                | Self::WeftEnc1t
         )
     }
 
     fn name(self) -> &'static str {
         match self {
             Self::Weft => "weft",
+            Self::Weft1t => "weft-1t",
             Self::WeftRt => "weft-rt",
             Self::WeftFastdp => "weft-fastdp",
             Self::WeftEnc => "weft-enc",
+            Self::WeftEnc1t => "weft-enc-1t",
             Self::Kvxlan => "kvxlan",
             Self::KvxlanFw => "kvxlan-fw",
             Self::Veth => "veth",
@@ -129,9 +143,11 @@ impl Target {
     fn desc(self) -> &'static str {
         match self {
             Self::Weft => "weft router, userspace path (--no-fastdp; VXLAN over UDP 6783), bridged",
-            Self::WeftRt => "weft's userspace path, data-plane thread SCHED_FIFO 10",
+            Self::Weft1t => "weft's userspace path on one data-plane thread (--datapath-threads 1)",
+            Self::WeftRt => "weft's userspace path, data-plane threads SCHED_FIFO 10",
             Self::WeftFastdp => "weft router, kernel fast path (VXLAN device per peer, UDP 6784)",
             Self::WeftEnc => "weft router with --password (every datagram sealed, AEAD per hop)",
+            Self::WeftEnc1t => "weft with --password on one data-plane thread",
             Self::Kvxlan => "kernel VXLAN VNI 42, UDP 4789, bridged, static FDB",
             Self::KvxlanFw => {
                 "kvxlan with weft's FORWARD rules for the bridge (conntrack on, as on a weft host)"
@@ -318,7 +334,7 @@ fn build(target: Target, weft_bin: Option<PathBuf>, weft_mtu: Option<u32>) -> Re
     }
     let net = TestNet::with_weft_bin(&format!("nb{}", &target.name()[..2]), weft_bin)?;
     let (client, server, mtu, tunnel_pids) = match target {
-        Target::Weft | Target::WeftRt | Target::WeftFastdp => {
+        Target::Weft | Target::Weft1t | Target::WeftRt | Target::WeftFastdp => {
             let h1 = net.host(1)?;
             let h2 = net.host(2)?;
             let mut opts = mtu_opts.clone();
@@ -328,6 +344,9 @@ fn build(target: Target, weft_bin: Option<PathBuf>, weft_mtu: Option<u32>) -> Re
             }
             if target == Target::WeftRt {
                 opts.extend(["--datapath-priority", "10"]);
+            }
+            if target == Target::Weft1t {
+                opts.extend(["--datapath-threads", "1"]);
             }
             weft_tests::mesh::launch_with(&h1, &opts, &[])?;
             weft_tests::mesh::launch_with(&h2, &opts, &[&h1])?;
@@ -351,10 +370,13 @@ fn build(target: Target, weft_bin: Option<PathBuf>, weft_mtu: Option<u32>) -> Re
             let pids = vec![h1.router_pid()?, h2.router_pid()?];
             (c1, c2, mtu, pids)
         }
-        Target::WeftEnc => {
+        Target::WeftEnc | Target::WeftEnc1t => {
             let h1 = net.host(1)?;
             let h2 = net.host(2)?;
             let mut pw = vec!["--password", "netbench password"];
+            if target == Target::WeftEnc1t {
+                pw.extend(["--datapath-threads", "1"]);
+            }
             pw.extend_from_slice(&mtu_opts);
             weft_tests::mesh::launch_with(&h1, &pw, &[])?;
             weft_tests::mesh::launch_with(&h2, &pw, &[&h1])?;

@@ -582,6 +582,7 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         dns: dns_report,
         proxy,
         kernel_features: info.kernel_features.clone(),
+        datapath_threads: info.datapath_threads,
         links,
     }
 }

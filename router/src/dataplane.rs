@@ -24,8 +24,12 @@
 //! decides once per read (every segment has the super-frame's Ethernet header), then the
 //! [`Segmenter`] writes each segment, behind its VXLAN header, straight into a [`GsoBatch`]
 //! slot: one `sendmsg` with `UDP_SEGMENT` carries a run of equal-size datagrams to one peer.
-//! Single frames go through the [`SendBatch`] (`sendmmsg`), as do relayed datagrams. The two
-//! send paths are flushed in turn so datagrams leave in the order their frames were read.
+//! Single frames join a run too when they follow one of the same size to the same peer (small
+//! packets of one flow, a stream's ACKs: one trip through the kernel's UDP stack and the
+//! underlay for the whole run); a frame whose run another interrupts after one datagram goes
+//! through the [`SendBatch`] (`sendmmsg`), as do relayed datagrams. The batch is always sent
+//! before the run, which only ever holds later datagrams, so datagrams leave in the order
+//! their frames were read.
 //! Received datagrams come in with UDP GRO (one slot may hold a run of datagrams from one
 //! sender); the frames delivered locally go through the [`Coalescer`], which merges consecutive
 //! segments of one TCP flow into a super-frame written with one TAP write. The coalescer is
@@ -805,7 +809,8 @@ impl Limited<'_> {
 }
 
 /// The send side, borrowed from the [`DataPlane`] for one pass: single datagrams go into
-/// `send`, segment runs into `gso`; before one path takes a datagram the other is flushed, so
+/// `send`, runs of equal-size datagrams into `gso` (which only ever holds datagrams that came
+/// after everything in `send`, and is sent after it), so
 /// datagrams leave in order. The engine seals them for the neighbour's link.
 struct Tx<'a> {
     udp: &'a BatchUdp,
@@ -882,7 +887,7 @@ impl<'a> Tx<'a> {
             return;
         }
         if seg.remaining() <= 1 {
-            self.single(to, link, |buf| {
+            self.run(to, link, |buf| {
                 let h = emit_vxlan_header(src, dst, buf);
                 // The caller checked segment_len_max() + VXLAN_HLEN <= SLOT.
                 h + seg.next_into(&mut buf[h..]).unwrap_or(0)
@@ -1028,13 +1033,60 @@ impl<'a> Tx<'a> {
         });
     }
 
+    /// Queue one datagram written by `f` (a frame read from the TAP) as part of a run for
+    /// `to`: consecutive datagrams of one size to one neighbour (small packets of one flow,
+    /// a stream's ACKs) leave in one `UDP_SEGMENT` send, one trip through the kernel's stack
+    /// instead of one per datagram. A run another datagram interrupts after one datagram goes
+    /// into the `sendmmsg` batch instead ([`end_run`](Self::end_run)).
+    fn run(&mut self, to: SocketAddr, link: Option<LinkId>, f: impl FnOnce(&mut [u8]) -> usize) {
+        if self.engine.sender(link).is_err() {
+            self.unsealable += 1;
+            return;
+        }
+        // At most twice: a datagram the batch set aside becomes a run of its own.
+        while self.gso.is_closed() || self.gso.dest().is_some_and(|d| d != to) {
+            self.end_run();
+        }
+        let stream = self.engine.stream();
+        let sealer = self.engine.sender(link).ok().flatten();
+        let pushed = self
+            .gso
+            .push_with(to, |buf| links::build(sealer, stream, buf, f));
+        debug_assert!(
+            pushed,
+            "an open run for this destination takes the datagram"
+        );
+    }
+
+    /// End the current run: one datagram alone joins the `sendmmsg` batch (after the
+    /// datagrams already there, which it follows); a longer run is sent, after that batch.
+    fn end_run(&mut self) {
+        match (self.gso.segments(), self.gso.dest()) {
+            (1, Some(dest)) => {
+                if self.send.is_full() {
+                    self.flush_send();
+                }
+                self.send.push(dest, self.gso.data());
+                self.gso.clear();
+            }
+            (0, _) => self.gso.clear(),
+            _ => {
+                self.flush_send();
+                self.flush_gso();
+            }
+        }
+    }
+
     /// Queue one datagram written by `f` in the `sendmmsg` batch.
     fn single(&mut self, to: SocketAddr, link: Option<LinkId>, f: impl FnOnce(&mut [u8]) -> usize) {
         if self.engine.sender(link).is_err() {
             self.unsealable += 1;
             return;
         }
-        self.flush_gso();
+        // Everything in the run came before this datagram.
+        while !self.gso.is_empty() {
+            self.end_run();
+        }
         if self.send.is_full() {
             self.flush_send();
         }
@@ -1066,9 +1118,10 @@ impl<'a> Tx<'a> {
         self.failed += done.failed as u64;
     }
 
+    /// Send everything: the `sendmmsg` batch first (a run in the GSO batch came after it).
     fn flush_all(&mut self) {
-        self.flush_gso();
         self.flush_send();
+        self.flush_gso();
     }
 }
 

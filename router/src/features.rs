@@ -192,9 +192,9 @@ pub fn parse_disabled(s: &str) -> Result<Vec<Feature>, String> {
         .collect()
 }
 
-/// `weave status`'s one-line summary: `sleeve (userspace): vnet-hdr tso udp-gso udp-gro;
-/// fallback: ...`.
-pub fn summary<'a>(features: impl IntoIterator<Item = (&'a str, bool)>) -> String {
+/// `weave status`'s one-line summary: `sleeve (userspace) with vnet-hdr tso udp-gso udp-gro;
+/// without ...`, with `, N threads` after `userspace` when the data plane runs on several.
+pub fn summary<'a>(features: impl IntoIterator<Item = (&'a str, bool)>, threads: usize) -> String {
     let (used, unused): (Vec<_>, Vec<_>) = features.into_iter().partition(|(_, used)| *used);
     let used: Vec<&str> = used.into_iter().map(|(name, _)| name).collect();
     let fallbacks: Vec<&str> = unused
@@ -202,8 +202,13 @@ pub fn summary<'a>(features: impl IntoIterator<Item = (&'a str, bool)>) -> Strin
         .map(|(name, _)| name)
         .filter(|name| USED_BY_USERSPACE.iter().any(|f| f.name() == *name))
         .collect();
+    let threads = if threads > 1 {
+        format!(", {threads} threads")
+    } else {
+        String::new()
+    };
     let mut s = format!(
-        "sleeve (userspace) with {}",
+        "sleeve (userspace{threads}) with {}",
         if used.is_empty() {
             "no offloads".to_owned()
         } else {
@@ -243,8 +248,12 @@ mod tests {
         assert_eq!(vx.available, Some(true));
         assert!(vx.note.contains("not used"), "{vx:?}");
         assert_eq!(
-            summary(r.iter().map(|f| (f.name.as_str(), f.used))),
+            summary(r.iter().map(|f| (f.name.as_str(), f.used)), 1),
             "sleeve (userspace) with tap-vnet-hdr tso udp-gso udp-gro"
+        );
+        assert_eq!(
+            summary(r.iter().map(|f| (f.name.as_str(), f.used)), 4),
+            "sleeve (userspace, 4 threads) with tap-vnet-hdr tso udp-gso udp-gro"
         );
     }
 
@@ -260,7 +269,7 @@ mod tests {
         let vnet = r.iter().find(|r| r.name == "tap-vnet-hdr").unwrap();
         assert_eq!(vnet.note, "disabled by --disable-features");
         assert_eq!(
-            summary(r.iter().map(|f| (f.name.as_str(), f.used))),
+            summary(r.iter().map(|f| (f.name.as_str(), f.used)), 1),
             "sleeve (userspace) with udp-gso udp-gro; without tap-vnet-hdr tso"
         );
     }

@@ -98,6 +98,9 @@ pub struct RouterStatus {
     pub KernelFeatures: Vec<KernelFeature>,
     /// weft's own: the kernel fast path's UDP port (0: `--no-fastdp`).
     pub FastdpPort: u16,
+    /// weft's own: threads of the userspace data path.
+    #[serde(default)]
+    pub DatapathThreads: usize,
 }
 
 /// weft's own: one kernel feature (see [`crate::features`]).
@@ -424,6 +427,7 @@ pub fn weave_status(r: &StatusReport) -> WeaveStatus {
             BTreeMap::from([("sleeve".to_owned(), None)])
         },
         FastdpPort: r.fastdp_port,
+        DatapathThreads: r.datapath_threads,
         TrustedSubnets: r.trusted_subnets.clone(),
         KernelFeatures: r
             .kernel_features
@@ -657,7 +661,7 @@ pub fn render_status(w: &WeaveStatus) -> String {
         let _ = writeln!(
             out,
             "       DataPath: {fast}{}",
-            crate::features::summary(features)
+            crate::features::summary(features, r.DatapathThreads)
         );
     }
     if let Some(i) = &w.IPAM {
@@ -915,6 +919,7 @@ mod tests {
             dns: None,
             proxy: Some(vec!["unix:///var/run/weave/weave.sock".into()]),
             kernel_features: Vec::new(),
+            datapath_threads: 2,
             links: Vec::new(),
         }
     }

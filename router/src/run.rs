@@ -259,6 +259,7 @@ pub async fn run_with(
                 .map(ToString::to_string)
                 .collect(),
             kernel_features,
+            datapath_threads: threads,
         },
         ipam: Mutex::new(ipam_state),
         dns: Mutex::new(dns_state),

@@ -274,6 +274,9 @@ pub struct RouterInfo {
     /// Kernel features: found, used, or why not.
     #[serde(default)]
     pub kernel_features: Vec<crate::features::FeatureReport>,
+    /// Threads of the userspace data path (`--datapath-threads`, resolved).
+    #[serde(default)]
+    pub datapath_threads: usize,
 }
 
 /// `GET /status` as JSON.
@@ -341,6 +344,9 @@ pub struct StatusReport {
     /// Kernel features: found, used by the data plane, or why not.
     #[serde(default)]
     pub kernel_features: Vec<crate::features::FeatureReport>,
+    /// Threads of the userspace data path.
+    #[serde(default)]
+    pub datapath_threads: usize,
     /// Traffic with each neighbour since the router started.
     #[serde(default)]
     pub links: Vec<crate::traffic::LinkReport>,

@@ -57,7 +57,7 @@ impl LinkTraffic {
     }
 
     /// Adds `other`'s counts (another data-plane thread's) to these.
-    pub fn add(&mut self, other: &LinkTraffic) {
+    pub fn add(&mut self, other: &Self) {
         for (ip, o) in other.iter() {
             let c = self.links.entry(ip).or_default();
             c.tx_bytes += o.tx_bytes;

@@ -76,8 +76,8 @@ pub struct Counters {
 impl Counters {
     /// Add `other`'s counts to these (one set of counters per data-plane thread, summed for
     /// the router's).
-    pub fn add(&mut self, other: &Counters) {
-        let Counters {
+    pub fn add(&mut self, other: &Self) {
+        let Self {
             tap_rx_frames,
             tap_tx_frames,
             tap_rx_dropped,

@@ -1351,7 +1351,7 @@ mod tests {
         // last, so b1's copy outlives the ageing time. b1 never passes back what it was told.
         let mut now = t0;
         for _ in 0..12 {
-            now = now + Duration::from_secs(10);
+            now += Duration::from_secs(10);
             let mut d = encap(1, 2, &frame([0xff; 6], CA));
             b0.on_received(b0.link_at(from(1).ip()), &mut d, now);
             b0.expire(now);

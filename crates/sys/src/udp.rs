@@ -135,9 +135,10 @@ fn setsockopt_int(
 
 /// Attach to the reuseport group of `fd` the classic BPF program `return payload[at] % n`.
 fn attach_steering(fd: RawFd, at: u32, n: u32) -> io::Result<()> {
-    // Classic BPF opcodes (linux/bpf_common.h).
-    const LD_B_ABS: u16 = 0x00 | 0x10 | 0x20;
-    const ALU_MOD_K: u16 = 0x04 | 0x90 | 0x00;
+    // Classic BPF opcodes (linux/bpf_common.h): BPF_LD (0) | BPF_B | BPF_ABS,
+    // BPF_ALU | BPF_MOD | BPF_K (0), BPF_RET | BPF_A.
+    const LD_B_ABS: u16 = 0x10 | 0x20;
+    const ALU_MOD_K: u16 = 0x04 | 0x90;
     const RET_A: u16 = 0x06 | 0x10;
     let mut program = [
         libc::sock_filter {
