@@ -633,6 +633,14 @@ fn thread_policies(pid: u32) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
+/// `c1` (10.32.0.1) on `h1` and `c2` (10.32.0.2) on `h2`, once `c1` pings `c2`.
+fn containers_pinging(h1: &Host, h2: &Host) -> Result<(Container, Container)> {
+    let c1 = h1.container("c1", "10.32.0.1/12")?;
+    let c2 = h2.container("c2", "10.32.0.2/12")?;
+    c1.wait_ping(c2.ip(), Duration::from_secs(20))?;
+    Ok((c1, c2))
+}
+
 /// CPU time (user + system, clock ticks) of each data-plane thread of `pid`, by thread id.
 fn dataplane_ticks(pid: u32) -> Result<Vec<(String, u64)>> {
     let mut out = Vec::new();
@@ -716,9 +724,7 @@ fn datapath_threads_keep_each_flow_in_order_and_all_threads_busy() {
                 h.n()
             );
         }
-        let c1 = h1.container("c1", "10.32.0.1/12")?;
-        let c2 = h2.container("c2", "10.32.0.2/12")?;
-        c1.wait_ping(c2.ip(), Duration::from_secs(20))?;
+        let (c1, c2) = containers_pinging(&h1, &h2)?;
         weft_tests::mesh::transfer_intact(net, &c1, &c2, 20)?;
         weft_tests::mesh::transfer_intact(net, &c2, &c1, 20)?;
 
@@ -887,9 +893,7 @@ fn datapath_priority_puts_only_the_data_plane_on_sched_fifo() {
                 h.n()
             );
         }
-        let c1 = h1.container("c1", "10.32.0.1/12")?;
-        let c2 = h2.container("c2", "10.32.0.2/12")?;
-        c1.wait_ping(c2.ip(), Duration::from_secs(20))?;
+        let (c1, c2) = containers_pinging(&h1, &h2)?;
         weft_tests::mesh::transfer_intact(net, &c1, &c2, 20)?;
 
         // Without the option: the ordinary scheduler.
