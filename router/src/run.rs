@@ -65,12 +65,22 @@ pub async fn run_with(
     // Kernel features (issue 15): probed once; the TAP and the UDP socket below are opened
     // with what may be used.
     let features = crate::features::Features::detect(&config.disabled_features);
-    let threads = config.datapath_threads();
-    let tap_options = TapOptions {
-        multi_queue: threads > 1,
-        ..features.tap_options()
+    let mut threads = config.datapath_threads();
+    // One TAP queue per data-plane thread; a kernel that refuses a multi-queue TAP gets one
+    // thread.
+    let mut taps = match open_tap_queues(&config.tap, features.tap_options(), threads) {
+        Ok(taps) => taps,
+        Err(e) if threads > 1 => {
+            tracing::warn!(
+                "opening TAP {} with {threads} queues failed ({e:#}); running the data plane \
+                 on one thread",
+                config.tap
+            );
+            threads = 1;
+            open_tap_queues(&config.tap, features.tap_options(), 1)?
+        }
+        Err(e) => return Err(e),
     };
-    let tap = open_tap(&config.tap, tap_options)?;
     let tap_index = nl
         .link_index(&config.tap)
         .await?
@@ -107,23 +117,26 @@ pub async fn run_with(
         Err(e) => tracing::warn!("adding the FORWARD rules: {e}"),
     }
 
-    // One socket per data-plane thread, steered by the stream byte of weft's VXLAN header.
-    let udp = BatchUdp::bind_group(
-        SocketAddr::new(config.host, config.data_port),
-        threads,
-        weft_wire::vxlan::STREAM_OFFSET as u32,
-    )
-    .with_context(|| format!("binding UDP {}:{}", config.host, config.data_port))?;
+    // One socket per data-plane thread, steered by the stream byte of weft's VXLAN header; a
+    // kernel without SO_REUSEPORT steering gets one thread.
+    let data_addr = SocketAddr::new(config.host, config.data_port);
+    let steer_at = weft_wire::vxlan::STREAM_OFFSET as u32;
+    let udp = match BatchUdp::bind_group(data_addr, threads, steer_at) {
+        Ok(udp) => udp,
+        Err(e) if threads > 1 => {
+            tracing::warn!(
+                "binding {threads} UDP sockets to {data_addr} failed ({e}); running the data \
+                 plane on one thread"
+            );
+            threads = 1;
+            taps.truncate(1);
+            BatchUdp::bind_group(data_addr, 1, steer_at)
+                .with_context(|| format!("binding UDP {data_addr}"))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("binding UDP {data_addr}")),
+    };
     for u in &udp {
         features.apply_to_udp(u);
-    }
-    let mut taps = vec![tap];
-    for i in 1..threads {
-        taps.push(
-            taps[0]
-                .open_queue()
-                .with_context(|| format!("opening queue {i} of TAP {}", config.tap))?,
-        );
     }
     let kernel_features = features.report(taps[0].options());
     crate::features::Features::log(&kernel_features);
@@ -408,6 +421,23 @@ pub async fn run_with(
     .await;
     let _ = std::fs::remove_file(&pid_file);
     Ok(())
+}
+
+/// Open `queues` queues of the TAP (multi-queue when more than one), with `opts` as
+/// [`open_tap`] does.
+fn open_tap_queues(name: &str, opts: TapOptions, queues: usize) -> anyhow::Result<Vec<Tap>> {
+    let opts = TapOptions {
+        multi_queue: queues > 1,
+        ..opts
+    };
+    let mut taps = vec![open_tap(name, opts)?];
+    for i in 1..queues {
+        let q = taps[0]
+            .open_queue()
+            .with_context(|| format!("opening queue {i} of TAP {name}"))?;
+        taps.push(q);
+    }
+    Ok(taps)
 }
 
 /// Open the TAP with `opts` (at best a vnet header, checksum offload and TSO for IPv4 and

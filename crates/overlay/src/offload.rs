@@ -917,8 +917,18 @@ mod tests {
     #[test]
     fn fast_sum_carries_wrap_around() {
         // Words that overflow 64 bits many times over, and all-ones data (sum 0xffff, not 0).
-        for data in [vec![0xff; 64 * 1024], vec![0xff; 9], vec![0; 16], vec![0xff, 0xff]] {
-            assert_eq!(fold(sum_words(&data)), checksum::data(&data), "{} bytes", data.len());
+        for data in [
+            vec![0xff; 64 * 1024],
+            vec![0xff; 9],
+            vec![0; 16],
+            vec![0xff, 0xff],
+        ] {
+            assert_eq!(
+                fold(sum_words(&data)),
+                checksum::data(&data),
+                "{} bytes",
+                data.len()
+            );
             assert!(sum_words(&data) < 1 << 34);
         }
     }
