@@ -83,7 +83,7 @@ use weft_sys::udp::{
 use weft_wire::vxlan::HEADER_LEN as VXLAN_HLEN;
 
 use crate::traffic::LinkTraffic;
-use weft_overlay::links::{self, MAX_OVERHEAD};
+use weft_overlay::links::MAX_OVERHEAD;
 
 /// Reads from the TAP per wake-up before the socket gets a turn (a read may be a 64 KiB
 /// super-frame, so this is also a bound of about 4 MiB).
@@ -164,18 +164,23 @@ impl Commands {
 
     /// Send `cmd` to the threads that take it.
     pub fn send(&self, cmd: DpCommand) -> Result<(), SendError<DpCommand>> {
-        let (last, rest) = match cmd {
-            DpCommand::Send { .. } => (&self.threads[0], &[][..]),
-            _ => self
-                .threads
-                .split_last()
-                .unwrap_or_else(|| unreachable!("at least one thread")),
-        };
-        for t in rest {
-            t.send(cmd.clone())?;
+        match cmd {
+            DpCommand::Send { .. } => send_to_all(&self.threads[..1], cmd),
+            _ => send_to_all(&self.threads, cmd),
         }
-        last.send(cmd)
     }
+}
+
+/// Send `msg` to each of `to` (copies to all but the last, which gets `msg` itself); stops at
+/// the first closed line. Nothing to send to: `Ok`.
+fn send_to_all<T: Clone>(to: &[Sender<T>], msg: T) -> Result<(), SendError<T>> {
+    let Some((last, rest)) = to.split_last() else {
+        return Ok(());
+    };
+    for t in rest {
+        t.send(msg.clone())?;
+    }
+    last.send(msg)
 }
 
 /// MAC addresses one thread's engine learned, for the others ([`Engine::take_learned`]).
@@ -528,18 +533,10 @@ impl DataPlane {
             return;
         }
         let learned: LearnedMacs = self.engine.take_learned().collect();
-        if learned.is_empty() {
-            return;
+        if !learned.is_empty() {
+            // A sibling that ended is shutting down too: nothing to tell it.
+            let _ = send_to_all(&self.siblings.others, learned);
         }
-        let (last, rest) = self
-            .siblings
-            .others
-            .split_last()
-            .unwrap_or_else(|| unreachable!("not empty"));
-        for other in rest {
-            let _ = other.send(learned.clone());
-        }
-        let _ = last.send(learned);
     }
 
     /// Frames from the local bridge go out to peers.
@@ -895,11 +892,10 @@ impl<'a> Tx<'a> {
             return;
         }
         self.flush_send();
-        let stream = self.engine.stream();
         while seg.remaining() > 0 {
-            let sealer = self.engine.sender(link).ok().flatten();
+            let engine = &mut *self.engine;
             let pushed = self.gso.push_with(to, |buf| {
-                links::build(sealer, stream, buf, |buf| {
+                engine.build(link, buf, |buf| {
                     let h = emit_vxlan_header(src, dst, buf);
                     h + seg.next_into(&mut buf[h..]).unwrap_or(0)
                 })
@@ -1047,11 +1043,8 @@ impl<'a> Tx<'a> {
         while self.gso.is_closed() || self.gso.dest().is_some_and(|d| d != to) {
             self.end_run();
         }
-        let stream = self.engine.stream();
-        let sealer = self.engine.sender(link).ok().flatten();
-        let pushed = self
-            .gso
-            .push_with(to, |buf| links::build(sealer, stream, buf, f));
+        let engine = &mut *self.engine;
+        let pushed = self.gso.push_with(to, |buf| engine.build(link, buf, f));
         debug_assert!(
             pushed,
             "an open run for this destination takes the datagram"
@@ -1090,10 +1083,8 @@ impl<'a> Tx<'a> {
         if self.send.is_full() {
             self.flush_send();
         }
-        let stream = self.engine.stream();
-        let sealer = self.engine.sender(link).ok().flatten();
-        self.send
-            .push_with(to, |buf| links::build(sealer, stream, buf, f));
+        let engine = &mut *self.engine;
+        self.send.push_with(to, |buf| engine.build(link, buf, f));
     }
 
     fn flush_send(&mut self) {

@@ -733,20 +733,19 @@ fn datapath_threads_keep_each_flow_in_order_and_all_threads_busy() {
             cmd::Cmd::new("ip").args(["netns", "exec", c2.ns(), "iperf3", "-s", "-p", "5201"]);
         let dir = net.dir();
         let mut srv = server.spawn_to(&dir.join("iperf3-s.out"), &dir.join("iperf3-s.err"))?;
+        // iperf3 from c1 to c2's server with `opts`.
+        let iperf3 = |opts: &[&str]| -> Result<Output> {
+            let c2_ip = c2.ip().to_string();
+            let mut args = vec!["iperf3", "-c", &c2_ip, "-p", "5201"];
+            args.extend_from_slice(opts);
+            let out = c1.exec(&args)?;
+            ensure!(out.success(), "iperf3 {opts:?}: {out}");
+            Ok(out)
+        };
         let res = (|| {
             std::thread::sleep(Duration::from_millis(500));
             let (before_tx, before_rx) = (nstat(c1.ns())?, nstat(c2.ns())?);
-            let out = c1.exec(&[
-                "iperf3",
-                "-c",
-                &c2.ip().to_string(),
-                "-p",
-                "5201",
-                "-t",
-                "4",
-                "--json",
-            ])?;
-            ensure!(out.success(), "iperf3: {out}");
+            let out = iperf3(&["-t", "4", "--json"])?;
             let (after_tx, after_rx) = (nstat(c1.ns())?, nstat(c2.ns())?);
             let delta = |a: &std::collections::HashMap<String, u64>,
                          b: &std::collections::HashMap<String, u64>,
@@ -790,18 +789,7 @@ fn datapath_threads_keep_each_flow_in_order_and_all_threads_busy() {
                     .iter()
                     .map(|h| dataplane_ticks(h.router_pid()?))
                     .collect::<Result<_>>()?;
-                let out = c1.exec(&[
-                    "iperf3",
-                    "-c",
-                    &c2.ip().to_string(),
-                    "-p",
-                    "5201",
-                    "-t",
-                    "2",
-                    "-P",
-                    "4",
-                ])?;
-                ensure!(out.success(), "iperf3 -P 4: {out}");
+                iperf3(&["-t", "2", "-P", "4"])?;
                 let after: Vec<_> = [&h1, &h2]
                     .iter()
                     .map(|h| dataplane_ticks(h.router_pid()?))

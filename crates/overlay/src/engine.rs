@@ -334,11 +334,6 @@ impl Engine {
         }
     }
 
-    /// The stream this engine sends (see [`EngineConfig::stream`]).
-    pub fn stream(&self) -> u8 {
-        self.config.stream
-    }
-
     /// Learn `mac` behind `owner` from this engine's own traffic.
     fn learn(&mut self, mac: [u8; 6], owner: Owner, now: Instant) {
         let learned = self.macs.learn(mac, owner, now);
@@ -449,7 +444,7 @@ impl Engine {
 
     /// How to send to `link`: `Err` if it must not be sent (a password is set and the
     /// neighbour has no link yet, or no record), `Ok(None)` in the clear, `Ok(Some)` sealed
-    /// with this session (pass it to [`links::build`](crate::links::build)).
+    /// with this session ([`build`](Self::build) uses it).
     pub fn sender(&mut self, link: Option<LinkId>) -> Result<Option<&mut TxSession>, NoLink> {
         if !self.sealing_required {
             return Ok(None);
@@ -458,6 +453,23 @@ impl Engine {
         match self.neighbours.get_mut(link).link.as_mut() {
             Some(l) => Ok(l.sender()),
             None => Err(NoLink),
+        }
+    }
+
+    /// Write a datagram for `link` into `buf` with `f` (a VXLAN header and payload, see
+    /// [`links::build`](crate::links::build)), stamped with this engine's stream and sealed if
+    /// the link says so. Returns its length; 0 if it must not be sent ([`sender`](Self::sender)
+    /// says `Err`) or could not be sealed.
+    pub fn build(
+        &mut self,
+        link: Option<LinkId>,
+        buf: &mut [u8],
+        f: impl FnOnce(&mut [u8]) -> usize,
+    ) -> usize {
+        let stream = self.config.stream;
+        match self.sender(link) {
+            Ok(tx) => crate::links::build(tx, stream, buf, f),
+            Err(NoLink) => 0,
         }
     }
 
@@ -1251,12 +1263,8 @@ mod tests {
     fn seal(e: &mut Engine, to: u16, frame: &[u8]) -> Vec<u8> {
         let src = e.local_short_id();
         let link = e.link_to(&entry(to));
-        let stream = e.stream();
-        let Ok(sealer) = e.sender(link) else {
-            return Vec::new();
-        };
         let mut buf = vec![0u8; 256];
-        let n = crate::links::build(sealer, stream, &mut buf, |b| {
+        let n = e.build(link, &mut buf, |b| {
             let h = emit_vxlan_header(src, to, b);
             b[h..h + frame.len()].copy_from_slice(frame);
             h + frame.len()
@@ -1308,9 +1316,7 @@ mod tests {
         let mut plain = engine(1, ForwardingTable::direct(1, &[entry(2)]));
         plain.config.stream = 3;
         let mut buf = [0u8; 64];
-        let n = crate::links::build(None, plain.stream(), &mut buf, |b| {
-            emit_vxlan_header(1, 2, b)
-        });
+        let n = plain.build(None, &mut buf, |b| emit_vxlan_header(1, 2, b));
         assert_eq!((n, vxlan::stream_of(&buf)), (8, 3));
     }
 
