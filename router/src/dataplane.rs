@@ -32,7 +32,9 @@
 //! their frames were read.
 //! Received datagrams come in with UDP GRO (one slot may hold a run of datagrams from one
 //! sender); the frames delivered locally go through the [`Coalescer`], which merges consecutive
-//! segments of one TCP flow into a super-frame written with one TAP write. The coalescer is
+//! segments of one TCP flow, or datagrams of one UDP flow, into a super-frame written with one
+//! TAP write. A kernel that refuses a UDP super-frame (before Linux 6.2) gets a warning, loses
+//! that super-frame (counted in `tap_tx_dropped`) and UDP datagrams one by one from then on. The coalescer is
 //! emptied at the end of every receive batch, so no frame waits across a `poll`.
 //!
 //! **Per neighbour**, everything lives in the engine's record of it (a [`LinkId`]): its
@@ -1150,11 +1152,23 @@ impl Rx<'_> {
     /// Write the pending super-frame, if any.
     fn flush(&mut self) {
         let segments = u64::from(self.coalescer.pending_segments());
+        let udp = self.coalescer.holds_udp_run();
         let Some(buf) = self.coalescer.take() else {
             return;
         };
-        let tap = self.tap;
-        if write_ok(tap.send(buf), segments, self.counters) {
+        let written = self.tap.send(buf);
+        if udp
+            && written
+                .as_ref()
+                .is_err_and(|e| e.kind() == io::ErrorKind::InvalidInput)
+        {
+            tracing::warn!(
+                "data plane: the kernel refused a UDP super-frame on the TAP (before Linux \
+                 6.2?); UDP datagrams are written one by one from now on"
+            );
+            self.coalescer.set_udp(false);
+        }
+        if write_ok(written, segments, self.counters) {
             *self.delivered += segments;
             if segments > 1 {
                 self.counters.tap_tx_superframes += 1;

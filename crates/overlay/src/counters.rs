@@ -225,12 +225,12 @@ impl Counters {
             ),
             (
                 "tap_tx_superframes",
-                "Coalesced super-frames written to the TAP.",
+                "Coalesced super-frames (TCP or UDP) written to the TAP.",
                 self.tap_tx_superframes,
             ),
             (
                 "tap_tx_coalesced",
-                "Received frames written to the TAP inside coalesced super-frames.",
+                "Received frames (TCP segments, UDP datagrams) written to the TAP inside coalesced super-frames.",
                 self.tap_tx_coalesced,
             ),
             (

@@ -877,7 +877,7 @@ fn refuses_bad_checksums_and_control_segments() {
     ip.set_more_frags(true);
     ip.fill_checksum();
     assert_eq!(c.push(&frag), Push::NotMergeable);
-    // Not TCP at all, and garbage.
+    // A UDP datagram whose checksum is only the pseudo-header's (wrong), and garbage.
     let (_, udp_frame) = udp_partial(&d);
     assert_eq!(c.push(&udp_frame), Push::NotMergeable);
     for len in 0..80 {
@@ -890,6 +890,156 @@ fn refuses_bad_checksums_and_control_segments() {
     assert_eq!(c.pending_segments(), 1);
     let out = c.take().unwrap();
     assert_eq!(out[VNET_HDR_LEN..], flow.frame(0, ACK, &d, false)[..]);
+}
+
+/// A complete Ethernet / IPv4 / UDP datagram (ports 5000 -> `dst_port`, DF, identification
+/// `id`) with a correct UDP checksum.
+fn udp_datagram(dst_port: u16, id: u16, data: &[u8]) -> Vec<u8> {
+    let (_, mut f) = udp_partial(data);
+    let mut ip = ipv4::Packet::new_unchecked(&mut f[14..]);
+    ip.set_ident(id);
+    ip.fill_checksum();
+    let mut u = udp::Packet::new_unchecked(&mut f[34..]);
+    u.set_dst_port(dst_port);
+    u.set_checksum(0);
+    let len = (8 + data.len()) as u16;
+    let sum = checksum::combine(&[
+        checksum::pseudo_header(SRC4, DST4, Protocol::Udp, len),
+        checksum::data(&f[34..]),
+    ]);
+    let sum = if !sum == 0 { 0xffff } else { !sum };
+    udp::Packet::new_unchecked(&mut f[34..]).set_checksum(sum);
+    f
+}
+
+/// What the kernel does with a UDP super-frame (`__udp_gso_segment`): one datagram per
+/// `gso_size` bytes of payload, each with its own lengths, the identification counting up from
+/// the super-frame's, and complete checksums.
+fn split_udp(hdr: &VnetHdr, f: &[u8]) -> Vec<Vec<u8>> {
+    assert_eq!(hdr.gso_type, GsoType::UdpL4);
+    assert_eq!(hdr.flags, VnetHdr::NEEDS_CSUM);
+    assert_eq!((hdr.csum_start, hdr.csum_offset), (34, 6));
+    let hl = usize::from(hdr.hdr_len);
+    assert_eq!(hl, 42);
+    // The kernel expects the super-frame's UDP checksum field to hold the pseudo-header sum
+    // over the whole UDP length, and the IPv4 header to be valid.
+    let udp_len = f.len() - 34;
+    assert_eq!(usize::from(u16::from_be_bytes([f[38], f[39]])), udp_len);
+    assert_eq!(
+        u16::from_be_bytes([f[40], f[41]]),
+        checksum::pseudo_header(SRC4, DST4, Protocol::Udp, udp_len as u16)
+    );
+    assert_eq!(checksum::data(&f[14..34]), 0xffff, "IPv4 header checksum");
+    let id0 = ipv4::Packet::new_unchecked(&f[14..]).ident();
+    f[hl..]
+        .chunks(usize::from(hdr.gso_size))
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut seg = f[..hl].to_vec();
+            seg.extend_from_slice(chunk);
+            let mut ip = ipv4::Packet::new_unchecked(&mut seg[14..]);
+            ip.set_total_len((28 + chunk.len()) as u16);
+            ip.set_ident(id0.wrapping_add(i as u16));
+            ip.fill_checksum();
+            let mut u = udp::Packet::new_unchecked(&mut seg[34..]);
+            u.set_len((8 + chunk.len()) as u16);
+            u.set_checksum(0);
+            let len = (8 + chunk.len()) as u16;
+            let sum = checksum::combine(&[
+                checksum::pseudo_header(SRC4, DST4, Protocol::Udp, len),
+                checksum::data(&seg[34..]),
+            ]);
+            let sum = if !sum == 0 { 0xffff } else { !sum };
+            udp::Packet::new_unchecked(&mut seg[34..]).set_checksum(sum);
+            seg
+        })
+        .collect()
+}
+
+#[test]
+fn udp_datagrams_of_one_flow_become_one_udp_super_frame() {
+    // Five 64-byte datagrams and a shorter last one, identifications counting up as Linux
+    // sends them.
+    let sizes = [64, 64, 64, 64, 64, 30];
+    let frames: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            udp_datagram(
+                6000,
+                0xfffe_u16.wrapping_add(i as u16),
+                &payload(n, i as u8),
+            )
+        })
+        .collect();
+    let mut c = Coalescer::new(Coalescer::DEFAULT_MAX_LEN);
+    assert_eq!(c.push(&frames[0]), Push::Merged);
+    assert!(!c.holds_udp_run(), "one datagram is not a run");
+    assert_eq!(c.push(&frames[1]), Push::Merged);
+    assert!(c.holds_udp_run());
+    let mut out = vec![];
+    for f in &frames[2..] {
+        assert_eq!(c.push(f), Push::Merged);
+    }
+    if let Some(b) = c.take() {
+        out.push((VnetHdr::parse(b).unwrap(), b[VNET_HDR_LEN..].to_vec()));
+    }
+    assert_eq!(out.len(), 1);
+    let (hdr, merged) = &out[0];
+    assert_eq!(hdr.gso_size, 64);
+    assert_eq!(merged.len(), 42 + sizes.iter().sum::<usize>());
+    // Split as the kernel splits it: the very datagrams that came in, byte for byte.
+    assert_eq!(split_udp(hdr, merged), frames);
+}
+
+#[test]
+fn udp_runs_end_at_other_flows_short_datagrams_bad_checksums_and_64_datagrams() {
+    let d = payload(64, 9);
+    let mut c = Coalescer::new(Coalescer::DEFAULT_MAX_LEN);
+    // Another destination port: another flow.
+    let a = udp_datagram(6000, 1, &d);
+    let b = udp_datagram(6001, 2, &d);
+    assert_eq!(c.push(&a), Push::Merged);
+    assert_eq!(c.push(&b), Push::FlushFirst);
+    c.take();
+    // A shorter datagram closes the run; a longer one may not join.
+    assert_eq!(c.push(&udp_datagram(6000, 1, &d)), Push::Merged);
+    assert_eq!(c.push(&udp_datagram(6000, 2, &d[..40])), Push::Merged);
+    assert_eq!(c.push(&udp_datagram(6000, 3, &d[..40])), Push::FlushFirst);
+    c.take();
+    assert_eq!(c.push(&udp_datagram(6000, 1, &d[..40])), Push::Merged);
+    assert_eq!(c.push(&udp_datagram(6000, 2, &d)), Push::FlushFirst);
+    c.take();
+    // A wrong checksum, and IPv4's "no checksum" (nothing to verify): not merged, and what is
+    // pending stays.
+    assert_eq!(c.push(&a), Push::Merged);
+    let mut bad = udp_datagram(6000, 2, &d);
+    bad[60] ^= 1;
+    assert_eq!(c.push(&bad), Push::NotMergeable);
+    let mut none = udp_datagram(6000, 2, &d);
+    none[40..42].fill(0);
+    assert_eq!(c.push(&none), Push::NotMergeable);
+    assert_eq!(c.pending_segments(), 1);
+    c.take();
+    // A TCP segment after a UDP run (and the other way round) starts its own.
+    let flow = Flow::v4();
+    assert_eq!(c.push(&a), Push::Merged);
+    let tcp = flow.frame(1, ACK, &payload(100, 3), false);
+    assert_eq!(c.push(&tcp), Push::FlushFirst);
+    c.take();
+    assert_eq!(c.push(&tcp), Push::Merged);
+    assert_eq!(c.push(&a), Push::FlushFirst);
+    c.take();
+    // At most 64 datagrams in one super-frame.
+    let frames: Vec<Vec<u8>> = (0..65).map(|i| udp_datagram(6000, i, &d)).collect();
+    let out = coalesce_all(&mut c, &frames);
+    assert_eq!(out.len(), 2);
+    assert_eq!(split_udp(&out[0].0, &out[0].1), frames[..64]);
+    assert_eq!(out[1].1, frames[64]);
+    // Turned off (a kernel that refuses UDP super-frames): every datagram goes alone.
+    c.set_udp(false);
+    assert_eq!(c.push(&a), Push::NotMergeable);
+    assert!(c.is_empty());
 }
 
 #[test]
