@@ -828,35 +828,6 @@ impl Coalescer {
                 flags: VnetHdr::DATA_VALID,
                 ..VnetHdr::NONE
             }
-        } else if p.udp {
-            let TcpLayout {
-                l3,
-                v6,
-                l4,
-                hdr_len,
-                ..
-            } = p.layout;
-            let udp_len = self.len - l4;
-            // Lengths fit 16 bits: push() keeps the IP packet within IP_MAX_LEN.
-            if v6 {
-                frame[l3 + 4..l3 + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-            } else {
-                frame[l3 + 2..l3 + 4].copy_from_slice(&((self.len - l3) as u16).to_be_bytes());
-                fill_ipv4_checksum(&mut frame[l3..l4]);
-            }
-            frame[l4 + 4..l4 + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-            let pseudo = fold(pseudo_sum(&frame[l3..l4], v6, IPPROTO_UDP, udp_len));
-            frame[l4 + UDP_CSUM_OFFSET..l4 + UDP_CSUM_OFFSET + 2]
-                .copy_from_slice(&pseudo.to_be_bytes());
-            VnetHdr {
-                flags: VnetHdr::NEEDS_CSUM,
-                gso_type: GsoType::UdpL4,
-                ecn: false,
-                hdr_len: hdr_len as u16,
-                gso_size: p.gso_size as u16,
-                csum_start: l4 as u16,
-                csum_offset: UDP_CSUM_OFFSET as u16,
-            }
         } else {
             let TcpLayout {
                 l3,
@@ -865,28 +836,35 @@ impl Coalescer {
                 hdr_len,
                 ..
             } = p.layout;
-            let tcp_len = self.len - l4;
+            let l4_len = self.len - l4;
             // Lengths fit 16 bits: push() keeps the IP packet within IP_MAX_LEN.
             if v6 {
-                frame[l3 + 4..l3 + 6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+                frame[l3 + 4..l3 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
             } else {
                 frame[l3 + 2..l3 + 4].copy_from_slice(&((self.len - l3) as u16).to_be_bytes());
                 fill_ipv4_checksum(&mut frame[l3..l4]);
             }
-            if p.psh {
-                frame[l4 + 13] |= TCP_PSH;
-            }
-            let pseudo = fold(pseudo_sum(&frame[l3..l4], v6, IPPROTO_TCP, tcp_len));
-            frame[l4 + 16..l4 + 18].copy_from_slice(&pseudo.to_be_bytes());
+            let (proto, csum_offset, gso_type) = if p.udp {
+                frame[l4 + 4..l4 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+                (IPPROTO_UDP, UDP_CSUM_OFFSET, GsoType::UdpL4)
+            } else {
+                if p.psh {
+                    frame[l4 + 13] |= TCP_PSH;
+                }
+                let gso_type = if v6 { GsoType::TcpV6 } else { GsoType::TcpV4 };
+                (IPPROTO_TCP, TCP_CSUM_OFFSET, gso_type)
+            };
+            let pseudo = fold(pseudo_sum(&frame[l3..l4], v6, proto, l4_len));
+            frame[l4 + csum_offset..l4 + csum_offset + 2].copy_from_slice(&pseudo.to_be_bytes());
             // All offsets are below IP_MAX_LEN + 18, and gso_size below IP_MAX_LEN: they fit.
             VnetHdr {
                 flags: VnetHdr::NEEDS_CSUM,
-                gso_type: if v6 { GsoType::TcpV6 } else { GsoType::TcpV4 },
+                gso_type,
                 ecn: false,
                 hdr_len: hdr_len as u16,
                 gso_size: p.gso_size as u16,
                 csum_start: l4 as u16,
-                csum_offset: TCP_CSUM_OFFSET as u16,
+                csum_offset: csum_offset as u16,
             }
         };
         let hdr_bytes: &mut [u8; VNET_HDR_LEN] = hdr_bytes

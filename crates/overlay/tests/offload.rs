@@ -899,17 +899,23 @@ fn udp_datagram(dst_port: u16, id: u16, data: &[u8]) -> Vec<u8> {
     let mut ip = ipv4::Packet::new_unchecked(&mut f[14..]);
     ip.set_ident(id);
     ip.fill_checksum();
+    udp::Packet::new_unchecked(&mut f[34..]).set_dst_port(dst_port);
+    fill_udp_checksum(&mut f);
+    f
+}
+
+/// Sets the complete UDP checksum of an Ethernet / IPv4 (no options, `SRC4` -> `DST4`) / UDP
+/// frame whose UDP length is right.
+fn fill_udp_checksum(f: &mut [u8]) {
     let mut u = udp::Packet::new_unchecked(&mut f[34..]);
-    u.set_dst_port(dst_port);
     u.set_checksum(0);
-    let len = (8 + data.len()) as u16;
+    let len = (f.len() - 34) as u16;
     let sum = checksum::combine(&[
         checksum::pseudo_header(SRC4, DST4, Protocol::Udp, len),
         checksum::data(&f[34..]),
     ]);
     let sum = if !sum == 0 { 0xffff } else { !sum };
     udp::Packet::new_unchecked(&mut f[34..]).set_checksum(sum);
-    f
 }
 
 /// What the kernel does with a UDP super-frame (`__udp_gso_segment`): one datagram per
@@ -941,16 +947,8 @@ fn split_udp(hdr: &VnetHdr, f: &[u8]) -> Vec<Vec<u8>> {
             ip.set_total_len((28 + chunk.len()) as u16);
             ip.set_ident(id0.wrapping_add(i as u16));
             ip.fill_checksum();
-            let mut u = udp::Packet::new_unchecked(&mut seg[34..]);
-            u.set_len((8 + chunk.len()) as u16);
-            u.set_checksum(0);
-            let len = (8 + chunk.len()) as u16;
-            let sum = checksum::combine(&[
-                checksum::pseudo_header(SRC4, DST4, Protocol::Udp, len),
-                checksum::data(&seg[34..]),
-            ]);
-            let sum = if !sum == 0 { 0xffff } else { !sum };
-            udp::Packet::new_unchecked(&mut seg[34..]).set_checksum(sum);
+            udp::Packet::new_unchecked(&mut seg[34..]).set_len((8 + chunk.len()) as u16);
+            fill_udp_checksum(&mut seg);
             seg
         })
         .collect()
