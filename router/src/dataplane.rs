@@ -34,8 +34,9 @@
 //! sender); the frames delivered locally go through the [`Coalescer`], which merges consecutive
 //! segments of one TCP flow, or datagrams of one UDP flow, into a super-frame written with one
 //! TAP write. A kernel that refuses a UDP super-frame (before Linux 6.2) gets a warning, loses
-//! that super-frame (counted in `tap_tx_dropped`) and UDP datagrams one by one from then on. The coalescer is
-//! emptied at the end of every receive batch, so no frame waits across a `poll`.
+//! that super-frame (counted in `tap_tx_dropped`) and UDP datagrams one by one from then on.
+//! The coalescer is emptied at the end of every receive batch, so no frame waits across a
+//! `poll`.
 //!
 //! **Per neighbour**, everything lives in the engine's record of it (a [`LinkId`]): its
 //! encryption link, its path limit and its traffic. A received slot's sender is looked up once

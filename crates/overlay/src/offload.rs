@@ -394,14 +394,21 @@ fn parse_l4(frame: &[u8], want_v6: Option<bool>, proto: u8) -> Result<TcpLayout,
 
 /// Whether the TCP checksum of a parsed frame verifies (always computed, even when fuzzing).
 fn tcp_checksum_ok(frame: &[u8], layout: &TcpLayout) -> bool {
-    let tcp = &frame[layout.l4..layout.end];
-    let sum = pseudo_sum(
-        &frame[layout.l3..layout.l4],
-        layout.v6,
-        IPPROTO_TCP,
-        tcp.len(),
-    ) + sum_words(tcp);
+    l4_checksum_ok(frame, layout, IPPROTO_TCP)
+}
+
+/// Whether the `proto` (TCP or UDP) checksum of a parsed frame verifies.
+fn l4_checksum_ok(frame: &[u8], layout: &TcpLayout, proto: u8) -> bool {
+    let l4 = &frame[layout.l4..layout.end];
+    let sum = pseudo_sum(&frame[layout.l3..layout.l4], layout.v6, proto, l4.len()) + sum_words(l4);
     fold(sum) == 0xffff
+}
+
+/// The IP header checks both kinds of candidate share: IPv6, or IPv4 without options whose
+/// header checksum is right (not verified under `cfg(fuzzing)`).
+fn plain_ip_header(frame: &[u8], layout: &TcpLayout) -> bool {
+    let TcpLayout { l3, v6, l4, .. } = *layout;
+    v6 || (l4 - l3 == IPV4_HLEN && (cfg!(fuzzing) || fold(sum_words(&frame[l3..l4])) == 0xffff))
 }
 
 /// Whether `frame` is Ethernet / IPv4 or IPv6 / TCP (IPv6 without extension headers) with a
@@ -884,27 +891,15 @@ fn candidate(frame: &[u8]) -> Option<Candidate> {
         return udp_candidate(frame);
     };
     let TcpLayout {
-        l3,
-        v6,
-        l4,
-        hdr_len,
-        end,
+        l4, hdr_len, end, ..
     } = layout;
-    if !v6 && l4 - l3 != IPV4_HLEN {
-        return None;
-    }
     let payload = end - hdr_len;
     let flags = frame[l4 + 13];
     if payload == 0 || flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_CWR) != 0 {
         return None;
     }
-    if !cfg!(fuzzing) {
-        if !v6 && fold(sum_words(&frame[l3..l4])) != 0xffff {
-            return None;
-        }
-        if !tcp_checksum_ok(frame, &layout) {
-            return None;
-        }
+    if !plain_ip_header(frame, &layout) || !(cfg!(fuzzing) || tcp_checksum_ok(frame, &layout)) {
+        return None;
     }
     Some(Candidate {
         layout,
@@ -920,27 +915,16 @@ fn candidate(frame: &[u8]) -> Option<Candidate> {
 fn udp_candidate(frame: &[u8]) -> Option<Candidate> {
     let layout = parse_l4(frame, None, IPPROTO_UDP).ok()?;
     let TcpLayout {
-        l3,
-        v6,
-        l4,
-        hdr_len,
-        end,
+        l4, hdr_len, end, ..
     } = layout;
-    if !v6 && l4 - l3 != IPV4_HLEN {
-        return None;
-    }
     let payload = end - hdr_len;
     if payload == 0 || frame[l4 + UDP_CSUM_OFFSET..l4 + UDP_CSUM_OFFSET + 2] == [0, 0] {
         return None;
     }
-    if !cfg!(fuzzing) {
-        if !v6 && fold(sum_words(&frame[l3..l4])) != 0xffff {
-            return None;
-        }
-        let udp = &frame[l4..end];
-        if fold(pseudo_sum(&frame[l3..l4], v6, IPPROTO_UDP, udp.len()) + sum_words(udp)) != 0xffff {
-            return None;
-        }
+    if !plain_ip_header(frame, &layout)
+        || !(cfg!(fuzzing) || l4_checksum_ok(frame, &layout, IPPROTO_UDP))
+    {
+        return None;
     }
     Some(Candidate {
         layout,
@@ -955,44 +939,36 @@ fn udp_candidate(frame: &[u8]) -> Option<Candidate> {
 /// version, TOS/traffic class (and flow label), DF, TTL/hop limit, protocol and addresses, and
 /// the same ports.
 fn same_udp_flow(held: &[u8], frame: &[u8], layout: &TcpLayout) -> bool {
+    let l4 = layout.l4;
+    same_ip_flow(held, frame, layout) && held[l4..l4 + 4] == frame[l4..l4 + 4]
+}
+
+/// Whether `held` and `frame` have the same Ethernet header and the same IP fields but length,
+/// identification, checksum (and, for IPv6, payload length): version, TOS/traffic class, flow
+/// label, DF, TTL/hop limit, protocol, addresses.
+fn same_ip_flow(held: &[u8], frame: &[u8], layout: &TcpLayout) -> bool {
     let TcpLayout { l3, v6, l4, .. } = *layout;
     if held[..l3] != frame[..l3] {
         return false;
     }
     let (a, b) = (&held[l3..l4], &frame[l3..l4]);
-    let ip_same = if v6 {
+    if v6 {
+        // Version, traffic class, flow label; next header, hop limit; addresses.
         a[..4] == b[..4] && a[6..] == b[6..]
     } else {
+        // Version/IHL, TOS; DF; TTL, protocol; addresses.
         a[..2] == b[..2] && (a[6] ^ b[6]) & 0x40 == 0 && a[8..10] == b[8..10] && a[12..] == b[12..]
-    };
-    ip_same && held[l4..l4 + 4] == frame[l4..l4 + 4]
+    }
 }
 
 /// Whether `frame` (a candidate with the same layout as `held`) belongs to the held flow and may
 /// follow it: every header byte equal except the IP length, identification, checksum, the TCP
 /// sequence number, PSH and the TCP checksum.
 fn same_flow(held: &[u8], frame: &[u8], layout: &TcpLayout) -> bool {
-    let TcpLayout {
-        l3,
-        v6,
-        l4,
-        hdr_len,
-        ..
-    } = *layout;
-    if held[..l3] != frame[..l3] {
-        return false;
-    }
-    let (a, b) = (&held[l3..l4], &frame[l3..l4]);
-    let ip_same = if v6 {
-        // Version, traffic class, flow label; next header, hop limit; addresses.
-        a[..4] == b[..4] && a[6..] == b[6..]
-    } else {
-        // Version/IHL, TOS; DF; TTL, protocol; addresses.
-        a[..2] == b[..2] && (a[6] ^ b[6]) & 0x40 == 0 && a[8..10] == b[8..10] && a[12..] == b[12..]
-    };
+    let TcpLayout { l4, hdr_len, .. } = *layout;
     let (a, b) = (&held[l4..hdr_len], &frame[l4..hdr_len]);
     // Ports; ack, data offset; flags but PSH; window; urgent pointer and options.
-    ip_same
+    same_ip_flow(held, frame, layout)
         && a[..4] == b[..4]
         && a[8..13] == b[8..13]
         && (a[13] ^ b[13]) & !TCP_PSH == 0
