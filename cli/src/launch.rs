@@ -143,6 +143,13 @@ pub(crate) struct RouterArgs {
     #[arg(long, env = "WEFT_DATAPATH_THREADS", default_value_t = 0,
           value_parser = clap::value_parser!(u16).range(0..=64))]
     pub(crate) datapath_threads: u16,
+    /// The highest control protocol to speak, to behave like an older weft (a mesh being
+    /// upgraded, or a test of one): 4 leaves out partial checksums on the data path.
+    #[arg(long, env = "WEFT_PROTOCOL_MAX", hide = true,
+          default_value_t = weft_wire::control::PROTOCOL_MAX,
+          value_parser = clap::value_parser!(u8).range(
+              i64::from(weft_wire::control::PROTOCOL_MIN)..=i64::from(weft_wire::control::PROTOCOL_MAX)))]
+    pub(crate) protocol_max: u8,
     /// Weave's non-bridged fast datapath (noted).
     #[arg(long, env = "WEAVE_NO_BRIDGED_FASTDP", action = ArgAction::Set, num_args = 0..=1,
           require_equals = true, default_missing_value = "true", default_value = "false",

@@ -75,6 +75,10 @@ pub struct Config {
     /// Userspace data-plane threads (`--datapath-threads`), each with its own TAP queue and
     /// UDP socket; 0: one per CPU the router may run on, at most [`AUTO_THREADS_MAX`].
     pub datapath_threads: usize,
+    /// The highest control-protocol version to speak (`WEFT_PROTOCOL_MAX`; at least
+    /// `PROTOCOL_MIN`): below `PROTOCOL_MAX` only to behave like an older router, for a mesh
+    /// being upgraded or a test of one.
+    pub protocol_max: u8,
     /// HTTP API address.
     pub http_addr: SocketAddr,
     /// Overlay MTU for the bridge and every container interface.
@@ -170,6 +174,7 @@ impl Default for Config {
             fastdp_port: DEFAULT_PORT + 1,
             datapath_priority: 0,
             datapath_threads: 0,
+            protocol_max: weft_wire::control::PROTOCOL_MAX,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 6784)),
             mtu: DEFAULT_MTU,
             state_dir: PathBuf::from("/var/lib/weft"),

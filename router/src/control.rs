@@ -26,7 +26,7 @@ use weft_mesh::{
     Protection, Security,
 };
 use weft_node::{Action, ConnId, Node, Remote};
-use weft_wire::control::Message;
+use weft_wire::control::{Message, PARTIAL_CSUM_SINCE};
 
 use crate::dataplane::{Clock, DpCommand, DpEvent};
 use crate::state::{ConnCommand, ConnState, ConnView, IpamState, NodeView, RoutesView, Shared};
@@ -377,11 +377,17 @@ impl Control {
                 Action::Dial(addr) => {
                     tokio::spawn(self.clone().dial(addr));
                 }
-                Action::SetLink { ip, conn_uid, keys } => {
+                Action::SetLink {
+                    ip,
+                    conn_uid,
+                    keys,
+                    partial_csum,
+                } => {
                     let _ = self.shared.dataplane.send(DpCommand::SetLink {
                         ip,
                         conn_uid,
                         keys: keys.map(Box::new),
+                        partial_csum,
                     });
                 }
                 Action::SetPathMtu { ip, max_frame } => {
@@ -641,6 +647,7 @@ impl Control {
                                 data_addr: SocketAddr::new(address.ip(), remote.data_port),
                                 fastdp_addr: (remote.fastdp_port != 0)
                                     .then(|| SocketAddr::new(address.ip(), remote.fastdp_port)),
+                                partial_csum: version >= PARTIAL_CSUM_SINCE,
                             },
                             conn_uid,
                             keys: conn.take_data_keys(),

@@ -73,7 +73,9 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use weft_mesh::Instant;
 use weft_overlay::heartbeat::Heartbeat;
-use weft_overlay::offload::{Coalescer, Push, Segmenter, VNET_HDR_LEN, VnetHdr};
+use weft_overlay::offload::{
+    Coalescer, Csum, Push, Segmenter, VNET_HDR_LEN, VnetHdr, complete_partial, prepare_partial,
+};
 use weft_overlay::pmtu::{self, FRAG_NEEDED_MAX_LEN, Fragmenter, Oversize};
 use weft_overlay::{
     Counters, DatagramDecision, Engine, EngineConfig, ForwardingTable, LinkId, Owner, PeerEntry,
@@ -83,7 +85,7 @@ use weft_sys::tap::{MAX_VNET_FRAME, Tap};
 use weft_sys::udp::{
     BATCH, BatchUdp, Flushed, GRO_BUF_SIZE, GSO_MAX_SEGMENTS, GsoBatch, RecvBatch, SendBatch,
 };
-use weft_wire::vxlan::HEADER_LEN as VXLAN_HLEN;
+use weft_wire::vxlan::{self, HEADER_LEN as VXLAN_HLEN};
 
 use crate::traffic::LinkTraffic;
 use weft_overlay::links::MAX_OVERHEAD;
@@ -121,6 +123,8 @@ pub enum DpCommand {
         conn_uid: u64,
         /// The keys; `None`: in the clear.
         keys: Option<Box<weft_crypto::handshake::DataKeys>>,
+        /// The neighbour takes segments whose checksum is left partial.
+        partial_csum: bool,
     },
     /// Connection `conn_uid` to the neighbour at `ip` ended.
     RemoveLink {
@@ -354,6 +358,9 @@ struct DriverCounters {
     tap_tx_superframes: u64,
     tap_tx_coalesced: u64,
     tap_tx_dropped: u64,
+    tap_tx_csum_partial: u64,
+    /// Partial-checksum frames that are not TCP or UDP (added to the engine's count).
+    udp_rx_dropped_malformed: u64,
     udp_tx_dropped_crypto: u64,
     udp_tx_dropped_queue_full: u64,
     udp_tx_dropped_error: u64,
@@ -442,6 +449,9 @@ impl DataPlane {
             tap_tx_superframes: d.tap_tx_superframes,
             tap_tx_coalesced: d.tap_tx_coalesced,
             tap_tx_dropped: d.tap_tx_dropped,
+            tap_tx_csum_partial: d.tap_tx_csum_partial,
+            udp_rx_dropped_malformed: self.engine.counters().udp_rx_dropped_malformed
+                + d.udp_rx_dropped_malformed,
             udp_tx_dropped_crypto: d.udp_tx_dropped_crypto,
             udp_tx_dropped_queue_full: d.udp_tx_dropped_queue_full,
             udp_tx_dropped_error: d.udp_tx_dropped_error,
@@ -485,8 +495,14 @@ impl DataPlane {
             loop {
                 match commands.try_recv() {
                     Ok(DpCommand::SetTable(table)) => self.engine.set_table(*table),
-                    Ok(DpCommand::SetLink { ip, conn_uid, keys }) => {
-                        self.engine.set_link(ip, conn_uid, keys.as_deref());
+                    Ok(DpCommand::SetLink {
+                        ip,
+                        conn_uid,
+                        keys,
+                        partial_csum,
+                    }) => {
+                        self.engine
+                            .set_link(ip, conn_uid, keys.as_deref(), partial_csum);
                     }
                     Ok(DpCommand::RemoveLink { ip, conn_uid }) => {
                         self.engine.remove_link(ip, conn_uid);
@@ -603,12 +619,18 @@ impl DataPlane {
                 frag_needed: &mut frag_needed,
             };
             match decision {
-                TapDecision::Unicast { dst, via } => limited.forward(&mut tx, seg, via, dst),
+                TapDecision::Unicast { dst, via } => {
+                    // Partial checksums only to the destination itself: a relay would pass
+                    // them on to a peer that may not take them.
+                    let partial = dst == via.short_id;
+                    limited.forward(&mut tx, seg, via, dst, partial);
+                }
                 TapDecision::Flood => {
                     // By index: sending borrows the engine (the targets do not change).
+                    // Complete checksums: a flood goes on along the broadcast tree.
                     for i in 0..tx.engine.flood_targets().len() {
                         let peer = tx.engine.flood_targets()[i];
-                        limited.forward(&mut tx, seg.clone(), peer, peer.short_id);
+                        limited.forward(&mut tx, seg.clone(), peer, peer.short_id, false);
                     }
                 }
                 TapDecision::Drop | TapDecision::Local => {}
@@ -691,7 +713,12 @@ impl DataPlane {
                         }
                         DatagramDecision::Forward { deliver, relay } => {
                             if let Some(range) = deliver {
-                                rx.deliver(&buf[range]);
+                                let csum = if vxlan::csum_partial(&buf[received.plain.clone()]) {
+                                    Csum::Partial
+                                } else {
+                                    Csum::Complete
+                                };
+                                rx.deliver(&mut buf[range], csum);
                             }
                             let datagram = &buf[received.plain];
                             match relay {
@@ -753,14 +780,26 @@ struct Limited<'a> {
 }
 
 impl Limited<'_> {
-    /// Send `seg` (of `self.frame`) to the neighbour `peer` in datagrams for `dst`.
-    fn forward(&mut self, tx: &mut Tx<'_>, seg: Segmenter<'_>, peer: PeerEntry, dst: u16) {
+    /// Send `seg` (of `self.frame`) to the neighbour `peer` in datagrams for `dst`; with
+    /// `partial`, leaving the checksums partial if the neighbour takes that (and the read
+    /// allows it).
+    fn forward(
+        &mut self,
+        tx: &mut Tx<'_>,
+        mut seg: Segmenter<'_>,
+        peer: PeerEntry,
+        dst: u16,
+        partial: bool,
+    ) {
         let link = tx.engine.link_to(&peer);
         let src = tx.engine.local_short_id();
         match over_limit(tx.engine, link, self.seg_len) {
             None => {
                 if let Some(l) = link {
                     tx.engine.count_link_tx(l, self.wire, self.segments);
+                }
+                if partial && tx.engine.takes_partial_csum(link) {
+                    seg.leave_checksums_partial();
                 }
                 tx.frame(seg, peer.addr, link, src, dst);
             }
@@ -873,7 +912,8 @@ impl<'a> Tx<'a> {
     }
 
     /// Send what `seg` yields, each segment in a VXLAN datagram from `src` to `dst`, to `to`
-    /// (the neighbour `link`).
+    /// (the neighbour `link`), flagged [`vxlan::CSUM_PARTIAL`] if the segmenter leaves the
+    /// checksums partial.
     fn frame(
         &mut self,
         mut seg: Segmenter<'_>,
@@ -886,9 +926,17 @@ impl<'a> Tx<'a> {
             self.unsealable += seg.remaining() as u64;
             return;
         }
+        let partial = seg.is_partial();
+        let header = move |buf: &mut [u8]| {
+            let h = emit_vxlan_header(src, dst, buf);
+            if partial {
+                vxlan::set_csum_partial(buf);
+            }
+            h
+        };
         if seg.remaining() <= 1 {
             self.run(to, link, |buf| {
-                let h = emit_vxlan_header(src, dst, buf);
+                let h = header(buf);
                 // The caller checked segment_len_max() + VXLAN_HLEN <= SLOT.
                 h + seg.next_into(&mut buf[h..]).unwrap_or(0)
             });
@@ -899,7 +947,7 @@ impl<'a> Tx<'a> {
             let engine = &mut *self.engine;
             let pushed = self.gso.push_with(to, |buf| {
                 engine.build(link, buf, |buf| {
-                    let h = emit_vxlan_header(src, dst, buf);
+                    let h = header(buf);
                     h + seg.next_into(&mut buf[h..]).unwrap_or(0)
                 })
             });
@@ -915,9 +963,9 @@ impl<'a> Tx<'a> {
         let link = self.engine.link_to(&next);
         if let (Some(max), Some((vni, frame))) = (
             over_limit(self.engine, link, datagram.len().saturating_sub(VXLAN_HLEN)),
-            weft_wire::vxlan::parse_header(datagram),
+            vxlan::parse_header(datagram),
         ) {
-            let (src, dst) = weft_wire::vxlan::split_vni(vni);
+            let (src, dst) = vxlan::split_vni(vni);
             self.relay_oversize(next, link, src, dst, frame, max);
             return;
         }
@@ -1130,22 +1178,53 @@ struct Rx<'a> {
 
 impl Rx<'_> {
     /// Deliver one frame to the bridge, through the coalescer when frames carry a vnet header.
-    fn deliver(&mut self, frame: &[u8]) {
+    /// A frame whose checksum its sender left partial is completed here when there is no vnet
+    /// header, and otherwise always written with NEEDS_CSUM; one that is not TCP or UDP is
+    /// dropped as malformed.
+    fn deliver(&mut self, frame: &mut [u8], csum: Csum) {
+        let partial = csum == Csum::Partial;
         if !self.vnet {
+            let len = if partial {
+                match complete_partial(frame) {
+                    Ok(len) => len,
+                    Err(_) => {
+                        self.counters.udp_rx_dropped_malformed += 1;
+                        return;
+                    }
+                }
+            } else {
+                frame.len()
+            };
+            self.counters.tap_tx_csum_partial += u64::from(partial);
+            let frame = &frame[..len];
             self.write(|tap| tap.send(frame), 1);
             return;
         }
-        match self.coalescer.push(frame) {
-            Push::Merged => {}
+        let merged = match self.coalescer.push(frame, csum) {
+            Push::Merged => true,
             Push::FlushFirst => {
                 self.flush();
-                if self.coalescer.push(frame) != Push::Merged {
-                    self.write_plain(frame);
-                }
+                self.coalescer.push(frame, csum) == Push::Merged
             }
             Push::NotMergeable => {
                 self.flush();
-                self.write_plain(frame);
+                false
+            }
+        };
+        if merged {
+            self.counters.tap_tx_csum_partial += u64::from(partial);
+        } else if !partial {
+            self.write_plain(frame);
+        } else {
+            match prepare_partial(frame) {
+                Ok((hdr, len)) => {
+                    self.counters.tap_tx_csum_partial += 1;
+                    let mut h = [0u8; VNET_HDR_LEN];
+                    hdr.emit(&mut h);
+                    let frame = &frame[..len];
+                    self.write(|tap| tap.send_vectored(&h, frame), 1);
+                }
+                Err(_) => self.counters.udp_rx_dropped_malformed += 1,
             }
         }
     }

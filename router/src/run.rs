@@ -263,7 +263,7 @@ pub async fn run_with(
             mtu: config.mtu,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol_min: PROTOCOL_MIN,
-            protocol_max: PROTOCOL_MAX,
+            protocol_max: config.protocol_max.clamp(PROTOCOL_MIN, PROTOCOL_MAX),
             discovery: config.discovery,
             encryption: security.psk.is_some(),
             trusted_subnets: config
@@ -341,13 +341,9 @@ pub async fn run_with(
         data_port: config.data_port,
         fastdp_port: config.fastdp_port,
     };
-    let control = Arc::new(Control::new(
-        shared.clone(),
-        local,
-        clock,
-        config.conn_limit,
-        security,
-    ));
+    let mut control = Control::new(shared.clone(), local, clock, config.conn_limit, security);
+    control.conn_config.max_version = config.protocol_max.clamp(PROTOCOL_MIN, PROTOCOL_MAX);
+    let control = Arc::new(control);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control.clone().listen(listener));
     tasks.spawn(crate::gate::flush_summaries(control.gate.clone(), clock));

@@ -989,6 +989,7 @@ fn small_udp_between(net: &weft_tests::TestNet, a: u8, b: u8, extra: &[&str]) ->
     let before = (
         metric(&h2, "weft_tap_tx_superframes_total")?,
         metric(&h2, "weft_tap_tx_coalesced_total")?,
+        h2.settled_counter("tap_tx_csum_partial")?,
     );
     let receiver = cmd::Cmd::new("ip")
         .args([
@@ -1033,9 +1034,11 @@ fn small_udp_between(net: &weft_tests::TestNet, a: u8, b: u8, extra: &[&str]) ->
     let received: u32 = f[0].parse()?;
     let superframes = metric(&h2, "weft_tap_tx_superframes_total")? - before.0;
     let coalesced = metric(&h2, "weft_tap_tx_coalesced_total")? - before.1;
+    let partial = h2.settled_counter("tap_tx_csum_partial")? - before.2;
     eprintln!(
         "{extra:?}: received {received}/{COUNT} (in order: {}, intact: {}); host {b} wrote \
-         {coalesced} datagrams in {superframes} UDP super-frames",
+         {coalesced} datagrams in {superframes} UDP super-frames, {partial} with checksums \
+         left to its kernel",
         f[1], f[2]
     );
     ensure!(f[2] == "True", "a datagram arrived changed");
@@ -1051,6 +1054,99 @@ fn small_udp_between(net: &weft_tests::TestNet, a: u8, b: u8, extra: &[&str]) ->
         "host 2 wrote only {coalesced} datagrams in {superframes} super-frames: UDP is not \
          coalesced"
     );
+    // The sender's kernel left their checksums partial; so did its router (protocol 5).
+    ensure!(
+        partial >= u64::from(received),
+        "only {partial} of {received} datagrams came with partial checksums"
+    );
+    Ok(())
+}
+
+#[test]
+fn tcp_crosses_with_checksums_left_to_the_receiving_kernel_and_arrives_intact() {
+    run_test("pcsum", |net| {
+        partial_tcp_between(net, 1, 2, &[], false)?;
+        partial_tcp_between(net, 3, 4, &["--password", "partial checksums"], false)?;
+        // A router that speaks only protocol 4 (as before partial checksums) gets complete ones.
+        partial_tcp_between(net, 5, 6, &[], true)
+    });
+}
+
+/// Hosts `a` and `b` (userspace path, `extra` launch arguments; `b` speaking at most
+/// protocol 4 if `old_b`): 20 MiB each way between a container on each arrive intact, and the
+/// receiving router wrote (nearly) every segment with its checksum left to its kernel, as
+/// protocol 5 allows; with `old_b`, none.
+fn partial_tcp_between(
+    net: &weft_tests::TestNet,
+    a: u8,
+    b: u8,
+    extra: &[&str],
+    old_b: bool,
+) -> Result<()> {
+    let h1 = net.host(a)?;
+    let h2 = net.host(b)?;
+    let launch = |h: &Host, peer: Option<String>, protocol_max: &str| {
+        let mut args = vec!["launch", "--no-fastdp"];
+        args.extend_from_slice(extra);
+        args.extend(peer.as_deref());
+        h.weft_cmd(&args)?
+            .env("WEFT_PROTOCOL_MAX", protocol_max)
+            .run_ok()
+            .map(drop)
+    };
+    launch(&h1, None, "5")?;
+    launch(
+        &h2,
+        Some(h1.addr().to_string()),
+        if old_b { "4" } else { "5" },
+    )?;
+    weft_tests::wait_established(&[&h1, &h2], Duration::from_secs(30))?;
+    let protocol = if old_b { "protocol 4" } else { "protocol 5" };
+    for h in [&h1, &h2] {
+        ensure!(
+            h.log().contains(protocol),
+            "host {}: the connection did not settle on {protocol}:\n{}",
+            h.n(),
+            cmd::tail(&h.log(), 20)
+        );
+    }
+    let c1 = h1.container(&format!("c{a}"), &format!("10.32.0.{a}/12"))?;
+    let c2 = h2.container(&format!("c{b}"), &format!("10.32.0.{b}/12"))?;
+    c1.wait_ping(c2.ip(), Duration::from_secs(20))?;
+    const MIB: u32 = 20;
+    // At most a 1376-byte MTU: more segments than this per transfer.
+    let segments = u64::from(MIB) * 1024 * 1024 / 1400;
+    for (from, to, rx) in [(&c1, &c2, &h2), (&c2, &c1, &h1)] {
+        // Counters are published a few times a second and the transfer may take less: read
+        // them once they stop moving.
+        let before = rx.settled_counter("tap_tx_csum_partial")?;
+        weft_tests::mesh::transfer_intact(net, from, to, MIB)?;
+        let partial = rx.settled_counter("tap_tx_csum_partial")? - before;
+        eprintln!(
+            "{extra:?}: {MIB} MiB {} -> {} intact; host {} wrote {partial} frames with checksums \
+             left to its kernel",
+            from.name(),
+            to.name(),
+            rx.n()
+        );
+        if old_b {
+            ensure!(
+                partial == 0,
+                "host {}: {partial} frames with partial checksums from or to a protocol-4 peer",
+                rx.n()
+            );
+        } else {
+            ensure!(
+                partial >= segments,
+                "host {} wrote only {partial} frames with partial checksums for {MIB} MiB",
+                rx.n()
+            );
+        }
+    }
+    for h in [&h1, &h2] {
+        let malformed = h.counter("udp_rx_dropped_malformed")?;
+        ensure!(malformed == 0, "host {}: {malformed} malformed", h.n());
+    }
     Ok(())
 }
 

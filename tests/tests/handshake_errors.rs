@@ -146,7 +146,7 @@ fn peer_name_collision_is_refused_on_both_sides() {
     });
 }
 
-/// A fake peer: accepts on TCP 6783, sends a hello with versions 5..6, and prints (hex) the
+/// A fake peer: accepts on TCP 6783, sends a hello with versions 6..7 (above ours), and prints (hex) the
 /// first 6 bytes each dialler sends. argv: seconds to run.
 const FAKE_PEER_PY: &str = r#"
 import socket, sys, time
@@ -164,7 +164,7 @@ while time.time() < deadline:
         continue
     c.settimeout(3)
     try:
-        c.sendall(b'weft' + bytes([5, 6]))
+        c.sendall(b'weft' + bytes([6, 7]))
         got = b''
         while len(got) < 6:
             chunk = c.recv(6 - len(got))
@@ -215,12 +215,12 @@ fn protocol_version_mismatch_is_reported_and_retried() {
                 &h1,
                 &format!("{fake_addr}:6783"),
                 "retrying",
-                "protocol version mismatch: we speak 4..4, peer speaks 5..6",
+                "protocol version mismatch: we speak 4..5, peer speaks 6..7",
                 Duration::from_secs(15),
             )?;
             eprintln!("status line: {}", line.line);
-            // b"weft", min version 4, max version 4.
-            let want = format!("from {} got 776566740404", h1.addr());
+            // b"weft", min version 4, max version 5.
+            let want = format!("from {} got 776566740405", h1.addr());
             wait_until(
                 "the fake peer to receive the router's hello",
                 Duration::from_secs(5),

@@ -33,8 +33,8 @@ fuzz_target!(|data: &[u8]| {
     engine.set_table(table);
     if sealed {
         let keys = DataKeys::from_raw(Cipher::ChaCha20Poly1305, [2; 32], [1; 32]);
-        engine.set_link(peer.ip(), 7, Some(&keys));
-        engine.set_link("192.0.2.3".parse().unwrap(), 8, None);
+        engine.set_link(peer.ip(), 7, Some(&keys), true);
+        engine.set_link("192.0.2.3".parse().unwrap(), 8, None, false);
     }
     // The first byte picks the sender address and the split between the two inputs.
     let Some((&sel, rest)) = data.split_first() else { return };

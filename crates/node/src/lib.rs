@@ -137,6 +137,9 @@ pub struct Remote {
     pub data_addr: SocketAddr,
     /// Where its kernel fast path listens, if it has one.
     pub fastdp_addr: Option<SocketAddr>,
+    /// Its data path takes segments whose checksum is left partial (the connection settled on
+    /// a protocol version that has them, `weft_wire::control::PARTIAL_CSUM_SINCE`).
+    pub partial_csum: bool,
 }
 
 /// What the driver's kernel fast path does for one neighbour ([`Action::FastPath`]).
@@ -193,6 +196,8 @@ pub enum Action {
         conn_uid: u64,
         /// The keys.
         keys: Option<DataKeys>,
+        /// Segments to it may leave their checksum partial ([`Remote::partial_csum`]).
+        partial_csum: bool,
     },
     /// Data path: connection `conn_uid` to the neighbour at `ip` is gone.
     RemoveLink {
@@ -1319,16 +1324,21 @@ impl Node {
     /// Make `id` the connection carrying its peer: install its link, tell the mesh.
     fn carry(&mut self, now: Instant, id: ConnId) {
         let Some(r) = self.ready(id) else { return };
-        let (peer, ip, conn_uid, keys) = (
+        let (peer, ip, conn_uid, keys, partial_csum) = (
             r.remote.name,
             r.remote.data_addr.ip(),
             r.conn_uid,
             r.keys.clone(),
+            r.remote.partial_csum,
         );
         self.carriers.insert(peer, id);
         // Keys first: the peer must not appear in a table before its link exists.
-        self.actions
-            .push_back(Action::SetLink { ip, conn_uid, keys });
+        self.actions.push_back(Action::SetLink {
+            ip,
+            conn_uid,
+            keys,
+            partial_csum,
+        });
         if let Some(r) = self.ready_mut(id).filter(|r| r.fast.eligible) {
             r.fast.mode = FastMode::Probe;
             r.fast.reason = Some(FAST_PROBING);

@@ -1,5 +1,6 @@
 //! Micro benchmark of the TAP offload logic: how fast one core splits 64 KiB TCP super-frames
-//! into 1448-byte segments, and coalesces such segments back.
+//! into 1448-byte segments, and coalesces such segments back, with checksums computed and
+//! verified, then with checksums left partial between two routers.
 //!
 //!     cargo run --release -p weft-overlay --example offload_bench [SECONDS]
 //!
@@ -9,7 +10,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use weft_overlay::offload::{Coalescer, GsoType, Push, Segmenter, VnetHdr};
+use weft_overlay::offload::{Coalescer, Csum, GsoType, Push, Segmenter, VnetHdr};
 
 const MSS: usize = 1448;
 const L3: usize = 14;
@@ -56,7 +57,7 @@ fn super_frame() -> (VnetHdr, Vec<u8>) {
 fn report(what: &str, bytes: u64, frames: u64, elapsed: Duration) {
     let secs = elapsed.as_secs_f64();
     println!(
-        "{what:<10} {:6.2} GB/s payload  {:7.2} M segments/s  ({:.2} Gbit/s)",
+        "{what:<20} {:6.2} GB/s payload  {:7.2} M segments/s  ({:.2} Gbit/s)",
         bytes as f64 / secs / 1e9,
         frames as f64 / secs / 1e6,
         bytes as f64 * 8.0 / secs / 1e9,
@@ -69,14 +70,30 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2.0);
     let budget = Duration::from_secs_f64(seconds);
+    for csum in [Csum::Complete, Csum::Partial] {
+        run(budget, csum);
+    }
+}
+
+/// Segments and coalesces with checksums computed and verified (`Complete`), or left partial
+/// between the two routers (`Partial`).
+fn run(budget: Duration, csum: Csum) {
     let (hdr, frame) = super_frame();
     let payload = (frame.len() - HDR) as u64;
+    let partial = csum == Csum::Partial;
+    let segmenter = || {
+        let mut s = Segmenter::new(black_box(hdr), black_box(&frame)).expect("valid super-frame");
+        if partial {
+            assert!(s.leave_checksums_partial());
+        }
+        s
+    };
 
     // Segmenting.
     let mut out = vec![0u8; 65536];
     let mut segments: Vec<Vec<u8>> = Vec::new();
     {
-        let mut s = Segmenter::new(hdr, &frame).expect("valid super-frame");
+        let mut s = segmenter();
         while let Some(n) = s.next_into(&mut out) {
             segments.push(out[..n].to_vec());
         }
@@ -85,7 +102,7 @@ fn main() {
     let start = Instant::now();
     while start.elapsed() < budget {
         for _ in 0..100 {
-            let mut s = Segmenter::new(black_box(hdr), black_box(&frame)).expect("valid");
+            let mut s = segmenter();
             while let Some(n) = s.next_into(&mut out) {
                 black_box(&out[..n]);
                 frames += 1;
@@ -93,16 +110,21 @@ fn main() {
             bytes += payload;
         }
     }
-    report("segment", bytes, frames, start.elapsed());
+    report(
+        &format!("segment ({csum:?})"),
+        bytes,
+        frames,
+        start.elapsed(),
+    );
 
-    // Coalescing the same segments back (checksum verification included).
+    // Coalescing the same segments back (checksum verification included when complete).
     let mut c = Coalescer::new(Coalescer::DEFAULT_MAX_LEN);
     let (mut bytes, mut frames) = (0u64, 0u64);
     let start = Instant::now();
     while start.elapsed() < budget {
         for _ in 0..100 {
             for seg in &segments {
-                let r = c.push(black_box(seg));
+                let r = c.push(black_box(seg), csum);
                 assert_eq!(r, Push::Merged);
                 frames += 1;
             }
@@ -111,5 +133,10 @@ fn main() {
             bytes += payload;
         }
     }
-    report("coalesce", bytes, frames, start.elapsed());
+    report(
+        &format!("coalesce ({csum:?})"),
+        bytes,
+        frames,
+        start.elapsed(),
+    );
 }

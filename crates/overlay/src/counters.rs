@@ -17,7 +17,8 @@ pub struct Counters {
     pub udp_rx_datagrams: u64,
     /// Datagrams sent on the data port (each copy of a flooded frame counts).
     pub udp_tx_datagrams: u64,
-    /// Received datagrams that were not valid VXLAN carrying an Ethernet frame.
+    /// Received datagrams that were not valid VXLAN carrying an Ethernet frame (or flagged
+    /// `CSUM_PARTIAL` with a frame that is not TCP or UDP over IPv4 or IPv6).
     pub udp_rx_dropped_malformed: u64,
     /// Received datagrams whose source short id belongs to no connected peer.
     pub udp_rx_dropped_unknown_peer: u64,
@@ -49,6 +50,9 @@ pub struct Counters {
     pub tap_tx_coalesced: u64,
     /// Frames that could not be written to the TAP (all segments of a failed super-frame count).
     pub tap_tx_dropped: u64,
+    /// Received frames whose TCP or UDP checksum the sending router left partial
+    /// (`CSUM_PARTIAL`), written to the TAP for this host's kernel to complete (merged or not).
+    pub tap_tx_csum_partial: u64,
     /// Received datagrams dropped because they failed authentication (forged, corrupted, sealed
     /// under another key) or arrived unsealed from a peer whose traffic must be encrypted.
     pub udp_rx_dropped_auth: u64,
@@ -98,6 +102,7 @@ impl Counters {
             tap_tx_superframes,
             tap_tx_coalesced,
             tap_tx_dropped,
+            tap_tx_csum_partial,
             udp_rx_dropped_auth,
             udp_rx_dropped_replay,
             udp_tx_dropped_crypto,
@@ -128,6 +133,7 @@ impl Counters {
         self.tap_tx_superframes += tap_tx_superframes;
         self.tap_tx_coalesced += tap_tx_coalesced;
         self.tap_tx_dropped += tap_tx_dropped;
+        self.tap_tx_csum_partial += tap_tx_csum_partial;
         self.udp_rx_dropped_auth += udp_rx_dropped_auth;
         self.udp_rx_dropped_replay += udp_rx_dropped_replay;
         self.udp_tx_dropped_crypto += udp_tx_dropped_crypto;
@@ -140,7 +146,7 @@ impl Counters {
     }
 
     /// Every counter with its Prometheus-style name and help text, for exporters.
-    pub fn fields(&self) -> [(&'static str, &'static str, u64); 29] {
+    pub fn fields(&self) -> [(&'static str, &'static str, u64); 30] {
         [
             (
                 "tap_rx_frames",
@@ -237,6 +243,11 @@ impl Counters {
                 "tap_tx_dropped",
                 "Frames that could not be written to the TAP.",
                 self.tap_tx_dropped,
+            ),
+            (
+                "tap_tx_csum_partial",
+                "Received frames whose checksum the sending router left for this host's kernel to complete.",
+                self.tap_tx_csum_partial,
             ),
             (
                 "udp_rx_dropped_auth",

@@ -390,10 +390,31 @@ impl Engine {
     /// Protect traffic with the neighbour at `ip` as connection `conn_uid` agreed: sealed with
     /// `keys`, or in the clear when `None`. A sealed link replacing another connection's keeps
     /// opening that connection's datagrams still in flight, until the new keys opened one.
-    pub fn set_link(&mut self, ip: IpAddr, conn_uid: u64, keys: Option<&DataKeys>) {
+    /// `partial_csum`: the neighbour takes segments whose checksum is left partial (see
+    /// [`takes_partial_csum`](Self::takes_partial_csum)), as that connection agreed.
+    pub fn set_link(
+        &mut self,
+        ip: IpAddr,
+        conn_uid: u64,
+        keys: Option<&DataKeys>,
+        partial_csum: bool,
+    ) {
         let id = self.neighbours.ensure(ip);
         let r = self.neighbours.get_mut(id);
         r.link = Some(Link::new(conn_uid, keys, r.link.take(), self.config.stream));
+        r.partial_csum = partial_csum;
+    }
+
+    /// Whether segments sent to `link` for the neighbour itself may leave their TCP or UDP
+    /// checksum partial ([`weft_wire::vxlan::CSUM_PARTIAL`]; the segmenter's
+    /// [`leave_checksums_partial`](crate::offload::Segmenter::leave_checksums_partial)): its
+    /// connection agreed on it and it has a link. Frames it relays to others get complete
+    /// checksums (whether the final receiver takes partial ones is not known here).
+    pub fn takes_partial_csum(&self, link: Option<LinkId>) -> bool {
+        link.is_some_and(|l| {
+            let r = self.neighbours.get(l);
+            r.partial_csum && r.link.is_some()
+        })
     }
 
     /// Connection `conn_uid` to the neighbour at `ip` ended: its link goes (not a newer
@@ -405,6 +426,7 @@ impl Engine {
         let r = self.neighbours.get_mut(id);
         if r.link.as_ref().is_some_and(|l| l.conn_uid() == conn_uid) {
             r.link = None;
+            r.partial_csum = false;
         }
     }
 
@@ -1254,8 +1276,8 @@ mod tests {
         a.set_table(ForwardingTable::direct(1, &[entry(2)]));
         let mut b = Engine::with_sealing(cfg(2));
         b.set_table(ForwardingTable::direct(2, &[entry(1)]));
-        a.set_link(from(2).ip(), 7, Some(&keys(1, 2)));
-        b.set_link(from(1).ip(), 7, Some(&keys(2, 1)));
+        a.set_link(from(2).ip(), 7, Some(&keys(1, 2)), false);
+        b.set_link(from(1).ip(), 7, Some(&keys(2, 1)), false);
         (a, b)
     }
 
@@ -1289,7 +1311,7 @@ mod tests {
             share_macs: true,
         });
         a1.set_table(ForwardingTable::direct(1, &[entry(2)]));
-        a1.set_link(from(2).ip(), 7, Some(&keys(1, 2)));
+        a1.set_link(from(2).ip(), 7, Some(&keys(1, 2)), false);
         let arp = frame([0xff; 6], CA);
         let d0 = seal(&mut a0, 2, &arp);
         let d1 = seal(&mut a1, 2, &arp);
@@ -1318,6 +1340,46 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = plain.build(None, &mut buf, |b| emit_vxlan_header(1, 2, b));
         assert_eq!((n, vxlan::stream_of(&buf)), (8, 3));
+    }
+
+    #[test]
+    fn the_partial_checksum_flag_is_per_link_and_authenticated() {
+        let (mut a, mut b) = sealed_pair();
+        let to_b = a.link_at(from(2).ip());
+        assert!(!a.takes_partial_csum(to_b), "the pair's link said no");
+        a.set_link(from(2).ip(), 7, Some(&keys(1, 2)), true);
+        assert!(a.takes_partial_csum(to_b));
+        assert!(!a.takes_partial_csum(None), "no record");
+        // Sealed with the flag set, it opens with the flag still set.
+        let arp = frame([0xff; 6], CA);
+        let link = a.link_at(from(2).ip());
+        let mut flagged = || {
+            let mut buf = vec![0u8; 256];
+            let n = a.build(link, &mut buf, |b| {
+                let h = emit_vxlan_header(1, 2, b);
+                vxlan::set_csum_partial(b);
+                b[h..h + arp.len()].copy_from_slice(&arp);
+                h + arp.len()
+            });
+            buf.truncate(n);
+            buf
+        };
+        let mut buf = flagged();
+        let mut flipped = flagged();
+        let r = receive(&mut b, 1, &mut buf);
+        assert!(vxlan::csum_partial(&buf[r.plain.clone()]));
+        assert_ne!(r.decision, DatagramDecision::Drop);
+        // The flag is inside what the seal covers: cleared on the way, the datagram is refused.
+        flipped[vxlan::WEFT_FLAGS_OFFSET] = 0;
+        let before = b.counters().udp_rx_dropped_auth;
+        assert_eq!(
+            receive(&mut b, 1, &mut flipped).decision,
+            DatagramDecision::Drop
+        );
+        assert_eq!(b.counters().udp_rx_dropped_auth, before + 1);
+        // The connection goes: so does what it agreed.
+        a.remove_link(from(2).ip(), 7);
+        assert!(!a.takes_partial_csum(to_b));
     }
 
     #[test]
@@ -1467,7 +1529,7 @@ mod tests {
         assert_eq!(b.counters().udp_rx_dropped_unknown_peer, 2);
         assert_eq!(b.counters().udp_rx_datagrams, 2);
         // A trusted (plain) link: clear both ways.
-        b.set_link(from(3).ip(), 9, None);
+        b.set_link(from(3).ip(), 9, None, false);
         assert_eq!(
             seal(&mut b, 3, &frame([0xff; 6], CB)),
             encap(2, 3, &frame([0xff; 6], CB))
@@ -1489,8 +1551,8 @@ mod tests {
         let a_ip = from(1).ip();
         // Sealed under connection 7, still in flight when connection 8 replaces the keys.
         let mut late = seal(&mut a, 2, &frame([0xff; 6], CA));
-        b.set_link(a_ip, 8, Some(&keys(4, 3)));
-        a.set_link(from(2).ip(), 8, Some(&keys(3, 4)));
+        b.set_link(a_ip, 8, Some(&keys(4, 3)), false);
+        a.set_link(from(2).ip(), 8, Some(&keys(3, 4)), false);
         assert!(delivered(&receive(&mut b, 1, &mut late).decision));
         let mut new = seal(&mut a, 2, &frame(CB, CA));
         assert!(delivered(&receive(&mut b, 1, &mut new).decision));

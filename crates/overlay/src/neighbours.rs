@@ -44,6 +44,9 @@ pub(crate) struct Neighbour {
     pub(crate) link: Option<Link>,
     /// The longest inner frame its path takes; `None`: no limit known.
     pub(crate) max_frame: Option<u16>,
+    /// Its data path takes segments whose checksum is left partial (`CSUM_PARTIAL`): the
+    /// connection of its link settled on a protocol version that has them.
+    pub(crate) partial_csum: bool,
     pub(crate) traffic: LinkTraffic,
 }
 
@@ -90,6 +93,7 @@ impl Neighbours {
             peer: None,
             link: None,
             max_frame: None,
+            partial_csum: false,
             traffic: LinkTraffic::default(),
         });
         self.by_ip.insert(ip, id);

@@ -411,6 +411,59 @@ fn plain_ip_header(frame: &[u8], layout: &TcpLayout) -> bool {
     v6 || (l4 - l3 == IPV4_HLEN && (cfg!(fuzzing) || fold(sum_words(&frame[l3..l4])) == 0xffff))
 }
 
+/// The frames whose checksum may be left partial between routers: TCP or UDP over IPv4 or
+/// IPv6 (no extension headers). Returns the layout, the protocol and the checksum field's
+/// offset in the L4 header.
+fn partial_layout(frame: &[u8]) -> Result<(TcpLayout, u8, usize), OffloadError> {
+    match parse_tcp(frame, None) {
+        Ok(layout) => Ok((layout, IPPROTO_TCP, TCP_CSUM_OFFSET)),
+        Err(_) => parse_l4(frame, None, IPPROTO_UDP).map(|l| (l, IPPROTO_UDP, UDP_CSUM_OFFSET)),
+    }
+}
+
+/// Makes a received frame whose checksum the sender left partial
+/// ([`Csum::Partial`]) ready to be written to the TAP on its own: its checksum field gets the
+/// folded pseudo-header sum, worked out here (what the sender left there is not used), and
+/// the returned vnet header says [`VnetHdr::NEEDS_CSUM`] at the TCP or UDP header, so the
+/// kernel completes the checksum (or never needs it, for a local socket). Also returns the
+/// length to write: the frame up to the end of its IP packet. `Err` if the frame is not TCP
+/// or UDP over IPv4 or IPv6: the caller drops it.
+pub fn prepare_partial(frame: &mut [u8]) -> Result<(VnetHdr, usize), OffloadError> {
+    let (layout, proto, offset) = partial_layout(frame)?;
+    let TcpLayout {
+        l3, v6, l4, end, ..
+    } = layout;
+    let pseudo = fold(pseudo_sum(&frame[l3..l4], v6, proto, end - l4));
+    frame[l4 + offset..l4 + offset + 2].copy_from_slice(&pseudo.to_be_bytes());
+    // Offsets within one received frame (at most a datagram): they fit 16 bits.
+    let hdr = VnetHdr {
+        flags: VnetHdr::NEEDS_CSUM,
+        csum_start: l4 as u16,
+        csum_offset: offset as u16,
+        ..VnetHdr::NONE
+    };
+    Ok((hdr, end))
+}
+
+/// Completes, in place, the checksum of a received frame whose checksum the sender left
+/// partial, for a TAP without vnet headers (where the kernel cannot be asked to). Returns the
+/// length to write, as [`prepare_partial`] does; `Err` likewise.
+pub fn complete_partial(frame: &mut [u8]) -> Result<usize, OffloadError> {
+    let (layout, proto, offset) = partial_layout(frame)?;
+    let TcpLayout {
+        l3, v6, l4, end, ..
+    } = layout;
+    frame[l4 + offset..l4 + offset + 2].fill(0);
+    let sum = pseudo_sum(&frame[l3..l4], v6, proto, end - l4) + sum_words(&frame[l4..end]);
+    let csum = match !fold(sum) {
+        // UDP's zero means "no checksum"; for TCP the two are equivalent.
+        0 => 0xffff,
+        c => c,
+    };
+    frame[l4 + offset..l4 + offset + 2].copy_from_slice(&csum.to_be_bytes());
+    Ok(end)
+}
+
 /// Whether `frame` is Ethernet / IPv4 or IPv6 / TCP (IPv6 without extension headers) with a
 /// correct TCP checksum. `Err` if it does not parse as such. The IPv4 header checksum is not
 /// looked at. Meant for tests, fuzzing and diagnostics; the data path does not need it.
@@ -437,10 +490,18 @@ pub fn tcp_checksum_valid(frame: &[u8]) -> Result<bool, OffloadError> {
 ///   [`VnetHdr::hdr_len`]); `csum_start`/`csum_offset` must match the parsed TCP header when
 ///   [`VnetHdr::NEEDS_CSUM`] is set. Bytes after the IP packet's length are ignored.
 /// - Anything else: [`Segmenter::new`] returns an error.
+///
+/// **Partial checksums** ([`leave_checksums_partial`](Self::leave_checksums_partial)): for a
+/// receiver that has its own kernel complete them, a TCP split writes each segment's folded
+/// pseudo-header sum (not complemented) in the checksum field instead of computing the whole
+/// checksum, and a single TCP or UDP frame with [`VnetHdr::NEEDS_CSUM`] is copied as it came:
+/// one pass over every byte saved on each side (the receiver does not verify them either).
 #[derive(Debug, Clone)]
 pub struct Segmenter<'a> {
     frame: &'a [u8],
     mode: Mode,
+    /// Checksums are left partial (see above).
+    partial: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -498,6 +559,7 @@ impl<'a> Segmenter<'a> {
         Ok(Self {
             frame,
             mode: Mode::Single { csum, done: false },
+            partial: false,
         })
     }
 
@@ -544,6 +606,7 @@ impl<'a> Segmenter<'a> {
                 },
                 addr_sum,
             }),
+            partial: false,
         })
     }
 
@@ -554,6 +617,29 @@ impl<'a> Segmenter<'a> {
             Mode::Single { .. } => self.frame.len(),
             Mode::Tcp(t) => t.layout.hdr_len + t.gso_size.min(t.layout.end - t.layout.hdr_len),
         }
+    }
+
+    /// From the next segment on, leave the TCP or UDP checksum partial if this read allows it
+    /// (see the type's doc): always for a TCP super-frame; for a single frame when it has
+    /// [`VnetHdr::NEEDS_CSUM`] and is TCP or UDP over IPv4 or IPv6 with the checksum where
+    /// `csum_start`/`csum_offset` say. Returns whether they will be; if not, checksums are
+    /// completed as usual.
+    pub fn leave_checksums_partial(&mut self) -> bool {
+        self.partial = match &self.mode {
+            Mode::Tcp(_) => true,
+            Mode::Single {
+                csum: Some((start, field, end)),
+                ..
+            } => partial_layout(self.frame)
+                .is_ok_and(|(l, _, off)| l.l4 == *start && l.l4 + off == *field && l.end == *end),
+            Mode::Single { csum: None, .. } => false,
+        };
+        self.partial
+    }
+
+    /// Whether the segments' checksums are left partial.
+    pub fn is_partial(&self) -> bool {
+        self.partial
     }
 
     /// How many segments are still to come.
@@ -578,20 +664,20 @@ impl<'a> Segmenter<'a> {
                 *done = true;
                 let len = self.frame.len();
                 out[..len].copy_from_slice(self.frame);
-                if let Some((start, field, end)) = *csum {
+                if let Some((start, field, end)) = csum.filter(|_| !self.partial) {
                     let sum = !fold(sum_words(&out[start..end]));
                     let value = if sum == 0 { 0xffff } else { sum };
                     out[field..field + 2].copy_from_slice(&value.to_be_bytes());
                 }
                 Some(len)
             }
-            Mode::Tcp(t) => t.next_into(self.frame, out),
+            Mode::Tcp(t) => t.next_into(self.frame, out, self.partial),
         }
     }
 }
 
 impl TcpSplit {
-    fn next_into(&mut self, frame: &[u8], out: &mut [u8]) -> Option<usize> {
+    fn next_into(&mut self, frame: &[u8], out: &mut [u8], partial: bool) -> Option<usize> {
         if self.remaining == 0 {
             return None;
         }
@@ -636,10 +722,14 @@ impl TcpSplit {
             flags &= !TCP_CWR;
         }
         out[l4 + 13] = flags;
-        out[l4 + 16..l4 + 18].fill(0);
-        let sum =
-            self.addr_sum + u64::from(IPPROTO_TCP) + tcp_len as u64 + sum_words(&out[l4..len]);
-        out[l4 + 16..l4 + 18].copy_from_slice(&(!fold(sum)).to_be_bytes());
+        let pseudo = self.addr_sum + u64::from(IPPROTO_TCP) + tcp_len as u64;
+        let csum = if partial {
+            fold(pseudo)
+        } else {
+            out[l4 + 16..l4 + 18].fill(0);
+            !fold(pseudo + sum_words(&out[l4..len]))
+        };
+        out[l4 + 16..l4 + 18].copy_from_slice(&csum.to_be_bytes());
 
         self.next += chunk;
         self.index += 1;
@@ -651,6 +741,19 @@ impl TcpSplit {
 // ---------------------------------------------------------------------------------------------
 // Coalescing (wire -> TAP write).
 
+/// How a received frame's TCP or UDP checksum stands, as its datagram said
+/// ([`weft_wire::vxlan::CSUM_PARTIAL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Csum {
+    /// Complete, as anywhere else: verified before the frame is merged with others.
+    Complete,
+    /// Left partial by the sending router, for this host's kernel to complete: not verified
+    /// (between the two routers the outer UDP checksum, or the seal, covered the frame), and
+    /// written to the TAP only ever with [`VnetHdr::NEEDS_CSUM`] (merged, or on its own with
+    /// [`prepare_partial`]).
+    Partial,
+}
+
 /// What [`Coalescer::push`] did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
@@ -660,7 +763,8 @@ pub enum Push {
     /// pending super-frame, write it, then offer the frame again.
     FlushFirst,
     /// The frame is not coalescable (not TCP, a control segment, a bad checksum, ...): take and
-    /// write any pending super-frame, then write this frame as is with [`VnetHdr::NONE`].
+    /// write any pending super-frame, then write this frame as is with [`VnetHdr::NONE`] (or,
+    /// for a [`Csum::Partial`] one, as [`prepare_partial`] says).
     NotMergeable,
 }
 
@@ -678,6 +782,8 @@ struct Pending {
     psh: bool,
     /// UDP datagrams rather than TCP segments.
     udp: bool,
+    /// The first frame's checksum is partial (what matters when it stays alone).
+    partial: bool,
 }
 
 /// A TCP segment that passed every per-frame check.
@@ -703,7 +809,10 @@ struct Candidate {
 /// safe: the merged frame is written with [`VnetHdr::NEEDS_CSUM`], which the kernel trusts
 /// (`CHECKSUM_PARTIAL`) and completes itself, so a corrupted segment that got merged would
 /// become valid; a segment that fails is [`Push::NotMergeable`] and reaches the receiver's stack
-/// unchanged, which drops it.
+/// unchanged, which drops it. A frame pushed as [`Csum::Partial`] is not verified: its sender
+/// left the checksum for this host's kernel to complete (and the way between the routers was
+/// covered by the outer UDP checksum or the seal), so merging it makes nothing valid that was
+/// not; on its own it is written with [`VnetHdr::NEEDS_CSUM`] too.
 ///
 /// The merged frame gets a [`VnetHdr`] { NEEDS_CSUM, TcpV4/TcpV6, `hdr_len` = all headers,
 /// `gso_size` = the first segment's payload size, `csum_start` = the TCP header, `csum_offset` =
@@ -711,7 +820,7 @@ struct Candidate {
 /// merged length, the IPv4 total length and header checksum (or IPv6 payload length) fixed, and
 /// PSH taken from the last segment. A pending "super-frame" of a single segment is written
 /// unchanged with [`VnetHdr::DATA_VALID`], since both of its checksums were verified (a hint the
-/// kernel may ignore; harmless either way). Frames that are not merged are written by the caller
+/// kernel may ignore; harmless either way); a partial one as [`prepare_partial`] would. Frames that are not merged are written by the caller
 /// with [`VnetHdr::NONE`], so the receiving stack verifies them itself.
 ///
 /// **UDP** (unless [`Self::set_udp`] turned it off): consecutive datagrams of one flow (the same
@@ -771,9 +880,10 @@ impl Coalescer {
         self.pending.map_or(0, |p| p.segments)
     }
 
-    /// Offers a received frame (see [`Push`] for what the caller does next).
-    pub fn push(&mut self, frame: &[u8]) -> Push {
-        let Some(c) = candidate(frame).filter(|c| self.udp || !c.udp) else {
+    /// Offers a received frame whose checksum stands as `csum` says (see [`Push`] for what the
+    /// caller does next).
+    pub fn push(&mut self, frame: &[u8], csum: Csum) -> Push {
+        let Some(c) = candidate(frame, csum).filter(|c| self.udp || !c.udp) else {
             return Push::NotMergeable;
         };
         let data_len = c.layout.end;
@@ -792,6 +902,7 @@ impl Coalescer {
                 closed: c.psh,
                 psh: c.psh,
                 udp: c.udp,
+                partial: csum == Csum::Partial,
             });
             return Push::Merged;
         };
@@ -830,7 +941,7 @@ impl Coalescer {
         let p = self.pending.take()?;
         let (hdr_bytes, frame) = self.buf.split_at_mut(VNET_HDR_LEN);
         let frame = &mut frame[..self.len];
-        let hdr = if p.segments == 1 {
+        let hdr = if p.segments == 1 && !p.partial {
             VnetHdr {
                 flags: VnetHdr::DATA_VALID,
                 ..VnetHdr::NONE
@@ -863,13 +974,19 @@ impl Coalescer {
             };
             let pseudo = fold(pseudo_sum(&frame[l3..l4], v6, proto, l4_len));
             frame[l4 + csum_offset..l4 + csum_offset + 2].copy_from_slice(&pseudo.to_be_bytes());
+            // A lone partial frame: the kernel only completes its checksum.
+            let (gso_type, hdr_len, gso_size) = if p.segments == 1 {
+                (GsoType::None, 0, 0)
+            } else {
+                (gso_type, hdr_len, p.gso_size)
+            };
             // All offsets are below IP_MAX_LEN + 18, and gso_size below IP_MAX_LEN: they fit.
             VnetHdr {
                 flags: VnetHdr::NEEDS_CSUM,
                 gso_type,
                 ecn: false,
                 hdr_len: hdr_len as u16,
-                gso_size: p.gso_size as u16,
+                gso_size: gso_size as u16,
                 csum_start: l4 as u16,
                 csum_offset: csum_offset as u16,
             }
@@ -885,10 +1002,11 @@ impl Coalescer {
 }
 
 /// The per-frame checks of [`Coalescer::push`]: parses, no IPv4 options, a payload, no control
-/// flags, checksums right.
-fn candidate(frame: &[u8]) -> Option<Candidate> {
+/// flags, checksums right (the TCP or UDP one only if `csum` says it is complete).
+fn candidate(frame: &[u8], csum: Csum) -> Option<Candidate> {
+    let verify = csum == Csum::Complete && !cfg!(fuzzing);
     let Ok(layout) = parse_tcp(frame, None) else {
-        return udp_candidate(frame);
+        return udp_candidate(frame, verify);
     };
     let TcpLayout {
         l4, hdr_len, end, ..
@@ -898,7 +1016,7 @@ fn candidate(frame: &[u8]) -> Option<Candidate> {
     if payload == 0 || flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_CWR) != 0 {
         return None;
     }
-    if !plain_ip_header(frame, &layout) || !(cfg!(fuzzing) || tcp_checksum_ok(frame, &layout)) {
+    if !plain_ip_header(frame, &layout) || (verify && !tcp_checksum_ok(frame, &layout)) {
         return None;
     }
     Some(Candidate {
@@ -910,20 +1028,19 @@ fn candidate(frame: &[u8]) -> Option<Candidate> {
     })
 }
 
-/// The per-frame checks for a UDP datagram: parses, no IPv4 options, a payload, a checksum
-/// (IPv4's optional zero is refused: nothing to verify) that is right.
-fn udp_candidate(frame: &[u8]) -> Option<Candidate> {
+/// The per-frame checks for a UDP datagram: parses, no IPv4 options, a payload, and, when
+/// `verify`, a checksum (IPv4's optional zero is refused: nothing to verify) that is right.
+fn udp_candidate(frame: &[u8], verify: bool) -> Option<Candidate> {
     let layout = parse_l4(frame, None, IPPROTO_UDP).ok()?;
     let TcpLayout {
         l4, hdr_len, end, ..
     } = layout;
     let payload = end - hdr_len;
-    if payload == 0 || frame[l4 + UDP_CSUM_OFFSET..l4 + UDP_CSUM_OFFSET + 2] == [0, 0] {
+    if payload == 0 || !plain_ip_header(frame, &layout) {
         return None;
     }
-    if !plain_ip_header(frame, &layout)
-        || !(cfg!(fuzzing) || l4_checksum_ok(frame, &layout, IPPROTO_UDP))
-    {
+    let zero = frame[l4 + UDP_CSUM_OFFSET..l4 + UDP_CSUM_OFFSET + 2] == [0, 0];
+    if verify && (zero || !l4_checksum_ok(frame, &layout, IPPROTO_UDP)) {
         return None;
     }
     Some(Candidate {

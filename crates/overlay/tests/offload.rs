@@ -6,7 +6,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;
 use weft_overlay::offload::{
-    Coalescer, GsoType, OffloadError, Push, Segmenter, VNET_HDR_LEN, VnetHdr, tcp_checksum_valid,
+    Coalescer, Csum, GsoType, OffloadError, Push, Segmenter, VNET_HDR_LEN, VnetHdr,
+    complete_partial, prepare_partial, tcp_checksum_valid,
 };
 use weft_wire::ethernet::{self, Address, EtherType};
 use weft_wire::ipv4::{self, Protocol, checksum};
@@ -629,11 +630,15 @@ fn coalesce_all(c: &mut Coalescer, frames: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)
         assert!(c.is_empty());
     };
     for f in frames {
-        match c.push(f) {
+        match c.push(f, Csum::Complete) {
             Push::Merged => {}
             Push::FlushFirst => {
                 take(c, &mut out);
-                assert_eq!(c.push(f), Push::Merged, "re-offer after a flush");
+                assert_eq!(
+                    c.push(f, Csum::Complete),
+                    Push::Merged,
+                    "re-offer after a flush"
+                );
             }
             Push::NotMergeable => {
                 take(c, &mut out);
@@ -700,10 +705,18 @@ fn refuses_out_of_order_and_gaps() {
     let d = payload(3000, 17);
     let s = |seq: u32, r: std::ops::Range<usize>| flow.frame(seq, ACK, &d[r], false);
     let mut c = Coalescer::new(Coalescer::DEFAULT_MAX_LEN);
-    assert_eq!(c.push(&s(0, 0..1000)), Push::Merged);
-    assert_eq!(c.push(&s(2000, 2000..3000)), Push::FlushFirst, "gap");
-    assert_eq!(c.push(&s(0, 0..1000)), Push::FlushFirst, "retransmission");
-    assert_eq!(c.push(&s(1000, 1000..2000)), Push::Merged);
+    assert_eq!(c.push(&s(0, 0..1000), Csum::Complete), Push::Merged);
+    assert_eq!(
+        c.push(&s(2000, 2000..3000), Csum::Complete),
+        Push::FlushFirst,
+        "gap"
+    );
+    assert_eq!(
+        c.push(&s(0, 0..1000), Csum::Complete),
+        Push::FlushFirst,
+        "retransmission"
+    );
+    assert_eq!(c.push(&s(1000, 1000..2000), Csum::Complete), Push::Merged);
     assert_eq!(c.pending_segments(), 2);
     let frames = [
         s(1000, 1000..2000),
@@ -815,13 +828,17 @@ fn refuses_different_flows() {
     ];
     for (what, frame) in variants {
         let mut c = Coalescer::new(Coalescer::DEFAULT_MAX_LEN);
-        assert_eq!(c.push(&first), Push::Merged);
-        assert_eq!(c.push(&frame), Push::FlushFirst, "{what}");
+        assert_eq!(c.push(&first, Csum::Complete), Push::Merged);
+        assert_eq!(c.push(&frame, Csum::Complete), Push::FlushFirst, "{what}");
         assert_eq!(
             c.take().map(<[u8]>::to_vec).unwrap()[VNET_HDR_LEN..],
             first[..]
         );
-        assert_eq!(c.push(&frame), Push::Merged, "{what} starts its own");
+        assert_eq!(
+            c.push(&frame, Csum::Complete),
+            Push::Merged,
+            "{what} starts its own"
+        );
     }
     // DF differs.
     let mut no_df = base.frame(1000, ACK, &d, false);
@@ -829,8 +846,8 @@ fn refuses_different_flows() {
     let mut ip = ipv4::Packet::new_unchecked(&mut no_df[14..]);
     ip.fill_checksum();
     let mut c = Coalescer::new(Coalescer::DEFAULT_MAX_LEN);
-    assert_eq!(c.push(&first), Push::Merged);
-    assert_eq!(c.push(&no_df), Push::FlushFirst);
+    assert_eq!(c.push(&first, Csum::Complete), Push::Merged);
+    assert_eq!(c.push(&no_df, Csum::Complete), Push::FlushFirst);
 }
 
 #[test]
@@ -838,28 +855,34 @@ fn refuses_bad_checksums_and_control_segments() {
     let flow = Flow::v4();
     let d = payload(1000, 19);
     let mut c = Coalescer::new(Coalescer::DEFAULT_MAX_LEN);
-    assert_eq!(c.push(&flow.frame(0, ACK, &d, false)), Push::Merged);
+    assert_eq!(
+        c.push(&flow.frame(0, ACK, &d, false), Csum::Complete),
+        Push::Merged
+    );
     // A flipped payload bit: the TCP checksum fails, so the frame is not merged.
     let mut bad = flow.frame(1000, ACK, &d, false);
     bad[500] ^= 0x10;
     assert_eq!(tcp_checksum_valid(&bad), Ok(false));
-    assert_eq!(c.push(&bad), Push::NotMergeable);
+    assert_eq!(c.push(&bad, Csum::Complete), Push::NotMergeable);
     // A corrupted IPv4 header checksum.
     let mut bad_ip = flow.frame(1000, ACK, &d, false);
     bad_ip[14 + 10] ^= 1;
-    assert_eq!(c.push(&bad_ip), Push::NotMergeable);
+    assert_eq!(c.push(&bad_ip, Csum::Complete), Push::NotMergeable);
     // The partial checksum of an unsegmented super-frame is not a valid checksum either.
-    assert_eq!(c.push(&flow.frame(1000, ACK, &d, true)), Push::NotMergeable);
+    assert_eq!(
+        c.push(&flow.frame(1000, ACK, &d, true), Csum::Complete),
+        Push::NotMergeable
+    );
     for flags in [ACK | SYN, ACK | FIN, ACK | RST, ACK | URG, ACK | CWR, SYN] {
         assert_eq!(
-            c.push(&flow.frame(1000, flags, &d, false)),
+            c.push(&flow.frame(1000, flags, &d, false), Csum::Complete),
             Push::NotMergeable,
             "flags {flags:#x}"
         );
     }
     // A pure ACK (no payload).
     assert_eq!(
-        c.push(&flow.frame(1000, ACK, &[], false)),
+        c.push(&flow.frame(1000, ACK, &[], false), Csum::Complete),
         Push::NotMergeable
     );
     // IPv4 options.
@@ -870,19 +893,19 @@ fn refuses_bad_checksums_and_control_segments() {
     ip.set_total_len(ip.total_len() + 4);
     ip.fill_checksum();
     assert!(ipv4::Repr::parse(&ipv4::Packet::new_checked(&with_opts[14..]).unwrap()).is_ok());
-    assert_eq!(c.push(&with_opts), Push::NotMergeable);
+    assert_eq!(c.push(&with_opts, Csum::Complete), Push::NotMergeable);
     // A fragment.
     let mut frag = flow.frame(1000, ACK, &d, false);
     let mut ip = ipv4::Packet::new_unchecked(&mut frag[14..]);
     ip.set_more_frags(true);
     ip.fill_checksum();
-    assert_eq!(c.push(&frag), Push::NotMergeable);
+    assert_eq!(c.push(&frag, Csum::Complete), Push::NotMergeable);
     // A UDP datagram whose checksum is only the pseudo-header's (wrong), and garbage.
     let (_, udp_frame) = udp_partial(&d);
-    assert_eq!(c.push(&udp_frame), Push::NotMergeable);
+    assert_eq!(c.push(&udp_frame, Csum::Complete), Push::NotMergeable);
     for len in 0..80 {
         assert_eq!(
-            c.push(&flow.frame(1000, ACK, &d, false)[..len]),
+            c.push(&flow.frame(1000, ACK, &d, false)[..len], Csum::Complete),
             Push::NotMergeable
         );
     }
@@ -971,13 +994,13 @@ fn udp_datagrams_of_one_flow_become_one_udp_super_frame() {
         })
         .collect();
     let mut c = Coalescer::new(Coalescer::DEFAULT_MAX_LEN);
-    assert_eq!(c.push(&frames[0]), Push::Merged);
+    assert_eq!(c.push(&frames[0], Csum::Complete), Push::Merged);
     assert!(!c.holds_udp_run(), "one datagram is not a run");
-    assert_eq!(c.push(&frames[1]), Push::Merged);
+    assert_eq!(c.push(&frames[1], Csum::Complete), Push::Merged);
     assert!(c.holds_udp_run());
     let mut out = vec![];
     for f in &frames[2..] {
-        assert_eq!(c.push(f), Push::Merged);
+        assert_eq!(c.push(f, Csum::Complete), Push::Merged);
     }
     if let Some(b) = c.take() {
         out.push((VnetHdr::parse(b).unwrap(), b[VNET_HDR_LEN..].to_vec()));
@@ -997,36 +1020,51 @@ fn udp_runs_end_at_other_flows_short_datagrams_bad_checksums_and_64_datagrams() 
     // Another destination port: another flow.
     let a = udp_datagram(6000, 1, &d);
     let b = udp_datagram(6001, 2, &d);
-    assert_eq!(c.push(&a), Push::Merged);
-    assert_eq!(c.push(&b), Push::FlushFirst);
+    assert_eq!(c.push(&a, Csum::Complete), Push::Merged);
+    assert_eq!(c.push(&b, Csum::Complete), Push::FlushFirst);
     c.take();
     // A shorter datagram closes the run; a longer one may not join.
-    assert_eq!(c.push(&udp_datagram(6000, 1, &d)), Push::Merged);
-    assert_eq!(c.push(&udp_datagram(6000, 2, &d[..40])), Push::Merged);
-    assert_eq!(c.push(&udp_datagram(6000, 3, &d[..40])), Push::FlushFirst);
+    assert_eq!(
+        c.push(&udp_datagram(6000, 1, &d), Csum::Complete),
+        Push::Merged
+    );
+    assert_eq!(
+        c.push(&udp_datagram(6000, 2, &d[..40]), Csum::Complete),
+        Push::Merged
+    );
+    assert_eq!(
+        c.push(&udp_datagram(6000, 3, &d[..40]), Csum::Complete),
+        Push::FlushFirst
+    );
     c.take();
-    assert_eq!(c.push(&udp_datagram(6000, 1, &d[..40])), Push::Merged);
-    assert_eq!(c.push(&udp_datagram(6000, 2, &d)), Push::FlushFirst);
+    assert_eq!(
+        c.push(&udp_datagram(6000, 1, &d[..40]), Csum::Complete),
+        Push::Merged
+    );
+    assert_eq!(
+        c.push(&udp_datagram(6000, 2, &d), Csum::Complete),
+        Push::FlushFirst
+    );
     c.take();
     // A wrong checksum, and IPv4's "no checksum" (nothing to verify): not merged, and what is
     // pending stays.
-    assert_eq!(c.push(&a), Push::Merged);
+    assert_eq!(c.push(&a, Csum::Complete), Push::Merged);
     let mut bad = udp_datagram(6000, 2, &d);
     bad[60] ^= 1;
-    assert_eq!(c.push(&bad), Push::NotMergeable);
+    assert_eq!(c.push(&bad, Csum::Complete), Push::NotMergeable);
     let mut none = udp_datagram(6000, 2, &d);
     none[40..42].fill(0);
-    assert_eq!(c.push(&none), Push::NotMergeable);
+    assert_eq!(c.push(&none, Csum::Complete), Push::NotMergeable);
     assert_eq!(c.pending_segments(), 1);
     c.take();
     // A TCP segment after a UDP run (and the other way round) starts its own.
     let flow = Flow::v4();
-    assert_eq!(c.push(&a), Push::Merged);
+    assert_eq!(c.push(&a, Csum::Complete), Push::Merged);
     let tcp = flow.frame(1, ACK, &payload(100, 3), false);
-    assert_eq!(c.push(&tcp), Push::FlushFirst);
+    assert_eq!(c.push(&tcp, Csum::Complete), Push::FlushFirst);
     c.take();
-    assert_eq!(c.push(&tcp), Push::Merged);
-    assert_eq!(c.push(&a), Push::FlushFirst);
+    assert_eq!(c.push(&tcp, Csum::Complete), Push::Merged);
+    assert_eq!(c.push(&a, Csum::Complete), Push::FlushFirst);
     c.take();
     // At most 64 datagrams in one super-frame.
     let frames: Vec<Vec<u8>> = (0..65).map(|i| udp_datagram(6000, i, &d)).collect();
@@ -1036,7 +1074,7 @@ fn udp_runs_end_at_other_flows_short_datagrams_bad_checksums_and_64_datagrams() 
     assert_eq!(out[1].1, frames[64]);
     // Turned off (a kernel that refuses UDP super-frames): every datagram goes alone.
     c.set_udp(false);
-    assert_eq!(c.push(&a), Push::NotMergeable);
+    assert_eq!(c.push(&a, Csum::Complete), Push::NotMergeable);
     assert!(c.is_empty());
 }
 
@@ -1176,7 +1214,7 @@ proptest! {
             while s.next_into(&mut out).is_some() {}
         }
         let mut c = Coalescer::new(Coalescer::DEFAULT_MAX_LEN);
-        let _ = c.push(&frame);
+        let _ = c.push(&frame, Csum::Complete);
         let _ = c.take();
     }
 }
@@ -1242,4 +1280,191 @@ fn write_fuzz_seeds() {
     for (name, bytes) in seeds {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
+}
+
+// --------------------------------------------------------------------------------------------
+// Partial checksums between two routers (`CSUM_PARTIAL`).
+
+/// Runs a segmenter that was asked to leave checksums partial to the end.
+fn segment_partial(hdr: VnetHdr, frame: &[u8]) -> (bool, Vec<Vec<u8>>) {
+    let mut s = Segmenter::new(hdr, frame).expect("segments");
+    let partial = s.leave_checksums_partial();
+    assert_eq!(s.is_partial(), partial);
+    let mut out = vec![0u8; s.segment_len_max()];
+    let mut segs = Vec::new();
+    while let Some(n) = s.next_into(&mut out) {
+        segs.push(out[..n].to_vec());
+    }
+    (partial, segs)
+}
+
+#[test]
+fn partial_tcp_segments_hold_the_pseudo_header_sum_and_complete_to_the_full_split() {
+    for flow in [Flow::v4(), Flow::v6()] {
+        let data = payload(10_000, 40);
+        let (hdr, frame) = flow.super_frame(777, ACK | PSH, &data, 1448);
+        let full = segment(hdr, &frame).unwrap();
+        let (partial, segs) = segment_partial(hdr, &frame);
+        assert!(partial, "a TCP split can always leave checksums partial");
+        assert_eq!(segs.len(), full.len());
+        let l4 = flow.l4();
+        for (p, f) in segs.iter().zip(&full) {
+            // Only the checksum field differs, and it holds the folded pseudo-header sum.
+            assert_eq!(p[..l4 + 16], f[..l4 + 16]);
+            assert_eq!(p[l4 + 18..], f[l4 + 18..]);
+            let pseudo = flow.pseudo(p.len() - l4);
+            assert_eq!(u16::from_be_bytes([p[l4 + 16], p[l4 + 17]]), pseudo);
+            assert_eq!(tcp_checksum_valid(p), Ok(false), "not a complete checksum");
+            // What the receiving router does for a TAP without vnet headers.
+            let mut done = p.clone();
+            assert_eq!(complete_partial(&mut done), Ok(p.len()));
+            assert_eq!(&done, f);
+            // What it does for one written on its own: NEEDS_CSUM at the TCP header.
+            let mut own = p.clone();
+            own[l4 + 16..l4 + 18].copy_from_slice(&[0xde, 0xad]);
+            let (h, len) = prepare_partial(&mut own).unwrap();
+            assert_eq!(len, p.len());
+            assert_eq!(
+                (h.flags, h.gso_type, h.csum_start, h.csum_offset),
+                (VnetHdr::NEEDS_CSUM, GsoType::None, l4 as u16, 16)
+            );
+            assert_eq!(&own, p, "the seed is worked out, not taken from the sender");
+            assert_eq!(&complete(&h, &own), f, "what the kernel makes of it");
+        }
+    }
+}
+
+#[test]
+fn a_single_frame_is_left_partial_only_if_it_is_tcp_or_udp_with_needs_csum_in_place() {
+    // A small TCP segment with NEEDS_CSUM (an ACK carrying data): copied as it came.
+    let flow = Flow::v4();
+    let (mut hdr, frame) = flow.super_frame(5, ACK | PSH, &payload(100, 41), 1448);
+    hdr.gso_type = GsoType::None;
+    hdr.gso_size = 0;
+    assert_eq!(segment_partial(hdr, &frame), (true, vec![frame.clone()]));
+    // A UDP datagram with NEEDS_CSUM: likewise.
+    let (uhdr, uframe) = udp_partial(&payload(64, 42));
+    assert_eq!(segment_partial(uhdr, &uframe), (true, vec![uframe.clone()]));
+    // Without NEEDS_CSUM the checksum is whatever the sender wrote: complete, not partial.
+    let full = flow.frame(5, ACK, &payload(100, 41), false);
+    assert_eq!(
+        segment_partial(VnetHdr::NONE, &full),
+        (false, vec![full.clone()])
+    );
+    // NEEDS_CSUM somewhere else than the TCP checksum field: completed as before.
+    let odd = VnetHdr {
+        csum_offset: 6,
+        ..hdr
+    };
+    let (partial, segs) = segment_partial(odd, &frame);
+    assert!(!partial);
+    assert_eq!(segs, segment(odd, &frame).unwrap());
+    // Not TCP or UDP (an ICMP echo with NEEDS_CSUM): completed as before.
+    let mut icmp = uframe.clone();
+    icmp[14 + 9] = 1;
+    let mut ip = ipv4::Packet::new_unchecked(&mut icmp[14..]);
+    ip.fill_checksum();
+    let ihdr = VnetHdr {
+        csum_offset: 2,
+        ..uhdr
+    };
+    let (partial, segs) = segment_partial(ihdr, &icmp);
+    assert!(!partial);
+    assert_eq!(segs, segment(ihdr, &icmp).unwrap());
+    let mut copy = icmp.clone();
+    assert_eq!(
+        prepare_partial(&mut copy).err(),
+        complete_partial(&mut copy).err()
+    );
+    assert!(prepare_partial(&mut copy).is_err(), "not TCP or UDP");
+}
+
+#[test]
+fn partial_segments_merge_unverified_and_a_lone_one_is_written_with_needs_csum() {
+    let flow = Flow::v4();
+    let data = payload(8 * 1448, 43);
+    let (hdr, original) = flow.super_frame(9000, ACK, &data, 1448);
+    let (_, segs) = segment_partial(hdr, &original);
+    // As complete frames their checksums are wrong: nothing merges.
+    let mut c = Coalescer::new(Coalescer::DEFAULT_MAX_LEN);
+    assert_eq!(c.push(&segs[0], Csum::Complete), Push::NotMergeable);
+    // As partial ones they merge into the super-frame the sending kernel gave.
+    for s in &segs {
+        assert_eq!(c.push(s, Csum::Partial), Push::Merged);
+    }
+    let b = c.take().unwrap();
+    assert_eq!(VnetHdr::parse(b).unwrap(), hdr);
+    assert_eq!(&b[VNET_HDR_LEN..], &original[..]);
+    // One alone: NEEDS_CSUM and no GSO, the seed recomputed (here the sender's was garbage).
+    let mut lone = segs[3].clone();
+    let l4 = flow.l4();
+    lone[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+    assert_eq!(c.push(&lone, Csum::Partial), Push::Merged);
+    let b = c.take().unwrap().to_vec();
+    let h = VnetHdr::parse(&b).unwrap();
+    assert_eq!(
+        (h.flags, h.gso_type, h.gso_size, h.csum_start, h.csum_offset),
+        (VnetHdr::NEEDS_CSUM, GsoType::None, 0, l4 as u16, 16)
+    );
+    assert_eq!(&b[VNET_HDR_LEN..], &segs[3][..]);
+    let full = segment(hdr, &original).unwrap();
+    assert_eq!(complete(&h, &b[VNET_HDR_LEN..]), full[3]);
+    // A partial pure ACK is not mergeable; the data path writes it with prepare_partial.
+    let mut ack = flow.frame(1, ACK, &[], true);
+    assert_eq!(c.push(&ack, Csum::Partial), Push::NotMergeable);
+    let (h, len) = prepare_partial(&mut ack).unwrap();
+    assert_eq!(len, ack.len());
+    flow.check(&complete(&h, &ack));
+    // Partial UDP datagrams merge like complete ones.
+    let d = payload(64, 44);
+    let mut c = Coalescer::new(Coalescer::DEFAULT_MAX_LEN);
+    for id in 1..=3u16 {
+        let (_, mut f) = udp_partial(&d);
+        let mut ip = ipv4::Packet::new_unchecked(&mut f[14..]);
+        ip.set_ident(id);
+        ip.fill_checksum();
+        assert_eq!(c.push(&f, Csum::Partial), Push::Merged);
+    }
+    let b = c.take().unwrap().to_vec();
+    let h = VnetHdr::parse(&b).unwrap();
+    assert_eq!(h.gso_type, GsoType::UdpL4);
+    let split = split_udp(&h, &b[VNET_HDR_LEN..]);
+    assert_eq!(split.len(), 3);
+    for (i, s) in split.iter().enumerate() {
+        assert_eq!(s, &udp_datagram(6000, i as u16 + 1, &d));
+    }
+}
+
+#[test]
+fn completing_and_preparing_trim_bytes_after_the_ip_packet_and_refuse_what_does_not_parse() {
+    let flow = Flow::v4();
+    let seg = flow.frame(1, ACK, &payload(10, 45), true);
+    let mut padded = seg.clone();
+    padded.extend_from_slice(&[0xaa; 6]);
+    let mut a = padded.clone();
+    assert_eq!(complete_partial(&mut a), Ok(seg.len()));
+    flow.check(&a[..seg.len()]);
+    let mut b = padded.clone();
+    assert_eq!(prepare_partial(&mut b).map(|(_, n)| n), Ok(seg.len()));
+    // A UDP datagram whose complete checksum is 0 goes out as 0xffff.
+    let mut data = payload(64, 14);
+    data[62..].fill(0);
+    let (_, frame) = udp_partial(&data);
+    let sum_without_field = checksum::combine(&[
+        checksum::pseudo_header(SRC4, DST4, Protocol::Udp, 72),
+        checksum::data(&frame[34..40]),
+        checksum::data(&frame[42..]),
+    ]);
+    data[62..].copy_from_slice(&(!sum_without_field).to_be_bytes());
+    let (_, mut frame) = udp_partial(&data);
+    assert_eq!(complete_partial(&mut frame), Ok(frame.len()));
+    assert_eq!(frame[40..42], [0xff, 0xff]);
+    // Truncated and non-IP frames are errors, never panics.
+    for n in 0..seg.len() {
+        let mut t = seg[..n].to_vec();
+        assert!(complete_partial(&mut t).is_err(), "{n} bytes");
+        assert!(prepare_partial(&mut t).is_err(), "{n} bytes");
+    }
+    let mut arp = [0xffu8; 60];
+    assert!(prepare_partial(&mut arp).is_err());
 }

@@ -935,7 +935,9 @@ impl Sim {
             progress = true;
             match ev {
                 ConnEvent::Ready {
-                    remote, conn_uid, ..
+                    remote,
+                    conn_uid,
+                    version,
                 } => {
                     self.stats.connections_ready += 1;
                     let t = c.remote_host;
@@ -946,6 +948,7 @@ impl Sim {
                         short_id: remote.short_id,
                         data_addr: SocketAddr::new(self.hosts[t].ip, remote.data_port),
                         fastdp_addr: None,
+                        partial_csum: version >= weft_wire::control::PARTIAL_CSUM_SINCE,
                     };
                     self.hosts[h]
                         .node

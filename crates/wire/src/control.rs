@@ -14,6 +14,11 @@
 //! in [`Message::Gossip`] (per-peer versioned deltas, digests, wants and summaries, see
 //! `weft_mesh::gossip`), which version 2 peers cannot read: the two do not connect.
 //!
+//! Protocol version 4 changed the data path's keys (not this codec). Version 5 changed no byte
+//! here either: a version-5 peer's data path takes segments whose inner checksum is left
+//! partial (`weft_wire::vxlan::CSUM_PARTIAL`), so a connection that settles on 5 or later may
+//! carry them ([`PARTIAL_CSUM_SINCE`]); a version-4 peer gets complete checksums, as before.
+//!
 //! This module owns only the bytes: [`Hello::emit`]/[`Hello::parse`], [`encode_frame`] and the
 //! incremental [`FrameDecoder`]. What the messages mean (version negotiation, the features
 //! exchange, heartbeats) belongs to the connection state machine in `weft-mesh`.
@@ -33,7 +38,11 @@ pub const HELLO_LEN: usize = 6;
 pub const PROTOCOL_MIN: u8 = 4;
 
 /// Highest control-protocol version this build speaks.
-pub const PROTOCOL_MAX: u8 = 4;
+pub const PROTOCOL_MAX: u8 = 5;
+
+/// The lowest protocol version whose peers take datagrams with
+/// [`CSUM_PARTIAL`](crate::vxlan::CSUM_PARTIAL) set.
+pub const PARTIAL_CSUM_SINCE: u8 = 5;
 
 /// Largest frame body (the postcard bytes, not counting the 4-byte length prefix) a peer may
 /// send. Longer frames are rejected by [`FrameDecoder`] before they are buffered.
@@ -383,7 +392,7 @@ mod tests {
     #[test]
     fn hello_round_trip() {
         let bytes = Hello::CURRENT.emit();
-        assert_eq!(&bytes, b"weft\x04\x04");
+        assert_eq!(&bytes, b"weft\x04\x05");
         assert_eq!(Hello::parse(&bytes), Ok(Hello::CURRENT));
         let h = Hello {
             min_version: 2,
@@ -405,7 +414,7 @@ mod tests {
             Err(HelloError::InvalidRange { min: 0, max: 2 })
         );
         // Trailing bytes are the caller's business.
-        assert_eq!(Hello::parse(b"weft\x04\x04rest"), Ok(Hello::CURRENT));
+        assert_eq!(Hello::parse(b"weft\x04\x05rest"), Ok(Hello::CURRENT));
     }
 
     #[test]

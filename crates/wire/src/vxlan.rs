@@ -31,6 +31,12 @@
 //! and keeps one encryption stream per sending thread; stream 0 is what a single-threaded
 //! sender (and any other VXLAN implementation) writes.
 //!
+//! The first reserved byte carries weft's own flags ([`WEFT_FLAGS_OFFSET`]), between weft
+//! routers that agreed on them (control protocol 5 and later): [`CSUM_PARTIAL`] says the inner
+//! TCP or UDP segment's checksum field holds only the pseudo-header sum, the rest left to the
+//! receiving host's kernel ([`csum_partial`], [`set_csum_partial`]). Any other VXLAN
+//! implementation writes zero there and ignores it.
+//!
 //! **Panic contract:** once [`Packet::new_checked`] (or [`Packet::check_len`]) has succeeded, no
 //! getter panics, whatever the bytes. Setters and [`Repr::emit`] panic only if the caller's
 //! buffer is shorter than [`HEADER_LEN`].
@@ -54,6 +60,15 @@ pub const MAX_VNI: u32 = 0x00ff_ffff;
 /// Offset of the stream byte (the last reserved byte) in the header; also its offset in the
 /// UDP payload, where a socket filter reads it.
 pub const STREAM_OFFSET: usize = field::RESERVED2;
+
+/// Offset of weft's flags byte (the first reserved byte) in the header.
+pub const WEFT_FLAGS_OFFSET: usize = field::RESERVED1.start;
+
+/// weft flag: the inner frame is a TCP or UDP segment whose checksum field holds the folded
+/// pseudo-header sum only, like a frame the kernel hands over with `CHECKSUM_PARTIAL`: the
+/// receiver has it completed (by its kernel, or itself) instead of verifying it. Sent only to
+/// a neighbour that announced it takes such segments.
+pub const CSUM_PARTIAL: u8 = 0x01;
 
 /// The largest short id; short ids are 12 bits.
 const SHORT_ID_MASK: u16 = 0x0fff;
@@ -97,6 +112,20 @@ pub fn parse_header(buf: &[u8]) -> Option<(u32, &[u8])> {
 /// 0 if it is too short to have one.
 pub fn stream_of(buf: &[u8]) -> u8 {
     buf.get(STREAM_OFFSET).copied().unwrap_or(0)
+}
+
+/// Whether the datagram (header first) in `buf` has [`CSUM_PARTIAL`] set; `false` if `buf` is
+/// shorter than the header.
+pub fn csum_partial(buf: &[u8]) -> bool {
+    buf.len() >= HEADER_LEN && buf[WEFT_FLAGS_OFFSET] & CSUM_PARTIAL != 0
+}
+
+/// Sets [`CSUM_PARTIAL`] in the header at the start of `buf` (nothing if `buf` is shorter than
+/// the header).
+pub fn set_csum_partial(buf: &mut [u8]) {
+    if buf.len() >= HEADER_LEN {
+        buf[WEFT_FLAGS_OFFSET] |= CSUM_PARTIAL;
+    }
 }
 
 /// Writes a VXLAN header carrying `vni` (I flag set, reserved bits zero) into the first
@@ -297,6 +326,27 @@ mod tests {
         assert_eq!(stream_of(&buf), 3);
         assert_eq!(parse_header(&buf), Some((0x123456, &PACKET_BYTES[8..])));
         assert_eq!(stream_of(&buf[..7]), 0, "too short for a header");
+    }
+
+    #[test]
+    fn csum_partial_is_bit_0_of_the_first_reserved_byte_and_ignored_by_parsing() {
+        let mut buf = PACKET_BYTES;
+        assert!(
+            !csum_partial(&buf),
+            "written as zero by write_header and Repr::emit"
+        );
+        set_csum_partial(&mut buf);
+        assert_eq!(buf[..4], [FLAG_I, CSUM_PARTIAL, 0, 0]);
+        assert!(csum_partial(&buf));
+        assert_eq!(parse_header(&buf), Some((0x123456, &PACKET_BYTES[8..])));
+        assert_eq!(stream_of(&buf), 0, "the stream byte is another byte");
+        // Another bit of that byte means nothing yet.
+        buf[WEFT_FLAGS_OFFSET] = 0x02;
+        assert!(!csum_partial(&buf));
+        assert!(!csum_partial(&buf[..7]), "too short for a header");
+        let mut short = [FLAG_I; 7];
+        set_csum_partial(&mut short);
+        assert_eq!(short, [FLAG_I; 7], "too short: left alone");
     }
 
     #[test]

@@ -463,7 +463,7 @@ fn hello_is_queued_immediately_and_features_after_peer_hello() {
     let mut conn = lone(true);
     let mut out = Vec::new();
     assert!(conn.poll_transmit(&mut out));
-    assert_eq!(out, b"weft\x04\x04");
+    assert_eq!(out, b"weft\x04\x05");
     assert!(!conn.poll_transmit(&mut out));
     // The key hello follows the peer's hello, the features follow the peer's key hello.
     conn.handle_bytes(Instant::ZERO, &Hello::CURRENT.emit());
