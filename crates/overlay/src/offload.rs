@@ -820,8 +820,9 @@ struct Candidate {
 /// merged length, the IPv4 total length and header checksum (or IPv6 payload length) fixed, and
 /// PSH taken from the last segment. A pending "super-frame" of a single segment is written
 /// unchanged with [`VnetHdr::DATA_VALID`], since both of its checksums were verified (a hint the
-/// kernel may ignore; harmless either way); a partial one as [`prepare_partial`] would. Frames that are not merged are written by the caller
-/// with [`VnetHdr::NONE`], so the receiving stack verifies them itself.
+/// kernel may ignore; harmless either way); a partial one as [`prepare_partial`] would write
+/// it. Frames that are not merged are written by the caller with [`VnetHdr::NONE`], so the
+/// receiving stack verifies them itself (partial ones: see [`Push::NotMergeable`]).
 ///
 /// **UDP** (unless [`Self::set_udp`] turned it off): consecutive datagrams of one flow (the same
 /// Ethernet header, IP fields as for TCP, the same ports) are merged when each has a payload,
