@@ -214,6 +214,7 @@ struct Setup {
 const IPERF_PORT: &str = "5201";
 
 fn main() {
+    weft_tests::clean_up_on_signal();
     let args = Args::parse();
     if let Err(e) = run(&args) {
         eprintln!("netbench: {e:?}");

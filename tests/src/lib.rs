@@ -51,7 +51,8 @@ pub mod status;
 
 pub use cmd::{Cmd, Output, wait_until};
 pub use net::{
-    Container, Host, Pair, PingStats, TestNet, cleanup_stale, find_weft_bin, wait_established,
+    Container, Host, Pair, PingStats, TestNet, clean_up_on_signal, cleanup_stale, find_weft_bin,
+    wait_established,
 };
 
 /// Runs one namespace test: builds a [`TestNet`] with the given prefix hint, runs `body`, and on

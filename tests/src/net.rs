@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,6 +32,10 @@ pub const CONTAINER_DEV: &str = "ethwe";
 /// `WEFT_TEST_PARALLEL=1` to skip it.
 static SERIAL: Mutex<()> = Mutex::new(());
 static NET_COUNTER: AtomicUsize = AtomicUsize::new(0);
+/// The prefixes of this process's test networks not yet dropped (see [`clean_up_on_signal`]).
+static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Set once a signal's cleanup has begun: from then on that cleanup owns every network.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
 /// State shared between a [`TestNet`] and the hosts and containers made from it.
 #[derive(Debug)]
@@ -107,6 +111,9 @@ impl TestNet {
             .collect();
         let prefix = format!("wt{}{hint}{n}-", std::process::id() % 1000);
         cleanup_stale(&prefix)?;
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(prefix.clone());
         let dir = std::env::temp_dir().join(format!("{prefix}{}", rand::random::<u32>()));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let net = Self {
@@ -269,6 +276,13 @@ impl TestNet {
 
 impl Drop for TestNet {
     fn drop(&mut self) {
+        if SIGNALLED.load(Ordering::SeqCst) {
+            // The signal's cleanup removes this network and ends the process; whatever this
+            // thread would do next (report the killed run as failed) must not happen.
+            loop {
+                std::thread::park();
+            }
+        }
         if std::thread::panicking() {
             self.dump_logs();
         }
@@ -288,7 +302,55 @@ impl Drop for TestNet {
         if std::env::var_os("WEFT_TEST_KEEP_DIR").is_none() {
             let _ = fs::remove_dir_all(&self.shared.dir);
         }
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| p != self.prefix());
     }
+}
+
+/// On SIGINT or SIGTERM (Ctrl-C during a benchmark, or `kill`), removes what every test network
+/// of this process still holds (its processes, namespaces and temporary directory), as dropping
+/// it would have, then exits with status 130. Without this, an interrupted run leaves its
+/// routers running until a later run happens to use the same prefix. Call it once, early in a
+/// benchmark's `main`.
+pub fn clean_up_on_signal() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+        else {
+            return;
+        };
+        let got = rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut int = signal(SignalKind::interrupt()).ok()?;
+            let mut term = signal(SignalKind::terminate()).ok()?;
+            tokio::select! {
+                _ = int.recv() => Some("SIGINT"),
+                _ = term.recv() => Some("SIGTERM"),
+            }
+        });
+        let Some(sig) = got else { return };
+        SIGNALLED.store(true, Ordering::SeqCst);
+        let prefixes = LIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        eprintln!(
+            "weft-tests: {sig}: removing {} test network(s) before exiting",
+            prefixes.len()
+        );
+        for prefix in &prefixes {
+            if let Err(e) = cleanup_stale(prefix) {
+                eprintln!("weft-tests: cleanup of {prefix} failed: {e:#}");
+            }
+            if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().starts_with(prefix.as_str()) {
+                        let _ = fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+        std::process::exit(130);
+    });
 }
 
 impl Shared {

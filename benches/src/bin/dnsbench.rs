@@ -85,6 +85,7 @@ enum Mode {
 }
 
 fn main() {
+    weft_tests::clean_up_on_signal();
     let args = Args::parse();
     let result = match &args.mode {
         Some(Mode::Client {

@@ -48,6 +48,7 @@ struct Args {
 }
 
 fn main() {
+    weft_tests::clean_up_on_signal();
     if let Err(e) = run(Args::parse()) {
         eprintln!("ipambench: {e:#}");
         std::process::exit(1);

@@ -44,6 +44,7 @@ struct Args {
 }
 
 fn main() {
+    weft_tests::clean_up_on_signal();
     if let Err(e) = run(&Args::parse()) {
         eprintln!("opsbench: {e:?}");
         std::process::exit(1);

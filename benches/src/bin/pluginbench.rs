@@ -59,6 +59,7 @@ struct Args {
 }
 
 fn main() {
+    weft_tests::clean_up_on_signal();
     let args = Args::parse();
     let r = match &args.cni_loop {
         Some(v) => cni_loop(&v[0], &v[1], &v[2], args.cni_runs),

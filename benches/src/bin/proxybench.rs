@@ -78,6 +78,7 @@ impl Variant {
 }
 
 fn main() {
+    weft_tests::clean_up_on_signal();
     let args = Args::parse();
     if let Err(e) = run(&args) {
         eprintln!("proxybench: {e:?}");
