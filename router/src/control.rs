@@ -26,7 +26,7 @@ use weft_mesh::{
     Protection, Security,
 };
 use weft_node::{Action, ConnId, Node, Remote};
-use weft_wire::control::{Message, PARTIAL_CSUM_SINCE};
+use weft_wire::control::Message;
 
 use crate::dataplane::{Clock, DpCommand, DpEvent};
 use crate::state::{ConnCommand, ConnState, ConnView, IpamState, NodeView, RoutesView, Shared};
@@ -647,7 +647,7 @@ impl Control {
                                 data_addr: SocketAddr::new(address.ip(), remote.data_port),
                                 fastdp_addr: (remote.fastdp_port != 0)
                                     .then(|| SocketAddr::new(address.ip(), remote.fastdp_port)),
-                                partial_csum: version >= PARTIAL_CSUM_SINCE,
+                                version,
                             },
                             conn_uid,
                             keys: conn.take_data_keys(),

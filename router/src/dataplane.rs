@@ -620,14 +620,11 @@ impl DataPlane {
             };
             match decision {
                 TapDecision::Unicast { dst, via } => {
-                    // Partial checksums only to the destination itself: a relay would pass
-                    // them on to a peer that may not take them.
-                    let partial = dst == via.short_id;
+                    let partial = tx.engine.partial_csum_to(&via, dst);
                     limited.forward(&mut tx, seg, via, dst, partial);
                 }
                 TapDecision::Flood => {
                     // By index: sending borrows the engine (the targets do not change).
-                    // Complete checksums: a flood goes on along the broadcast tree.
                     for i in 0..tx.engine.flood_targets().len() {
                         let peer = tx.engine.flood_targets()[i];
                         limited.forward(&mut tx, seg.clone(), peer, peer.short_id, false);
@@ -781,8 +778,8 @@ struct Limited<'a> {
 
 impl Limited<'_> {
     /// Send `seg` (of `self.frame`) to the neighbour `peer` in datagrams for `dst`; with
-    /// `partial`, leaving the checksums partial if the neighbour takes that (and the read
-    /// allows it).
+    /// `partial` ([`Engine::partial_csum_to`]), leaving the checksums partial if the read allows
+    /// it and it fits the path.
     fn forward(
         &mut self,
         tx: &mut Tx<'_>,
@@ -798,7 +795,7 @@ impl Limited<'_> {
                 if let Some(l) = link {
                     tx.engine.count_link_tx(l, self.wire, self.segments);
                 }
-                if partial && tx.engine.takes_partial_csum(link) {
+                if partial {
                     seg.leave_checksums_partial();
                 }
                 tx.frame(seg, peer.addr, link, src, dst);

@@ -251,6 +251,7 @@ pub async fn run_with(
     } else {
         (None, None)
     };
+    let protocol_max = config.protocol_max.clamp(PROTOCOL_MIN, PROTOCOL_MAX);
     let shared = Arc::new(Shared {
         info: RouterInfo {
             name: id.name.to_string(),
@@ -263,7 +264,7 @@ pub async fn run_with(
             mtu: config.mtu,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol_min: PROTOCOL_MIN,
-            protocol_max: config.protocol_max.clamp(PROTOCOL_MIN, PROTOCOL_MAX),
+            protocol_max,
             discovery: config.discovery,
             encryption: security.psk.is_some(),
             trusted_subnets: config
@@ -342,7 +343,7 @@ pub async fn run_with(
         fastdp_port: config.fastdp_port,
     };
     let mut control = Control::new(shared.clone(), local, clock, config.conn_limit, security);
-    control.conn_config.max_version = config.protocol_max.clamp(PROTOCOL_MIN, PROTOCOL_MAX);
+    control.conn_config.max_version = protocol_max;
     let control = Arc::new(control);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control.clone().listen(listener));

@@ -70,7 +70,7 @@ use weft_mesh::{
 };
 use weft_overlay::heartbeat::{Heartbeat, PROBE_MIN_LEN, Probe};
 use weft_overlay::{ForwardingTable, PeerEntry};
-use weft_wire::control::Message;
+use weft_wire::control::{Message, PARTIAL_CSUM_SINCE};
 
 #[cfg(test)]
 mod tests;
@@ -137,9 +137,8 @@ pub struct Remote {
     pub data_addr: SocketAddr,
     /// Where its kernel fast path listens, if it has one.
     pub fastdp_addr: Option<SocketAddr>,
-    /// Its data path takes segments whose checksum is left partial (the connection settled on
-    /// a protocol version that has them, `weft_wire::control::PARTIAL_CSUM_SINCE`).
-    pub partial_csum: bool,
+    /// The control-protocol version the connection settled on.
+    pub version: u8,
 }
 
 /// What the driver's kernel fast path does for one neighbour ([`Action::FastPath`]).
@@ -196,7 +195,8 @@ pub enum Action {
         conn_uid: u64,
         /// The keys.
         keys: Option<DataKeys>,
-        /// Segments to it may leave their checksum partial ([`Remote::partial_csum`]).
+        /// Segments to it may leave their checksum partial: its connection settled on a
+        /// protocol version that has them (`weft_wire::control::PARTIAL_CSUM_SINCE`).
         partial_csum: bool,
     },
     /// Data path: connection `conn_uid` to the neighbour at `ip` is gone.
@@ -1329,7 +1329,7 @@ impl Node {
             r.remote.data_addr.ip(),
             r.conn_uid,
             r.keys.clone(),
-            r.remote.partial_csum,
+            r.remote.version >= PARTIAL_CSUM_SINCE,
         );
         self.carriers.insert(peer, id);
         // Keys first: the peer must not appear in a table before its link exists.

@@ -26,7 +26,7 @@ fn remote(i: usize) -> Remote {
         short_id: ShortId::from_masked(10 + i as u16),
         data_addr: SocketAddr::new(ip(i), 6783),
         fastdp_addr: Some(SocketAddr::new(ip(i), 6784)),
-        partial_csum: true,
+        version: weft_wire::control::PROTOCOL_MAX,
     }
 }
 

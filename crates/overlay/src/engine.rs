@@ -417,6 +417,14 @@ impl Engine {
         })
     }
 
+    /// Whether a unicast read for the peer `dst`, sent to the neighbour `via`, may leave its
+    /// checksums partial: only when `via` is `dst` itself (a relay would pass them on to a peer
+    /// that may not take them) and takes them ([`takes_partial_csum`](Self::takes_partial_csum)).
+    /// Floods never do: the broadcast tree sends them on with headers of its own.
+    pub fn partial_csum_to(&self, via: &PeerEntry, dst: u16) -> bool {
+        via.short_id == dst && self.takes_partial_csum(self.link_to(via))
+    }
+
     /// Connection `conn_uid` to the neighbour at `ip` ended: its link goes (not a newer
     /// connection's).
     pub fn remove_link(&mut self, ip: IpAddr, conn_uid: u64) {

@@ -948,7 +948,7 @@ impl Sim {
                         short_id: remote.short_id,
                         data_addr: SocketAddr::new(self.hosts[t].ip, remote.data_port),
                         fastdp_addr: None,
-                        partial_csum: version >= weft_wire::control::PARTIAL_CSUM_SINCE,
+                        version,
                     };
                     self.hosts[h]
                         .node
