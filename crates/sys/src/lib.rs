@@ -11,6 +11,7 @@
 //! - [`firewall`]: the iptables chains and rules of `expose`/`hide` (runs `iptables`);
 //! - [`sockdiag`]: which user owns the client end of a local TCP connection (sock_diag);
 //! - [`packet`]: an `AF_PACKET` socket for the ARP traffic of one interface;
+//! - [`steer`]: an eBPF TAP queue steering program that gives sparse flows an express queue;
 //! - [`probe`]: what the kernel offers a data plane (TAP vnet headers, TSO, UDP GSO/GRO, VXLAN
 //!   external mode, eBPF), found by trying each in a scratch namespace.
 //!
@@ -25,6 +26,7 @@ pub mod poll;
 pub mod probe;
 pub mod sched;
 pub mod sockdiag;
+pub mod steer;
 pub mod tap;
 pub mod udp;
 

@@ -265,26 +265,26 @@ fn probe_vxlan_external() -> Probe {
 }
 
 /// `bpf(2)` command: load a program.
-const BPF_PROG_LOAD: libc::c_long = 5;
+pub(crate) const BPF_PROG_LOAD: libc::c_long = 5;
 /// Program type of a tc classifier, what a kernel fast path would attach.
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 
 /// The `BPF_PROG_LOAD` part of `union bpf_attr`, up to `expected_attach_type` (the kernel
-/// treats a shorter attribute as zero-extended).
+/// treats a shorter attribute as zero-extended). Also used by [`crate::steer`].
 #[repr(C)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
+pub(crate) struct ProgLoadAttr {
+    pub(crate) prog_type: u32,
+    pub(crate) insn_cnt: u32,
+    pub(crate) insns: u64,
+    pub(crate) license: u64,
+    pub(crate) log_level: u32,
+    pub(crate) log_size: u32,
+    pub(crate) log_buf: u64,
+    pub(crate) kern_version: u32,
+    pub(crate) prog_flags: u32,
+    pub(crate) prog_name: [u8; 16],
+    pub(crate) prog_ifindex: u32,
+    pub(crate) expected_attach_type: u32,
 }
 
 /// Loads the smallest eBPF program (`r0 = 0; exit`) as a tc classifier and closes it.

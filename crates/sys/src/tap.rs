@@ -298,6 +298,21 @@ impl Tap {
         &self.name
     }
 
+    /// Attach (`Some`) or detach (`None`) the device's queue steering program
+    /// (`TUNSETSTEERINGEBPF`): an eBPF `SOCKET_FILTER` program the kernel runs on every frame
+    /// the device transmits towards us, taking its return value modulo the number of queues
+    /// as the queue to put the frame on. The program belongs to the device, not the queue
+    /// (any queue's fd sets it for all) and the device holds its own reference, so `prog` may
+    /// be closed afterwards. See [`crate::steer`].
+    pub fn set_steering_prog(&self, prog: Option<BorrowedFd<'_>>) -> io::Result<()> {
+        let fd: libc::c_int = prog.map_or(-1, |p| p.as_raw_fd());
+        // SAFETY: TUNSETSTEERINGEBPF reads one int (a program fd, or -1 to detach) through the
+        // pointer, which points to a live c_int for the whole call; `self.fd` is an attached
+        // tun descriptor.
+        cvt(unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TUNSETSTEERINGEBPF, &raw const fd) })
+            .map(drop)
+    }
+
     /// Switch `O_NONBLOCK` on or off.
     pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
         let fd = self.fd.as_raw_fd();

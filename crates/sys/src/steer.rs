@@ -1,0 +1,1277 @@
+//! Layer: OS. An eBPF TAP queue steering program: an express lane for sparse flows.
+//!
+//! # Why
+//!
+//! The router's data plane reads a multi-queue TAP with N bulk threads (queues `0..N`) and
+//! one express thread (queue N). Without steering, a ping, a health check, a heartbeat, a DNS
+//! query or a TCP handshake can land behind hundreds of kilobytes of bulk TCP data queued for
+//! the same thread, and waits for all of it to be encrypted and sent. This module builds,
+//! loads and attaches (`TUNSETSTEERINGEBPF`) a `SOCKET_FILTER` program that the kernel runs on
+//! every frame the TAP transmits towards us; the TAP takes its return value modulo the number
+//! of queues as the frame's queue. Sparse flows go to the express queue, busy flows to a bulk
+//! queue chosen by their hash, and every flow stays on one queue while it is busy, so a busy
+//! flow is not reordered.
+//!
+//! # The classifier
+//!
+//! 1. **Flow hash** `h`, from the frame as the TAP transmits it (starting at the Ethernet
+//!    header): the ethertype, then for IPv4 the source and destination addresses and the
+//!    protocol, plus the 4 bytes of ports for TCP/UDP when the packet is not a fragment (MF
+//!    clear, offset 0; the L4 header found with IHL); for IPv6 the addresses, the next header
+//!    and the ports for TCP/UDP (extension headers are not followed: such packets hash
+//!    without ports); for anything else (ARP, ...) the ethertype alone. VLAN tags are not
+//!    looked through. The words are mixed multiplicatively and finished with murmur3's
+//!    `fmix32`, so a flow always gives the same `h`.
+//! 2. **Length**: `skb->len` (the `__sk_buff` `len`), the whole frame including its Ethernet
+//!    header on the TAP path; a TSO super-frame is one skb of up to 64 KiB.
+//! 3. **Per-flow meter** in an LRU hash map of [`FLOW_ENTRIES`] entries (key `h`; value:
+//!    window start, bytes in the window, demoted-until, as `u64`s; times are
+//!    `bpf_ktime_get_ns` nanoseconds): a new flow's window starts now; a window older than
+//!    [`window_ns`](SteeringParams::window_ns) restarts at zero bytes; then `len` is added.
+//!    More than [`flow_budget`](SteeringParams::flow_budget) bytes in the window demote the
+//!    flow until now + [`hold_ns`](SteeringParams::hold_ns).
+//! 4. **Global meter** (an array map of one entry: window start, bytes) of the bytes sent
+//!    express by all flows together: a frame that would take it over
+//!    [`global_budget`](SteeringParams::global_budget) in the current window demotes its
+//!    flow instead, so a crowd of individually sparse flows cannot flood the express lane.
+//! 5. A demoted flow (now < demoted-until) returns `h % bulk_queues`; any other frame is
+//!    counted in the global meter and returns `express_queue`.
+//!
+//! # Why demotion holds
+//!
+//! A flow that turns busy moves from the express queue to a bulk one. Its earlier frames wait
+//! on the express queue, which is short and has a thread of its own, so they are normally
+//! read before the ones that follow on the bulk queue (not guaranteed: this one step, once
+//! per demotion, may reorder a frame or two if the express thread is slow; TCP copes).
+//! Moving back is the dangerous direction: a frame sent express while the flow's previous
+//! frames still wait in a long bulk queue would overtake all of them. So a demotion lasts
+//! [`hold_ns`](SteeringParams::hold_ns) and is extended every time the flow goes over its
+//! budget again: a flow comes back to the express queue only after it has been sparse for
+//! long enough that its bulk queue has drained, so a busy flow is never reordered.
+//!
+//! # Notes
+//!
+//! - The program reads the frame with the classic-BPF style `LD_ABS`/`LD_IND` loads at
+//!   `SKF_LL_OFF + offset`, i.e. relative to the MAC header, which is where `skb->data` is on
+//!   the TAP's transmit path and which is also set under `BPF_PROG_TEST_RUN` (where
+//!   `skb->data` is at the network header instead), so [`TapSteering::test_run`] runs the
+//!   same classifier. A load past the end of the frame (a truncated header) ends the program
+//!   with return value 0: queue 0, meters untouched.
+//!   The tests check both paths: the queues picked match a Rust reference of the hash
+//!   computed from the frames, under `BPF_PROG_TEST_RUN` and as read from a real multi-queue
+//!   TAP, and truncated headers give 0.
+//! - Under `BPF_PROG_TEST_RUN`, `skb->len` does not count the 14-byte Ethernet header (on
+//!   the TAP path it does), and the kernel only takes frames of 14 bytes up to about a page
+//!   (3.7 KB with 4 KiB pages), with a whole IPv4 (34 bytes) or IPv6 (54 bytes) header when
+//!   the ethertype says so.
+//! - The meters are updated without atomics: CPUs racing on one flow may lose a few bytes.
+//!   They are approximate by design.
+//! - The tun driver (as of Linux 6.x) truncates the return value to 16 bits before taking it
+//!   modulo the number of queues, so queue numbers must be below 65536 (a TAP has at most
+//!   256 queues anyway).
+//! - The parameters are immediates in the program: change them by loading a new one.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::probe::{BPF_PROG_LOAD, ProgLoadAttr};
+use crate::tap::Tap;
+
+/// Entries of the per-flow LRU map: flows beyond that evict the least recently seen.
+pub const FLOW_ENTRIES: u32 = 4096;
+
+/// Parameters of the steering program, baked into it as immediates when it is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SteeringParams {
+    /// Number of bulk queues (at least 1): demoted flows go to `h % bulk_queues`.
+    pub bulk_queues: u32,
+    /// The express queue (below 65536; usually `bulk_queues`).
+    pub express_queue: u32,
+    /// Length of a meter window, in nanoseconds.
+    pub window_ns: u64,
+    /// Bytes a flow may send per window and stay express.
+    pub flow_budget: u32,
+    /// How long a demotion lasts after the flow last went over its budget, in nanoseconds.
+    pub hold_ns: u64,
+    /// Bytes all flows together may send express per window.
+    pub global_budget: u32,
+}
+
+impl SteeringParams {
+    /// Default window: 10 ms.
+    pub const WINDOW_NS: u64 = 10_000_000;
+    /// Default per-flow budget: 4 KiB per window.
+    pub const FLOW_BUDGET: u32 = 4096;
+    /// Default hold: 50 ms.
+    pub const HOLD_NS: u64 = 50_000_000;
+    /// Default global budget: 64 KiB per window.
+    pub const GLOBAL_BUDGET: u32 = 65_536;
+
+    /// `bulk_queues` bulk queues, the express queue right after them (`express_queue =
+    /// bulk_queues`) and the default meters.
+    pub fn new(bulk_queues: u32) -> Self {
+        Self {
+            bulk_queues,
+            express_queue: bulk_queues,
+            window_ns: Self::WINDOW_NS,
+            flow_budget: Self::FLOW_BUDGET,
+            hold_ns: Self::HOLD_NS,
+            global_budget: Self::GLOBAL_BUDGET,
+        }
+    }
+
+    /// Rejects parameters the program cannot implement.
+    fn check(&self) -> io::Result<()> {
+        let invalid = |msg: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, msg.to_owned()));
+        if self.bulk_queues == 0 || self.bulk_queues > 1 << 16 {
+            return invalid("steering: bulk_queues must be 1..=65536");
+        }
+        if self.express_queue > u32::from(u16::MAX) {
+            return invalid("steering: express_queue must be below 65536");
+        }
+        Ok(())
+    }
+}
+
+/// A loaded steering program and its two maps. Dropping it closes our descriptors; a TAP it
+/// was attached to keeps the program (and with it the maps) until the device goes away or
+/// another program is attached.
+#[derive(Debug)]
+pub struct TapSteering {
+    prog: OwnedFd,
+    /// Our references to the maps; the loaded program holds its own, so these only keep
+    /// the maps ours for as long as the program is.
+    _flows: OwnedFd,
+    _global: OwnedFd,
+    insn_cnt: usize,
+}
+
+impl TapSteering {
+    /// Creates the maps and loads the program for `p` (needs `CAP_BPF` or
+    /// `CAP_SYS_ADMIN`). A program the verifier rejects gives an error with the verifier's
+    /// log (from a second load with a log buffer).
+    pub fn load(p: &SteeringParams) -> io::Result<Self> {
+        p.check()?;
+        let flows = create_map(
+            BPF_MAP_TYPE_LRU_HASH,
+            4,
+            FLOW_VALUE_SIZE,
+            FLOW_ENTRIES,
+            b"weft_steer_flow",
+        )?;
+        let global = create_map(
+            BPF_MAP_TYPE_ARRAY,
+            4,
+            GLOBAL_VALUE_SIZE,
+            1,
+            b"weft_steer_glob",
+        )?;
+        let insns = program(p, flows.as_raw_fd(), global.as_raw_fd())?;
+        let prog = load_prog(&insns)?;
+        Ok(Self {
+            prog,
+            _flows: flows,
+            _global: global,
+            insn_cnt: insns.len(),
+        })
+    }
+
+    /// Attaches the program to `tap`'s device (`TUNSETSTEERINGEBPF`, for all its queues).
+    pub fn attach(&self, tap: &Tap) -> io::Result<()> {
+        tap.set_steering_prog(Some(self.prog.as_fd()))
+    }
+
+    /// Runs the program once on `frame` (an Ethernet frame) with `BPF_PROG_TEST_RUN` and
+    /// returns its return value, the queue it picks before the TAP's modulo. The meters (the
+    /// same ones the attached program uses) see `frame.len() - 14` bytes: the kernel's
+    /// `skb->len` there excludes the Ethernet header. The kernel refuses (`EINVAL`) frames
+    /// longer than about a page and IPv4/IPv6 frames without a whole IP header; shorter
+    /// than 14 bytes gives `InvalidInput`. For tests and diagnostics.
+    pub fn test_run(&self, frame: &[u8]) -> io::Result<u32> {
+        if frame.len() < ETH_HLEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "BPF_PROG_TEST_RUN needs at least an Ethernet header (14 bytes)",
+            ));
+        }
+        let mut attr = TestRunAttr {
+            prog_fd: fd_u32(self.prog.as_raw_fd()),
+            data_size_in: u32::try_from(frame.len())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too long"))?,
+            data_in: frame.as_ptr() as u64,
+            repeat: 1,
+            ..TestRunAttr::default()
+        };
+        // SAFETY: `attr` is the `BPF_PROG_TEST_RUN` layout; `data_in` points to `frame`
+        // (`data_size_in` bytes), borrowed for the whole call and only read by the kernel;
+        // the output and context pointers are null with size 0. The kernel writes `retval`
+        // and `duration` into `attr`.
+        unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
+        Ok(attr.retval)
+    }
+
+    /// Number of eBPF instructions in the program (an `LD_IMM64` counts as two).
+    pub fn insn_count(&self) -> usize {
+        self.insn_cnt
+    }
+}
+
+impl AsFd for TapSteering {
+    /// The program's fd.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.prog.as_fd()
+    }
+}
+
+// ---- bpf(2) ----
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+
+/// Value of the per-flow map: window start (ns), bytes in the window, demoted until (ns).
+const FLOW_VALUE_SIZE: u32 = 24;
+/// Value of the global map: window start (ns), bytes in the window.
+const GLOBAL_VALUE_SIZE: u32 = 16;
+const ETH_HLEN: usize = 14;
+
+/// The `BPF_MAP_CREATE` part of `union bpf_attr`, up to `map_name`.
+#[repr(C)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+}
+
+/// The `BPF_PROG_TEST_RUN` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// An fd as the `u32` the `bpf(2)` attributes carry (fds are never negative here).
+fn fd_u32(fd: RawFd) -> u32 {
+    u32::try_from(fd).unwrap_or(u32::MAX)
+}
+
+/// `bpf(cmd, attr, size_of::<T>())`; returns the non-negative result.
+///
+/// # Safety
+///
+/// `T` must be the `#[repr(C)]` layout of `cmd`'s part of `union bpf_attr` (or a prefix of
+/// it), and every pointer inside `attr` must be null or point to memory that is valid, for
+/// the whole call, for the reads and writes `cmd` makes through it (of the sizes the
+/// attribute states).
+unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live, exclusive `T` of the size passed, which the kernel reads and
+    // may write back; the pointers inside it are valid as the caller promised.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, &raw mut *attr, size_of::<T>()) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Takes ownership of the fd a successful `bpf(2)` call returned.
+fn owned_fd(r: libc::c_long) -> io::Result<OwnedFd> {
+    let fd = RawFd::try_from(r)
+        .map_err(|_| io::Error::other(format!("bpf(2) returned {r}, not an fd")))?;
+    // SAFETY: a successful BPF_MAP_CREATE/BPF_PROG_LOAD returns a new fd (opened with
+    // O_CLOEXEC) that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn create_map(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    name: &[u8; 15],
+) -> io::Result<OwnedFd> {
+    let mut map_name = [0u8; 16];
+    map_name[..15].copy_from_slice(name);
+    let mut attr = MapCreateAttr {
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        map_flags: 0,
+        inner_map_fd: 0,
+        numa_node: 0,
+        map_name,
+    };
+    // SAFETY: `attr` is the `BPF_MAP_CREATE` layout and holds no pointers.
+    unsafe { bpf(BPF_MAP_CREATE, &mut attr) }
+        .and_then(owned_fd)
+        .map_err(|e| io::Error::new(e.kind(), format!("BPF_MAP_CREATE: {e}")))
+}
+
+/// Loads `insns` as a socket filter; on failure, loads again with a log buffer and puts the
+/// verifier's log (its last 8 KiB) into the error.
+fn load_prog(insns: &[Insn]) -> io::Result<OwnedFd> {
+    let license = c"GPL";
+    let mut prog_name = [0u8; 16];
+    prog_name[..10].copy_from_slice(b"weft_steer");
+    let attr = |log: &mut [u8]| ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_SOCKET_FILTER,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: u32::from(!log.is_empty()),
+        log_size: log.len() as u32,
+        log_buf: if log.is_empty() {
+            0
+        } else {
+            log.as_mut_ptr() as u64
+        },
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name,
+        prog_ifindex: 0,
+        expected_attach_type: 0,
+    };
+    let mut a = attr(&mut []);
+    // SAFETY: `a` is the `BPF_PROG_LOAD` layout; `insns` (`insn_cnt` instructions) and the
+    // NUL-terminated license outlive the call and are only read; no log buffer.
+    let e = match unsafe { bpf(BPF_PROG_LOAD, &mut a) } {
+        Ok(r) => return owned_fd(r),
+        Err(e) => e,
+    };
+    let mut log = vec![0u8; 1 << 20];
+    let mut a = attr(&mut log);
+    // SAFETY: as above, plus the log buffer: `log` lives for the call and the kernel writes
+    // at most `log_size` (its length) bytes into it.
+    if let Ok(r) = unsafe { bpf(BPF_PROG_LOAD, &mut a) } {
+        // Loaded after all (the first failure was transient): keep it.
+        return owned_fd(r);
+    }
+    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+    let text = String::from_utf8_lossy(&log[end.saturating_sub(8192)..end]);
+    let msg = if text.trim().is_empty() {
+        format!("BPF_PROG_LOAD of the TAP steering program: {e}")
+    } else {
+        format!("BPF_PROG_LOAD of the TAP steering program: {e}; verifier log:\n{text}")
+    };
+    Err(io::Error::new(e.kind(), msg))
+}
+
+// ---- a tiny eBPF assembler ----
+
+/// `struct bpf_insn`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct Insn {
+    code: u8,
+    /// `dst_reg:4, src_reg:4` bitfields.
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+impl Insn {
+    fn new(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Self {
+        #[cfg(target_endian = "little")]
+        let regs = dst | src << 4;
+        #[cfg(target_endian = "big")]
+        let regs = dst << 4 | src;
+        Self {
+            code,
+            regs,
+            off,
+            imm,
+        }
+    }
+}
+
+// Instruction classes, sizes, modes, operations.
+const BPF_LD: u8 = 0x00;
+const BPF_LDX: u8 = 0x01;
+const BPF_STX: u8 = 0x03;
+const BPF_ALU: u8 = 0x04;
+const BPF_JMP: u8 = 0x05;
+const BPF_ALU64: u8 = 0x07;
+const BPF_W: u8 = 0x00;
+const BPF_H: u8 = 0x08;
+const BPF_B: u8 = 0x10;
+const BPF_DW: u8 = 0x18;
+const BPF_IMM: u8 = 0x00;
+const BPF_ABS: u8 = 0x20;
+const BPF_IND: u8 = 0x40;
+const BPF_MEM: u8 = 0x60;
+const BPF_K: u8 = 0x00;
+const BPF_X: u8 = 0x08;
+const ADD: u8 = 0x00;
+const SUB: u8 = 0x10;
+const MUL: u8 = 0x20;
+const AND: u8 = 0x50;
+const LSH: u8 = 0x60;
+const RSH: u8 = 0x70;
+const MOD: u8 = 0x90;
+const XOR: u8 = 0xa0;
+const MOV: u8 = 0xb0;
+const JA: u8 = 0x00;
+const JEQ: u8 = 0x10;
+const JGT: u8 = 0x20;
+const JNE: u8 = 0x50;
+const CALL: u8 = 0x80;
+const EXIT: u8 = 0x90;
+const JLT: u8 = 0xa0;
+const JLE: u8 = 0xb0;
+/// `LD_IMM64` source register: the immediate is a map fd.
+const BPF_PSEUDO_MAP_FD: u8 = 1;
+/// Helper ids.
+const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
+const BPF_FUNC_MAP_UPDATE_ELEM: i32 = 2;
+const BPF_FUNC_KTIME_GET_NS: i32 = 5;
+/// `bpf_map_update_elem` flag: only create.
+const BPF_NOEXIST: i32 = 1;
+/// Classic-BPF load offset base: relative to the MAC header.
+const SKF_LL_OFF: i32 = -0x200000;
+
+const R0: u8 = 0;
+const R1: u8 = 1;
+const R2: u8 = 2;
+const R3: u8 = 3;
+const R4: u8 = 4;
+const R6: u8 = 6;
+const R7: u8 = 7;
+const R8: u8 = 8;
+const R9: u8 = 9;
+const FP: u8 = 10;
+
+/// A jump target.
+#[derive(Clone, Copy)]
+struct Label(usize);
+
+/// Emits instructions and resolves forward and backward jumps to labels.
+#[derive(Default)]
+struct Asm {
+    insns: Vec<Insn>,
+    labels: Vec<Option<usize>>,
+    /// (index of a jump instruction, its target).
+    fixups: Vec<(usize, Label)>,
+}
+
+impl Asm {
+    fn label(&mut self) -> Label {
+        self.labels.push(None);
+        Label(self.labels.len() - 1)
+    }
+
+    fn bind(&mut self, l: Label) {
+        self.labels[l.0] = Some(self.insns.len());
+    }
+
+    fn emit(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
+        self.insns.push(Insn::new(code, dst, src, off, imm));
+    }
+
+    /// `dst op= imm` on 64 bits.
+    fn alu64_imm(&mut self, op: u8, dst: u8, imm: i32) {
+        self.emit(BPF_ALU64 | op | BPF_K, dst, 0, 0, imm);
+    }
+
+    /// `dst op= src` on 64 bits.
+    fn alu64_reg(&mut self, op: u8, dst: u8, src: u8) {
+        self.emit(BPF_ALU64 | op | BPF_X, dst, src, 0, 0);
+    }
+
+    /// `dst op= imm` on 32 bits (the upper half of `dst` is cleared).
+    fn alu32_imm(&mut self, op: u8, dst: u8, imm: u32) {
+        // The immediate's bits are what a 32-bit operation uses.
+        self.emit(BPF_ALU | op | BPF_K, dst, 0, 0, imm as i32);
+    }
+
+    /// `dst op= src` on 32 bits.
+    fn alu32_reg(&mut self, op: u8, dst: u8, src: u8) {
+        self.emit(BPF_ALU | op | BPF_X, dst, src, 0, 0);
+    }
+
+    /// `dst = imm` (64 bits, two instruction slots).
+    fn ld_imm64(&mut self, dst: u8, imm: u64) {
+        self.emit(BPF_LD | BPF_DW | BPF_IMM, dst, 0, 0, imm as u32 as i32);
+        self.emit(0, 0, 0, 0, (imm >> 32) as u32 as i32);
+    }
+
+    /// `dst = map` (a map fd, resolved by the kernel to the map).
+    fn ld_map(&mut self, dst: u8, fd: RawFd) {
+        self.emit(BPF_LD | BPF_DW | BPF_IMM, dst, BPF_PSEUDO_MAP_FD, 0, fd);
+        self.emit(0, 0, 0, 0, 0);
+    }
+
+    /// `dst = *(size *)(src + off)`.
+    fn ldx(&mut self, size: u8, dst: u8, src: u8, off: i16) {
+        self.emit(BPF_LDX | size | BPF_MEM, dst, src, off, 0);
+    }
+
+    /// `*(size *)(dst + off) = src`.
+    fn stx(&mut self, size: u8, dst: u8, off: i16, src: u8) {
+        self.emit(BPF_STX | size | BPF_MEM, dst, src, off, 0);
+    }
+
+    /// `r0 = frame[off]` (big-endian, `size` bytes) relative to the MAC header; `r6` must
+    /// hold the context; clobbers `r1`-`r5`; past the end the program returns 0.
+    fn ld_frame(&mut self, size: u8, off: i32) {
+        self.emit(BPF_LD | size | BPF_ABS, 0, 0, 0, SKF_LL_OFF + off);
+    }
+
+    /// Like [`ld_frame`](Self::ld_frame) at `src + off`.
+    fn ld_frame_ind(&mut self, size: u8, src: u8, off: i32) {
+        self.emit(BPF_LD | size | BPF_IND, 0, src, 0, SKF_LL_OFF + off);
+    }
+
+    /// `if dst op imm goto l` (64-bit comparison, imm sign-extended).
+    fn jmp_imm(&mut self, op: u8, dst: u8, imm: i32, l: Label) {
+        self.fixups.push((self.insns.len(), l));
+        self.emit(BPF_JMP | op | BPF_K, dst, 0, 0, imm);
+    }
+
+    /// `if dst op src goto l` (64-bit comparison).
+    fn jmp_reg(&mut self, op: u8, dst: u8, src: u8, l: Label) {
+        self.fixups.push((self.insns.len(), l));
+        self.emit(BPF_JMP | op | BPF_X, dst, src, 0, 0);
+    }
+
+    fn ja(&mut self, l: Label) {
+        self.jmp_imm(JA, 0, 0, l);
+    }
+
+    fn call(&mut self, helper: i32) {
+        self.emit(BPF_JMP | CALL, 0, 0, 0, helper);
+    }
+
+    fn exit(&mut self) {
+        self.emit(BPF_JMP | EXIT, 0, 0, 0, 0);
+    }
+
+    /// Mixes the 32-bit word in `r0` into the hash in `r7` (clobbers `r0`):
+    /// `h = (h ^ w) * 0x9e3779b1; h ^= h >> 15`.
+    fn mix(&mut self) {
+        self.alu32_reg(XOR, R7, R0);
+        self.alu32_imm(MUL, R7, HASH_MUL);
+        self.alu32_reg(MOV, R0, R7);
+        self.alu32_imm(RSH, R0, 15);
+        self.alu32_reg(XOR, R7, R0);
+    }
+
+    /// murmur3's `fmix32` on `r7` (clobbers `r0`).
+    fn finish_hash(&mut self) {
+        for (shift, mul) in [(16, Some(FMIX_1)), (13, Some(FMIX_2)), (16, None)] {
+            self.alu32_reg(MOV, R0, R7);
+            self.alu32_imm(RSH, R0, shift);
+            self.alu32_reg(XOR, R7, R0);
+            if let Some(m) = mul {
+                self.alu32_imm(MUL, R7, m);
+            }
+        }
+    }
+
+    fn finish(mut self) -> io::Result<Vec<Insn>> {
+        for (at, l) in std::mem::take(&mut self.fixups) {
+            let target = self.labels[l.0].ok_or_else(|| io::Error::other("unbound label"))?;
+            let off = target as i64 - at as i64 - 1;
+            self.insns[at].off =
+                i16::try_from(off).map_err(|_| io::Error::other("jump too far"))?;
+        }
+        Ok(self.insns)
+    }
+}
+
+/// The hash's seed and constants (mirrored by the tests' reference implementation).
+const HASH_SEED: u32 = 0x5745_4654;
+const HASH_MUL: u32 = 0x9e37_79b1;
+const FMIX_1: u32 = 0x85eb_ca6b;
+const FMIX_2: u32 = 0xc2b2_ae35;
+
+/// The steering program for `p`, with the two maps' fds.
+///
+/// Registers: `r6` the context (needed by the frame loads) until the length is read, then
+/// `now`; `r7` the flow hash; `r8` a scratch for the header walk, then `len`; `r9` the
+/// flow's map value. Stack: `fp-4` the flow key, `fp-8` the global key, `fp-32..fp-8` a new
+/// flow's value.
+fn program(p: &SteeringParams, flows: RawFd, global: RawFd) -> io::Result<Vec<Insn>> {
+    let mut a = Asm::default();
+    let hashed = a.label();
+    let ipv4 = a.label();
+    let ipv4_ports = a.label();
+    let ipv6 = a.label();
+    let ipv6_ports = a.label();
+    let have_flow = a.label();
+    let same_window = a.label();
+    let within_budget = a.label();
+    let global_same_window = a.label();
+    let global_over = a.label();
+    let express = a.label();
+    let bulk = a.label();
+
+    // ---- 1. the flow hash, into r7 ----
+    a.alu64_reg(MOV, R6, R1);
+    a.ld_frame(BPF_H, 12); // ethertype
+    a.alu64_reg(MOV, R8, R0);
+    a.alu32_imm(MOV, R7, HASH_SEED);
+    a.mix();
+    a.jmp_imm(JEQ, R8, 0x0800, ipv4);
+    a.jmp_imm(JEQ, R8, 0x86dd, ipv6);
+    a.ja(hashed);
+
+    a.bind(ipv4);
+    a.ld_frame(BPF_W, 14 + 12); // source
+    a.mix();
+    a.ld_frame(BPF_W, 14 + 16); // destination
+    a.mix();
+    a.ld_frame(BPF_B, 14 + 9); // protocol
+    a.alu64_reg(MOV, R8, R0);
+    a.mix();
+    a.jmp_imm(JEQ, R8, 6, ipv4_ports);
+    a.jmp_imm(JNE, R8, 17, hashed);
+    a.bind(ipv4_ports);
+    a.ld_frame(BPF_H, 14 + 6); // flags and fragment offset
+    a.alu32_imm(AND, R0, 0x3fff); // MF and the offset
+    a.jmp_imm(JNE, R0, 0, hashed);
+    a.ld_frame(BPF_B, 14); // version and IHL
+    a.alu32_imm(AND, R0, 0xf);
+    a.alu32_imm(LSH, R0, 2);
+    a.alu64_reg(MOV, R8, R0);
+    a.ld_frame_ind(BPF_W, R8, 14); // both ports
+    a.mix();
+    a.ja(hashed);
+
+    a.bind(ipv6);
+    for i in 0..8 {
+        a.ld_frame(BPF_W, 14 + 8 + 4 * i); // source, destination
+        a.mix();
+    }
+    a.ld_frame(BPF_B, 14 + 6); // next header
+    a.alu64_reg(MOV, R8, R0);
+    a.mix();
+    a.jmp_imm(JEQ, R8, 6, ipv6_ports);
+    a.jmp_imm(JNE, R8, 17, hashed);
+    a.bind(ipv6_ports);
+    a.ld_frame(BPF_W, 14 + 40);
+    a.mix();
+
+    a.bind(hashed);
+    a.finish_hash();
+
+    // ---- 2. the length, the time, the flow's meter ----
+    a.ldx(BPF_W, R8, R6, 0); // __sk_buff.len
+    a.stx(BPF_W, FP, -4, R7);
+    a.call(BPF_FUNC_KTIME_GET_NS);
+    a.alu64_reg(MOV, R6, R0);
+    a.ld_map(R1, flows);
+    a.alu64_reg(MOV, R2, FP);
+    a.alu64_imm(ADD, R2, -4);
+    a.call(BPF_FUNC_MAP_LOOKUP_ELEM);
+    a.jmp_imm(JNE, R0, 0, have_flow);
+    // A new flow: insert {window start now, 0 bytes, not demoted} and look it up again (the
+    // common path below then counts this frame).
+    a.stx(BPF_DW, FP, -32, R6);
+    a.alu64_imm(MOV, R1, 0);
+    a.stx(BPF_DW, FP, -24, R1);
+    a.stx(BPF_DW, FP, -16, R1);
+    a.ld_map(R1, flows);
+    a.alu64_reg(MOV, R2, FP);
+    a.alu64_imm(ADD, R2, -4);
+    a.alu64_reg(MOV, R3, FP);
+    a.alu64_imm(ADD, R3, -32);
+    a.alu64_imm(MOV, R4, BPF_NOEXIST);
+    a.call(BPF_FUNC_MAP_UPDATE_ELEM);
+    a.ld_map(R1, flows);
+    a.alu64_reg(MOV, R2, FP);
+    a.alu64_imm(ADD, R2, -4);
+    a.call(BPF_FUNC_MAP_LOOKUP_ELEM);
+    a.jmp_imm(JEQ, R0, 0, bulk); // evicted already: treat it as busy
+
+    a.bind(have_flow);
+    a.alu64_reg(MOV, R9, R0);
+    a.ldx(BPF_DW, R1, R9, 0); // window start
+    a.alu64_reg(MOV, R2, R6);
+    a.alu64_reg(SUB, R2, R1);
+    a.ld_imm64(R3, p.window_ns);
+    a.jmp_reg(JLT, R2, R3, same_window);
+    a.stx(BPF_DW, R9, 0, R6);
+    a.alu64_imm(MOV, R1, 0);
+    a.stx(BPF_DW, R9, 8, R1);
+    a.bind(same_window);
+    a.ldx(BPF_DW, R1, R9, 8);
+    a.alu64_reg(ADD, R1, R8);
+    a.stx(BPF_DW, R9, 8, R1);
+    a.ld_imm64(R2, u64::from(p.flow_budget));
+    a.jmp_reg(JLE, R1, R2, within_budget);
+    a.ld_imm64(R1, p.hold_ns);
+    a.alu64_reg(ADD, R1, R6);
+    a.stx(BPF_DW, R9, 16, R1);
+    a.bind(within_budget);
+    a.ldx(BPF_DW, R1, R9, 16); // demoted until
+    a.jmp_reg(JLT, R6, R1, bulk);
+
+    // ---- 3. the global meter ----
+    a.alu64_imm(MOV, R1, 0);
+    a.stx(BPF_W, FP, -8, R1);
+    a.ld_map(R1, global);
+    a.alu64_reg(MOV, R2, FP);
+    a.alu64_imm(ADD, R2, -8);
+    a.call(BPF_FUNC_MAP_LOOKUP_ELEM);
+    a.jmp_imm(JEQ, R0, 0, express); // cannot happen (an array's entry always exists)
+    a.ldx(BPF_DW, R1, R0, 0);
+    a.alu64_reg(MOV, R2, R6);
+    a.alu64_reg(SUB, R2, R1);
+    a.ld_imm64(R3, p.window_ns);
+    a.jmp_reg(JLT, R2, R3, global_same_window);
+    a.stx(BPF_DW, R0, 0, R6);
+    a.alu64_imm(MOV, R1, 0);
+    a.stx(BPF_DW, R0, 8, R1);
+    a.bind(global_same_window);
+    a.ldx(BPF_DW, R1, R0, 8);
+    a.alu64_reg(ADD, R1, R8);
+    a.ld_imm64(R2, u64::from(p.global_budget));
+    a.jmp_reg(JGT, R1, R2, global_over);
+    a.stx(BPF_DW, R0, 8, R1);
+
+    a.bind(express);
+    a.alu32_imm(MOV, R0, p.express_queue);
+    a.exit();
+
+    a.bind(global_over);
+    a.ld_imm64(R1, p.hold_ns);
+    a.alu64_reg(ADD, R1, R6);
+    a.stx(BPF_DW, R9, 16, R1);
+
+    a.bind(bulk);
+    a.alu32_reg(MOV, R0, R7);
+    a.alu32_imm(MOD, R0, p.bulk_queues);
+    a.exit();
+
+    a.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
+    use std::time::{Duration, Instant};
+
+    fn need_root() {
+        if !nix::unistd::geteuid().is_root() {
+            panic!("needs root (eBPF and TAP devices; CI runs the tests as root or through sudo)");
+        }
+    }
+
+    /// Params that make the meters deterministic within a test: 10 s windows and holds.
+    fn slow(bulk_queues: u32) -> SteeringParams {
+        SteeringParams {
+            window_ns: 10_000_000_000,
+            hold_ns: 10_000_000_000,
+            ..SteeringParams::new(bulk_queues)
+        }
+    }
+
+    fn load(p: &SteeringParams) -> TapSteering {
+        need_root();
+        TapSteering::load(p).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    // ---- frames ----
+
+    const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+    fn eth(ethertype: u16) -> Vec<u8> {
+        let mut f = Vec::with_capacity(64);
+        f.extend_from_slice(&MAC_B);
+        f.extend_from_slice(&MAC_A);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f
+    }
+
+    /// An IPv4 frame of `len` bytes in all (at least 38) with `proto`, ports and the
+    /// flags/fragment-offset field.
+    fn v4(
+        len: usize,
+        proto: u8,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        ports: (u16, u16),
+        frag: u16,
+    ) -> Vec<u8> {
+        let mut f = eth(0x0800);
+        let total = (len - 14) as u16;
+        f.extend_from_slice(&[0x45, 0]);
+        f.extend_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(&frag.to_be_bytes());
+        f.extend_from_slice(&[64, proto, 0, 0]);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        f.extend_from_slice(&ports.0.to_be_bytes());
+        f.extend_from_slice(&ports.1.to_be_bytes());
+        f.resize(len, 0xab);
+        f
+    }
+
+    fn tcp4(len: usize, sport: u16) -> Vec<u8> {
+        v4(
+            len,
+            6,
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+            (sport, 80),
+            0,
+        )
+    }
+
+    fn tcp6(len: usize, sport: u16) -> Vec<u8> {
+        let mut f = eth(0x86dd);
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&((len - 54) as u16).to_be_bytes());
+        f.extend_from_slice(&[6, 64]);
+        f.extend_from_slice(&"fd00::1".parse::<Ipv6Addr>().unwrap().octets());
+        f.extend_from_slice(&"fd00::2".parse::<Ipv6Addr>().unwrap().octets());
+        f.extend_from_slice(&sport.to_be_bytes());
+        f.extend_from_slice(&443u16.to_be_bytes());
+        f.resize(len, 0xcd);
+        f
+    }
+
+    fn arp() -> Vec<u8> {
+        let mut f = eth(0x0806);
+        f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&MAC_A);
+        f.extend_from_slice(&[10, 0, 0, 1]);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&[10, 0, 0, 2]);
+        f
+    }
+
+    // ---- the reference hash, the program's in Rust ----
+
+    fn mix(h: u32, w: u32) -> u32 {
+        let h = (h ^ w).wrapping_mul(HASH_MUL);
+        h ^ h >> 15
+    }
+
+    fn fmix(mut h: u32) -> u32 {
+        h ^= h >> 16;
+        h = h.wrapping_mul(FMIX_1);
+        h ^= h >> 13;
+        h = h.wrapping_mul(FMIX_2);
+        h ^ h >> 16
+    }
+
+    /// The program's flow hash of `f`, or `None` where a load would run past the end (the
+    /// program then returns 0).
+    fn ref_hash(f: &[u8]) -> Option<u32> {
+        let b = |o: usize| f.get(o).map(|&x| u32::from(x));
+        let h16 = |o: usize| {
+            Some(u32::from(u16::from_be_bytes(
+                f.get(o..o + 2)?.try_into().ok()?,
+            )))
+        };
+        let w = |o: usize| Some(u32::from_be_bytes(f.get(o..o + 4)?.try_into().ok()?));
+        let et = h16(12)?;
+        let mut h = mix(HASH_SEED, et);
+        match et {
+            0x0800 => {
+                h = mix(h, w(26)?);
+                h = mix(h, w(30)?);
+                let proto = b(23)?;
+                h = mix(h, proto);
+                if (proto == 6 || proto == 17) && h16(20)? & 0x3fff == 0 {
+                    let ihl = (b(14)? & 0xf) as usize * 4;
+                    h = mix(h, w(14 + ihl)?);
+                }
+            }
+            0x86dd => {
+                for i in 0..8 {
+                    h = mix(h, w(22 + 4 * i)?);
+                }
+                let nh = b(20)?;
+                h = mix(h, nh);
+                if nh == 6 || nh == 17 {
+                    h = mix(h, w(54)?);
+                }
+            }
+            _ => {}
+        }
+        Some(fmix(h))
+    }
+
+    /// Params under which every frame of more than 0 bytes is demoted: the program then
+    /// returns `h % 65536`, the low half of the hash.
+    fn always_bulk() -> SteeringParams {
+        SteeringParams {
+            bulk_queues: 1 << 16,
+            express_queue: 7,
+            flow_budget: 0,
+            ..slow(1)
+        }
+    }
+
+    #[test]
+    fn program_size() {
+        let insns = program(&SteeringParams::new(4), 0, 0).unwrap();
+        eprintln!("steering program: {} instructions", insns.len());
+        assert!(insns.len() < 4096);
+    }
+
+    #[test]
+    fn steer_a_rejected_program_reports_the_verifier_log() {
+        need_root();
+        // `exit` with r0 never written.
+        let mut a = Asm::default();
+        a.exit();
+        let e = load_prog(&a.finish().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("verifier log") && e.contains("R0"), "{e}");
+    }
+
+    #[test]
+    fn params_are_checked() {
+        assert!(TapSteering::load(&SteeringParams::new(0)).is_err());
+        let p = SteeringParams {
+            express_queue: 70_000,
+            ..SteeringParams::new(4)
+        };
+        assert_eq!(
+            TapSteering::load(&p).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
+
+    #[test]
+    fn steer_hash_matches_the_reference_for_every_kind_of_frame() {
+        let s = load(&always_bulk());
+        let mut frames = vec![arp(), tcp6(100, 1), tcp6(100, 2)];
+        for sport in 0..16 {
+            frames.push(tcp4(100, 1000 + sport));
+            // UDP; a fragment (no ports); an options header (IHL 6); another protocol.
+            let (a, b) = (
+                Ipv4Addr::new(10, 1, 0, sport as u8),
+                Ipv4Addr::new(10, 2, 0, 1),
+            );
+            frames.push(v4(100, 17, a, b, (53, sport), 0));
+            frames.push(v4(100, 17, a, b, (53, sport), 0x2000));
+            frames.push(v4(100, 1, a, b, (53, sport), 0));
+            let mut opts = v4(100, 6, a, b, (53, sport), 0);
+            opts[14] = 0x46;
+            frames.push(opts);
+        }
+        for f in &frames {
+            let want = ref_hash(f).unwrap() % (1 << 16);
+            assert_eq!(s.test_run(f).unwrap(), want, "{f:02x?}");
+        }
+        // Ports count for TCP/UDP, not for fragments or other protocols.
+        let q = |f: &[u8]| s.test_run(f).unwrap();
+        let (a, b) = (Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(10, 2, 0, 1));
+        assert_ne!(
+            q(&v4(100, 17, a, b, (1, 2), 0)),
+            q(&v4(100, 17, a, b, (1, 3), 0))
+        );
+        assert_eq!(
+            q(&v4(100, 17, a, b, (1, 2), 1)),
+            q(&v4(100, 17, a, b, (1, 3), 1))
+        );
+        assert_eq!(
+            q(&v4(100, 1, a, b, (1, 2), 0)),
+            q(&v4(100, 1, a, b, (1, 3), 0))
+        );
+        assert_ne!(q(&tcp6(100, 1)), q(&tcp6(100, 2)));
+    }
+
+    #[test]
+    fn steer_same_flow_same_queue() {
+        let s = load(&slow(4));
+        for _ in 0..20 {
+            assert_eq!(s.test_run(&tcp4(100, 5555)).unwrap(), 4);
+        }
+        let s = load(&SteeringParams {
+            flow_budget: 0,
+            ..slow(4)
+        });
+        let q = s.test_run(&tcp4(1500, 5555)).unwrap();
+        assert!(q < 4);
+        for _ in 0..20 {
+            assert_eq!(s.test_run(&tcp4(1500, 5555)).unwrap(), q);
+        }
+    }
+
+    #[test]
+    fn steer_sparse_flows_go_express() {
+        let s = load(&slow(4));
+        for i in 0..20 {
+            // 20 flows of 10 frames of 100 bytes: 1 KiB per flow, 20 KiB in all.
+            for _ in 0..10 {
+                assert_eq!(s.test_run(&tcp4(100, 2000 + i)).unwrap(), 4);
+            }
+        }
+        assert_eq!(s.test_run(&arp()).unwrap(), 4, "ARP");
+        assert_eq!(s.test_run(&tcp6(100, 1)).unwrap(), 4, "IPv6");
+    }
+
+    #[test]
+    fn steer_a_busy_flow_is_demoted_and_held() {
+        need_root();
+        // TEST_RUN takes at most about a page, so no 9000-byte frame here: 3000-byte frames
+        // (2986 bytes counted) go over the 4096-byte budget at the second.
+        let p = slow(4);
+        let s = load(&p);
+        let bulk = ref_hash(&tcp4(3000, 7)).unwrap() % 4;
+        assert_eq!(s.test_run(&tcp4(3000, 7)).unwrap(), 4);
+        assert_eq!(s.test_run(&tcp4(3000, 7)).unwrap(), bulk);
+        // Held: small frames of the same flow follow it to the bulk queue.
+        for _ in 0..5 {
+            assert_eq!(s.test_run(&tcp4(60, 7)).unwrap(), bulk);
+        }
+        // Other flows are unaffected.
+        assert_eq!(s.test_run(&tcp4(60, 8)).unwrap(), 4);
+        // A single frame over the budget demotes at once; an IPv6 flow too.
+        let s = load(&SteeringParams {
+            flow_budget: 1000,
+            ..p
+        });
+        assert_eq!(
+            s.test_run(&tcp4(1100, 9)).unwrap(),
+            ref_hash(&tcp4(1100, 9)).unwrap() % 4
+        );
+        assert_eq!(
+            s.test_run(&tcp6(1100, 9)).unwrap(),
+            ref_hash(&tcp6(1100, 9)).unwrap() % 4
+        );
+        assert_eq!(
+            s.test_run(&tcp6(100, 9)).unwrap(),
+            ref_hash(&tcp6(100, 9)).unwrap() % 4
+        );
+        // The hold expires: with a 1 ms hold and window, a sparse flow comes back.
+        let s = load(&SteeringParams {
+            flow_budget: 1000,
+            window_ns: 1_000_000,
+            hold_ns: 1_000_000,
+            ..p
+        });
+        assert!(s.test_run(&tcp4(1100, 9)).unwrap() < 4);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(s.test_run(&tcp4(100, 9)).unwrap(), 4);
+    }
+
+    #[test]
+    fn steer_flows_spread_over_the_bulk_queues() {
+        let s = load(&SteeringParams {
+            flow_budget: 0,
+            ..slow(4)
+        });
+        let mut hit = [0u32; 4];
+        for i in 0..64 {
+            let q = s.test_run(&tcp4(1500, 30_000 + i)).unwrap();
+            assert!(q < 4, "{q}");
+            hit[q as usize] += 1;
+        }
+        eprintln!("64 flows over 4 bulk queues: {hit:?}");
+        assert!(hit.iter().filter(|&&n| n > 0).count() >= 3, "{hit:?}");
+    }
+
+    #[test]
+    fn steer_global_budget_demotes() {
+        let s = load(&SteeringParams {
+            global_budget: 1000,
+            flow_budget: 100_000,
+            ..slow(4)
+        });
+        // 586 + 586 > 1000: the second flow's frame is demoted, and so are its next frames.
+        assert_eq!(s.test_run(&tcp4(600, 1)).unwrap(), 4);
+        let bulk2 = ref_hash(&tcp4(600, 2)).unwrap() % 4;
+        assert_eq!(s.test_run(&tcp4(600, 2)).unwrap(), bulk2);
+        assert_eq!(s.test_run(&tcp4(60, 2)).unwrap(), bulk2);
+        // What still fits goes express: 586 + 286 <= 1000.
+        assert_eq!(s.test_run(&tcp4(300, 3)).unwrap(), 4);
+    }
+
+    #[test]
+    fn steer_truncated_and_garbage_frames() {
+        let s = load(&slow(4));
+        // TEST_RUN itself refuses an IPv4 frame without a whole IPv4 header and an IPv6 one
+        // without a whole IPv6 header (EINVAL), so the truncations tried are past those.
+        // A load past the end returns 0 (queue 0) and touches no meter: ports cut off, ...
+        let full = tcp4(100, 1);
+        for len in 34..38 {
+            assert_eq!(s.test_run(&full[..len]).unwrap(), 0, "{len}");
+        }
+        // ... an IHL pointing past the end, ...
+        let mut far = full[..60].to_vec();
+        far[14] = 0x4f;
+        assert_eq!(s.test_run(&far).unwrap(), 0);
+        // ... IPv6 ports cut off.
+        let full6 = tcp6(100, 1);
+        for len in 54..58 {
+            assert_eq!(s.test_run(&full6[..len]).unwrap(), 0, "{len}");
+        }
+        // Other short frames: the ethertype alone.
+        assert_eq!(s.test_run(&eth(0x1234)).unwrap(), 4);
+        assert!(s.test_run(&full[..10]).is_err(), "TEST_RUN needs 14 bytes");
+        // Pseudo-random garbage of many lengths, some of it posing as IPv4 or IPv6: no error.
+        let mut x = 0x1234_5678_u32;
+        for len in 14..600 {
+            let mut f: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            match len % 3 {
+                1 if len >= 34 => f[12..14].copy_from_slice(&[8, 0]),
+                2 if len >= 54 => f[12..14].copy_from_slice(&[0x86, 0xdd]),
+                _ if matches!(f[12..14], [8, 0] | [0x86, 0xdd]) => f[12] = 0x99,
+                _ => {}
+            }
+            let q = s.test_run(&f).unwrap();
+            assert!(
+                q == 4 || q == 0 || ref_hash(&f).is_some_and(|h| h % 4 == q),
+                "{f:02x?}"
+            );
+        }
+    }
+
+    /// A real 3-queue TAP (2 bulk + express) in a scratch namespace: small datagrams are read
+    /// from the express queue, a burst of one flow from the bulk queue its hash picks, and
+    /// the TAP path counts the Ethernet header in `len`.
+    #[test]
+    fn steer_real_tap() {
+        need_root();
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            real_tap();
+        })
+        .join()
+        .unwrap();
+    }
+
+    fn real_tap() {
+        let q0 = Tap::open("wsteer0", true).unwrap();
+        let q1 = q0.open_queue().unwrap();
+        let q2 = q0.open_queue().unwrap();
+        let p = SteeringParams {
+            flow_budget: 1000,
+            ..slow(2)
+        };
+        let s = TapSteering::load(&p).unwrap();
+        s.attach(&q1).unwrap();
+        drop(s); // the device keeps the program
+        let ip = |args: &[&str]| {
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        ip(&["addr", "add", "10.77.0.1/24", "dev", "wsteer0"]);
+        ip(&["link", "set", "wsteer0", "up"]);
+        ip(&[
+            "neigh",
+            "add",
+            "10.77.0.2",
+            "lladdr",
+            "02:00:00:00:00:02",
+            "dev",
+            "wsteer0",
+            "nud",
+            "permanent",
+        ]);
+        let queues = [q0, q1, q2];
+        for q in &queues {
+            q.set_nonblocking(true).unwrap();
+        }
+
+        let bind = || UdpSocket::bind("10.77.0.1:0").unwrap();
+        let port = |s: &UdpSocket| s.local_addr().unwrap().port();
+        let to = "10.77.0.2:9999";
+        // UDP/IPv4 frames have 42 bytes of headers.
+        let small = bind();
+        for _ in 0..3 {
+            small.send_to(&[1; 58], to).unwrap(); // 100-byte frames: express
+        }
+        // A frame of exactly the budget stays express, one byte more of the same flow is
+        // over it: the TAP path counts the whole frame, Ethernet header included.
+        let edge = bind();
+        edge.send_to(&[2; 1000 - 42], to).unwrap();
+        edge.send_to(&[2; 1], to).unwrap();
+        // A burst: over the budget at its first frame, and held on its bulk queue.
+        let busy = bind();
+        busy.send_to(&[3; 1001 - 42], to).unwrap();
+        for _ in 0..19 {
+            busy.send_to(&[3; 1400], to).unwrap();
+        }
+        // 16 busy flows: each on the bulk queue its hash (of the frame as read) says.
+        let spread: Vec<UdpSocket> = (0..16).map(|_| bind()).collect();
+        for s in &spread {
+            s.send_to(&[4; 1100], to).unwrap();
+        }
+        let want_frames = 3 + 2 + 20 + 16;
+
+        let mut got: Vec<(usize, Vec<u8>)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = vec![0u8; 65_536];
+        while got.len() < want_frames && Instant::now() < deadline {
+            for (i, q) in queues.iter().enumerate() {
+                while let Ok(n) = q.recv(&mut buf) {
+                    let f = &buf[..n];
+                    // Only our datagrams (not IPv6 router solicitations and the like).
+                    let ours = n >= 42
+                        && f[12..14] == [8, 0]
+                        && f[23] == 17
+                        && f[36..38] == 9999u16.to_be_bytes();
+                    if ours {
+                        got.push((i, f.to_vec()));
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(got.len(), want_frames, "{got:?}");
+        let mut edge_seen = Vec::new();
+        let mut bulk_hit = [0; 2];
+        for (q, f) in &got {
+            let sport = u16::from_be_bytes([f[34], f[35]]);
+            let bulk = (ref_hash(f).unwrap() % 2) as usize;
+            if sport == port(&small) {
+                assert_eq!(*q, 2, "a small datagram not on the express queue");
+            } else if sport == port(&edge) {
+                edge_seen.push((f.len(), *q, bulk));
+            } else {
+                assert_eq!(*q, bulk, "a busy flow's frame of {} bytes", f.len());
+                if sport != port(&busy) {
+                    bulk_hit[bulk] += 1;
+                }
+            }
+        }
+        // (Read queue by queue, so in no particular order.)
+        edge_seen.sort_unstable_by_key(|&(len, _, _)| std::cmp::Reverse(len));
+        assert!(
+            matches!(edge_seen[..], [(1000, 2, _), (43, q, bulk)] if q == bulk),
+            "{edge_seen:?}"
+        );
+        assert!(bulk_hit[0] > 0 && bulk_hit[1] > 0, "{bulk_hit:?}");
+        eprintln!("real TAP: 16 busy flows over the 2 bulk queues: {bulk_hit:?}");
+    }
+}
