@@ -36,9 +36,9 @@ struct Args {
     /// Pings (0.2 s apart) for the RTT median.
     #[arg(long, default_value_t = 20)]
     pings: u32,
-    /// Comma-separated targets out of weft, weft-1t, weft-rt, weft-fastdp, weft-enc,
-    /// weft-enc-1t, kvxlan, kvxlan-fw, veth (all but weft-1t, weft-rt and weft-enc-1t by
-    /// default).
+    /// Comma-separated targets out of weft, weft-1t, weft-rt, weft-noexp, weft-fastdp, weft-enc,
+    /// weft-enc-1t, weft-enc-noexp, kvxlan, kvxlan-fw, veth (all but weft-1t, weft-rt,
+    /// weft-noexp, weft-enc-1t and weft-enc-noexp by default).
     #[arg(
         long,
         default_value = "weft,weft-fastdp,weft-enc,kvxlan,kvxlan-fw,veth"
@@ -79,12 +79,16 @@ enum Target {
     Weft1t,
     /// The userspace path with its data-plane threads on SCHED_FIFO (`--datapath-priority 10`).
     WeftRt,
+    /// The userspace path without the express lane (`--no-express`).
+    WeftNoexp,
     /// weft's kernel fast path (a VXLAN device per peer, the default).
     WeftFastdp,
     /// weft with a password: every datagram sealed.
     WeftEnc,
     /// weft with a password on one data-plane thread.
     WeftEnc1t,
+    /// weft with a password, without the express lane.
+    WeftEncNoexp,
     Kvxlan,
     /// kvxlan on hosts with the firewall a weft host has: the FORWARD rules weft adds for its
     /// bridge (Weave's, with a conntrack match), here for `kbr`.
@@ -98,16 +102,18 @@ impl Target {
             "weft" => Ok(Self::Weft),
             "weft-1t" => Ok(Self::Weft1t),
             "weft-rt" => Ok(Self::WeftRt),
+            "weft-noexp" => Ok(Self::WeftNoexp),
             "weft-fastdp" => Ok(Self::WeftFastdp),
             "weft-enc" => Ok(Self::WeftEnc),
             "weft-enc-1t" => Ok(Self::WeftEnc1t),
+            "weft-enc-noexp" => Ok(Self::WeftEncNoexp),
             "kvxlan" => Ok(Self::Kvxlan),
             "kvxlan-fw" => Ok(Self::KvxlanFw),
             "veth" => Ok(Self::Veth),
             other => {
                 bail!(
-                    "unknown target {other:?} (known: weft, weft-1t, weft-rt, weft-fastdp, weft-enc, weft-enc-1t, \
-                     kvxlan, kvxlan-fw, veth)"
+                    "unknown target {other:?} (known: weft, weft-1t, weft-rt, weft-noexp, weft-fastdp, \
+                     weft-enc, weft-enc-1t, weft-enc-noexp, kvxlan, kvxlan-fw, veth)"
                 )
             }
         }
@@ -120,9 +126,11 @@ impl Target {
             Self::Weft
                 | Self::Weft1t
                 | Self::WeftRt
+                | Self::WeftNoexp
                 | Self::WeftFastdp
                 | Self::WeftEnc
                 | Self::WeftEnc1t
+                | Self::WeftEncNoexp
         )
     }
 
@@ -131,9 +139,11 @@ impl Target {
             Self::Weft => "weft",
             Self::Weft1t => "weft-1t",
             Self::WeftRt => "weft-rt",
+            Self::WeftNoexp => "weft-noexp",
             Self::WeftFastdp => "weft-fastdp",
             Self::WeftEnc => "weft-enc",
             Self::WeftEnc1t => "weft-enc-1t",
+            Self::WeftEncNoexp => "weft-enc-noexp",
             Self::Kvxlan => "kvxlan",
             Self::KvxlanFw => "kvxlan-fw",
             Self::Veth => "veth",
@@ -145,9 +155,11 @@ impl Target {
             Self::Weft => "weft router, userspace path (--no-fastdp; VXLAN over UDP 6783), bridged",
             Self::Weft1t => "weft's userspace path on one data-plane thread (--datapath-threads 1)",
             Self::WeftRt => "weft's userspace path, data-plane threads SCHED_FIFO 10",
+            Self::WeftNoexp => "weft's userspace path without the express lane (--no-express)",
             Self::WeftFastdp => "weft router, kernel fast path (VXLAN device per peer, UDP 6784)",
             Self::WeftEnc => "weft router with --password (every datagram sealed, AEAD per hop)",
             Self::WeftEnc1t => "weft with --password on one data-plane thread",
+            Self::WeftEncNoexp => "weft with --password, without the express lane",
             Self::Kvxlan => "kernel VXLAN VNI 42, UDP 4789, bridged, static FDB",
             Self::KvxlanFw => {
                 "kvxlan with weft's FORWARD rules for the bridge (conntrack on, as on a weft host)"
@@ -335,7 +347,7 @@ fn build(target: Target, weft_bin: Option<PathBuf>, weft_mtu: Option<u32>) -> Re
     }
     let net = TestNet::with_weft_bin(&format!("nb{}", &target.name()[..2]), weft_bin)?;
     let (client, server, mtu, tunnel_pids) = match target {
-        Target::Weft | Target::Weft1t | Target::WeftRt | Target::WeftFastdp => {
+        Target::Weft | Target::Weft1t | Target::WeftRt | Target::WeftNoexp | Target::WeftFastdp => {
             let h1 = net.host(1)?;
             let h2 = net.host(2)?;
             let mut opts = mtu_opts.clone();
@@ -348,6 +360,9 @@ fn build(target: Target, weft_bin: Option<PathBuf>, weft_mtu: Option<u32>) -> Re
             }
             if target == Target::Weft1t {
                 opts.extend(["--datapath-threads", "1"]);
+            }
+            if target == Target::WeftNoexp {
+                opts.push("--no-express");
             }
             weft_tests::mesh::launch_with(&h1, &opts, &[])?;
             weft_tests::mesh::launch_with(&h2, &opts, &[&h1])?;
@@ -371,12 +386,15 @@ fn build(target: Target, weft_bin: Option<PathBuf>, weft_mtu: Option<u32>) -> Re
             let pids = vec![h1.router_pid()?, h2.router_pid()?];
             (c1, c2, mtu, pids)
         }
-        Target::WeftEnc | Target::WeftEnc1t => {
+        Target::WeftEnc | Target::WeftEnc1t | Target::WeftEncNoexp => {
             let h1 = net.host(1)?;
             let h2 = net.host(2)?;
             let mut pw = vec!["--password", "netbench password"];
             if target == Target::WeftEnc1t {
                 pw.extend(["--datapath-threads", "1"]);
+            }
+            if target == Target::WeftEncNoexp {
+                pw.push("--no-express");
             }
             pw.extend_from_slice(&mtu_opts);
             weft_tests::mesh::launch_with(&h1, &pw, &[])?;

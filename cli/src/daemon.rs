@@ -897,6 +897,7 @@ fn router_config(global: &Global, spec: &RouterSpec) -> anyhow::Result<weft_rout
         },
         datapath_priority: a.datapath_priority,
         datapath_threads: usize::from(a.datapath_threads),
+        express: !a.no_express,
         protocol_max: a.protocol_max,
         http_addr: global.http_addr,
         mtu: a.mtu.unwrap_or(DEFAULT_MTU),

@@ -143,6 +143,12 @@ pub(crate) struct RouterArgs {
     #[arg(long, env = "WEFT_DATAPATH_THREADS", default_value_t = 0,
           value_parser = clap::value_parser!(u16).range(0..=64))]
     pub(crate) datapath_threads: u16,
+    /// No express lane: sparse flows (pings, health checks, handshakes) share the userspace
+    /// data path's queues with bulk traffic instead of skipping them (needs eBPF). weft's own.
+    #[arg(long, env = "WEFT_NO_EXPRESS", action = ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", default_value = "false",
+          value_parser = BoolishValueParser::new())]
+    pub(crate) no_express: bool,
     /// The highest control protocol to speak, to behave like an older weft (a mesh being
     /// upgraded, or a test of one): 4 leaves out partial checksums on the data path.
     #[arg(long, env = "WEFT_PROTOCOL_MAX", hide = true,

@@ -583,6 +583,7 @@ pub fn build_report(shared: &Shared) -> StatusReport {
         proxy,
         kernel_features: info.kernel_features.clone(),
         datapath_threads: info.datapath_threads,
+        express_lane: info.express_lane,
         links,
     }
 }

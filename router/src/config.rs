@@ -72,6 +72,8 @@ pub struct Config {
     /// `SCHED_FIFO` priority of the userspace data path's thread (`--datapath-priority`); 0:
     /// the ordinary scheduler.
     pub datapath_priority: u8,
+    /// Run the userspace data path's express lane for sparse flows (off: `--no-express`).
+    pub express: bool,
     /// Userspace data-plane threads (`--datapath-threads`), each with its own TAP queue and
     /// UDP socket; 0: one per CPU the router may run on, at most [`AUTO_THREADS_MAX`].
     pub datapath_threads: usize,
@@ -174,6 +176,7 @@ impl Default for Config {
             fastdp_port: DEFAULT_PORT + 1,
             datapath_priority: 0,
             datapath_threads: 0,
+            express: true,
             protocol_max: weft_wire::control::PROTOCOL_MAX,
             http_addr: SocketAddr::from(([127, 0, 0, 1], 6784)),
             mtu: DEFAULT_MTU,

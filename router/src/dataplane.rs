@@ -13,6 +13,22 @@
 //! to the others ([`Engine::take_learned`]), and counters are summed when published. One
 //! thread is the single-threaded data plane of before: stream 0, no sharing.
 //!
+//! **The express lane** (on unless `--no-express`, needs eBPF): one more thread after the bulk
+//! ones, with the TAP's last queue and the socket group's last socket, for *sparse* flows: a
+//! ping, a health check, a heartbeat, a DNS query, a TCP handshake. An eBPF program steers the
+//! TAP's queues ([`weft_sys::steer`]): it meters every flow's bytes, sends a flow that stays
+//! under a small budget (4 KiB per 10 ms, and all sparse flows together under 64 KiB) to the
+//! express queue and every other flow to a bulk queue by its hash; a flow over its budget stays
+//! on its bulk queue until it has been quiet for 50 ms, so it never moves to the faster lane
+//! while its earlier frames may still be queued in the slower one (no reordering). The express
+//! thread sends with [`weft_wire::vxlan::EXPRESS`] in the header, and the receiving router's
+//! socket filter hands such datagrams to its own express socket, whatever the stream byte
+//! ([`BatchUdp::bind_group`]); so a sparse flow skips the bulk queues on both hosts (the TAP's
+//! on the sending one, the socket's on the receiving one), where a bulk TCP stream keeps
+//! milliseconds of data. The thread runs at nice [`EXPRESS_NICE`]: it handles little traffic,
+//! and on a busy host a sparse frame then waits neither behind bulk frames nor for the thread's
+//! turn on a core. Its engine is one more stream (its index), with its own keys.
+//!
 //! One wake-up of the loop: `poll` on both descriptors; drain control commands; read up to
 //! [`TAP_BUDGET`] frames from the TAP, encapsulating each into the send path; receive up to
 //! [`UDP_BUDGET`] batches with `recvmmsg`, writing delivered frames to the TAP. Nothing is
@@ -90,6 +106,11 @@ use weft_wire::vxlan::{self, HEADER_LEN as VXLAN_HLEN};
 use crate::traffic::LinkTraffic;
 use weft_overlay::links::MAX_OVERHEAD;
 
+/// The nice value of the express lane's thread (unless `--datapath-priority` puts every
+/// data-plane thread on the real-time scheduler): it handles only sparse flows, so favouring it
+/// costs bulk traffic almost nothing, and it runs as soon as a sparse frame arrives instead of
+/// waiting for its turn on a busy core.
+pub const EXPRESS_NICE: i32 = -20;
 /// Reads from the TAP per wake-up before the socket gets a turn (a read may be a 64 KiB
 /// super-frame, so this is also a bound of about 4 MiB).
 pub const TAP_BUDGET: usize = 64;
@@ -271,6 +292,7 @@ pub fn spawn(
     events: UnboundedSender<DpEvent>,
     publish: impl Fn(usize, &Counters, &LinkTraffic) + Send + Clone + 'static,
     priority: u8,
+    express: bool,
 ) -> io::Result<Vec<JoinHandle<()>>> {
     let n = queues.len();
     let (mac_tx, mac_rx): (Vec<Sender<LearnedMacs>>, Vec<Receiver<LearnedMacs>>) =
@@ -305,17 +327,33 @@ pub fn spawn(
                 .map(|(_, tx)| tx.clone())
                 .collect(),
         };
+        let is_express = express && i + 1 == n;
         let config = EngineConfig {
-            // At most 64 threads (the clamp of --datapath-threads), so this fits.
+            // At most 64 threads and the express lane (the clamp of --datapath-threads), and
+            // receivers accept 64 streams, so this fits.
             stream: u8::try_from(i).unwrap_or(u8::MAX),
             share_macs: n > 1,
+            express: is_express,
             ..config
         };
         let events = events.clone();
         let publish = publish.clone();
+        let name = if is_express {
+            "weft-express"
+        } else {
+            "weft-dataplane"
+        };
         let handle = std::thread::Builder::new()
-            .name("weft-dataplane".into())
+            .name(name.into())
             .spawn(move || {
+                if is_express && priority == 0 {
+                    if let Err(e) = weft_sys::sched::set_nice(EXPRESS_NICE) {
+                        tracing::warn!(
+                            "express lane: nice {EXPRESS_NICE} refused ({e}); sparse flows \
+                             wait for the CPU like bulk ones"
+                        );
+                    }
+                }
                 if priority > 0 {
                     match weft_sys::sched::set_realtime(priority) {
                         Ok(()) => tracing::info!(
@@ -333,6 +371,7 @@ pub fn spawn(
                     Engine::new(config)
                 };
                 let mut dp = DataPlane::new(tap, udp, engine, clock, events, gro, siblings);
+                dp.express = is_express;
                 dp.run(&commands, |c: &Counters, t: &LinkTraffic| publish(i, c, t));
             })?;
         handles.push(handle);
@@ -399,6 +438,8 @@ struct DataPlane {
     /// An ICMP "fragmentation needed" frame on its way to the TAP.
     icmp_buf: [u8; FRAG_NEEDED_MAX_LEN],
     siblings: Siblings,
+    /// This is the express lane's thread: what it reads and receives is counted as such.
+    express: bool,
 }
 
 impl DataPlane {
@@ -436,6 +477,7 @@ impl DataPlane {
             frag_buf: vec![0; SLOT],
             icmp_buf: [0; FRAG_NEEDED_MAX_LEN],
             siblings,
+            express: false,
         }
     }
 
@@ -459,6 +501,16 @@ impl DataPlane {
             pmtu_frames_fragmented: d.pmtu_frames_fragmented,
             pmtu_fragments_sent: d.pmtu_fragments_sent,
             pmtu_dropped: d.pmtu_dropped,
+            express_tap_rx_frames: if self.express {
+                self.engine.counters().tap_rx_frames
+            } else {
+                0
+            },
+            express_udp_rx_datagrams: if self.express {
+                self.engine.counters().udp_rx_datagrams
+            } else {
+                0
+            },
             ..*self.engine.counters()
         }
     }

@@ -8,8 +8,9 @@
 //! - `udp-gso`: without it every datagram is its own `sendmmsg` entry;
 //! - `udp-gro`: without it every datagram is its own receive slot.
 //!
-//! `vxlan-external` and `ebpf` are what a kernel fast path needs; weft's data path is the
-//! userspace one (Weave's "sleeve") either way, so they are reported and never used yet.
+//! `ebpf` also steers the TAP's queues for the express lane (see [`crate::dataplane`]):
+//! without it sparse flows share the bulk queues. `vxlan-external` is what a kernel fast path
+//! needs; it is reported and not used by the userspace path.
 //!
 //! The hooks are where the TAP and the UDP socket are opened ([`crate::run()`]):
 //! [`Features::tap_options`] picks the TAP's options and [`Features::apply_to_udp`] rules out
@@ -64,6 +65,11 @@ impl Features {
         }
     }
 
+    /// Whether the operator left `f` to be used (not in `--disable-features`).
+    pub fn allowed(&self, f: Feature) -> bool {
+        !self.disabled.contains(&f)
+    }
+
     /// Whether the data plane may use `f`: the kernel has it, nothing ruled it out, and what
     /// it builds on (TSO on the vnet header) is used too.
     pub fn uses(&self, f: Feature) -> bool {
@@ -102,8 +108,9 @@ impl Features {
     }
 
     /// Every feature, for the status outputs. `tap` is the options the TAP was actually opened
-    /// with (it may have fallen back further than asked).
-    pub fn report(&self, tap: TapOptions) -> Vec<FeatureReport> {
+    /// with (it may have fallen back further than asked); `express`: the express lane runs,
+    /// its queues steered by an eBPF program.
+    pub fn report(&self, tap: TapOptions, express: bool) -> Vec<FeatureReport> {
         Feature::ALL
             .into_iter()
             .map(|f| {
@@ -112,12 +119,18 @@ impl Features {
                 match f {
                     Feature::TapVnetHdr => used &= tap.vnet_hdr,
                     Feature::Tso => used &= tap.offload.tso4,
+                    Feature::Ebpf => used = express,
                     _ => {}
                 }
                 let note = if used {
                     String::new()
                 } else if self.disabled.contains(&f) {
                     "disabled by --disable-features".to_owned()
+                } else if f == Feature::Ebpf {
+                    match probe {
+                        Probe::Available => "the express lane is off".to_owned(),
+                        Probe::Missing(why) | Probe::Unknown(why) => why.clone(),
+                    }
                 } else if !USED_BY_USERSPACE.contains(&f) {
                     match probe {
                         Probe::Available => "not used by the userspace data path".to_owned(),
@@ -193,8 +206,13 @@ pub fn parse_disabled(s: &str) -> Result<Vec<Feature>, String> {
 }
 
 /// `weave status`'s one-line summary: `sleeve (userspace) with vnet-hdr tso udp-gso udp-gro;
-/// without ...`, with `, N threads` after `userspace` when the data plane runs on several.
-pub fn summary<'a>(features: impl IntoIterator<Item = (&'a str, bool)>, threads: usize) -> String {
+/// without ...`, with `, N threads` after `userspace` when the data plane runs on several and
+/// `, express lane` when it has one.
+pub fn summary<'a>(
+    features: impl IntoIterator<Item = (&'a str, bool)>,
+    threads: usize,
+    express: bool,
+) -> String {
     let (used, unused): (Vec<_>, Vec<_>) = features.into_iter().partition(|(_, used)| *used);
     let used: Vec<&str> = used.into_iter().map(|(name, _)| name).collect();
     let fallbacks: Vec<&str> = unused
@@ -202,11 +220,14 @@ pub fn summary<'a>(features: impl IntoIterator<Item = (&'a str, bool)>, threads:
         .map(|(name, _)| name)
         .filter(|name| USED_BY_USERSPACE.iter().any(|f| f.name() == *name))
         .collect();
-    let threads = if threads > 1 {
+    let mut threads = if threads > 1 {
         format!(", {threads} threads")
     } else {
         String::new()
     };
+    if express {
+        threads.push_str(", express lane");
+    }
     let mut s = format!(
         "sleeve (userspace{threads}) with {}",
         if used.is_empty() {
@@ -241,19 +262,31 @@ mod tests {
         let f = Features::new(all(&Probe::Available), &[]);
         let tap = f.tap_options();
         assert!(tap.vnet_hdr && tap.offload.csum && tap.offload.tso4 && tap.offload.tso6);
-        let r = f.report(tap);
+        let r = f.report(tap, false);
         let used: Vec<&str> = r.iter().filter(|r| r.used).map(|r| &*r.name).collect();
         assert_eq!(used, ["tap-vnet-hdr", "tso", "udp-gso", "udp-gro"]);
         let vx = r.iter().find(|r| r.name == "vxlan-external").unwrap();
         assert_eq!(vx.available, Some(true));
         assert!(vx.note.contains("not used"), "{vx:?}");
+        let ebpf = r.iter().find(|r| r.name == "ebpf").unwrap();
+        assert_eq!(ebpf.note, "the express lane is off");
         assert_eq!(
-            summary(r.iter().map(|f| (f.name.as_str(), f.used)), 1),
+            summary(r.iter().map(|f| (f.name.as_str(), f.used)), 1, false),
             "sleeve (userspace) with tap-vnet-hdr tso udp-gso udp-gro"
         );
         assert_eq!(
-            summary(r.iter().map(|f| (f.name.as_str(), f.used)), 4),
+            summary(r.iter().map(|f| (f.name.as_str(), f.used)), 4, false),
             "sleeve (userspace, 4 threads) with tap-vnet-hdr tso udp-gso udp-gro"
+        );
+        // With the express lane, eBPF steers the TAP's queues.
+        let r = f.report(tap, true);
+        assert!(
+            r.iter()
+                .any(|r| r.name == "ebpf" && r.used && r.note.is_empty())
+        );
+        assert_eq!(
+            summary(r.iter().map(|f| (f.name.as_str(), f.used)), 2, true),
+            "sleeve (userspace, 2 threads, express lane) with tap-vnet-hdr tso udp-gso udp-gro ebpf"
         );
     }
 
@@ -262,14 +295,14 @@ mod tests {
         let f = Features::new(all(&Probe::Available), &[Feature::TapVnetHdr]);
         let tap = f.tap_options();
         assert_eq!(tap, TapOptions::default());
-        let r = f.report(tap);
+        let r = f.report(tap, false);
         let tso = r.iter().find(|r| r.name == "tso").unwrap();
         assert!(!tso.used);
         assert!(tso.note.contains("tap-vnet-hdr"), "{tso:?}");
         let vnet = r.iter().find(|r| r.name == "tap-vnet-hdr").unwrap();
         assert_eq!(vnet.note, "disabled by --disable-features");
         assert_eq!(
-            summary(r.iter().map(|f| (f.name.as_str(), f.used)), 1),
+            summary(r.iter().map(|f| (f.name.as_str(), f.used)), 1, false),
             "sleeve (userspace) with udp-gso udp-gro; without tap-vnet-hdr tso"
         );
     }
@@ -282,12 +315,12 @@ mod tests {
         let f = Features::new(k, &[]);
         let tap = f.tap_options();
         assert!(tap.vnet_hdr && tap.offload.csum && !tap.offload.tso4);
-        let r = f.report(tap);
+        let r = f.report(tap, true);
         let gro = r.iter().find(|r| r.name == "udp-gro").unwrap();
         assert_eq!((gro.available, gro.used), (None, false));
         assert_eq!(gro.note, "no socket");
         // The TAP fell back to no header at all although the probe said yes.
-        let r = f.report(TapOptions::default());
+        let r = f.report(TapOptions::default(), true);
         let vnet = r.iter().find(|r| r.name == "tap-vnet-hdr").unwrap();
         assert_eq!(vnet.note, "the device refused it");
     }

@@ -101,6 +101,9 @@ pub struct RouterStatus {
     /// weft's own: threads of the userspace data path.
     #[serde(default)]
     pub DatapathThreads: usize,
+    /// weft's own: the userspace data path has an express lane for sparse flows.
+    #[serde(default)]
+    pub ExpressLane: bool,
 }
 
 /// weft's own: one kernel feature (see [`crate::features`]).
@@ -428,6 +431,7 @@ pub fn weave_status(r: &StatusReport) -> WeaveStatus {
         },
         FastdpPort: r.fastdp_port,
         DatapathThreads: r.datapath_threads,
+        ExpressLane: r.express_lane,
         TrustedSubnets: r.trusted_subnets.clone(),
         KernelFeatures: r
             .kernel_features
@@ -661,7 +665,7 @@ pub fn render_status(w: &WeaveStatus) -> String {
         let _ = writeln!(
             out,
             "       DataPath: {fast}{}",
-            crate::features::summary(features, r.DatapathThreads)
+            crate::features::summary(features, r.DatapathThreads, r.ExpressLane)
         );
     }
     if let Some(i) = &w.IPAM {
@@ -920,6 +924,7 @@ mod tests {
             proxy: Some(vec!["unix:///var/run/weave/weave.sock".into()]),
             kernel_features: Vec::new(),
             datapath_threads: 2,
+            express_lane: true,
             links: Vec::new(),
         }
     }

@@ -12,7 +12,7 @@ use weft_node::{Node, NodeConfig};
 use weft_overlay::{EngineConfig, MacTable};
 use weft_sys::netlink::Netlink;
 use weft_sys::tap::{Tap, TapOptions};
-use weft_sys::udp::BatchUdp;
+use weft_sys::udp::{BatchUdp, Steering};
 use weft_wire::control::{PROTOCOL_MAX, PROTOCOL_MIN};
 
 use crate::config::{Config, parse_peer};
@@ -66,14 +66,18 @@ pub async fn run_with(
     // with what may be used.
     let features = crate::features::Features::detect(&config.disabled_features);
     let mut threads = config.datapath_threads();
+    // The express lane (crate::dataplane): one more TAP queue and thread for sparse flows,
+    // when eBPF may steer the TAP's queues.
+    let want_express = config.express && features.allowed(weft_sys::probe::Feature::Ebpf);
     // One TAP queue per data-plane thread; a kernel that refuses a multi-queue TAP gets one
-    // thread.
-    let mut taps = match open_tap_queues(&config.tap, features.tap_options(), threads) {
+    // thread and no express lane.
+    let queues = threads + usize::from(want_express);
+    let mut taps = match open_tap_queues(&config.tap, features.tap_options(), queues) {
         Ok(taps) => taps,
-        Err(e) if threads > 1 => {
+        Err(e) if queues > 1 => {
             tracing::warn!(
-                "opening TAP {} with {threads} queues failed ({e:#}); running the data plane \
-                 on one thread",
+                "opening TAP {} with {queues} queues failed ({e:#}); running the data plane \
+                 on one thread, without the express lane",
                 config.tap
             );
             threads = 1;
@@ -81,6 +85,21 @@ pub async fn run_with(
         }
         Err(e) => return Err(e),
     };
+    let mut express = taps.len() > threads;
+    if express {
+        match steer_express(&taps, threads) {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(
+                    "express lane off: steering TAP {}'s queues with eBPF failed ({e}); sparse \
+                     flows share the queues of bulk traffic",
+                    config.tap
+                );
+                express = false;
+                taps.truncate(threads);
+            }
+        }
+    }
     let tap_index = nl
         .link_index(&config.tap)
         .await?
@@ -120,17 +139,26 @@ pub async fn run_with(
     // One socket per data-plane thread, steered by the stream byte of weft's VXLAN header; a
     // kernel without SO_REUSEPORT steering gets one thread.
     let data_addr = SocketAddr::new(config.host, config.data_port);
-    let steer_at = weft_wire::vxlan::STREAM_OFFSET as u32;
-    let udp = match BatchUdp::bind_group(data_addr, threads, steer_at) {
+    let steer = |express: bool| Steering {
+        stream_at: weft_wire::vxlan::STREAM_OFFSET as u32,
+        express: express.then_some((
+            weft_wire::vxlan::WEFT_FLAGS_OFFSET as u32,
+            weft_wire::vxlan::EXPRESS,
+        )),
+    };
+    let udp = match BatchUdp::bind_group(data_addr, threads, steer(express)) {
         Ok(udp) => udp,
-        Err(e) if threads > 1 => {
+        Err(e) if threads > 1 || express => {
             tracing::warn!(
-                "binding {threads} UDP sockets to {data_addr} failed ({e}); running the data \
-                 plane on one thread"
+                "binding {} UDP sockets to {data_addr} failed ({e}); running the data plane \
+                 on one thread, without the express lane",
+                threads + usize::from(express)
             );
             threads = 1;
+            // The steering program's choice is taken modulo the queues left: one.
+            express = false;
             taps.truncate(1);
-            BatchUdp::bind_group(data_addr, 1, steer_at)
+            BatchUdp::bind_group(data_addr, 1, steer(false))
                 .with_context(|| format!("binding UDP {data_addr}"))?
         }
         Err(e) => return Err(e).with_context(|| format!("binding UDP {data_addr}")),
@@ -138,7 +166,7 @@ pub async fn run_with(
     for u in &udp {
         features.apply_to_udp(u);
     }
-    let kernel_features = features.report(taps[0].options());
+    let kernel_features = features.report(taps[0].options(), express);
     crate::features::Features::log(&kernel_features);
     let listener = TcpListener::bind(SocketAddr::new(config.host, config.port))
         .await
@@ -149,7 +177,7 @@ pub async fn run_with(
     let read_only = api::bind_read_only(&config).await?;
 
     let clock = Clock::start();
-    let (dp_tx, dp_rx) = dataplane::Commands::new(threads);
+    let (dp_tx, dp_rx) = dataplane::Commands::new(threads + usize::from(express));
     let (ev_tx, ev_rx) = tokio::sync::mpsc::unbounded_channel();
     let (node_tx, node_rx) = tokio::sync::mpsc::unbounded_channel();
     // Targets: the ones given, or with --resume the ones kept from the last run.
@@ -274,6 +302,7 @@ pub async fn run_with(
                 .collect(),
             kernel_features,
             datapath_threads: threads,
+            express_lane: express,
         },
         ipam: Mutex::new(ipam_state),
         dns: Mutex::new(dns_state),
@@ -316,6 +345,7 @@ pub async fn run_with(
         mac_max_age: MacTable::DEFAULT_MAX_AGE,
         stream: 0,
         share_macs: false,
+        express: false,
     };
     let queues = taps
         .into_iter()
@@ -331,6 +361,7 @@ pub async fn run_with(
         ev_tx,
         publish,
         config.datapath_priority,
+        express,
     )
     .context("starting the data plane")?;
 
@@ -418,6 +449,14 @@ pub async fn run_with(
     .await;
     let _ = std::fs::remove_file(&pid_file);
     Ok(())
+}
+
+/// Steer the TAP's queues for the express lane: `taps[..bulk]` are the bulk threads' queues,
+/// `taps[bulk]` the express lane's (see [`weft_sys::steer`]).
+fn steer_express(taps: &[Tap], bulk: usize) -> std::io::Result<()> {
+    let bulk = u32::try_from(bulk).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    let steering = weft_sys::steer::TapSteering::load(&weft_sys::steer::SteeringParams::new(bulk))?;
+    steering.attach(&taps[0])
 }
 
 /// Open `queues` queues of the TAP (multi-queue when more than one), with `opts` as

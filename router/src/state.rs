@@ -277,6 +277,9 @@ pub struct RouterInfo {
     /// Threads of the userspace data path (`--datapath-threads`, resolved).
     #[serde(default)]
     pub datapath_threads: usize,
+    /// The userspace data path has an express lane for sparse flows (one more thread).
+    #[serde(default)]
+    pub express_lane: bool,
 }
 
 /// `GET /status` as JSON.
@@ -347,6 +350,9 @@ pub struct StatusReport {
     /// Threads of the userspace data path.
     #[serde(default)]
     pub datapath_threads: usize,
+    /// The userspace data path has an express lane for sparse flows.
+    #[serde(default)]
+    pub express_lane: bool,
     /// Traffic with each neighbour since the router started.
     #[serde(default)]
     pub links: Vec<crate::traffic::LinkReport>,

@@ -14,11 +14,16 @@
 //!   CPU by default), and only them, on SCHED_FIFO with priority N, as `chrt -p` shows; traffic still flows; a priority
 //!   outside 0-99 is refused before anything starts.
 //! - `--datapath-threads N` (or `WEFT_DATAPATH_THREADS`), encrypted: the router runs N
-//!   data-plane threads, the TAP has N queues; a single TCP stream between containers is never
+//!   data-plane threads and the express lane's, the TAP has N + 1 queues; a single TCP stream between containers is never
 //!   reordered (the sender's kernel detects no reordering, the receiver queues nothing out of
 //!   order unless something was lost and retransmitted); parallel streams keep every thread
 //!   busy on both hosts; files arrive intact; no datagram fails authentication or is taken
 //!   for a replay.
+//! - The express lane, encrypted: while a bulk TCP stream runs between two containers, their
+//!   pings all come back, and each host's express lane read and received them (its counters
+//!   grow by at least the pings) while the stream's data did not take it; `weave status`
+//!   says `express lane`, the thread runs at nice -20; a router launched with
+//!   `WEFT_NO_EXPRESS` has no express thread and still talks to one that has.
 
 use std::path::PathBuf;
 use std::process::Child;
@@ -718,8 +723,9 @@ fn datapath_threads_keep_each_flow_in_order_and_all_threads_busy() {
                 .run_ok()?;
             let mut queues: Vec<&str> = queues.stdout.split_whitespace().collect();
             queues.sort_unstable();
+            // Two for the bulk threads, one for the express lane.
             ensure!(
-                queues == ["rx-0", "rx-1", "tx-0", "tx-1"],
+                queues == ["rx-0", "rx-1", "rx-2", "tx-0", "tx-1", "tx-2"],
                 "host {}: TAP queues {queues:?}",
                 h.n()
             );
@@ -838,6 +844,171 @@ fn datapath_threads_keep_each_flow_in_order_and_all_threads_busy() {
     });
 }
 
+/// The nice value of thread `name` of process `pid`, if it has one.
+fn thread_nice(pid: u32, name: &str) -> Result<Option<i64>> {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let tid = entry?.file_name().to_string_lossy().into_owned();
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+            continue;
+        };
+        let Some((comm, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+        else {
+            continue;
+        };
+        if comm == name {
+            // After the name: state is field 3, nice field 19.
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            return Ok(Some(f[16].parse()?));
+        }
+    }
+    Ok(None)
+}
+
+#[test]
+fn the_express_lane_carries_pings_past_a_bulk_stream() {
+    run_test("dexp", |net| {
+        let h1 = net.host(1)?;
+        let h2 = net.host(2)?;
+        let pw = ["--password", "sparse flows first"];
+        h1.weft_ok(&["launch", "--no-fastdp", pw[0], pw[1]])?;
+        h2.weft_ok(&[
+            "launch",
+            "--no-fastdp",
+            pw[0],
+            pw[1],
+            &h1.addr().to_string(),
+        ])?;
+        weft_tests::wait_established(&[&h1, &h2], Duration::from_secs(30))?;
+        for h in [&h1, &h2] {
+            let text = h.weft_ok(&["status"])?;
+            ensure!(
+                text.lines()
+                    .any(|l| l.contains("DataPath:") && l.contains("express lane")),
+                "host {}: no express lane in `weft status`:\n{text}",
+                h.n()
+            );
+            let nice = thread_nice(h.router_pid()?, "weft-express")?;
+            ensure!(
+                nice == Some(-20),
+                "host {}: express thread nice {nice:?}",
+                h.n()
+            );
+        }
+        let (c1, c2) = containers_pinging(&h1, &h2)?;
+        let counters = |h: &Host| -> Result<[u64; 3]> {
+            Ok([
+                h.settled_counter("express_tap_rx_frames")?,
+                h.counter("express_udp_rx_datagrams")?,
+                h.counter("tap_rx_frames")?,
+            ])
+        };
+        let server =
+            cmd::Cmd::new("ip").args(["netns", "exec", c2.ns(), "iperf3", "-s", "-p", "5201"]);
+        let dir = net.dir();
+        let mut srv = server.spawn_to(&dir.join("iperf3-s.out"), &dir.join("iperf3-s.err"))?;
+        let res = (|| {
+            std::thread::sleep(Duration::from_millis(500));
+            let before = [counters(&h1)?, counters(&h2)?];
+            let c2_ip = c2.ip().to_string();
+            let stream = cmd::Cmd::new("ip").args([
+                "netns",
+                "exec",
+                c1.ns(),
+                "iperf3",
+                "-c",
+                &c2_ip,
+                "-p",
+                "5201",
+                "-t",
+                "5",
+            ]);
+            let mut stream =
+                stream.spawn_to(&dir.join("iperf3-c.out"), &dir.join("iperf3-c.err"))?;
+            std::thread::sleep(Duration::from_millis(1000));
+            // 100 pings, 20 ms apart, during the stream.
+            let ping = c1.exec(&["ping", "-c", "100", "-i", "0.02", "-W", "1", &c2_ip])?;
+            let status = stream.wait()?;
+            ensure!(status.success(), "iperf3 client: {status}");
+            ensure!(
+                ping.stdout.contains("100 received"),
+                "pings lost during the stream: {}",
+                ping.stdout
+            );
+            let after = [counters(&h1)?, counters(&h2)?];
+            let d = |h: usize, i: usize| after[h][i] - before[h][i];
+            eprintln!(
+                "express lane read/received: host 1 {}/{}, host 2 {}/{}; TAP frames read: host \
+                 1 {}, host 2 {}",
+                d(0, 0),
+                d(0, 1),
+                d(1, 0),
+                d(1, 1),
+                d(0, 2),
+                d(1, 2)
+            );
+            // Host 1's express lane read the requests and received the replies; host 2's
+            // received the requests and read the replies.
+            for (h, i) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                ensure!(
+                    d(h, i) >= 100,
+                    "host {}: express counter {i} grew by {} for 100 pings",
+                    h + 1,
+                    d(h, i)
+                );
+            }
+            // The stream did not take it: a few frames of its start (the handshake) at most,
+            // out of tens of thousands.
+            ensure!(d(0, 2) > 10_000, "host 1 read only {} frames", d(0, 2));
+            ensure!(
+                d(0, 0) < 100 + 200,
+                "host 1's express lane read {} frames: the stream took it",
+                d(0, 0)
+            );
+            Ok(())
+        })();
+        let _ = srv.kill();
+        let _ = srv.wait();
+        res?;
+
+        // Without it on host 2: no express thread, and the two still talk (host 1's flagged
+        // datagrams go to host 2's ordinary threads).
+        h2.weft_ok(&["stop"])?;
+        h2.weft_cmd(&[
+            "launch",
+            "--no-fastdp",
+            pw[0],
+            pw[1],
+            &h1.addr().to_string(),
+        ])?
+        .env("WEFT_NO_EXPRESS", "1")
+        .run_ok()?;
+        weft_tests::wait_established(&[&h1, &h2], Duration::from_secs(30))?;
+        ensure!(
+            thread_nice(h2.router_pid()?, "weft-express")?.is_none(),
+            "host 2 runs an express thread with WEFT_NO_EXPRESS"
+        );
+        let text = h2.weft_ok(&["status"])?;
+        ensure!(!text.contains("express lane"), "host 2:\n{text}");
+        c1.wait_ping(c2.ip(), Duration::from_secs(20))?;
+        let ping = c1.exec(&[
+            "ping",
+            "-c",
+            "20",
+            "-i",
+            "0.02",
+            "-W",
+            "1",
+            &c2.ip().to_string(),
+        ])?;
+        ensure!(ping.stdout.contains("20 received"), "{}", ping.stdout);
+        ensure!(
+            h2.settled_counter("express_udp_rx_datagrams")? == 0,
+            "host 2 counted express datagrams without an express lane"
+        );
+        Ok(())
+    });
+}
+
 #[test]
 fn datapath_priority_puts_only_the_data_plane_on_sched_fifo() {
     run_test("dprio", |net| {
@@ -879,9 +1050,25 @@ fn datapath_priority_puts_only_the_data_plane_on_sched_fifo() {
                         .stdout
                 );
             }
+            // The express lane is a data-plane thread too.
+            let express: Vec<_> = threads
+                .iter()
+                .filter(|(name, _)| name == "weft-express")
+                .collect();
+            ensure!(
+                express.len() == 1
+                    && express[0].1.contains("SCHED_FIFO")
+                    && express[0].1.contains(&format!("priority: {prio}")),
+                "host {}: express lane {express:?}",
+                h.n()
+            );
             let others: Vec<_> = threads
                 .iter()
-                .filter(|(name, said)| name != "weft-dataplane" && !said.contains("SCHED_OTHER"))
+                .filter(|(name, said)| {
+                    name != "weft-dataplane"
+                        && name != "weft-express"
+                        && !said.contains("SCHED_OTHER")
+                })
                 .collect();
             ensure!(
                 others.is_empty(),

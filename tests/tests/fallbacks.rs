@@ -7,6 +7,7 @@
 //! asking), then, as a user would check:
 //! - `weft status` says the data path goes without them (`DataPath: ... without ...`), the JSON
 //!   status marks each one unused with the reason, and the log says which fallback was taken;
+//!   with `ebpf` ruled out there is no express lane (`DataPath` does not say `express lane`);
 //! - the containers ping each other and a 20 MB TCP transfer arrives intact;
 //! - where a fallback is visible in the counters it shows there: with the TAP's vnet header or
 //!   TSO ruled out no TCP super-frame comes off the TAP, while with everything on the same
@@ -90,7 +91,9 @@ fn check_reports(h: &Host, disabled: &[&str], log_from: usize) -> Result<()> {
     }
     for name in ["vxlan-external", "ebpf"] {
         let f = find(name)?;
-        ensure!(f["used"] == false, "host {}: {f}", h.n());
+        // eBPF steers the TAP's queues for the express lane; the other is the fast path's.
+        let used = name == "ebpf" && !disabled.contains(&name);
+        ensure!(f["used"] == used, "host {}: {f}", h.n());
         if disabled.contains(&name) {
             ensure!(
                 f["note"] == "disabled by --disable-features",
@@ -104,6 +107,11 @@ fn check_reports(h: &Host, disabled: &[&str], log_from: usize) -> Result<()> {
         .lines()
         .find(|l| l.trim_start().starts_with("DataPath:"))
         .with_context(|| format!("no DataPath line in `weft status`:\n{text}"))?;
+    ensure!(
+        line.contains("express lane") != disabled.contains(&"ebpf"),
+        "host {}: {line:?}: the express lane is there exactly when eBPF may be used",
+        h.n()
+    );
     let without = line.split("without").nth(1).unwrap_or("");
     for name in USERSPACE {
         let off = disabled.contains(&name) || (name == "tso" && disabled.contains(&"tap-vnet-hdr"));

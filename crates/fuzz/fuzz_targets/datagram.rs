@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
         mac_max_age: MacTable::DEFAULT_MAX_AGE,
         stream: 0,
         share_macs: false,
+        express: false,
     };
     // Bit 7 of the first byte: a password is set (peer 1's link sealed, peer 3's in the clear).
     let sealed = data.first().is_some_and(|b| b & 0x80 != 0);

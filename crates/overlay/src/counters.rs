@@ -75,6 +75,12 @@ pub struct Counters {
     /// Frames dropped because they do not fit the path to their neighbour and could be neither
     /// answered nor fragmented (not IPv4, a DF packet no ICMP error may answer, a path too small).
     pub pmtu_dropped: u64,
+    /// Frames of sparse flows read from the TAP's express queue by the express lane (also in
+    /// `tap_rx_frames`).
+    pub express_tap_rx_frames: u64,
+    /// Datagrams received by the express lane, sent by a neighbour's express lane (also in
+    /// `udp_rx_datagrams`).
+    pub express_udp_rx_datagrams: u64,
 }
 
 impl Counters {
@@ -112,6 +118,8 @@ impl Counters {
             pmtu_frames_fragmented,
             pmtu_fragments_sent,
             pmtu_dropped,
+            express_tap_rx_frames,
+            express_udp_rx_datagrams,
         } = *other;
         self.tap_rx_frames += tap_rx_frames;
         self.tap_tx_frames += tap_tx_frames;
@@ -143,10 +151,12 @@ impl Counters {
         self.pmtu_frames_fragmented += pmtu_frames_fragmented;
         self.pmtu_fragments_sent += pmtu_fragments_sent;
         self.pmtu_dropped += pmtu_dropped;
+        self.express_tap_rx_frames += express_tap_rx_frames;
+        self.express_udp_rx_datagrams += express_udp_rx_datagrams;
     }
 
     /// Every counter with its Prometheus-style name and help text, for exporters.
-    pub fn fields(&self) -> [(&'static str, &'static str, u64); 30] {
+    pub fn fields(&self) -> [(&'static str, &'static str, u64); 32] {
         [
             (
                 "tap_rx_frames",
@@ -293,6 +303,16 @@ impl Counters {
                 "pmtu_dropped",
                 "Frames too big for the path to a neighbour that could be neither answered nor fragmented.",
                 self.pmtu_dropped,
+            ),
+            (
+                "express_tap_rx_frames",
+                "Frames of sparse flows read from the TAP by the express lane.",
+                self.express_tap_rx_frames,
+            ),
+            (
+                "express_udp_rx_datagrams",
+                "Datagrams received by the express lane from a neighbour's express lane.",
+                self.express_udp_rx_datagrams,
             ),
         ]
     }

@@ -44,6 +44,9 @@ pub struct EngineConfig {
     /// Other engines (the other data-plane threads) share this host's MAC addresses: what
     /// this one learns is kept for [`Engine::take_learned`]. Off with one thread.
     pub share_macs: bool,
+    /// This engine is the express lane's (sparse flows, see the data plane): every datagram
+    /// it sends carries [`vxlan::EXPRESS`], so the receiving router's express lane takes it.
+    pub express: bool,
 }
 
 /// A directly connected peer the data plane can send to.
@@ -497,8 +500,13 @@ impl Engine {
         f: impl FnOnce(&mut [u8]) -> usize,
     ) -> usize {
         let stream = self.config.stream;
+        let flags = if self.config.express {
+            vxlan::EXPRESS
+        } else {
+            0
+        };
         match self.sender(link) {
-            Ok(tx) => crate::links::build(tx, stream, buf, f),
+            Ok(tx) => crate::links::build(tx, stream, flags, buf, f),
             Err(NoLink) => 0,
         }
     }
@@ -928,6 +936,7 @@ mod tests {
             mac_max_age: MacTable::DEFAULT_MAX_AGE,
             stream: 0,
             share_macs: false,
+            express: false,
         });
         e.set_table(table);
         e
@@ -1279,6 +1288,7 @@ mod tests {
             mac_max_age: MacTable::DEFAULT_MAX_AGE,
             stream: 0,
             share_macs: false,
+            express: false,
         };
         let mut a = Engine::with_sealing(cfg(1));
         a.set_table(ForwardingTable::direct(1, &[entry(2)]));
@@ -1317,6 +1327,7 @@ mod tests {
             mac_max_age: MacTable::DEFAULT_MAX_AGE,
             stream: 1,
             share_macs: true,
+            express: false,
         });
         a1.set_table(ForwardingTable::direct(1, &[entry(2)]));
         a1.set_link(from(2).ip(), 7, Some(&keys(1, 2)), false);
@@ -1348,6 +1359,41 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = plain.build(None, &mut buf, |b| emit_vxlan_header(1, 2, b));
         assert_eq!((n, vxlan::stream_of(&buf)), (8, 3));
+        assert!(!vxlan::express(&buf));
+    }
+
+    #[test]
+    fn the_express_lane_flags_all_it_sends_and_the_flag_is_authenticated() {
+        let (_, mut b) = sealed_pair();
+        let mut x = Engine::with_sealing(EngineConfig {
+            local_short_id: 1,
+            mac_max_age: MacTable::DEFAULT_MAX_AGE,
+            stream: 2,
+            share_macs: true,
+            express: true,
+        });
+        x.set_table(ForwardingTable::direct(1, &[entry(2)]));
+        x.set_link(from(2).ip(), 7, Some(&keys(1, 2)), false);
+        let arp = frame([0xff; 6], CA);
+        let mut d = seal(&mut x, 2, &arp);
+        assert!(vxlan::express(&d) && vxlan::stream_of(&d) == 2);
+        let mut cleared = seal(&mut x, 2, &arp);
+        let r = receive(&mut b, 1, &mut d);
+        assert_ne!(r.decision, DatagramDecision::Drop);
+        assert!(vxlan::express(&d[r.plain]), "still flagged once opened");
+        cleared[vxlan::WEFT_FLAGS_OFFSET] &= !vxlan::EXPRESS;
+        assert_eq!(
+            receive(&mut b, 1, &mut cleared).decision,
+            DatagramDecision::Drop
+        );
+        assert_eq!(b.counters().udp_rx_dropped_auth, 1);
+        // In the clear too.
+        let mut plain = engine(1, ForwardingTable::direct(1, &[entry(2)]));
+        plain.config.express = true;
+        let mut buf = [0u8; 64];
+        let n = plain.build(None, &mut buf, |b| emit_vxlan_header(1, 2, b));
+        assert_eq!(n, 8);
+        assert!(vxlan::express(&buf) && !vxlan::csum_partial(&buf));
     }
 
     #[test]
@@ -1398,6 +1444,7 @@ mod tests {
                 mac_max_age: Duration::from_secs(60),
                 stream,
                 share_macs: true,
+                express: false,
             });
             e.set_table(ForwardingTable::direct(2, &[entry(1)]));
             e

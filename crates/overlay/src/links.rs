@@ -148,12 +148,14 @@ impl Link {
 
 /// Write a datagram into `buf` with `f` (which writes a VXLAN header and payload at the start of
 /// the slice it gets and returns the length), put `stream` (the sending engine's, see
-/// [`EngineConfig::stream`](crate::EngineConfig::stream)) into its header, and seal it with
+/// [`EngineConfig::stream`](crate::EngineConfig::stream)) and the weft `flags` it sets for all
+/// it sends ([`vxlan::EXPRESS`](weft_wire::vxlan::EXPRESS)) into its header, and seal it with
 /// `tx` (a session of that stream) if given. Returns the datagram's length; 0 if it could not
 /// be sealed.
 pub fn build(
     tx: Option<&mut TxSession>,
     stream: u8,
+    flags: u8,
     buf: &mut [u8],
     f: impl FnOnce(&mut [u8]) -> usize,
 ) -> usize {
@@ -161,6 +163,7 @@ pub fn build(
         let n = f(buf);
         if n >= VXLAN_HLEN {
             buf[weft_wire::vxlan::STREAM_OFFSET] = stream;
+            buf[weft_wire::vxlan::WEFT_FLAGS_OFFSET] |= flags;
         }
         return n;
     };
@@ -176,5 +179,6 @@ pub fn build(
     }
     buf.copy_within(COUNTER_LEN..COUNTER_LEN + VXLAN_HLEN, 0);
     buf[weft_wire::vxlan::STREAM_OFFSET] = stream;
+    buf[weft_wire::vxlan::WEFT_FLAGS_OFFSET] |= flags;
     tx.seal(buf, VXLAN_HLEN, n - VXLAN_HLEN).unwrap_or(0)
 }

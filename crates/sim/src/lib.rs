@@ -267,6 +267,7 @@ impl Sim {
                 mac_max_age: Duration::from_secs(300),
                 stream: 0,
                 share_macs: false,
+                express: false,
             });
             by_ip.insert(ip, i);
             by_name.insert(name, i);

@@ -133,33 +133,39 @@ fn setsockopt_int(
     .map(drop)
 }
 
-/// Attach to the reuseport group of `fd` the classic BPF program `return payload[at] % n`.
-fn attach_steering(fd: RawFd, at: u32, n: u32) -> io::Result<()> {
+/// How a [`BatchUdp::bind_group`] shares received datagrams among its sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steering {
+    /// Offset in the UDP payload of the byte that picks one of the `n` ordinary sockets
+    /// (`payload[stream_at] % n`).
+    pub stream_at: u32,
+    /// An express socket after the `n` ordinary ones: a datagram whose byte at offset `.0` has
+    /// a bit of `.1` set goes to it, whatever its stream byte.
+    pub express: Option<(u32, u8)>,
+}
+
+/// Attach to the reuseport group of `fd` the classic BPF program that picks a socket as
+/// `steer` says for `n` ordinary sockets: `payload[flags] & bit ? n : payload[stream] % n`.
+fn attach_steering(fd: RawFd, steer: Steering, n: u32) -> io::Result<()> {
     // Classic BPF opcodes (linux/bpf_common.h): BPF_LD (0) | BPF_B | BPF_ABS,
-    // BPF_ALU | BPF_MOD | BPF_K (0), BPF_RET | BPF_A.
+    // BPF_JMP | BPF_JSET | BPF_K, BPF_ALU | BPF_MOD | BPF_K (0), BPF_RET | BPF_A / BPF_K.
+    // A load beyond the payload ends the program with 0: socket 0.
     const LD_B_ABS: u16 = 0x10 | 0x20;
+    const JSET_K: u16 = 0x05 | 0x40;
     const ALU_MOD_K: u16 = 0x04 | 0x90;
     const RET_A: u16 = 0x06 | 0x10;
-    let mut program = [
-        libc::sock_filter {
-            code: LD_B_ABS,
-            jt: 0,
-            jf: 0,
-            k: at,
-        },
-        libc::sock_filter {
-            code: ALU_MOD_K,
-            jt: 0,
-            jf: 0,
-            k: n,
-        },
-        libc::sock_filter {
-            code: RET_A,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-    ];
+    const RET_K: u16 = 0x06;
+    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let mut program = Vec::with_capacity(6);
+    if let Some((flags_at, bit)) = steer.express {
+        program.push(insn(LD_B_ABS, 0, 0, flags_at));
+        // Bit set: the next instruction (return n); clear: skip it.
+        program.push(insn(JSET_K, 0, 1, u32::from(bit)));
+        program.push(insn(RET_K, 0, 0, n));
+    }
+    program.push(insn(LD_B_ABS, 0, 0, steer.stream_at));
+    program.push(insn(ALU_MOD_K, 0, 0, n));
+    program.push(insn(RET_A, 0, 0, 0));
     let fprog = libc::sock_fprog {
         len: program.len() as u16,
         filter: program.as_mut_ptr(),
@@ -185,23 +191,27 @@ impl BatchUdp {
     }
 
     /// `n` sockets bound to the same `addr` (`SO_REUSEPORT`), each as [`bind`](Self::bind)
-    /// makes it, for `n` threads. With `n > 1` the kernel gives a received datagram to socket
-    /// `payload[steer_at] % n` (a classic BPF program, `SO_ATTACH_REUSEPORT_CBPF`, reading the
-    /// byte at `steer_at` in the UDP payload; a payload too short for it goes to socket 0), so
-    /// the sender decides which thread receives. With port 0 the first socket picks the port
-    /// and the others join it.
-    pub fn bind_group(addr: SocketAddr, n: usize, steer_at: u32) -> io::Result<Vec<Self>> {
-        if n <= 1 {
+    /// makes it, for `n` threads, and with `steer.express` one more, the express socket (index
+    /// `n`). The kernel gives a received datagram to socket `payload[steer.stream_at] % n`, or
+    /// to the express socket if the express byte has the express bit (a classic BPF program,
+    /// `SO_ATTACH_REUSEPORT_CBPF`, reading bytes of the UDP payload; a payload too short for
+    /// them goes to socket 0), so the sender decides which thread receives. With port 0 the
+    /// first socket picks the port and the others join it. One socket and no express: an
+    /// ordinary bind.
+    pub fn bind_group(addr: SocketAddr, n: usize, steer: Steering) -> io::Result<Vec<Self>> {
+        let total = n.max(1) + usize::from(steer.express.is_some());
+        if total == 1 {
             return Ok(vec![Self::bind(addr)?]);
         }
-        let n_u32 = u32::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let n_u32 =
+            u32::try_from(n.max(1)).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let first = Self::bind_with(addr, true)?;
         let addr = first.local_addr()?;
         let mut group = vec![first];
-        for _ in 1..n {
+        for _ in 1..total {
             group.push(Self::bind_with(addr, true)?);
         }
-        attach_steering(group[0].sock.as_raw_fd(), steer_at, n_u32)?;
+        attach_steering(group[0].sock.as_raw_fd(), steer, n_u32)?;
         Ok(group)
     }
 
@@ -1408,7 +1418,7 @@ mod tests {
 
     #[test]
     fn a_group_steers_each_datagram_by_its_byte() {
-        let group = BatchUdp::bind_group("127.0.0.1:0".parse().unwrap(), 3, 7).unwrap();
+        let group = BatchUdp::bind_group("127.0.0.1:0".parse().unwrap(), 3, BY_STREAM).unwrap();
         assert_eq!(group.len(), 3);
         let port = group[0].local_addr().unwrap();
         assert!(group.iter().all(|s| s.local_addr().unwrap() == port));
@@ -1442,11 +1452,62 @@ mod tests {
         }
         // One socket: an ordinary bind.
         assert_eq!(
-            BatchUdp::bind_group("127.0.0.1:0".parse().unwrap(), 1, 7)
+            BatchUdp::bind_group("127.0.0.1:0".parse().unwrap(), 1, BY_STREAM)
                 .unwrap()
                 .len(),
             1
         );
+    }
+
+    const BY_STREAM: Steering = Steering {
+        stream_at: 7,
+        express: None,
+    };
+
+    #[test]
+    fn an_express_socket_takes_what_has_the_express_bit_whatever_the_stream() {
+        for n in [1, 2] {
+            let steer = Steering {
+                stream_at: 7,
+                express: Some((1, 0x02)),
+            };
+            let group = BatchUdp::bind_group("127.0.0.1:0".parse().unwrap(), n, steer).unwrap();
+            assert_eq!(group.len(), n + 1);
+            let port = group[0].local_addr().unwrap();
+            for s in &group {
+                s.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+            }
+            let sender = BatchUdp::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            // (flags byte, stream byte, tag)
+            let sent = [
+                (0x00, 0, 1),
+                (0x00, 1, 2),
+                (0x02, 0, 3),
+                (0x03, 1, 4),
+                (0x01, 3, 5),
+            ];
+            for (flags, stream, tag) in sent {
+                let mut d = [0u8; 16];
+                d[1] = flags;
+                d[7] = stream;
+                d[15] = tag;
+                sender.send_to(&d, port).unwrap();
+            }
+            let mut got = vec![Vec::new(); n + 1];
+            for (i, s) in group.iter().enumerate() {
+                let mut buf = [0u8; 64];
+                while let Ok((16, _)) = s.recv_from(&mut buf) {
+                    got[i].push(buf[15]);
+                }
+            }
+            let want: Vec<Vec<u8>> = if n == 1 {
+                vec![vec![1, 2, 5], vec![3, 4]]
+            } else {
+                vec![vec![1], vec![2, 5], vec![3, 4]]
+            };
+            assert_eq!(got, want, "{n} ordinary socket(s)");
+        }
     }
 
     #[test]

@@ -34,8 +34,10 @@
 //! The first reserved byte carries weft's own flags ([`WEFT_FLAGS_OFFSET`]), between weft
 //! routers that agreed on them (control protocol 5 and later): [`CSUM_PARTIAL`] says the inner
 //! TCP or UDP segment's checksum field holds only the pseudo-header sum, the rest left to the
-//! receiving host's kernel ([`csum_partial`], [`set_csum_partial`]). Any other VXLAN
-//! implementation writes zero there and ignores it.
+//! receiving host's kernel ([`csum_partial`], [`set_csum_partial`]). [`EXPRESS`] says the
+//! sender's express lane sent it (a sparse flow: a ping, a health check, a handshake), and the
+//! receiving router steers it to its own express lane ([`express`], [`set_express`]); a router
+//! without one ignores it. Any other VXLAN implementation writes zero there and ignores it.
 //!
 //! **Panic contract:** once [`Packet::new_checked`] (or [`Packet::check_len`]) has succeeded, no
 //! getter panics, whatever the bytes. Setters and [`Repr::emit`] panic only if the caller's
@@ -69,6 +71,11 @@ pub const WEFT_FLAGS_OFFSET: usize = field::RESERVED1.start;
 /// receiver has it completed (by its kernel, or itself) instead of verifying it. Sent only to
 /// a neighbour that announced it takes such segments.
 pub const CSUM_PARTIAL: u8 = 0x01;
+
+/// weft flag: the datagram carries a frame of a sparse flow, sent by the sender's express
+/// lane; the receiving router hands it to its own express lane, ahead of bulk traffic. Needs
+/// no agreement: a receiver that does not know it steers by the stream byte as usual.
+pub const EXPRESS: u8 = 0x02;
 
 /// The largest short id; short ids are 12 bits.
 const SHORT_ID_MASK: u16 = 0x0fff;
@@ -118,6 +125,20 @@ pub fn stream_of(buf: &[u8]) -> u8 {
 /// shorter than the header.
 pub fn csum_partial(buf: &[u8]) -> bool {
     buf.len() >= HEADER_LEN && buf[WEFT_FLAGS_OFFSET] & CSUM_PARTIAL != 0
+}
+
+/// Whether the datagram (header first) in `buf` has [`EXPRESS`] set; `false` if `buf` is
+/// shorter than the header.
+pub fn express(buf: &[u8]) -> bool {
+    buf.len() >= HEADER_LEN && buf[WEFT_FLAGS_OFFSET] & EXPRESS != 0
+}
+
+/// Sets [`EXPRESS`] in the header at the start of `buf` (nothing if `buf` is shorter than the
+/// header).
+pub fn set_express(buf: &mut [u8]) {
+    if buf.len() >= HEADER_LEN {
+        buf[WEFT_FLAGS_OFFSET] |= EXPRESS;
+    }
 }
 
 /// Sets [`CSUM_PARTIAL`] in the header at the start of `buf` (nothing if `buf` is shorter than
@@ -340,12 +361,29 @@ mod tests {
         assert!(csum_partial(&buf));
         assert_eq!(parse_header(&buf), Some((0x123456, &PACKET_BYTES[8..])));
         assert_eq!(stream_of(&buf), 0, "the stream byte is another byte");
-        // Another bit of that byte means nothing yet.
-        buf[WEFT_FLAGS_OFFSET] = 0x02;
+        // Another bit of that byte is another flag.
+        buf[WEFT_FLAGS_OFFSET] = EXPRESS;
         assert!(!csum_partial(&buf));
         assert!(!csum_partial(&buf[..7]), "too short for a header");
         let mut short = [FLAG_I; 7];
         set_csum_partial(&mut short);
+        assert_eq!(short, [FLAG_I; 7], "too short: left alone");
+    }
+
+    #[test]
+    fn express_is_bit_1_of_the_first_reserved_byte_and_ignored_by_parsing() {
+        let mut buf = PACKET_BYTES;
+        assert!(!express(&buf));
+        set_express(&mut buf);
+        set_csum_partial(&mut buf);
+        assert_eq!(buf[..4], [FLAG_I, EXPRESS | CSUM_PARTIAL, 0, 0]);
+        assert!(express(&buf) && csum_partial(&buf));
+        assert_eq!(parse_header(&buf), Some((0x123456, &PACKET_BYTES[8..])));
+        buf[WEFT_FLAGS_OFFSET] = CSUM_PARTIAL;
+        assert!(!express(&buf));
+        assert!(!express(&buf[..7]), "too short for a header");
+        let mut short = [FLAG_I; 7];
+        set_express(&mut short);
         assert_eq!(short, [FLAG_I; 7], "too short: left alone");
     }
 
