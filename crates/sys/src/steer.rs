@@ -16,18 +16,25 @@
 //!
 //! 1. **Flow hash** `h`, from the frame as the TAP transmits it (starting at the Ethernet
 //!    header): the ethertype, then for IPv4 the source and destination addresses and the
-//!    protocol, plus the 4 bytes of ports for TCP/UDP when the packet is not a fragment (MF
-//!    clear, offset 0; the L4 header found with IHL); for IPv6 the addresses, the next header
-//!    and the ports for TCP/UDP (extension headers are not followed: such packets hash
-//!    without ports); for anything else (ARP, ...) the ethertype alone. VLAN tags are not
-//!    looked through. The words are mixed multiplicatively and finished with murmur3's
-//!    `fmix32`, so a flow always gives the same `h`.
+//!    protocol, plus the ports for TCP/UDP when the packet is not a fragment (MF clear,
+//!    offset 0; the L4 header found with IHL); for IPv6 the addresses, the next header and
+//!    the ports for TCP/UDP (extension headers are not followed: such packets hash without
+//!    ports); for anything else (ARP, ...) the ethertype alone. VLAN tags are not looked
+//!    through. The words are mixed multiplicatively and finished with murmur3's `fmix32`, so
+//!    a flow always gives the same `h`. The hash is **symmetric**: the two addresses (and the
+//!    two ports) go in as an unordered pair (their XOR, then their sum), so both directions
+//!    of a connection hash alike and take the same bulk queue index on both hosts: the data
+//!    plane's thread that sends a TCP stream's data is the one that writes its ACKs back, as
+//!    the TAP's own flow steering did (a thread writing the ACKs then reads, in the same loop,
+//!    the data they let the container send, without waking another thread).
 //! 2. **Length**: `skb->len` (the `__sk_buff` `len`), the whole frame including its Ethernet
 //!    header on the TAP path; a TSO super-frame is one skb of up to 64 KiB.
 //! 3. **Per-flow meter** in an LRU hash map of [`FLOW_ENTRIES`] entries (key `h`; value:
 //!    window start, bytes in the window, demoted-until, as `u64`s; times are
 //!    `bpf_ktime_get_ns` nanoseconds): a new flow's window starts now; a window older than
 //!    [`window_ns`](SteeringParams::window_ns) restarts at zero bytes; then `len` is added.
+//!    A frame shorter than [`min_charge`](SteeringParams::min_charge) counts as that many
+//!    bytes, in this meter and the global one, so budgets bound the packet rate too.
 //!    More than [`flow_budget`](SteeringParams::flow_budget) bytes in the window demote the
 //!    flow until now + [`hold_ns`](SteeringParams::hold_ns).
 //! 4. **Global meter** (an array map of one entry: window start, bytes) of the bytes sent
@@ -95,6 +102,12 @@ pub struct SteeringParams {
     pub hold_ns: u64,
     /// Bytes all flows together may send express per window.
     pub global_budget: u32,
+    /// The least a frame counts for in both meters: shorter frames count as this many
+    /// bytes, so a budget is also a packet rate (with the defaults, 8 frames per window and
+    /// flow, 128 in all). Without it a stream of small frames, such as the ACKs of a bulk
+    /// TCP stream running at a few Gbit/s, would stay under a byte budget and load the
+    /// express lane.
+    pub min_charge: u32,
 }
 
 impl SteeringParams {
@@ -106,6 +119,8 @@ impl SteeringParams {
     pub const HOLD_NS: u64 = 50_000_000;
     /// Default global budget: 64 KiB per window.
     pub const GLOBAL_BUDGET: u32 = 65_536;
+    /// Default least charge of a frame: 512 bytes.
+    pub const MIN_CHARGE: u32 = 512;
 
     /// `bulk_queues` bulk queues, the express queue right after them (`express_queue =
     /// bulk_queues`) and the default meters.
@@ -117,6 +132,7 @@ impl SteeringParams {
             flow_budget: Self::FLOW_BUDGET,
             hold_ns: Self::HOLD_NS,
             global_budget: Self::GLOBAL_BUDGET,
+            min_charge: Self::MIN_CHARGE,
         }
     }
 
@@ -434,6 +450,7 @@ const MOV: u8 = 0xb0;
 const JA: u8 = 0x00;
 const JEQ: u8 = 0x10;
 const JGT: u8 = 0x20;
+const JGE: u8 = 0x30;
 const JNE: u8 = 0x50;
 const CALL: u8 = 0x80;
 const EXIT: u8 = 0x90;
@@ -576,6 +593,26 @@ impl Asm {
         self.alu32_reg(XOR, R7, R0);
     }
 
+    /// Mixes the unordered pair of 32-bit words in `r9` and `r0` into the hash in `r7`, the
+    /// same whichever is which (clobbers `r0` and `r8`): their XOR, then their sum.
+    fn mix_pair(&mut self) {
+        self.alu32_reg(MOV, R8, R0);
+        self.alu32_reg(XOR, R0, R9);
+        self.mix();
+        self.alu32_reg(MOV, R0, R8);
+        self.alu32_reg(ADD, R0, R9);
+        self.mix();
+    }
+
+    /// Mixes the two 16-bit ports in `r0` (source high, destination low) into the hash in
+    /// `r7` as an unordered pair (clobbers `r0`, `r8`, `r9`).
+    fn mix_ports(&mut self) {
+        self.alu32_reg(MOV, R9, R0);
+        self.alu32_imm(RSH, R9, 16);
+        self.alu32_imm(AND, R0, 0xffff);
+        self.mix_pair();
+    }
+
     /// murmur3's `fmix32` on `r7` (clobbers `r0`).
     fn finish_hash(&mut self) {
         for (shift, mul) in [(16, Some(FMIX_1)), (13, Some(FMIX_2)), (16, None)] {
@@ -638,9 +675,9 @@ fn program(p: &SteeringParams, flows: RawFd, global: RawFd) -> io::Result<Vec<In
 
     a.bind(ipv4);
     a.ld_frame(BPF_W, 14 + 12); // source
-    a.mix();
+    a.alu32_reg(MOV, R9, R0);
     a.ld_frame(BPF_W, 14 + 16); // destination
-    a.mix();
+    a.mix_pair();
     a.ld_frame(BPF_B, 14 + 9); // protocol
     a.alu64_reg(MOV, R8, R0);
     a.mix();
@@ -655,13 +692,15 @@ fn program(p: &SteeringParams, flows: RawFd, global: RawFd) -> io::Result<Vec<In
     a.alu32_imm(LSH, R0, 2);
     a.alu64_reg(MOV, R8, R0);
     a.ld_frame_ind(BPF_W, R8, 14); // both ports
-    a.mix();
+    a.mix_ports();
     a.ja(hashed);
 
     a.bind(ipv6);
-    for i in 0..8 {
-        a.ld_frame(BPF_W, 14 + 8 + 4 * i); // source, destination
-        a.mix();
+    for i in 0..4 {
+        a.ld_frame(BPF_W, 14 + 8 + 4 * i); // source
+        a.alu32_reg(MOV, R9, R0);
+        a.ld_frame(BPF_W, 14 + 24 + 4 * i); // destination
+        a.mix_pair();
     }
     a.ld_frame(BPF_B, 14 + 6); // next header
     a.alu64_reg(MOV, R8, R0);
@@ -670,13 +709,19 @@ fn program(p: &SteeringParams, flows: RawFd, global: RawFd) -> io::Result<Vec<In
     a.jmp_imm(JNE, R8, 17, hashed);
     a.bind(ipv6_ports);
     a.ld_frame(BPF_W, 14 + 40);
-    a.mix();
+    a.mix_ports();
 
     a.bind(hashed);
     a.finish_hash();
 
     // ---- 2. the length, the time, the flow's meter ----
     a.ldx(BPF_W, R8, R6, 0); // __sk_buff.len
+    // A frame counts for at least min_charge bytes.
+    let charged = a.label();
+    a.ld_imm64(R1, u64::from(p.min_charge));
+    a.jmp_reg(JGE, R8, R1, charged);
+    a.alu64_reg(MOV, R8, R1);
+    a.bind(charged);
     a.stx(BPF_W, FP, -4, R7);
     a.call(BPF_FUNC_KTIME_GET_NS);
     a.alu64_reg(MOV, R6, R0);
@@ -784,6 +829,7 @@ mod tests {
         SteeringParams {
             window_ns: 10_000_000_000,
             hold_ns: 10_000_000_000,
+            min_charge: 0,
             ..SteeringParams::new(bulk_queues)
         }
     }
@@ -872,6 +918,10 @@ mod tests {
         h ^ h >> 15
     }
 
+    fn pair(h: u32, a: u32, b: u32) -> u32 {
+        mix(mix(h, a ^ b), a.wrapping_add(b))
+    }
+
     fn fmix(mut h: u32) -> u32 {
         h ^= h >> 16;
         h = h.wrapping_mul(FMIX_1);
@@ -894,23 +944,24 @@ mod tests {
         let mut h = mix(HASH_SEED, et);
         match et {
             0x0800 => {
-                h = mix(h, w(26)?);
-                h = mix(h, w(30)?);
+                h = pair(h, w(26)?, w(30)?);
                 let proto = b(23)?;
                 h = mix(h, proto);
                 if (proto == 6 || proto == 17) && h16(20)? & 0x3fff == 0 {
                     let ihl = (b(14)? & 0xf) as usize * 4;
-                    h = mix(h, w(14 + ihl)?);
+                    let ports = w(14 + ihl)?;
+                    h = pair(h, ports >> 16, ports & 0xffff);
                 }
             }
             0x86dd => {
-                for i in 0..8 {
-                    h = mix(h, w(22 + 4 * i)?);
+                for i in 0..4 {
+                    h = pair(h, w(22 + 4 * i)?, w(38 + 4 * i)?);
                 }
                 let nh = b(20)?;
                 h = mix(h, nh);
                 if nh == 6 || nh == 17 {
-                    h = mix(h, w(54)?);
+                    let ports = w(54)?;
+                    h = pair(h, ports >> 16, ports & 0xffff);
                 }
             }
             _ => {}
@@ -997,6 +1048,25 @@ mod tests {
             q(&v4(100, 1, a, b, (1, 3), 0))
         );
         assert_ne!(q(&tcp6(100, 1)), q(&tcp6(100, 2)));
+        // Symmetric: both directions of a connection hash alike (IPv4 and IPv6), and the
+        // pair, not each address, is what counts.
+        for sport in 0..16 {
+            assert_eq!(
+                q(&v4(100, 6, a, b, (40_000 + sport, 80), 0)),
+                q(&v4(100, 6, b, a, (80, 40_000 + sport), 0))
+            );
+        }
+        let c = Ipv4Addr::new(10, 3, 0, 1);
+        assert_ne!(
+            q(&v4(100, 6, a, b, (1, 2), 0)),
+            q(&v4(100, 6, a, c, (1, 2), 0))
+        );
+        let mut back = tcp6(100, 7);
+        let (src, rest) = back[22..54].split_at_mut(16);
+        src.swap_with_slice(rest);
+        back[54..58].copy_from_slice(&[1, 187, 0, 7]);
+        assert_eq!(q(&tcp6(100, 7)), q(&back));
+        assert_eq!(ref_hash(&tcp6(100, 7)), ref_hash(&back));
     }
 
     #[test]
@@ -1014,6 +1084,22 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(s.test_run(&tcp4(1500, 5555)).unwrap(), q);
         }
+    }
+
+    #[test]
+    fn steer_small_frames_count_for_the_least_charge() {
+        // With the default least charge (512 bytes) and budget (4096), a flow of 100-byte
+        // frames is express for 8 frames in a window, then demoted: a rate, not only bytes.
+        let s = load(&SteeringParams {
+            min_charge: SteeringParams::MIN_CHARGE,
+            ..slow(4)
+        });
+        for i in 0..8 {
+            assert_eq!(s.test_run(&tcp4(100, 7000)).unwrap(), 4, "frame {i}");
+        }
+        let q = s.test_run(&tcp4(100, 7000)).unwrap();
+        assert!(q < 4, "the 9th frame: {q}");
+        assert_eq!(s.test_run(&tcp4(100, 7001)).unwrap(), 4, "another flow");
     }
 
     #[test]
