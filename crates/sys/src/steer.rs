@@ -613,6 +613,24 @@ impl Asm {
         self.mix_pair();
     }
 
+    /// One meter's window (the map value `{window start, bytes}` at `val`, with `r6` = now
+    /// and `r8` = the frame's charge): a window older than `window_ns` restarts now at zero
+    /// bytes; then `r1` = the window's bytes plus the charge (not stored). Clobbers `r1`-`r3`.
+    fn window_add(&mut self, val: u8, window_ns: u64) {
+        let same_window = self.label();
+        self.ldx(BPF_DW, R1, val, 0); // window start
+        self.alu64_reg(MOV, R2, R6);
+        self.alu64_reg(SUB, R2, R1);
+        self.ld_imm64(R3, window_ns);
+        self.jmp_reg(JLT, R2, R3, same_window);
+        self.stx(BPF_DW, val, 0, R6);
+        self.alu64_imm(MOV, R1, 0);
+        self.stx(BPF_DW, val, 8, R1);
+        self.bind(same_window);
+        self.ldx(BPF_DW, R1, val, 8);
+        self.alu64_reg(ADD, R1, R8);
+    }
+
     /// murmur3's `fmix32` on `r7` (clobbers `r0`).
     fn finish_hash(&mut self) {
         for (shift, mul) in [(16, Some(FMIX_1)), (13, Some(FMIX_2)), (16, None)] {
@@ -656,9 +674,7 @@ fn program(p: &SteeringParams, flows: RawFd, global: RawFd) -> io::Result<Vec<In
     let ipv6 = a.label();
     let ipv6_ports = a.label();
     let have_flow = a.label();
-    let same_window = a.label();
     let within_budget = a.label();
-    let global_same_window = a.label();
     let global_over = a.label();
     let express = a.label();
     let bulk = a.label();
@@ -751,17 +767,7 @@ fn program(p: &SteeringParams, flows: RawFd, global: RawFd) -> io::Result<Vec<In
 
     a.bind(have_flow);
     a.alu64_reg(MOV, R9, R0);
-    a.ldx(BPF_DW, R1, R9, 0); // window start
-    a.alu64_reg(MOV, R2, R6);
-    a.alu64_reg(SUB, R2, R1);
-    a.ld_imm64(R3, p.window_ns);
-    a.jmp_reg(JLT, R2, R3, same_window);
-    a.stx(BPF_DW, R9, 0, R6);
-    a.alu64_imm(MOV, R1, 0);
-    a.stx(BPF_DW, R9, 8, R1);
-    a.bind(same_window);
-    a.ldx(BPF_DW, R1, R9, 8);
-    a.alu64_reg(ADD, R1, R8);
+    a.window_add(R9, p.window_ns);
     a.stx(BPF_DW, R9, 8, R1);
     a.ld_imm64(R2, u64::from(p.flow_budget));
     a.jmp_reg(JLE, R1, R2, within_budget);
@@ -780,17 +786,7 @@ fn program(p: &SteeringParams, flows: RawFd, global: RawFd) -> io::Result<Vec<In
     a.alu64_imm(ADD, R2, -8);
     a.call(BPF_FUNC_MAP_LOOKUP_ELEM);
     a.jmp_imm(JEQ, R0, 0, express); // cannot happen (an array's entry always exists)
-    a.ldx(BPF_DW, R1, R0, 0);
-    a.alu64_reg(MOV, R2, R6);
-    a.alu64_reg(SUB, R2, R1);
-    a.ld_imm64(R3, p.window_ns);
-    a.jmp_reg(JLT, R2, R3, global_same_window);
-    a.stx(BPF_DW, R0, 0, R6);
-    a.alu64_imm(MOV, R1, 0);
-    a.stx(BPF_DW, R0, 8, R1);
-    a.bind(global_same_window);
-    a.ldx(BPF_DW, R1, R0, 8);
-    a.alu64_reg(ADD, R1, R8);
+    a.window_add(R0, p.window_ns);
     a.ld_imm64(R2, u64::from(p.global_budget));
     a.jmp_reg(JGT, R1, R2, global_over);
     a.stx(BPF_DW, R0, 8, R1);
