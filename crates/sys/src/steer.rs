@@ -36,7 +36,7 @@
 //!    A frame shorter than [`min_charge`](SteeringParams::min_charge) counts as that many
 //!    bytes, in this meter and the global one, so budgets bound the packet rate too.
 //!    More than [`flow_budget`](SteeringParams::flow_budget) bytes in the window demote the
-//!    flow until now + [`hold_ns`](SteeringParams::hold_ns).
+//!    flow until now + [`hold_ns`](SteeringParams::hold_ns) (at a pause, see below).
 //! 4. **Global meter** (an array map of one entry: window start, bytes) of the bytes sent
 //!    express by all flows together: a frame that would take it over
 //!    [`global_budget`](SteeringParams::global_budget) in the current window demotes its
@@ -44,17 +44,25 @@
 //! 5. A demoted flow (now < demoted-until) returns `h % bulk_queues`; any other frame is
 //!    counted in the global meter and returns `express_queue`.
 //!
-//! # Why demotion holds
+//! # Changing lanes without reordering
 //!
-//! A flow that turns busy moves from the express queue to a bulk one. Its earlier frames wait
-//! on the express queue, which is short and has a thread of its own, so they are normally
-//! read before the ones that follow on the bulk queue (not guaranteed: this one step, once
-//! per demotion, may reorder a frame or two if the express thread is slow; TCP copes).
-//! Moving back is the dangerous direction: a frame sent express while the flow's previous
-//! frames still wait in a long bulk queue would overtake all of them. So a demotion lasts
-//! [`hold_ns`](SteeringParams::hold_ns) and is extended every time the flow goes over its
-//! budget again: a flow comes back to the express queue only after it has been sparse for
-//! long enough that its bulk queue has drained, so a busy flow is never reordered.
+//! A flow's frames stay in order as long as it stays on one queue; it changes queue only
+//! where its earlier frames cannot still be waiting on the other one.
+//! - **Express to bulk**: a flow that goes over its budget while on the express queue moves
+//!   only at a pause, when its previous frame is at least [`gap_ns`](SteeringParams::gap_ns)
+//!   old (1 ms: the express lane, which has a thread of its own at a high priority, has
+//!   forwarded it by then), and stays express until then; a flow that never pauses moves
+//!   once it has gone [`grace`](SteeringParams::grace) bytes over its budget, or when the
+//!   global budget is spent, and only then may its first bulk frames overtake its last
+//!   express ones (once). A bulk TCP stream sends its first 64 KiB or so express (like a
+//!   new flow under fq_codel) and usually moves without a pause, so it may see that one
+//!   reordering, which TCP absorbs; a burst of datagrams that pauses (the common shape of
+//!   small-packet traffic) moves in order.
+//! - **Bulk to express** is the dangerous direction: a frame sent express while the flow's
+//!   previous frames still wait in a long bulk queue would overtake all of them. So a
+//!   demotion lasts [`hold_ns`](SteeringParams::hold_ns) and is extended every time the flow
+//!   goes over its budget again: a flow comes back to the express queue only after it has
+//!   been sparse for long enough that its bulk queue has drained.
 //!
 //! # Notes
 //!
@@ -108,6 +116,14 @@ pub struct SteeringParams {
     /// TCP stream running at a few Gbit/s, would stay under a byte budget and load the
     /// express lane.
     pub min_charge: u32,
+    /// A flow still on the express queue that goes over its budget moves to its bulk queue
+    /// only at a pause: when its previous frame is at least this old (nanoseconds), so the
+    /// frames it sent express have left the express lane before the first bulk one is read.
+    pub gap_ns: u64,
+    /// ... or, for a flow that never pauses, once it has gone this many bytes over its
+    /// budget in the window (then its first bulk frames may overtake its last express ones,
+    /// once).
+    pub grace: u32,
 }
 
 impl SteeringParams {
@@ -121,6 +137,10 @@ impl SteeringParams {
     pub const GLOBAL_BUDGET: u32 = 65_536;
     /// Default least charge of a frame: 512 bytes.
     pub const MIN_CHARGE: u32 = 512;
+    /// Default pause before a flow leaves the express queue: 1 ms.
+    pub const GAP_NS: u64 = 1_000_000;
+    /// Default bytes a flow may go over its budget while waiting for a pause: 60 KiB.
+    pub const GRACE: u32 = 61_440;
 
     /// `bulk_queues` bulk queues, the express queue right after them (`express_queue =
     /// bulk_queues`) and the default meters.
@@ -133,6 +153,8 @@ impl SteeringParams {
             hold_ns: Self::HOLD_NS,
             global_budget: Self::GLOBAL_BUDGET,
             min_charge: Self::MIN_CHARGE,
+            gap_ns: Self::GAP_NS,
+            grace: Self::GRACE,
         }
     }
 
@@ -248,7 +270,7 @@ const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
 
 /// Value of the per-flow map: window start (ns), bytes in the window, demoted until (ns).
-const FLOW_VALUE_SIZE: u32 = 24;
+const FLOW_VALUE_SIZE: u32 = 32;
 /// Value of the global map: window start (ns), bytes in the window.
 const GLOBAL_VALUE_SIZE: u32 = 16;
 const ETH_HLEN: usize = 14;
@@ -472,6 +494,7 @@ const R1: u8 = 1;
 const R2: u8 = 2;
 const R3: u8 = 3;
 const R4: u8 = 4;
+const R5: u8 = 5;
 const R6: u8 = 6;
 const R7: u8 = 7;
 const R8: u8 = 8;
@@ -664,7 +687,7 @@ const FMIX_2: u32 = 0xc2b2_ae35;
 ///
 /// Registers: `r6` the context (needed by the frame loads) until the length is read, then
 /// `now`; `r7` the flow hash; `r8` a scratch for the header walk, then `len`; `r9` the
-/// flow's map value. Stack: `fp-4` the flow key, `fp-8` the global key, `fp-32..fp-8` a new
+/// flow's map value. Stack: `fp-4` the flow key, `fp-8` the global key, `fp-40..fp-8` a new
 /// flow's value.
 fn program(p: &SteeringParams, flows: RawFd, global: RawFd) -> io::Result<Vec<Insn>> {
     let mut a = Asm::default();
@@ -675,6 +698,7 @@ fn program(p: &SteeringParams, flows: RawFd, global: RawFd) -> io::Result<Vec<In
     let ipv6_ports = a.label();
     let have_flow = a.label();
     let within_budget = a.label();
+    let demote = a.label();
     let global_over = a.label();
     let express = a.label();
     let bulk = a.label();
@@ -746,17 +770,18 @@ fn program(p: &SteeringParams, flows: RawFd, global: RawFd) -> io::Result<Vec<In
     a.alu64_imm(ADD, R2, -4);
     a.call(BPF_FUNC_MAP_LOOKUP_ELEM);
     a.jmp_imm(JNE, R0, 0, have_flow);
-    // A new flow: insert {window start now, 0 bytes, not demoted} and look it up again (the
-    // common path below then counts this frame).
-    a.stx(BPF_DW, FP, -32, R6);
+    // A new flow: insert {window start now, 0 bytes, not demoted, no previous frame} and look
+    // it up again (the common path below then counts this frame).
+    a.stx(BPF_DW, FP, -40, R6);
     a.alu64_imm(MOV, R1, 0);
+    a.stx(BPF_DW, FP, -32, R1);
     a.stx(BPF_DW, FP, -24, R1);
     a.stx(BPF_DW, FP, -16, R1);
     a.ld_map(R1, flows);
     a.alu64_reg(MOV, R2, FP);
     a.alu64_imm(ADD, R2, -4);
     a.alu64_reg(MOV, R3, FP);
-    a.alu64_imm(ADD, R3, -32);
+    a.alu64_imm(ADD, R3, -40);
     a.alu64_imm(MOV, R4, BPF_NOEXIST);
     a.call(BPF_FUNC_MAP_UPDATE_ELEM);
     a.ld_map(R1, flows);
@@ -769,8 +794,21 @@ fn program(p: &SteeringParams, flows: RawFd, global: RawFd) -> io::Result<Vec<In
     a.alu64_reg(MOV, R9, R0);
     a.window_add(R9, p.window_ns);
     a.stx(BPF_DW, R9, 8, R1);
+    a.ldx(BPF_DW, R4, R9, 24); // the flow's previous frame
+    a.stx(BPF_DW, R9, 24, R6);
     a.ld_imm64(R2, u64::from(p.flow_budget));
     a.jmp_reg(JLE, R1, R2, within_budget);
+    // Over its budget. Already on its bulk queue: the demotion is extended.
+    a.ldx(BPF_DW, R3, R9, 16);
+    a.jmp_reg(JLT, R6, R3, demote);
+    // Still express: it leaves at a pause, or once past the grace.
+    a.alu64_reg(MOV, R5, R6);
+    a.alu64_reg(SUB, R5, R4);
+    a.ld_imm64(R3, p.gap_ns);
+    a.jmp_reg(JGE, R5, R3, demote);
+    a.ld_imm64(R2, u64::from(p.flow_budget) + u64::from(p.grace));
+    a.jmp_reg(JLE, R1, R2, within_budget);
+    a.bind(demote);
     a.ld_imm64(R1, p.hold_ns);
     a.alu64_reg(ADD, R1, R6);
     a.stx(BPF_DW, R9, 16, R1);
@@ -826,6 +864,7 @@ mod tests {
             window_ns: 10_000_000_000,
             hold_ns: 10_000_000_000,
             min_charge: 0,
+            grace: 0,
             ..SteeringParams::new(bulk_queues)
         }
     }
@@ -1096,6 +1135,37 @@ mod tests {
         let q = s.test_run(&tcp4(100, 7000)).unwrap();
         assert!(q < 4, "the 9th frame: {q}");
         assert_eq!(s.test_run(&tcp4(100, 7001)).unwrap(), 4, "another flow");
+    }
+
+    #[test]
+    fn steer_a_flow_leaves_the_express_queue_at_a_pause() {
+        // Over its budget without a pause it stays express (its frames stay in order behind
+        // one another); the first frame after a pause of gap_ns goes bulk, and so does the
+        // rest (held).
+        let s = load(&SteeringParams {
+            grace: SteeringParams::GRACE,
+            gap_ns: 20_000_000,
+            global_budget: u32::MAX,
+            ..slow(4)
+        });
+        for i in 0..4 {
+            // 4 x 3000 bytes: over the 4096 budget from the second on, within the grace.
+            assert_eq!(s.test_run(&tcp4(3000, 8000)).unwrap(), 4, "frame {i}");
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        let q = s.test_run(&tcp4(100, 8000)).unwrap();
+        assert!(q < 4, "after a pause: {q}");
+        assert_eq!(s.test_run(&tcp4(100, 8000)).unwrap(), q, "held");
+        // A flow that never pauses leaves once past budget + grace (64 KiB with these).
+        let mut sent = 0;
+        while s.test_run(&tcp4(3000, 8001)).unwrap() == 4 {
+            sent += 2986;
+            assert!(
+                sent <= 4096 + 61_440 + 2986,
+                "still express after {sent} bytes"
+            );
+        }
+        assert!(sent > 4096 + 61_440 - 2986, "left after {sent} bytes");
     }
 
     #[test]
