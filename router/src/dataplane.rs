@@ -16,11 +16,10 @@
 //! **The express lane** (on unless `--no-express`, needs eBPF): one more thread after the bulk
 //! ones, with the TAP's last queue and the socket group's last socket, for *sparse* flows: a
 //! ping, a health check, a heartbeat, a DNS query, a TCP handshake. An eBPF program steers the
-//! TAP's queues ([`weft_sys::steer`]): it meters every flow's bytes, sends a flow that stays
-//! under a small budget (4 KiB per 10 ms, and all sparse flows together under 64 KiB) to the
-//! express queue and every other flow to a bulk queue by its hash; a flow over its budget stays
-//! on its bulk queue until it has been quiet for 50 ms, so it never moves to the faster lane
-//! while its earlier frames may still be queued in the slower one (no reordering). The express
+//! TAP's queues: it meters every flow, sends one that stays under a small budget to the
+//! express queue and every other flow to a bulk queue by a symmetric hash, and moves a flow
+//! between the two only where it cannot overtake its own frames ([`weft_sys::steer`] has the
+//! rules and the figures). The express
 //! thread sends with [`weft_wire::vxlan::EXPRESS`] in the header, and the receiving router's
 //! socket filter hands such datagrams to its own express socket, whatever the stream byte
 //! ([`BatchUdp::bind_group`]); so a sparse flow skips the bulk queues on both hosts (the TAP's
@@ -371,7 +370,6 @@ pub fn spawn(
                     Engine::new(config)
                 };
                 let mut dp = DataPlane::new(tap, udp, engine, clock, events, gro, siblings);
-                dp.express = is_express;
                 dp.run(&commands, |c: &Counters, t: &LinkTraffic| publish(i, c, t));
             })?;
         handles.push(handle);
@@ -438,8 +436,6 @@ struct DataPlane {
     /// An ICMP "fragmentation needed" frame on its way to the TAP.
     icmp_buf: [u8; FRAG_NEEDED_MAX_LEN],
     siblings: Siblings,
-    /// This is the express lane's thread: what it reads and receives is counted as such.
-    express: bool,
 }
 
 impl DataPlane {
@@ -477,13 +473,14 @@ impl DataPlane {
             frag_buf: vec![0; SLOT],
             icmp_buf: [0; FRAG_NEEDED_MAX_LEN],
             siblings,
-            express: false,
         }
     }
 
     /// The engine's counters with the driver's own filled in.
     fn counters(&self) -> Counters {
         let d = &self.counters;
+        // The express lane's thread: what it read and received is the express lane's.
+        let express = self.engine.config().express;
         Counters {
             tap_rx_superframes: d.tap_rx_superframes,
             tap_rx_segments: d.tap_rx_segments,
@@ -501,12 +498,12 @@ impl DataPlane {
             pmtu_frames_fragmented: d.pmtu_frames_fragmented,
             pmtu_fragments_sent: d.pmtu_fragments_sent,
             pmtu_dropped: d.pmtu_dropped,
-            express_tap_rx_frames: if self.express {
+            express_tap_rx_frames: if express {
                 self.engine.counters().tap_rx_frames
             } else {
                 0
             },
-            express_udp_rx_datagrams: if self.express {
+            express_udp_rx_datagrams: if express {
                 self.engine.counters().udp_rx_datagrams
             } else {
                 0

@@ -420,6 +420,11 @@ impl Engine {
         })
     }
 
+    /// What the engine was made with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
     /// Whether a unicast read for the peer `dst`, sent to the neighbour `via`, may leave its
     /// checksums partial: only when `via` is `dst` itself (a relay would pass them on to a peer
     /// that may not take them) and takes them ([`takes_partial_csum`](Self::takes_partial_csum)).

@@ -124,28 +124,38 @@ pub fn stream_of(buf: &[u8]) -> u8 {
 /// Whether the datagram (header first) in `buf` has [`CSUM_PARTIAL`] set; `false` if `buf` is
 /// shorter than the header.
 pub fn csum_partial(buf: &[u8]) -> bool {
-    buf.len() >= HEADER_LEN && buf[WEFT_FLAGS_OFFSET] & CSUM_PARTIAL != 0
+    has_flag(buf, CSUM_PARTIAL)
 }
 
 /// Whether the datagram (header first) in `buf` has [`EXPRESS`] set; `false` if `buf` is
 /// shorter than the header.
 pub fn express(buf: &[u8]) -> bool {
-    buf.len() >= HEADER_LEN && buf[WEFT_FLAGS_OFFSET] & EXPRESS != 0
+    has_flag(buf, EXPRESS)
 }
 
 /// Sets [`EXPRESS`] in the header at the start of `buf` (nothing if `buf` is shorter than the
 /// header).
 pub fn set_express(buf: &mut [u8]) {
-    if buf.len() >= HEADER_LEN {
-        buf[WEFT_FLAGS_OFFSET] |= EXPRESS;
-    }
+    set_flag(buf, EXPRESS);
 }
 
 /// Sets [`CSUM_PARTIAL`] in the header at the start of `buf` (nothing if `buf` is shorter than
 /// the header).
 pub fn set_csum_partial(buf: &mut [u8]) {
+    set_flag(buf, CSUM_PARTIAL);
+}
+
+/// Whether the header at the start of `buf` has weft flag `flag`; `false` if `buf` is shorter
+/// than the header.
+fn has_flag(buf: &[u8], flag: u8) -> bool {
+    buf.len() >= HEADER_LEN && buf[WEFT_FLAGS_OFFSET] & flag != 0
+}
+
+/// Sets weft flag `flag` in the header at the start of `buf` (nothing if `buf` is shorter than
+/// the header).
+fn set_flag(buf: &mut [u8], flag: u8) {
     if buf.len() >= HEADER_LEN {
-        buf[WEFT_FLAGS_OFFSET] |= CSUM_PARTIAL;
+        buf[WEFT_FLAGS_OFFSET] |= flag;
     }
 }
 
