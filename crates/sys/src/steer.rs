@@ -9,8 +9,8 @@
 //! loads and attaches (`TUNSETSTEERINGEBPF`) a `SOCKET_FILTER` program that the kernel runs on
 //! every frame the TAP transmits towards us; the TAP takes its return value modulo the number
 //! of queues as the frame's queue. Sparse flows go to the express queue, busy flows to a bulk
-//! queue chosen by their hash, and every flow stays on one queue while it is busy, so a busy
-//! flow is not reordered.
+//! queue of their own, and a busy flow stays on one queue (but for the one move described
+//! under *Bulk queues*), so it is not reordered.
 //!
 //! # The classifier
 //!
@@ -41,8 +41,8 @@
 //!    express by all flows together: a frame that would take it over
 //!    [`global_budget`](SteeringParams::global_budget) in the current window demotes its
 //!    flow instead, so a crowd of individually sparse flows cannot flood the express lane.
-//! 5. A demoted flow (now < demoted-until) returns `h % bulk_queues`; any other frame is
-//!    counted in the global meter and returns `express_queue`.
+//! 5. A demoted flow (now < demoted-until) returns its bulk queue (below); any other frame
+//!    is counted in the global meter and returns `express_queue`.
 //!
 //! # Changing lanes without reordering
 //!
@@ -63,6 +63,28 @@
 //!   demotion lasts [`hold_ns`](SteeringParams::hold_ns) and is extended every time the flow
 //!   goes over its budget again: a flow comes back to the express queue only after it has
 //!   been sparse for long enough that its bulk queue has drained.
+//!
+//! # Bulk queues
+//!
+//! A flow gets its bulk queue at its first demotion and keeps it for as long as its entry
+//! lives (a flow the LRU map evicts at once, under a flood of new flows, takes
+//! `h % bulk_queues`). Two things matter: that a few busy flows spread evenly over the bulk
+//! threads, and that both directions of a connection pass through one thread on each host
+//! (that thread writes a stream's ACKs and then reads, in the same loop, the data they let
+//! the container send, without waking another thread; measured with the two crossed: a fifth
+//! more CPU per byte). A hash gives the second for free (it is symmetric) but not the first:
+//! 4 flows on 2 queues left one idle 1 time in 8 and put 3 on one half the time (measured:
+//! 9.5-9.8 instead of 12.2-12.5 Gbit/s when all 4 shared a thread). So:
+//! - **pinned**: the router's bulk thread that delivers a flow's other direction (which the
+//!   sending router placed) pins the flow to its own queue in the pin map (an LRU hash of
+//!   [`FLOW_ENTRIES`] entries, `h` to queue, [`FlowPins::pin`]). A flow pinned at its first
+//!   demotion takes that queue, settled;
+//! - **in turn**: else the next bulk queue in turn (a counter in the global map's entry),
+//!   marked as taken in turn. Both hosts may have placed a connection so before either saw
+//!   the other's choice (each direction's first frames go express); such a flow checks the
+//!   pin map at each frame and, once there is a pin, settles on the smaller of its queue and
+//!   the pin: both hosts reach the same one. A flow moved so may see one reordering, at its
+//!   start, like a flow leaving the express lane without a pause.
 //!
 //! # Notes
 //!
@@ -88,6 +110,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use crate::probe::{BPF_PROG_LOAD, ProgLoadAttr};
 use crate::tap::Tap;
@@ -171,17 +194,63 @@ impl SteeringParams {
     }
 }
 
-/// A loaded steering program and its two maps. Dropping it closes our descriptors; a TAP it
-/// was attached to keeps the program (and with it the maps) until the device goes away or
+/// A loaded steering program and its three maps. Dropping it closes our descriptors; a TAP
+/// it was attached to keeps the program (and with it the maps) until the device goes away or
 /// another program is attached.
 #[derive(Debug)]
 pub struct TapSteering {
     prog: OwnedFd,
-    /// Our references to the maps; the loaded program holds its own, so these only keep
-    /// the maps ours for as long as the program is.
+    /// Our references to the meters' maps; the loaded program holds its own, so these only
+    /// keep the maps ours for as long as the program is.
     _flows: OwnedFd,
     _global: OwnedFd,
+    pins: FlowPins,
     insn_cnt: usize,
+}
+
+/// The program's maps, as the fds its `LD_IMM64` instructions name.
+#[derive(Clone, Copy)]
+struct Maps {
+    flows: RawFd,
+    global: RawFd,
+    pins: RawFd,
+}
+
+/// The steering program's pin map, shared by the data-plane threads: a receiving thread pins
+/// the flows whose frames it writes to the TAP to its own queue, so that the other direction
+/// of each flow, once bulk, is read by the same thread (see the module doc).
+#[derive(Debug, Clone)]
+pub struct FlowPins {
+    map: Arc<OwnedFd>,
+    bulk_queues: u32,
+}
+
+impl FlowPins {
+    /// Pins the flow of hash `hash` ([`flow_hash`]) to bulk queue `queue` (below the number
+    /// of bulk queues): the program gives it that queue if it is not bulk yet, or the smaller
+    /// of its own and this one if it took a queue in turn (see the module doc). One
+    /// `bpf(BPF_MAP_UPDATE_ELEM)`; the map keeps the [`FLOW_ENTRIES`] most recent pins.
+    pub fn pin(&self, hash: u32, queue: u32) -> io::Result<()> {
+        if queue >= self.bulk_queues {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no bulk queue {queue} (there are {})", self.bulk_queues),
+            ));
+        }
+        let mut attr = MapElemAttr {
+            map_fd: fd_u32(self.map.as_raw_fd()),
+            _pad: 0,
+            key: std::ptr::from_ref(&hash) as u64,
+            value: std::ptr::from_ref(&queue) as u64,
+            flags: BPF_ANY,
+        };
+        // SAFETY: `attr` is the `BPF_MAP_UPDATE_ELEM` layout; `key` and `value` point to the
+        // 4-byte `hash` and `queue` (the map's key and value sizes), borrowed for the whole
+        // call and only read by the kernel.
+        unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }
+            .map(drop)
+            .map_err(|e| io::Error::new(e.kind(), format!("BPF_MAP_UPDATE_ELEM: {e}")))
+    }
 }
 
 impl TapSteering {
@@ -204,12 +273,28 @@ impl TapSteering {
             1,
             b"weft_steer_glob",
         )?;
-        let insns = program(p, flows.as_raw_fd(), global.as_raw_fd())?;
+        let pins = create_map(
+            BPF_MAP_TYPE_LRU_HASH,
+            4,
+            4,
+            FLOW_ENTRIES,
+            b"weft_steer_pins",
+        )?;
+        let maps = Maps {
+            flows: flows.as_raw_fd(),
+            global: global.as_raw_fd(),
+            pins: pins.as_raw_fd(),
+        };
+        let insns = program(p, maps)?;
         let prog = load_prog(&insns)?;
         Ok(Self {
             prog,
             _flows: flows,
             _global: global,
+            pins: FlowPins {
+                map: Arc::new(pins),
+                bulk_queues: p.bulk_queues,
+            },
             insn_cnt: insns.len(),
         })
     }
@@ -248,6 +333,11 @@ impl TapSteering {
         Ok(attr.retval)
     }
 
+    /// The program's pin map.
+    pub fn pins(&self) -> FlowPins {
+        self.pins.clone()
+    }
+
     /// Number of eBPF instructions in the program (an `LD_IMM64` counts as two).
     pub fn insn_count(&self) -> usize {
         self.insn_cnt
@@ -264,15 +354,27 @@ impl AsFd for TapSteering {
 // ---- bpf(2) ----
 
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+/// `BPF_MAP_UPDATE_ELEM` flag: create or replace.
+const BPF_ANY: u64 = 0;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
 
-/// Value of the per-flow map: window start (ns), bytes in the window, demoted until (ns).
-const FLOW_VALUE_SIZE: u32 = 32;
-/// Value of the global map: window start (ns), bytes in the window.
-const GLOBAL_VALUE_SIZE: u32 = 16;
+/// Value of the per-flow map: window start (ns), bytes in the window, demoted until (ns), the
+/// previous frame (ns), the bulk queue (`u32`, [`NO_QUEUE`] until the first demotion) and 4
+/// bytes of padding.
+const FLOW_VALUE_SIZE: u32 = 40;
+/// Where the flow's bulk queue is in its map value.
+const FLOW_QUEUE_OFFSET: i16 = 32;
+/// A flow without a bulk queue yet.
+const NO_QUEUE: u32 = u32::MAX;
+/// The bit of a flow's bulk queue that says it was taken in turn, not settled by a pin.
+const TURN: u32 = 1 << 31;
+/// Value of the global map: window start (ns), bytes in the window, the number of bulk
+/// queues handed out in turn.
+const GLOBAL_VALUE_SIZE: u32 = 24;
 const ETH_HLEN: usize = 14;
 
 /// The `BPF_MAP_CREATE` part of `union bpf_attr`, up to `map_name`.
@@ -286,6 +388,16 @@ struct MapCreateAttr {
     inner_map_fd: u32,
     numa_node: u32,
     map_name: [u8; 16],
+}
+
+/// The `BPF_MAP_*_ELEM` part of `union bpf_attr`.
+#[repr(C)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
 }
 
 /// The `BPF_PROG_TEST_RUN` part of `union bpf_attr`.
@@ -466,6 +578,7 @@ const MUL: u8 = 0x20;
 const AND: u8 = 0x50;
 const LSH: u8 = 0x60;
 const RSH: u8 = 0x70;
+const OR: u8 = 0x40;
 const MOD: u8 = 0x90;
 const XOR: u8 = 0xa0;
 const MOV: u8 = 0xb0;
@@ -678,6 +791,63 @@ impl Asm {
 }
 
 /// The hash's seed and constants (mirrored by the tests' reference implementation).
+fn mix(h: u32, w: u32) -> u32 {
+    let h = (h ^ w).wrapping_mul(HASH_MUL);
+    h ^ h >> 15
+}
+
+fn pair(h: u32, a: u32, b: u32) -> u32 {
+    mix(mix(h, a ^ b), a.wrapping_add(b))
+}
+
+fn fmix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(FMIX_1);
+    h ^= h >> 13;
+    h = h.wrapping_mul(FMIX_2);
+    h ^ h >> 16
+}
+
+/// The program's flow hash of the Ethernet frame `f` (step 1 of the classifier), or `None`
+/// where one of the program's loads would run past the end (the program then returns 0).
+/// The key of [`FlowPins::pin`]. Tests check it against the program.
+pub fn flow_hash(f: &[u8]) -> Option<u32> {
+    let b = |o: usize| f.get(o).map(|&x| u32::from(x));
+    let h16 = |o: usize| {
+        Some(u32::from(u16::from_be_bytes(
+            f.get(o..o + 2)?.try_into().ok()?,
+        )))
+    };
+    let w = |o: usize| Some(u32::from_be_bytes(f.get(o..o + 4)?.try_into().ok()?));
+    let et = h16(12)?;
+    let mut h = mix(HASH_SEED, et);
+    match et {
+        0x0800 => {
+            h = pair(h, w(26)?, w(30)?);
+            let proto = b(23)?;
+            h = mix(h, proto);
+            if (proto == 6 || proto == 17) && h16(20)? & 0x3fff == 0 {
+                let ihl = (b(14)? & 0xf) as usize * 4;
+                let ports = w(14 + ihl)?;
+                h = pair(h, ports >> 16, ports & 0xffff);
+            }
+        }
+        0x86dd => {
+            for i in 0..4 {
+                h = pair(h, w(22 + 4 * i)?, w(38 + 4 * i)?);
+            }
+            let nh = b(20)?;
+            h = mix(h, nh);
+            if nh == 6 || nh == 17 {
+                let ports = w(54)?;
+                h = pair(h, ports >> 16, ports & 0xffff);
+            }
+        }
+        _ => {}
+    }
+    Some(fmix(h))
+}
+
 const HASH_SEED: u32 = 0x5745_4654;
 const HASH_MUL: u32 = 0x9e37_79b1;
 const FMIX_1: u32 = 0x85eb_ca6b;
@@ -689,7 +859,12 @@ const FMIX_2: u32 = 0xc2b2_ae35;
 /// `now`; `r7` the flow hash; `r8` a scratch for the header walk, then `len`; `r9` the
 /// flow's map value. Stack: `fp-4` the flow key, `fp-8` the global key, `fp-40..fp-8` a new
 /// flow's value.
-fn program(p: &SteeringParams, flows: RawFd, global: RawFd) -> io::Result<Vec<Insn>> {
+fn program(p: &SteeringParams, maps: Maps) -> io::Result<Vec<Insn>> {
+    let Maps {
+        flows,
+        global,
+        pins,
+    } = maps;
     let mut a = Asm::default();
     let hashed = a.label();
     let ipv4 = a.label();
@@ -702,6 +877,12 @@ fn program(p: &SteeringParams, flows: RawFd, global: RawFd) -> io::Result<Vec<In
     let global_over = a.label();
     let express = a.label();
     let bulk = a.label();
+    let bulk_hash = a.label();
+    let first = a.label();
+    let in_turn = a.label();
+    let settle = a.label();
+    let unpinned = a.label();
+    let done = a.label();
 
     // ---- 1. the flow hash, into r7 ----
     a.alu64_reg(MOV, R6, R1);
@@ -770,25 +951,27 @@ fn program(p: &SteeringParams, flows: RawFd, global: RawFd) -> io::Result<Vec<In
     a.alu64_imm(ADD, R2, -4);
     a.call(BPF_FUNC_MAP_LOOKUP_ELEM);
     a.jmp_imm(JNE, R0, 0, have_flow);
-    // A new flow: insert {window start now, 0 bytes, not demoted, no previous frame} and look
-    // it up again (the common path below then counts this frame).
-    a.stx(BPF_DW, FP, -40, R6);
+    // A new flow: insert {window start now, 0 bytes, not demoted, no previous frame, no bulk
+    // queue yet} and look it up again (the common path below then counts this frame).
+    a.stx(BPF_DW, FP, -48, R6);
     a.alu64_imm(MOV, R1, 0);
+    a.stx(BPF_DW, FP, -40, R1);
     a.stx(BPF_DW, FP, -32, R1);
     a.stx(BPF_DW, FP, -24, R1);
+    a.alu64_imm(MOV, R1, -1); // all ones: the queue (its low half) is NO_QUEUE
     a.stx(BPF_DW, FP, -16, R1);
     a.ld_map(R1, flows);
     a.alu64_reg(MOV, R2, FP);
     a.alu64_imm(ADD, R2, -4);
     a.alu64_reg(MOV, R3, FP);
-    a.alu64_imm(ADD, R3, -40);
+    a.alu64_imm(ADD, R3, -48);
     a.alu64_imm(MOV, R4, BPF_NOEXIST);
     a.call(BPF_FUNC_MAP_UPDATE_ELEM);
     a.ld_map(R1, flows);
     a.alu64_reg(MOV, R2, FP);
     a.alu64_imm(ADD, R2, -4);
     a.call(BPF_FUNC_MAP_LOOKUP_ELEM);
-    a.jmp_imm(JEQ, R0, 0, bulk); // evicted already: treat it as busy
+    a.jmp_imm(JEQ, R0, 0, bulk_hash); // evicted already: treat it as busy
 
     a.bind(have_flow);
     a.alu64_reg(MOV, R9, R0);
@@ -838,7 +1021,67 @@ fn program(p: &SteeringParams, flows: RawFd, global: RawFd) -> io::Result<Vec<In
     a.alu64_reg(ADD, R1, R6);
     a.stx(BPF_DW, R9, 16, R1);
 
+    // ---- 4. the flow's bulk queue (r9 = its entry; see "Bulk queues" above) ----
     a.bind(bulk);
+    a.ldx(BPF_W, R0, R9, FLOW_QUEUE_OFFSET);
+    a.ld_imm64(R1, u64::from(NO_QUEUE));
+    a.jmp_reg(JEQ, R0, R1, first);
+    a.alu32_reg(MOV, R1, R0);
+    a.alu32_imm(RSH, R1, 31);
+    a.jmp_imm(JEQ, R1, 0, done); // settled
+    // Taken in turn: settle on the smaller of it and the pin, once there is one.
+    a.alu32_reg(MOV, R8, R0);
+    a.alu32_imm(AND, R8, !TURN);
+    a.ld_map(R1, pins);
+    a.alu64_reg(MOV, R2, FP);
+    a.alu64_imm(ADD, R2, -4);
+    a.call(BPF_FUNC_MAP_LOOKUP_ELEM);
+    a.jmp_imm(JEQ, R0, 0, unpinned);
+    a.ldx(BPF_W, R0, R0, 0);
+    a.alu32_imm(MOD, R0, p.bulk_queues);
+    a.jmp_reg(JLT, R0, R8, settle);
+    a.alu32_reg(MOV, R0, R8);
+    a.bind(settle);
+    a.stx(BPF_W, R9, FLOW_QUEUE_OFFSET, R0);
+    a.ja(done);
+    a.bind(unpinned);
+    a.alu32_reg(MOV, R0, R8);
+    a.ja(done);
+    // A first demotion: the pinned queue, settled ...
+    a.bind(first);
+    a.ld_map(R1, pins);
+    a.alu64_reg(MOV, R2, FP);
+    a.alu64_imm(ADD, R2, -4);
+    a.call(BPF_FUNC_MAP_LOOKUP_ELEM);
+    a.jmp_imm(JEQ, R0, 0, in_turn);
+    a.ldx(BPF_W, R0, R0, 0);
+    a.alu32_imm(MOD, R0, p.bulk_queues);
+    a.stx(BPF_W, R9, FLOW_QUEUE_OFFSET, R0);
+    a.ja(done);
+    // ... or the next one in turn (the global entry's counter; racing CPUs may both take
+    // one), marked as such.
+    a.bind(in_turn);
+    a.alu64_imm(MOV, R1, 0);
+    a.stx(BPF_W, FP, -8, R1);
+    a.ld_map(R1, global);
+    a.alu64_reg(MOV, R2, FP);
+    a.alu64_imm(ADD, R2, -8);
+    a.call(BPF_FUNC_MAP_LOOKUP_ELEM);
+    a.jmp_imm(JEQ, R0, 0, bulk_hash); // cannot happen (an array's entry always exists)
+    a.ldx(BPF_DW, R1, R0, 16);
+    a.alu64_reg(MOV, R2, R1);
+    a.alu64_imm(ADD, R2, 1);
+    a.stx(BPF_DW, R0, 16, R2);
+    a.alu32_reg(MOV, R0, R1);
+    a.alu32_imm(MOD, R0, p.bulk_queues);
+    a.alu32_reg(MOV, R1, R0);
+    a.alu32_imm(OR, R1, TURN);
+    a.stx(BPF_W, R9, FLOW_QUEUE_OFFSET, R1);
+    a.bind(done);
+    a.exit();
+
+    // Without an entry (the LRU map evicted it at once): by the hash.
+    a.bind(bulk_hash);
     a.alu32_reg(MOV, R0, R7);
     a.alu32_imm(MOD, R0, p.bulk_queues);
     a.exit();
@@ -946,66 +1189,8 @@ mod tests {
         f
     }
 
-    // ---- the reference hash, the program's in Rust ----
-
-    fn mix(h: u32, w: u32) -> u32 {
-        let h = (h ^ w).wrapping_mul(HASH_MUL);
-        h ^ h >> 15
-    }
-
-    fn pair(h: u32, a: u32, b: u32) -> u32 {
-        mix(mix(h, a ^ b), a.wrapping_add(b))
-    }
-
-    fn fmix(mut h: u32) -> u32 {
-        h ^= h >> 16;
-        h = h.wrapping_mul(FMIX_1);
-        h ^= h >> 13;
-        h = h.wrapping_mul(FMIX_2);
-        h ^ h >> 16
-    }
-
-    /// The program's flow hash of `f`, or `None` where a load would run past the end (the
-    /// program then returns 0).
-    fn ref_hash(f: &[u8]) -> Option<u32> {
-        let b = |o: usize| f.get(o).map(|&x| u32::from(x));
-        let h16 = |o: usize| {
-            Some(u32::from(u16::from_be_bytes(
-                f.get(o..o + 2)?.try_into().ok()?,
-            )))
-        };
-        let w = |o: usize| Some(u32::from_be_bytes(f.get(o..o + 4)?.try_into().ok()?));
-        let et = h16(12)?;
-        let mut h = mix(HASH_SEED, et);
-        match et {
-            0x0800 => {
-                h = pair(h, w(26)?, w(30)?);
-                let proto = b(23)?;
-                h = mix(h, proto);
-                if (proto == 6 || proto == 17) && h16(20)? & 0x3fff == 0 {
-                    let ihl = (b(14)? & 0xf) as usize * 4;
-                    let ports = w(14 + ihl)?;
-                    h = pair(h, ports >> 16, ports & 0xffff);
-                }
-            }
-            0x86dd => {
-                for i in 0..4 {
-                    h = pair(h, w(22 + 4 * i)?, w(38 + 4 * i)?);
-                }
-                let nh = b(20)?;
-                h = mix(h, nh);
-                if nh == 6 || nh == 17 {
-                    let ports = w(54)?;
-                    h = pair(h, ports >> 16, ports & 0xffff);
-                }
-            }
-            _ => {}
-        }
-        Some(fmix(h))
-    }
-
-    /// Params under which every frame of more than 0 bytes is demoted: the program then
-    /// returns `h % 65536`, the low half of the hash.
+    /// Params under which every frame of more than 0 bytes is demoted at once (to one of
+    /// 65536 bulk queues).
     fn always_bulk() -> SteeringParams {
         SteeringParams {
             bulk_queues: 1 << 16,
@@ -1017,7 +1202,12 @@ mod tests {
 
     #[test]
     fn program_size() {
-        let insns = program(&SteeringParams::new(4), 0, 0).unwrap();
+        let maps = Maps {
+            flows: 0,
+            global: 0,
+            pins: 0,
+        };
+        let insns = program(&SteeringParams::new(4), maps).unwrap();
         eprintln!("steering program: {} instructions", insns.len());
         assert!(insns.len() < 4096);
     }
@@ -1063,45 +1253,80 @@ mod tests {
             opts[14] = 0x46;
             frames.push(opts);
         }
-        for f in &frames {
-            let want = ref_hash(f).unwrap() % (1 << 16);
+        // The program's hash is `flow_hash`: each flow, pinned under `flow_hash` to a queue
+        // of its own before its first frame, is given that queue (its first frame demotes
+        // it). Frames of one flow (same hash) keep the first one's queue.
+        let pins = s.pins();
+        let mut pinned = std::collections::HashMap::new();
+        for (i, f) in frames.iter().enumerate() {
+            let h = flow_hash(f).unwrap();
+            let want = *pinned.entry(h).or_insert_with(|| {
+                let q = 100 + i as u32;
+                pins.pin(h, q).unwrap();
+                q
+            });
             assert_eq!(s.test_run(f).unwrap(), want, "{f:02x?}");
         }
-        // Ports count for TCP/UDP, not for fragments or other protocols.
+        // Both directions of a connection are one flow to the program (IPv4 and IPv6).
         let q = |f: &[u8]| s.test_run(f).unwrap();
         let (a, b) = (Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(10, 2, 0, 1));
-        assert_ne!(
-            q(&v4(100, 17, a, b, (1, 2), 0)),
-            q(&v4(100, 17, a, b, (1, 3), 0))
-        );
-        assert_eq!(
-            q(&v4(100, 17, a, b, (1, 2), 1)),
-            q(&v4(100, 17, a, b, (1, 3), 1))
-        );
-        assert_eq!(
-            q(&v4(100, 1, a, b, (1, 2), 0)),
-            q(&v4(100, 1, a, b, (1, 3), 0))
-        );
-        assert_ne!(q(&tcp6(100, 1)), q(&tcp6(100, 2)));
-        // Symmetric: both directions of a connection hash alike (IPv4 and IPv6), and the
-        // pair, not each address, is what counts.
         for sport in 0..16 {
             assert_eq!(
                 q(&v4(100, 6, a, b, (40_000 + sport, 80), 0)),
                 q(&v4(100, 6, b, a, (80, 40_000 + sport), 0))
             );
         }
-        let c = Ipv4Addr::new(10, 3, 0, 1);
-        assert_ne!(
-            q(&v4(100, 6, a, b, (1, 2), 0)),
-            q(&v4(100, 6, a, c, (1, 2), 0))
-        );
         let mut back = tcp6(100, 7);
         let (src, rest) = back[22..54].split_at_mut(16);
         src.swap_with_slice(rest);
         back[54..58].copy_from_slice(&[1, 187, 0, 7]);
         assert_eq!(q(&tcp6(100, 7)), q(&back));
-        assert_eq!(ref_hash(&tcp6(100, 7)), ref_hash(&back));
+        assert!(pins.pin(1, 1 << 16).is_err(), "past the bulk queues");
+    }
+
+    #[test]
+    fn flow_hash_is_symmetric_and_counts_ports_for_tcp_and_udp_only() {
+        let h = |f: Vec<u8>| flow_hash(&f).unwrap();
+        let (a, b, c) = (
+            Ipv4Addr::new(10, 1, 0, 1),
+            Ipv4Addr::new(10, 2, 0, 1),
+            Ipv4Addr::new(10, 3, 0, 1),
+        );
+        assert_ne!(
+            h(v4(100, 17, a, b, (1, 2), 0)),
+            h(v4(100, 17, a, b, (1, 3), 0))
+        );
+        assert_ne!(
+            h(v4(100, 6, a, b, (1, 2), 0)),
+            h(v4(100, 17, a, b, (1, 2), 0))
+        );
+        // A fragment, or another protocol: no ports.
+        assert_eq!(
+            h(v4(100, 17, a, b, (1, 2), 1)),
+            h(v4(100, 17, a, b, (1, 3), 1))
+        );
+        assert_eq!(
+            h(v4(100, 1, a, b, (1, 2), 0)),
+            h(v4(100, 1, a, b, (1, 3), 0))
+        );
+        assert_ne!(h(tcp6(100, 1)), h(tcp6(100, 2)));
+        // Symmetric, and the pair of addresses counts, not each one.
+        assert_eq!(
+            h(v4(100, 6, a, b, (40_000, 80), 0)),
+            h(v4(100, 6, b, a, (80, 40_000), 0))
+        );
+        assert_ne!(
+            h(v4(100, 6, a, b, (1, 2), 0)),
+            h(v4(100, 6, a, c, (1, 2), 0))
+        );
+        let mut back = tcp6(100, 7);
+        let (src, rest) = back[22..54].split_at_mut(16);
+        src.swap_with_slice(rest);
+        back[54..58].copy_from_slice(&[1, 187, 0, 7]);
+        assert_eq!(h(tcp6(100, 7)), h(back));
+        // Loads past the end.
+        assert_eq!(flow_hash(&tcp4(100, 1)[..36]), None);
+        assert_eq!(flow_hash(&[0; 13]), None);
     }
 
     #[test]
@@ -1188,9 +1413,9 @@ mod tests {
         // (2986 bytes counted) go over the 4096-byte budget at the second.
         let p = slow(4);
         let s = load(&p);
-        let bulk = ref_hash(&tcp4(3000, 7)).unwrap() % 4;
         assert_eq!(s.test_run(&tcp4(3000, 7)).unwrap(), 4);
-        assert_eq!(s.test_run(&tcp4(3000, 7)).unwrap(), bulk);
+        let bulk = s.test_run(&tcp4(3000, 7)).unwrap();
+        assert!(bulk < 4, "{bulk}");
         // Held: small frames of the same flow follow it to the bulk queue.
         for _ in 0..5 {
             assert_eq!(s.test_run(&tcp4(60, 7)).unwrap(), bulk);
@@ -1202,18 +1427,10 @@ mod tests {
             flow_budget: 1000,
             ..p
         });
-        assert_eq!(
-            s.test_run(&tcp4(1100, 9)).unwrap(),
-            ref_hash(&tcp4(1100, 9)).unwrap() % 4
-        );
-        assert_eq!(
-            s.test_run(&tcp6(1100, 9)).unwrap(),
-            ref_hash(&tcp6(1100, 9)).unwrap() % 4
-        );
-        assert_eq!(
-            s.test_run(&tcp6(100, 9)).unwrap(),
-            ref_hash(&tcp6(100, 9)).unwrap() % 4
-        );
+        assert!(s.test_run(&tcp4(1100, 9)).unwrap() < 4);
+        let v6 = s.test_run(&tcp6(1100, 9)).unwrap();
+        assert!(v6 < 4);
+        assert_eq!(s.test_run(&tcp6(100, 9)).unwrap(), v6);
         // The hold expires: with a 1 ms hold and window, a sparse flow comes back.
         let s = load(&SteeringParams {
             flow_budget: 1000,
@@ -1238,8 +1455,48 @@ mod tests {
             assert!(q < 4, "{q}");
             hit[q as usize] += 1;
         }
-        eprintln!("64 flows over 4 bulk queues: {hit:?}");
-        assert!(hit.iter().filter(|&&n| n > 0).count() >= 3, "{hit:?}");
+        assert_eq!(hit, [16; 4], "64 flows over 4 bulk queues");
+    }
+
+    #[test]
+    fn steer_bulk_flows_take_the_bulk_queues_in_turn_and_keep_them() {
+        let s = load(&SteeringParams {
+            flow_budget: 1000,
+            ..slow(4)
+        });
+        // Express frames do not take a turn; each flow's first demotion does.
+        for i in 0..8u16 {
+            assert_eq!(s.test_run(&tcp4(100, 100 + i)).unwrap(), 4);
+        }
+        let first: Vec<u32> = (0..8u16)
+            .map(|i| s.test_run(&tcp4(1500, 100 + i)).unwrap())
+            .collect();
+        assert_eq!(first, [0, 1, 2, 3, 0, 1, 2, 3]);
+        // Each keeps its queue, whatever the others do.
+        for i in (0..8u16).rev() {
+            assert_eq!(s.test_run(&tcp4(60, 100 + i)).unwrap(), u32::from(i % 4));
+        }
+        // A flow pinned before its first demotion takes its pin, settled (and the turns go
+        // on where they were).
+        let pins = s.pins();
+        let pin = |sport: u16, q: u32| pins.pin(flow_hash(&tcp4(60, sport)).unwrap(), q).unwrap();
+        pin(200, 3);
+        assert_eq!(s.test_run(&tcp4(1500, 200)).unwrap(), 3);
+        pin(200, 1);
+        assert_eq!(s.test_run(&tcp4(1500, 200)).unwrap(), 3, "settled");
+        assert_eq!(s.test_run(&tcp4(1500, 201)).unwrap(), 0);
+        // A flow that took its queue in turn settles on the smaller of it and a pin that
+        // comes later: the other host took the other one, and both hosts reach the same.
+        pin(103, 1);
+        assert_eq!(s.test_run(&tcp4(1500, 103)).unwrap(), 1, "3 and the pin 1");
+        pin(103, 2);
+        assert_eq!(s.test_run(&tcp4(1500, 103)).unwrap(), 1, "settled");
+        pin(102, 3);
+        assert_eq!(s.test_run(&tcp4(1500, 102)).unwrap(), 2, "2 and the pin 3");
+        pin(102, 0);
+        assert_eq!(s.test_run(&tcp4(1500, 102)).unwrap(), 2, "settled");
+        // Without a pin it keeps its turn.
+        assert_eq!(s.test_run(&tcp4(1500, 101)).unwrap(), 1);
     }
 
     #[test]
@@ -1251,8 +1508,8 @@ mod tests {
         });
         // 586 + 586 > 1000: the second flow's frame is demoted, and so are its next frames.
         assert_eq!(s.test_run(&tcp4(600, 1)).unwrap(), 4);
-        let bulk2 = ref_hash(&tcp4(600, 2)).unwrap() % 4;
-        assert_eq!(s.test_run(&tcp4(600, 2)).unwrap(), bulk2);
+        let bulk2 = s.test_run(&tcp4(600, 2)).unwrap();
+        assert!(bulk2 < 4, "{bulk2}");
         assert_eq!(s.test_run(&tcp4(60, 2)).unwrap(), bulk2);
         // What still fits goes express: 586 + 286 <= 1000.
         assert_eq!(s.test_run(&tcp4(300, 3)).unwrap(), 4);
@@ -1298,10 +1555,7 @@ mod tests {
                 _ => {}
             }
             let q = s.test_run(&f).unwrap();
-            assert!(
-                q == 4 || q == 0 || ref_hash(&f).is_some_and(|h| h % 4 == q),
-                "{f:02x?}"
-            );
+            assert!(q <= 4, "{f:02x?}");
         }
     }
 
@@ -1329,6 +1583,7 @@ mod tests {
         };
         let s = TapSteering::load(&p).unwrap();
         s.attach(&q1).unwrap();
+        let pins = s.pins();
         drop(s); // the device keeps the program
         let ip = |args: &[&str]| {
             let st = std::process::Command::new("ip")
@@ -1374,8 +1629,15 @@ mod tests {
         for _ in 0..19 {
             busy.send_to(&[3; 1400], to).unwrap();
         }
-        // 16 busy flows: each on the bulk queue its hash (of the frame as read) says.
+        // 16 busy flows: 8 pinned to bulk queue 1 under `flow_hash` of a frame with their
+        // addresses and ports (so it is the program's hash on the TAP path too), 8 taking the
+        // bulk queues in turn (the edge flow took queue 0, the burst queue 1).
         let spread: Vec<UdpSocket> = (0..16).map(|_| bind()).collect();
+        let (me, peer) = (Ipv4Addr::new(10, 77, 0, 1), Ipv4Addr::new(10, 77, 0, 2));
+        for s in &spread[..8] {
+            let f = v4(100, 17, me, peer, (port(s), 9999), 0);
+            pins.pin(flow_hash(&f).unwrap(), 1).unwrap();
+        }
         for s in &spread {
             s.send_to(&[4; 1100], to).unwrap();
         }
@@ -1402,28 +1664,29 @@ mod tests {
         }
         assert_eq!(got.len(), want_frames, "{got:?}");
         let mut edge_seen = Vec::new();
-        let mut bulk_hit = [0; 2];
+        let mut unpinned_hit = [0; 2];
         for (q, f) in &got {
             let sport = u16::from_be_bytes([f[34], f[35]]);
-            let bulk = (ref_hash(f).unwrap() % 2) as usize;
             if sport == port(&small) {
                 assert_eq!(*q, 2, "a small datagram not on the express queue");
             } else if sport == port(&edge) {
-                edge_seen.push((f.len(), *q, bulk));
+                edge_seen.push((f.len(), *q));
+            } else if sport == port(&busy) {
+                assert_eq!(*q, 1, "the burst's frame of {} bytes", f.len());
+            } else if spread[..8].iter().any(|s| port(s) == sport) {
+                assert_eq!(*q, 1, "a pinned flow");
             } else {
-                assert_eq!(*q, bulk, "a busy flow's frame of {} bytes", f.len());
-                if sport != port(&busy) {
-                    bulk_hit[bulk] += 1;
-                }
+                assert!(*q < 2, "an unpinned busy flow on queue {q}");
+                unpinned_hit[*q] += 1;
             }
         }
         // (Read queue by queue, so in no particular order.)
-        edge_seen.sort_unstable_by_key(|&(len, _, _)| std::cmp::Reverse(len));
-        assert!(
-            matches!(edge_seen[..], [(1000, 2, _), (43, q, bulk)] if q == bulk),
-            "{edge_seen:?}"
+        edge_seen.sort_unstable_by_key(|&(len, _)| std::cmp::Reverse(len));
+        assert_eq!(edge_seen, [(1000, 2), (43, 0)]);
+        assert_eq!(
+            unpinned_hit,
+            [4, 4],
+            "8 busy flows over the 2 bulk queues in turn"
         );
-        assert!(bulk_hit[0] > 0 && bulk_hit[1] > 0, "{bulk_hit:?}");
-        eprintln!("real TAP: 16 busy flows over the 2 bulk queues: {bulk_hit:?}");
     }
 }
