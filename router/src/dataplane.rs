@@ -2,8 +2,9 @@
 //! its packet buffers, and runs its own forwarding engine over batches.
 //!
 //! **Threads** (`--datapath-threads N`): the TAP is multi-queue and the data port is `N`
-//! sockets bound to it with `SO_REUSEPORT`, one queue and one socket per thread. The kernel
-//! keeps a flow on one TAP queue, so on one thread; the thread writes its index, its *stream*,
+//! sockets bound to it with `SO_REUSEPORT`, one queue and one socket per thread. A flow stays
+//! on one TAP queue (the kernel's hash, or the express lane's steering below), so on one
+//! thread; the thread writes its index, its *stream*,
 //! into every datagram's VXLAN header, and the receiving router's sockets are steered by that
 //! byte (stream mod its thread count, [`BatchUdp::bind_group`]), so a flow is received by one
 //! thread too, and written to one TAP queue: in order end to end. With a password each thread
@@ -17,9 +18,13 @@
 //! ones, with the TAP's last queue and the socket group's last socket, for *sparse* flows: a
 //! ping, a health check, a heartbeat, a DNS query, a TCP handshake. An eBPF program steers the
 //! TAP's queues: it meters every flow, sends one that stays under a small budget to the
-//! express queue and every other flow to a bulk queue by a symmetric hash, and moves a flow
-//! between the two only where it cannot overtake its own frames ([`weft_sys::steer`] has the
-//! rules and the figures). The express
+//! express queue and every other flow to a bulk queue, and moves a flow between the two only
+//! where it cannot overtake its own frames ([`weft_sys::steer`] has the rules and the
+//! figures). A flow gets its bulk queue when it first becomes busy, and keeps it: the queue its
+//! other direction was received on if this host has seen that (each bulk thread pins the
+//! flows it delivers to its own queue, `Pinner`), else the next bulk queue in turn, so a few
+//! busy flows spread evenly over the threads and a connection's two directions share one
+//! thread on each host. The express
 //! thread sends with [`weft_wire::vxlan::EXPRESS`] in the header, and the receiving router's
 //! socket filter hands such datagrams to its own express socket, whatever the stream byte
 //! ([`BatchUdp::bind_group`]); so a sparse flow skips the bulk queues on both hosts (the TAP's
@@ -96,6 +101,7 @@ use weft_overlay::{
     Counters, DatagramDecision, Engine, EngineConfig, ForwardingTable, LinkId, Owner, PeerEntry,
     Relay, TapDecision, emit_vxlan_header,
 };
+use weft_sys::steer::{FlowPins, flow_hash};
 use weft_sys::tap::{MAX_VNET_FRAME, Tap};
 use weft_sys::udp::{
     BATCH, BatchUdp, Flushed, GRO_BUF_SIZE, GSO_MAX_SEGMENTS, GsoBatch, RecvBatch, SendBatch,
@@ -291,9 +297,10 @@ pub fn spawn(
     events: UnboundedSender<DpEvent>,
     publish: impl Fn(usize, &Counters, &LinkTraffic) + Send + Clone + 'static,
     priority: u8,
-    express: bool,
+    steering: Option<FlowPins>,
 ) -> io::Result<Vec<JoinHandle<()>>> {
     let n = queues.len();
+    let express = steering.is_some();
     let (mac_tx, mac_rx): (Vec<Sender<LearnedMacs>>, Vec<Receiver<LearnedMacs>>) =
         (0..n).map(|_| std::sync::mpsc::channel()).unzip();
     let mut handles = Vec::with_capacity(n);
@@ -337,6 +344,12 @@ pub fn spawn(
         };
         let events = events.clone();
         let publish = publish.clone();
+        // A bulk thread pins the flows it delivers to its own queue (not the express lane;
+        // with one bulk thread there is nothing to choose).
+        let pinner = steering
+            .as_ref()
+            .filter(|_| !is_express && n > 2)
+            .map(|pins| Pinner::new(pins.clone(), i as u32));
         let name = if is_express {
             "weft-express"
         } else {
@@ -369,7 +382,7 @@ pub fn spawn(
                 } else {
                     Engine::new(config)
                 };
-                let mut dp = DataPlane::new(tap, udp, engine, clock, events, gro, siblings);
+                let mut dp = DataPlane::new(tap, udp, engine, clock, events, gro, siblings, pinner);
                 dp.run(&commands, |c: &Counters, t: &LinkTraffic| publish(i, c, t));
             })?;
         handles.push(handle);
@@ -383,6 +396,61 @@ struct Siblings {
     macs: Receiver<LearnedMacs>,
     /// To each other thread.
     others: Vec<Sender<LearnedMacs>>,
+}
+
+/// How often a flow's pin is renewed while its frames keep arriving (the map is an LRU).
+const PIN_REFRESH: Duration = Duration::from_secs(1);
+/// Entries of a thread's cache of flows it pinned recently (a power of two).
+const PIN_CACHE: usize = 256;
+
+/// A bulk thread's side of the bulk-queue pairing (with the express lane): the flows whose
+/// frames this thread delivers to the TAP are pinned to its own TAP queue in the steering
+/// program's map ([`FlowPins`]), so the other direction of each flow, once the program moves
+/// it to a bulk queue, is read by this thread too. The sending router chose the thread (its
+/// thread's stream steered the datagrams here), so the two hosts agree on it: a TCP stream's
+/// data and its ACKs pass through one thread on each host, which writes the ACKs and then reads
+/// the data they let out in the same loop, without waking another thread (where both hosts
+/// chose before seeing the other's choice, the program settles both on the same queue:
+/// [`weft_sys::steer`], *Bulk queues*). The pin is one system call per flow (renewed every
+/// [`PIN_REFRESH`]), skipped through a small cache keyed by the flow hash; it is taken from
+/// the first frame delivered from each received batch slot (a GRO slot is usually one
+/// super-frame of one flow).
+struct Pinner {
+    pins: FlowPins,
+    queue: u32,
+    /// (flow hash, renew after), direct-mapped by the hash's low bits.
+    recent: Box<[(u32, Instant); PIN_CACHE]>,
+    warned: bool,
+}
+
+impl Pinner {
+    fn new(pins: FlowPins, queue: u32) -> Self {
+        Self {
+            pins,
+            queue,
+            recent: Box::new([(0, Instant::ZERO); PIN_CACHE]),
+            warned: false,
+        }
+    }
+
+    /// `frame` (an Ethernet frame) is being delivered by this thread at `now`.
+    fn note(&mut self, frame: &[u8], now: Instant) {
+        let Some(h) = flow_hash(frame) else { return };
+        let e = &mut self.recent[h as usize & (PIN_CACHE - 1)];
+        if e.0 == h && now < e.1 {
+            return;
+        }
+        *e = (h, now + PIN_REFRESH);
+        if let Err(err) = self.pins.pin(h, self.queue) {
+            if !self.warned {
+                tracing::warn!(
+                    "data plane: pinning a flow to queue {} failed: {err}",
+                    self.queue
+                );
+                self.warned = true;
+            }
+        }
+    }
 }
 
 /// What the driver counts itself (the offload counters of [`Counters`]), merged into the
@@ -436,9 +504,12 @@ struct DataPlane {
     /// An ICMP "fragmentation needed" frame on its way to the TAP.
     icmp_buf: [u8; FRAG_NEEDED_MAX_LEN],
     siblings: Siblings,
+    /// With the express lane, a bulk thread's pins (see [`Pinner`]).
+    pinner: Option<Pinner>,
 }
 
 impl DataPlane {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         tap: Tap,
         udp: BatchUdp,
@@ -447,6 +518,7 @@ impl DataPlane {
         events: UnboundedSender<DpEvent>,
         gro: bool,
         siblings: Siblings,
+        pinner: Option<Pinner>,
     ) -> Self {
         let vnet = tap.vnet_hdr();
         let recv = if gro {
@@ -473,6 +545,7 @@ impl DataPlane {
             frag_buf: vec![0; SLOT],
             icmp_buf: [0; FRAG_NEEDED_MAX_LEN],
             siblings,
+            pinner,
         }
     }
 
@@ -750,6 +823,7 @@ impl DataPlane {
                 } else {
                     stride
                 };
+                let mut pin = self.pinner.as_mut();
                 for buf in slot.chunks_mut(stride).take(whole) {
                     let received = tx.engine.on_received(link, buf, now);
                     match received.decision {
@@ -764,6 +838,10 @@ impl DataPlane {
                                 } else {
                                     Csum::Complete
                                 };
+                                if let Some(p) = pin.take() {
+                                    // The first frame delivered from this slot.
+                                    p.note(&buf[range.clone()], now);
+                                }
                                 rx.deliver(&mut buf[range], csum);
                             }
                             let datagram = &buf[received.plain];

@@ -86,9 +86,11 @@ pub async fn run_with(
         Err(e) => return Err(e),
     };
     let mut express = taps.len() > threads;
+    // The steering program's pin map, for the bulk threads (with the express lane).
+    let mut pins = None;
     if express {
         match steer_express(&taps, threads) {
-            Ok(()) => {}
+            Ok(p) => pins = Some(p),
             Err(e) => {
                 tracing::warn!(
                     "express lane off: steering TAP {}'s queues with eBPF failed ({e}); sparse \
@@ -361,7 +363,7 @@ pub async fn run_with(
         ev_tx,
         publish,
         config.datapath_priority,
-        express,
+        pins.filter(|_| express),
     )
     .context("starting the data plane")?;
 
@@ -453,10 +455,11 @@ pub async fn run_with(
 
 /// Steer the TAP's queues for the express lane: `taps[..bulk]` are the bulk threads' queues,
 /// `taps[bulk]` the express lane's (see [`weft_sys::steer`]).
-fn steer_express(taps: &[Tap], bulk: usize) -> std::io::Result<()> {
+fn steer_express(taps: &[Tap], bulk: usize) -> std::io::Result<weft_sys::steer::FlowPins> {
     let bulk = u32::try_from(bulk).map_err(|_| std::io::ErrorKind::InvalidInput)?;
     let steering = weft_sys::steer::TapSteering::load(&weft_sys::steer::SteeringParams::new(bulk))?;
-    steering.attach(&taps[0])
+    steering.attach(&taps[0])?;
+    Ok(steering.pins())
 }
 
 /// Open `queues` queues of the TAP (multi-queue when more than one), with `opts` as
