@@ -101,11 +101,12 @@ use weft_overlay::{
     Counters, DatagramDecision, Engine, EngineConfig, ForwardingTable, LinkId, Owner, PeerEntry,
     Relay, TapDecision, emit_vxlan_header,
 };
-use weft_sys::steer::{FlowPins, flow_hash};
+use weft_sys::steer::FlowPins;
 use weft_sys::tap::{MAX_VNET_FRAME, Tap};
 use weft_sys::udp::{
     BATCH, BatchUdp, Flushed, GRO_BUF_SIZE, GSO_MAX_SEGMENTS, GsoBatch, RecvBatch, SendBatch,
 };
+use weft_wire::flow;
 use weft_wire::vxlan::{self, HEADER_LEN as VXLAN_HLEN};
 
 use crate::traffic::LinkTraffic;
@@ -435,7 +436,7 @@ impl Pinner {
 
     /// `frame` (an Ethernet frame) is being delivered by this thread at `now`.
     fn note(&mut self, frame: &[u8], now: Instant) {
-        let Some(h) = flow_hash(frame) else { return };
+        let Some(h) = flow::hash(frame) else { return };
         let e = &mut self.recent[h as usize & (PIN_CACHE - 1)];
         if e.0 == h && now < e.1 {
             return;

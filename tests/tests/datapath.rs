@@ -883,7 +883,7 @@ fn datapath_threads_keep_each_flow_in_order_and_all_threads_busy() {
 
 /// The first client port `p` from 40 000 on such that the TCP flows from `client` ports
 /// `p..p + n` to `server:port` all have flow hashes of one parity (the express lane's
-/// steering program's hash, [`weft_sys::steer::flow_hash`]): on one of 2 queues by the hash.
+/// steering program's hash, [`weft_wire::flow::hash`]): on one of 2 queues by the hash.
 fn same_hash_parity_ports(client: Ipv4Addr, server: Ipv4Addr, port: u16, n: u16) -> u16 {
     let hash = |sport: u16| {
         let mut f = [0u8; 38];
@@ -894,7 +894,7 @@ fn same_hash_parity_ports(client: Ipv4Addr, server: Ipv4Addr, port: u16, n: u16)
         f[30..34].copy_from_slice(&server.octets());
         f[34..36].copy_from_slice(&sport.to_be_bytes());
         f[36..38].copy_from_slice(&port.to_be_bytes());
-        weft_sys::steer::flow_hash(&f).expect("a whole frame") % 2
+        weft_wire::flow::hash(&f).expect("a whole frame") % 2
     };
     (40_000..60_000)
         .find(|&p| (p..p + n).all(|q| hash(q) == hash(p)))

@@ -14,24 +14,15 @@
 //!
 //! # The classifier
 //!
-//! 1. **Flow hash** `h`, from the frame as the TAP transmits it (starting at the Ethernet
-//!    header): the ethertype, then for IPv4 the source and destination addresses and the
-//!    protocol, plus the ports for TCP/UDP when the packet is not a fragment (MF clear,
-//!    offset 0; the L4 header found with IHL); for IPv6 the addresses, the next header and
-//!    the ports for TCP/UDP (extension headers are not followed: such packets hash without
-//!    ports); for anything else (ARP, ...) the ethertype alone. VLAN tags are not looked
-//!    through. The words are mixed multiplicatively and finished with murmur3's `fmix32`, so
-//!    a flow always gives the same `h`. The hash is **symmetric**: the two addresses (and the
-//!    two ports) go in as an unordered pair (their XOR, then their sum), so both directions
-//!    of a connection hash alike and take the same bulk queue index on both hosts: the data
-//!    plane's thread that sends a TCP stream's data is the one that writes its ACKs back, as
-//!    the TAP's own flow steering did (a thread writing the ACKs then reads, in the same loop,
-//!    the data they let the container send, without waking another thread).
+//! 1. **Flow hash** `h` of the frame as the TAP transmits it (starting at the Ethernet
+//!    header): [`weft_wire::flow::hash`], which has the fields and the mixing; the program is
+//!    built from its constants and the tests check the two agree. It is **symmetric**: both
+//!    directions of a connection hash alike, so they are one flow here.
 //! 2. **Length**: `skb->len` (the `__sk_buff` `len`), the whole frame including its Ethernet
 //!    header on the TAP path; a TSO super-frame is one skb of up to 64 KiB.
 //! 3. **Per-flow meter** in an LRU hash map of [`FLOW_ENTRIES`] entries (key `h`; value:
-//!    window start, bytes in the window, demoted-until, as `u64`s; times are
-//!    `bpf_ktime_get_ns` nanoseconds): a new flow's window starts now; a window older than
+//!    window start, bytes in the window, demoted-until and the previous frame's time as
+//!    `u64`s, then the flow's bulk queue; times are `bpf_ktime_get_ns` nanoseconds): a new flow's window starts now; a window older than
 //!    [`window_ns`](SteeringParams::window_ns) restarts at zero bytes; then `len` is added.
 //!    A frame shorter than [`min_charge`](SteeringParams::min_charge) counts as that many
 //!    bytes, in this meter and the global one, so budgets bound the packet rate too.
@@ -114,6 +105,7 @@ use std::sync::Arc;
 
 use crate::probe::{BPF_PROG_LOAD, ProgLoadAttr};
 use crate::tap::Tap;
+use weft_wire::flow;
 
 /// Entries of the per-flow LRU map: flows beyond that evict the least recently seen.
 pub const FLOW_ENTRIES: u32 = 4096;
@@ -226,7 +218,7 @@ pub struct FlowPins {
 }
 
 impl FlowPins {
-    /// Pins the flow of hash `hash` ([`flow_hash`]) to bulk queue `queue` (below the number
+    /// Pins the flow of hash `hash` ([`flow::hash`]) to bulk queue `queue` (below the number
     /// of bulk queues): the program gives it that queue if it is not bulk yet, or the smaller
     /// of its own and this one if it took a queue in turn (see the module doc). One
     /// `bpf(BPF_MAP_UPDATE_ELEM)`; the map keeps the [`FLOW_ENTRIES`] most recent pins.
@@ -723,7 +715,7 @@ impl Asm {
     /// `h = (h ^ w) * 0x9e3779b1; h ^= h >> 15`.
     fn mix(&mut self) {
         self.alu32_reg(XOR, R7, R0);
-        self.alu32_imm(MUL, R7, HASH_MUL);
+        self.alu32_imm(MUL, R7, flow::MUL);
         self.alu32_reg(MOV, R0, R7);
         self.alu32_imm(RSH, R0, 15);
         self.alu32_reg(XOR, R7, R0);
@@ -769,7 +761,11 @@ impl Asm {
 
     /// murmur3's `fmix32` on `r7` (clobbers `r0`).
     fn finish_hash(&mut self) {
-        for (shift, mul) in [(16, Some(FMIX_1)), (13, Some(FMIX_2)), (16, None)] {
+        for (shift, mul) in [
+            (16, Some(flow::FMIX_1)),
+            (13, Some(flow::FMIX_2)),
+            (16, None),
+        ] {
             self.alu32_reg(MOV, R0, R7);
             self.alu32_imm(RSH, R0, shift);
             self.alu32_reg(XOR, R7, R0);
@@ -789,69 +785,6 @@ impl Asm {
         Ok(self.insns)
     }
 }
-
-/// The hash's seed and constants (mirrored by the tests' reference implementation).
-fn mix(h: u32, w: u32) -> u32 {
-    let h = (h ^ w).wrapping_mul(HASH_MUL);
-    h ^ h >> 15
-}
-
-fn pair(h: u32, a: u32, b: u32) -> u32 {
-    mix(mix(h, a ^ b), a.wrapping_add(b))
-}
-
-fn fmix(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(FMIX_1);
-    h ^= h >> 13;
-    h = h.wrapping_mul(FMIX_2);
-    h ^ h >> 16
-}
-
-/// The program's flow hash of the Ethernet frame `f` (step 1 of the classifier), or `None`
-/// where one of the program's loads would run past the end (the program then returns 0).
-/// The key of [`FlowPins::pin`]. Tests check it against the program.
-pub fn flow_hash(f: &[u8]) -> Option<u32> {
-    let b = |o: usize| f.get(o).map(|&x| u32::from(x));
-    let h16 = |o: usize| {
-        Some(u32::from(u16::from_be_bytes(
-            f.get(o..o + 2)?.try_into().ok()?,
-        )))
-    };
-    let w = |o: usize| Some(u32::from_be_bytes(f.get(o..o + 4)?.try_into().ok()?));
-    let et = h16(12)?;
-    let mut h = mix(HASH_SEED, et);
-    match et {
-        0x0800 => {
-            h = pair(h, w(26)?, w(30)?);
-            let proto = b(23)?;
-            h = mix(h, proto);
-            if (proto == 6 || proto == 17) && h16(20)? & 0x3fff == 0 {
-                let ihl = (b(14)? & 0xf) as usize * 4;
-                let ports = w(14 + ihl)?;
-                h = pair(h, ports >> 16, ports & 0xffff);
-            }
-        }
-        0x86dd => {
-            for i in 0..4 {
-                h = pair(h, w(22 + 4 * i)?, w(38 + 4 * i)?);
-            }
-            let nh = b(20)?;
-            h = mix(h, nh);
-            if nh == 6 || nh == 17 {
-                let ports = w(54)?;
-                h = pair(h, ports >> 16, ports & 0xffff);
-            }
-        }
-        _ => {}
-    }
-    Some(fmix(h))
-}
-
-const HASH_SEED: u32 = 0x5745_4654;
-const HASH_MUL: u32 = 0x9e37_79b1;
-const FMIX_1: u32 = 0x85eb_ca6b;
-const FMIX_2: u32 = 0xc2b2_ae35;
 
 /// The steering program for `p`, with the two maps' fds.
 ///
@@ -888,7 +821,7 @@ fn program(p: &SteeringParams, maps: Maps) -> io::Result<Vec<Insn>> {
     a.alu64_reg(MOV, R6, R1);
     a.ld_frame(BPF_H, 12); // ethertype
     a.alu64_reg(MOV, R8, R0);
-    a.alu32_imm(MOV, R7, HASH_SEED);
+    a.alu32_imm(MOV, R7, flow::SEED);
     a.mix();
     a.jmp_imm(JEQ, R8, 0x0800, ipv4);
     a.jmp_imm(JEQ, R8, 0x86dd, ipv6);
@@ -1253,13 +1186,13 @@ mod tests {
             opts[14] = 0x46;
             frames.push(opts);
         }
-        // The program's hash is `flow_hash`: each flow, pinned under `flow_hash` to a queue
+        // The program's hash is `flow::hash`: each flow, pinned under `flow::hash` to a queue
         // of its own before its first frame, is given that queue (its first frame demotes
         // it). Frames of one flow (same hash) keep the first one's queue.
         let pins = s.pins();
         let mut pinned = std::collections::HashMap::new();
         for (i, f) in frames.iter().enumerate() {
-            let h = flow_hash(f).unwrap();
+            let h = flow::hash(f).unwrap();
             let want = *pinned.entry(h).or_insert_with(|| {
                 let q = 100 + i as u32;
                 pins.pin(h, q).unwrap();
@@ -1286,7 +1219,7 @@ mod tests {
 
     #[test]
     fn flow_hash_is_symmetric_and_counts_ports_for_tcp_and_udp_only() {
-        let h = |f: Vec<u8>| flow_hash(&f).unwrap();
+        let h = |f: Vec<u8>| flow::hash(&f).unwrap();
         let (a, b, c) = (
             Ipv4Addr::new(10, 1, 0, 1),
             Ipv4Addr::new(10, 2, 0, 1),
@@ -1325,8 +1258,8 @@ mod tests {
         back[54..58].copy_from_slice(&[1, 187, 0, 7]);
         assert_eq!(h(tcp6(100, 7)), h(back));
         // Loads past the end.
-        assert_eq!(flow_hash(&tcp4(100, 1)[..36]), None);
-        assert_eq!(flow_hash(&[0; 13]), None);
+        assert_eq!(flow::hash(&tcp4(100, 1)[..36]), None);
+        assert_eq!(flow::hash(&[0; 13]), None);
     }
 
     #[test]
@@ -1479,7 +1412,7 @@ mod tests {
         // A flow pinned before its first demotion takes its pin, settled (and the turns go
         // on where they were).
         let pins = s.pins();
-        let pin = |sport: u16, q: u32| pins.pin(flow_hash(&tcp4(60, sport)).unwrap(), q).unwrap();
+        let pin = |sport: u16, q: u32| pins.pin(flow::hash(&tcp4(60, sport)).unwrap(), q).unwrap();
         pin(200, 3);
         assert_eq!(s.test_run(&tcp4(1500, 200)).unwrap(), 3);
         pin(200, 1);
@@ -1629,14 +1562,14 @@ mod tests {
         for _ in 0..19 {
             busy.send_to(&[3; 1400], to).unwrap();
         }
-        // 16 busy flows: 8 pinned to bulk queue 1 under `flow_hash` of a frame with their
+        // 16 busy flows: 8 pinned to bulk queue 1 under `flow::hash` of a frame with their
         // addresses and ports (so it is the program's hash on the TAP path too), 8 taking the
         // bulk queues in turn (the edge flow took queue 0, the burst queue 1).
         let spread: Vec<UdpSocket> = (0..16).map(|_| bind()).collect();
         let (me, peer) = (Ipv4Addr::new(10, 77, 0, 1), Ipv4Addr::new(10, 77, 0, 2));
         for s in &spread[..8] {
             let f = v4(100, 17, me, peer, (port(s), 9999), 0);
-            pins.pin(flow_hash(&f).unwrap(), 1).unwrap();
+            pins.pin(flow::hash(&f).unwrap(), 1).unwrap();
         }
         for s in &spread {
             s.send_to(&[4; 1100], to).unwrap();

@@ -14,6 +14,7 @@
 pub mod arp;
 pub mod control;
 pub mod ethernet;
+pub mod flow;
 pub mod icmpv4;
 pub mod icmpv6;
 pub mod ipv4;
