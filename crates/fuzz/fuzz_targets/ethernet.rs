@@ -3,7 +3,9 @@
 //! Input: one raw Ethernet frame. Checks that no getter or free helper panics, that the header
 //! round-trips (emit reproduces the input header bytes exactly), and then walks the payload the
 //! way the data plane would: ARP or IPv4, then UDP or ICMP, then VXLAN on port 6784 and the
-//! inner frame, printing every `Repr` (tcpdump-style `Display`) along the way.
+//! inner frame, printing every `Repr` (tcpdump-style `Display`) along the way. The flow hash
+//! (`weft_wire::flow`) of every frame: no panic, and for IPv4 the same hash with the
+//! addresses and the ports swapped (the frame's other direction).
 #![no_main]
 
 use std::net::Ipv4Addr;
@@ -17,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn dissect(data: &[u8], depth: u32) {
+    check_flow_hash(data);
     let (dst, src, ty) = (
         ethernet::dst_of(data),
         ethernet::src_of(data),
@@ -97,4 +100,25 @@ fn dissect_udp(data: &[u8], src: Ipv4Addr, dst: Ipv4Addr, depth: u32) {
     if depth < 2 {
         dissect(packet.payload(), depth + 1);
     }
+}
+
+/// The flow hash never panics, and an IPv4 frame's other direction (addresses swapped, and the
+/// ports where they are read) hashes alike.
+fn check_flow_hash(data: &[u8]) {
+    let Some(h) = weft_wire::flow::hash(data) else {
+        return;
+    };
+    // (An IHL below 5 would put the "ports" inside the IPv4 header: not a frame to swap.)
+    if data.len() < 34 || data[12..14] != [8, 0] || data[14] & 0xf < 5 {
+        return;
+    }
+    let mut back = data.to_vec();
+    back[26..30].copy_from_slice(&data[30..34]);
+    back[30..34].copy_from_slice(&data[26..30]);
+    let l4 = 14 + usize::from(data[14] & 0xf) * 4;
+    if data.len() >= l4 + 4 {
+        back[l4..l4 + 2].copy_from_slice(&data[l4 + 2..l4 + 4]);
+        back[l4 + 2..l4 + 4].copy_from_slice(&data[l4..l4 + 2]);
+    }
+    assert_eq!(weft_wire::flow::hash(&back), Some(h), "the other direction");
 }
