@@ -594,6 +594,11 @@ const BPF_NOEXIST: i32 = 1;
 /// Classic-BPF load offset base: relative to the MAC header.
 const SKF_LL_OFF: i32 = -0x200000;
 
+/// Where the program keeps the flow hash (the key of the flow and pin maps) on its stack.
+const FLOW_KEY: i16 = -4;
+/// Where it keeps the global map's key (0).
+const GLOBAL_KEY: i16 = -8;
+
 const R0: u8 = 0;
 const R1: u8 = 1;
 const R2: u8 = 2;
@@ -759,6 +764,21 @@ impl Asm {
         self.alu64_reg(ADD, R1, R8);
     }
 
+    /// `r0` = the entry of `map` whose key is on the stack at `FP + key` (or 0).
+    fn lookup(&mut self, map: RawFd, key: i16) {
+        self.ld_map(R1, map);
+        self.alu64_reg(MOV, R2, FP);
+        self.alu64_imm(ADD, R2, i32::from(key));
+        self.call(BPF_FUNC_MAP_LOOKUP_ELEM);
+    }
+
+    /// `r0` = the global map's one entry (key 0, stored at `FP + GLOBAL_KEY`).
+    fn lookup_global(&mut self, global: RawFd) {
+        self.alu64_imm(MOV, R1, 0);
+        self.stx(BPF_W, FP, GLOBAL_KEY, R1);
+        self.lookup(global, GLOBAL_KEY);
+    }
+
     /// murmur3's `fmix32` on `r7` (clobbers `r0`).
     fn finish_hash(&mut self) {
         for (shift, mul) in [
@@ -876,13 +896,10 @@ fn program(p: &SteeringParams, maps: Maps) -> io::Result<Vec<Insn>> {
     a.jmp_reg(JGE, R8, R1, charged);
     a.alu64_reg(MOV, R8, R1);
     a.bind(charged);
-    a.stx(BPF_W, FP, -4, R7);
+    a.stx(BPF_W, FP, FLOW_KEY, R7);
     a.call(BPF_FUNC_KTIME_GET_NS);
     a.alu64_reg(MOV, R6, R0);
-    a.ld_map(R1, flows);
-    a.alu64_reg(MOV, R2, FP);
-    a.alu64_imm(ADD, R2, -4);
-    a.call(BPF_FUNC_MAP_LOOKUP_ELEM);
+    a.lookup(flows, FLOW_KEY);
     a.jmp_imm(JNE, R0, 0, have_flow);
     // A new flow: insert {window start now, 0 bytes, not demoted, no previous frame, no bulk
     // queue yet} and look it up again (the common path below then counts this frame).
@@ -895,15 +912,12 @@ fn program(p: &SteeringParams, maps: Maps) -> io::Result<Vec<Insn>> {
     a.stx(BPF_DW, FP, -16, R1);
     a.ld_map(R1, flows);
     a.alu64_reg(MOV, R2, FP);
-    a.alu64_imm(ADD, R2, -4);
+    a.alu64_imm(ADD, R2, i32::from(FLOW_KEY));
     a.alu64_reg(MOV, R3, FP);
     a.alu64_imm(ADD, R3, -48);
     a.alu64_imm(MOV, R4, BPF_NOEXIST);
     a.call(BPF_FUNC_MAP_UPDATE_ELEM);
-    a.ld_map(R1, flows);
-    a.alu64_reg(MOV, R2, FP);
-    a.alu64_imm(ADD, R2, -4);
-    a.call(BPF_FUNC_MAP_LOOKUP_ELEM);
+    a.lookup(flows, FLOW_KEY);
     a.jmp_imm(JEQ, R0, 0, bulk_hash); // evicted already: treat it as busy
 
     a.bind(have_flow);
@@ -933,12 +947,7 @@ fn program(p: &SteeringParams, maps: Maps) -> io::Result<Vec<Insn>> {
     a.jmp_reg(JLT, R6, R1, bulk);
 
     // ---- 3. the global meter ----
-    a.alu64_imm(MOV, R1, 0);
-    a.stx(BPF_W, FP, -8, R1);
-    a.ld_map(R1, global);
-    a.alu64_reg(MOV, R2, FP);
-    a.alu64_imm(ADD, R2, -8);
-    a.call(BPF_FUNC_MAP_LOOKUP_ELEM);
+    a.lookup_global(global);
     a.jmp_imm(JEQ, R0, 0, express); // cannot happen (an array's entry always exists)
     a.window_add(R0, p.window_ns);
     a.ld_imm64(R2, u64::from(p.global_budget));
@@ -965,10 +974,7 @@ fn program(p: &SteeringParams, maps: Maps) -> io::Result<Vec<Insn>> {
     // Taken in turn: settle on the smaller of it and the pin, once there is one.
     a.alu32_reg(MOV, R8, R0);
     a.alu32_imm(AND, R8, !TURN);
-    a.ld_map(R1, pins);
-    a.alu64_reg(MOV, R2, FP);
-    a.alu64_imm(ADD, R2, -4);
-    a.call(BPF_FUNC_MAP_LOOKUP_ELEM);
+    a.lookup(pins, FLOW_KEY);
     a.jmp_imm(JEQ, R0, 0, unpinned);
     a.ldx(BPF_W, R0, R0, 0);
     a.alu32_imm(MOD, R0, p.bulk_queues);
@@ -982,10 +988,7 @@ fn program(p: &SteeringParams, maps: Maps) -> io::Result<Vec<Insn>> {
     a.ja(done);
     // A first demotion: the pinned queue, settled ...
     a.bind(first);
-    a.ld_map(R1, pins);
-    a.alu64_reg(MOV, R2, FP);
-    a.alu64_imm(ADD, R2, -4);
-    a.call(BPF_FUNC_MAP_LOOKUP_ELEM);
+    a.lookup(pins, FLOW_KEY);
     a.jmp_imm(JEQ, R0, 0, in_turn);
     a.ldx(BPF_W, R0, R0, 0);
     a.alu32_imm(MOD, R0, p.bulk_queues);
@@ -994,12 +997,7 @@ fn program(p: &SteeringParams, maps: Maps) -> io::Result<Vec<Insn>> {
     // ... or the next one in turn (the global entry's counter; racing CPUs may both take
     // one), marked as such.
     a.bind(in_turn);
-    a.alu64_imm(MOV, R1, 0);
-    a.stx(BPF_W, FP, -8, R1);
-    a.ld_map(R1, global);
-    a.alu64_reg(MOV, R2, FP);
-    a.alu64_imm(ADD, R2, -8);
-    a.call(BPF_FUNC_MAP_LOOKUP_ELEM);
+    a.lookup_global(global);
     a.jmp_imm(JEQ, R0, 0, bulk_hash); // cannot happen (an array's entry always exists)
     a.ldx(BPF_DW, R1, R0, 16);
     a.alu64_reg(MOV, R2, R1);
