@@ -287,7 +287,9 @@ pub struct Queue {
 ///
 /// If the TAP was opened with a vnet header ([`Tap::vnet_hdr`]), reads are taken apart with the
 /// [`Segmenter`] and deliveries coalesced; UDP GRO is switched on for the sockets when the kernel
-/// has it.
+/// has it. With `steering` (the express lane's program attached to the TAP), the last queue is
+/// the express lane's and, with two bulk threads or more, each bulk thread pins the flows it
+/// delivers (`Pinner`).
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
     queues: Vec<Queue>,
@@ -347,9 +349,10 @@ pub fn spawn(
         let publish = publish.clone();
         // A bulk thread pins the flows it delivers to its own queue (not the express lane;
         // with one bulk thread there is nothing to choose).
+        let bulk_threads = n - usize::from(express);
         let pinner = steering
             .as_ref()
-            .filter(|_| !is_express && n > 2)
+            .filter(|_| !is_express && bulk_threads > 1)
             .map(|pins| Pinner::new(pins.clone(), i as u32));
         let name = if is_express {
             "weft-express"

@@ -22,7 +22,8 @@
 //!    header on the TAP path; a TSO super-frame is one skb of up to 64 KiB.
 //! 3. **Per-flow meter** in an LRU hash map of [`FLOW_ENTRIES`] entries (key `h`; value:
 //!    window start, bytes in the window, demoted-until and the previous frame's time as
-//!    `u64`s, then the flow's bulk queue; times are `bpf_ktime_get_ns` nanoseconds): a new flow's window starts now; a window older than
+//!    `u64`s, then the flow's bulk queue; times are `bpf_ktime_get_ns` nanoseconds): a new
+//!    flow's window starts now; a window older than
 //!    [`window_ns`](SteeringParams::window_ns) restarts at zero bytes; then `len` is added.
 //!    A frame shorter than [`min_charge`](SteeringParams::min_charge) counts as that many
 //!    bytes, in this meter and the global one, so budgets bound the packet rate too.
@@ -598,6 +599,8 @@ const SKF_LL_OFF: i32 = -0x200000;
 const FLOW_KEY: i16 = -4;
 /// Where it keeps the global map's key (0).
 const GLOBAL_KEY: i16 = -8;
+/// Where it builds a new flow's map value: the [`FLOW_VALUE_SIZE`] bytes below the global key.
+const NEW_FLOW: i16 = GLOBAL_KEY - FLOW_VALUE_SIZE as i16;
 
 const R0: u8 = 0;
 const R1: u8 = 1;
@@ -806,12 +809,12 @@ impl Asm {
     }
 }
 
-/// The steering program for `p`, with the two maps' fds.
+/// The steering program for `p`, with the three maps' fds.
 ///
 /// Registers: `r6` the context (needed by the frame loads) until the length is read, then
-/// `now`; `r7` the flow hash; `r8` a scratch for the header walk, then `len`; `r9` the
-/// flow's map value. Stack: `fp-4` the flow key, `fp-8` the global key, `fp-40..fp-8` a new
-/// flow's value.
+/// `now`; `r7` the flow hash; `r8` a scratch for the header walk, then `len`, then the queue
+/// a flow took in turn; `r9` the flow's map value. Stack: [`FLOW_KEY`] the flow hash,
+/// [`GLOBAL_KEY`] the global key, [`NEW_FLOW`] a new flow's value (up to the global key).
 fn program(p: &SteeringParams, maps: Maps) -> io::Result<Vec<Insn>> {
     let Maps {
         flows,
@@ -903,18 +906,18 @@ fn program(p: &SteeringParams, maps: Maps) -> io::Result<Vec<Insn>> {
     a.jmp_imm(JNE, R0, 0, have_flow);
     // A new flow: insert {window start now, 0 bytes, not demoted, no previous frame, no bulk
     // queue yet} and look it up again (the common path below then counts this frame).
-    a.stx(BPF_DW, FP, -48, R6);
+    a.stx(BPF_DW, FP, NEW_FLOW, R6);
     a.alu64_imm(MOV, R1, 0);
-    a.stx(BPF_DW, FP, -40, R1);
-    a.stx(BPF_DW, FP, -32, R1);
-    a.stx(BPF_DW, FP, -24, R1);
+    for at in [8, 16, 24] {
+        a.stx(BPF_DW, FP, NEW_FLOW + at, R1);
+    }
     a.alu64_imm(MOV, R1, -1); // all ones: the queue (its low half) is NO_QUEUE
-    a.stx(BPF_DW, FP, -16, R1);
+    a.stx(BPF_DW, FP, NEW_FLOW + FLOW_QUEUE_OFFSET, R1);
     a.ld_map(R1, flows);
     a.alu64_reg(MOV, R2, FP);
     a.alu64_imm(ADD, R2, i32::from(FLOW_KEY));
     a.alu64_reg(MOV, R3, FP);
-    a.alu64_imm(ADD, R3, -48);
+    a.alu64_imm(ADD, R3, i32::from(NEW_FLOW));
     a.alu64_imm(MOV, R4, BPF_NOEXIST);
     a.call(BPF_FUNC_MAP_UPDATE_ELEM);
     a.lookup(flows, FLOW_KEY);
