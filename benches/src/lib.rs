@@ -59,6 +59,35 @@ pub fn cpu_seconds(pids: &[u32], clk_tck: f64) -> Option<f64> {
     Some(ticks as f64 / clk_tck)
 }
 
+/// The machine's CPU time so far, from the `cpu` line of `/proc/stat`: (all ticks, idle ticks,
+/// idle and I/O wait counted together). Two readings give the share of the machine that was
+/// busy in between ([`busy_pct`]).
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    parse_machine_ticks(&stat)
+}
+
+fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is already
+    // inside user and nice.
+    let all = f.iter().take(8).sum();
+    let idle = f.get(3)? + f.get(4)?;
+    Some((all, idle))
+}
+
+/// Percent of the machine busy between two [`machine_ticks`] readings.
+pub fn busy_pct(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
+    let all = after.0.checked_sub(before.0)?;
+    let idle = after.1.checked_sub(before.1)?;
+    (all > 0).then(|| (all - idle.min(all)) as f64 * 100.0 / all as f64)
+}
+
 /// `flock LOCK` held by a helper process for as long as this value lives.
 pub struct BenchLock {
     child: Child,
@@ -144,5 +173,26 @@ pub fn spread(xs: &[f64], digits: usize) -> String {
     match median(xs) {
         Some(m) => format!("{m:.digits$} ({min:.digits$}–{max:.digits$})"),
         None => "–".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod machine_tests {
+    use super::*;
+
+    #[test]
+    fn busy_share_comes_from_the_cpu_line_without_guest_time() {
+        let a = "cpu  100 0 50 800 50 0 0 0 40 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n";
+        let b = "cpu  250 0 100 850 50 0 100 0 90 0\n";
+        let (t0, t1) = (
+            parse_machine_ticks(a).unwrap(),
+            parse_machine_ticks(b).unwrap(),
+        );
+        assert_eq!(t0, (1000, 850));
+        // 350 ticks passed (the guest column's 50 not counted again), 50 of them idle.
+        let busy = busy_pct(t0, t1).unwrap();
+        assert!((busy - 300.0 * 100.0 / 350.0).abs() < 1e-9, "{busy}");
+        assert_eq!(busy_pct(t1, t0), None);
+        assert_eq!(parse_machine_ticks("intr 5\n"), None);
     }
 }

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use serde::Serialize;
 use serde_json::{Value, json};
-use weft_benches::{BenchLock, cpu_seconds, locate_weft};
+use weft_benches::{BenchLock, busy_pct, cpu_seconds, locate_weft, machine_ticks};
 use weft_tests::cmd::{self, Cmd, ip, ns_exec, ns_sh, wait_until};
 use weft_tests::net::UNDERLAY_DEV;
 use weft_tests::{Container, Host, TestNet, median};
@@ -65,6 +65,10 @@ struct Args {
     /// UDP payload length of the small-packet test (bytes).
     #[arg(long, default_value_t = 64)]
     udp_len: u32,
+    /// Receive buffer the small-packet test's server asks for (`iperf3 -w`, bytes; 0 = the
+    /// system's default, 208 KiB here: 256 datagrams, 1.3 ms at 200 kpps).
+    #[arg(long, default_value_t = 0)]
+    udp_rcvbuf: u32,
     /// Overlay MTU for the weft targets (`--mtu`; default weft's 1376). 1450 gives them
     /// kvxlan's, so a comparison measures the data path, not the frame size.
     #[arg(long)]
@@ -185,7 +189,13 @@ struct Record {
     /// Small-packet UDP: packets per second offered (as sent) and the share lost (percent).
     udp_pps_sent: Option<f64>,
     udp_loss_pct: Option<f64>,
+    /// Of those sent, the share the receiving socket dropped because it was full (percent; the
+    /// server namespace's `UdpRcvbufErrors`): lost past the overlay, in the application.
+    udp_rcvbuf_pct: Option<f64>,
     tunnel_cpu_s: Option<f64>,
+    /// Share of the whole machine busy during the run (percent, `/proc/stat`): near 100, the
+    /// figure is what the cores allow.
+    busy_pct: Option<f64>,
     cpu_s_per_gb: Option<f64>,
     wall_s: f64,
     reason: Option<String>,
@@ -206,7 +216,9 @@ impl Record {
             rtt_ms_p90: None,
             udp_pps_sent: None,
             udp_loss_pct: None,
+            udp_rcvbuf_pct: None,
             tunnel_cpu_s: None,
+            busy_pct: None,
             cpu_s_per_gb: None,
             wall_s: 0.0,
             reason: None,
@@ -646,10 +658,12 @@ fn measure(
         for (test, streams) in [("tcp1", 1), ("tcp4", 4)] {
             let _lock = BenchLock::take(&args.lock, "netbench")?;
             let cpu0 = cpu_seconds(&s.tunnel_pids, clk_tck);
+            let machine0 = machine_ticks();
             let t0 = Instant::now();
             let v = iperf(s, args.duration, streams)?;
             let wall = t0.elapsed().as_secs_f64();
             let cpu1 = cpu_seconds(&s.tunnel_pids, clk_tck);
+            let machine1 = machine_ticks();
             let mut r = Record::new(target, round, test);
             r.mtu = Some(s.mtu);
             r.wall_s = wall;
@@ -659,6 +673,7 @@ fn measure(
                 .as_f64()
                 .map(|b| b / 1e9);
             r.retransmits = v["end"]["sum_sent"]["retransmits"].as_u64();
+            r.busy_pct = machine0.zip(machine1).and_then(|(a, b)| busy_pct(a, b));
             if let (Some(a), Some(b)) = (cpu0, cpu1) {
                 r.tunnel_cpu_s = Some(b - a);
                 r.cpu_s_per_gb = bytes
@@ -761,14 +776,22 @@ fn percentile(xs: &[f64], q: f64) -> Option<f64> {
 fn small_udp(args: &Args, target: Target, round: u32, s: &Setup) -> Result<Record> {
     let bits = args.udp_pps * u64::from(args.udp_len) * 8;
     let t0 = Instant::now();
+    let full0 = udp_rcvbuf_errors(s.server.ns())?;
+    let window: Vec<String> = if args.udp_rcvbuf > 0 {
+        vec!["-w".into(), args.udp_rcvbuf.to_string()]
+    } else {
+        Vec::new()
+    };
     let o = Cmd::new("ip")
         .args(["netns", "exec", s.client.ns(), "iperf3", "-c"])
         .arg(s.server.ip().to_string())
         .args(["-p", IPERF_PORT, "--connect-timeout", "5000", "-J", "-u"])
         .args(["-l", &args.udp_len.to_string(), "-b", &bits.to_string()])
         .args(["-t", &args.duration.to_string()])
+        .args(window)
         .timeout(Duration::from_secs(u64::from(args.duration) + 30))
         .run()?;
+    let full = udp_rcvbuf_errors(s.server.ns())?.saturating_sub(full0);
     let v: Value =
         serde_json::from_str(&o.stdout).map_err(|e| anyhow!("iperf3 -J output: {e}; {o}"))?;
     let sum = &v["end"]["sum"];
@@ -784,7 +807,26 @@ fn small_udp(args: &Args, target: Target, round: u32, s: &Setup) -> Result<Recor
     r.wall_s = t0.elapsed().as_secs_f64();
     r.udp_pps_sent = (secs > 0.0).then(|| packets as f64 / secs);
     r.udp_loss_pct = (packets > 0).then(|| lost as f64 * 100.0 / packets as f64);
+    r.udp_rcvbuf_pct = (packets > 0).then(|| full as f64 * 100.0 / packets as f64);
     Ok(r)
+}
+
+/// `UdpRcvbufErrors` of namespace `ns` (`/proc/net/snmp` read inside it): datagrams its UDP
+/// sockets dropped because their receive buffer was full.
+fn udp_rcvbuf_errors(ns: &str) -> Result<u64> {
+    let snmp = ns_sh(ns, "cat /proc/net/snmp", Duration::from_secs(5))?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (Some(names), Some(counts)) = (udp.next(), udp.next()) else {
+        bail!("no Udp lines in {ns}'s /proc/net/snmp");
+    };
+    names
+        .split_whitespace()
+        .zip(counts.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .ok_or_else(|| anyhow!("no Udp RcvbufErrors in {ns}'s /proc/net/snmp"))?
+        .1
+        .parse()
+        .map_err(|e| anyhow!("Udp RcvbufErrors in {ns}: {e}"))
 }
 
 fn iperf(s: &Setup, secs: u32, streams: u32) -> Result<Value> {
@@ -825,18 +867,23 @@ fn log_record(r: &Record) {
                 .unwrap_or_default()
         ),
         "udp_small" => eprintln!(
-            "netbench:   {} UDP small packets: {:.0} pps sent, {:.2} % lost",
+            "netbench:   {} UDP small packets: {:.0} pps sent, {:.2} % lost ({:.2} % at the \
+             receiving socket)",
             r.target,
             r.udp_pps_sent.unwrap_or(f64::NAN),
-            r.udp_loss_pct.unwrap_or(f64::NAN)
+            r.udp_loss_pct.unwrap_or(f64::NAN),
+            r.udp_rcvbuf_pct.unwrap_or(f64::NAN)
         ),
         _ => eprintln!(
-            "netbench:   {} {} {:.3} Gbit/s{}",
+            "netbench:   {} {} {:.3} Gbit/s{}{}",
             r.target,
             r.test,
             r.gbps.unwrap_or(f64::NAN),
             r.cpu_s_per_gb
                 .map(|c| format!(", tunnel CPU {c:.1} s/GB"))
+                .unwrap_or_default(),
+            r.busy_pct
+                .map(|b| format!(", machine {b:.0} % busy"))
                 .unwrap_or_default()
         ),
     }
@@ -880,18 +927,23 @@ fn values(records: &[Record], target: Target, test: &str) -> Vec<f64> {
             "ping" | "ping_loaded" => r.rtt_ms_median,
             "ping_loaded_p90" => r.rtt_ms_p90,
             "udp_loss" => r.udp_loss_pct,
+            "udp_rcvbuf" => r.udp_rcvbuf_pct,
             "udp_pps" => r.udp_pps_sent,
+            "tcp1_busy" | "tcp4_busy" => r.busy_pct,
             _ => r.gbps,
         })
         .collect()
 }
 
 /// The record a table column reads: `ping_loaded_p90` is a figure of the `ping_loaded`
-/// records, `udp_loss` and `udp_pps` of the `udp_small` ones.
+/// records, `udp_loss`, `udp_rcvbuf` and `udp_pps` of the `udp_small` ones, `tcpN_busy` of
+/// the `tcpN` ones.
 fn record_test(column: &str) -> &str {
     match column {
         "ping_loaded_p90" => "ping_loaded",
-        "udp_loss" | "udp_pps" => "udp_small",
+        "udp_loss" | "udp_rcvbuf" | "udp_pps" => "udp_small",
+        "tcp1_busy" => "tcp1",
+        "tcp4_busy" => "tcp4",
         other => other,
     }
 }
@@ -934,11 +986,14 @@ fn summary_json(targets: &[Target], records: &[Record]) -> Value {
             json!({
                 "tcp1_gbps": s("tcp1"),
                 "tcp4_gbps": s("tcp4"),
+                "tcp1_machine_busy_pct": s("tcp1_busy"),
+                "tcp4_machine_busy_pct": s("tcp4_busy"),
                 "ping_ms": s("ping"),
                 "ping_loaded_ms": s("ping_loaded"),
                 "ping_loaded_p90_ms": s("ping_loaded_p90"),
                 "udp_small_pps_sent": s("udp_pps"),
                 "udp_small_loss_pct": s("udp_loss"),
+                "udp_small_rcvbuf_full_pct": s("udp_rcvbuf"),
                 "tunnel_cpu_s_per_gb": cpu_per_gb(records, t),
                 "mtu": records.iter().find(|r| r.target == t.name()).and_then(|r| r.mtu),
             }),
@@ -950,8 +1005,8 @@ fn summary_json(targets: &[Target], records: &[Record]) -> Value {
 fn render_table(targets: &[Target], records: &[Record], args: &Args) -> String {
     let mut s = format!(
         "netbench: {} round(s), iperf3 -t {}, {} pings; median (min–max) over rounds\n\n\
-         | target | MTU | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | ping RTT ms | tunnel CPU s/GB |\n\
-         |---|--:|--:|--:|--:|--:|\n",
+         | target | MTU | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | ping RTT ms | tunnel CPU s/GB | machine busy % 1 / 4 streams |\n\
+         |---|--:|--:|--:|--:|--:|--:|\n",
         args.rounds, args.duration, args.pings
     );
     for &t in targets {
@@ -961,27 +1016,38 @@ fn render_table(targets: &[Target], records: &[Record], args: &Args) -> String {
             .and_then(|r| r.mtu)
             .map_or("–".to_owned(), |m| m.to_string());
         s += &format!(
-            "| {} | {mtu} | {} | {} | {} | {} |\n",
+            "| {} | {mtu} | {} | {} | {} | {} | {} / {} |\n",
             t.name(),
             cell(&values(records, t, "tcp1"), 3),
             cell(&values(records, t, "tcp4"), 3),
             cell(&values(records, t, "ping"), 3),
             cpu_per_gb(records, t).map_or("–".to_owned(), |c| format!("{c:.1}")),
+            median(&values(records, t, "tcp1_busy"))
+                .map_or("–".to_owned(), |b| format!("{b:.0}")),
+            median(&values(records, t, "tcp4_busy"))
+                .map_or("–".to_owned(), |b| format!("{b:.0}")),
         );
     }
     s += &format!(
-        "\n| target | ping during 1 TCP stream: median ms | p90 ms | UDP {} B offered at {} pps: sent pps | lost % |\n\
-         |---|--:|--:|--:|--:|\n",
-        args.udp_len, args.udp_pps
+        "\n| target | ping during 1 TCP stream: median ms | p90 ms | UDP {} B offered at {} pps{}: sent pps | lost % | of which the receiving socket's % |\n\
+         |---|--:|--:|--:|--:|--:|\n",
+        args.udp_len,
+        args.udp_pps,
+        if args.udp_rcvbuf > 0 {
+            format!(" (receive buffer {} B)", args.udp_rcvbuf)
+        } else {
+            String::new()
+        }
     );
     for &t in targets {
         s += &format!(
-            "| {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} |\n",
             t.name(),
             cell(&values(records, t, "ping_loaded"), 3),
             cell(&values(records, t, "ping_loaded_p90"), 3),
             cell(&values(records, t, "udp_pps"), 0),
             cell(&values(records, t, "udp_loss"), 2),
+            cell(&values(records, t, "udp_rcvbuf"), 2),
         );
     }
     if targets.contains(&Target::Weft) {
