@@ -131,193 +131,200 @@ fn cut_once(
     })
 }
 
-#[test]
-fn blocked_direct_path_fails_over_through_b_and_back() {
-    run_test("failover", |net| {
-        let (hosts, ctrs) = net.mesh(3)?;
-        let (a, c) = (&hosts[0], &hosts[2]);
-        let (ca, cc) = (&ctrs[0], &ctrs[2]);
-        ca.wait_ping(cc.ip(), Duration::from_secs(20))?;
-        let relayed_before = hosts[1].counter("relayed_datagrams")?;
-        let (outage, via, back) = cut_once(&hosts, ca, cc, Duration::from_secs(8))?;
-        eprintln!(
-            "A-C blocked: longest ping outage {outage:.1?}, A via B after {via:.1?}; \
-             unblocked: A direct after {back:.1?}"
-        );
-        ensure!(
-            outage <= REROUTE_MAX,
-            "pings stopped for {outage:.1?} (more than {REROUTE_MAX:?}) when A-C was blocked"
-        );
-        ensure!(via <= REROUTE_MAX, "A routed via B only after {via:.1?}");
-        ensure!(
-            back <= REROUTE_MAX,
-            "A was back on the direct path only after {back:.1?}"
-        );
-        ensure!(
-            hosts[1].counter("relayed_datagrams")? > relayed_before,
-            "B relayed nothing while A-C was blocked"
-        );
-        // The data path decided: each end counted one path down and one back up.
-        for h in [a, c] {
-            ensure!(
-                h.counter("data_paths_down")? == 1 && h.counter("data_paths_up")? == 1,
-                "host {}: data_paths_down {} data_paths_up {}",
-                h.n(),
-                h.counter("data_paths_down")?,
-                h.counter("data_paths_up")?
-            );
-        }
-        // Traffic flows directly again (B relays nothing more).
-        let relayed = hosts[1].counter("relayed_datagrams")?;
-        let s = ca.ping(cc.ip(), 20, INTERVAL)?;
-        ensure!(
-            s.received >= 19,
-            "A -> C after the unblock: {}/20",
-            s.received
-        );
-        let relayed_after = hosts[1].counter("relayed_datagrams")?;
-        ensure!(
-            relayed_after < relayed + 5,
-            "B still relays A-C traffic: {relayed} -> {relayed_after}"
-        );
-        Ok(())
-    });
-}
+/// The tests, in a module so that their names start with `failover::`: `.ci/run` skips them in
+/// its main pass (`--skip failover::`) and runs this binary beside the fuzz run, where its
+/// minutes of waiting cost no time.
+mod failover {
+    use super::*;
 
-#[test]
-fn five_percent_loss_for_a_minute_changes_no_route() {
-    run_test("lossy", |net| {
-        let (hosts, ctrs) = net.mesh(3)?;
-        let (ca, cc) = (&ctrs[0], &ctrs[2]);
-        ca.wait_ping(cc.ip(), Duration::from_secs(20))?;
-        // Measure from a settled mesh: every path direct before the loss starts.
-        wait_all_direct(&hosts)?;
-        let names: Vec<String> = hosts.iter().map(Host::peer_name).collect::<Result<_>>()?;
-        for h in &hosts {
-            h.exec(&[
-                "iptables",
-                "-w",
-                "-A",
-                "INPUT",
-                "!",
-                "-i",
-                "lo",
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                "0.05",
-                "-j",
-                "DROP",
-            ])?
-            .ok()
-            .with_context(|| format!("adding the loss rule on host {}", h.n()))?;
-        }
-        // Every host's view of every other host's path, polled for 60 s; each change counts.
-        let mut last: Vec<Vec<String>> = Vec::new();
-        let mut changes = Vec::new();
-        let t0 = Instant::now();
-        let pings = std::thread::scope(|s| -> Result<_> {
-            let pinger = s.spawn(|| ca.ping(cc.ip(), 300, 0.2));
-            while t0.elapsed() < Duration::from_secs(60) {
-                let mut now = Vec::new();
-                for (i, h) in hosts.iter().enumerate() {
-                    let mut paths = Vec::new();
-                    for (j, n) in names.iter().enumerate() {
-                        if i != j {
-                            paths.push(path_to(h, n)?);
-                        }
-                    }
-                    now.push(paths);
-                }
-                if !last.is_empty() && now != last {
-                    changes.push(format!("{:.1?}: {last:?} -> {now:?}", t0.elapsed()));
-                }
-                last = now;
-                std::thread::sleep(Duration::from_millis(250));
-            }
-            pinger
-                .join()
-                .map_err(|_| anyhow::anyhow!("ping thread panicked"))?
-        })?;
-        eprintln!(
-            "60 s of 5 % loss: {}/{} pings answered, {} path changes",
-            pings.received,
-            pings.transmitted,
-            changes.len()
-        );
-        ensure!(
-            changes.is_empty(),
-            "paths changed under 5 % loss:\n{changes:#?}"
-        );
-        ensure!(
-            last.iter().flatten().all(|p| p == "direct"),
-            "not every path is direct: {last:?}"
-        );
-        for h in &hosts {
-            let down = h.counter("data_paths_down")?;
-            ensure!(down == 0, "host {} took a path down {down} times", h.n());
-            // Lost path MTU probes did not shrink any link's MTU either.
-            let conns = h.weft_ok(&["status", "connections"])?;
-            ensure!(
-                conns
-                    .lines()
-                    .filter(|l| l.contains("established"))
-                    .all(|l| l.contains("mtu=1376")),
-                "host {}: a link's MTU changed under 5 % loss:\n{conns}",
-                h.n()
-            );
-        }
-        // The loss was real: about 10 % of round trips lost (5 % each way), not none.
-        ensure!(
-            pings.received < pings.transmitted,
-            "no ping lost: the loss rules did not apply"
-        );
-        ensure!(
-            pings.received * 100 >= pings.transmitted * 75,
-            "only {}/{} pings answered",
-            pings.received,
-            pings.transmitted
-        );
-        Ok(())
-    });
-}
-
-#[test]
-fn reroute_time_over_ten_cuts() {
-    run_test("reroute", |net| {
-        let (hosts, ctrs) = net.mesh(3)?;
-        let (ca, cc) = (&ctrs[0], &ctrs[2]);
-        ca.wait_ping(cc.ip(), Duration::from_secs(20))?;
-        let mut outages = Vec::new();
-        let mut backs = Vec::new();
-        for i in 0..10 {
-            let (outage, via, back) = cut_once(&hosts, ca, cc, Duration::from_secs(4))?;
+    #[test]
+    fn blocked_direct_path_fails_over_through_b_and_back() {
+        run_test("failover", |net| {
+            let (hosts, ctrs) = net.mesh(3)?;
+            let (a, c) = (&hosts[0], &hosts[2]);
+            let (ca, cc) = (&ctrs[0], &ctrs[2]);
+            ca.wait_ping(cc.ip(), Duration::from_secs(20))?;
+            let relayed_before = hosts[1].counter("relayed_datagrams")?;
+            let (outage, via, back) = cut_once(&hosts, ca, cc, Duration::from_secs(8))?;
             eprintln!(
-                "cut {i}: outage {outage:.1?}, via B after {via:.1?}, direct after {back:.1?}"
+                "A-C blocked: longest ping outage {outage:.1?}, A via B after {via:.1?}; \
+             unblocked: A direct after {back:.1?}"
             );
-            outages.push(outage.as_secs_f64());
-            backs.push(back.as_secs_f64());
-        }
-        let m = median(&outages).unwrap_or(f64::NAN);
-        eprintln!(
-            "reroute (longest ping outage) over 10 cuts: median {m:.2} s, all {outages:?}; \
+            ensure!(
+                outage <= REROUTE_MAX,
+                "pings stopped for {outage:.1?} (more than {REROUTE_MAX:?}) when A-C was blocked"
+            );
+            ensure!(via <= REROUTE_MAX, "A routed via B only after {via:.1?}");
+            ensure!(
+                back <= REROUTE_MAX,
+                "A was back on the direct path only after {back:.1?}"
+            );
+            ensure!(
+                hosts[1].counter("relayed_datagrams")? > relayed_before,
+                "B relayed nothing while A-C was blocked"
+            );
+            // The data path decided: each end counted one path down and one back up.
+            for h in [a, c] {
+                ensure!(
+                    h.counter("data_paths_down")? == 1 && h.counter("data_paths_up")? == 1,
+                    "host {}: data_paths_down {} data_paths_up {}",
+                    h.n(),
+                    h.counter("data_paths_down")?,
+                    h.counter("data_paths_up")?
+                );
+            }
+            // Traffic flows directly again (B relays nothing more).
+            let relayed = hosts[1].counter("relayed_datagrams")?;
+            let s = ca.ping(cc.ip(), 20, INTERVAL)?;
+            ensure!(
+                s.received >= 19,
+                "A -> C after the unblock: {}/20",
+                s.received
+            );
+            let relayed_after = hosts[1].counter("relayed_datagrams")?;
+            ensure!(
+                relayed_after < relayed + 5,
+                "B still relays A-C traffic: {relayed} -> {relayed_after}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn five_percent_loss_for_a_minute_changes_no_route() {
+        run_test("lossy", |net| {
+            let (hosts, ctrs) = net.mesh(3)?;
+            let (ca, cc) = (&ctrs[0], &ctrs[2]);
+            ca.wait_ping(cc.ip(), Duration::from_secs(20))?;
+            // Measure from a settled mesh: every path direct before the loss starts.
+            wait_all_direct(&hosts)?;
+            let names: Vec<String> = hosts.iter().map(Host::peer_name).collect::<Result<_>>()?;
+            for h in &hosts {
+                h.exec(&[
+                    "iptables",
+                    "-w",
+                    "-A",
+                    "INPUT",
+                    "!",
+                    "-i",
+                    "lo",
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    "0.05",
+                    "-j",
+                    "DROP",
+                ])?
+                .ok()
+                .with_context(|| format!("adding the loss rule on host {}", h.n()))?;
+            }
+            // Every host's view of every other host's path, polled for 60 s; each change counts.
+            let mut last: Vec<Vec<String>> = Vec::new();
+            let mut changes = Vec::new();
+            let t0 = Instant::now();
+            let pings = std::thread::scope(|s| -> Result<_> {
+                let pinger = s.spawn(|| ca.ping(cc.ip(), 300, 0.2));
+                while t0.elapsed() < Duration::from_secs(60) {
+                    let mut now = Vec::new();
+                    for (i, h) in hosts.iter().enumerate() {
+                        let mut paths = Vec::new();
+                        for (j, n) in names.iter().enumerate() {
+                            if i != j {
+                                paths.push(path_to(h, n)?);
+                            }
+                        }
+                        now.push(paths);
+                    }
+                    if !last.is_empty() && now != last {
+                        changes.push(format!("{:.1?}: {last:?} -> {now:?}", t0.elapsed()));
+                    }
+                    last = now;
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                pinger
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("ping thread panicked"))?
+            })?;
+            eprintln!(
+                "60 s of 5 % loss: {}/{} pings answered, {} path changes",
+                pings.received,
+                pings.transmitted,
+                changes.len()
+            );
+            ensure!(
+                changes.is_empty(),
+                "paths changed under 5 % loss:\n{changes:#?}"
+            );
+            ensure!(
+                last.iter().flatten().all(|p| p == "direct"),
+                "not every path is direct: {last:?}"
+            );
+            for h in &hosts {
+                let down = h.counter("data_paths_down")?;
+                ensure!(down == 0, "host {} took a path down {down} times", h.n());
+                // Lost path MTU probes did not shrink any link's MTU either.
+                let conns = h.weft_ok(&["status", "connections"])?;
+                ensure!(
+                    conns
+                        .lines()
+                        .filter(|l| l.contains("established"))
+                        .all(|l| l.contains("mtu=1376")),
+                    "host {}: a link's MTU changed under 5 % loss:\n{conns}",
+                    h.n()
+                );
+            }
+            // The loss was real: about 10 % of round trips lost (5 % each way), not none.
+            ensure!(
+                pings.received < pings.transmitted,
+                "no ping lost: the loss rules did not apply"
+            );
+            ensure!(
+                pings.received * 100 >= pings.transmitted * 75,
+                "only {}/{} pings answered",
+                pings.received,
+                pings.transmitted
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn reroute_time_over_ten_cuts() {
+        run_test("reroute", |net| {
+            let (hosts, ctrs) = net.mesh(3)?;
+            let (ca, cc) = (&ctrs[0], &ctrs[2]);
+            ca.wait_ping(cc.ip(), Duration::from_secs(20))?;
+            let mut outages = Vec::new();
+            let mut backs = Vec::new();
+            for i in 0..10 {
+                let (outage, via, back) = cut_once(&hosts, ca, cc, Duration::from_secs(4))?;
+                eprintln!(
+                    "cut {i}: outage {outage:.1?}, via B after {via:.1?}, direct after {back:.1?}"
+                );
+                outages.push(outage.as_secs_f64());
+                backs.push(back.as_secs_f64());
+            }
+            let m = median(&outages).unwrap_or(f64::NAN);
+            eprintln!(
+                "reroute (longest ping outage) over 10 cuts: median {m:.2} s, all {outages:?}; \
              back direct: median {:.2} s",
-            median(&backs).unwrap_or(f64::NAN)
-        );
-        for (i, o) in outages.iter().enumerate() {
-            ensure!(
-                *o <= REROUTE_MAX.as_secs_f64(),
-                "cut {i}: pings stopped for {o:.1} s"
+                median(&backs).unwrap_or(f64::NAN)
             );
-        }
-        for (i, b) in backs.iter().enumerate() {
-            ensure!(
-                *b <= REROUTE_MAX.as_secs_f64(),
-                "cut {i}: direct again only after {b:.1} s"
-            );
-        }
-        Ok(())
-    });
+            for (i, o) in outages.iter().enumerate() {
+                ensure!(
+                    *o <= REROUTE_MAX.as_secs_f64(),
+                    "cut {i}: pings stopped for {o:.1} s"
+                );
+            }
+            for (i, b) in backs.iter().enumerate() {
+                ensure!(
+                    *b <= REROUTE_MAX.as_secs_f64(),
+                    "cut {i}: direct again only after {b:.1} s"
+                );
+            }
+            Ok(())
+        });
+    }
 }
