@@ -59,9 +59,9 @@ pub fn cpu_seconds(pids: &[u32], clk_tck: f64) -> Option<f64> {
     Some(ticks as f64 / clk_tck)
 }
 
-/// The machine's CPU time so far, from the `cpu` line of `/proc/stat`: (all ticks, idle ticks,
-/// idle and I/O wait counted together). Two readings give the share of the machine that was
-/// busy in between ([`busy_pct`]).
+/// The machine's CPU time so far, from the `cpu` line of `/proc/stat`: (all ticks, idle ticks),
+/// I/O wait counted as idle. Two readings give the share of the machine that was busy in
+/// between ([`busy_pct`]).
 pub fn machine_ticks() -> Option<(u64, u64)> {
     let stat = fs::read_to_string("/proc/stat").ok()?;
     parse_machine_ticks(&stat)
