@@ -776,7 +776,14 @@ fn percentile(xs: &[f64], q: f64) -> Option<f64> {
 fn small_udp(args: &Args, target: Target, round: u32, s: &Setup) -> Result<Record> {
     let bits = args.udp_pps * u64::from(args.udp_len) * 8;
     let t0 = Instant::now();
-    let full0 = udp_rcvbuf_errors(s.server.ns())?;
+    // Datagrams the server's socket dropped because its buffer was full.
+    let rcvbuf_errors = |ns: &str| -> Result<u64> {
+        cmd::nstat(ns)?
+            .get("UdpRcvbufErrors")
+            .copied()
+            .ok_or_else(|| anyhow!("no UdpRcvbufErrors in {ns}'s nstat"))
+    };
+    let full0 = rcvbuf_errors(s.server.ns())?;
     let window: Vec<String> = if args.udp_rcvbuf > 0 {
         vec!["-w".into(), args.udp_rcvbuf.to_string()]
     } else {
@@ -791,7 +798,7 @@ fn small_udp(args: &Args, target: Target, round: u32, s: &Setup) -> Result<Recor
         .args(window)
         .timeout(Duration::from_secs(u64::from(args.duration) + 30))
         .run()?;
-    let full = udp_rcvbuf_errors(s.server.ns())?.saturating_sub(full0);
+    let full = rcvbuf_errors(s.server.ns())?.saturating_sub(full0);
     let v: Value =
         serde_json::from_str(&o.stdout).map_err(|e| anyhow!("iperf3 -J output: {e}; {o}"))?;
     let sum = &v["end"]["sum"];
@@ -809,24 +816,6 @@ fn small_udp(args: &Args, target: Target, round: u32, s: &Setup) -> Result<Recor
     r.udp_loss_pct = (packets > 0).then(|| lost as f64 * 100.0 / packets as f64);
     r.udp_rcvbuf_pct = (packets > 0).then(|| full as f64 * 100.0 / packets as f64);
     Ok(r)
-}
-
-/// `UdpRcvbufErrors` of namespace `ns` (`/proc/net/snmp` read inside it): datagrams its UDP
-/// sockets dropped because their receive buffer was full.
-fn udp_rcvbuf_errors(ns: &str) -> Result<u64> {
-    let snmp = ns_sh(ns, "cat /proc/net/snmp", Duration::from_secs(5))?;
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
-    let (Some(names), Some(counts)) = (udp.next(), udp.next()) else {
-        bail!("no Udp lines in {ns}'s /proc/net/snmp");
-    };
-    names
-        .split_whitespace()
-        .zip(counts.split_whitespace())
-        .find(|(n, _)| *n == "RcvbufErrors")
-        .ok_or_else(|| anyhow!("no Udp RcvbufErrors in {ns}'s /proc/net/snmp"))?
-        .1
-        .parse()
-        .map_err(|e| anyhow!("Udp RcvbufErrors in {ns}: {e}"))
 }
 
 fn iperf(s: &Setup, secs: u32, streams: u32) -> Result<Value> {
@@ -1015,6 +1004,9 @@ fn render_table(targets: &[Target], records: &[Record], args: &Args) -> String {
             .find(|r| r.target == t.name())
             .and_then(|r| r.mtu)
             .map_or("–".to_owned(), |m| m.to_string());
+        let busy = |column: &str| {
+            median(&values(records, t, column)).map_or("–".to_owned(), |b| format!("{b:.0}"))
+        };
         s += &format!(
             "| {} | {mtu} | {} | {} | {} | {} | {} / {} |\n",
             t.name(),
@@ -1022,10 +1014,8 @@ fn render_table(targets: &[Target], records: &[Record], args: &Args) -> String {
             cell(&values(records, t, "tcp4"), 3),
             cell(&values(records, t, "ping"), 3),
             cpu_per_gb(records, t).map_or("–".to_owned(), |c| format!("{c:.1}")),
-            median(&values(records, t, "tcp1_busy"))
-                .map_or("–".to_owned(), |b| format!("{b:.0}")),
-            median(&values(records, t, "tcp4_busy"))
-                .map_or("–".to_owned(), |b| format!("{b:.0}")),
+            busy("tcp1_busy"),
+            busy("tcp4_busy"),
         );
     }
     s += &format!(

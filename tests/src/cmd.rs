@@ -268,6 +268,22 @@ pub fn ns_sh(ns: &str, script: &str, timeout: Duration) -> Result<String> {
     Ok(ns_exec(ns, ["sh", "-c", script], timeout)?.ok()?.stdout)
 }
 
+/// The kernel's network counters in namespace `ns` (`nstat -az --json`: `TcpExt*`, `Tcp*`,
+/// `Udp*`, `Ip*`, ... as absolute values), by name.
+pub fn nstat(ns: &str) -> Result<std::collections::HashMap<String, u64>> {
+    let out = Cmd::new("ip")
+        .args(["netns", "exec", ns, "nstat", "-az", "--json"])
+        .run_ok()?;
+    let v: serde_json::Value =
+        serde_json::from_str(&out.stdout).with_context(|| format!("nstat: {out}"))?;
+    Ok(v["kernel"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+        .collect())
+}
+
 /// Polls `f` every `poll` until it returns `Ok`, or fails after `timeout` with a message naming
 /// `what` and the last error `f` returned.
 pub fn wait_until<T>(

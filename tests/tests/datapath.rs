@@ -671,20 +671,6 @@ fn dataplane_ticks(pid: u32) -> Result<Vec<(String, u64)>> {
     Ok(out)
 }
 
-/// `nstat -az` counters of namespace `ns` (the `TcpExt*` and `Tcp*` ones), by name.
-fn nstat(ns: &str) -> Result<std::collections::HashMap<String, u64>> {
-    let out = cmd::Cmd::new("ip")
-        .args(["netns", "exec", ns, "nstat", "-az", "--json"])
-        .run_ok()?;
-    let v: Value = serde_json::from_str(&out.stdout).with_context(|| format!("nstat: {out}"))?;
-    Ok(v["kernel"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
-        .collect())
-}
-
 #[test]
 fn datapath_threads_keep_each_flow_in_order_and_all_threads_busy() {
     run_test("dthr", |net| {
@@ -786,9 +772,9 @@ fn datapath_threads_keep_each_flow_in_order_and_all_threads_busy() {
         };
         let res = (|| {
             std::thread::sleep(Duration::from_millis(500));
-            let (before_tx, before_rx) = (nstat(c1.ns())?, nstat(c2.ns())?);
+            let (before_tx, before_rx) = (cmd::nstat(c1.ns())?, cmd::nstat(c2.ns())?);
             let (one, out) = ticks_during(&|| iperf3(&["-t", "4", "--json"]))?;
-            let (after_tx, after_rx) = (nstat(c1.ns())?, nstat(c2.ns())?);
+            let (after_tx, after_rx) = (cmd::nstat(c1.ns())?, cmd::nstat(c2.ns())?);
             let delta = |a: &std::collections::HashMap<String, u64>,
                          b: &std::collections::HashMap<String, u64>,
                          k: &str| {
